@@ -1,0 +1,271 @@
+// Command nfclone mirrors the packets that matter to a host. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nfclone/nfclone/config"
+	"github.com/nfclone/nfclone/engine"
+	"github.com/nfclone/nfclone/route"
+	"github.com/nfclone/nfclone/rules"
+)
+
+// version is set at build time: -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(exitCode(run(os.Args[1:], os.Stdout, os.Stderr)))
+}
+
+// usageError marks bad flags or arguments (exit 1).
+type usageError struct{ error }
+
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var cerr config.Errors
+	var uerr usageError
+	switch {
+	case errors.As(err, &cerr), errors.As(err, &uerr):
+		return 1
+	}
+	return 2
+}
+
+type globals struct {
+	configPath string
+	logFormat  string
+	logLevel   string
+	stdout     io.Writer
+	stderr     io.Writer
+}
+
+func (g *globals) logger() (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)}
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch g.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(g.stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(g.stderr, opts)), nil
+	}
+	return nil, usageError{fmt.Errorf("--log-format %q: want text or json", g.logFormat)}
+}
+
+func (g *globals) load() (*config.Config, error) {
+	if g.configPath == "" {
+		return nil, usageError{errors.New("a config file is required: -c FILE")}
+	}
+	c, err := config.Load(g.configPath)
+	if err != nil {
+		var cerr config.Errors
+		if !errors.As(err, &cerr) {
+			return nil, usageError{err}
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+// loadOrDefaults loads -c if given, else the defaults (flush, status).
+func (g *globals) loadOrDefaults() (*config.Config, error) {
+	if g.configPath != "" {
+		return g.load()
+	}
+	return config.DefaultsWithEnv()
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:           "nfclone",
+		Short:         "Mirror the packets that matter to a host (nftables dup, NFQUEUE, NFLOG)",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	configFlag := func(cmd *cobra.Command) {
+		cmd.Flags().StringVarP(&g.configPath, "config", "c", "", "config file (YAML)")
+	}
+
+	runCmd := &cobra.Command{
+		Use:   "run -c FILE",
+		Short: "Apply the config, copy packets, clean up on SIGTERM/SIGINT",
+		Example: `  nfclone run -c /etc/nfclone/nfclone.yaml
+  NFCLONE_STATE_DIR=/tmp/nfc nfclone run -c mirror.yaml --log-format json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			c, err := g.load()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			e := &engine.Engine{Cfg: c, Log: log}
+			return e.Run(ctx, nil)
+		},
+	}
+	configFlag(runCmd)
+
+	renderCmd := &cobra.Command{
+		Use:   "render -c FILE",
+		Short: "Print the nft ruleset and the routing plan; touches nothing",
+		Example: `  nfclone render -c mirror.yaml
+  nfclone render -c mirror.yaml | nft -c -f -   # let nft check it`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.load()
+			if err != nil {
+				return err
+			}
+			return render(g.stdout, c)
+		},
+	}
+	configFlag(renderCmd)
+
+	checkCmd := &cobra.Command{
+		Use:   "check -c FILE",
+		Short: "Validate the config against this host and its kernel",
+		Example: `  nfclone check -c mirror.yaml && echo ok
+  ip netns exec eng nfclone check -c mirror.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.load()
+			if err != nil {
+				return err
+			}
+			return check(g.stdout, c)
+		},
+	}
+	configFlag(checkCmd)
+
+	flushCmd := &cobra.Command{
+		Use:   "flush [-c FILE]",
+		Short: "Remove everything nfclone installed (from its state file)",
+		Example: `  nfclone flush
+  nfclone flush -c mirror.yaml   # uses its table and state_dir`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			c, err := g.loadOrDefaults()
+			if err != nil {
+				return err
+			}
+			rk, err := route.Open()
+			if err != nil {
+				return fmt.Errorf("%w: opening rtnetlink: %v", engine.ErrHost, err)
+			}
+			defer rk.Close()
+			if err := engine.Reconcile(c, rk, log); err != nil {
+				return err
+			}
+			fmt.Fprintln(g.stdout, "nfclone: nothing of nfclone is left")
+			return nil
+		},
+	}
+	configFlag(flushCmd)
+
+	versionCmd := &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(*cobra.Command, []string) {
+			fmt.Fprintln(g.stdout, "nfclone", version)
+		},
+	}
+	root.AddCommand(runCmd, renderCmd, checkCmd, flushCmd, versionCmd)
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(context.Background())
+	if err != nil {
+		if strings.HasPrefix(err.Error(), "unknown command") || strings.HasPrefix(err.Error(), "unknown flag") {
+			err = usageError{err}
+		}
+		report(stderr, err)
+	}
+	return err
+}
+
+// report prints an error: config problems one per line, with their key paths.
+func report(w io.Writer, err error) {
+	var cerr config.Errors
+	if errors.As(err, &cerr) {
+		fmt.Fprintf(w, "nfclone: the config has %d problem(s):\n", len(cerr))
+		for _, p := range cerr {
+			fmt.Fprintf(w, "  %s\n", p)
+		}
+		return
+	}
+	fmt.Fprintf(w, "nfclone: %v\n", err)
+}
+
+func render(w io.Writer, c *config.Config) error {
+	rs, err := rules.Compile(c, rules.Options{})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "# nfclone %s: nftables ruleset (nft -f syntax)\n", version)
+	fmt.Fprint(w, rs.Render())
+	plan := engine.RoutePlan(c)
+	if !plan.Empty() {
+		fmt.Fprintln(w, "# routing plan (applied through rtnetlink, undone on exit):")
+		for _, l := range strings.Split(strings.TrimRight(plan.Render(), "\n"), "\n") {
+			fmt.Fprintf(w, "#   %s\n", l)
+		}
+	}
+	return nil
+}
+
+func check(w io.Writer, c *config.Config) error {
+	fmt.Fprintf(w, "config: ok (%d sessions)\n", len(c.Sessions))
+	if errs := config.CheckHost(c, config.SystemHost{}, nil); len(errs) > 0 {
+		return errs
+	}
+	fmt.Fprintln(w, "interfaces and gateways: ok")
+	f, err := engine.ProbeKernel(c.Table)
+	if err != nil {
+		return fmt.Errorf("%w: %v", engine.ErrHost, err)
+	}
+	fmt.Fprintln(w, "kernel features:")
+	for _, x := range f.List {
+		state := "yes"
+		if !x.OK {
+			state = "no"
+		}
+		fmt.Fprintf(w, "  %-34s %s\n", x.Name, state)
+	}
+	if f.Has(rules.FeatNativeQueue) {
+		fmt.Fprintln(w, "queue method will use: native nft queue")
+	} else {
+		fmt.Fprintln(w, "queue method will use: xt NFQUEUE target through nft compat")
+	}
+	if missing := engine.Missing(c, f); len(missing) > 0 {
+		return fmt.Errorf("%w: the kernel lacks: %s", engine.ErrHost, strings.Join(missing, "; "))
+	}
+	fmt.Fprintln(w, "check: ok")
+	return nil
+}

@@ -1,0 +1,150 @@
+// Package config turns a YAML file (through viper, with NFCLONE_* environment
+// overrides) into a typed, validated Config. Every problem is reported at once,
+// each with its key path and the offending value.
+package config
+
+// Defaults, in one place. README.md documents the same values.
+const (
+	DefaultTable      = "nfclone"
+	DefaultStateDir   = "/run/nfclone"
+	DefaultMetrics    = "127.0.0.1:9464"
+	DefaultMark       = 0x4e43 // "NC"
+	DefaultRouteTable = 0x4e43 // policy-routing table for userspace copies
+	DefaultRulePref   = 100    // preference of nfclone's ip rule
+	DefaultQueueNum   = 0
+	DefaultQueueCount = 1
+	DefaultQueueMax   = 4096
+	DefaultQueueCap   = 8192
+	DefaultWorkers    = 2
+	DefaultSample     = 1
+	DefaultVXLANPort  = 4789
+	DefaultGENEVEPort = 6081
+	DefaultRotateKeep = 5
+)
+
+// Config is the whole of nfclone's configuration (DESIGN §6).
+type Config struct {
+	Table      string    `mapstructure:"table" json:"table"`
+	Watch      bool      `mapstructure:"watch" json:"watch"`
+	StateDir   string    `mapstructure:"state_dir" json:"state_dir"`
+	Mark       uint32    `mapstructure:"mark" json:"mark"`
+	RouteTable uint32    `mapstructure:"route_table" json:"route_table"`
+	RulePref   uint32    `mapstructure:"rule_pref" json:"rule_pref"`
+	Metrics    Metrics   `mapstructure:"metrics" json:"metrics"`
+	Queue      Queue     `mapstructure:"queue" json:"queue"`
+	Sessions   []Session `mapstructure:"sessions" json:"sessions"`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	Listen string `mapstructure:"listen" json:"listen"`
+}
+
+// Queue holds the defaults for the userspace methods.
+type Queue struct {
+	Num     int `mapstructure:"num" json:"num"`
+	Count   int `mapstructure:"count" json:"count"`
+	MaxLen  int `mapstructure:"max_len" json:"max_len"`
+	Cap     int `mapstructure:"cap" json:"cap"`
+	Workers int `mapstructure:"workers" json:"workers"`
+}
+
+// Method names.
+const (
+	MethodDup   = "dup"
+	MethodQueue = "queue"
+	MethodLog   = "log"
+)
+
+// Directions.
+const (
+	Ingress = "ingress"
+	Egress  = "egress"
+	Both    = "both"
+)
+
+// Session is one mirroring session: sources, filter, targets.
+type Session struct {
+	Name     string   `mapstructure:"name" json:"name"`
+	Method   string   `mapstructure:"method" json:"method"`
+	Sources  []Source `mapstructure:"sources" json:"sources"`
+	HostOnly bool     `mapstructure:"host_only" json:"host_only"`
+	Rules    []Rule   `mapstructure:"rules" json:"rules"`
+	Sample   int      `mapstructure:"sample" json:"sample"`
+	Rate     string   `mapstructure:"rate" json:"rate"`
+	Snaplen  int      `mapstructure:"snaplen" json:"snaplen"`
+	Targets  []Target `mapstructure:"targets" json:"targets"`
+}
+
+// Source is an interface and a direction to copy from.
+type Source struct {
+	Interface string `mapstructure:"interface" json:"interface"`
+	Direction string `mapstructure:"direction" json:"direction"`
+}
+
+// Rule is one numbered filter rule; the lowest number matches first.
+type Rule struct {
+	Number           int    `mapstructure:"number" json:"number"`
+	Action           string `mapstructure:"action" json:"action"`
+	Protocol         string `mapstructure:"protocol" json:"protocol"`
+	Source           string `mapstructure:"source" json:"source"`
+	Destination      string `mapstructure:"destination" json:"destination"`
+	SourcePorts      string `mapstructure:"source_ports" json:"source_ports"`
+	DestinationPorts string `mapstructure:"destination_ports" json:"destination_ports"`
+	Direction        string `mapstructure:"direction" json:"direction"`
+	VLAN             *int   `mapstructure:"vlan" json:"vlan,omitempty"`
+}
+
+// Target kinds.
+const (
+	KindDevice  = "device"
+	KindGateway = "gateway"
+	KindVXLAN   = "vxlan"
+	KindGENEVE  = "geneve"
+	KindPcap    = "pcap"
+)
+
+// Target is where copies go.
+type Target struct {
+	Kind string `mapstructure:"kind" json:"kind"`
+	// device, gateway
+	Device  string `mapstructure:"device" json:"device,omitempty"`
+	Gateway string `mapstructure:"gateway" json:"gateway,omitempty"`
+	MAC     string `mapstructure:"mac" json:"mac,omitempty"`
+	ARP     string `mapstructure:"arp" json:"arp,omitempty"` // on | off
+	// device targets nfclone creates (a veth pair; copies can be read on Peer)
+	Create  bool   `mapstructure:"create" json:"create,omitempty"`
+	Peer    string `mapstructure:"peer" json:"peer,omitempty"`
+	Promisc bool   `mapstructure:"promisc" json:"promisc,omitempty"`
+	// vxlan, geneve
+	Remote []string `mapstructure:"remote" json:"remote,omitempty"`
+	VNI    *int     `mapstructure:"vni" json:"vni,omitempty"`
+	// pcap
+	Path       string `mapstructure:"path" json:"path,omitempty"`
+	Format     string `mapstructure:"format" json:"format,omitempty"` // pcap | pcapng
+	RotateSize string `mapstructure:"rotate_size" json:"rotate_size,omitempty"`
+	RotateKeep int    `mapstructure:"rotate_keep" json:"rotate_keep,omitempty"`
+}
+
+// SourceDirections expands a direction (ingress|egress|both) into the list of
+// single directions it covers.
+func SourceDirections(d string) []string {
+	switch d {
+	case Both:
+		return []string{Ingress, Egress}
+	case Egress:
+		return []string{Egress}
+	default:
+		return []string{Ingress}
+	}
+}
+
+// UsesUserspace reports whether any session uses the queue or log method.
+func (c *Config) UsesUserspace() bool {
+	for _, s := range c.Sessions {
+		if s.Method == MethodQueue || s.Method == MethodLog {
+			return true
+		}
+	}
+	return false
+}

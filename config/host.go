@@ -1,0 +1,137 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+)
+
+// Host answers what the checks against the running system need to know. The
+// real one reads the current network namespace; tests use a map.
+type Host interface {
+	// Interface reports whether the interface exists and its prefixes.
+	Interface(name string) (exists bool, prefixes []netip.Prefix, err error)
+}
+
+// CheckHost checks a validated config against the host: every interface a
+// session names exists (unless nfclone creates it), a gateway sits on a network
+// connected to its device, and interfaces nfclone would create do not exist yet.
+// owned lists interfaces nfclone itself created earlier (they may exist).
+func CheckHost(c *Config, h Host, owned map[string]bool) Errors {
+	var p problems
+	look := func(path, name string) (bool, []netip.Prefix) {
+		ok, pfx, err := h.Interface(name)
+		if err != nil {
+			p.add(path, "looking up interface %q: %v", name, err)
+			return false, nil
+		}
+		return ok, pfx
+	}
+	for i, s := range c.Sessions {
+		created := map[string]bool{}
+		for _, t := range s.Targets {
+			if t.Kind == KindDevice && t.Create {
+				created[t.Device] = true
+			}
+		}
+		for j, src := range s.Sources {
+			path := fmt.Sprintf("sessions[%d].sources[%d].interface", i, j)
+			if created[src.Interface] || createdAnywhere(c, src.Interface) {
+				continue
+			}
+			if ok, _ := look(path, src.Interface); !ok {
+				p.add(path, "interface %q does not exist", src.Interface)
+			}
+		}
+		for j, t := range s.Targets {
+			tp := fmt.Sprintf("sessions[%d].targets[%d]", i, j)
+			switch t.Kind {
+			case KindDevice:
+				exists, _ := look(tp+".device", t.Device)
+				switch {
+				case t.Create && exists && !owned[t.Device]:
+					p.add(tp+".device", "interface %q already exists and was not created by nfclone; refusing to touch it (remove create: true to mirror into it)", t.Device)
+				case !t.Create && !exists && !createdAnywhere(c, t.Device):
+					p.add(tp+".device", "interface %q does not exist (create: true makes nfclone create it)", t.Device)
+				}
+			case KindGateway:
+				exists, pfxs := look(tp+".device", t.Device)
+				if !exists {
+					p.add(tp+".device", "interface %q does not exist", t.Device)
+					continue
+				}
+				gw, err := netip.ParseAddr(t.Gateway)
+				if err != nil {
+					continue // reported by Validate
+				}
+				gw = gw.Unmap()
+				if !onLink(gw, pfxs) {
+					p.add(tp+".gateway", "%s is not on a network connected to %s (%s)", gw, t.Device, describe(gw, pfxs))
+				}
+			}
+		}
+	}
+	return p.list
+}
+
+func createdAnywhere(c *Config, name string) bool {
+	for _, s := range c.Sessions {
+		for _, t := range s.Targets {
+			if t.Kind == KindDevice && t.Create && t.Device == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func onLink(gw netip.Addr, pfxs []netip.Prefix) bool {
+	for _, p := range pfxs {
+		if p.Addr().Is4() == gw.Is4() && p.Masked().Contains(gw) {
+			return true
+		}
+	}
+	// IPv6 link-local gateways are always on link.
+	return gw.Is6() && gw.IsLinkLocalUnicast()
+}
+
+func describe(gw netip.Addr, pfxs []netip.Prefix) string {
+	var same []string
+	for _, p := range pfxs {
+		if p.Addr().Is4() == gw.Is4() {
+			same = append(same, p.Masked().String())
+		}
+	}
+	fam := "IPv4"
+	if gw.Is6() {
+		fam = "IPv6"
+	}
+	if len(same) == 0 {
+		return fmt.Sprintf("it has no %s address: address family mismatch", fam)
+	}
+	return fmt.Sprintf("its %s networks: %v", fam, same)
+}
+
+// SystemHost is the Host of the current network namespace.
+type SystemHost struct{}
+
+// Interface implements Host with the standard library (netlink underneath).
+func (SystemHost) Interface(name string) (bool, []netip.Prefix, error) {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return false, nil, nil
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return true, nil, fmt.Errorf("listing addresses of %s: %w", name, err)
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			ip, _ := netip.AddrFromSlice(n.IP)
+			ones, _ := n.Mask.Size()
+			out = append(out, netip.PrefixFrom(ip.Unmap(), ones))
+		}
+	}
+	return true, out, nil
+}

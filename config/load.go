@@ -1,0 +1,274 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/viper"
+)
+
+// EnvPrefix is the prefix of environment variables that override scalar keys:
+// NFCLONE_TABLE, NFCLONE_STATE_DIR, NFCLONE_METRICS_LISTEN, NFCLONE_QUEUE_CAP, ...
+const EnvPrefix = "NFCLONE"
+
+// Default returns a Config holding every default and no sessions.
+func Default() Config {
+	return Config{
+		Table:      DefaultTable,
+		StateDir:   DefaultStateDir,
+		Mark:       DefaultMark,
+		RouteTable: DefaultRouteTable,
+		RulePref:   DefaultRulePref,
+		Metrics:    Metrics{Listen: DefaultMetrics},
+		Queue: Queue{
+			Num: DefaultQueueNum, Count: DefaultQueueCount, MaxLen: DefaultQueueMax,
+			Cap: DefaultQueueCap, Workers: DefaultWorkers,
+		},
+	}
+}
+
+// scalarDefaults are registered with viper so that NFCLONE_* environment
+// variables override them (viper only binds keys it knows).
+func scalarDefaults() map[string]any {
+	d := Default()
+	return map[string]any{
+		"table": d.Table, "watch": d.Watch, "state_dir": d.StateDir,
+		"mark": d.Mark, "route_table": d.RouteTable, "rule_pref": d.RulePref,
+		"metrics.listen": d.Metrics.Listen,
+		"queue.num":      d.Queue.Num, "queue.count": d.Queue.Count, "queue.max_len": d.Queue.MaxLen,
+		"queue.cap": d.Queue.Cap, "queue.workers": d.Queue.Workers,
+	}
+}
+
+// Load reads, decodes and validates the YAML file at path. Environment
+// variables NFCLONE_<KEY> override scalar keys. The returned error, if any, is
+// an Errors value listing every problem with its key path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return Parse(data, os.LookupEnv)
+}
+
+// DefaultsWithEnv returns the defaults with NFCLONE_* overrides applied; the
+// commands that may run without a config file (flush, status) use it.
+func DefaultsWithEnv() (*Config, error) {
+	return Parse([]byte("{}"), os.LookupEnv)
+}
+
+// Parse decodes and validates YAML bytes; lookupEnv supplies NFCLONE_*
+// overrides (nil: none).
+func Parse(data []byte, lookupEnv func(string) (string, bool)) (*Config, error) {
+	v := viper.New()
+	v.SetConfigType("yaml")
+	for k, val := range scalarDefaults() {
+		v.SetDefault(k, val)
+	}
+	if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
+		return nil, Errors{{Path: "(file)", Msg: yamlMessage(err)}}
+	}
+	if lookupEnv != nil {
+		// Explicit binding rather than AutomaticEnv: the lookup is injectable
+		// (tests) and only the scalar keys can be overridden.
+		for k := range scalarDefaults() {
+			env := EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(k, ".", "_"))
+			if val, ok := lookupEnv(env); ok {
+				v.Set(k, val)
+			}
+		}
+	}
+	var raw map[string]any = v.AllSettings()
+	cfg := Default()
+	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+		Result:      &cfg,
+		ErrorUnused: true,
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(
+			stringToScalarHook,
+			boolToStringHook,
+			scalarToSliceHook,
+		),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("building config decoder: %w", err)
+	}
+	var errs Errors
+	if err := dec.Decode(raw); err != nil {
+		errs = append(errs, decodeProblems(err)...)
+	}
+	errs = append(errs, Validate(&cfg)...)
+	if len(errs) > 0 {
+		errs.sort()
+		return nil, errs
+	}
+	return &cfg, nil
+}
+
+// stringToScalarHook lets environment variables (always strings) set numbers
+// and booleans. YAML values of the wrong type are still refused.
+func stringToScalarHook(from, to reflect.Type, data any) (any, error) {
+	if from.Kind() != reflect.String {
+		return data, nil
+	}
+	s := strings.TrimSpace(data.(string))
+	switch to.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		n, err := strconv.ParseInt(s, 0, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a number", s)
+		}
+		return n, nil
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		n, err := strconv.ParseUint(s, 0, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a non-negative number", s)
+		}
+		return n, nil
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not true or false", s)
+		}
+		return b, nil
+	}
+	return data, nil
+}
+
+// boolToStringHook keeps `arp: off` working when a YAML 1.1 parser or a user
+// writes it as a boolean.
+func boolToStringHook(from, to reflect.Type, data any) (any, error) {
+	if from.Kind() == reflect.Bool && to.Kind() == reflect.String {
+		if data.(bool) {
+			return "on", nil
+		}
+		return "off", nil
+	}
+	return data, nil
+}
+
+// scalarToSliceHook lets `remote` be one string or a list ("a,b" splits too).
+func scalarToSliceHook(from, to reflect.Type, data any) (any, error) {
+	if to.Kind() != reflect.Slice || to.Elem().Kind() != reflect.String {
+		return data, nil
+	}
+	if from.Kind() == reflect.String {
+		var out []string
+		for _, p := range strings.Split(data.(string), ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+		return out, nil
+	}
+	return data, nil
+}
+
+var (
+	reQuoted   = regexp.MustCompile(`^'([^']*)' (.*)$`)
+	reUnused   = regexp.MustCompile(`^'([^']*)' has invalid keys: (.*)$`)
+	reYAMLLine = regexp.MustCompile(`yaml: (line \d+: )?`)
+)
+
+// decodeProblems turns mapstructure's errors into key-path problems.
+func decodeProblems(err error) Errors {
+	var out Errors
+	var msgs []string
+	var me interface{ Unwrap() []error }
+	if errors.As(err, &me) {
+		for _, e := range me.Unwrap() {
+			msgs = append(msgs, splitLines(e.Error())...)
+		}
+	} else {
+		msgs = splitLines(err.Error())
+	}
+	for _, m := range msgs {
+		m = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(m), "* "))
+		if m == "" || strings.HasSuffix(m, "error(s) decoding:") || strings.HasPrefix(m, "decoding failed") {
+			continue
+		}
+		if sm := reUnused.FindStringSubmatch(m); sm != nil {
+			for _, k := range strings.Split(sm[2], ",") {
+				k = strings.TrimSpace(k)
+				out = append(out, Problem{Path: joinPath(sm[1], k), Msg: "unknown key"})
+			}
+			continue
+		}
+		if sm := reQuoted.FindStringSubmatch(m); sm != nil {
+			out = append(out, Problem{Path: sm[1], Msg: sm[2]})
+			continue
+		}
+		out = append(out, Problem{Path: "(config)", Msg: m})
+	}
+	return out
+}
+
+func splitLines(s string) []string { return strings.Split(s, "\n") }
+
+func joinPath(prefix, key string) string {
+	if prefix == "" {
+		return key
+	}
+	return prefix + "." + key
+}
+
+func yamlMessage(err error) string {
+	s := err.Error()
+	if i := strings.Index(s, "yaml: "); i >= 0 {
+		s = s[i:]
+	}
+	s = reYAMLLine.ReplaceAllStringFunc(s, func(m string) string {
+		return strings.TrimPrefix(m, "yaml: ")
+	})
+	return "not valid YAML: " + s
+}
+
+// Problem is one configuration mistake.
+type Problem struct {
+	Path string
+	Msg  string
+}
+
+func (p Problem) String() string { return p.Path + ": " + p.Msg }
+
+// Errors lists every problem of a configuration; it is an error.
+type Errors []Problem
+
+func (e Errors) Error() string {
+	lines := make([]string, len(e))
+	for i, p := range e {
+		lines[i] = p.String()
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (e Errors) sort() {
+	sort.SliceStable(e, func(i, j int) bool { return pathLess(e[i].Path, e[j].Path) })
+}
+
+// pathLess orders key paths so that sessions[2] comes before sessions[10].
+func pathLess(a, b string) bool {
+	ka, kb := pathKey(a), pathKey(b)
+	for i := 0; i < len(ka) && i < len(kb); i++ {
+		if ka[i] != kb[i] {
+			na, ea := strconv.Atoi(ka[i])
+			nb, eb := strconv.Atoi(kb[i])
+			if ea == nil && eb == nil {
+				return na < nb
+			}
+			return ka[i] < kb[i]
+		}
+	}
+	return len(ka) < len(kb)
+}
+
+func pathKey(p string) []string {
+	return strings.FieldsFunc(p, func(r rune) bool { return r == '.' || r == '[' || r == ']' })
+}

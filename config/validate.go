@@ -1,0 +1,363 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+var (
+	reName   = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_]{0,31}$`)
+	reIfname = regexp.MustCompile(`^[A-Za-z0-9_.@:-]{1,15}$`)
+)
+
+// MaxVNI is the largest VXLAN/GENEVE network identifier (24 bits).
+const MaxVNI = 1<<24 - 1
+
+type problems struct{ list Errors }
+
+func (p *problems) add(path, format string, args ...any) {
+	p.list = append(p.list, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// Validate checks a decoded config without looking at the host, fills in
+// per-session defaults, and returns every problem found.
+func Validate(c *Config) Errors {
+	var p problems
+	if !reName.MatchString(c.Table) {
+		p.add("table", "%q must start with a letter and hold at most 32 letters, digits or _", c.Table)
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		p.add("state_dir", "%q must be an absolute path", c.StateDir)
+	}
+	if c.Mark == 0 {
+		p.add("mark", "must not be 0 (copies are recognised by their mark)")
+	}
+	if c.RouteTable == 0 || c.RouteTable == 253 || c.RouteTable == 254 || c.RouteTable == 255 {
+		p.add("route_table", "%d is reserved (0, default, main, local)", c.RouteTable)
+	}
+	if c.RulePref == 0 || c.RulePref >= 32766 {
+		p.add("rule_pref", "%d must be between 1 and 32765 (before the main table's rule)", c.RulePref)
+	}
+	if c.Metrics.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
+			p.add("metrics.listen", "%q is not host:port (\"\" disables metrics)", c.Metrics.Listen)
+		}
+	}
+	validateQueue(&p, c.Queue, len(c.Sessions))
+	names := map[string]int{}
+	for i := range c.Sessions {
+		s := &c.Sessions[i]
+		path := fmt.Sprintf("sessions[%d]", i)
+		if j, dup := names[s.Name]; dup && s.Name != "" {
+			p.add(path+".name", "%q is already the name of sessions[%d]", s.Name, j)
+		}
+		names[s.Name] = i
+		validateSession(&p, path, s)
+	}
+	return p.list
+}
+
+func validateQueue(p *problems, q Queue, sessions int) {
+	if q.Num < 0 || q.Num > 65535 {
+		p.add("queue.num", "%d is out of range 0-65535", q.Num)
+	}
+	if q.Count < 1 || q.Count > 64 {
+		p.add("queue.count", "%d is out of range 1-64", q.Count)
+	} else if q.Num >= 0 && q.Num+q.Count*max(sessions, 1) > 65536 {
+		p.add("queue.num", "%d leaves no room for %d queues per session", q.Num, q.Count)
+	}
+	if q.MaxLen < 1 || q.MaxLen > 1<<20 {
+		p.add("queue.max_len", "%d is out of range 1-1048576", q.MaxLen)
+	}
+	if q.Cap < 1 || q.Cap > 1<<22 {
+		p.add("queue.cap", "%d is out of range 1-4194304", q.Cap)
+	}
+	if q.Workers < 1 || q.Workers > 256 {
+		p.add("queue.workers", "%d is out of range 1-256", q.Workers)
+	}
+}
+
+func validateSession(p *problems, path string, s *Session) {
+	if !reName.MatchString(s.Name) {
+		p.add(path+".name", "%q must start with a letter and hold at most 32 letters, digits or _", s.Name)
+	}
+	if s.Method == "" {
+		s.Method = MethodDup
+	}
+	switch s.Method {
+	case MethodDup, MethodQueue, MethodLog:
+	default:
+		p.add(path+".method", "%q is not one of queue, log, dup", s.Method)
+	}
+	if len(s.Sources) == 0 {
+		p.add(path+".sources", "at least one source is required")
+	}
+	dirs := map[string]bool{}
+	seen := map[string]int{}
+	for i := range s.Sources {
+		src := &s.Sources[i]
+		sp := fmt.Sprintf("%s.sources[%d]", path, i)
+		if !reIfname.MatchString(src.Interface) {
+			p.add(sp+".interface", "%q is not an interface name", src.Interface)
+		}
+		if j, dup := seen[src.Interface]; dup {
+			p.add(sp+".interface", "%q is already sources[%d]; use direction: both", src.Interface, j)
+		}
+		seen[src.Interface] = i
+		if src.Direction == "" {
+			src.Direction = Both
+		}
+		switch src.Direction {
+		case Ingress, Egress, Both:
+			for _, d := range SourceDirections(src.Direction) {
+				dirs[d] = true
+			}
+		default:
+			p.add(sp+".direction", "%q is not one of ingress, egress, both", src.Direction)
+		}
+	}
+	l2 := s.Method == MethodDup
+	for _, t := range s.Targets {
+		if t.Kind != KindDevice && t.Kind != KindVXLAN {
+			l2 = false
+		}
+	}
+	validateRules(p, path, s, dirs, l2)
+	if s.Sample == 0 {
+		s.Sample = DefaultSample
+	}
+	if s.Sample < 0 || s.Sample > 1<<20 {
+		p.add(path+".sample", "%d is out of range 1-1048576 (copy 1 packet in N)", s.Sample)
+	}
+	if s.Rate != "" {
+		if _, err := ParseRate(s.Rate); err != nil {
+			p.add(path+".rate", "%v", err)
+		}
+	}
+	switch {
+	case s.Snaplen < 0 || s.Snaplen > 65535:
+		p.add(path+".snaplen", "%d is out of range 0-65535 (0: whole packet)", s.Snaplen)
+	case s.Snaplen > 0 && s.Snaplen < 60:
+		p.add(path+".snaplen", "%d is too small to hold the headers (at least 60)", s.Snaplen)
+	case s.Snaplen > 0 && s.Method == MethodDup:
+		p.add(path+".snaplen", "kernel dup copies whole packets; truncation needs method queue or log")
+	}
+	if len(s.Targets) == 0 {
+		p.add(path+".targets", "at least one target is required")
+	}
+	for i := range s.Targets {
+		validateTarget(p, fmt.Sprintf("%s.targets[%d]", path, i), s, &s.Targets[i])
+	}
+}
+
+func validateRules(p *problems, path string, s *Session, dirs map[string]bool, l2 bool) {
+	numbers := map[int]int{}
+	for i := range s.Rules {
+		r := &s.Rules[i]
+		rp := fmt.Sprintf("%s.rules[%d]", path, i)
+		if r.Number < 1 || r.Number > 32766 {
+			p.add(rp+".number", "%d is out of range 1-32766", r.Number)
+		} else if j, dup := numbers[r.Number]; dup {
+			p.add(rp+".number", "%d is already the number of rules[%d]", r.Number, j)
+		}
+		numbers[r.Number] = i
+		switch r.Action {
+		case "accept", "reject":
+		case "":
+			p.add(rp+".action", "is required (accept or reject)")
+		default:
+			p.add(rp+".action", "%q is not accept or reject", r.Action)
+		}
+		proto, hasProto, err := ParseProtocol(r.Protocol)
+		if err != nil {
+			p.add(rp+".protocol", "%v", err)
+		}
+		fam := 0
+		for _, f := range []struct{ key, val string }{{"source", r.Source}, {"destination", r.Destination}} {
+			if f.val == "" {
+				continue
+			}
+			pfx, err := ParsePrefix(f.val)
+			if err != nil {
+				p.add(rp+"."+f.key, "%v", err)
+				continue
+			}
+			pf := 4
+			if pfx.Addr().Is6() {
+				pf = 6
+			}
+			if fam != 0 && fam != pf {
+				p.add(rp+"."+f.key, "%q is IPv%d but the rule's source is IPv%d", f.val, pf, fam)
+			}
+			fam = pf
+		}
+		if hasProto && proto == 1 && fam == 6 {
+			p.add(rp+".protocol", "icmp does not exist in IPv6 (use icmpv6)")
+		}
+		if hasProto && proto == 58 && fam == 4 {
+			p.add(rp+".protocol", "icmpv6 does not exist in IPv4 (use icmp)")
+		}
+		for _, f := range []struct{ key, val string }{{"source_ports", r.SourcePorts}, {"destination_ports", r.DestinationPorts}} {
+			if f.val == "" {
+				continue
+			}
+			if _, err := ParsePorts(f.val); err != nil {
+				p.add(rp+"."+f.key, "%v", err)
+			} else if !hasProto || (proto != 6 && proto != 17 && proto != 132) {
+				p.add(rp+"."+f.key, "ports need protocol tcp, udp or sctp")
+			}
+		}
+		switch r.Direction {
+		case "":
+		case Ingress, Egress:
+			if len(dirs) > 0 && !dirs[r.Direction] {
+				p.add(rp+".direction", "%q never matches: the session's sources copy no %s traffic", r.Direction, r.Direction)
+			}
+		default:
+			p.add(rp+".direction", "%q is not ingress or egress", r.Direction)
+		}
+		if r.VLAN != nil {
+			if *r.VLAN < 0 || *r.VLAN > 4094 {
+				p.add(rp+".vlan", "%d is out of range 0-4094", *r.VLAN)
+			} else if !l2 {
+				p.add(rp+".vlan", "VLAN ids are only seen in L2 frames: needs method dup with device or vxlan targets only")
+			}
+		}
+	}
+}
+
+func validateTarget(p *problems, tp string, s *Session, t *Target) {
+	switch t.Kind {
+	case KindDevice, KindGateway, KindVXLAN, KindGENEVE, KindPcap:
+	case "":
+		p.add(tp+".kind", "is required (device, gateway, vxlan, geneve, pcap)")
+		return
+	default:
+		p.add(tp+".kind", "%q is not one of device, gateway, vxlan, geneve, pcap", t.Kind)
+		return
+	}
+	if s.Method == MethodDup && (t.Kind == KindGENEVE || t.Kind == KindPcap) {
+		p.add(tp+".kind", "%s is not available with method dup (the kernel cannot write it); use method queue or log", t.Kind)
+	}
+	only := func(key string, set bool, kinds ...string) {
+		if !set {
+			return
+		}
+		for _, k := range kinds {
+			if k == t.Kind {
+				return
+			}
+		}
+		p.add(tp+"."+key, "is not a field of %s targets (only %s)", t.Kind, strings.Join(kinds, ", "))
+	}
+	only("device", t.Device != "", KindDevice, KindGateway, KindVXLAN, KindGENEVE)
+	only("gateway", t.Gateway != "", KindGateway)
+	only("mac", t.MAC != "", KindDevice, KindGateway)
+	only("arp", t.ARP != "", KindGateway)
+	only("create", t.Create, KindDevice)
+	only("peer", t.Peer != "", KindDevice)
+	only("promisc", t.Promisc, KindDevice)
+	only("remote", len(t.Remote) > 0, KindVXLAN, KindGENEVE)
+	only("vni", t.VNI != nil, KindVXLAN, KindGENEVE)
+	only("path", t.Path != "", KindPcap)
+	only("format", t.Format != "", KindPcap)
+	only("rotate_size", t.RotateSize != "", KindPcap)
+	only("rotate_keep", t.RotateKeep != 0, KindPcap)
+
+	if t.Device != "" && !reIfname.MatchString(t.Device) {
+		p.add(tp+".device", "%q is not an interface name", t.Device)
+	}
+	if t.MAC != "" {
+		if hw, err := net.ParseMAC(t.MAC); err != nil || len(hw) != 6 {
+			p.add(tp+".mac", "%q is not an Ethernet address like 02:00:00:00:00:01", t.MAC)
+		}
+	}
+	switch t.Kind {
+	case KindDevice:
+		if t.Device == "" {
+			p.add(tp+".device", "is required")
+		}
+		for _, src := range s.Sources {
+			if src.Interface == t.Device && t.Device != "" {
+				p.add(tp+".device", "%q is also a source of this session: its copies would be copied again", t.Device)
+			}
+		}
+		if t.Peer != "" && !reIfname.MatchString(t.Peer) {
+			p.add(tp+".peer", "%q is not an interface name", t.Peer)
+		}
+		if t.Peer != "" && !t.Create {
+			p.add(tp+".peer", "only with create: true")
+		}
+	case KindGateway:
+		if t.Device == "" {
+			p.add(tp+".device", "is required (the interface the gateway is reached through)")
+		}
+		if t.Gateway == "" {
+			p.add(tp+".gateway", "is required")
+		} else if a, err := ParsePrefix(t.Gateway); err != nil || !a.IsSingleIP() {
+			p.add(tp+".gateway", "%q is not an IP address", t.Gateway)
+		}
+		switch t.ARP {
+		case "", "on", "off":
+		default:
+			p.add(tp+".arp", "%q is not on or off", t.ARP)
+		}
+		if t.ARP == "off" && t.MAC != "" {
+			p.add(tp+".mac", "mac and arp: off exclude each other (mac installs a neighbour entry)")
+		}
+	case KindVXLAN, KindGENEVE:
+		if len(t.Remote) == 0 {
+			p.add(tp+".remote", "is required (address:port, or a list)")
+		}
+		for i, r := range t.Remote {
+			key := tp + ".remote"
+			if len(t.Remote) > 1 {
+				key = fmt.Sprintf("%s[%d]", key, i)
+			}
+			if _, err := ParseRemote(r); err != nil {
+				p.add(key, "%v", err)
+			}
+		}
+		if s.Method == MethodDup && len(t.Remote) > 1 {
+			p.add(tp+".remote", "method dup feeds one kernel VXLAN device: one remote only")
+		}
+		if t.VNI == nil {
+			p.add(tp+".vni", "is required (0-%d)", MaxVNI)
+		} else if *t.VNI < 0 || *t.VNI > MaxVNI {
+			p.add(tp+".vni", "%d is out of range 0-%d", *t.VNI, MaxVNI)
+		}
+	case KindPcap:
+		if t.Path == "" {
+			p.add(tp+".path", "is required (a file, or - for standard output)")
+		} else if t.Path != "-" && !filepath.IsAbs(t.Path) {
+			p.add(tp+".path", "%q must be an absolute path or -", t.Path)
+		}
+		switch t.Format {
+		case "", "pcap", "pcapng":
+		default:
+			p.add(tp+".format", "%q is not pcap or pcapng", t.Format)
+		}
+		if t.RotateSize != "" {
+			if _, err := ParseSize(t.RotateSize); err != nil {
+				p.add(tp+".rotate_size", "%v", err)
+			}
+			if t.Path == "-" {
+				p.add(tp+".rotate_size", "standard output cannot be rotated")
+			}
+		}
+		if t.RotateKeep < 0 {
+			p.add(tp+".rotate_keep", "%d must not be negative", t.RotateKeep)
+		}
+	}
+}
+
+// SortedRules returns a session's rules in number order.
+func SortedRules(rules []Rule) []Rule {
+	out := append([]Rule(nil), rules...)
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Number < out[j].Number })
+	return out
+}

@@ -1,0 +1,269 @@
+// Package engine runs nfclone: probe → plan → apply → copy → clean up.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/google/nftables"
+
+	"github.com/nfclone/nfclone/config"
+	"github.com/nfclone/nfclone/route"
+	"github.com/nfclone/nfclone/rules"
+)
+
+// ErrHost marks failures caused by the host (privilege, kernel features,
+// devices): exit code 2.
+var ErrHost = errors.New("the host cannot do it")
+
+func hostErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrHost, fmt.Sprintf(format, args...))
+}
+
+// RoutePlan is the pure routing/link plan of a config: ARP handling on the
+// egress of gateway targets (DESIGN §3).
+func RoutePlan(c *config.Config) route.Plan {
+	var p route.Plan
+	flags := map[string]bool{}
+	for _, s := range c.Sessions {
+		for _, t := range s.Targets {
+			if t.Kind != config.KindGateway {
+				continue
+			}
+			gw, err := netip.ParseAddr(t.Gateway)
+			if err != nil {
+				continue
+			}
+			if t.ARP == "off" && !flags[t.Device] {
+				flags[t.Device] = true
+				p.Flags = append(p.Flags, route.LinkFlag{Device: t.Device, NoARP: true})
+			}
+			if t.MAC != "" {
+				mac, _ := net.ParseMAC(t.MAC)
+				p.Neighbours = append(p.Neighbours, route.Neighbour{Device: t.Device, Addr: gw.Unmap(), MAC: mac})
+			}
+		}
+	}
+	return p
+}
+
+// Engine runs one configuration.
+type Engine struct {
+	Cfg *config.Config
+	Log *slog.Logger
+}
+
+// Userspace methods arrive with the clone engine; until then run refuses them.
+func checkMethods(c *config.Config) error {
+	var errs config.Errors
+	for i, s := range c.Sessions {
+		if s.Method != config.MethodDup {
+			errs = append(errs, config.Problem{Path: fmt.Sprintf("sessions[%d].method", i),
+				Msg: fmt.Sprintf("%q is not implemented yet in `run` (only dup is); `render` shows its rules", s.Method)})
+		}
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+// Run installs everything, then waits for ctx to end and removes it all.
+// ready, if set, is called once the rules are in place.
+func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
+	c, log := e.Cfg, e.Log
+	if err := checkMethods(c); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		// Capabilities may still be enough; the first netlink call tells.
+		log.Debug("not running as root; relying on CAP_NET_ADMIN and CAP_NET_RAW")
+	}
+	rk, err := route.Open()
+	if err != nil {
+		return hostErr("opening rtnetlink: %v", err)
+	}
+	defer rk.Close()
+
+	if err := Reconcile(c, rk, log); err != nil {
+		return err
+	}
+	if errs := config.CheckHost(c, config.SystemHost{}, nil); len(errs) > 0 {
+		return errs
+	}
+	if err := e.probe(); err != nil {
+		return err
+	}
+
+	st := &State{PID: os.Getpid(), Started: time.Now().UTC(), Table: c.Table}
+	if err := WriteState(c.StateDir, st); err != nil {
+		return hostErr("%v", err)
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		// Failure before the loop: undo what was done.
+		if uerr := route.Undo(rk, st.Journal, log); uerr != nil {
+			log.Error("undoing routing changes", "err", uerr)
+		} else {
+			_ = RemoveState(c.StateDir)
+		}
+	}()
+
+	plan := RoutePlan(c)
+	j, err := route.NewApplier(rk, log).Apply(plan)
+	st.Journal = j
+	if werr := WriteState(c.StateDir, st); werr != nil && err == nil {
+		err = hostErr("%v", werr)
+	}
+	if err != nil {
+		return hostErr("applying routing plan: %v", err)
+	}
+
+	rs, err := rules.Compile(c, rules.Options{IfIndex: ifIndex})
+	if err != nil {
+		return err
+	}
+	ap, err := rules.NewApplier(c.Table)
+	if err != nil {
+		return hostErr("%v", err)
+	}
+	if err := ap.Apply(rs); err != nil {
+		ap.Close()
+		return hostErr("%v", err)
+	}
+	log.Info("rules installed", "table", c.Table, "tables", len(rs.Tables), "sessions", len(c.Sessions))
+	if ready != nil {
+		ready()
+	}
+
+	<-ctx.Done()
+	log.Info("stopping: removing rules and undoing routing changes")
+	var errs []error
+	if err := ap.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := route.Undo(rk, st.Journal, log); err != nil {
+		errs = append(errs, fmt.Errorf("undoing routing changes: %w", err))
+	}
+	if len(errs) == 0 {
+		if err := RemoveState(c.StateDir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	log.Info("clean exit")
+	return nil
+}
+
+func ifIndex(name string) uint32 {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return 0
+	}
+	return uint32(ifi.Index)
+}
+
+// probe checks that the kernel has what the config needs.
+func (e *Engine) probe() error {
+	f, err := ProbeKernel(e.Cfg.Table)
+	if err != nil {
+		return hostErr("%v", err)
+	}
+	if missing := Missing(e.Cfg, f); len(missing) > 0 {
+		return hostErr("the kernel lacks: %v", missing)
+	}
+	return nil
+}
+
+// ProbeKernel runs the nftables feature probe in the current namespace.
+func ProbeKernel(table string) (rules.Features, error) {
+	lo := ifIndex("lo")
+	return rules.Probe(func() (rules.Batch, error) { return nftables.New() }, table, lo)
+}
+
+// Missing lists the features the config needs that the kernel lacks.
+func Missing(c *config.Config, f rules.Features) []string {
+	need := map[string]bool{rules.FeatOwner: true}
+	for _, s := range c.Sessions {
+		if s.HostOnly {
+			need[rules.FeatFib] = true
+		}
+		if s.Sample > 1 {
+			need[rules.FeatNumgen] = true
+		}
+		if s.Rate != "" {
+			need[rules.FeatLimit] = true
+		}
+		switch s.Method {
+		case config.MethodQueue:
+			if !f.Has(rules.FeatNativeQueue) {
+				need[rules.FeatCompatQueue] = true
+			}
+			need[rules.FeatNotrack] = true
+		case config.MethodLog:
+			need[rules.FeatLog] = true
+			need[rules.FeatNotrack] = true
+		case config.MethodDup:
+			for _, t := range s.Targets {
+				switch t.Kind {
+				case config.KindDevice, config.KindVXLAN:
+					need[rules.FeatDupNetdev] = true
+				case config.KindGateway:
+					if a, err := netip.ParseAddr(t.Gateway); err == nil && a.Unmap().Is6() {
+						need[rules.FeatDupIP6] = true
+					} else {
+						need[rules.FeatDupIP] = true
+					}
+				}
+			}
+		}
+	}
+	var out []string
+	for _, x := range f.List {
+		if need[x.Name] && !x.OK {
+			out = append(out, fmt.Sprintf("%s (%s)", x.Name, x.Err))
+		}
+	}
+	return out
+}
+
+// Reconcile removes the leftovers of a run that was killed: its state file's
+// journal is undone and nfclone's tables (if any survived) are removed. A
+// running nfclone is left alone and reported.
+func Reconcile(c *config.Config, rk route.Kernel, log *slog.Logger) error {
+	st, err := ReadState(c.StateDir)
+	if err != nil {
+		return hostErr("%v", err)
+	}
+	if st.Alive() {
+		return hostErr("nfclone is already running (pid %d, state in %s); stop it first", st.PID, c.StateDir)
+	}
+	table := c.Table
+	if st != nil {
+		if st.Table != "" {
+			table = st.Table
+		}
+		log.Info("removing leftovers of an earlier run", "pid", st.PID, "changes", len(st.Journal))
+		if err := route.Undo(rk, st.Journal, log); err != nil {
+			return hostErr("undoing the routing changes of pid %d: %v", st.PID, err)
+		}
+	}
+	conn, err := nftables.New()
+	if err != nil {
+		return hostErr("opening nftables: %v", err)
+	}
+	if err := rules.RemoveTables(conn, table); err != nil {
+		return hostErr("%v", err)
+	}
+	return RemoveState(c.StateDir)
+}

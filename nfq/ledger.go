@@ -1,0 +1,175 @@
+package nfq
+
+import "sync/atomic"
+
+// Ledger counts what happened to the copies of one session. All methods are
+// safe for concurrent use. Readers add what they receive and what the kernel
+// or the socket lost; workers add what was copied or failed to send.
+//
+// The invariant, exact once the copy queue and workers are drained:
+//
+//	Offered = Copied + KernelQueue + User + SocketOverrun + QueueOverflow
+//	          + RateLimit + Malformed + SendError   (+ InFlight while running)
+//
+// where Offered = Received + KernelQueue + User + SocketOverrun: every packet
+// the kernel tried to hand to nfclone.
+type Ledger struct {
+	received      atomic.Uint64
+	copied        atomic.Uint64
+	bytes         atomic.Uint64
+	kernelQueue   atomic.Uint64
+	user          atomic.Uint64
+	overrun       atomic.Uint64
+	queueOverflow atomic.Uint64
+	rateLimit     atomic.Uint64
+	malformed     atomic.Uint64
+	sendError     atomic.Uint64
+	enobufs       atomic.Uint64
+	verdictErrors atomic.Uint64
+}
+
+// Drops are the lost copies by reason.
+type Drops struct {
+	// KernelQueue: the kernel queue was full (nfnetlink_queue queue_dropped;
+	// never counted by the kernel when the queue is fail-open).
+	KernelQueue uint64 `json:"kernel_queue"`
+	// User: the kernel could not hand the packet to the socket
+	// (nfnetlink_queue user_dropped, without fail-open).
+	User uint64 `json:"user"`
+	// SocketOverrun: lost to a full netlink receive buffer (ENOBUFS), counted
+	// from gaps in NFQUEUE packet ids or NFLOG sequence numbers.
+	SocketOverrun uint64 `json:"socket_overrun"`
+	// QueueOverflow: the userspace copy queue was full.
+	QueueOverflow uint64 `json:"queue_overflow"`
+	// RateLimit is reserved (the rate is enforced by nft rules).
+	RateLimit uint64 `json:"rate_limit"`
+	// Malformed: the kernel's message or the packet in it did not parse.
+	Malformed uint64 `json:"malformed"`
+	// SendError: at least one target failed to send the copy.
+	SendError uint64 `json:"send_error"`
+}
+
+// Total is the sum of all drops.
+func (d Drops) Total() uint64 {
+	return d.KernelQueue + d.User + d.SocketOverrun + d.QueueOverflow + d.RateLimit + d.Malformed + d.SendError
+}
+
+// Snapshot is a point-in-time view of a Ledger.
+type Snapshot struct {
+	Offered  uint64 `json:"offered"`
+	Received uint64 `json:"received"`
+	Copied   uint64 `json:"copied"`
+	Bytes    uint64 `json:"bytes"`
+	InFlight uint64 `json:"in_flight"`
+	Drops    Drops  `json:"drops"`
+	// ENOBUFS counts receive errors (events, not packets) reported by the
+	// netlink socket; the packets lost are in Drops.SocketOverrun.
+	ENOBUFS uint64 `json:"enobufs_events"`
+	// VerdictErrors counts verdict messages the kernel refused.
+	VerdictErrors uint64 `json:"verdict_errors"`
+}
+
+// Balanced reports whether Offered = Copied + Drops + InFlight.
+func (s Snapshot) Balanced() bool {
+	return s.Offered == s.Copied+s.Drops.Total()+s.InFlight
+}
+
+// AddReceived counts n packet messages read from the kernel (parsed or not).
+func (l *Ledger) AddReceived(n uint64) { l.received.Add(n) }
+
+// AddCopied counts n copies sent to every target, totalling b bytes.
+func (l *Ledger) AddCopied(n, b uint64) {
+	l.copied.Add(n)
+	l.bytes.Add(b)
+}
+
+// AddKernelDrops adds deltas of the kernel's queue_dropped and user_dropped.
+func (l *Ledger) AddKernelDrops(queueDropped, userDropped uint64) {
+	l.kernelQueue.Add(queueDropped)
+	l.user.Add(userDropped)
+}
+
+// AddOverruns counts n packets lost to a full socket receive buffer.
+func (l *Ledger) AddOverruns(n uint64) { l.overrun.Add(n) }
+
+// AddENOBUFS counts one ENOBUFS event on the socket.
+func (l *Ledger) AddENOBUFS() { l.enobufs.Add(1) }
+
+// AddQueueOverflow counts n copies dropped because the copy queue was full.
+func (l *Ledger) AddQueueOverflow(n uint64) { l.queueOverflow.Add(n) }
+
+// AddRateLimit counts n copies dropped by a userspace rate limit (reserved).
+func (l *Ledger) AddRateLimit(n uint64) { l.rateLimit.Add(n) }
+
+// AddMalformed counts n packets that failed to parse.
+func (l *Ledger) AddMalformed(n uint64) { l.malformed.Add(n) }
+
+// AddSendErrors counts n copies that at least one target failed to send.
+func (l *Ledger) AddSendErrors(n uint64) { l.sendError.Add(n) }
+
+// AddVerdictErrors counts n verdicts refused by the kernel.
+func (l *Ledger) AddVerdictErrors(n uint64) { l.verdictErrors.Add(n) }
+
+// Account records the outcome of a sent batch: copies with Errs == 0 are
+// copied, the others are send errors.
+func (l *Ledger) Account(batch []*Packet) {
+	var ok, b, bad uint64
+	for _, p := range batch {
+		if p.Errs == 0 {
+			ok++
+			b += uint64(len(p.Data))
+		} else {
+			bad++
+		}
+	}
+	if ok > 0 {
+		l.AddCopied(ok, b)
+	}
+	if bad > 0 {
+		l.AddSendErrors(bad)
+	}
+}
+
+// Snapshot returns the current counters. Outcome counters are read before
+// Received, so InFlight is never understated by a concurrent update.
+func (l *Ledger) Snapshot() Snapshot {
+	var s Snapshot
+	s.Copied = l.copied.Load()
+	s.Bytes = l.bytes.Load()
+	s.Drops = Drops{
+		QueueOverflow: l.queueOverflow.Load(),
+		RateLimit:     l.rateLimit.Load(),
+		Malformed:     l.malformed.Load(),
+		SendError:     l.sendError.Load(),
+	}
+	s.Received = l.received.Load()
+	s.Drops.KernelQueue = l.kernelQueue.Load()
+	s.Drops.User, s.Drops.SocketOverrun = attributeLoss(l.overrun.Load(), l.user.Load())
+	s.ENOBUFS = l.enobufs.Load()
+	s.VerdictErrors = l.verdictErrors.Load()
+	done := s.Copied + s.Drops.QueueOverflow + s.Drops.RateLimit + s.Drops.Malformed + s.Drops.SendError
+	if s.Received > done {
+		s.InFlight = s.Received - done
+	} else {
+		// A concurrent update raced the loads; report the outcomes as they
+		// are and let Received catch up on the next snapshot.
+		s.Received = done
+	}
+	s.Offered = s.Received + s.Drops.KernelQueue + s.Drops.User + s.Drops.SocketOverrun
+	return s
+}
+
+// attributeLoss splits packets the kernel numbered but never delivered.
+// gaps is what the reader saw missing from the NFQUEUE id (or NFLOG
+// sequence) stream; userDropped is the kernel's own count of failed
+// deliveries (nfnetlink_queue user_dropped, only counted without fail-open).
+// Both count the same losses, seen from two sides and at different times,
+// so they are not added: the kernel's count is attributed to User and the
+// gaps beyond it to SocketOverrun (ENOBUFS with fail-open, which the kernel
+// does not count at all).
+func attributeLoss(gaps, userDropped uint64) (user, overrun uint64) {
+	if gaps > userDropped {
+		return userDropped, gaps - userDropped
+	}
+	return userDropped, 0
+}

@@ -1,0 +1,161 @@
+package nfq
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	nflog "github.com/florianl/go-nflog/v2"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// LogConfig configures a LogReader.
+type LogConfig struct {
+	// Group is the NFLOG group.
+	Group uint16
+	// Snaplen is the copy range (0 = 0xffff). A rule's own snaplen, if
+	// smaller, wins in the kernel.
+	Snaplen uint32
+	// QThresh is the number of packets the kernel batches into one netlink
+	// datagram (0 = 64). A rule's queue-threshold wins in the kernel.
+	QThresh uint32
+	// Timeout is the longest the kernel waits before sending a partial
+	// batch, in 1/100 s (0 = 1, i.e. 10 ms). NFLOG never holds originals,
+	// so this only delays copies.
+	Timeout uint32
+	// NlBufSize is the kernel's per-group batch buffer (0 = 128 KiB, the
+	// kernel maximum).
+	NlBufSize uint32
+	// RcvBuf is the netlink receive buffer (0 = 16 MiB, SO_RCVBUFFORCE).
+	RcvBuf int
+	// ReportENOBUFS leaves NETLINK_NO_ENOBUFS off (see QueueConfig).
+	ReportENOBUFS bool
+	Session       int
+	NetNS         int
+	Logger        *slog.Logger
+}
+
+func (c *LogConfig) defaults() {
+	if c.Snaplen == 0 || c.Snaplen > 0xffff {
+		c.Snaplen = 0xffff
+	}
+	if c.QThresh == 0 {
+		c.QThresh = 64
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 1
+	}
+	if c.NlBufSize == 0 || c.NlBufSize > 131072 {
+		c.NlBufSize = 131072
+	}
+	if c.RcvBuf == 0 {
+		c.RcvBuf = 16 << 20
+	}
+}
+
+// LogReader reads one NFLOG group (with NFULNL_CFG_F_SEQ, so losses are
+// counted from sequence gaps) and pushes copies into a CopyQueue.
+type LogReader struct {
+	cfg  LogConfig
+	nl   *nflog.Nflog
+	r    *reader
+	once sync.Once
+}
+
+// NewLogReader opens and binds NFLOG group cfg.Group.
+func NewLogReader(cfg LogConfig, q *CopyQueue, led *Ledger) (*LogReader, error) {
+	cfg.defaults()
+	nl, err := nflog.Open(&nflog.Config{
+		Group:    cfg.Group,
+		Copymode: nflog.CopyPacket,
+		Bufsize:  cfg.Snaplen,
+		QThresh:  cfg.QThresh,
+		Timeout:  cfg.Timeout,
+		Flags:    nflog.FlagSeq,
+		NetNS:    cfg.NetNS,
+	})
+	if err != nil {
+		return nil, wrapErr("open nflog", err)
+	}
+	if !cfg.ReportENOBUFS {
+		if err := nl.SetOption(netlink.NoENOBUFS, true); err != nil {
+			nl.Close()
+			return nil, wrapErr("set NETLINK_NO_ENOBUFS", err)
+		}
+	}
+	sock, err := newRawNL(nl.Con, cfg.RcvBuf)
+	if err != nil {
+		nl.Close()
+		return nil, err
+	}
+	lr, err := newLogReader(cfg, sock, q, led)
+	if err != nil {
+		nl.Close()
+		return nil, err
+	}
+	lr.nl = nl
+	return lr, nil
+}
+
+func newLogReader(cfg LogConfig, sock nlSocket, q *CopyQueue, led *Ledger) (*LogReader, error) {
+	cfg.defaults()
+	// One datagram carries up to NlBufSize bytes of messages, or a single
+	// message of up to copy range + headers when that is larger.
+	bufSize := int(cfg.NlBufSize)
+	if n := int(cfg.Snaplen) + nlOverhead; n > bufSize {
+		bufSize = n
+	}
+	bufSize = nlAlign(bufSize + nlOverhead)
+	lr := &LogReader{cfg: cfg}
+	lr.r = newReader(kindLog, sock, q, led, cfg.Session, cfg.Group, 8, bufSize, 1, time.Millisecond, cfg.Logger)
+	if err := lr.bind(); err != nil {
+		return nil, err
+	}
+	return lr, nil
+}
+
+func (lr *LogReader) bind() error {
+	r := lr.r
+	seq := r.nextSeq()
+	mb := &r.mb
+	mb.start(subsysUlog<<8|nfulnlMsgConfig, nlmFRequest|nlmFAck, seq, unix.AF_UNSPEC, lr.cfg.Group)
+	mb.attr(nfulaCfgCmd, []byte{nfulnlCfgCmdBind})
+	mode := make([]byte, 6)
+	binary.BigEndian.PutUint32(mode, lr.cfg.Snaplen)
+	mode[4] = nfulnlCopyPacket
+	mb.attr(nfulaCfgMode, mode)
+	mb.be32(nfulaCfgNlBufSiz, lr.cfg.NlBufSize)
+	mb.be32(nfulaCfgTimeout, lr.cfg.Timeout)
+	mb.be32(nfulaCfgQThresh, lr.cfg.QThresh)
+	mb.attr(nfulaCfgFlags, []byte{0, nfulnlCfgFSeq})
+	msg := append([]byte(nil), mb.finish()...)
+	if err := r.execute(msg, seq, 5*time.Second); err != nil {
+		return fmt.Errorf("nfq: bind nflog group %d: %w", lr.cfg.Group, err)
+	}
+	return nil
+}
+
+// Run reads until ctx is done and returns nil (an error only if the socket
+// was closed under it).
+func (lr *LogReader) Run(ctx context.Context) error { return lr.r.run(ctx) }
+
+// Stats returns the reader's own counters.
+func (lr *LogReader) Stats() ReaderStats { return lr.r.stats() }
+
+// Close closes the socket (the kernel unbinds the group). Call it after Run
+// has returned.
+func (lr *LogReader) Close() error {
+	var err error
+	lr.once.Do(func() {
+		if lr.nl != nil {
+			err = lr.nl.Close()
+		} else {
+			err = lr.r.sock.Close()
+		}
+	})
+	return err
+}

@@ -1,0 +1,147 @@
+// Package nfq is nfclone's userspace data path: NFQUEUE and NFLOG readers,
+// the bounded copy queue between readers and workers, the per-session ledger
+// of offered/copied/dropped copies, and the worker pool that hands copies to
+// sinks.
+package nfq
+
+import "sync"
+
+// Headroom is the number of bytes reserved in every packet buffer in front of
+// Data. Sinks build their link or encapsulation headers in place there
+// (Ethernet: 14 bytes; VXLAN/GENEVE: 8+ bytes plus an inner Ethernet header)
+// so that a copy is never copied a second time.
+const Headroom = 64
+
+// Buffer size classes. A copy of at most smallPayload bytes uses a small
+// buffer; anything larger (lo has an MTU of 64 KiB, snaplen 0 means 0xffff)
+// uses a large one.
+const (
+	smallPayload = 2048
+	largePayload = 0x10000
+)
+
+// Packet is one copy in flight from a reader to the sinks. It lives in a
+// pooled buffer and must be released (Release) by whoever consumes it last —
+// the worker after sending.
+type Packet struct {
+	// Data is the IP packet (L3, starting at the IP header), possibly
+	// truncated to the session's snaplen. It starts Headroom bytes into the
+	// pooled buffer.
+	Data []byte
+	// OrigLen is the length of the original packet before truncation.
+	OrigLen int
+	// Family is 4 or 6, from the IP version nibble.
+	Family uint8
+	// InIf and OutIf are the input and output interface indexes (0 if the
+	// kernel did not say).
+	InIf, OutIf uint32
+	// HwAddr[:HwAddrLen] is the link-layer source address if the kernel gave
+	// one (input-side hooks on Ethernet devices).
+	HwAddr    [8]byte
+	HwAddrLen uint8
+	// Mark is the packet mark of the original.
+	Mark uint32
+	// Session is the index of the session the copy belongs to.
+	Session int
+	// Errs counts targets that failed to send this copy. Sinks increment it;
+	// the worker's accounting reads it (0 = copied everywhere).
+	Errs uint8
+
+	buf   []byte // whole pooled buffer; Data == buf[Headroom:Headroom+n]
+	large bool
+}
+
+var (
+	smallPool = sync.Pool{New: func() any {
+		return &Packet{buf: make([]byte, Headroom+smallPayload)}
+	}}
+	largePool = sync.Pool{New: func() any {
+		return &Packet{buf: make([]byte, Headroom+largePayload), large: true}
+	}}
+)
+
+// GetPacket returns a pooled packet whose Data has length n (n is clamped to
+// the largest buffer class, 64 KiB). The contents of Data are undefined.
+func GetPacket(n int) *Packet {
+	var p *Packet
+	if n <= smallPayload {
+		p = smallPool.Get().(*Packet)
+	} else {
+		if n > largePayload {
+			n = largePayload
+		}
+		p = largePool.Get().(*Packet)
+	}
+	p.Data = p.buf[Headroom : Headroom+n]
+	return p
+}
+
+// NewPacket returns a pooled packet holding a copy of data, with Family and
+// OrigLen derived from the IP header (see IPInfo).
+func NewPacket(data []byte) *Packet {
+	p := GetPacket(len(data))
+	n := copy(p.Data, data)
+	p.Data = p.Data[:n]
+	p.Family, p.OrigLen, _ = IPInfo(p.Data)
+	return p
+}
+
+// Release returns the packet to its pool. The packet must not be used after.
+func (p *Packet) Release() {
+	buf, large := p.buf, p.large
+	*p = Packet{buf: buf, large: large}
+	if large {
+		largePool.Put(p)
+	} else {
+		smallPool.Put(p)
+	}
+}
+
+// Truncated reports whether the copy is shorter than the original.
+func (p *Packet) Truncated() bool { return len(p.Data) < p.OrigLen }
+
+// Frame returns a slice that starts hdrLen bytes before Data and ends where
+// Data ends; the caller writes its header into the first hdrLen bytes. It
+// returns nil if hdrLen exceeds the headroom.
+func (p *Packet) Frame(hdrLen int) []byte {
+	if hdrLen < 0 || hdrLen > Headroom || len(p.buf) < Headroom+len(p.Data) {
+		return nil
+	}
+	return p.buf[Headroom-hdrLen : Headroom+len(p.Data)]
+}
+
+// IPInfo returns the IP version (4 or 6) of an L3 packet and the original
+// length its header claims (IPv4 total length, IPv6 payload length + 40; an
+// IPv6 jumbogram or a header that claims less than was captured gives
+// len(b)). ok is false when b is too short for its IP header or the version
+// nibble is neither 4 nor 6.
+func IPInfo(b []byte) (family uint8, origLen int, ok bool) {
+	if len(b) < 1 {
+		return 0, 0, false
+	}
+	switch b[0] >> 4 {
+	case 4:
+		if len(b) < 20 || int(b[0]&0x0f) < 5 {
+			return 4, len(b), false
+		}
+		l := int(b[2])<<8 | int(b[3])
+		if l < len(b) {
+			l = len(b)
+		}
+		return 4, l, true
+	case 6:
+		if len(b) < 40 {
+			return 6, len(b), false
+		}
+		l := int(b[4])<<8 | int(b[5])
+		if l == 0 {
+			return 6, len(b), true
+		}
+		l += 40
+		if l < len(b) {
+			l = len(b)
+		}
+		return 6, l, true
+	}
+	return 0, len(b), false
+}

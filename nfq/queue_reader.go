@@ -1,0 +1,240 @@
+package nfq
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	nfqueue "github.com/florianl/go-nfqueue/v2"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// QueueConfig configures a QueueReader.
+type QueueConfig struct {
+	// Num is the NFQUEUE number.
+	Num uint16
+	// Snaplen is the copy range: bytes of each packet copied to userspace
+	// (0 = 0xffff, the whole packet).
+	Snaplen uint32
+	// MaxLen is the kernel queue length (0 = 4096).
+	MaxLen uint32
+	// RcvBuf is the netlink receive buffer in bytes, set with
+	// SO_RCVBUFFORCE (0 = 16 MiB).
+	RcvBuf int
+	// Batch is the number of packets after which a batch verdict is sent
+	// and the number of datagrams fetched per recvmmsg (0 = 64).
+	Batch int
+	// FlushInterval bounds how long an original is held when the socket is
+	// busy (0 = 1 ms). A drained socket always flushes at once.
+	FlushInterval time.Duration
+	// NoFailOpen clears NFQA_CFG_F_FAIL_OPEN (default: fail-open set, so a
+	// full queue accepts instead of dropping originals).
+	NoFailOpen bool
+	// ReportENOBUFS leaves NETLINK_NO_ENOBUFS off. By default it is set:
+	// the socket never enters the congested state, and overruns are
+	// counted exactly from gaps in packet ids instead.
+	ReportENOBUFS bool
+	// Session is stamped on every Packet and selects nothing else.
+	Session int
+	// NetNS is a network namespace fd to open the socket in (0 = current).
+	NetNS int
+	// StatsPath is the nfnetlink_queue proc file (default
+	// /proc/net/netfilter/nfnetlink_queue).
+	StatsPath string
+	// Logger receives rate-limited warnings (nil = slog.Default()).
+	Logger *slog.Logger
+}
+
+// QueueReader reads one NFQUEUE queue: it accepts originals with batch
+// verdicts and pushes copies of their bytes into a CopyQueue.
+type QueueReader struct {
+	cfg  QueueConfig
+	nf   *nfqueue.Nfqueue
+	r    *reader
+	led  *Ledger
+	mu   sync.Mutex
+	base *QueueStats // kernel counters seen last
+	once sync.Once
+}
+
+const nlOverhead = 1024 // room for the netlink and attribute headers around a payload
+
+func (c *QueueConfig) defaults() {
+	if c.Snaplen == 0 || c.Snaplen > 0xffff {
+		c.Snaplen = 0xffff
+	}
+	if c.MaxLen == 0 {
+		c.MaxLen = 4096
+	}
+	if c.RcvBuf == 0 {
+		c.RcvBuf = 16 << 20
+	}
+	if c.Batch <= 0 {
+		c.Batch = 64
+	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = time.Millisecond
+	}
+	if c.StatsPath == "" {
+		c.StatsPath = "/proc/net/netfilter/nfnetlink_queue"
+	}
+}
+
+// NewQueueReader opens and binds NFQUEUE cfg.Num (packet copy mode, copy
+// range = snaplen, fail-open) and returns a reader that pushes copies to q
+// and counts into led. Call Run, then Close.
+func NewQueueReader(cfg QueueConfig, q *CopyQueue, led *Ledger) (*QueueReader, error) {
+	cfg.defaults()
+	nf, err := nfqueue.Open(&nfqueue.Config{
+		NfQueue:      cfg.Num,
+		MaxQueueLen:  cfg.MaxLen,
+		MaxPacketLen: cfg.Snaplen,
+		Copymode:     nfqueue.NfQnlCopyPacket,
+		Flags:        nfqueue.NfQaCfgFlagFailOpen,
+		AfFamily:     unix.AF_UNSPEC,
+		NetNS:        cfg.NetNS,
+		Logger:       nil,
+	})
+	if err != nil {
+		return nil, wrapErr("open nfqueue", err)
+	}
+	if !cfg.ReportENOBUFS {
+		if err := nf.SetOption(netlink.NoENOBUFS, true); err != nil {
+			nf.Close()
+			return nil, wrapErr("set NETLINK_NO_ENOBUFS", err)
+		}
+	}
+	sock, err := newRawNL(nf.Con, cfg.RcvBuf)
+	if err != nil {
+		nf.Close()
+		return nil, err
+	}
+	qr, err := newQueueReader(cfg, sock, q, led)
+	if err != nil {
+		nf.Close()
+		return nil, err
+	}
+	qr.nf = nf
+	return qr, nil
+}
+
+func newQueueReader(cfg QueueConfig, sock nlSocket, q *CopyQueue, led *Ledger) (*QueueReader, error) {
+	cfg.defaults()
+	bufSize := nlAlign(int(cfg.Snaplen) + nlOverhead)
+	qr := &QueueReader{cfg: cfg, led: led}
+	qr.r = newReader(kindQueue, sock, q, led, cfg.Session, cfg.Num, cfg.Batch, bufSize, cfg.Batch, cfg.FlushInterval, cfg.Logger)
+	if err := qr.bind(); err != nil {
+		return nil, err
+	}
+	// Baseline of the kernel counters (a missing file is fine: no stats).
+	qr.PollKernelStats()
+	return qr, nil
+}
+
+// bind sends one config message: bind + params + maxlen + flags, so that no
+// packet is ever queued with the default (metadata-only) copy mode.
+func (qr *QueueReader) bind() error {
+	r := qr.r
+	seq := r.nextSeq()
+	mb := &r.mb
+	mb.start(subsysQueue<<8|nfqnlMsgConfig, nlmFRequest|nlmFAck, seq, unix.AF_UNSPEC, qr.cfg.Num)
+	mb.attr(nfqaCfgCmd, []byte{nfqnlCfgCmdBind, 0, 0, 0})
+	params := make([]byte, 5)
+	binary.BigEndian.PutUint32(params, qr.cfg.Snaplen)
+	params[4] = nfqnlCopyPacket
+	mb.attr(nfqaCfgParams, params)
+	mb.be32(nfqaCfgQueueMaxLen, qr.cfg.MaxLen)
+	var flags uint32
+	if !qr.cfg.NoFailOpen {
+		flags |= CfgFlagFailOpen
+	}
+	mb.be32(nfqaCfgMask, CfgFlagFailOpen|CfgFlagConntrack|CfgFlagGSO)
+	mb.be32(nfqaCfgFlags, flags)
+	msg := append([]byte(nil), mb.finish()...)
+	if err := r.execute(msg, seq, 5*time.Second); err != nil {
+		return fmt.Errorf("nfq: bind queue %d: %w", qr.cfg.Num, err)
+	}
+	return nil
+}
+
+// Run reads until ctx is done, then releases every original still held and
+// returns nil. It returns an error only if the socket was closed under it.
+// Kernel counters are polled every second while it runs.
+func (qr *QueueReader) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				qr.PollKernelStats()
+			}
+		}
+	}()
+	err := qr.r.run(ctx)
+	cancel()
+	wg.Wait()
+	qr.PollKernelStats()
+	return err
+}
+
+// PollKernelStats reads the queue's kernel drop counters and adds what is
+// new to the ledger. It is called by Run; call it yourself for a fresher
+// figure.
+func (qr *QueueReader) PollKernelStats() error {
+	b, err := os.ReadFile(qr.cfg.StatsPath)
+	if err != nil {
+		return err
+	}
+	all, err := ParseQueueStats(b)
+	if err != nil {
+		return err
+	}
+	qr.mu.Lock()
+	defer qr.mu.Unlock()
+	for i := range all {
+		st := all[i]
+		if st.Queue != qr.cfg.Num {
+			continue
+		}
+		if qr.base == nil {
+			qr.base = &st
+			return nil
+		}
+		dq, du := delta32(qr.base.QueueDropped, st.QueueDropped), delta32(qr.base.UserDropped, st.UserDropped)
+		qr.base = &st
+		qr.led.AddKernelDrops(dq, du)
+		return nil
+	}
+	return nil
+}
+
+func delta32(old, cur uint64) uint64 { return uint64(uint32(cur - old)) }
+
+// Stats returns the reader's own counters.
+func (qr *QueueReader) Stats() ReaderStats { return qr.r.stats() }
+
+// Close closes the socket (the kernel unbinds the queue). Call it after Run
+// has returned.
+func (qr *QueueReader) Close() error {
+	var err error
+	qr.once.Do(func() {
+		if qr.nf != nil {
+			err = qr.nf.Close()
+		} else {
+			err = qr.r.sock.Close()
+		}
+	})
+	return err
+}

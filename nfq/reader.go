@@ -1,0 +1,432 @@
+package nfq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+type readerKind uint8
+
+const (
+	kindQueue readerKind = iota
+	kindLog
+)
+
+// ReaderStats are a reader's own counters (the session's are in its Ledger).
+type ReaderStats struct {
+	Datagrams     uint64 `json:"datagrams"`
+	Packets       uint64 `json:"packets"`
+	Verdicts      uint64 `json:"verdict_messages"`
+	VerdictErrors uint64 `json:"verdict_errors"`
+	RecvErrors    uint64 `json:"recv_errors"`
+	ENOBUFS       uint64 `json:"enobufs"`
+}
+
+// reader is the receive loop shared by QueueReader and LogReader.
+type reader struct {
+	kind    readerKind
+	sock    nlSocket
+	q       *CopyQueue
+	led     *Ledger
+	session int
+	resID   uint16 // queue number or log group
+	log     *slog.Logger
+
+	bufs  [][]byte
+	lens  []int
+	trunc []bool
+	pi    pktInfo
+	mb    msgBuilder
+
+	// batch verdicts (NFQUEUE)
+	vbuf          [verdictBatchLen]byte
+	pending       int
+	maxID         uint32
+	firstPending  time.Time
+	batchSize     int
+	flushInterval time.Duration
+	now           func() time.Time
+
+	// id / sequence gap tracking
+	haveLast bool
+	last     uint32
+
+	// config acknowledgement
+	ackSeq  uint32
+	ackWait bool
+	ackDone bool
+	ackErr  int32
+	seq     uint32
+
+	// per-batch local counters, folded into the ledger once per batch
+	nRecv, nMalformed, nOverflow, nGaps uint64
+
+	datagrams, packets, verdicts, verdictErrs, recvErrs, enobufs atomic.Uint64
+	lastWarn                                                     time.Time
+}
+
+func newReader(kind readerKind, sock nlSocket, q *CopyQueue, led *Ledger, session int, resID uint16,
+	vlen, bufSize, batch int, flush time.Duration, log *slog.Logger) *reader {
+	if vlen < 1 {
+		vlen = 1
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	r := &reader{kind: kind, sock: sock, q: q, led: led, session: session, resID: resID, log: log,
+		batchSize: batch, flushInterval: flush, now: time.Now}
+	r.bufs = make([][]byte, vlen)
+	slab := make([]byte, vlen*bufSize)
+	for i := range r.bufs {
+		r.bufs[i] = slab[i*bufSize : (i+1)*bufSize : (i+1)*bufSize]
+	}
+	r.lens = make([]int, vlen)
+	r.trunc = make([]bool, vlen)
+	sock.Prepare(r.bufs)
+	switch kind {
+	case kindQueue:
+		// A freshly bound queue instance numbers packets from 1.
+		r.haveLast, r.last = true, 0
+	case kindLog:
+		// A fresh NFLOG instance numbers (NFULNL_CFG_F_SEQ) from 0.
+		r.haveLast, r.last = true, ^uint32(0)
+	}
+	return r
+}
+
+func (r *reader) stats() ReaderStats {
+	return ReaderStats{
+		Datagrams:     r.datagrams.Load(),
+		Packets:       r.packets.Load(),
+		Verdicts:      r.verdicts.Load(),
+		VerdictErrors: r.verdictErrs.Load(),
+		RecvErrors:    r.recvErrs.Load(),
+		ENOBUFS:       r.enobufs.Load(),
+	}
+}
+
+// execute sends a config message with NLM_F_ACK and processes incoming
+// datagrams (packets included) until the kernel acknowledges it.
+func (r *reader) execute(msg []byte, seq uint32, timeout time.Duration) error {
+	r.ackSeq, r.ackWait, r.ackDone, r.ackErr = seq, true, false, 0
+	defer func() { r.ackWait = false }()
+	if err := r.sock.Send(msg); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	if err := r.sock.SetReadDeadline(deadline); err != nil {
+		return err
+	}
+	defer r.sock.SetReadDeadline(time.Time{})
+	for !r.ackDone {
+		n, err := r.sock.RecvBatch(r.lens, r.trunc, true)
+		if n > 0 {
+			r.process(n)
+		}
+		if err != nil && !r.ackDone {
+			if isENOBUFS(err) {
+				r.enobufs.Add(1)
+				r.led.AddENOBUFS()
+				continue
+			}
+			return err
+		}
+	}
+	r.flush()
+	if r.ackErr != 0 {
+		return syscall.Errno(-r.ackErr)
+	}
+	return nil
+}
+
+// run is the receive loop. It returns when ctx is done (after draining what
+// the socket still holds and releasing every original) or when the socket is
+// closed. Receive errors (ENOBUFS included) are counted and reading goes on.
+func (r *reader) run(ctx context.Context) error {
+	interrupted := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		r.sock.SetReadDeadline(time.Unix(1, 0))
+		close(interrupted)
+	})
+	defer stop()
+	var consecutive int
+	for {
+		n, err := r.sock.RecvBatch(r.lens, r.trunc, true)
+		if n > 0 {
+			consecutive = 0
+			r.process(n)
+			if n < len(r.bufs) || r.pending >= r.batchSize ||
+				(r.pending > 0 && r.now().Sub(r.firstPending) >= r.flushInterval) {
+				r.flush()
+			}
+		}
+		if err == nil {
+			if n == 0 {
+				r.flush()
+			}
+			continue
+		}
+		// Whatever happened, never hold originals while not reading.
+		r.flush()
+		if ctx.Err() != nil {
+			break
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) || errors.Is(err, unix.EBADF) {
+			return err
+		}
+		if isENOBUFS(err) {
+			r.enobufs.Add(1)
+			r.led.AddENOBUFS()
+			continue
+		}
+		r.recvErrs.Add(1)
+		r.warn("nfq: receive error", err)
+		consecutive++
+		if consecutive > 8 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// Drain: release every original the kernel already handed to us.
+	if !stop() {
+		<-interrupted
+	}
+	r.sock.SetReadDeadline(time.Time{})
+	for i := 0; i < 4096; i++ {
+		n, err := r.sock.RecvBatch(r.lens, r.trunc, false)
+		if n > 0 {
+			r.process(n)
+		}
+		if n == 0 || (err != nil && !isENOBUFS(err)) {
+			break
+		}
+	}
+	r.flush()
+	return nil
+}
+
+func (r *reader) warn(msg string, err error) {
+	now := time.Now()
+	if now.Sub(r.lastWarn) < 10*time.Second {
+		return
+	}
+	r.lastWarn = now
+	r.log.Warn(msg, "resource", r.resID, "err", err)
+}
+
+// process handles n received datagrams.
+func (r *reader) process(n int) {
+	r.datagrams.Add(uint64(n))
+	for i := 0; i < n; i++ {
+		if r.trunc[i] || r.lens[i] > len(r.bufs[i]) || r.lens[i] < 0 {
+			// Cannot happen with buffers sized for copy_range, but never
+			// trust it: count it and, for NFQUEUE, still release the original.
+			r.nMalformed++
+			r.nRecv++
+			if r.kind == kindQueue {
+				if m, _, err := nextMsgLenient(r.bufs[i]); err == nil {
+					if id, ok := leadingPacketID(m); ok {
+						r.noteID(id)
+					}
+				}
+			}
+			continue
+		}
+		r.walk(r.bufs[i][:r.lens[i]])
+	}
+	r.fold()
+}
+
+// walk handles every netlink message of one datagram.
+func (r *reader) walk(b []byte) {
+	pktType := uint16(subsysQueue<<8 | nfqnlMsgPacket)
+	if r.kind == kindLog {
+		pktType = subsysUlog<<8 | nfulnlMsgPacket
+	}
+	for len(b) > 0 {
+		m, rest, err := nextMsg(b)
+		if err != nil {
+			r.nMalformed++
+			r.nRecv++
+			return
+		}
+		b = rest
+		switch m.typ {
+		case pktType:
+			r.handlePacket(m.body)
+		case nlmsgError:
+			errno, ok := parseAck(m.body)
+			if r.ackWait && m.seq == r.ackSeq {
+				r.ackDone, r.ackErr = true, errno
+			} else if ok && errno != 0 {
+				r.verdictErrs.Add(1)
+				r.led.AddVerdictErrors(1)
+			}
+		case nlmsgDone, nlmsgNoop:
+		case nlmsgOverrun:
+			r.enobufs.Add(1)
+			r.led.AddENOBUFS()
+		}
+	}
+}
+
+// noteSeq accounts gaps in NFQUEUE ids / NFLOG sequence numbers: every
+// skipped number is a packet the kernel numbered but could not deliver to
+// the socket.
+func (r *reader) noteSeq(v uint32) {
+	if r.haveLast {
+		d := v - r.last
+		if d == 0 || d >= 1<<31 {
+			return // duplicate or older: ignore
+		}
+		r.nGaps += uint64(d - 1)
+	}
+	r.haveLast, r.last = true, v
+}
+
+// noteID records an NFQUEUE packet id for the next batch verdict.
+func (r *reader) noteID(id uint32) {
+	r.noteSeq(id)
+	if r.pending == 0 {
+		r.maxID = id
+		r.firstPending = r.now()
+	} else if d := id - r.maxID; d != 0 && d < 1<<31 {
+		r.maxID = id
+	}
+	r.pending++
+}
+
+func (r *reader) handlePacket(body []byte) {
+	r.nRecv++
+	pi := &r.pi
+	var err error
+	if r.kind == kindQueue {
+		err = parseQueuePacket(body, pi)
+		if pi.hasID {
+			r.noteID(pi.id)
+		}
+	} else {
+		err = parseLogPacket(body, pi)
+		if pi.hasSeq {
+			r.noteSeq(pi.seq)
+		}
+	}
+	if err != nil {
+		r.nMalformed++
+		return
+	}
+	fam, orig, ok := IPInfo(pi.payload)
+	if !ok {
+		r.nMalformed++
+		return
+	}
+	if r.q.Full() {
+		r.q.dropped.Add(1)
+		r.nOverflow++
+		return
+	}
+	p := GetPacket(len(pi.payload))
+	p.Data = p.Data[:copy(p.Data, pi.payload)]
+	if r.kind == kindQueue {
+		orig = len(pi.payload)
+		if int(pi.capLen) > orig {
+			orig = int(pi.capLen)
+		}
+	}
+	p.OrigLen = orig
+	p.Family = fam
+	p.InIf, p.OutIf, p.Mark = pi.inIf, pi.outIf, pi.mark
+	p.HwAddr, p.HwAddrLen = pi.hw, pi.hwLen
+	p.Session = r.session
+	if !r.q.Push(p) {
+		r.nOverflow++
+	}
+}
+
+// fold adds the batch's local counters to the ledger.
+func (r *reader) fold() {
+	if r.nRecv > 0 {
+		r.packets.Add(r.nRecv)
+		r.led.AddReceived(r.nRecv)
+	}
+	if r.nMalformed > 0 {
+		r.led.AddMalformed(r.nMalformed)
+	}
+	if r.nOverflow > 0 {
+		r.led.AddQueueOverflow(r.nOverflow)
+	}
+	if r.nGaps > 0 {
+		r.led.AddOverruns(r.nGaps)
+	}
+	r.nRecv, r.nMalformed, r.nOverflow, r.nGaps = 0, 0, 0, 0
+}
+
+// flush sends the pending batch verdict (NFQUEUE): accept every id <= maxID.
+func (r *reader) flush() {
+	if r.kind != kindQueue || r.pending == 0 {
+		return
+	}
+	msg := putVerdictBatch(r.vbuf[:], r.resID, r.maxID)
+	if err := r.sock.Send(msg); err != nil {
+		// Keep the batch pending; it is retried on the next flush. The
+		// kernel holds the originals meanwhile, so say so.
+		r.verdictErrs.Add(1)
+		r.led.AddVerdictErrors(1)
+		r.warn("nfq: verdict send failed", err)
+		return
+	}
+	r.verdicts.Add(1)
+	r.pending = 0
+}
+
+// nextMsgLenient returns the body of the first message even when the
+// datagram was cut short.
+func nextMsgLenient(b []byte) (nlMsg, []byte, error) {
+	if len(b) < nlmsgHdrLen {
+		return nlMsg{}, nil, errShort
+	}
+	return nlMsg{typ: ne.Uint16(b[4:6]), flags: ne.Uint16(b[6:8]), seq: ne.Uint32(b[8:12]), body: b[nlmsgHdrLen:]}, nil, nil
+}
+
+// leadingPacketID finds NFQA_PACKET_HDR in a possibly truncated packet
+// message (it is the first attribute the kernel writes).
+func leadingPacketID(m nlMsg) (uint32, bool) {
+	if m.typ != subsysQueue<<8|nfqnlMsgPacket || len(m.body) < nfgenLen {
+		return 0, false
+	}
+	b := m.body[nfgenLen:]
+	for len(b) > 0 {
+		typ, val, rest, err := nextAttr(b)
+		if err != nil {
+			return 0, false
+		}
+		if typ == nfqaPacketHdr && len(val) >= 4 {
+			return be32(val), true
+		}
+		b = rest
+	}
+	return 0, false
+}
+
+func (r *reader) nextSeq() uint32 {
+	r.seq++
+	return r.seq
+}
+
+func wrapErr(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("nfq: %s: %w", what, err)
+}

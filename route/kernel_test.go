@@ -1,0 +1,304 @@
+package route
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// These tests need root. Each one works in a network namespace of its own
+// (`ip netns add nfr-<random>`, removed by t.Cleanup) and opens the Kernel
+// there with OpenNetNSPath: the host's own rules and links are never
+// touched. `ip` is used only to set up the namespace and to check state.
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	reason := ""
+	if os.Geteuid() != 0 {
+		reason = "needs root (network namespaces, rtnetlink writes)"
+	} else if _, err := exec.LookPath("ip"); err != nil {
+		reason = "needs the ip command to check kernel state"
+	}
+	if reason == "" {
+		return
+	}
+	if os.Getenv("NFCLONE_E2E") == "1" {
+		t.Fatalf("NFCLONE_E2E=1 but %s", reason)
+	}
+	t.Skip(reason)
+}
+
+type netns struct {
+	t    *testing.T
+	name string
+	k    Kernel
+}
+
+func (n *netns) ip(args ...string) string {
+	n.t.Helper()
+	out, err := n.ipErr(args...)
+	if err != nil {
+		n.t.Fatalf("ip -n %s %s: %v\n%s", n.name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func (n *netns) ipErr(args ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"-n", n.name}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// newNetNS creates a namespace with lo up and two veth pairs:
+// e1 (10.77.2.1/24, fd77::1/64) ↔ e1p, and e2 (10.77.3.1/24) ↔ e2p.
+func newNetNS(t *testing.T) *netns {
+	t.Helper()
+	requireRoot(t)
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	name := "nfr-" + hex.EncodeToString(b)
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v\n%s", name, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v\n%s", name, err, out)
+		}
+	})
+	n := &netns{t: t, name: name}
+	// No IPv6 link-local addresses: they appear asynchronously (DAD) and
+	// would make before/after comparisons flaky.
+	if out, err := exec.Command("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.default.addr_gen_mode=1").CombinedOutput(); err != nil {
+		t.Logf("sysctl addr_gen_mode: %v %s (continuing)", err, out)
+	}
+	n.ip("link", "set", "lo", "up")
+	n.ip("link", "add", "name", "e1", "address", "02:00:00:77:02:01", "type", "veth", "peer", "name", "e1p")
+	n.ip("link", "add", "name", "e2", "address", "02:00:00:77:03:01", "type", "veth", "peer", "name", "e2p")
+	n.ip("addr", "add", "10.77.2.1/24", "dev", "e1")
+	n.ip("-6", "addr", "add", "fd77::1/64", "dev", "e1", "nodad")
+	n.ip("addr", "add", "10.77.3.1/24", "dev", "e2")
+	for _, d := range []string{"e1", "e1p", "e2", "e2p"} {
+		n.ip("link", "set", d, "up")
+	}
+	k, err := OpenNetNSPath("/run/netns/" + name)
+	if err != nil {
+		t.Fatalf("OpenNetNSPath: %v", err)
+	}
+	t.Cleanup(func() { k.Close() })
+	n.k = k
+	return n
+}
+
+var localAt0 = regexp.MustCompile("(?m)^0:\tfrom all lookup local$")
+
+var volatileLink = regexp.MustCompile(` state [A-Z]+|,?LOWER_UP|,?NO-CARRIER|,?M-DOWN`)
+
+// snapshot is the namespace's routing-side state as `ip` shows it.
+func (n *netns) snapshot() string {
+	n.t.Helper()
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"-4", "rule"}, {"-6", "rule"},
+		{"-4", "route", "show", "table", "all"}, {"-6", "route", "show", "table", "all"},
+		{"neigh", "show", "nud", "all"},
+		{"-d", "-o", "link"},
+	} {
+		fmt.Fprintf(&b, "## ip %s\n", strings.Join(args, " "))
+		out := n.ip(args...)
+		if args[len(args)-1] == "link" {
+			out = volatileLink.ReplaceAllString(out, "")
+		}
+		b.WriteString(out)
+	}
+	return b.String()
+}
+
+func (n *netns) mustContain(what, out string, wants ...string) {
+	n.t.Helper()
+	for _, w := range wants {
+		if !strings.Contains(out, w) {
+			n.t.Errorf("%s: %q not found in:\n%s", what, w, out)
+		}
+	}
+}
+
+func kernelPlan(t testing.TB) Plan {
+	return Plan{
+		Veths:  []VethPair{{Name: "agg0", Peer: "agg0-rx", Up: true, Promisc: true}},
+		VXLANs: []VXLAN{{Name: "nfc-vx0", VNI: 42, Remote: netip.MustParseAddr("10.77.3.2"), Local: netip.MustParseAddr("10.77.2.1"), Device: "e1"}},
+		Flags:  []LinkFlag{{Device: "e1", NoARP: true}, {Device: "e2", Promisc: true}},
+		Neighbours: []Neighbour{
+			{Device: "e2", Addr: netip.MustParseAddr("10.77.3.2"), MAC: mustMAC(t, "02:00:00:77:03:02")},
+			{Device: "e2", Addr: netip.MustParseAddr("10.77.3.3"), MAC: mustMAC(t, "02:00:00:77:03:03")},
+		},
+		Routes: []Route{
+			{Family: IPv4, Table: 20035, Gateway: netip.MustParseAddr("10.77.2.2"), Device: "e1"},
+			{Family: IPv6, Table: 20035, Gateway: netip.MustParseAddr("fd77::2"), Device: "e1"},
+		},
+		Rules: []PolicyRule{
+			{Family: IPv4, Pref: 100, Mark: 0x4e43, Table: 20035},
+			{Family: IPv6, Pref: 100, Mark: 0x4e43, Table: 20035},
+		},
+		MoveLocal: []Family{IPv4, IPv6},
+	}
+}
+
+func TestKernelApplyUndo(t *testing.T) {
+	n := newNetNS(t)
+	// Foreign state that must survive: a permanent entry nfclone replaces,
+	// and a rule that looks like ours but has an extra selector.
+	n.ip("neigh", "add", "10.77.3.3", "lladdr", "02:00:00:77:03:99", "dev", "e2", "nud", "permanent")
+	n.ip("rule", "add", "pref", "100", "from", "10.77.9.0/24", "fwmark", "0x4e43", "lookup", "20035")
+	before := n.snapshot()
+
+	j, err := NewApplier(n.k, nil).Apply(kernelPlan(t))
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if len(j) != 12 {
+		t.Errorf("journal: %d entries, want 12: %v", len(j), j)
+	}
+
+	n.mustContain("ip rule", n.ip("-4", "rule"),
+		"100:\tfrom all fwmark 0x4e43 lookup 20035", "100:\tfrom 10.77.9.0/24 fwmark 0x4e43 lookup 20035", "1000:\tfrom all lookup local")
+	n.mustContain("ip -6 rule", n.ip("-6", "rule"), "100:\tfrom all fwmark 0x4e43 lookup 20035", "1000:\tfrom all lookup local")
+	for _, fam := range []string{"-4", "-6"} {
+		if out := n.ip(fam, "rule"); localAt0.MatchString(out) {
+			t.Errorf("ip %s rule: local rule still at pref 0:\n%s", fam, out)
+		}
+	}
+	n.mustContain("ip route table 20035", n.ip("-4", "route", "show", "table", "20035"), "default via 10.77.2.2 dev e1")
+	n.mustContain("ip -6 route table 20035", n.ip("-6", "route", "show", "table", "20035"), "default via fd77::2 dev e1")
+	n.mustContain("ip neigh", n.ip("neigh", "show", "dev", "e2"),
+		"10.77.3.2 lladdr 02:00:00:77:03:02 PERMANENT", "10.77.3.3 lladdr 02:00:00:77:03:03 PERMANENT")
+	n.mustContain("vxlan", n.ip("-d", "link", "show", "nfc-vx0"), ",UP", "vxlan id 42 remote 10.77.3.2 local 10.77.2.1 dev e1", "dstport 4789")
+	for _, d := range []string{"agg0", "agg0-rx"} {
+		n.mustContain(d, n.ip("-d", "link", "show", d), "PROMISC", ",UP", "veth")
+	}
+	n.mustContain("e1", n.ip("link", "show", "e1"), "NOARP")
+	n.mustContain("e2", n.ip("link", "show", "e2"), "PROMISC")
+
+	// The journal goes through the state file as JSON.
+	b, err := json.Marshal(j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Journal
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if err := Undo(n.k, back, nil); err != nil {
+		t.Fatalf("Undo: %v", err)
+	}
+	if after := n.snapshot(); after != before {
+		t.Fatalf("state after Undo differs.\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if err := Undo(n.k, back, nil); err != nil {
+		t.Fatalf("second Undo: %v", err)
+	}
+	if after := n.snapshot(); after != before {
+		t.Fatalf("state after second Undo differs.\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+func TestKernelRollbackOnFailure(t *testing.T) {
+	n := newNetNS(t)
+	before := n.snapshot()
+	p := kernelPlan(t)
+	// The second route's device does not exist: links, flags, neighbours
+	// and the first route are applied, then everything is rolled back.
+	p.Routes[1].Device = "nope0"
+	j, err := NewApplier(n.k, nil).Apply(p)
+	if err == nil || !strings.Contains(err.Error(), "adding inet6 route default via fd77::2 dev nope0 table 20035") {
+		t.Fatalf("Apply = %v", err)
+	}
+	if j != nil {
+		t.Errorf("journal after clean rollback: %v", j)
+	}
+	if after := n.snapshot(); after != before {
+		t.Fatalf("state after rollback differs.\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+func TestKernelRefusesForeignLink(t *testing.T) {
+	n := newNetNS(t)
+	n.ip("link", "add", "name", "agg0", "type", "veth", "peer", "name", "other0")
+	before := n.snapshot()
+	_, err := NewApplier(n.k, nil).Apply(Plan{Veths: []VethPair{{Name: "agg0", Peer: "agg0-rx"}}})
+	if err == nil || !strings.Contains(err.Error(), "interface agg0 already exists and was not created by nfclone; refusing to touch it") {
+		t.Fatalf("Apply = %v", err)
+	}
+	// A stale journal naming agg0 with another ifindex does not delete it.
+	idx, err := LinkIndex(n.k, "agg0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Undo(n.k, Journal{{Op: OpLinkCreated, Link: &CreatedLink{Name: "agg0", Index: idx + 1000, Kind: "veth"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if after := n.snapshot(); after != before {
+		t.Fatalf("foreign link touched.\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+func TestKernelRestoreLocal(t *testing.T) {
+	n := newNetNS(t)
+	before := n.snapshot()
+	// A killed run left the local rule moved.
+	for _, fam := range []string{"-4", "-6"} {
+		n.ip(fam, "rule", "add", "pref", "1000", "lookup", "local")
+		n.ip(fam, "rule", "del", "pref", "0", "lookup", "local")
+	}
+	j, err := NewApplier(n.k, nil).Apply(Plan{MoveLocal: []Family{IPv4, IPv6}})
+	if err != nil || len(j) != 0 {
+		t.Fatalf("Apply on an already moved local rule = %v, %v", j, err)
+	}
+	for _, f := range []Family{IPv4, IPv6} {
+		if err := RestoreLocal(n.k, f); err != nil {
+			t.Fatal(err)
+		}
+		if err := RestoreLocal(n.k, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := n.snapshot(); after != before {
+		t.Fatalf("state after RestoreLocal differs.\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+func TestKernelHelpers(t *testing.T) {
+	n := newNetNS(t)
+	mac, idx, err := LinkAddr(n.k, "e1")
+	if err != nil || mac.String() != "02:00:00:77:02:01" || idx == 0 {
+		t.Errorf("LinkAddr = %v %d %v", mac, idx, err)
+	}
+	ps, err := Addrs(n.k, "e1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprint(ps)
+	if !strings.Contains(got, "10.77.2.1/24") || !strings.Contains(got, "fd77::1/64") {
+		t.Errorf("Addrs(e1) = %v", got)
+	}
+	if _, ok, err := OnLink(n.k, "e1", netip.MustParseAddr("10.77.2.2")); err != nil || !ok {
+		t.Errorf("OnLink = %v %v", ok, err)
+	}
+	if _, err := LinkIndex(n.k, "nope0"); !IsNotFound(err) {
+		t.Errorf("LinkIndex(nope0) = %v", err)
+	}
+	// The rendered commands are accepted by ip and produce what Apply does.
+	p := kernelPlan(t)
+	p.Neighbours = p.Neighbours[:1]
+	for _, line := range strings.Split(strings.TrimSpace(p.Render()), "\n") {
+		args := strings.Fields(line)[1:]
+		n.ip(args...)
+	}
+	n.mustContain("rendered vxlan", n.ip("-d", "link", "show", "nfc-vx0"), "vxlan id 42 remote 10.77.3.2 local 10.77.2.1 dev e1", "dstport 4789", ",UP")
+	n.mustContain("rendered veth", n.ip("-d", "link", "show", "agg0-rx"), "PROMISC", ",UP")
+}

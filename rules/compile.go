@@ -1,0 +1,382 @@
+package rules
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+
+	"github.com/nfclone/nfclone/config"
+)
+
+// Options carries what the compiler needs to know about the host.
+type Options struct {
+	// NativeQueue: the kernel has nft's queue expression; otherwise the xt
+	// NFQUEUE target is used through nft compat (DESIGN §4).
+	NativeQueue bool
+	// IfIndex resolves a device name for `dup to`; 0 when unknown (render on
+	// another host). Nil resolves everything to 0.
+	IfIndex func(name string) uint32
+}
+
+// Priority of nfclone's base chains: after the default filter chains, so a
+// packet the firewall dropped is not copied ("filter + 10").
+const basePriority = 10
+
+// rawPriority is where the notrack chain for userspace copies sits (before conntrack).
+const rawPriority = -300
+
+// LogThreshold is the NFLOG queue threshold nfclone asks for: the kernel
+// batches this many packets per netlink message.
+const LogThreshold = 16
+
+// QueueNum returns the first NFQUEUE number (or NFLOG group) of the session
+// at index i: userspace sessions get consecutive blocks of queue.count.
+func QueueNum(c *config.Config, i int) int {
+	n := c.Queue.Num
+	for j := 0; j < i; j++ {
+		if m := c.Sessions[j].Method; m == config.MethodQueue || m == config.MethodLog {
+			n += c.Queue.Count
+		}
+	}
+	return n
+}
+
+// VXLANDevice names the kernel VXLAN device nfclone creates for a vxlan
+// target of a dup session.
+func VXLANDevice(session, target int) string { return fmt.Sprintf("nfcvx%d_%d", session, target) }
+
+// DeviceTargetName is the device a device target's copies are written to:
+// the configured device, or the near end of a pair nfclone creates.
+func DeviceTargetName(t config.Target) string {
+	if t.Create {
+		return CreatedNearEnd(t)
+	}
+	return t.Device
+}
+
+// CreatedNearEnd names the end of a created veth pair that nfclone mirrors
+// into; the configured name is the far end, where copies are read.
+func CreatedNearEnd(t config.Target) string {
+	if t.Peer != "" {
+		return t.Peer
+	}
+	n := t.Device
+	if len(n) > 12 {
+		n = n[:12]
+	}
+	return n + "-tx"
+}
+
+// Compile builds the desired ruleset. The config must have passed Validate.
+func Compile(c *config.Config, opt Options) (*Ruleset, error) {
+	if opt.IfIndex == nil {
+		opt.IfIndex = func(string) uint32 { return 0 }
+	}
+	tables := map[nftables.TableFamily]*Table{}
+	tbl := func(f nftables.TableFamily) *Table {
+		if tables[f] == nil {
+			tables[f] = &Table{Family: f}
+		}
+		return tables[f]
+	}
+	userspace := false
+	for i := range c.Sessions {
+		s := &c.Sessions[i]
+		sc, err := newSessionCompiler(c, i, opt)
+		if err != nil {
+			return nil, err
+		}
+		switch s.Method {
+		case config.MethodDup:
+			var devs []config.Target
+			gws := map[nftables.TableFamily][]config.Target{}
+			for ti, t := range s.Targets {
+				switch t.Kind {
+				case config.KindDevice:
+					devs = append(devs, t)
+				case config.KindVXLAN:
+					devs = append(devs, config.Target{Kind: config.KindDevice, Device: VXLANDevice(i, ti)})
+				case config.KindGateway:
+					gw, _ := netip.ParseAddr(t.Gateway)
+					f := nftables.TableFamilyIPv4
+					if gw.Unmap().Is6() {
+						f = nftables.TableFamilyIPv6
+					}
+					gws[f] = append(gws[f], t)
+				}
+			}
+			if len(devs) > 0 {
+				sc.netdev(tbl(nftables.TableFamilyNetdev), devs)
+			}
+			for _, f := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+				if len(gws[f]) > 0 {
+					sc.l3(tbl(f), func(b *builder) {
+						for _, t := range gws[f] {
+							gw, _ := netip.ParseAddr(t.Gateway)
+							b.dupGateway(gw.Unmap(), t.Device, opt.IfIndex(t.Device))
+						}
+					})
+				}
+			}
+		case config.MethodQueue, config.MethodLog:
+			// ip and ip6 tables rather than inet: nft (1.0.6) cannot list an
+			// xt NFQUEUE target in an inet table.
+			userspace = true
+			num := QueueNum(c, i)
+			for _, f := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+				sc.l3(tbl(f), func(b *builder) {
+					if s.Method == config.MethodQueue {
+						b.queue(num, c.Queue.Count, opt.NativeQueue)
+					} else {
+						b.log(num, s.Snaplen, LogThreshold)
+					}
+				})
+			}
+		}
+	}
+	if userspace {
+		for _, f := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+			t := tbl(f)
+			t.Chains = append(t.Chains, Chain{
+				Name:  "copies_notrack",
+				Hook:  &Hook{Num: *nftables.ChainHookOutput, Priority: rawPriority},
+				Rules: []Rule{newBuilder(t.Family).notrackMark(c.Mark).rule()},
+			})
+		}
+	}
+	rs := &Ruleset{Name: c.Table}
+	for _, f := range Families {
+		if t := tables[f]; t != nil {
+			rs.Tables = append(rs.Tables, *t)
+		}
+	}
+	return rs, nil
+}
+
+// sessionCompiler compiles one session into chains of one table at a time.
+type sessionCompiler struct {
+	cfg   *config.Config
+	s     *config.Session
+	opt   Options
+	rules []parsedRule
+	rate  *config.Rate
+}
+
+type parsedRule struct {
+	config.Rule
+	proto         uint8
+	hasProto      bool
+	src, dst      netip.Prefix
+	sports, dport []config.PortRange
+}
+
+func newSessionCompiler(c *config.Config, i int, opt Options) (*sessionCompiler, error) {
+	s := &c.Sessions[i]
+	sc := &sessionCompiler{cfg: c, s: s, opt: opt}
+	for _, r := range config.SortedRules(s.Rules) {
+		pr := parsedRule{Rule: r}
+		var err error
+		if pr.proto, pr.hasProto, err = config.ParseProtocol(r.Protocol); err != nil {
+			return nil, fmt.Errorf("sessions[%d] rule %d: %w", i, r.Number, err)
+		}
+		for _, f := range []struct {
+			val string
+			dst *netip.Prefix
+		}{{r.Source, &pr.src}, {r.Destination, &pr.dst}} {
+			if f.val != "" {
+				if *f.dst, err = config.ParsePrefix(f.val); err != nil {
+					return nil, fmt.Errorf("sessions[%d] rule %d: %w", i, r.Number, err)
+				}
+			}
+		}
+		for _, f := range []struct {
+			val string
+			dst *[]config.PortRange
+		}{{r.SourcePorts, &pr.sports}, {r.DestinationPorts, &pr.dport}} {
+			if f.val != "" {
+				if *f.dst, err = config.ParsePorts(f.val); err != nil {
+					return nil, fmt.Errorf("sessions[%d] rule %d: %w", i, r.Number, err)
+				}
+			}
+		}
+		sc.rules = append(sc.rules, pr)
+	}
+	if s.Rate != "" {
+		r, err := config.ParseRate(s.Rate)
+		if err != nil {
+			return nil, fmt.Errorf("sessions[%d].rate: %w", i, err)
+		}
+		sc.rate = &r
+	}
+	return sc, nil
+}
+
+func dirShort(d string) string {
+	if d == config.Egress {
+		return "out"
+	}
+	return "in"
+}
+
+// directions returns the session's source interfaces per direction, in
+// config order.
+func (sc *sessionCompiler) directions() (dirs []string, ifaces map[string][]string) {
+	ifaces = map[string][]string{}
+	for _, src := range sc.s.Sources {
+		for _, d := range config.SourceDirections(src.Direction) {
+			ifaces[d] = append(ifaces[d], src.Interface)
+		}
+	}
+	for _, d := range []string{config.Ingress, config.Egress} {
+		if len(ifaces[d]) > 0 {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs, ifaces
+}
+
+// netdev compiles the session for device targets: whole L2 frames copied by
+// `dup to <dev>` in ingress/egress chains bound to each source device.
+func (sc *sessionCompiler) netdev(t *Table, devs []config.Target) {
+	name := sc.s.Name
+	dirs, ifaces := sc.directions()
+	for _, d := range dirs {
+		filter := fmt.Sprintf("%s_%s", name, dirShort(d))
+		for _, ifc := range ifaces[d] {
+			hook := nftables.ChainHookIngress
+			if d == config.Egress {
+				hook = nftables.ChainHookEgress
+			}
+			b := newBuilder(t.Family).markGuard(sc.cfg.Mark)
+			if sc.s.HostOnly {
+				b.fibLocal(d)
+			}
+			b.verdict(expr.VerdictJump, filter)
+			t.Chains = append(t.Chains, Chain{
+				Name:  fmt.Sprintf("%s_%s_%s", name, dirShort(d), ifc),
+				Hook:  &Hook{Num: *hook, Priority: basePriority, Device: ifc},
+				Rules: []Rule{b.rule()},
+			})
+		}
+		t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d))
+	}
+	t.Chains = append(t.Chains, sc.copyChain(t.Family, func(b *builder) {
+		for _, dv := range devs {
+			dev := DeviceTargetName(dv)
+			b.dupDevice(dev, sc.opt.IfIndex(dev))
+		}
+	}))
+}
+
+// l3 compiles the session into an ip or ip6 table; rules of the other family
+// are left out.
+func (sc *sessionCompiler) l3(t *Table, action func(*builder)) {
+	name := sc.s.Name
+	dirs, ifaces := sc.directions()
+	for _, d := range dirs {
+		var hook *nftables.ChainHook
+		switch {
+		case d == config.Ingress && sc.s.HostOnly:
+			hook = nftables.ChainHookInput
+		case d == config.Ingress:
+			hook = nftables.ChainHookPrerouting
+		case sc.s.HostOnly:
+			hook = nftables.ChainHookOutput
+		default:
+			hook = nftables.ChainHookPostrouting
+		}
+		filter := fmt.Sprintf("%s_%s", name, dirShort(d))
+		base := Chain{Name: filter + "_hook", Hook: &Hook{Num: *hook, Priority: basePriority}}
+		for _, ifc := range ifaces[d] {
+			b := newBuilder(t.Family).ifaceName(d, ifc).markGuard(sc.cfg.Mark).verdict(expr.VerdictJump, filter)
+			base.Rules = append(base.Rules, b.rule())
+		}
+		t.Chains = append(t.Chains, base, sc.filterChain(t.Family, filter, d))
+	}
+	t.Chains = append(t.Chains, sc.copyChain(t.Family, action))
+}
+
+// filterChain holds the session's numbered rules for one direction: the
+// first match decides (accept: goto the copy chain; reject: return). With no
+// rules, everything is copied; with rules, what no rule accepts is not.
+func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir string) Chain {
+	ch := Chain{Name: name}
+	copyChain := sc.s.Name + "_copy"
+	if len(sc.rules) == 0 {
+		ch.Rules = append(ch.Rules, newBuilder(fam).verdict(expr.VerdictGoto, copyChain).rule())
+		return ch
+	}
+	for _, r := range sc.rules {
+		if r.Direction != "" && r.Direction != dir {
+			continue
+		}
+		b, ok := sc.match(fam, r)
+		if !ok {
+			continue
+		}
+		if r.Action == "accept" {
+			b.verdict(expr.VerdictGoto, copyChain)
+		} else {
+			b.verdict(expr.VerdictReturn, "")
+		}
+		ch.Rules = append(ch.Rules, b.rule())
+	}
+	return ch
+}
+
+// match compiles one rule's matches for a family; ok=false when the rule can
+// never match in that family (a v6 CIDR in an ip table).
+func (sc *sessionCompiler) match(fam nftables.TableFamily, r parsedRule) (*builder, bool) {
+	b := newBuilder(fam)
+	v4, v6 := r.src.IsValid() && r.src.Addr().Is4() || r.dst.IsValid() && r.dst.Addr().Is4(),
+		r.src.IsValid() && r.src.Addr().Is6() || r.dst.IsValid() && r.dst.Addr().Is6()
+	if r.hasProto && r.proto == 1 {
+		v4 = true
+	}
+	if r.hasProto && r.proto == 58 {
+		v6 = true
+	}
+	switch {
+	case fam == nftables.TableFamilyIPv4 && v6, fam == nftables.TableFamilyIPv6 && v4:
+		return nil, false
+	}
+	if r.VLAN != nil {
+		b.vlanID(*r.VLAN)
+	}
+	if v4 || v6 {
+		b.ipFamily(v6)
+	}
+	if r.src.IsValid() {
+		b.addr("saddr", r.src)
+	}
+	if r.dst.IsValid() {
+		b.addr("daddr", r.dst)
+	}
+	if r.hasProto {
+		b.l4proto(r.proto, len(r.sports) == 0 && len(r.dport) == 0)
+		if len(r.sports) > 0 {
+			b.ports(r.proto, "sport", r.sports)
+		}
+		if len(r.dport) > 0 {
+			b.ports(r.proto, "dport", r.dport)
+		}
+	}
+	return b, true
+}
+
+// copyChain samples, rate-limits and copies.
+func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, action func(*builder)) Chain {
+	ch := Chain{Name: sc.s.Name + "_copy"}
+	if sc.s.Sample > 1 {
+		ch.Rules = append(ch.Rules, newBuilder(fam).sample(sc.s.Sample).verdict(expr.VerdictReturn, "").rule())
+	}
+	if sc.rate != nil {
+		ch.Rules = append(ch.Rules, newBuilder(fam).rateOver(*sc.rate).verdict(expr.VerdictReturn, "").rule())
+	}
+	b := newBuilder(fam)
+	action(b)
+	ch.Rules = append(ch.Rules, b.rule())
+	return ch
+}

@@ -1,0 +1,327 @@
+package rules
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
+	"golang.org/x/sys/unix"
+
+	"github.com/nfclone/nfclone/config"
+)
+
+// builder accumulates one rule: its expressions, its anonymous sets and the
+// nft text of each statement.
+type builder struct {
+	fam   nftables.TableFamily
+	exprs []expr.Any
+	sets  []AnonSet
+	text  []string
+}
+
+func newBuilder(fam nftables.TableFamily) *builder { return &builder{fam: fam} }
+
+func (b *builder) add(text string, e ...expr.Any) *builder {
+	if text != "" {
+		b.text = append(b.text, text)
+	}
+	b.exprs = append(b.exprs, e...)
+	return b
+}
+
+func (b *builder) rule() Rule {
+	return Rule{Exprs: b.exprs, Sets: b.sets, Text: strings.Join(b.text, " ")}
+}
+
+const reg = 1 // NFT_REG_1: every match loads into register 1
+
+func cmpEq(data []byte) *expr.Cmp {
+	return &expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: data}
+}
+
+// ifname pads an interface name the way the kernel compares it (IFNAMSIZ).
+func ifname(n string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, n)
+	return b
+}
+
+// iifname / oifname: `iifname "e0"`.
+func (b *builder) ifaceName(dir, name string) *builder {
+	key, kw := expr.MetaKeyIIFNAME, "iifname"
+	if dir == config.Egress {
+		key, kw = expr.MetaKeyOIFNAME, "oifname"
+	}
+	return b.add(fmt.Sprintf("%s %q", kw, name),
+		&expr.Meta{Key: key, Register: reg}, cmpEq(ifname(name)))
+}
+
+// markGuard: `meta mark != 0x00004e43` — nothing carrying nfclone's mark is copied.
+func (b *builder) markGuard(mark uint32) *builder {
+	return b.add(fmt.Sprintf("meta mark != 0x%08x", mark),
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg, Data: binaryutil.NativeEndian.PutUint32(mark)})
+}
+
+// ipFamily adds the hidden dependency that makes L3 payload loads valid in
+// netdev and inet tables (nft adds and hides the same one).
+func (b *builder) ipFamily(v6 bool) *builder {
+	switch b.fam {
+	case nftables.TableFamilyINet:
+		p := byte(unix.NFPROTO_IPV4)
+		if v6 {
+			p = unix.NFPROTO_IPV6
+		}
+		return b.add("", &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg}, cmpEq([]byte{p}))
+	case nftables.TableFamilyNetdev:
+		et := uint16(unix.ETH_P_IP)
+		if v6 {
+			et = unix.ETH_P_IPV6
+		}
+		return b.add("", &expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: reg}, cmpEq(binaryutil.BigEndian.PutUint16(et)))
+	}
+	return b
+}
+
+// addr: `ip saddr 10.0.0.0/8`, `ip6 daddr fd00::/8`.
+func (b *builder) addr(field string, p netip.Prefix) *builder {
+	v6 := p.Addr().Is6()
+	off, size, kw := uint32(12), uint32(4), "ip"
+	if v6 {
+		off, size, kw = 8, 16, "ip6"
+	}
+	if field == "daddr" {
+		off += size
+	}
+	text := fmt.Sprintf("%s %s %s", kw, field, p)
+	if p.IsSingleIP() {
+		text = fmt.Sprintf("%s %s %s", kw, field, p.Addr())
+	}
+	es := []expr.Any{&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: size}}
+	if !p.IsSingleIP() {
+		mask := make([]byte, size)
+		for i := 0; i < p.Bits(); i++ {
+			mask[i/8] |= 0x80 >> (i % 8)
+		}
+		es = append(es, &expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: size, Mask: mask, Xor: make([]byte, size)})
+	}
+	es = append(es, cmpEq(p.Addr().AsSlice()))
+	return b.add(text, es...)
+}
+
+var protoNames = map[uint8]string{1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}
+
+// l4proto: `meta l4proto tcp` (hidden when a port match follows: `tcp dport 80`).
+func (b *builder) l4proto(p uint8, visible bool) *builder {
+	text := ""
+	if visible {
+		name, ok := protoNames[p]
+		if !ok {
+			name = fmt.Sprint(p)
+		}
+		text = "meta l4proto " + name
+	}
+	return b.add(text, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}, cmpEq([]byte{p}))
+}
+
+// ports: `tcp dport 80`, `tcp dport 1024-65535`, `udp sport { 53, 5353 }`.
+func (b *builder) ports(proto uint8, field string, rs []config.PortRange) *builder {
+	off := uint32(0)
+	if field == "dport" {
+		off = 2
+	}
+	load := &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2}
+	kw := fmt.Sprintf("%s %s ", protoNames[proto], field)
+	rs = normalizePorts(rs)
+	be := binaryutil.BigEndian.PutUint16
+	switch {
+	case len(rs) == 1 && rs[0].Lo == rs[0].Hi:
+		return b.add(kw+rs[0].String(), load, cmpEq(be(rs[0].Lo)))
+	case len(rs) == 1:
+		return b.add(kw+rs[0].String(), load,
+			&expr.Range{Op: expr.CmpOpEq, Register: reg, FromData: be(rs[0].Lo), ToData: be(rs[0].Hi)})
+	}
+	set := AnonSet{KeyType: nftables.TypeInetService}
+	var parts []string
+	for _, r := range rs {
+		parts = append(parts, r.String())
+		if r.Lo != r.Hi {
+			set.Interval = true
+		}
+	}
+	if set.Interval {
+		set.Elements = intervalElements(rs)
+	} else {
+		for _, r := range rs {
+			set.Elements = append(set.Elements, nftables.SetElement{Key: be(r.Lo)})
+		}
+	}
+	b.add(kw+"{ "+strings.Join(parts, ", ")+" }", load)
+	set.Lookup = len(b.exprs)
+	b.sets = append(b.sets, set)
+	return b.add("", &expr.Lookup{SourceRegister: reg, SetName: "__set%d"})
+}
+
+// normalizePorts sorts ranges and merges the ones that overlap or touch, as
+// nft does when it builds an interval set.
+func normalizePorts(in []config.PortRange) []config.PortRange {
+	rs := append([]config.PortRange(nil), in...)
+	sort.Slice(rs, func(i, j int) bool { return rs[i].Lo < rs[j].Lo })
+	var out []config.PortRange
+	for _, r := range rs {
+		if n := len(out); n > 0 && uint32(r.Lo) <= uint32(out[n-1].Hi)+1 {
+			if r.Hi > out[n-1].Hi {
+				out[n-1].Hi = r.Hi
+			}
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// intervalElements encodes ranges the way nft does for an interval set: a
+// start element per range and an interval-end element one past its end, with
+// a leading end element at 0 when the first range does not start at 0.
+func intervalElements(rs []config.PortRange) []nftables.SetElement {
+	be := binaryutil.BigEndian.PutUint16
+	var out []nftables.SetElement
+	if rs[0].Lo > 0 {
+		out = append(out, nftables.SetElement{Key: be(0), IntervalEnd: true})
+	}
+	for _, r := range rs {
+		out = append(out, nftables.SetElement{Key: be(r.Lo)})
+		if r.Hi < 65535 {
+			out = append(out, nftables.SetElement{Key: be(r.Hi + 1), IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+// vlanID: `vlan id 100` (netdev only).
+func (b *builder) vlanID(id int) *builder {
+	return b.add(fmt.Sprintf("vlan id %d", id),
+		&expr.Meta{Key: expr.MetaKeyIIFTYPE, Register: reg}, cmpEq(binaryutil.NativeEndian.PutUint16(unix.ARPHRD_ETHER)),
+		&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseLLHeader, Offset: 12, Len: 2},
+		cmpEq(binaryutil.BigEndian.PutUint16(unix.ETH_P_8021Q)),
+		&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseLLHeader, Offset: 14, Len: 2},
+		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 2, Mask: binaryutil.BigEndian.PutUint16(0x0fff), Xor: []byte{0, 0}},
+		cmpEq(binaryutil.BigEndian.PutUint16(uint16(id))))
+}
+
+// fibLocal: `fib daddr type local` (ingress) or `fib saddr type local` (egress).
+func (b *builder) fibLocal(dir string) *builder {
+	f := &expr.Fib{Register: reg, ResultADDRTYPE: true, FlagDADDR: true}
+	text := "fib daddr type local"
+	if dir == config.Egress {
+		f = &expr.Fib{Register: reg, ResultADDRTYPE: true, FlagSADDR: true}
+		text = "fib saddr type local"
+	}
+	return b.add(text, f, cmpEq(binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)))
+}
+
+func (b *builder) verdict(kind expr.VerdictKind, chain string) *builder {
+	var text string
+	switch kind {
+	case expr.VerdictJump:
+		text = "jump " + chain
+	case expr.VerdictGoto:
+		text = "goto " + chain
+	case expr.VerdictReturn:
+		text = "return"
+	case expr.VerdictAccept:
+		text = "accept"
+	}
+	return b.add(text, &expr.Verdict{Kind: kind, Chain: chain})
+}
+
+// sample: `numgen inc mod 4 != 0 return` — copy 1 packet in N.
+func (b *builder) sample(n int) *builder {
+	return b.add(fmt.Sprintf("numgen inc mod %d != 0", n),
+		&expr.Numgen{Register: reg, Modulus: uint32(n), Type: unix.NFT_NG_INCREMENTAL},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg, Data: binaryutil.NativeEndian.PutUint32(0)})
+}
+
+var limitUnits = map[string]expr.LimitTime{
+	"second": expr.LimitTimeSecond, "minute": expr.LimitTimeMinute, "hour": expr.LimitTimeHour, "day": expr.LimitTimeDay,
+}
+
+// rateOver: `limit rate over 20000/second` (burst 5 packets).
+func (b *builder) rateOver(r config.Rate) *builder {
+	const burst = 5 // nft's default
+	return b.add(fmt.Sprintf("limit rate over %d/%s", r.Count, r.Unit), // nft hides the default burst
+		&expr.Limit{Type: expr.LimitTypePkts, Rate: r.Count, Unit: limitUnits[r.Unit], Over: true, Burst: burst})
+}
+
+// dupDevice: `dup to "e3"` (netdev).
+func (b *builder) dupDevice(dev string, ifindex uint32) *builder {
+	return b.add(fmt.Sprintf("dup to %q", dev),
+		&expr.Immediate{Register: reg, Data: binaryutil.NativeEndian.PutUint32(ifindex)},
+		&expr.Dup{RegDev: reg, IsRegDevSet: true})
+}
+
+// dupGateway: `dup to 10.77.2.2 device "e1"` (ip, ip6).
+func (b *builder) dupGateway(gw netip.Addr, dev string, ifindex uint32) *builder {
+	return b.add(fmt.Sprintf("dup to %s device %q", gw, dev),
+		&expr.Immediate{Register: 1, Data: gw.AsSlice()},
+		&expr.Immediate{Register: 2, Data: binaryutil.NativeEndian.PutUint32(ifindex)},
+		&expr.Dup{RegAddr: 1, RegDev: 2, IsRegDevSet: true})
+}
+
+// NFQUEUE flags (xt_NFQ_info_v3 and nft_queue share the values).
+const (
+	queueBypass = 0x1
+	queueFanout = 0x2
+)
+
+// queue: `queue num 0 bypass` / `queue num 0-3 bypass,fanout`, native or
+// through the xt NFQUEUE target (DESIGN §4).
+func (b *builder) queue(num, total int, native bool) *builder {
+	flags := uint16(queueBypass)
+	text := fmt.Sprintf("queue num %d bypass", num)
+	if total > 1 {
+		flags |= queueFanout
+		text = fmt.Sprintf("queue num %d-%d bypass,fanout", num, num+total-1)
+	}
+	if native {
+		return b.add(text, &expr.Queue{Num: uint16(num), Total: uint16(total), Flag: expr.QueueFlag(flags)})
+	}
+	return b.add(text, &expr.Target{Name: "NFQUEUE", Rev: 3, Info: nfqInfoV3(uint16(num), uint16(total), flags)})
+}
+
+// nfqInfoV3 is struct xt_NFQ_info_v3 {u16 queuenum; u16 queues_total; u16
+// flags;} in host byte order, padded to 8 bytes.
+func nfqInfoV3(num, total, flags uint16) *xt.Unknown {
+	b := make([]byte, 8)
+	binary.NativeEndian.PutUint16(b[0:], num)
+	binary.NativeEndian.PutUint16(b[2:], total)
+	binary.NativeEndian.PutUint16(b[4:], flags)
+	x := xt.Unknown(b)
+	return &x
+}
+
+// log: `log group 0 snaplen 128 queue-threshold 8`.
+func (b *builder) log(group, snaplen, threshold int) *builder {
+	key := uint32(1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_QTHRESHOLD)
+	text := fmt.Sprintf("log group %d", group)
+	if snaplen > 0 {
+		key |= 1 << unix.NFTA_LOG_SNAPLEN
+		text += fmt.Sprintf(" snaplen %d", snaplen)
+	}
+	text += fmt.Sprintf(" queue-threshold %d", threshold)
+	return b.add(text, &expr.Log{Key: key, Group: uint16(group), Snaplen: uint32(snaplen), QThreshold: uint16(threshold)})
+}
+
+// notrack: `meta mark 0x00004e43 notrack` — copies stay out of conntrack.
+func (b *builder) notrackMark(mark uint32) *builder {
+	return b.add(fmt.Sprintf("meta mark 0x%08x notrack", mark),
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg},
+		cmpEq(binaryutil.NativeEndian.PutUint32(mark)),
+		&expr.Notrack{})
+}

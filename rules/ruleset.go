@@ -1,0 +1,87 @@
+// Package rules turns a Config into nfclone's desired nftables state — values
+// only, no kernel — renders it in `nft -f` syntax, and (apply.go) sends it to
+// the kernel in one batch.
+package rules
+
+import (
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+)
+
+// Ruleset is nfclone's whole desired nftables state: one table per family it
+// needs, all with the same name. Nothing outside these tables is touched.
+type Ruleset struct {
+	Name   string
+	Tables []Table
+}
+
+// Table is one of nfclone's tables.
+type Table struct {
+	Family nftables.TableFamily
+	Chains []Chain
+}
+
+// Chain is a base chain (Hook set) or a regular chain.
+type Chain struct {
+	Name  string
+	Hook  *Hook
+	Rules []Rule
+}
+
+// Hook places a base chain.
+type Hook struct {
+	Num      nftables.ChainHook
+	Priority nftables.ChainPriority
+	Device   string // netdev chains only
+}
+
+// Rule is one rule: the expressions the kernel gets and the nft text for it.
+type Rule struct {
+	Exprs []expr.Any
+	Sets  []AnonSet
+	Text  string
+}
+
+// AnonSet is an anonymous constant set a rule looks up (port lists). Lookup is
+// the index in Exprs of the *expr.Lookup that refers to it; the applier fills
+// in the set's name and transaction id.
+type AnonSet struct {
+	KeyType  nftables.SetDatatype
+	Interval bool
+	Elements []nftables.SetElement
+	Lookup   int
+}
+
+// Families lists every family nfclone may own a table in, in apply order.
+var Families = []nftables.TableFamily{
+	nftables.TableFamilyNetdev, nftables.TableFamilyIPv4, nftables.TableFamilyIPv6, nftables.TableFamilyINet,
+}
+
+// FamilyName is the nft keyword of a family.
+func FamilyName(f nftables.TableFamily) string {
+	switch f {
+	case nftables.TableFamilyNetdev:
+		return "netdev"
+	case nftables.TableFamilyIPv4:
+		return "ip"
+	case nftables.TableFamilyIPv6:
+		return "ip6"
+	case nftables.TableFamilyINet:
+		return "inet"
+	case nftables.TableFamilyBridge:
+		return "bridge"
+	case nftables.TableFamilyARP:
+		return "arp"
+	}
+	return "unknown"
+}
+
+// Table returns the table of a family, or nil.
+func (rs *Ruleset) Table(f nftables.TableFamily) *Table {
+	for i := range rs.Tables {
+		if rs.Tables[i].Family == f {
+			return &rs.Tables[i]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,193 @@
+package sink
+
+import (
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"unsafe"
+
+	"github.com/nfclone/nfclone/nfq"
+	"golang.org/x/sys/unix"
+)
+
+// EthHdrLen is the length of the Ethernet header the Device sink writes in
+// front of each copy (in the packet's headroom).
+const EthHdrLen = 14
+
+// DeviceConfig configures a Device sink.
+type DeviceConfig struct {
+	// Name identifies the target (default: the device name).
+	Name string
+	// Device is the egress interface name; Ifindex may be given instead.
+	Device  string
+	Ifindex int
+	// DstMAC is the frames' destination (nil: the device's own address, so
+	// a promiscuous receiver sees them).
+	DstMAC net.HardwareAddr
+	// SrcMAC overrides the source address (nil: the device's own).
+	SrcMAC net.HardwareAddr
+	// Mark is SO_MARK on the socket (default 0x4e43).
+	Mark   uint32
+	NoMark bool
+	Logger *slog.Logger
+}
+
+// Device writes copies as Ethernet frames on an interface through an
+// AF_PACKET socket (protocol 0, so it never receives). The Ethernet header is
+// built in place in each packet's headroom: no copy.
+type Device struct {
+	counters
+	fd      int
+	ifindex int
+	dst     [6]byte
+	src     [6]byte
+	send    sendmmsgFunc
+	scratch sync.Pool
+	sa4     unix.RawSockaddrLinklayer
+	sa6     unix.RawSockaddrLinklayer
+}
+
+type devScratch struct {
+	h   []unix.Mmsghdr
+	iov []unix.Iovec
+	p   []*nfq.Packet
+}
+
+// NewDevice opens the packet socket on the device.
+func NewDevice(cfg DeviceConfig) (*Device, error) {
+	var ifi *net.Interface
+	var err error
+	if cfg.Ifindex > 0 {
+		ifi, err = net.InterfaceByIndex(cfg.Ifindex)
+	} else {
+		ifi, err = net.InterfaceByName(cfg.Device)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sink: device %q: %w", cfg.Device, err)
+	}
+	src := cfg.SrcMAC
+	if src == nil {
+		src = ifi.HardwareAddr
+	}
+	dst := cfg.DstMAC
+	if dst == nil {
+		dst = ifi.HardwareAddr
+	}
+	if len(src) != 6 || len(dst) != 6 {
+		return nil, fmt.Errorf("sink: device %s has no Ethernet address", ifi.Name)
+	}
+	mark := cfg.Mark
+	if mark == 0 {
+		mark = DefaultMark
+	}
+	if cfg.NoMark {
+		mark = 0
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("sink: packet socket: %w", err)
+	}
+	if err := setMark(fd, mark); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: 0, Ifindex: ifi.Index}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("sink: bind packet socket to %s: %w", ifi.Name, err)
+	}
+	name := cfg.Name
+	if name == "" {
+		name = "device:" + ifi.Name
+	}
+	return newDevice(name, fd, ifi.Index, dst, src, sendmmsg, cfg.Logger), nil
+}
+
+func newDevice(name string, fd, ifindex int, dst, src net.HardwareAddr, send sendmmsgFunc, log *slog.Logger) *Device {
+	d := &Device{fd: fd, ifindex: ifindex, send: send}
+	copy(d.dst[:], dst)
+	copy(d.src[:], src)
+	d.init(name, log)
+	d.scratch.New = func() any { return new(devScratch) }
+	for _, x := range []struct {
+		sa    *unix.RawSockaddrLinklayer
+		proto uint16
+	}{{&d.sa4, unix.ETH_P_IP}, {&d.sa6, unix.ETH_P_IPV6}} {
+		*x.sa = unix.RawSockaddrLinklayer{Family: unix.AF_PACKET, Protocol: htons(x.proto), Ifindex: int32(ifindex), Halen: 6}
+		copy(x.sa.Addr[:], d.dst[:])
+	}
+	return d
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// Name is the target's name.
+func (d *Device) Name() string { return d.name }
+
+// PutEthernet writes an Ethernet header (dst, src, ethertype) into h[:14].
+func PutEthernet(h []byte, dst, src [6]byte, ethertype uint16) {
+	copy(h[0:6], dst[:])
+	copy(h[6:12], src[:])
+	binary.BigEndian.PutUint16(h[12:14], ethertype)
+}
+
+// Send writes the batch as frames with one sendmmsg.
+func (d *Device) Send(batch []*nfq.Packet) (int, error) {
+	sc := d.scratch.Get().(*devScratch)
+	defer d.scratch.Put(sc)
+	n := len(batch)
+	sc.h, sc.iov, sc.p = grow(sc.h, n), grow(sc.iov, n), sc.p[:0]
+	bad := 0
+	for _, p := range batch {
+		var et uint16
+		var sa *unix.RawSockaddrLinklayer
+		switch p.Family {
+		case 4:
+			et, sa = unix.ETH_P_IP, &d.sa4
+		case 6:
+			et, sa = unix.ETH_P_IPV6, &d.sa6
+		}
+		f := p.Frame(EthHdrLen)
+		if sa == nil || f == nil || len(p.Data) == 0 {
+			p.Errs++
+			bad++
+			continue
+		}
+		FixTruncated(p)
+		PutEthernet(f, d.dst, d.src, et)
+		i := len(sc.p)
+		setIov(&sc.iov[i], f)
+		sc.h[i] = unix.Mmsghdr{}
+		sc.h[i].Hdr.Name = (*byte)(unsafe.Pointer(sa))
+		sc.h[i].Hdr.Namelen = unix.SizeofSockaddrLinklayer
+		sc.h[i].Hdr.Iov = &sc.iov[i]
+		sc.h[i].Hdr.SetIovlen(1)
+		sc.p = append(sc.p, p)
+	}
+	var last error
+	if bad > 0 {
+		last = errUnsendable
+		d.fail(bad, last)
+	}
+	sent := 0
+	if k := len(sc.p); k > 0 {
+		s, err := sendAll(d.send, d.fd, sc.h[:k], sc.p, &d.counters)
+		sent = s
+		if err != nil {
+			last = err
+		}
+	}
+	clear(sc.p)
+	return sent, last
+}
+
+// Close closes the socket.
+func (d *Device) Close() error {
+	if d.fd < 0 {
+		return nil
+	}
+	err := unix.Close(d.fd)
+	d.fd = -1
+	return err
+}

@@ -1,0 +1,195 @@
+package sink
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"unsafe"
+
+	"github.com/nfclone/nfclone/nfq"
+	"golang.org/x/sys/unix"
+)
+
+const ipv6HdrIncl = 36 // IPV6_HDRINCL
+
+// GatewayConfig configures a Gateway sink.
+type GatewayConfig struct {
+	// Name identifies the target in counters and warnings.
+	Name string
+	// Mark is put on every copy with SO_MARK (default 0x4e43); the policy
+	// rule "fwmark Mark lookup T" routes the copies to the gateway, and
+	// nfclone's capture rules skip marked packets.
+	Mark uint32
+	// NoMark sends copies without SO_MARK (tests only).
+	NoMark bool
+	// NoIPv6 skips the IPv6 socket (IPv6 copies then fail and are counted).
+	NoIPv6 bool
+	Logger *slog.Logger
+}
+
+// DefaultMark is nfclone's default fwmark.
+const DefaultMark = 0x4e43
+
+// Gateway sends copies at the IP layer through raw sockets (AF_INET and
+// AF_INET6, IPPROTO_RAW, header included) to the copy's own destination
+// address; the fwmark policy route takes them to the gateway. Copies are sent
+// byte-identical: the TTL/hop limit is untouched. (With IP_HDRINCL the
+// kernel fills an IPv4 ID of 0 and recomputes the IPv4 header checksum; for
+// an unchanged header that is the same checksum.) Truncated copies are made
+// consistent with FixTruncated.
+type Gateway struct {
+	counters
+	fd4, fd6 int
+	send     sendmmsgFunc
+	scratch  sync.Pool
+}
+
+type gwScratch struct {
+	h4, h6     []unix.Mmsghdr
+	iov4, iov6 []unix.Iovec
+	sa4        []unix.RawSockaddrInet4
+	sa6        []unix.RawSockaddrInet6
+	p4, p6     []*nfq.Packet
+}
+
+// NewGateway opens the raw sockets.
+func NewGateway(cfg GatewayConfig) (*Gateway, error) {
+	mark := cfg.Mark
+	if mark == 0 {
+		mark = DefaultMark
+	}
+	if cfg.NoMark {
+		mark = 0
+	}
+	fd4, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	if err != nil {
+		return nil, fmt.Errorf("sink: raw IPv4 socket: %w", err)
+	}
+	if err := setMark(fd4, mark); err != nil {
+		unix.Close(fd4)
+		return nil, err
+	}
+	fd6 := -1
+	if !cfg.NoIPv6 {
+		fd6, err = unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+		if err == nil {
+			err = unix.SetsockoptInt(fd6, unix.IPPROTO_IPV6, ipv6HdrIncl, 1)
+			if err == nil {
+				err = setMark(fd6, mark)
+			}
+		}
+		if err != nil {
+			unix.Close(fd4)
+			if fd6 >= 0 {
+				unix.Close(fd6)
+			}
+			return nil, fmt.Errorf("sink: raw IPv6 socket: %w", err)
+		}
+	}
+	g := newGateway(cfg.Name, fd4, fd6, sendmmsg, cfg.Logger)
+	return g, nil
+}
+
+func newGateway(name string, fd4, fd6 int, send sendmmsgFunc, log *slog.Logger) *Gateway {
+	if name == "" {
+		name = "gateway"
+	}
+	g := &Gateway{fd4: fd4, fd6: fd6, send: send}
+	g.init(name, log)
+	g.scratch.New = func() any { return new(gwScratch) }
+	return g
+}
+
+// Name is the target's name.
+func (g *Gateway) Name() string { return g.name }
+
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}
+
+// Send sends the batch with one sendmmsg per address family.
+func (g *Gateway) Send(batch []*nfq.Packet) (int, error) {
+	sc := g.scratch.Get().(*gwScratch)
+	defer g.scratch.Put(sc)
+	n := len(batch)
+	sc.h4, sc.iov4, sc.sa4, sc.p4 = grow(sc.h4, n), grow(sc.iov4, n), grow(sc.sa4, n), sc.p4[:0]
+	sc.h6, sc.iov6, sc.sa6, sc.p6 = grow(sc.h6, n), grow(sc.iov6, n), grow(sc.sa6, n), sc.p6[:0]
+	var bad int
+	var badErr error
+	for _, p := range batch {
+		FixTruncated(p)
+		d := p.Data
+		switch {
+		case p.Family == 4 && len(d) >= 20:
+			i := len(sc.p4)
+			sa := &sc.sa4[i]
+			*sa = unix.RawSockaddrInet4{Family: unix.AF_INET}
+			copy(sa.Addr[:], d[16:20])
+			setIov(&sc.iov4[i], d)
+			sc.h4[i] = unix.Mmsghdr{}
+			sc.h4[i].Hdr.Name = (*byte)(unsafe.Pointer(sa))
+			sc.h4[i].Hdr.Namelen = unix.SizeofSockaddrInet4
+			sc.h4[i].Hdr.Iov = &sc.iov4[i]
+			sc.h4[i].Hdr.SetIovlen(1)
+			sc.p4 = append(sc.p4, p)
+		case p.Family == 6 && len(d) >= 40 && g.fd6 >= 0:
+			i := len(sc.p6)
+			sa := &sc.sa6[i]
+			*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6}
+			copy(sa.Addr[:], d[24:40])
+			setIov(&sc.iov6[i], d)
+			sc.h6[i] = unix.Mmsghdr{}
+			sc.h6[i].Hdr.Name = (*byte)(unsafe.Pointer(sa))
+			sc.h6[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+			sc.h6[i].Hdr.Iov = &sc.iov6[i]
+			sc.h6[i].Hdr.SetIovlen(1)
+			sc.p6 = append(sc.p6, p)
+		default:
+			p.Errs++
+			bad++
+			badErr = errUnsendable
+		}
+	}
+	if bad > 0 {
+		g.fail(bad, badErr)
+	}
+	var sent int
+	var last error = badErr
+	if k := len(sc.p4); k > 0 {
+		s, err := sendAll(g.send, g.fd4, sc.h4[:k], sc.p4, &g.counters)
+		sent += s
+		if err != nil {
+			last = err
+		}
+	}
+	if k := len(sc.p6); k > 0 {
+		s, err := sendAll(g.send, g.fd6, sc.h6[:k], sc.p6, &g.counters)
+		sent += s
+		if err != nil {
+			last = err
+		}
+	}
+	clear(sc.p4)
+	clear(sc.p6)
+	return sent, last
+}
+
+var errUnsendable = errors.New("sink: copy is not a sendable IPv4/IPv6 packet")
+
+// Close closes the sockets.
+func (g *Gateway) Close() error {
+	var err error
+	if g.fd4 >= 0 {
+		err = unix.Close(g.fd4)
+		g.fd4 = -1
+	}
+	if g.fd6 >= 0 {
+		err = errors.Join(err, unix.Close(g.fd6))
+		g.fd6 = -1
+	}
+	return err
+}
