@@ -140,8 +140,8 @@ func TestLedgerArithmetic(t *testing.T) {
 	l.AddReceived(100)
 	l.AddMalformed(3)
 	l.AddQueueOverflow(7)
-	l.AddOverruns(5)        // id gaps
-	l.AddKernelDrops(2, 0)  // queue full (no fail-open)
+	l.AddOverruns(5)       // id gaps
+	l.AddKernelDrops(2, 0) // queue full (no fail-open)
 	l.AddSendErrors(4)
 	l.AddCopied(80, 8000)
 	s := l.Snapshot()

@@ -11,7 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Applier applies plans through a Kernel.
+// Applier applies plans through a Kernel. It is not safe for concurrent
+// use (one Apply at a time).
 type Applier struct {
 	k   Kernel
 	log *slog.Logger
@@ -307,6 +308,9 @@ func (r *run) addRule(ru PolicyRule) error {
 		}
 	}
 	if err := r.k.AddRule(ru); err != nil {
+		if IsExist(err) {
+			return fmt.Errorf("%s: the kernel has a rule it considers equal (same pref, mark and table, maybe with more selectors): %w", what, err)
+		}
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	c := ru

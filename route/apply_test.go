@@ -105,13 +105,6 @@ func TestApplyUndoRestoresFake(t *testing.T) {
 	assertSame(t, "after second undo", f.Snapshot(), before)
 }
 
-// mutating are the Kernel calls that change state.
-var mutating = map[string]bool{
-	"SetLinkFlags": true, "CreateVeth": true, "CreateVXLAN": true, "DeleteLink": true,
-	"AddRule": true, "DeleteRule": true, "AddDefaultRoute": true, "DeleteDefaultRoute": true,
-	"SetNeighbour": true, "DeleteNeighbour": true,
-}
-
 // failNth fails the nth call (1-based) of any operation for which sel is
 // true; counts are shared across operations.
 type failNth struct {

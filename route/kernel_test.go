@@ -152,9 +152,11 @@ func kernelPlan(t testing.TB) Plan {
 func TestKernelApplyUndo(t *testing.T) {
 	n := newNetNS(t)
 	// Foreign state that must survive: a permanent entry nfclone replaces,
-	// and a rule that looks like ours but has an extra selector.
+	// and a rule at the same pref with more selectors. (One differing from
+	// ours only by extra selectors would make the kernel refuse ours with
+	// EEXIST: it compares unset selectors as wildcards.)
 	n.ip("neigh", "add", "10.77.3.3", "lladdr", "02:00:00:77:03:99", "dev", "e2", "nud", "permanent")
-	n.ip("rule", "add", "pref", "100", "from", "10.77.9.0/24", "fwmark", "0x4e43", "lookup", "20035")
+	n.ip("rule", "add", "pref", "100", "from", "10.77.9.0/24", "fwmark", "0x4e44", "lookup", "20035")
 	before := n.snapshot()
 
 	j, err := NewApplier(n.k, nil).Apply(kernelPlan(t))
@@ -166,7 +168,7 @@ func TestKernelApplyUndo(t *testing.T) {
 	}
 
 	n.mustContain("ip rule", n.ip("-4", "rule"),
-		"100:\tfrom all fwmark 0x4e43 lookup 20035", "100:\tfrom 10.77.9.0/24 fwmark 0x4e43 lookup 20035", "1000:\tfrom all lookup local")
+		"100:\tfrom all fwmark 0x4e43 lookup 20035", "100:\tfrom 10.77.9.0/24 fwmark 0x4e44 lookup 20035", "1000:\tfrom all lookup local")
 	n.mustContain("ip -6 rule", n.ip("-6", "rule"), "100:\tfrom all fwmark 0x4e43 lookup 20035", "1000:\tfrom all lookup local")
 	for _, fam := range []string{"-4", "-6"} {
 		if out := n.ip(fam, "rule"); localAt0.MatchString(out) {

@@ -131,28 +131,56 @@ func (k *nlKernel) SetLinkFlags(index int, flags, mask uint32) error {
 }
 
 func (k *nlKernel) CreateVeth(v VethPair) error {
-	var flags uint32
+	var flags, peerFlags uint32
 	if v.Up {
 		flags |= unix.IFF_UP
 	}
 	if v.Promisc {
 		flags |= unix.IFF_PROMISC
+		peerFlags |= unix.IFF_PROMISC
 	}
-	// The peer's ifinfomsg carries the same flags: the kernel configures
-	// both ends while creating them (like `ip link add ... up type veth
-	// peer name ... up`).
-	return k.c.Link.New(&rtnetlink.LinkMessage{
+	// The kernel applies each ifinfomsg's flags while creating the pair,
+	// but it configures the peer before the pair is linked: bringing the
+	// peer up then fails with ENOTCONN (also with `ip link add ... type
+	// veth peer name P up`). So the peer is brought up afterwards.
+	err := k.c.Link.New(&rtnetlink.LinkMessage{
 		Family: unix.AF_UNSPEC, Flags: flags, Change: flags,
 		Attributes: &rtnetlink.LinkAttributes{
 			Name: v.Name,
 			Info: &rtnetlink.LinkInfo{Kind: "veth", Data: &driver.Veth{
 				PeerInfo: &rtnetlink.LinkMessage{
-					Family: unix.AF_UNSPEC, Flags: flags, Change: flags,
+					Family: unix.AF_UNSPEC, Flags: peerFlags, Change: peerFlags,
 					Attributes: &rtnetlink.LinkAttributes{Name: v.Peer},
 				},
 			}},
 		},
 	})
+	if err != nil || !v.Up {
+		return err
+	}
+	links, err := k.Links()
+	if err == nil {
+		for _, l := range links {
+			if l.Name == v.Peer && l.Kind == "veth" {
+				if err = k.SetLinkFlags(l.Index, unix.IFF_UP, unix.IFF_UP); err == nil {
+					return nil
+				}
+			}
+		}
+		if err == nil {
+			err = fmt.Errorf("peer %s not found after creation: %w", v.Peer, errLinkNotFound)
+		}
+	}
+	// Keep the operation all-or-nothing: delete the pair we just created
+	// (exclusive create succeeded, so the name is ours).
+	if links, lerr := k.Links(); lerr == nil {
+		for _, l := range links {
+			if l.Name == v.Name && l.Kind == "veth" {
+				_ = k.DeleteLink(l.Index)
+			}
+		}
+	}
+	return fmt.Errorf("bringing up veth peer %s: %w", v.Peer, err)
 }
 
 func (k *nlKernel) CreateVXLAN(v VXLAN, underlay int) error {
@@ -241,6 +269,11 @@ func parseRule(b []byte) (RuleInfo, error) {
 			ri.Mask = ad.Uint32()
 		case unix.FRA_TABLE:
 			ri.Table = ad.Uint32()
+		case unix.FRA_SUPPRESS_PREFIXLEN, unix.FRA_SUPPRESS_IFGROUP:
+			// The kernel dumps these as -1 (unset) on every rule.
+			if ad.Uint32() != 0xffffffff {
+				ri.Other = true
+			}
 		case unix.FRA_UNSPEC, unix.FRA_PROTOCOL, unix.FRA_PAD:
 		default:
 			ri.Other = true

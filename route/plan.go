@@ -336,8 +336,9 @@ func tableName(t uint32) string {
 
 // Render returns the plan as `ip` commands, one line per command, in apply
 // order. The output is deterministic (plan order is kept). Each item is one
-// line, except a MoveLocal family which is two commands (add pref 1000
-// first, then delete pref 0).
+// line, except a MoveLocal family, which is two commands (add pref 1000
+// first, then delete pref 0), and a VethPair with Up, whose peer is brought
+// up by a second command.
 func (p Plan) Render() string {
 	var b strings.Builder
 	line := func(format string, a ...any) {
@@ -345,7 +346,16 @@ func (p Plan) Render() string {
 		b.WriteByte('\n')
 	}
 	for _, v := range p.Veths {
-		line("ip link add name %s%s type veth peer name %s%s", v.Name, vethOpts(v), v.Peer, vethOpts(v))
+		// The peer cannot be brought up while the pair is being created
+		// (the kernel answers ENOTCONN): it is set up by a second command.
+		peerOpts := ""
+		if v.Promisc {
+			peerOpts = " promisc on"
+		}
+		line("ip link add name %s%s type veth peer name %s%s", v.Name, vethOpts(v), v.Peer, peerOpts)
+		if v.Up {
+			line("ip link set %s up", v.Peer)
+		}
 	}
 	for _, v := range p.VXLANs {
 		var o strings.Builder

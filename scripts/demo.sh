@@ -18,8 +18,11 @@ eval "$(bash scripts/lab.sh up)"
 nfpid=""
 tdpid=""
 cleanup() {
-	[ -n "$tdpid" ] && kill "$tdpid" 2>/dev/null || true
-	[ -n "$nfpid" ] && kill -TERM "$nfpid" 2>/dev/null && wait "$nfpid" 2>/dev/null || true
+	if [ -n "$tdpid" ]; then kill "$tdpid" 2>/dev/null || true; fi
+	if [ -n "$nfpid" ]; then
+		kill -TERM "$nfpid" 2>/dev/null || true
+		wait "$nfpid" 2>/dev/null || true
+	fi
 	bash scripts/lab.sh down "$LAB_SUFFIX" >/dev/null 2>&1 || true
 	rm -rf "$work"
 }

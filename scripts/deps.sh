@@ -23,6 +23,7 @@ declare -A PKG_FOR=(
 	[modprobe]=kmod
 	[ping]=iputils-ping
 	[shellcheck]=shellcheck
+	[iptables]=iptables
 )
 
 SUDO=""
