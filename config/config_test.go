@@ -290,8 +290,8 @@ func TestParseIntegerOverflow(t *testing.T) {
 			cfg, err := Parse([]byte(tc.yaml), lookup)
 			var errs Errors
 			if err == nil {
-				t.Skipf("BUG: %s is accepted and decoded as mark=%d route_table=%d rule_pref=%d workers=%d",
-					tc.yaml, cfg.Mark, cfg.RouteTable, cfg.RulePref, cfg.Queue.Workers)
+				t.Skipf("BUG: %s (%q, env %v) is accepted and decoded as mark=%d route_table=%d rule_pref=%d workers=%d",
+					tc.name, tc.yaml, tc.env, cfg.Mark, cfg.RouteTable, cfg.RulePref, cfg.Queue.Workers)
 			}
 			if !errors.As(err, &errs) || len(errs) != 1 || errs[0].Path != tc.path {
 				t.Fatalf("want one problem at %s, got %v", tc.path, err)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	nfqueue "github.com/florianl/go-nfqueue/v2"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
@@ -196,34 +197,7 @@ func TestRootQueueReader(t *testing.T) {
 	var floodTime time.Duration
 	copiesBefore := cs.n.Load()
 	start := time.Now()
-	ns.run(func() {
-		rfd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer unix.Close(rfd)
-		if err := unix.Bind(rfd, &unix.SockaddrInet4{Port: 9, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-			t.Error(err)
-			return
-		}
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer unix.Close(fd)
-		sa := &unix.SockaddrInet4{Port: 9, Addr: [4]byte{127, 0, 0, 1}}
-		payload := make([]byte, 36)
-		for time.Since(start) < time.Second {
-			for i := 0; i < 256; i++ {
-				if unix.Sendto(fd, payload, 0, sa) == nil {
-					sent++
-				}
-			}
-		}
-		floodTime = time.Since(start)
-	})
+	sent, floodTime = flood(t, ns, time.Second)
 	waitFor(t, "flood drained", func() bool {
 		s := led.Snapshot()
 		return s.InFlight == 0 && s.Offered-6 >= uint64(sent)
@@ -293,5 +267,107 @@ func TestRootLogReader(t *testing.T) {
 	s := led.Snapshot()
 	if fam4.Load() != 8 || s.Offered != 8 || s.Copied != 8 || !s.Balanced() {
 		t.Fatalf("icmp copies %d, ledger %+v", fam4.Load(), s)
+	}
+}
+
+// flood sends 64-byte UDP datagrams to a bound, never-read socket on
+// 127.0.0.1:9 inside ns for about d, and returns how many were sent.
+func flood(t *testing.T, ns *testNS, d time.Duration) (sent int, took time.Duration) {
+	t.Helper()
+	ns.run(func() {
+		rfd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer unix.Close(rfd)
+		if err := unix.Bind(rfd, &unix.SockaddrInet4{Port: 9, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			t.Error(err)
+			return
+		}
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer unix.Close(fd)
+		sa := &unix.SockaddrInet4{Port: 9, Addr: [4]byte{127, 0, 0, 1}}
+		payload := make([]byte, 36)
+		start := time.Now()
+		for time.Since(start) < d {
+			for i := 0; i < 256; i++ {
+				if unix.Sendto(fd, payload, 0, sa) == nil {
+					sent++
+				}
+			}
+		}
+		took = time.Since(start)
+	})
+	return sent, took
+}
+
+// TestRootCompareNaive (NFQ_COMPARE=1) measures, in one run, the same flood
+// with: the rule and no reader (bypass), a naive go-nfqueue loop (library
+// callback, one verdict per packet, payload copied), and QueueReader.
+func TestRootCompareNaive(t *testing.T) {
+	if os.Getenv("NFQ_COMPARE") != "1" {
+		t.Skip("set NFQ_COMPARE=1 to run the throughput comparison")
+	}
+	requireRoot(t)
+	ns := newTestNS(t, "nfqc")
+	addQueueRule(t, ns, 0)
+	const d = 2 * time.Second
+	for round := 0; round < 2; round++ {
+		sent, took := flood(t, ns, d)
+		t.Logf("bypass (no reader): %.0f pps", float64(sent)/took.Seconds())
+
+		// naive
+		nf, err := nfqueue.Open(&nfqueue.Config{NfQueue: 0, MaxPacketLen: 0xffff, MaxQueueLen: 4096,
+			Copymode: nfqueue.NfQnlCopyPacket, Flags: nfqueue.NfQaCfgFlagFailOpen, NetNS: ns.fd})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var naive atomic.Uint64
+		ctx, cancel := context.WithCancel(context.Background())
+		err = nf.RegisterWithErrorFunc(ctx, func(a nfqueue.Attribute) int {
+			if a.Payload != nil {
+				_ = append([]byte(nil), (*a.Payload)...)
+				naive.Add(1)
+			}
+			nf.SetVerdict(*a.PacketID, nfqueue.NfAccept)
+			return 0
+		}, func(error) int { return 0 })
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		sent, took = flood(t, ns, d)
+		time.Sleep(200 * time.Millisecond)
+		t.Logf("naive go-nfqueue: sent %.0f pps, copies %.0f/s (%.0f%% of sent)", float64(sent)/took.Seconds(),
+			float64(naive.Load())/took.Seconds(), 100*float64(naive.Load())/float64(sent))
+		cancel()
+		nf.Close()
+
+		var led Ledger
+		q := NewCopyQueue(8192)
+		qr, err := NewQueueReader(QueueConfig{Num: 0, NetNS: ns.fd}, q, &led)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs := &countSink{led: &led}
+		ctx, cancel = context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); qr.Run(ctx) }()
+		go func() { defer wg.Done(); RunWorkers(ctx, q, 1, cs.send) }()
+		sent, took = flood(t, ns, d)
+		time.Sleep(200 * time.Millisecond)
+		cancel()
+		wg.Wait()
+		qr.Close()
+		s := led.Snapshot()
+		t.Logf("QueueReader: sent %.0f pps, copies %.0f/s (%.0f%% of sent), %.1f packets/verdict, ledger %+v",
+			float64(sent)/took.Seconds(), float64(cs.n.Load())/took.Seconds(), 100*float64(cs.n.Load())/float64(sent),
+			float64(qr.Stats().Packets)/float64(qr.Stats().Verdicts), s)
 	}
 }

@@ -254,8 +254,8 @@ var limitUnits = map[string]expr.LimitTime{
 
 // rateOver: `limit rate over 20000/second` (burst 5 packets).
 func (b *builder) rateOver(r config.Rate) *builder {
-	const burst = 5 // nft's default
-	return b.add(fmt.Sprintf("limit rate over %d/%s", r.Count, r.Unit), // nft hides the default burst
+	const burst = 5 // nft's default, which nft list does not print
+	return b.add(fmt.Sprintf("limit rate over %d/%s", r.Count, r.Unit),
 		&expr.Limit{Type: expr.LimitTypePkts, Rate: r.Count, Unit: limitUnits[r.Unit], Over: true, Burst: burst})
 }
 

@@ -1,0 +1,5 @@
+//go:build !race
+
+package nfq
+
+const raceEnabled = false
