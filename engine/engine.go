@@ -26,10 +26,22 @@ func hostErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrHost, fmt.Sprintf(format, args...))
 }
 
-// RoutePlan is the pure routing/link plan of a config: ARP handling on the
-// egress of gateway targets (DESIGN §3).
+// RoutePlan is the pure routing/link plan of a config (DESIGN §3): ARP
+// handling on the egress of gateway targets and, for the userspace methods,
+// the policy routes that send marked copies to their gateway, with the local
+// rule moved behind them so copies of host-bound traffic leave the host.
 func RoutePlan(c *config.Config) route.Plan {
 	var p route.Plan
+	moved := map[route.Family]bool{}
+	for _, gr := range rules.GatewayRoutes(c) {
+		f := route.FamilyOf(gr.Gateway)
+		p.Rules = append(p.Rules, route.PolicyRule{Family: f, Pref: gr.Pref, Mark: gr.Mark, Table: gr.Table})
+		p.Routes = append(p.Routes, route.Route{Family: f, Table: gr.Table, Gateway: gr.Gateway, Device: gr.Device})
+		if !moved[f] {
+			moved[f] = true
+			p.MoveLocal = append(p.MoveLocal, f)
+		}
+	}
 	flags := map[string]bool{}
 	for _, s := range c.Sessions {
 		for _, t := range s.Targets {

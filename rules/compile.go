@@ -142,7 +142,7 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 			t.Chains = append(t.Chains, Chain{
 				Name:  "copies_notrack",
 				Hook:  &Hook{Num: *nftables.ChainHookOutput, Priority: rawPriority},
-				Rules: []Rule{newBuilder(t.Family).notrackMark(c.Mark).rule()},
+				Rules: []Rule{newBuilder(t.Family).notrackMarks(markRange(c)).rule()},
 			})
 		}
 	}
@@ -249,7 +249,7 @@ func (sc *sessionCompiler) netdev(t *Table, devs []config.Target) {
 			if d == config.Egress {
 				hook = nftables.ChainHookEgress
 			}
-			b := newBuilder(t.Family).markGuard(sc.cfg.Mark)
+			b := newBuilder(t.Family).markGuard(markRange(sc.cfg))
 			if sc.s.HostOnly {
 				b.fibLocal(d)
 			}
@@ -290,7 +290,7 @@ func (sc *sessionCompiler) l3(t *Table, action func(*builder)) {
 		filter := fmt.Sprintf("%s_%s", name, dirShort(d))
 		base := Chain{Name: filter + "_hook", Hook: &Hook{Num: *hook, Priority: basePriority}}
 		for _, ifc := range ifaces[d] {
-			b := newBuilder(t.Family).ifaceName(d, ifc).markGuard(sc.cfg.Mark).verdict(expr.VerdictJump, filter)
+			b := newBuilder(t.Family).ifaceName(d, ifc).markGuard(markRange(sc.cfg)).verdict(expr.VerdictJump, filter)
 			base.Rules = append(base.Rules, b.rule())
 		}
 		t.Chains = append(t.Chains, base, sc.filterChain(t.Family, filter, d))

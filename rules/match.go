@@ -62,11 +62,18 @@ func (b *builder) ifaceName(dir, name string) *builder {
 		&expr.Meta{Key: key, Register: reg}, cmpEq(ifname(name)))
 }
 
-// markGuard: `meta mark != 0x00004e43` — nothing carrying nfclone's mark is copied.
-func (b *builder) markGuard(mark uint32) *builder {
-	return b.add(fmt.Sprintf("meta mark != 0x%08x", mark),
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg, Data: binaryutil.NativeEndian.PutUint32(mark)})
+// markGuard: `meta mark != 0x00004e43` (or a range `!= 0x00004e43-0x00004e44`
+// when several gateway routes each have their own mark) — nothing carrying
+// one of nfclone's marks is copied.
+func (b *builder) markGuard(lo, hi uint32) *builder {
+	load := &expr.Meta{Key: expr.MetaKeyMARK, Register: reg}
+	if lo == hi {
+		return b.add(fmt.Sprintf("meta mark != 0x%08x", lo), load,
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg, Data: binaryutil.NativeEndian.PutUint32(lo)})
+	}
+	return b.add(fmt.Sprintf("meta mark != 0x%08x-0x%08x", lo, hi), load, markHton(),
+		&expr.Range{Op: expr.CmpOpNeq, Register: reg,
+			FromData: binaryutil.BigEndian.PutUint32(lo), ToData: binaryutil.BigEndian.PutUint32(hi)})
 }
 
 // ipFamily adds the hidden dependency that makes L3 payload loads valid in
@@ -318,10 +325,21 @@ func (b *builder) log(group, snaplen, threshold int) *builder {
 	return b.add(text, &expr.Log{Key: key, Group: uint16(group), Snaplen: uint32(snaplen), QThreshold: uint16(threshold)})
 }
 
-// notrack: `meta mark 0x00004e43 notrack` — copies stay out of conntrack.
-func (b *builder) notrackMark(mark uint32) *builder {
-	return b.add(fmt.Sprintf("meta mark 0x%08x notrack", mark),
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg},
-		cmpEq(binaryutil.NativeEndian.PutUint32(mark)),
+// markHton converts the host-order mark to network order so that a range
+// (compared bytewise by the kernel) orders it numerically, as nft does.
+func markHton() *expr.Byteorder {
+	return &expr.Byteorder{SourceRegister: reg, DestRegister: reg, Op: expr.ByteorderHton, Len: 4, Size: 4}
+}
+
+// notrackMarks: `meta mark 0x00004e43 notrack` — copies stay out of conntrack.
+func (b *builder) notrackMarks(lo, hi uint32) *builder {
+	load := &expr.Meta{Key: expr.MetaKeyMARK, Register: reg}
+	if lo == hi {
+		return b.add(fmt.Sprintf("meta mark 0x%08x notrack", lo), load,
+			cmpEq(binaryutil.NativeEndian.PutUint32(lo)), &expr.Notrack{})
+	}
+	return b.add(fmt.Sprintf("meta mark 0x%08x-0x%08x notrack", lo, hi), load, markHton(),
+		&expr.Range{Op: expr.CmpOpEq, Register: reg,
+			FromData: binaryutil.BigEndian.PutUint32(lo), ToData: binaryutil.BigEndian.PutUint32(hi)},
 		&expr.Notrack{})
 }
