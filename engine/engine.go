@@ -71,13 +71,20 @@ type Engine struct {
 	Log *slog.Logger
 }
 
-// Userspace methods arrive with the clone engine; until then run refuses them.
-func checkMethods(c *config.Config) error {
+// checkImplemented refuses what this version cannot run yet, as config
+// problems with their key paths (render still shows their rules).
+func checkImplemented(c *config.Config) error {
 	var errs config.Errors
 	for i, s := range c.Sessions {
-		if s.Method != config.MethodDup {
-			errs = append(errs, config.Problem{Path: fmt.Sprintf("sessions[%d].method", i),
-				Msg: fmt.Sprintf("%q is not implemented yet in `run` (only dup is); `render` shows its rules", s.Method)})
+		for j, t := range s.Targets {
+			switch {
+			case t.Kind == config.KindVXLAN, t.Kind == config.KindGENEVE, t.Kind == config.KindPcap:
+				errs = append(errs, config.Problem{Path: fmt.Sprintf("sessions[%d].targets[%d].kind", i, j),
+					Msg: fmt.Sprintf("%s targets are not implemented yet in `run`", t.Kind)})
+			case t.Kind == config.KindDevice && t.Create:
+				errs = append(errs, config.Problem{Path: fmt.Sprintf("sessions[%d].targets[%d].create", i, j),
+					Msg: "creating interfaces is not implemented yet in `run`"})
+			}
 		}
 	}
 	if len(errs) > 0 {
@@ -86,11 +93,14 @@ func checkMethods(c *config.Config) error {
 	return nil
 }
 
+// drainTimeout bounds how long copies still queued are sent at shutdown.
+const drainTimeout = 2 * time.Second
+
 // Run installs everything, then waits for ctx to end and removes it all.
 // ready, if set, is called once the rules are in place.
 func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	c, log := e.Cfg, e.Log
-	if err := checkMethods(c); err != nil {
+	if err := checkImplemented(c); err != nil {
 		return err
 	}
 	if os.Geteuid() != 0 {
@@ -109,7 +119,8 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	if errs := config.CheckHost(c, config.SystemHost{}, nil); len(errs) > 0 {
 		return errs
 	}
-	if err := e.probe(); err != nil {
+	feats, err := e.probe()
+	if err != nil {
 		return err
 	}
 
@@ -139,29 +150,43 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 		return hostErr("applying routing plan: %v", err)
 	}
 
-	rs, err := rules.Compile(c, rules.Options{IfIndex: ifIndex})
+	rs, err := rules.Compile(c, rules.Options{IfIndex: ifIndex, NativeQueue: feats.Has(rules.FeatNativeQueue)})
+	if err != nil {
+		return err
+	}
+	// Readers bind their queues before the rules exist: no copy is lost at start.
+	sessions, err := openSessions(c, log)
 	if err != nil {
 		return err
 	}
 	ap, err := rules.NewApplier(c.Table)
 	if err != nil {
+		closeSessions(sessions, log)
 		return hostErr("%v", err)
 	}
 	if err := ap.Apply(rs); err != nil {
 		ap.Close()
+		closeSessions(sessions, log)
 		return hostErr("%v", err)
 	}
+	dp := startDataPath(sessions, log)
 	log.Info("rules installed", "table", c.Table, "tables", len(rs.Tables), "sessions", len(c.Sessions))
 	if ready != nil {
 		ready()
 	}
 
 	<-ctx.Done()
-	log.Info("stopping: removing rules and undoing routing changes")
+	// Shutdown order: no new packets (rules removed), readers release what
+	// they hold, queued copies drained (bounded), routes undone, state removed.
+	log.Info("stopping: removing rules")
 	var errs []error
 	if err := ap.Close(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := dp.stop(drainTimeout); err != nil {
+		errs = append(errs, err)
+	}
+	log.Info("undoing routing changes", "changes", len(st.Journal))
 	if err := route.Undo(rk, st.Journal, log); err != nil {
 		errs = append(errs, fmt.Errorf("undoing routing changes: %w", err))
 	}
@@ -186,15 +211,15 @@ func ifIndex(name string) uint32 {
 }
 
 // probe checks that the kernel has what the config needs.
-func (e *Engine) probe() error {
+func (e *Engine) probe() (rules.Features, error) {
 	f, err := ProbeKernel(e.Cfg.Table)
 	if err != nil {
-		return hostErr("%v", err)
+		return f, hostErr("%v", err)
 	}
 	if missing := Missing(e.Cfg, f); len(missing) > 0 {
-		return hostErr("the kernel lacks: %v", missing)
+		return f, hostErr("the kernel lacks: %v", missing)
 	}
-	return nil
+	return f, nil
 }
 
 // ProbeKernel runs the nftables feature probe in the current namespace.

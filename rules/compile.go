@@ -125,7 +125,7 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 			// xt NFQUEUE target in an inet table.
 			userspace = true
 			num := QueueNum(c, i)
-			for _, f := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+			for _, f := range userspaceFamilies(s) {
 				sc.l3(tbl(f), func(b *builder) {
 					if s.Method == config.MethodQueue {
 						b.queue(num, c.Queue.Count, opt.NativeQueue)
@@ -153,6 +153,31 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 		}
 	}
 	return rs, nil
+}
+
+// userspaceFamilies are the families a userspace session copies: a gateway
+// target takes copies of its own family only, other targets take both.
+func userspaceFamilies(s *config.Session) []nftables.TableFamily {
+	v4, v6 := false, false
+	for _, t := range s.Targets {
+		if t.Kind != config.KindGateway {
+			v4, v6 = true, true
+			continue
+		}
+		if gw, err := netip.ParseAddr(t.Gateway); err == nil && gw.Unmap().Is6() {
+			v6 = true
+		} else {
+			v4 = true
+		}
+	}
+	var out []nftables.TableFamily
+	if v4 {
+		out = append(out, nftables.TableFamilyIPv4)
+	}
+	if v6 {
+		out = append(out, nftables.TableFamilyIPv6)
+	}
+	return out
 }
 
 // sessionCompiler compiles one session into chains of one table at a time.
