@@ -64,7 +64,11 @@ func openSessions(c *config.Config, log *slog.Logger) (out []*session, err error
 			case config.KindGateway:
 				gw, _ := netip.ParseAddr(t.Gateway)
 				mark, _ := rules.GatewayMark(routes, gw, t.Device)
-				sk, err = sink.NewGateway(sink.GatewayConfig{Name: name, Mark: mark, NoIPv6: gw.Unmap().Is4(), Logger: slog})
+				fam := uint8(4)
+				if gw.Unmap().Is6() {
+					fam = 6
+				}
+				sk, err = sink.NewGateway(sink.GatewayConfig{Name: name, Mark: mark, Family: fam, Logger: slog})
 			case config.KindDevice:
 				var mac net.HardwareAddr
 				if t.MAC != "" {

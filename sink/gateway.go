@@ -25,6 +25,11 @@ type GatewayConfig struct {
 	NoMark bool
 	// NoIPv6 skips the IPv6 socket (IPv6 copies then fail and are counted).
 	NoIPv6 bool
+	// Family, if 4 or 6, makes the target take copies of that family only:
+	// the other family's copies are skipped (not errors) — a gateway's
+	// policy route exists for its own family only, and a copy sent without
+	// one would be delivered back to this host.
+	Family uint8
 	Logger *slog.Logger
 }
 
@@ -41,6 +46,7 @@ const DefaultMark = 0x4e43
 type Gateway struct {
 	counters
 	fd4, fd6 int
+	only     uint8 // 4 or 6: copies of the other family are skipped
 	send     sendmmsgFunc
 	scratch  sync.Pool
 }
@@ -62,16 +68,21 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	if cfg.NoMark {
 		mark = 0
 	}
-	fd4, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
-	if err != nil {
-		return nil, fmt.Errorf("sink: raw IPv4 socket: %w", err)
-	}
-	if err := setMark(fd4, mark); err != nil {
-		unix.Close(fd4)
-		return nil, err
+	fd4 := -1
+	if cfg.Family != 6 {
+		var err error
+		fd4, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+		if err != nil {
+			return nil, fmt.Errorf("sink: raw IPv4 socket: %w", err)
+		}
+		if err := setMark(fd4, mark); err != nil {
+			unix.Close(fd4)
+			return nil, err
+		}
 	}
 	fd6 := -1
-	if !cfg.NoIPv6 {
+	var err error
+	if !cfg.NoIPv6 && cfg.Family != 4 {
 		fd6, err = unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
 		if err == nil {
 			err = unix.SetsockoptInt(fd6, unix.IPPROTO_IPV6, ipv6HdrIncl, 1)
@@ -80,7 +91,9 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 			}
 		}
 		if err != nil {
-			unix.Close(fd4)
+			if fd4 >= 0 {
+				unix.Close(fd4)
+			}
 			if fd6 >= 0 {
 				unix.Close(fd6)
 			}
@@ -88,6 +101,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		}
 	}
 	g := newGateway(cfg.Name, fd4, fd6, sendmmsg, cfg.Logger)
+	g.only = cfg.Family
 	return g, nil
 }
 
@@ -124,7 +138,9 @@ func (g *Gateway) Send(batch []*nfq.Packet) (int, error) {
 		FixTruncated(p)
 		d := p.Data
 		switch {
-		case p.Family == 4 && len(d) >= 20:
+		case g.only != 0 && (p.Family == 4 || p.Family == 6) && p.Family != g.only:
+			// not this target's family: nothing to send, nothing failed
+		case p.Family == 4 && len(d) >= 20 && g.fd4 >= 0:
 			i := len(sc.p4)
 			sa := &sc.sa4[i]
 			*sa = unix.RawSockaddrInet4{Family: unix.AF_INET}
