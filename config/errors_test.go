@@ -361,6 +361,24 @@ sessions:
 		},
 	},
 	{
+		name: "empty key",
+		bug:  "mapstructure's \"'sessions[0]' has invalid keys: \" loses its trailing space, reUnused does not match and the problem reads \"sessions[0]: has invalid keys:\" (at top level the path is empty)",
+		yaml: `
+sessions:
+  - name: s
+    "": 1
+    sources: [{interface: e0}]
+    targets: [{kind: device, device: e1}]
+`,
+		want: []string{`sessions[0]."": unknown key`},
+	},
+	{
+		name: "key with a comma",
+		bug:  "decodeProblems splits mapstructure's \"has invalid keys: a, b\" text on commas: the key \"session,\" becomes the unknown keys \"session\" and \"\" (an empty path)",
+		yaml: "\"session,\": 1\n",
+		want: []string{`"session,": unknown key`},
+	},
+	{
 		name: "a list where a map belongs",
 		yaml: `
 queue: [1, 2]

@@ -196,12 +196,17 @@ func decodeProblems(err error) Errors {
 		}
 		if sm := reUnused.FindStringSubmatch(m); sm != nil {
 			for _, k := range strings.Split(sm[2], ",") {
-				k = strings.TrimSpace(k)
+				if k = strings.TrimSpace(k); k == "" {
+					k = `""`
+				}
 				out = append(out, Problem{Path: joinPath(sm[1], k), Msg: "unknown key"})
 			}
 			continue
 		}
 		if sm := reQuoted.FindStringSubmatch(m); sm != nil {
+			if sm[1] == "" {
+				sm[1] = "(top level)"
+			}
 			out = append(out, Problem{Path: sm[1], Msg: sm[2]})
 			continue
 		}

@@ -32,6 +32,17 @@ func hostErr(format string, args ...any) error {
 // rule moved behind them so copies of host-bound traffic leave the host.
 func RoutePlan(c *config.Config) route.Plan {
 	var p route.Plan
+	created := map[string]bool{}
+	for _, s := range c.Sessions {
+		for _, t := range s.Targets {
+			if t.Kind == config.KindDevice && t.Create && !created[t.Device] {
+				created[t.Device] = true
+				// Copies are written into the near end; they are read on the
+				// far end, which has the configured name.
+				p.Veths = append(p.Veths, route.VethPair{Name: rules.CreatedNearEnd(t), Peer: t.Device, Up: true, Promisc: t.Promisc})
+			}
+		}
+	}
 	moved := map[route.Family]bool{}
 	for _, gr := range rules.GatewayRoutes(c) {
 		f := route.FamilyOf(gr.Gateway)
@@ -81,9 +92,6 @@ func checkImplemented(c *config.Config) error {
 			case t.Kind == config.KindVXLAN, t.Kind == config.KindGENEVE, t.Kind == config.KindPcap:
 				errs = append(errs, config.Problem{Path: fmt.Sprintf("sessions[%d].targets[%d].kind", i, j),
 					Msg: fmt.Sprintf("%s targets are not implemented yet in `run`", t.Kind)})
-			case t.Kind == config.KindDevice && t.Create:
-				errs = append(errs, config.Problem{Path: fmt.Sprintf("sessions[%d].targets[%d].create", i, j),
-					Msg: "creating interfaces is not implemented yet in `run`"})
 			}
 		}
 	}

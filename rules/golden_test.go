@@ -43,6 +43,7 @@ var goldenCases = []struct {
 	{golden: "userspace_native", config: "userspace", native: true},
 	{golden: "single_compat", config: "single"},
 	{golden: "single_native", config: "single", native: true},
+	{golden: "userspace_gw", config: "userspace_gw"},
 }
 
 func loadConfig(t testing.TB, name string) *config.Config {
@@ -368,6 +369,9 @@ func dumpExpr(t *testing.T, fam nftables.TableFamily, e expr.Any) string {
 		return fmt.Sprintf("target name %s rev %d info %s", e.Name, e.Rev, strings.Join(groups, " "))
 	case *expr.Notrack:
 		return "notrack"
+	case *expr.Byteorder:
+		op := map[expr.ByteorderOp]string{expr.ByteorderHton: "hton", expr.ByteorderNtoh: "ntoh"}[e.Op]
+		return fmt.Sprintf("byteorder reg %d = %s(reg %d, %d, %d)", e.DestRegister, op, e.SourceRegister, e.Size, e.Len)
 	}
 	t.Errorf("the dumper does not know %T", e)
 	return fmt.Sprintf("%T %+v", e, e)

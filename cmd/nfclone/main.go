@@ -159,6 +159,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	configFlag(checkCmd)
 
+	var flushStateDir string
 	flushCmd := &cobra.Command{
 		Use:   "flush [-c FILE]",
 		Short: "Remove everything nfclone installed (from its state file)",
@@ -174,6 +175,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return err
 			}
+			if flushStateDir != "" {
+				c.StateDir = flushStateDir
+			}
 			rk, err := route.Open()
 			if err != nil {
 				return fmt.Errorf("%w: opening rtnetlink: %v", engine.ErrHost, err)
@@ -187,6 +191,47 @@ func run(args []string, stdout, stderr io.Writer) error {
 		},
 	}
 	configFlag(flushCmd)
+	flushCmd.Flags().StringVar(&flushStateDir, "state-dir", "", "state directory (overrides the config's state_dir)")
+
+	var tapOpts config.TapOptions
+	var tapPrint, tapDry bool
+	tapCmd := &cobra.Command{
+		Use:   "tap 'SRC[,SRC]>DST[,DST]' ...",
+		Short: "A software TAP in one line: copy whole frames from sources to targets (kernel dup)",
+		Long: `Each argument maps sources to targets: 'e0,e2>agg0' aggregates e0 and e2 into agg0,
+'e0>e2,e3' replicates e0 to e2 and e3. A target written '+agg0', or every target with
+--create, is an interface nfclone creates (a veth pair: copies are read on agg0) and
+removes on exit. Runs in the foreground like run, with the same cleanup guarantees.`,
+		Example: `  nfclone tap 'e0,e2>agg0' --create        # then: tcpdump -i agg0
+  nfclone tap 'e0>e3' 'e0,e2>+agg0' --direction ingress
+  nfclone tap 'e0,e2>agg0' --create --print-config > tap.yaml && nfclone run -c tap.yaml`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, maps []string) error {
+			c, err := config.Tap(maps, tapOpts)
+			if err != nil {
+				return err
+			}
+			if tapPrint {
+				fmt.Fprint(g.stdout, config.TapYAML(c, maps))
+				return nil
+			}
+			if tapDry {
+				return render(g.stdout, c)
+			}
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return (&engine.Engine{Cfg: c, Log: log}).Run(ctx, nil)
+		},
+	}
+	tapCmd.Flags().BoolVar(&tapOpts.Create, "create", false, "create every target interface (refused if one exists)")
+	tapCmd.Flags().StringVar(&tapOpts.Direction, "direction", "both", "ingress, egress or both")
+	tapCmd.Flags().StringVar(&tapOpts.StateDir, "state-dir", "", "state directory (default "+config.DefaultStateDir+")")
+	tapCmd.Flags().BoolVar(&tapPrint, "print-config", false, "print the equivalent config file and exit")
+	tapCmd.Flags().BoolVar(&tapDry, "dry-run", false, "print the nft ruleset and routing plan (like render) and exit")
 
 	versionCmd := &cobra.Command{
 		Use:   "version",
@@ -196,7 +241,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintln(g.stdout, "nfclone", version)
 		},
 	}
-	root.AddCommand(runCmd, renderCmd, checkCmd, flushCmd, versionCmd)
+	root.AddCommand(runCmd, renderCmd, checkCmd, flushCmd, tapCmd, versionCmd)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
