@@ -290,14 +290,14 @@ func TestParseIntegerOverflow(t *testing.T) {
 			cfg, err := Parse([]byte(tc.yaml), lookup)
 			var errs Errors
 			if err == nil {
-				t.Skipf("BUG: %s (%q, env %v) is accepted and decoded as mark=%d route_table=%d rule_pref=%d workers=%d",
+				t.Fatalf("regression (fixed bug): %s (%q, env %v) is accepted and decoded as mark=%d route_table=%d rule_pref=%d workers=%d",
 					tc.name, tc.yaml, tc.env, cfg.Mark, cfg.RouteTable, cfg.RulePref, cfg.Queue.Workers)
 			}
 			if !errors.As(err, &errs) || len(errs) != 1 || errs[0].Path != tc.path {
 				t.Fatalf("want one problem at %s, got %v", tc.path, err)
 			}
 			if strings.Contains(errs[0].Msg, "reserved") {
-				t.Skipf("BUG: the value wrapped around before validation: %v", err)
+				t.Fatalf("regression (fixed bug): the value wrapped around before validation: %v", err)
 			}
 		})
 	}
@@ -311,6 +311,6 @@ func TestParseHugeNumbersReported(t *testing.T) {
 		t.Fatalf("problems: %q", got)
 	}
 	if strings.Contains(got[0], "-9223372036854775808") {
-		t.Skipf("BUG: 1e23 converted to int64 min before validation: %q", got[0])
+		t.Fatalf("regression (fixed bug): 1e23 converted to int64 min before validation: %q", got[0])
 	}
 }

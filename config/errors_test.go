@@ -708,7 +708,7 @@ func TestParseBadConfigs(t *testing.T) {
 			}
 			if !reflect.DeepEqual(got, tc.want) {
 				if tc.bug != "" {
-					t.Skipf("BUG: %s\n got: %q\nwant: %q", tc.bug, got, tc.want)
+					t.Fatalf("regression (fixed bug): %s\n got: %q\nwant: %q", tc.bug, got, tc.want)
 				}
 				t.Errorf("problems:\n got: %q\nwant: %q", got, tc.want)
 			}
@@ -730,7 +730,7 @@ sessions:
     targets: [{kind: device, device: e1}]
 `), nil)
 	if err != nil {
-		t.Skipf("BUG: unquoted protocol number / port refused: %v", err)
+		t.Fatalf("regression (fixed bug): unquoted protocol number / port refused: %v", err)
 	}
 	r := cfg.Sessions[0].Rules
 	if r[0].Protocol != "47" || r[1].Protocol != "6" || r[1].DestinationPorts != "443" {

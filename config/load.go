@@ -88,11 +88,14 @@ func Parse(data []byte, lookupEnv func(string) (string, bool)) (*Config, error) 
 	}
 	var raw map[string]any = v.AllSettings()
 	cfg := Default()
+	var md mapstructure.Metadata
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
-		Result:      &cfg,
-		ErrorUnused: true,
+		Result:   &cfg,
+		Metadata: &md,
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(
 			stringToScalarHook,
+			numberToIntHook,
+			numberToStringHook,
 			boolToStringHook,
 			scalarToSliceHook,
 		),
@@ -104,12 +107,92 @@ func Parse(data []byte, lookupEnv func(string) (string, bool)) (*Config, error) 
 	if err := dec.Decode(raw); err != nil {
 		errs = append(errs, decodeProblems(err)...)
 	}
-	errs = append(errs, Validate(&cfg)...)
+	for _, k := range md.Unused {
+		errs = append(errs, Problem{Path: unusedPath(k), Msg: "unknown key"})
+	}
+	// A value that could not be decoded is reported once: Validate would
+	// complain about the zero value left in its place.
+	bad := map[string]bool{}
+	for _, p := range errs {
+		bad[p.Path] = true
+	}
+	for _, p := range Validate(&cfg) {
+		if !bad[p.Path] {
+			errs = append(errs, p)
+		}
+	}
 	if len(errs) > 0 {
 		errs.sort()
 		return nil, errs
 	}
 	return &cfg, nil
+}
+
+// unusedPath quotes an odd key (empty, or with separators) in a key path.
+func unusedPath(k string) string {
+	i := strings.LastIndex(k, ".")
+	prefix, key := "", k
+	if i >= 0 && strings.HasSuffix(k[:i], "]") || i >= 0 && !strings.ContainsAny(k[i+1:], "[]") {
+		prefix, key = k[:i], k[i+1:]
+	}
+	if key == "" || strings.ContainsAny(key, " ,.[]\"'") {
+		key = strconv.Quote(key)
+	}
+	return joinPath(prefix, key)
+}
+
+// numberToIntHook refuses fractions and numbers that do not fit the field
+// (instead of wrapping: mark 4294967297 must not become 1).
+func numberToIntHook(from, to reflect.Type, data any) (any, error) {
+	if !isInt(to.Kind()) && !isUint(to.Kind()) {
+		return data, nil
+	}
+	v := reflect.ValueOf(data)
+	switch {
+	case isInt(from.Kind()):
+		n := v.Int()
+		if isUint(to.Kind()) && (n < 0 || reflect.Zero(to).OverflowUint(uint64(n))) || isInt(to.Kind()) && reflect.Zero(to).OverflowInt(n) {
+			return nil, fmt.Errorf("%d does not fit in %s", n, fieldKind(to))
+		}
+	case isUint(from.Kind()):
+		n := v.Uint()
+		if isUint(to.Kind()) && reflect.Zero(to).OverflowUint(n) || isInt(to.Kind()) && (n > 1<<62 || reflect.Zero(to).OverflowInt(int64(n))) {
+			return nil, fmt.Errorf("%d does not fit in %s", n, fieldKind(to))
+		}
+	case from.Kind() == reflect.Float32 || from.Kind() == reflect.Float64:
+		f := v.Float()
+		if f != float64(int64(f)) || f > 1<<62 || f < -(1<<62) {
+			return nil, fmt.Errorf("%v is not a whole number that fits in %s", f, fieldKind(to))
+		}
+		return numberToIntHook(reflect.TypeOf(int64(0)), to, int64(f))
+	}
+	return data, nil
+}
+
+func numError(s string, to reflect.Type, err error, what string) error {
+	if errors.Is(err, strconv.ErrRange) {
+		return fmt.Errorf("%s does not fit in %s", s, fieldKind(to))
+	}
+	return fmt.Errorf("%q is not %s", s, what)
+}
+
+func isInt(k reflect.Kind) bool  { return k >= reflect.Int && k <= reflect.Int64 }
+func isUint(k reflect.Kind) bool { return k >= reflect.Uint && k <= reflect.Uint64 }
+
+func fieldKind(t reflect.Type) string {
+	if isUint(t.Kind()) {
+		return fmt.Sprintf("%d bits unsigned", t.Bits())
+	}
+	return fmt.Sprintf("%d bits", t.Bits())
+}
+
+// numberToStringHook lets `protocol: 47` and `destination_ports: 443` be
+// written without quotes.
+func numberToStringHook(from, to reflect.Type, data any) (any, error) {
+	if to.Kind() == reflect.String && (isInt(from.Kind()) || isUint(from.Kind())) {
+		return fmt.Sprint(data), nil
+	}
+	return data, nil
 }
 
 // stringToScalarHook lets environment variables (always strings) set numbers
@@ -121,15 +204,15 @@ func stringToScalarHook(from, to reflect.Type, data any) (any, error) {
 	s := strings.TrimSpace(data.(string))
 	switch to.Kind() {
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-		n, err := strconv.ParseInt(s, 0, 64)
+		n, err := strconv.ParseInt(s, 0, to.Bits())
 		if err != nil {
-			return nil, fmt.Errorf("%q is not a number", s)
+			return nil, numError(s, to, err, "a number")
 		}
 		return n, nil
 	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		n, err := strconv.ParseUint(s, 0, 64)
+		n, err := strconv.ParseUint(s, 0, to.Bits())
 		if err != nil {
-			return nil, fmt.Errorf("%q is not a non-negative number", s)
+			return nil, numError(s, to, err, "a non-negative number")
 		}
 		return n, nil
 	case reflect.Bool:
@@ -232,7 +315,13 @@ func yamlMessage(err error) string {
 	s = reYAMLLine.ReplaceAllStringFunc(s, func(m string) string {
 		return strings.TrimPrefix(m, "yaml: ")
 	})
-	return "not valid YAML: " + s
+	var parts []string
+	for _, p := range strings.Split(s, "\n") {
+		if p = strings.TrimSpace(p); p != "" && p != "unmarshal errors:" {
+			parts = append(parts, strings.TrimSuffix(p, "unmarshal errors:"))
+		}
+	}
+	return "not valid YAML: " + strings.Join(parts, "; ")
 }
 
 // Problem is one configuration mistake.

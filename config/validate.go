@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -298,7 +299,7 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 		}
 		if t.Gateway == "" {
 			p.add(tp+".gateway", "is required")
-		} else if a, err := ParsePrefix(t.Gateway); err != nil || !a.IsSingleIP() {
+		} else if a, err := netip.ParseAddr(t.Gateway); err != nil || a.Zone() != "" {
 			p.add(tp+".gateway", "%q is not an IP address", t.Gateway)
 		}
 		switch t.ARP {

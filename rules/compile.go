@@ -337,7 +337,7 @@ func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir strin
 		if r.Direction != "" && r.Direction != dir {
 			continue
 		}
-		b, ok := sc.match(fam, r)
+		b, ok := sc.match(fam, r, dir)
 		if !ok {
 			continue
 		}
@@ -353,7 +353,7 @@ func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir strin
 
 // match compiles one rule's matches for a family; ok=false when the rule can
 // never match in that family (a v6 CIDR in an ip table).
-func (sc *sessionCompiler) match(fam nftables.TableFamily, r parsedRule) (*builder, bool) {
+func (sc *sessionCompiler) match(fam nftables.TableFamily, r parsedRule, dir string) (*builder, bool) {
 	b := newBuilder(fam)
 	v4, v6 := r.src.IsValid() && r.src.Addr().Is4() || r.dst.IsValid() && r.dst.Addr().Is4(),
 		r.src.IsValid() && r.src.Addr().Is6() || r.dst.IsValid() && r.dst.Addr().Is6()
@@ -368,7 +368,7 @@ func (sc *sessionCompiler) match(fam nftables.TableFamily, r parsedRule) (*build
 		return nil, false
 	}
 	if r.VLAN != nil {
-		b.vlanID(*r.VLAN)
+		b.vlanID(*r.VLAN, dir)
 	}
 	if v4 || v6 {
 		b.ipFamily(v6)

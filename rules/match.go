@@ -211,15 +211,27 @@ func intervalElements(rs []config.PortRange) []nftables.SetElement {
 	return out
 }
 
-// vlanID: `vlan id 100` (netdev only).
-func (b *builder) vlanID(id int) *builder {
-	return b.add(fmt.Sprintf("vlan id %d", id),
-		&expr.Meta{Key: expr.MetaKeyIIFTYPE, Register: reg}, cmpEq(binaryutil.NativeEndian.PutUint16(unix.ARPHRD_ETHER)),
+// vlanID: `vlan id 100` (netdev only). nft puts a link-type check on the
+// input device first; the egress hook has no input device (the check would
+// never match there), so egress rules go without it.
+func (b *builder) vlanID(id int, dir string) *builder {
+	var es []expr.Any
+	if dir != config.Egress {
+		es = append(es, &expr.Meta{Key: expr.MetaKeyIIFTYPE, Register: reg}, cmpEq(binaryutil.NativeEndian.PutUint16(unix.ARPHRD_ETHER)))
+	}
+	es = append(es,
 		&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseLLHeader, Offset: 12, Len: 2},
 		cmpEq(binaryutil.BigEndian.PutUint16(unix.ETH_P_8021Q)),
 		&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseLLHeader, Offset: 14, Len: 2},
 		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 2, Mask: binaryutil.BigEndian.PutUint16(0x0fff), Xor: []byte{0, 0}},
 		cmpEq(binaryutil.BigEndian.PutUint16(uint16(id))))
+	text := fmt.Sprintf("vlan id %d", id)
+	if dir == config.Egress {
+		// Without the link-type check nft cannot name the header: it
+		// prints (and accepts) the raw payload match.
+		text = fmt.Sprintf("@ll,96,16 0x8100 @ll,112,16 & 0xfff == 0x%x", id)
+	}
+	return b.add(text, es...)
 }
 
 // fibLocal: `fib daddr type local` (ingress) or `fib saddr type local` (egress).
