@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/google/nftables"
@@ -33,8 +34,14 @@ func hostErr(format string, args ...any) error {
 func RoutePlan(c *config.Config) route.Plan {
 	var p route.Plan
 	created := map[string]bool{}
-	for _, s := range c.Sessions {
-		for _, t := range s.Targets {
+	for i, s := range c.Sessions {
+		for j, t := range s.Targets {
+			if t.Kind == config.KindVXLAN && s.Method == config.MethodDup && len(t.Remote) == 1 && t.VNI != nil {
+				// The kernel encapsulates: nfclone owns a VXLAN device fed by netdev dup.
+				if ap, err := config.ParseRemote(t.Remote[0]); err == nil {
+					p.VXLANs = append(p.VXLANs, route.VXLAN{Name: rules.VXLANDevice(i, j), VNI: uint32(*t.VNI), Remote: ap.Addr(), Port: ap.Port()})
+				}
+			}
 			if t.Kind == config.KindDevice && t.Create && !created[t.Device] {
 				created[t.Device] = true
 				// Copies are written into the near end; they are read on the
@@ -80,6 +87,22 @@ func RoutePlan(c *config.Config) route.Plan {
 type Engine struct {
 	Cfg *config.Config
 	Log *slog.Logger
+	// Limit stops the engine after this many copies (capture -c); 0: none.
+	Limit uint64
+
+	mu       sync.Mutex
+	sessions []*session
+}
+
+// Copied is the number of copies delivered so far (all userspace sessions).
+func (e *Engine) Copied() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var n uint64
+	for _, s := range e.sessions {
+		n += s.ledger.Snapshot().Copied
+	}
+	return n
 }
 
 // checkImplemented refuses what this version cannot run yet, as config
@@ -89,6 +112,7 @@ func checkImplemented(c *config.Config) error {
 	for i, s := range c.Sessions {
 		for j, t := range s.Targets {
 			switch {
+			case t.Kind == config.KindVXLAN && s.Method == config.MethodDup:
 			case t.Kind == config.KindVXLAN, t.Kind == config.KindGENEVE, t.Kind == config.KindPcap:
 				errs = append(errs, config.Problem{Path: fmt.Sprintf("sessions[%d].targets[%d].kind", i, j),
 					Msg: fmt.Sprintf("%s targets are not implemented yet in `run`", t.Kind)})
@@ -108,6 +132,8 @@ const drainTimeout = 2 * time.Second
 // ready, if set, is called once the rules are in place.
 func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	c, log := e.Cfg, e.Log
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	if err := checkImplemented(c); err != nil {
 		return err
 	}
@@ -167,6 +193,15 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	if err != nil {
 		return err
 	}
+	if e.Limit > 0 {
+		lim := newLimit(e.Limit, cancel)
+		for _, s := range sessions {
+			s.fanout = lim.wrap(s.fanout)
+		}
+	}
+	e.mu.Lock()
+	e.sessions = sessions
+	e.mu.Unlock()
 	ap, err := rules.NewApplier(c.Table)
 	if err != nil {
 		closeSessions(sessions, log)

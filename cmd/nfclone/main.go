@@ -10,9 +10,12 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/engine"
@@ -233,6 +236,52 @@ removes on exit. Runs in the foreground like run, with the same cleanup guarante
 	tapCmd.Flags().BoolVar(&tapPrint, "print-config", false, "print the equivalent config file and exit")
 	tapCmd.Flags().BoolVar(&tapDry, "dry-run", false, "print the nft ruleset and routing plan (like render) and exit")
 
+	var capOpts config.CaptureOptions
+	var capCount uint64
+	var capDuration time.Duration
+	captureCmd := &cobra.Command{
+		Use:   "capture [flags] -w FILE|-",
+		Short: "One-shot troubleshooting capture of exactly the matching packets into pcap",
+		Long: `Installs temporary rules (NFLOG by default) in tables of its own, writes what they
+match to a pcap file (or standard output), and removes its rules on exit, also on
+Ctrl-C and on errors. --host-only captures only what really reached or left this
+host (after routing and the firewall) — which plain tcpdump cannot do.
+In capture, -c is the packet count, as in tcpdump.`,
+		Example: `  nfclone capture -i e0 --host-only -c 20 -w f.pcap && tcpdump -nr f.pcap
+  nfclone capture -i e0 -i e2 --proto tcp --dport 443 --duration 30s -w - | tshark -r -
+  nfclone capture -i e0 --direction ingress --src 10.0.0.0/8 -s 128 -w /tmp/head.pcap`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := config.Capture(capOpts, os.Getpid())
+			if err != nil {
+				return err
+			}
+			if !cmd.Flags().Changed("log-level") {
+				g.logLevel = "warn"
+			}
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			return capture(cmd.Context(), g.stderr, c, log, capCount, capDuration)
+		},
+	}
+	cf := captureCmd.Flags()
+	cf.StringArrayVarP(&capOpts.Interfaces, "interface", "i", nil, "interface to capture on (repeatable, or comma-separated)")
+	cf.StringVar(&capOpts.Direction, "direction", "both", "ingress, egress or both")
+	cf.BoolVar(&capOpts.HostOnly, "host-only", false, "only packets to or from this host (not forwarded ones)")
+	cf.StringVar(&capOpts.Proto, "proto", "", "tcp, udp, icmp, icmpv6 or a protocol number")
+	cf.StringVar(&capOpts.Src, "src", "", "source address or CIDR")
+	cf.StringVar(&capOpts.Dst, "dst", "", "destination address or CIDR")
+	cf.StringVar(&capOpts.SPort, "sport", "", "source ports (80, 80,443, 1024-65535)")
+	cf.StringVar(&capOpts.DPort, "dport", "", "destination ports")
+	cf.IntVarP(&capOpts.Snaplen, "snaplen", "s", 0, "bytes kept of each packet (0: whole packet)")
+	cf.Uint64VarP(&capCount, "count", "c", 0, "stop after this many packets (0: until --duration or Ctrl-C)")
+	cf.DurationVar(&capDuration, "duration", 0, "stop after this long (e.g. 30s)")
+	cf.StringVar(&capOpts.Method, "method", "log", "log (NFLOG: never holds packets) or queue (NFQUEUE)")
+	cf.StringVarP(&capOpts.Output, "write", "w", "", "pcap file to write, or - for standard output")
+	cf.StringVar(&capOpts.Format, "format", "pcap", "pcap or pcapng")
+
 	versionCmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -241,7 +290,7 @@ removes on exit. Runs in the foreground like run, with the same cleanup guarante
 			fmt.Fprintln(g.stdout, "nfclone", version)
 		},
 	}
-	root.AddCommand(runCmd, renderCmd, checkCmd, flushCmd, tapCmd, versionCmd)
+	root.AddCommand(runCmd, renderCmd, checkCmd, flushCmd, tapCmd, captureCmd, versionCmd)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -266,6 +315,71 @@ func report(w io.Writer, err error) {
 		return
 	}
 	fmt.Fprintf(w, "nfclone: %v\n", err)
+}
+
+// capture runs a one-shot capture: the engine with a pcap target, stopped by
+// the count, the duration or a signal, with a live count on a terminal.
+func capture(parent context.Context, stderr io.Writer, c *config.Config, log *slog.Logger, count uint64, d time.Duration) error {
+	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	e := &engine.Engine{Cfg: c, Log: log, Limit: count}
+	tty := isTerminal(stderr)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	ready := func() {
+		fmt.Fprintf(stderr, "nfclone: capturing on %s\n", sourcesOf(c))
+		if !tty {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(200 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-t.C:
+					fmt.Fprintf(stderr, "\r%d packets captured", e.Copied())
+				}
+			}
+		}()
+	}
+	err := e.Run(ctx, ready)
+	close(done)
+	wg.Wait()
+	if tty {
+		fmt.Fprint(stderr, "\r")
+	}
+	fmt.Fprintf(stderr, "%d packets captured\n", e.Copied())
+	return err
+}
+
+func sourcesOf(c *config.Config) string {
+	var parts []string
+	for _, s := range c.Sessions {
+		for _, src := range s.Sources {
+			parts = append(parts, src.Interface+" ("+src.Direction+")")
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// isTerminal reports whether w is a terminal (the progress line is shown
+// only there).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 func render(w io.Writer, c *config.Config) error {
