@@ -34,12 +34,13 @@ func hostErr(format string, args ...any) error {
 func RoutePlan(c *config.Config) route.Plan {
 	var p route.Plan
 	created := map[string]bool{}
-	for i, s := range c.Sessions {
-		for j, t := range s.Targets {
-			if t.Kind == config.KindVXLAN && s.Method == config.MethodDup && len(t.Remote) == 1 && t.VNI != nil {
+	for _, s := range c.Sessions {
+		for _, t := range s.Targets {
+			if t.Kind == config.KindVXLAN && s.Method == config.MethodDup && len(t.Remote) == 1 && t.VNI != nil && !created[rules.VXLANDevice(t)] {
+				created[rules.VXLANDevice(t)] = true
 				// The kernel encapsulates: nfclone owns a VXLAN device fed by netdev dup.
 				if ap, err := config.ParseRemote(t.Remote[0]); err == nil {
-					p.VXLANs = append(p.VXLANs, route.VXLAN{Name: rules.VXLANDevice(i, j), VNI: uint32(*t.VNI), Remote: ap.Addr(), Port: ap.Port()})
+					p.VXLANs = append(p.VXLANs, route.VXLAN{Name: rules.VXLANDevice(t), VNI: uint32(*t.VNI), Remote: ap.Addr(), Port: ap.Port()})
 				}
 			}
 			if t.Kind == config.KindDevice && t.Create && !created[t.Device] {

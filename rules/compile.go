@@ -2,7 +2,9 @@ package rules
 
 import (
 	"fmt"
+	"hash/fnv"
 	"net/netip"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -44,8 +46,18 @@ func QueueNum(c *config.Config, i int) int {
 }
 
 // VXLANDevice names the kernel VXLAN device nfclone creates for a vxlan
-// target of a dup session.
-func VXLANDevice(session, target int) string { return fmt.Sprintf("nfcvx%d_%d", session, target) }
+// target of a dup session. The name is derived from what the device is
+// (VNI and remote), so a reload keeps an unchanged device and two targets
+// with the same tunnel share one.
+func VXLANDevice(t config.Target) string {
+	h := fnv.New32a()
+	vni := -1
+	if t.VNI != nil {
+		vni = *t.VNI
+	}
+	fmt.Fprintf(h, "%d|%s", vni, strings.Join(t.Remote, ","))
+	return fmt.Sprintf("nfcvx%08x", h.Sum32())
+}
 
 // DeviceTargetName is the device a device target's copies are written to:
 // the configured device, or the near end of a pair nfclone creates.
@@ -92,12 +104,12 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 		case config.MethodDup:
 			var devs []config.Target
 			gws := map[nftables.TableFamily][]config.Target{}
-			for ti, t := range s.Targets {
+			for _, t := range s.Targets {
 				switch t.Kind {
 				case config.KindDevice:
 					devs = append(devs, t)
 				case config.KindVXLAN:
-					devs = append(devs, config.Target{Kind: config.KindDevice, Device: VXLANDevice(i, ti)})
+					devs = append(devs, config.Target{Kind: config.KindDevice, Device: VXLANDevice(t)})
 				case config.KindGateway:
 					gw, _ := netip.ParseAddr(t.Gateway)
 					f := nftables.TableFamilyIPv4

@@ -347,8 +347,11 @@ func TestDeviceTargetNames(t *testing.T) {
 			t.Errorf("DeviceTargetName(%+v) = %q, want %q", tc.t, got, tc.want)
 		}
 	}
-	if got := VXLANDevice(2, 3); got != "nfcvx2_3" {
-		t.Errorf("VXLANDevice = %q", got)
+	vni, other := 7, 8
+	a := config.Target{Kind: config.KindVXLAN, Remote: []string{"10.77.4.2:4789"}, VNI: &vni}
+	b := config.Target{Kind: config.KindVXLAN, Remote: []string{"10.77.4.2:4789"}, VNI: &other}
+	if got := VXLANDevice(a); len(got) > 15 || !strings.HasPrefix(got, "nfcvx") || got != VXLANDevice(a) || got == VXLANDevice(b) {
+		t.Errorf("VXLANDevice = %q (other VNI: %q): want a stable name per tunnel, at most 15 bytes", got, VXLANDevice(b))
 	}
 }
 

@@ -25,7 +25,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata (g
 // rendering for another host.
 var ifIndexes = map[string]uint32{
 	"lo": 1, "e0": 2, "e1": 3, "e2": 4, "e3": 5, "e4": 6, "e5": 7,
-	"agg0": 20, "agg0-tx": 21, "nfcvx1_1": 30,
+	"agg0": 20, "agg0-tx": 21, "nfcvx5ae72682": 30,
 }
 
 func fixedIfIndex(name string) uint32 { return ifIndexes[name] }

@@ -1,0 +1,123 @@
+package engine
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/nfclone/nfclone/config"
+	"github.com/nfclone/nfclone/nfq"
+)
+
+func mustParse(t *testing.T, y string) *config.Config {
+	t.Helper()
+	c, err := config.Parse([]byte(y), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// The routing plan of a config, as `ip` commands, in apply order.
+func TestRoutePlan(t *testing.T) {
+	c := mustParse(t, `
+sessions:
+  - name: q
+    method: queue
+    sources: [{interface: e0}]
+    targets:
+      - {kind: gateway, gateway: 10.77.2.2, device: e1, arp: off}
+      - {kind: gateway, gateway: "fd77:2::2", device: e1}
+      - {kind: gateway, gateway: 10.77.4.2, device: e3, mac: "02:00:00:00:77:42"}
+  - name: again
+    method: log
+    sources: [{interface: e2}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1, arp: off}]
+  - name: tap
+    sources: [{interface: e0}]
+    targets:
+      - {kind: device, device: agg0, create: true, promisc: true}
+      - {kind: vxlan, remote: "10.77.4.2:4789", vni: 7}
+`)
+	got := RoutePlan(c).Render()
+	want := []string{
+		"ip link add name agg0-tx up promisc on type veth peer name agg0 promisc on",
+		"ip link set agg0 up",
+		"ip link add name nfcvx9e80c225 up type vxlan id 7 remote 10.77.4.2 dstport 4789",
+		"ip link set e1 arp off",
+		"ip neigh replace 10.77.4.2 lladdr 02:00:00:00:77:42 dev e3 nud permanent",
+		"ip route add default via 10.77.2.2 dev e1 table 20035",
+		"ip -6 route add default via fd77:2::2 dev e1 table 20036",
+		"ip route add default via 10.77.4.2 dev e3 table 20037",
+		"ip rule add pref 100 fwmark 0x4e43 lookup 20035",
+		"ip -6 rule add pref 101 fwmark 0x4e44 lookup 20036",
+		"ip rule add pref 102 fwmark 0x4e45 lookup 20037",
+		"ip rule add pref 1000 lookup local",
+		"ip rule del pref 0 lookup local",
+		"ip -6 rule add pref 1000 lookup local",
+		"ip -6 rule del pref 0 lookup local",
+	}
+	if strings.TrimSpace(got) != strings.Join(want, "\n") {
+		t.Fatalf("plan:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
+	}
+	// A dup-only config without ARP settings changes no routing.
+	if p := RoutePlan(mustParse(t, "sessions: [{name: d, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}]")); !p.Empty() {
+		t.Fatalf("unexpected plan: %s", p.Render())
+	}
+}
+
+// Userspace features the engine cannot run yet are config errors with paths.
+func TestCheckImplemented(t *testing.T) {
+	c := mustParse(t, `
+sessions:
+  - name: g
+    method: queue
+    sources: [{interface: e0}]
+    targets: [{kind: geneve, remote: "10.77.4.2:6081", vni: 1}]
+`)
+	err := checkImplemented(c)
+	if err == nil || !strings.Contains(err.Error(), "sessions[0].targets[0].kind") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+type countSink struct{ n int }
+
+func (s *countSink) Name() string { return "count" }
+func (s *countSink) Send(b []*nfq.Packet) (int, error) {
+	s.n += len(b)
+	return len(b), nil
+}
+func (s *countSink) Close() error { return nil }
+
+// The capture limit lets exactly N copies through, across batches, and
+// stops the engine.
+func TestLimit(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := newLimit(5, cancel)
+	inner := &countSink{}
+	s := l.wrap(inner)
+	batch := func(n int) []*nfq.Packet {
+		b := make([]*nfq.Packet, n)
+		for i := range b {
+			b[i] = &nfq.Packet{}
+		}
+		return b
+	}
+	s.Send(batch(3))
+	if ctx.Err() != nil {
+		t.Fatal("stopped too early")
+	}
+	b := batch(4)
+	s.Send(b)
+	s.Send(batch(2))
+	if inner.n != 5 {
+		t.Fatalf("sent %d, want 5", inner.n)
+	}
+	if b[1].Errs != 0 || b[2].Errs != 1 || b[3].Errs != 1 {
+		t.Fatalf("copies beyond the limit must count as not delivered: %v %v %v", b[1].Errs, b[2].Errs, b[3].Errs)
+	}
+	if ctx.Err() == nil {
+		t.Fatal("the limit did not stop the engine")
+	}
+}
