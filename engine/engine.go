@@ -1,4 +1,5 @@
-// Package engine runs nfclone: probe → plan → apply → copy → clean up.
+// Package engine runs nfclone: reconcile → check → plan → apply → copy →
+// reload/re-bind → clean up.
 package engine
 
 import (
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sort"
 	"sync"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/route"
 	"github.com/nfclone/nfclone/rules"
+	"github.com/nfclone/nfclone/sink"
 )
 
 // ErrHost marks failures caused by the host (privilege, kernel features,
@@ -27,18 +30,21 @@ func hostErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrHost, fmt.Sprintf(format, args...))
 }
 
-// RoutePlan is the pure routing/link plan of a config (DESIGN §3): ARP
-// handling on the egress of gateway targets and, for the userspace methods,
-// the policy routes that send marked copies to their gateway, with the local
-// rule moved behind them so copies of host-bound traffic leave the host.
-func RoutePlan(c *config.Config) route.Plan {
+// RoutePlan is the pure routing/link plan of a config (DESIGN §3): links
+// nfclone creates, ARP handling on the egress of gateway targets and, for
+// the userspace methods, the policy routes that send marked copies to their
+// gateway, with the local rule moved behind them so copies of host-bound
+// traffic leave the host.
+func RoutePlan(c *config.Config) route.Plan { return routePlan(c, rules.GatewayRoutes(c)) }
+
+func routePlan(c *config.Config, gws []rules.GatewayRoute) route.Plan {
 	var p route.Plan
 	created := map[string]bool{}
 	for _, s := range c.Sessions {
 		for _, t := range s.Targets {
 			if t.Kind == config.KindVXLAN && s.Method == config.MethodDup && len(t.Remote) == 1 && t.VNI != nil && !created[rules.VXLANDevice(t)] {
-				created[rules.VXLANDevice(t)] = true
 				// The kernel encapsulates: nfclone owns a VXLAN device fed by netdev dup.
+				created[rules.VXLANDevice(t)] = true
 				if ap, err := config.ParseRemote(t.Remote[0]); err == nil {
 					p.VXLANs = append(p.VXLANs, route.VXLAN{Name: rules.VXLANDevice(t), VNI: uint32(*t.VNI), Remote: ap.Addr(), Port: ap.Port()})
 				}
@@ -52,7 +58,7 @@ func RoutePlan(c *config.Config) route.Plan {
 		}
 	}
 	moved := map[route.Family]bool{}
-	for _, gr := range rules.GatewayRoutes(c) {
+	for _, gr := range gws {
 		f := route.FamilyOf(gr.Gateway)
 		p.Rules = append(p.Rules, route.PolicyRule{Family: f, Pref: gr.Pref, Mark: gr.Mark, Table: gr.Table})
 		p.Routes = append(p.Routes, route.Route{Family: f, Table: gr.Table, Gateway: gr.Gateway, Device: gr.Device})
@@ -84,28 +90,6 @@ func RoutePlan(c *config.Config) route.Plan {
 	return p
 }
 
-// Engine runs one configuration.
-type Engine struct {
-	Cfg *config.Config
-	Log *slog.Logger
-	// Limit stops the engine after this many copies (capture -c); 0: none.
-	Limit uint64
-
-	mu       sync.Mutex
-	sessions []*session
-}
-
-// Copied is the number of copies delivered so far (all userspace sessions).
-func (e *Engine) Copied() uint64 {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var n uint64
-	for _, s := range e.sessions {
-		n += s.ledger.Snapshot().Copied
-	}
-	return n
-}
-
 // checkImplemented refuses what this version cannot run yet, as config
 // problems with their key paths (render still shows their rules).
 func checkImplemented(c *config.Config) error {
@@ -115,8 +99,10 @@ func checkImplemented(c *config.Config) error {
 			switch {
 			case t.Kind == config.KindVXLAN && s.Method == config.MethodDup:
 			case t.Kind == config.KindVXLAN, t.Kind == config.KindGENEVE, t.Kind == config.KindPcap:
-				errs = append(errs, config.Problem{Path: fmt.Sprintf("sessions[%d].targets[%d].kind", i, j),
-					Msg: fmt.Sprintf("%s targets are not implemented yet in `run`", t.Kind)})
+				if !extraTargets {
+					errs = append(errs, config.Problem{Path: fmt.Sprintf("sessions[%d].targets[%d].kind", i, j),
+						Msg: fmt.Sprintf("%s targets are not implemented yet in `run`", t.Kind)})
+				}
 			}
 		}
 	}
@@ -126,124 +112,324 @@ func checkImplemented(c *config.Config) error {
 	return nil
 }
 
-// drainTimeout bounds how long copies still queued are sent at shutdown.
+// drainTimeout bounds how long copies still queued are sent when a session stops.
 const drainTimeout = 2 * time.Second
 
-// Run installs everything, then waits for ctx to end and removes it all.
-// ready, if set, is called once the rules are in place.
+// Engine runs one configuration and follows reloads and interface changes.
+type Engine struct {
+	Cfg *config.Config
+	Log *slog.Logger
+	// Limit stops the engine after this many copies (capture -c); 0: none.
+	Limit uint64
+	// Version and ConfigPath are reported by Status.
+	Version    string
+	ConfigPath string
+	// Load reads the config again for a reload; nil disables Reload.
+	Load func() (*config.Config, error)
+	// Services run beside the engine once the rules are in (metrics, status
+	// socket); they get a context that ends at shutdown and must return then.
+	Services []func(ctx context.Context) error
+
+	reload chan struct{}
+	once   sync.Once
+
+	mu       sync.Mutex // guards rt for Status and Copied
+	rt       *runtime
+	started  time.Time
+	gen      uint64
+	lastLoad *ReloadStatus
+}
+
+func (e *Engine) init() {
+	e.once.Do(func() { e.reload = make(chan struct{}, 1) })
+}
+
+// Reload asks the running engine to load its config again (SIGHUP, watch).
+// It never blocks; several requests before the engine gets to it are one.
+func (e *Engine) Reload() {
+	e.init()
+	select {
+	case e.reload <- struct{}{}:
+	default:
+	}
+}
+
+// runtime is the state of a running engine.
+type runtime struct {
+	rk       route.Kernel
+	ap       *rules.Applier
+	st       *State
+	cfg      *config.Config
+	feats    rules.Features
+	rs       *rules.Ruleset
+	sessions map[string]*session
+	gateways []rules.GatewayRoute
+	idx      map[string]int // interfaces the config uses → ifindex (0: missing)
+	limit    *limit
+	limitCtl context.CancelFunc
+}
+
+// Copied is the number of copies delivered so far (all userspace sessions).
+func (e *Engine) Copied() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var n uint64
+	if e.rt != nil {
+		for _, s := range e.rt.sessions {
+			n += s.ledger.Snapshot().Copied
+		}
+	}
+	return n
+}
+
+// Run installs everything, then copies until ctx ends, reloading on Reload
+// and re-binding when an interface it uses comes or goes; then it removes
+// everything. ready, if set, is called once the rules are in place.
 func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
+	e.init()
 	c, log := e.Cfg, e.Log
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if err := checkImplemented(c); err != nil {
 		return err
 	}
-	if os.Geteuid() != 0 {
-		// Capabilities may still be enough; the first netlink call tells.
-		log.Debug("not running as root; relying on CAP_NET_ADMIN and CAP_NET_RAW")
-	}
 	rk, err := route.Open()
 	if err != nil {
 		return hostErr("opening rtnetlink: %v", err)
 	}
 	defer rk.Close()
-
 	if err := Reconcile(c, rk, log); err != nil {
 		return err
 	}
 	if errs := config.CheckHost(c, config.SystemHost{}, nil); len(errs) > 0 {
 		return errs
 	}
-	feats, err := e.probe()
+	feats, err := e.probe(c)
 	if err != nil {
 		return err
 	}
-
-	st := &State{PID: os.Getpid(), Started: time.Now().UTC(), Table: c.Table}
-	if err := WriteState(c.StateDir, st); err != nil {
+	rt := &runtime{rk: rk, feats: feats, sessions: map[string]*session{},
+		st: &State{PID: os.Getpid(), Started: time.Now().UTC(), Table: c.Table}}
+	if e.Limit > 0 {
+		rt.limit = newLimit(e.Limit, cancel)
+	}
+	if err := WriteState(c.StateDir, rt.st); err != nil {
 		return hostErr("%v", err)
 	}
-	defer func() {
-		if err == nil {
-			return
-		}
-		// Failure before the loop: undo what was done.
-		if uerr := route.Undo(rk, st.Journal, log); uerr != nil {
-			log.Error("undoing routing changes", "err", uerr)
-		} else {
-			_ = RemoveState(c.StateDir)
-		}
-	}()
-
-	plan := RoutePlan(c)
-	j, err := route.NewApplier(rk, log).Apply(plan)
-	st.Journal = j
-	if werr := WriteState(c.StateDir, st); werr != nil && err == nil {
-		err = hostErr("%v", werr)
-	}
-	if err != nil {
-		return hostErr("applying routing plan: %v", err)
-	}
-
-	rs, err := rules.Compile(c, rules.Options{IfIndex: ifIndex, NativeQueue: feats.Has(rules.FeatNativeQueue)})
-	if err != nil {
-		return err
-	}
-	// Readers bind their queues before the rules exist: no copy is lost at start.
-	sessions, err := openSessions(c, log)
-	if err != nil {
-		return err
-	}
-	if e.Limit > 0 {
-		lim := newLimit(e.Limit, cancel)
-		for _, s := range sessions {
-			s.fanout = lim.wrap(s.fanout)
-		}
+	if rt.ap, err = rules.NewApplier(c.Table); err != nil {
+		_ = RemoveState(c.StateDir)
+		return hostErr("%v", err)
 	}
 	e.mu.Lock()
-	e.sessions = sessions
+	e.rt, e.started = rt, time.Now()
 	e.mu.Unlock()
-	ap, err := rules.NewApplier(c.Table)
-	if err != nil {
-		closeSessions(sessions, log)
-		return hostErr("%v", err)
+	if err := e.apply(c, false); err != nil {
+		e.shutdown()
+		return err
 	}
-	if err := ap.Apply(rs); err != nil {
-		ap.Close()
-		closeSessions(sessions, log)
-		return hostErr("%v", err)
+	log.Info("rules installed", "table", c.Table, "tables", len(rt.rs.Tables), "sessions", len(c.Sessions))
+
+	var wg sync.WaitGroup
+	svcCtx, svcCancel := context.WithCancel(ctx)
+	links := make(chan struct{}, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		watchLinks(svcCtx, log, links)
+	}()
+	for _, svc := range e.Services {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := svc(svcCtx); err != nil {
+				log.Error("service stopped", "err", err)
+			}
+		}()
 	}
-	dp := startDataPath(sessions, log)
-	log.Info("rules installed", "table", c.Table, "tables", len(rs.Tables), "sessions", len(c.Sessions))
 	if ready != nil {
 		ready()
 	}
+	for running := true; running; {
+		select {
+		case <-ctx.Done():
+			running = false
+		case <-e.reload:
+			e.doReload()
+		case <-links:
+			e.relink()
+		}
+	}
+	svcCancel()
+	wg.Wait()
+	return e.shutdown()
+}
 
-	<-ctx.Done()
-	// Shutdown order: no new packets (rules removed), readers release what
-	// they hold, queued copies drained (bounded), routes undone, state removed.
+// doReload validates the new config first; an invalid one is refused with
+// its errors logged and the old one keeps running.
+func (e *Engine) doReload() {
+	log := e.Log
+	st := &ReloadStatus{Time: time.Now().UTC()}
+	defer func() {
+		e.mu.Lock()
+		e.lastLoad = st
+		e.mu.Unlock()
+	}()
+	if e.Load == nil {
+		st.Error = "reload is not available (no config file)"
+		log.Warn(st.Error)
+		return
+	}
+	c, err := e.Load()
+	if err == nil {
+		err = e.validateReload(c)
+	}
+	if err == nil {
+		err = e.apply(c, true)
+	}
+	if err != nil {
+		st.Error = err.Error()
+		log.Error("reload refused; the running config stays", "err", err)
+		return
+	}
+	st.OK = true
+	log.Info("reloaded", "generation", e.generation(), "sessions", len(c.Sessions))
+}
+
+func (e *Engine) validateReload(c *config.Config) error {
+	old := e.rt.cfg
+	var errs config.Errors
+	if c.Table != old.Table {
+		errs = append(errs, config.Problem{Path: "table", Msg: "cannot change while running (restart nfclone)"})
+	}
+	if c.StateDir != old.StateDir {
+		errs = append(errs, config.Problem{Path: "state_dir", Msg: "cannot change while running (restart nfclone)"})
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	if err := checkImplemented(c); err != nil {
+		return err
+	}
+	if errs := config.CheckHost(c, config.SystemHost{}, e.ownedLinks()); len(errs) > 0 {
+		return errs
+	}
+	if missing := Missing(c, e.rt.feats); len(missing) > 0 {
+		return hostErr("the kernel lacks: %v", missing)
+	}
+	return nil
+}
+
+// ownedLinks are the interfaces nfclone created (they may exist on reload).
+func (e *Engine) ownedLinks() map[string]bool {
+	out := map[string]bool{}
+	for _, ch := range e.rt.st.Journal {
+		if ch.Op == route.OpLinkCreated && ch.Link != nil {
+			out[ch.Link.Name], out[ch.Link.Peer] = true, true
+		}
+	}
+	return out
+}
+
+// relink re-applies the running config after an interface change: netdev
+// chains bind interface indexes, so a re-created interface needs the rules
+// loaded again; a missing one is left out until it comes back.
+func (e *Engine) relink() {
+	idx := interfaceIndexes(e.rt.cfg)
+	if equalIdx(idx, e.rt.idx) {
+		return
+	}
+	for name, i := range idx {
+		if old := e.rt.idx[name]; old != i {
+			e.Log.Info("interface changed", "interface", name, "ifindex", i, "was", old)
+		}
+	}
+	if err := e.apply(e.rt.cfg, true); err != nil {
+		e.Log.Error("re-binding after an interface change", "err", err)
+	}
+}
+
+func (e *Engine) generation() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.gen
+}
+
+// shutdown: no new packets (rules removed), readers release what they
+// hold, queued copies drained (bounded), routes undone, state removed.
+func (e *Engine) shutdown() error {
+	rt, log := e.rt, e.Log
 	log.Info("stopping: removing rules")
 	var errs []error
-	if err := ap.Close(); err != nil {
+	if err := rt.ap.Close(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := dp.stop(drainTimeout); err != nil {
-		errs = append(errs, err)
+	for _, s := range rt.sessions {
+		s.stop(drainTimeout)
 	}
-	log.Info("undoing routing changes", "changes", len(st.Journal))
-	if err := route.Undo(rk, st.Journal, log); err != nil {
+	log.Info("undoing routing changes", "changes", len(rt.st.Journal))
+	if err := route.Undo(rt.rk, rt.st.Journal, log); err != nil {
 		errs = append(errs, fmt.Errorf("undoing routing changes: %w", err))
 	}
+	stateDir := e.Cfg.StateDir
+	if rt.cfg != nil {
+		stateDir = rt.cfg.StateDir
+	}
 	if len(errs) == 0 {
-		if err := RemoveState(c.StateDir); err != nil {
+		if err := RemoveState(stateDir); err != nil {
 			errs = append(errs, err)
 		}
+	} else if err := WriteState(stateDir, rt.st); err != nil {
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	log.Info("clean exit")
 	return nil
+}
+
+// interfaceIndexes looks up every interface the config's rules and targets
+// bind (0: missing).
+func interfaceIndexes(c *config.Config) map[string]int {
+	out := map[string]int{}
+	look := func(n string) {
+		if _, ok := out[n]; ok {
+			return
+		}
+		out[n] = int(ifIndex(n))
+	}
+	for _, s := range c.Sessions {
+		if s.Method == config.MethodDup {
+			for _, src := range s.Sources {
+				look(src.Interface)
+			}
+		}
+		for _, t := range s.Targets {
+			switch t.Kind {
+			case config.KindDevice:
+				look(rules.DeviceTargetName(t))
+			case config.KindGateway:
+				look(t.Device)
+			case config.KindVXLAN:
+				if s.Method == config.MethodDup {
+					look(rules.VXLANDevice(t))
+				}
+			}
+		}
+	}
+	return out
+}
+
+func equalIdx(a, b map[string]int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
 }
 
 func ifIndex(name string) uint32 {
@@ -255,12 +441,12 @@ func ifIndex(name string) uint32 {
 }
 
 // probe checks that the kernel has what the config needs.
-func (e *Engine) probe() (rules.Features, error) {
-	f, err := ProbeKernel(e.Cfg.Table)
+func (e *Engine) probe(c *config.Config) (rules.Features, error) {
+	f, err := ProbeKernel(c.Table)
 	if err != nil {
 		return f, hostErr("%v", err)
 	}
-	if missing := Missing(e.Cfg, f); len(missing) > 0 {
+	if missing := Missing(c, f); len(missing) > 0 {
 		return f, hostErr("the kernel lacks: %v", missing)
 	}
 	return f, nil
@@ -320,7 +506,8 @@ func Missing(c *config.Config, f rules.Features) []string {
 
 // Reconcile removes the leftovers of a run that was killed: its state file's
 // journal is undone and nfclone's tables (if any survived) are removed. A
-// running nfclone is left alone and reported.
+// running nfclone is left alone and reported. Running it twice changes
+// nothing the second time.
 func Reconcile(c *config.Config, rk route.Kernel, log *slog.Logger) error {
 	st, err := ReadState(c.StateDir)
 	if err != nil {
@@ -347,4 +534,78 @@ func Reconcile(c *config.Config, rk route.Kernel, log *slog.Logger) error {
 		return hostErr("%v", err)
 	}
 	return RemoveState(c.StateDir)
+}
+
+// Status is a snapshot for metrics and `nfclone status`.
+func (e *Engine) Status() Status {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st := Status{PID: os.Getpid(), Version: e.Version, Started: e.started, Config: e.ConfigPath,
+		Generation: e.gen, LastReload: e.lastLoad}
+	rt := e.rt
+	if rt == nil || rt.cfg == nil {
+		return st
+	}
+	st.Table = rt.cfg.Table
+	counters, err := rt.ap.Counters(rt.rs)
+	if err != nil {
+		e.Log.Debug("reading rule counters", "err", err)
+	}
+	used := map[string][]string{}
+	for _, s := range rt.cfg.Sessions {
+		var ss SessionStatus
+		if run, ok := rt.sessions[s.Name]; ok {
+			ss = run.status()
+		} else {
+			ss = SessionStatus{Name: s.Name, Method: s.Method, State: "running"}
+			for i, t := range s.Targets {
+				ss.Targets = append(ss.Targets, TargetStatus{Name: fmt.Sprintf("%s/%d:%s", s.Name, i, t.Kind), Kind: t.Kind})
+			}
+		}
+		if m, ok := counters[s.Name]; ok && s.Method == config.MethodDup {
+			ss.Seen = Counter{Packets: m[rules.CounterSeen].Packets, Bytes: m[rules.CounterSeen].Bytes}
+			ss.Copied = Counter{Packets: m[rules.CounterCopied].Packets, Bytes: m[rules.CounterCopied].Bytes}
+		}
+		for name := range sessionInterfaces(s) {
+			used[name] = append(used[name], s.Name)
+			if rt.idx[name] == 0 && s.Method == config.MethodDup {
+				ss.State = "waiting"
+				ss.Missing = append(ss.Missing, name)
+			}
+		}
+		sort.Strings(ss.Missing)
+		st.Sessions = append(st.Sessions, ss)
+	}
+	for name, users := range used {
+		st.Interfaces = append(st.Interfaces, InterfaceStatus{Name: name, Present: rt.idx[name] != 0, Index: rt.idx[name], UsedBy: users})
+	}
+	sort.Slice(st.Interfaces, func(i, j int) bool { return st.Interfaces[i].Name < st.Interfaces[j].Name })
+	return st
+}
+
+// sessionInterfaces are the interfaces a session binds to.
+func sessionInterfaces(s config.Session) map[string]bool {
+	out := map[string]bool{}
+	if s.Method == config.MethodDup {
+		for _, src := range s.Sources {
+			out[src.Interface] = true
+		}
+	}
+	for _, t := range s.Targets {
+		switch t.Kind {
+		case config.KindDevice:
+			out[rules.DeviceTargetName(t)] = true
+		case config.KindGateway:
+			out[t.Device] = true
+		}
+	}
+	return out
+}
+
+// wrapLimit returns the limit wrapper for new sessions (capture -c).
+func (rt *runtime) wrapLimit() func(sink.Sink) sink.Sink {
+	if rt.limit == nil {
+		return nil
+	}
+	return rt.limit.wrap
 }

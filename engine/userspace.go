@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,179 +20,232 @@ import (
 // reader is a QueueReader or a LogReader.
 type reader interface {
 	Run(ctx context.Context) error
+	Stats() nfq.ReaderStats
 	Close() error
 }
 
-// session is one running userspace session: readers → copy queue → workers → sinks.
+// session is one running userspace session: readers → copy queue → workers
+// → sinks. It lives across reloads as long as its key does not change.
 type session struct {
 	name    string
 	method  string
+	key     string // what the session is: a reload with the same key keeps it
+	first   int    // first queue number / log group
+	count   int
 	queue   *nfq.CopyQueue
 	ledger  *nfq.Ledger
 	readers []reader
 	targets []sink.Sink
+	kinds   []string
+	missing []string // device targets whose interface is gone
 	fanout  sink.Sink
 	workers int
-}
-
-// Ledger returns the session's drop ledger.
-func (s *session) Snapshot() nfq.Snapshot { return s.ledger.Snapshot() }
-
-// openSessions binds the queues/groups and opens the sinks of every userspace
-// session (before the rules exist, so no copy is lost at start).
-func openSessions(c *config.Config, log *slog.Logger) (out []*session, err error) {
-	defer func() {
-		if err != nil {
-			closeSessions(out, log)
-			out = nil
-		}
-	}()
-	routes := rules.GatewayRoutes(c)
-	for i, sc := range c.Sessions {
-		if sc.Method != config.MethodQueue && sc.Method != config.MethodLog {
-			continue
-		}
-		s := &session{
-			name: sc.Name, method: sc.Method,
-			queue: nfq.NewCopyQueue(c.Queue.Cap), ledger: &nfq.Ledger{}, workers: c.Queue.Workers,
-		}
-		out = append(out, s)
-		slog := log.With("session", sc.Name)
-		for ti, t := range sc.Targets {
-			name := fmt.Sprintf("%s/%d:%s", sc.Name, ti, t.Kind)
-			var sk sink.Sink
-			switch t.Kind {
-			case config.KindGateway:
-				gw, _ := netip.ParseAddr(t.Gateway)
-				mark, _ := rules.GatewayMark(routes, gw, t.Device)
-				fam := uint8(4)
-				if gw.Unmap().Is6() {
-					fam = 6
-				}
-				sk, err = sink.NewGateway(sink.GatewayConfig{Name: name, Mark: mark, Family: fam, Logger: slog})
-			case config.KindDevice:
-				var mac net.HardwareAddr
-				if t.MAC != "" {
-					mac, _ = net.ParseMAC(t.MAC)
-				}
-				sk, err = sink.NewDevice(sink.DeviceConfig{Name: name, Device: rules.DeviceTargetName(t), DstMAC: mac, Mark: c.Mark, Logger: slog})
-			default:
-				err = fmt.Errorf("target kind %s is not implemented yet for method %s", t.Kind, sc.Method)
-			}
-			if err != nil {
-				return out, hostErr("sessions[%d].targets[%d]: %v", i, ti, err)
-			}
-			s.targets = append(s.targets, sk)
-		}
-		s.fanout = sink.NewFanout(s.targets...)
-		first := rules.QueueNum(c, i)
-		if sc.Method == config.MethodQueue {
-			for k := 0; k < c.Queue.Count; k++ {
-				r, err := nfq.NewQueueReader(nfq.QueueConfig{
-					Num: uint16(first + k), Snaplen: uint32(sc.Snaplen), MaxLen: uint32(c.Queue.MaxLen),
-					Session: 0, Logger: slog,
-				}, s.queue, s.ledger)
-				if err != nil {
-					return out, hostErr("sessions[%d]: binding NFQUEUE %d: %v", i, first+k, err)
-				}
-				s.readers = append(s.readers, r)
-			}
-		} else {
-			r, err := nfq.NewLogReader(nfq.LogConfig{
-				Group: uint16(first), Snaplen: uint32(sc.Snaplen), QThresh: rules.LogThreshold, Session: 0, Logger: slog,
-			}, s.queue, s.ledger)
-			if err != nil {
-				return out, hostErr("sessions[%d]: binding NFLOG group %d: %v", i, first, err)
-			}
-			s.readers = append(s.readers, r)
-		}
-	}
-	return out, nil
-}
-
-func closeSessions(ss []*session, log *slog.Logger) {
-	for _, s := range ss {
-		for _, r := range s.readers {
-			if err := r.Close(); err != nil {
-				log.Warn("closing reader", "session", s.name, "err", err)
-			}
-		}
-		for _, t := range s.targets {
-			if err := t.Close(); err != nil {
-				log.Warn("closing target", "session", s.name, "target", t.Name(), "err", err)
-			}
-		}
-	}
-}
-
-// dataPath runs the readers and workers of the sessions. Stop it in order:
-// stopReaders (after the rules are gone: nothing new is queued), then
-// drain (bounded), then close.
-type dataPath struct {
-	sessions []*session
-	log      *slog.Logger
+	log     *slog.Logger
 
 	readerCancel context.CancelFunc
 	readerWG     sync.WaitGroup
 	workerCancel context.CancelFunc
 	workerWG     sync.WaitGroup
-	errMu        sync.Mutex
-	errs         []error
+	running      []bool // per reader
+	mu           sync.Mutex
 }
 
-func startDataPath(ss []*session, log *slog.Logger) *dataPath {
-	dp := &dataPath{sessions: ss, log: log}
+// sessionKey identifies everything a running session depends on: its config,
+// the queue settings, the marks of its gateways and the interface indexes of
+// its device targets (a re-created interface restarts the session).
+func sessionKey(c *config.Config, s config.Session, gws []rules.GatewayRoute, idx map[string]int) string {
+	type key struct {
+		S       config.Session
+		Q       config.Queue
+		Mark    uint32
+		Marks   []uint32
+		Devices map[string]int
+	}
+	k := key{S: s, Q: c.Queue, Mark: c.Mark, Devices: map[string]int{}}
+	for _, t := range s.Targets {
+		switch t.Kind {
+		case config.KindGateway:
+			gw, _ := netip.ParseAddr(t.Gateway)
+			m, _ := rules.GatewayMark(gws, gw, t.Device)
+			k.Marks = append(k.Marks, m)
+		case config.KindDevice:
+			k.Devices[rules.DeviceTargetName(t)] = idx[rules.DeviceTargetName(t)]
+		}
+	}
+	b, _ := json.Marshal(k)
+	return string(b)
+}
+
+// openSession binds the queues/group and opens the sinks of one userspace
+// session (before the rules feed it, so no copy is lost at start).
+func openSession(c *config.Config, i int, first int, key string, gws []rules.GatewayRoute, idx map[string]int, log *slog.Logger) (s *session, err error) {
+	sc := c.Sessions[i]
+	slog := log.With("session", sc.Name)
+	s = &session{
+		name: sc.Name, method: sc.Method, key: key, first: first, count: 1,
+		queue: nfq.NewCopyQueue(c.Queue.Cap), ledger: &nfq.Ledger{}, workers: c.Queue.Workers, log: slog,
+	}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	for ti, t := range sc.Targets {
+		name := fmt.Sprintf("%s/%d:%s", sc.Name, ti, t.Kind)
+		var sk sink.Sink
+		switch t.Kind {
+		case config.KindGateway:
+			gw, _ := netip.ParseAddr(t.Gateway)
+			mark, _ := rules.GatewayMark(gws, gw, t.Device)
+			fam := uint8(4)
+			if gw.Unmap().Is6() {
+				fam = 6
+			}
+			sk, err = sink.NewGateway(sink.GatewayConfig{Name: name, Mark: mark, Family: fam, Logger: slog})
+		case config.KindDevice:
+			dev := rules.DeviceTargetName(t)
+			if idx[dev] == 0 {
+				s.missing = append(s.missing, dev)
+				slog.Warn("target interface is missing; the session goes on without it", "target", name, "interface", dev)
+				continue
+			}
+			var mac net.HardwareAddr
+			if t.MAC != "" {
+				mac, _ = net.ParseMAC(t.MAC)
+			}
+			sk, err = sink.NewDevice(sink.DeviceConfig{Name: name, Device: dev, DstMAC: mac, Mark: c.Mark, Logger: slog})
+		default:
+			sk, err = openExtraTarget(c, sc, t, name, slog)
+		}
+		if err != nil {
+			return nil, hostErr("sessions[%d].targets[%d]: %v", i, ti, err)
+		}
+		s.targets = append(s.targets, sk)
+		s.kinds = append(s.kinds, t.Kind)
+	}
+	s.fanout = sink.NewFanout(s.targets...)
+	if sc.Method == config.MethodQueue {
+		s.count = c.Queue.Count
+		for k := 0; k < c.Queue.Count; k++ {
+			r, err := nfq.NewQueueReader(nfq.QueueConfig{
+				Num: uint16(first + k), Snaplen: uint32(sc.Snaplen), MaxLen: uint32(c.Queue.MaxLen), Logger: slog,
+			}, s.queue, s.ledger)
+			if err != nil {
+				return nil, hostErr("sessions[%d]: binding NFQUEUE %d: %v", i, first+k, err)
+			}
+			s.readers = append(s.readers, r)
+		}
+	} else {
+		r, err := nfq.NewLogReader(nfq.LogConfig{
+			Group: uint16(first), Snaplen: uint32(sc.Snaplen), QThresh: rules.LogThreshold, Logger: slog,
+		}, s.queue, s.ledger)
+		if err != nil {
+			return nil, hostErr("sessions[%d]: binding NFLOG group %d: %v", i, first, err)
+		}
+		s.readers = append(s.readers, r)
+	}
+	return s, nil
+}
+
+// start runs the readers and the workers.
+func (s *session) start(wrap func(sink.Sink) sink.Sink) {
+	if wrap != nil {
+		s.fanout = wrap(s.fanout)
+	}
 	rctx, rcancel := context.WithCancel(context.Background())
 	wctx, wcancel := context.WithCancel(context.Background())
-	dp.readerCancel, dp.workerCancel = rcancel, wcancel
-	for _, s := range ss {
-		for _, r := range s.readers {
-			dp.readerWG.Add(1)
-			go func() {
-				defer dp.readerWG.Done()
-				if err := r.Run(rctx); err != nil {
-					dp.errMu.Lock()
-					dp.errs = append(dp.errs, fmt.Errorf("session %s reader: %w", s.name, err))
-					dp.errMu.Unlock()
-				}
-			}()
-		}
-		dp.workerWG.Add(1)
+	s.readerCancel, s.workerCancel = rcancel, wcancel
+	s.running = make([]bool, len(s.readers))
+	for i, r := range s.readers {
+		s.running[i] = true
+		s.readerWG.Add(1)
 		go func() {
-			defer dp.workerWG.Done()
-			nfq.RunWorkers(wctx, s.queue, s.workers, sink.Deliver(s.fanout, s.ledger))
+			defer s.readerWG.Done()
+			err := r.Run(rctx)
+			s.mu.Lock()
+			s.running[i] = false
+			s.mu.Unlock()
+			if err != nil {
+				s.log.Error("reader stopped", "err", err)
+			}
 		}()
 	}
-	return dp
+	s.workerWG.Add(1)
+	go func() {
+		defer s.workerWG.Done()
+		nfq.RunWorkers(wctx, s.queue, s.workers, sink.Deliver(s.fanout, s.ledger))
+	}()
 }
 
 // stop stops the readers (they accept every original still held), lets the
-// workers drain the copy queues for at most drain, then closes everything.
-func (dp *dataPath) stop(drain time.Duration) error {
-	dp.readerCancel()
-	dp.readerWG.Wait()
-	deadline := time.Now().Add(drain)
-	for time.Now().Before(deadline) && dp.queued() > 0 {
-		time.Sleep(5 * time.Millisecond)
+// workers drain the copy queue for at most drain, then closes everything
+// and logs the ledger. Call it after the rules stopped feeding the session.
+func (s *session) stop(drain time.Duration) {
+	if s.readerCancel != nil {
+		s.readerCancel()
+		s.readerWG.Wait()
+		deadline := time.Now().Add(drain)
+		for time.Now().Before(deadline) && s.queue.Len() > 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		s.workerCancel()
+		s.workerWG.Wait()
 	}
-	dp.workerCancel()
-	dp.workerWG.Wait()
-	closeSessions(dp.sessions, dp.log)
-	for _, s := range dp.sessions {
-		snap := s.ledger.Snapshot()
-		dp.log.Info("session ledger", "session", s.name, "offered", snap.Offered, "copied", snap.Copied,
-			"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
-			"kernel_queue", snap.Drops.KernelQueue, "socket_overrun", snap.Drops.SocketOverrun)
-	}
-	dp.errMu.Lock()
-	defer dp.errMu.Unlock()
-	return errors.Join(dp.errs...)
+	s.close()
+	snap := s.ledger.Snapshot()
+	s.log.Info("session ledger", "offered", snap.Offered, "copied", snap.Copied,
+		"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
+		"kernel_queue", snap.Drops.KernelQueue, "user", snap.Drops.User, "socket_overrun", snap.Drops.SocketOverrun,
+		"malformed", snap.Drops.Malformed, "balanced", snap.Balanced())
 }
 
-func (dp *dataPath) queued() int {
-	n := 0
-	for _, s := range dp.sessions {
-		n += s.queue.Len()
+func (s *session) close() {
+	var errs []error
+	for _, r := range s.readers {
+		errs = append(errs, r.Close())
 	}
-	return n
+	for _, t := range s.targets {
+		errs = append(errs, t.Close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		s.log.Warn("closing session", "err", err)
+	}
+}
+
+// status reports the session for Status.
+func (s *session) status() SessionStatus {
+	snap := s.ledger.Snapshot()
+	st := SessionStatus{
+		Name: s.name, Method: s.method, State: "running", Missing: s.missing,
+		Seen:   Counter{Packets: snap.Offered},
+		Copied: Counter{Packets: snap.Copied, Bytes: snap.Bytes},
+		Ledger: &snap,
+		Queue:  &QueueStatus{Depth: s.queue.Len(), Cap: s.queue.Cap(), Workers: s.workers},
+	}
+	if len(s.missing) > 0 {
+		st.State = "waiting"
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, r := range s.readers {
+		kind := "nflog"
+		if s.method == config.MethodQueue {
+			kind = "nfqueue"
+		}
+		st.Readers = append(st.Readers, ReaderStatus{Kind: kind, Num: s.first + i, Running: i < len(s.running) && s.running[i], Stats: r.Stats()})
+	}
+	for i, t := range s.targets {
+		ts := TargetStatus{Name: t.Name(), Kind: s.kinds[i]}
+		if sp, ok := t.(interface{ Stats() sink.Stats }); ok {
+			x := sp.Stats()
+			ts.Stats = &x
+		}
+		st.Targets = append(st.Targets, ts)
+	}
+	return st
+}
+
+// openExtraTarget opens the targets beyond gateway and device.
+func openExtraTarget(_ *config.Config, sc config.Session, t config.Target, _ string, _ *slog.Logger) (sink.Sink, error) {
+	return nil, fmt.Errorf("target kind %s is not implemented yet for method %s", t.Kind, sc.Method)
 }

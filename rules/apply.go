@@ -123,3 +123,47 @@ func explain(err error) error {
 	}
 	return err
 }
+
+// CounterValue is packets and bytes.
+type CounterValue struct{ Packets, Bytes uint64 }
+
+// Counters reads back the counters of the ruleset's rules from the kernel
+// and sums them per session and kind (CounterSeen, CounterCopied).
+func (a *Applier) Counters(rs *Ruleset) (map[string]map[string]CounterValue, error) {
+	out := map[string]map[string]CounterValue{}
+	for _, t := range rs.Tables {
+		nt := &nftables.Table{Name: rs.Name, Family: t.Family}
+		for _, c := range t.Chains {
+			var refs bool
+			for _, r := range c.Rules {
+				refs = refs || r.Counter != nil
+			}
+			if !refs {
+				continue
+			}
+			got, err := a.conn.GetRules(nt, &nftables.Chain{Name: c.Name, Table: nt})
+			if err != nil {
+				return nil, fmt.Errorf("reading rules of chain %s %s: %w", FamilyName(t.Family), c.Name, err)
+			}
+			for i, r := range c.Rules {
+				if r.Counter == nil || i >= len(got) {
+					continue
+				}
+				for _, e := range got[i].Exprs {
+					if ce, ok := e.(*expr.Counter); ok {
+						m := out[r.Counter.Session]
+						if m == nil {
+							m = map[string]CounterValue{}
+							out[r.Counter.Session] = m
+						}
+						v := m[r.Counter.Kind]
+						v.Packets += ce.Packets
+						v.Bytes += ce.Bytes
+						m[r.Counter.Kind] = v
+					}
+				}
+			}
+		}
+	}
+	return out, nil
+}

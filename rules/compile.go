@@ -20,6 +20,35 @@ type Options struct {
 	// IfIndex resolves a device name for `dup to`; 0 when unknown (render on
 	// another host). Nil resolves everything to 0.
 	IfIndex func(name string) uint32
+	// SkipMissing leaves out what needs a device that does not exist (IfIndex
+	// 0): netdev chains of missing sources and dup statements to missing
+	// targets. The daemon sets it so that a vanished interface does not stop
+	// the other sessions; it re-applies when the interface comes back.
+	SkipMissing bool
+	// Queues gives the first NFQUEUE number / NFLOG group of each userspace
+	// session by name (stable across reloads); nil: QueueNum.
+	Queues map[string]int
+	// Gateways are the policy routes of userspace gateway targets (stable
+	// across reloads); nil: GatewayRoutes(c).
+	Gateways []GatewayRoute
+}
+
+func (o *Options) queueNum(c *config.Config, i int) int {
+	if n, ok := o.Queues[c.Sessions[i].Name]; ok {
+		return n
+	}
+	return QueueNum(c, i)
+}
+
+// markRange is the range of marks nfclone's copies carry.
+func (o *Options) markRange(c *config.Config) (lo, hi uint32) {
+	lo, hi = c.Mark, c.Mark
+	for _, g := range o.Gateways {
+		if g.Mark > hi {
+			hi = g.Mark
+		}
+	}
+	return lo, hi
 }
 
 // Priority of nfclone's base chains: after the default filter chains, so a
@@ -86,6 +115,10 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 	if opt.IfIndex == nil {
 		opt.IfIndex = func(string) uint32 { return 0 }
 	}
+	if opt.Gateways == nil {
+		opt.Gateways = GatewayRoutes(c)
+	}
+	rs := &Ruleset{Name: c.Table}
 	tables := map[nftables.TableFamily]*Table{}
 	tbl := func(f nftables.TableFamily) *Table {
 		if tables[f] == nil {
@@ -127,7 +160,9 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 					sc.l3(tbl(f), func(b *builder) {
 						for _, t := range gws[f] {
 							gw, _ := netip.ParseAddr(t.Gateway)
-							b.dupGateway(gw.Unmap(), t.Device, opt.IfIndex(t.Device))
+							if idx := opt.IfIndex(t.Device); idx != 0 || !opt.SkipMissing {
+								b.dupGateway(gw.Unmap(), t.Device, idx)
+							}
 						}
 					})
 				}
@@ -136,7 +171,7 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 			// ip and ip6 tables rather than inet: nft (1.0.6) cannot list an
 			// xt NFQUEUE target in an inet table.
 			userspace = true
-			num := QueueNum(c, i)
+			num := opt.queueNum(c, i)
 			for _, f := range userspaceFamilies(s) {
 				sc.l3(tbl(f), func(b *builder) {
 					if s.Method == config.MethodQueue {
@@ -154,11 +189,10 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 			t.Chains = append(t.Chains, Chain{
 				Name:  "copies_notrack",
 				Hook:  &Hook{Num: *nftables.ChainHookOutput, Priority: rawPriority},
-				Rules: []Rule{newBuilder(t.Family).notrackMarks(markRange(c)).rule()},
+				Rules: []Rule{newBuilder(t.Family).notrackMarks(opt.markRange(c)).rule()},
 			})
 		}
 	}
-	rs := &Ruleset{Name: c.Table}
 	for _, f := range Families {
 		if t := tables[f]; t != nil {
 			rs.Tables = append(rs.Tables, *t)
@@ -286,11 +320,14 @@ func (sc *sessionCompiler) netdev(t *Table, devs []config.Target) {
 			if d == config.Egress {
 				hook = nftables.ChainHookEgress
 			}
-			b := newBuilder(t.Family).markGuard(markRange(sc.cfg))
+			if sc.opt.SkipMissing && sc.opt.IfIndex(ifc) == 0 {
+				continue // the device is gone: no chain can be bound to it
+			}
+			b := newBuilder(t.Family).markGuard(sc.opt.markRange(sc.cfg))
 			if sc.s.HostOnly {
 				b.fibLocal(d)
 			}
-			b.verdict(expr.VerdictJump, filter)
+			b.count(sc.s.Name, CounterSeen).verdict(expr.VerdictJump, filter)
 			t.Chains = append(t.Chains, Chain{
 				Name:  fmt.Sprintf("%s_%s_%s", name, dirShort(d), ifc),
 				Hook:  &Hook{Num: *hook, Priority: basePriority, Device: ifc},
@@ -302,7 +339,9 @@ func (sc *sessionCompiler) netdev(t *Table, devs []config.Target) {
 	t.Chains = append(t.Chains, sc.copyChain(t.Family, func(b *builder) {
 		for _, dv := range devs {
 			dev := DeviceTargetName(dv)
-			b.dupDevice(dev, sc.opt.IfIndex(dev))
+			if idx := sc.opt.IfIndex(dev); idx != 0 || !sc.opt.SkipMissing {
+				b.dupDevice(dev, idx)
+			}
 		}
 	}))
 }
@@ -327,7 +366,7 @@ func (sc *sessionCompiler) l3(t *Table, action func(*builder)) {
 		filter := fmt.Sprintf("%s_%s", name, dirShort(d))
 		base := Chain{Name: filter + "_hook", Hook: &Hook{Num: *hook, Priority: basePriority}}
 		for _, ifc := range ifaces[d] {
-			b := newBuilder(t.Family).ifaceName(d, ifc).markGuard(markRange(sc.cfg)).verdict(expr.VerdictJump, filter)
+			b := newBuilder(t.Family).ifaceName(d, ifc).markGuard(sc.opt.markRange(sc.cfg)).count(sc.s.Name, CounterSeen).verdict(expr.VerdictJump, filter)
 			base.Rules = append(base.Rules, b.rule())
 		}
 		t.Chains = append(t.Chains, base, sc.filterChain(t.Family, filter, d))
@@ -412,7 +451,7 @@ func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, action func(*buil
 	if sc.rate != nil {
 		ch.Rules = append(ch.Rules, newBuilder(fam).rateOver(*sc.rate).verdict(expr.VerdictReturn, "").rule())
 	}
-	b := newBuilder(fam)
+	b := newBuilder(fam).count(sc.s.Name, CounterCopied)
 	action(b)
 	ch.Rules = append(ch.Rules, b.rule())
 	return ch

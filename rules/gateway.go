@@ -50,6 +50,37 @@ func GatewayRoutes(c *config.Config) []GatewayRoute {
 	return out
 }
 
+// StableGatewayRoutes is GatewayRoutes keeping the mark, table and
+// preference of every (gateway, device) that prev already had: on a reload
+// a session whose gateways did not change keeps its marks (and so its
+// sockets); new pairs take the lowest free index.
+func StableGatewayRoutes(c *config.Config, prev []GatewayRoute) []GatewayRoute {
+	want := GatewayRoutes(c)
+	used := map[uint32]bool{}
+	var out []GatewayRoute
+	for _, w := range want {
+		for _, p := range prev {
+			if p.Gateway == w.Gateway && p.Device == w.Device && p.Mark >= c.Mark {
+				out = append(out, p)
+				used[p.Mark-c.Mark] = true
+				break
+			}
+		}
+	}
+	for _, w := range want {
+		if _, ok := GatewayMark(out, w.Gateway, w.Device); ok {
+			continue
+		}
+		k := uint32(0)
+		for used[k] {
+			k++
+		}
+		used[k] = true
+		out = append(out, GatewayRoute{Gateway: w.Gateway, Device: w.Device, Mark: c.Mark + k, Table: c.RouteTable + k, Pref: c.RulePref + k})
+	}
+	return out
+}
+
 // GatewayMark returns the mark userspace copies to (gateway, device) carry;
 // ok=false when the pair has no route.
 func GatewayMark(routes []GatewayRoute, gw netip.Addr, device string) (uint32, bool) {
@@ -59,13 +90,4 @@ func GatewayMark(routes []GatewayRoute, gw netip.Addr, device string) (uint32, b
 		}
 	}
 	return 0, false
-}
-
-// markRange is the range of marks nfclone's copies carry.
-func markRange(c *config.Config) (lo, hi uint32) {
-	n := uint32(len(GatewayRoutes(c)))
-	if n == 0 {
-		n = 1
-	}
-	return c.Mark, c.Mark + n - 1
 }

@@ -369,6 +369,8 @@ func dumpExpr(t *testing.T, fam nftables.TableFamily, e expr.Any) string {
 		return fmt.Sprintf("target name %s rev %d info %s", e.Name, e.Rev, strings.Join(groups, " "))
 	case *expr.Notrack:
 		return "notrack"
+	case *expr.Counter:
+		return fmt.Sprintf("counter pkts %d bytes %d", e.Packets, e.Bytes)
 	case *expr.Byteorder:
 		op := map[expr.ByteorderOp]string{expr.ByteorderHton: "hton", expr.ByteorderNtoh: "ntoh"}[e.Op]
 		return fmt.Sprintf("byteorder reg %d = %s(reg %d, %d, %d)", e.DestRegister, op, e.SourceRegister, e.Size, e.Len)

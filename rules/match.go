@@ -19,10 +19,11 @@ import (
 // builder accumulates one rule: its expressions, its anonymous sets and the
 // nft text of each statement.
 type builder struct {
-	fam   nftables.TableFamily
-	exprs []expr.Any
-	sets  []AnonSet
-	text  []string
+	fam     nftables.TableFamily
+	exprs   []expr.Any
+	sets    []AnonSet
+	text    []string
+	counter *CounterRef
 }
 
 func newBuilder(fam nftables.TableFamily) *builder { return &builder{fam: fam} }
@@ -36,7 +37,13 @@ func (b *builder) add(text string, e ...expr.Any) *builder {
 }
 
 func (b *builder) rule() Rule {
-	return Rule{Exprs: b.exprs, Sets: b.sets, Text: strings.Join(b.text, " ")}
+	return Rule{Exprs: b.exprs, Sets: b.sets, Text: strings.Join(b.text, " "), Counter: b.counter}
+}
+
+// count: `counter packets 0 bytes 0`, read back for status and metrics.
+func (b *builder) count(session, kind string) *builder {
+	b.counter = &CounterRef{Session: session, Kind: kind}
+	return b.add("counter packets 0 bytes 0", &expr.Counter{})
 }
 
 const reg = 1 // NFT_REG_1: every match loads into register 1

@@ -40,6 +40,20 @@ type Rule struct {
 	Exprs []expr.Any
 	Sets  []AnonSet
 	Text  string
+	// Counter, if set, says what the rule's counter counts.
+	Counter *CounterRef
+}
+
+// Counter kinds.
+const (
+	CounterSeen   = "seen"   // packets entering a session's filter
+	CounterCopied = "copied" // packets reaching its copy statement
+)
+
+// CounterRef ties a rule's counter to a session.
+type CounterRef struct {
+	Session string
+	Kind    string
 }
 
 // AnonSet is an anonymous constant set a rule looks up (port lists). Lookup is

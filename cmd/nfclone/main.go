@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
@@ -122,11 +124,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
-			defer stop()
-			e := &engine.Engine{Cfg: c, Log: log}
-			return e.Run(ctx, nil)
-		},
+			e := &engine.Engine{Cfg: c, Log: log, Version: version, ConfigPath: g.configPath,
+				Load: func() (*config.Config, error) { return config.Load(g.configPath) }}
+			return runDaemon(cmd.Context(), e, log, c.Watch)		},
 	}
 	configFlag(runCmd)
 
@@ -225,9 +225,7 @@ removes on exit. Runs in the foreground like run, with the same cleanup guarante
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
-			defer stop()
-			return (&engine.Engine{Cfg: c, Log: log}).Run(ctx, nil)
+			return runDaemon(cmd.Context(), &engine.Engine{Cfg: c, Log: log, Version: version}, log, false)
 		},
 	}
 	tapCmd.Flags().BoolVar(&tapOpts.Create, "create", false, "create every target interface (refused if one exists)")
@@ -315,6 +313,93 @@ func report(w io.Writer, err error) {
 		return
 	}
 	fmt.Fprintf(w, "nfclone: %v\n", err)
+}
+
+// runDaemon runs the engine in the foreground: SIGTERM/SIGINT stop it
+// cleanly (exit 0); a second one exits at once (the kernel drops the owned
+// tables with the process; `nfclone flush` or the next start undoes the
+// rest); SIGHUP — and a change of the config file with watch — reloads.
+func runDaemon(parent context.Context, e *engine.Engine, log *slog.Logger, watch bool) error {
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	done := make(chan struct{})
+	defer close(done)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		stopping := false
+		for {
+			select {
+			case <-done:
+				return
+			case sig := <-sigs:
+				switch {
+				case sig == syscall.SIGHUP:
+					log.Info("SIGHUP: reloading")
+					e.Reload()
+				case !stopping:
+					stopping = true
+					log.Info("signal: stopping", "signal", sig.String())
+					cancel()
+				default:
+					log.Warn("second signal: exiting now; the kernel removes the tables, `nfclone flush` undoes the rest")
+					os.Exit(130)
+				}
+			}
+		}
+	}()
+	if watch && e.ConfigPath != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			watchFile(ctx, e.ConfigPath, log, e.Reload)
+		}()
+	}
+	return e.Run(ctx, nil)
+}
+
+// watchFile calls changed when the file is written or replaced (editors
+// rename a new file over the old one: the directory is watched).
+func watchFile(ctx context.Context, path string, log *slog.Logger, changed func()) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		log.Error("watch: cannot watch the config file", "err", err)
+		return
+	}
+	defer w.Close()
+	abs, _ := filepath.Abs(path)
+	if err := w.Add(filepath.Dir(abs)); err != nil {
+		log.Error("watch: cannot watch the config file", "err", err)
+		return
+	}
+	var timer <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			if filepath.Clean(ev.Name) == abs && ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Rename) != 0 {
+				timer = time.After(200 * time.Millisecond) // editors write in several steps
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			log.Warn("watch", "err", err)
+		case <-timer:
+			timer = nil
+			log.Info("config file changed: reloading", "path", abs)
+			changed()
+		}
+	}
 }
 
 // capture runs a one-shot capture: the engine with a pcap target, stopped by

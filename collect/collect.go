@@ -1,0 +1,446 @@
+package collect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/nfclone/nfclone/sink"
+	"golang.org/x/sys/unix"
+)
+
+// Config configures a Collector.
+type Config struct {
+	// Listen is host:port (an IP literal or "localhost"; "" host or
+	// 0.0.0.0/:: = every address; port 0 = any free port).
+	Listen string
+	// Kind is "auto" (default: by header, see Decode), "vxlan" or
+	// "geneve".
+	Kind string
+	// VNIs keeps only these VNIs (empty: all).
+	VNIs []uint32
+	// Allow restricts the senders. Without it the collector refuses to
+	// start unless it listens on loopback or AllowAny is set (Validate).
+	Allow    []netip.Prefix
+	AllowAny bool
+	// PcapPath receives the inner frames (Ethernet link type); "-" is
+	// standard output. PcapFormat is "pcap" (default) or "pcapng".
+	PcapPath   string
+	PcapFormat string
+	// TapName is a TAP device created for the frames (removed on Close).
+	TapName string
+	Logger  *slog.Logger
+}
+
+// Stats are the collector's counters.
+type Stats struct {
+	Received     uint64 `json:"received"`
+	Decapsulated uint64 `json:"decapsulated"`
+	Written      uint64 `json:"written"`
+	Malformed    uint64 `json:"malformed"`
+	FilteredVNI  uint64 `json:"filtered_vni"`
+	DeniedSender uint64 `json:"denied_sender"`
+	WriteErrors  uint64 `json:"write_errors"`
+}
+
+// ParseAllow turns --allow values into prefixes: a CIDR or a bare address
+// (a /32 or /128), or "any" (any = true).
+func ParseAllow(values []string) (prefixes []netip.Prefix, any bool, err error) {
+	for _, v := range values {
+		v = strings.TrimSpace(v)
+		if v == "any" {
+			any = true
+			continue
+		}
+		if p, err := netip.ParsePrefix(v); err == nil {
+			prefixes = append(prefixes, p.Masked())
+			continue
+		}
+		if a, err := netip.ParseAddr(v); err == nil {
+			prefixes = append(prefixes, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		return nil, false, fmt.Errorf("--allow %q: not a CIDR, an address or \"any\"", v)
+	}
+	return prefixes, any, nil
+}
+
+// listenAddr parses Listen; loopback reports whether only this host can
+// reach it.
+func listenAddr(s string) (addr netip.AddrPort, loopback bool, err error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return netip.AddrPort{}, false, fmt.Errorf("--listen %q: want host:port (e.g. 127.0.0.1:4789, [::1]:6081, :4789)", s)
+	}
+	var p uint16
+	if _, err := fmt.Sscan(port, &p); err != nil || fmt.Sprint(p) != port {
+		return netip.AddrPort{}, false, fmt.Errorf("--listen %q: bad port %q", s, port)
+	}
+	switch host {
+	case "":
+		return netip.AddrPortFrom(netip.IPv6Unspecified(), p), false, nil
+	case "localhost":
+		return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), p), true, nil
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.AddrPort{}, false, fmt.Errorf("--listen %q: host must be an IP address or localhost", s)
+	}
+	a = a.Unmap()
+	return netip.AddrPortFrom(a, p), a.IsLoopback(), nil
+}
+
+// Validate checks the configuration, including the refuse-to-start rule:
+// a collector that anyone can reach must say whom it accepts frames from.
+func Validate(cfg Config) error {
+	var errs []error
+	_, loop, err := listenAddr(cfg.Listen)
+	if err != nil {
+		errs = append(errs, err)
+	} else if len(cfg.Allow) == 0 && !cfg.AllowAny && !loop {
+		errs = append(errs, fmt.Errorf("--listen %s is reachable from other hosts and no --allow is given: "+
+			"anyone could inject frames into the capture; give --allow CIDR (repeatable) for the senders, "+
+			"listen on loopback, or say --allow any", cfg.Listen))
+	}
+	switch cfg.Kind {
+	case "", KindAuto, KindVXLAN, KindGENEVE:
+	default:
+		errs = append(errs, fmt.Errorf("kind %q: want auto, vxlan or geneve", cfg.Kind))
+	}
+	for _, v := range cfg.VNIs {
+		if v > 0xffffff {
+			errs = append(errs, fmt.Errorf("--vni %d does not fit in 24 bits", v))
+		}
+	}
+	for _, p := range cfg.Allow {
+		if !p.IsValid() {
+			errs = append(errs, fmt.Errorf("--allow: invalid prefix"))
+		}
+	}
+	if cfg.PcapPath == "" && cfg.TapName == "" {
+		errs = append(errs, errors.New("no output: give -w FILE (or - for stdout) or --tap NAME"))
+	}
+	if len(cfg.TapName) >= unix.IFNAMSIZ {
+		errs = append(errs, fmt.Errorf("--tap %q: longer than %d characters", cfg.TapName, unix.IFNAMSIZ-1))
+	}
+	return errors.Join(errs...)
+}
+
+// Listen opens a UDP socket for the collector: network "udp", "udp4" or
+// "udp6"; an IPv6 or unspecified address listens on IPv6 (and IPv4, dual
+// stack, for "udp" with an empty host or "::"). It asks for a large receive
+// buffer.
+func Listen(network, addr string) (*net.UDPConn, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) {
+			// Best effort: 8 MiB absorbs bursts (capped by rmem_max
+			// unless privileged).
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) != nil {
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
+			}
+		})
+	}}
+	pc, err := lc.ListenPacket(context.Background(), network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("collect: listen %s: %w", addr, err)
+	}
+	return pc.(*net.UDPConn), nil
+}
+
+// Collector receives tunnelled frames and writes the inner frames out.
+type Collector struct {
+	cfg       Config
+	log       *slog.Logger
+	conn      *net.UDPConn
+	allowAll  bool
+	vnis      map[uint32]bool
+	pcap      *sink.PcapWriter
+	tap       *tapDev
+	running   atomic.Bool
+	closeOnce sync.Once
+
+	received, decap, written, malformed, filtered, denied, writeErrs atomic.Uint64
+	lastWarn                                                         time.Time
+}
+
+// New validates cfg, opens the listener and the outputs.
+func New(cfg Config) (*Collector, error) {
+	if err := Validate(cfg); err != nil {
+		return nil, err
+	}
+	addr, loop, _ := listenAddr(cfg.Listen)
+	c := &Collector{cfg: cfg, log: cfg.Logger}
+	if c.log == nil {
+		c.log = slog.Default()
+	}
+	c.allowAll = cfg.AllowAny || (len(cfg.Allow) == 0 && loop)
+	if len(cfg.VNIs) > 0 {
+		c.vnis = make(map[uint32]bool, len(cfg.VNIs))
+		for _, v := range cfg.VNIs {
+			c.vnis[v] = true
+		}
+	}
+	network := "udp"
+	if addr.Addr().Is4() {
+		network = "udp4"
+	}
+	host := addr.Addr().String()
+	if strings.HasPrefix(cfg.Listen, ":") {
+		host = "" // every address, IPv4 and IPv6
+	}
+	conn, err := Listen(network, net.JoinHostPort(host, fmt.Sprint(addr.Port())))
+	if err != nil {
+		return nil, err
+	}
+	c.conn = conn
+	if cfg.PcapPath != "" {
+		c.pcap, err = sink.OpenPcapWriter(sink.PcapWriterConfig{Path: cfg.PcapPath, Format: cfg.PcapFormat,
+			LinkType: sink.LinkTypeEthernet})
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("collect: %w", err)
+		}
+	}
+	if cfg.TapName != "" {
+		c.tap, err = openTap(cfg.TapName)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// Addr is the address the collector listens on.
+func (c *Collector) Addr() netip.AddrPort {
+	return c.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// TapName is the name of the TAP device ("" without one).
+func (c *Collector) TapName() string {
+	if c.tap == nil {
+		return ""
+	}
+	return c.tap.name
+}
+
+// Stats returns the counters.
+func (c *Collector) Stats() Stats {
+	return Stats{
+		Received:     c.received.Load(),
+		Decapsulated: c.decap.Load(),
+		Written:      c.written.Load(),
+		Malformed:    c.malformed.Load(),
+		FilteredVNI:  c.filtered.Load(),
+		DeniedSender: c.denied.Load(),
+		WriteErrors:  c.writeErrs.Load(),
+	}
+}
+
+const (
+	batchLen = 32
+	bufLen   = 65536
+)
+
+// Run receives until ctx is done (then it returns nil) or the socket
+// fails. It reads batches with recvmmsg into buffers reused for the whole
+// run; a watcher goroutine unblocks the read when ctx ends and is joined
+// before Run returns.
+func (c *Collector) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("collect: Run called twice")
+	}
+	rc, err := c.conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-ctx.Done():
+			c.conn.SetReadDeadline(time.Unix(1, 0))
+		case <-stop:
+		}
+	}()
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+
+	bufs := make([][]byte, batchLen)
+	iovs := make([]unix.Iovec, batchLen)
+	names := make([]unix.RawSockaddrInet6, batchLen)
+	hdrs := make([]unix.Mmsghdr, batchLen)
+	for i := range bufs {
+		bufs[i] = make([]byte, bufLen)
+	}
+	for {
+		for i := range hdrs {
+			iovs[i].Base = &bufs[i][0]
+			iovs[i].SetLen(bufLen)
+			hdrs[i] = unix.Mmsghdr{}
+			hdrs[i].Hdr.Name = (*byte)(unsafe.Pointer(&names[i]))
+			hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+			hdrs[i].Hdr.Iov = &iovs[i]
+			hdrs[i].Hdr.SetIovlen(1)
+		}
+		var n int
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			n, rerr = recvmmsg(int(fd), hdrs)
+			return rerr != unix.EAGAIN
+		})
+		if err == nil {
+			err = rerr
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ECONNREFUSED) {
+				continue
+			}
+			return fmt.Errorf("collect: receive: %w", err)
+		}
+		now := time.Now()
+		for i := range n {
+			from := sockaddrAddr(&names[i], hdrs[i].Hdr.Namelen)
+			c.Handle(now, from, bufs[i][:hdrs[i].Len])
+		}
+		c.flush()
+	}
+}
+
+func recvmmsg(fd int, hdrs []unix.Mmsghdr) (int, error) {
+	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])),
+		uintptr(len(hdrs)), unix.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+func sockaddrAddr(sa *unix.RawSockaddrInet6, n uint32) netip.Addr {
+	switch sa.Family {
+	case unix.AF_INET:
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrFrom4(sa4.Addr)
+	case unix.AF_INET6:
+		return netip.AddrFrom16(sa.Addr).Unmap()
+	}
+	return netip.Addr{}
+}
+
+// allowed reports whether from may send frames.
+func (c *Collector) allowed(from netip.Addr) bool {
+	if c.allowAll {
+		return true
+	}
+	for _, p := range c.cfg.Allow {
+		if p.Contains(from) {
+			return true
+		}
+	}
+	return false
+}
+
+// Handle processes one datagram from a sender (exported for tests and
+// fuzzing: it must survive any input). Pcap output is flushed by Run after
+// each batch; call Flush when feeding Handle directly.
+func (c *Collector) Handle(ts time.Time, from netip.Addr, b []byte) {
+	c.received.Add(1)
+	if !c.allowed(from) {
+		c.denied.Add(1)
+		return
+	}
+	f, err := DecodeKind(b, c.cfg.Kind)
+	if err != nil {
+		c.malformed.Add(1)
+		return
+	}
+	c.decap.Add(1)
+	if c.vnis != nil && !c.vnis[f.VNI] {
+		c.filtered.Add(1)
+		return
+	}
+	ok := true
+	if c.pcap != nil {
+		if err := c.pcap.WritePacket(ts, f.Inner, len(f.Inner)); err != nil {
+			ok = false
+			c.warn("pcap", err)
+		}
+	}
+	if c.tap != nil {
+		if err := c.tap.write(f.Inner); err != nil {
+			ok = false
+			c.warn("tap", err)
+		}
+	}
+	if ok {
+		c.written.Add(1)
+	} else {
+		c.writeErrs.Add(1)
+	}
+}
+
+// Flush writes buffered pcap records.
+func (c *Collector) Flush() error { return c.flush() }
+
+func (c *Collector) flush() error {
+	if c.pcap == nil {
+		return nil
+	}
+	if err := c.pcap.Flush(); err != nil {
+		var pe *sink.PcapWriteError
+		if errors.As(err, &pe) && pe.Lost > 0 {
+			// Those frames were counted written when buffered.
+			c.written.Add(^uint64(pe.Lost - 1))
+			c.writeErrs.Add(uint64(pe.Lost))
+		}
+		c.warn("pcap", err)
+		return err
+	}
+	return nil
+}
+
+// warn logs at most one warning every 10 s (Handle runs on Run's goroutine
+// only; tests calling Handle concurrently may race on lastWarn harmlessly
+// but do not).
+func (c *Collector) warn(out string, err error) {
+	now := time.Now()
+	if now.Sub(c.lastWarn) < 10*time.Second {
+		return
+	}
+	c.lastWarn = now
+	c.log.Warn("collect: cannot write frames", "output", out, "err", err)
+}
+
+// Close stops the listener (a running Run returns) and closes the outputs;
+// the TAP device disappears.
+func (c *Collector) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		if c.conn != nil {
+			err = c.conn.Close()
+		}
+		if c.pcap != nil {
+			err = errors.Join(err, c.pcap.Close())
+		}
+		if c.tap != nil {
+			err = errors.Join(err, c.tap.close())
+		}
+	})
+	return err
+}

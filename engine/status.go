@@ -1,0 +1,81 @@
+package engine
+
+import (
+	"time"
+
+	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/sink"
+)
+
+// Status is a snapshot of the running daemon, for metrics and `nfclone status`.
+type Status struct {
+	PID        int               `json:"pid"`
+	Version    string            `json:"version"`
+	Started    time.Time         `json:"started"`
+	Config     string            `json:"config,omitempty"`
+	Table      string            `json:"table"`
+	Generation uint64            `json:"generation"` // successful rule applies (1 after start, +1 per reload or re-bind)
+	LastReload *ReloadStatus     `json:"last_reload,omitempty"`
+	Sessions   []SessionStatus   `json:"sessions"`
+	Interfaces []InterfaceStatus `json:"interfaces"`
+}
+
+// ReloadStatus tells how the last reload went.
+type ReloadStatus struct {
+	Time  time.Time `json:"time"`
+	OK    bool      `json:"ok"`
+	Error string    `json:"error,omitempty"`
+}
+
+// SessionStatus is one session. For dup sessions the counters come from the
+// kernel's rule counters (Seen: packets entering the session's filter;
+// Copied: packets reaching its copy statement); for queue/log sessions from
+// the ledger.
+type SessionStatus struct {
+	Name    string         `json:"name"`
+	Method  string         `json:"method"`
+	State   string         `json:"state"` // running | waiting (an interface is missing)
+	Missing []string       `json:"missing,omitempty"`
+	Seen    Counter        `json:"seen"`
+	Copied  Counter        `json:"copied"`
+	Ledger  *nfq.Snapshot  `json:"ledger,omitempty"`
+	Queue   *QueueStatus   `json:"queue,omitempty"`
+	Readers []ReaderStatus `json:"readers,omitempty"`
+	Targets []TargetStatus `json:"targets"`
+}
+
+// Counter is packets and bytes.
+type Counter struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// QueueStatus is the copy queue of a userspace session.
+type QueueStatus struct {
+	Depth   int `json:"depth"`
+	Cap     int `json:"cap"`
+	Workers int `json:"workers"`
+}
+
+// ReaderStatus is one NFQUEUE or NFLOG reader.
+type ReaderStatus struct {
+	Kind    string          `json:"kind"` // nfqueue | nflog
+	Num     int             `json:"num"`  // queue number or group
+	Running bool            `json:"running"`
+	Stats   nfq.ReaderStats `json:"stats"`
+}
+
+// TargetStatus is one target of a session.
+type TargetStatus struct {
+	Name  string      `json:"name"`
+	Kind  string      `json:"kind"`
+	Stats *sink.Stats `json:"stats,omitempty"` // userspace targets
+}
+
+// InterfaceStatus is an interface a session uses.
+type InterfaceStatus struct {
+	Name    string   `json:"name"`
+	Present bool     `json:"present"`
+	Index   int      `json:"index,omitempty"`
+	UsedBy  []string `json:"used_by"`
+}
