@@ -72,7 +72,9 @@ func Split(p Plan, j Journal) (kept, unwanted Journal) {
 // provide, so applying it does not trip over nfclone's own earlier work
 // (a veth pair it created is not "an existing interface").
 func Subtract(p Plan, kept Journal) Plan {
-	has := func(c Change) bool { return slices.ContainsFunc(kept, func(k Change) bool { return k.Op == c.Op && sameChange(k, c) }) }
+	has := func(c Change) bool {
+		return slices.ContainsFunc(kept, func(k Change) bool { return k.Op == c.Op && sameChange(k, c) })
+	}
 	var out Plan
 	for _, r := range p.Rules {
 		if !has(Change{Op: OpRuleAdded, Rule: &r}) {

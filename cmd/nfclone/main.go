@@ -126,7 +126,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 			}
 			e := &engine.Engine{Cfg: c, Log: log, Version: version, ConfigPath: g.configPath,
 				Load: func() (*config.Config, error) { return config.Load(g.configPath) }}
-			return runDaemon(cmd.Context(), e, log, c.Watch)		},
+			return runDaemon(cmd.Context(), e, log, c.Watch)
+		},
 	}
 	configFlag(runCmd)
 
