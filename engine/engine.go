@@ -90,28 +90,6 @@ func routePlan(c *config.Config, gws []rules.GatewayRoute) route.Plan {
 	return p
 }
 
-// checkImplemented refuses what this version cannot run yet, as config
-// problems with their key paths (render still shows their rules).
-func checkImplemented(c *config.Config) error {
-	var errs config.Errors
-	for i, s := range c.Sessions {
-		for j, t := range s.Targets {
-			switch {
-			case t.Kind == config.KindVXLAN && s.Method == config.MethodDup:
-			case t.Kind == config.KindVXLAN, t.Kind == config.KindGENEVE, t.Kind == config.KindPcap:
-				if !extraTargets {
-					errs = append(errs, config.Problem{Path: fmt.Sprintf("sessions[%d].targets[%d].kind", i, j),
-						Msg: fmt.Sprintf("%s targets are not implemented yet in `run`", t.Kind)})
-				}
-			}
-		}
-	}
-	if len(errs) > 0 {
-		return errs
-	}
-	return nil
-}
-
 // drainTimeout bounds how long copies still queued are sent when a session stops.
 const drainTimeout = 2 * time.Second
 
@@ -190,9 +168,6 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	c, log := e.Cfg, e.Log
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if err := checkImplemented(c); err != nil {
-		return err
-	}
 	rk, err := route.Open()
 	if err != nil {
 		return hostErr("opening rtnetlink: %v", err)
@@ -306,9 +281,6 @@ func (e *Engine) validateReload(c *config.Config) error {
 	}
 	if len(errs) > 0 {
 		return errs
-	}
-	if err := checkImplemented(c); err != nil {
-		return err
 	}
 	if errs := config.CheckHost(c, config.SystemHost{}, e.ownedLinks()); len(errs) > 0 {
 		return errs

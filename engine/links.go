@@ -9,9 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// extraTargets: vxlan/geneve/pcap targets of the userspace methods.
-const extraTargets = false
-
 // linkDebounce collects a burst of link events (a veth pair is two links,
 // each with several messages) into one re-bind.
 const linkDebounce = 100 * time.Millisecond

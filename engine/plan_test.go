@@ -49,9 +49,9 @@ sessions:
 		"ip route add default via 10.77.2.2 dev e1 table 20035",
 		"ip -6 route add default via fd77:2::2 dev e1 table 20036",
 		"ip route add default via 10.77.4.2 dev e3 table 20037",
-		"ip rule add pref 100 fwmark 0x4e43 lookup 20035",
-		"ip -6 rule add pref 101 fwmark 0x4e44 lookup 20036",
-		"ip rule add pref 102 fwmark 0x4e45 lookup 20037",
+		"ip rule add pref 100 fwmark 0x4e44 lookup 20035",
+		"ip -6 rule add pref 101 fwmark 0x4e45 lookup 20036",
+		"ip rule add pref 102 fwmark 0x4e46 lookup 20037",
 		"ip rule add pref 1000 lookup local",
 		"ip rule del pref 0 lookup local",
 		"ip -6 rule add pref 1000 lookup local",
@@ -63,21 +63,6 @@ sessions:
 	// A dup-only config without ARP settings changes no routing.
 	if p := RoutePlan(mustParse(t, "sessions: [{name: d, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}]")); !p.Empty() {
 		t.Fatalf("unexpected plan: %s", p.Render())
-	}
-}
-
-// Userspace features the engine cannot run yet are config errors with paths.
-func TestCheckImplemented(t *testing.T) {
-	c := mustParse(t, `
-sessions:
-  - name: g
-    method: queue
-    sources: [{interface: e0}]
-    targets: [{kind: geneve, remote: "10.77.4.2:6081", vni: 1}]
-`)
-	err := checkImplemented(c)
-	if err == nil || !strings.Contains(err.Error(), "sessions[0].targets[0].kind") {
-		t.Fatalf("got %v", err)
 	}
 }
 

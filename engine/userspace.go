@@ -245,7 +245,32 @@ func (s *session) status() SessionStatus {
 	return st
 }
 
-// openExtraTarget opens the targets beyond gateway and device.
-func openExtraTarget(_ *config.Config, sc config.Session, t config.Target, _ string, _ *slog.Logger) (sink.Sink, error) {
-	return nil, fmt.Errorf("target kind %s is not implemented yet for method %s", t.Kind, sc.Method)
+// openExtraTarget opens the targets beyond gateway and device: tunnels and
+// pcap files. Their copies carry the configured mark (no policy route: the
+// tunnel's UDP is routed like any other traffic of the host).
+func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name string, log *slog.Logger) (sink.Sink, error) {
+	switch t.Kind {
+	case config.KindVXLAN, config.KindGENEVE:
+		var remotes []netip.AddrPort
+		for _, r := range t.Remote {
+			ap, err := config.ParseRemote(r)
+			if err != nil {
+				return nil, err
+			}
+			remotes = append(remotes, ap)
+		}
+		return sink.NewTunnel(sink.TunnelConfig{Name: name, Kind: t.Kind, Remotes: remotes, VNI: uint32(*t.VNI), Mark: c.Mark, Logger: log})
+	case config.KindPcap:
+		var size int64
+		if t.RotateSize != "" {
+			size, _ = config.ParseSize(t.RotateSize)
+		}
+		keep := t.RotateKeep
+		if keep == 0 && t.RotateSize != "" {
+			keep = config.DefaultRotateKeep
+		}
+		return sink.NewPcap(sink.PcapConfig{Name: name, Path: t.Path, Format: t.Format, LinkType: sink.LinkTypeRaw,
+			Snaplen: sc.Snaplen, RotateSize: size, RotateKeep: keep, Logger: log})
+	}
+	return nil, fmt.Errorf("target kind %s is not available with method %s", t.Kind, sc.Method)
 }

@@ -9,9 +9,10 @@ import (
 // GatewayRoute is the policy routing of one distinct (gateway, device) of the
 // userspace methods: copies sent with Mark are routed by `ip rule pref Pref
 // fwmark Mark lookup Table` to `default via Gateway dev Device table Table`.
-// The first gets the configured mark, table and preference; each further one
-// the next numbers, so copies of all of them carry marks in
-// [cfg.Mark, cfg.Mark+len-1] — the range every capture rule skips.
+// The first gets mark+1 and the configured table and preference, each
+// further one the next numbers. The configured mark itself stays unrouted:
+// device and tunnel copies carry it. So every copy carries a mark in
+// [cfg.Mark, cfg.Mark+len] — the range every capture rule skips.
 type GatewayRoute struct {
 	Gateway netip.Addr
 	Device  string
@@ -44,7 +45,7 @@ func GatewayRoutes(c *config.Config) []GatewayRoute {
 			seen[key] = true
 			k := uint32(len(out))
 			out = append(out, GatewayRoute{Gateway: gw.Unmap(), Device: t.Device,
-				Mark: c.Mark + k, Table: c.RouteTable + k, Pref: c.RulePref + k})
+				Mark: c.Mark + 1 + k, Table: c.RouteTable + k, Pref: c.RulePref + k})
 		}
 	}
 	return out
@@ -60,9 +61,9 @@ func StableGatewayRoutes(c *config.Config, prev []GatewayRoute) []GatewayRoute {
 	var out []GatewayRoute
 	for _, w := range want {
 		for _, p := range prev {
-			if p.Gateway == w.Gateway && p.Device == w.Device && p.Mark >= c.Mark {
+			if p.Gateway == w.Gateway && p.Device == w.Device && p.Mark > c.Mark {
 				out = append(out, p)
-				used[p.Mark-c.Mark] = true
+				used[p.Mark-c.Mark-1] = true
 				break
 			}
 		}
@@ -76,7 +77,7 @@ func StableGatewayRoutes(c *config.Config, prev []GatewayRoute) []GatewayRoute {
 			k++
 		}
 		used[k] = true
-		out = append(out, GatewayRoute{Gateway: w.Gateway, Device: w.Device, Mark: c.Mark + k, Table: c.RouteTable + k, Pref: c.RulePref + k})
+		out = append(out, GatewayRoute{Gateway: w.Gateway, Device: w.Device, Mark: c.Mark + 1 + k, Table: c.RouteTable + k, Pref: c.RulePref + k})
 	}
 	return out
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/nfclone/nfclone/collect"
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/engine"
 	"github.com/nfclone/nfclone/route"
@@ -281,6 +282,64 @@ In capture, -c is the packet count, as in tcpdump.`,
 	cf.StringVarP(&capOpts.Output, "write", "w", "", "pcap file to write, or - for standard output")
 	cf.StringVar(&capOpts.Format, "format", "pcap", "pcap or pcapng")
 
+	var colCfg collect.Config
+	var colAllow []string
+	var colVNIs []uint
+	collectCmd := &cobra.Command{
+		Use:   "collect --listen ADDR [--vni N] [--allow CIDR] (-w FILE | --tap NAME)",
+		Short: "Receive VXLAN/GENEVE copies, decapsulate, write the inner frames to pcap or a TAP device",
+		Long: `A collector for nfclone's vxlan and geneve targets (and any RFC 7348 / RFC 8926 sender).
+Without --allow it refuses to start unless it listens on loopback (or --allow any is given):
+a collector reachable by anyone lets anyone inject frames. Malformed datagrams, senders
+outside --allow and VNIs outside --vni are counted and dropped.`,
+		Example: `  nfclone collect --listen 10.77.4.2:4789 --allow 10.77.0.0/16 -w mirror.pcap
+  nfclone collect --listen :6081 --allow 10.0.0.0/8 --vni 124 --tap mirror0   # then: tcpdump -i mirror0
+  nfclone collect --listen 127.0.0.1:4789 -w - | tshark -r -`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			prefixes, any, err := collect.ParseAllow(colAllow)
+			if err != nil {
+				return usageError{err}
+			}
+			colCfg.Allow, colCfg.AllowAny, colCfg.Logger = prefixes, any, log
+			for _, v := range colVNIs {
+				if v > config.MaxVNI {
+					return usageError{fmt.Errorf("--vni %d is out of range 0-%d", v, config.MaxVNI)}
+				}
+				colCfg.VNIs = append(colCfg.VNIs, uint32(v))
+			}
+			if err := collect.Validate(colCfg); err != nil {
+				return usageError{err}
+			}
+			c, err := collect.New(colCfg)
+			if err != nil {
+				return fmt.Errorf("%w: %v", engine.ErrHost, err)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			log.Info("collecting", "listen", c.Addr().String(), "pcap", colCfg.PcapPath, "tap", c.TapName())
+			runErr := c.Run(ctx)
+			closeErr := c.Close()
+			st := c.Stats()
+			fmt.Fprintf(g.stderr, "nfclone collect: received %d, decapsulated %d, written %d, malformed %d, other VNI %d, denied senders %d, write errors %d\n",
+				st.Received, st.Decapsulated, st.Written, st.Malformed, st.FilteredVNI, st.DeniedSender, st.WriteErrors)
+			return errors.Join(runErr, closeErr)
+		},
+	}
+	colf := collectCmd.Flags()
+	colf.StringVar(&colCfg.Listen, "listen", "", "UDP address to listen on (host:port)")
+	colf.StringVar(&colCfg.Kind, "kind", "auto", "auto, vxlan or geneve")
+	colf.UintSliceVar(&colVNIs, "vni", nil, "keep only this VNI (repeatable)")
+	colf.StringArrayVar(&colAllow, "allow", nil, "accept datagrams only from this CIDR (repeatable; \"any\" for all)")
+	colf.StringVarP(&colCfg.PcapPath, "write", "w", "", "pcap file for the inner frames, or - for standard output")
+	colf.StringVar(&colCfg.PcapFormat, "format", "pcap", "pcap or pcapng")
+	colf.StringVar(&colCfg.TapName, "tap", "", "create this TAP device and write the inner frames to it")
+	_ = collectCmd.MarkFlagRequired("listen")
+
 	versionCmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -289,14 +348,18 @@ In capture, -c is the packet count, as in tcpdump.`,
 			fmt.Fprintln(g.stdout, "nfclone", version)
 		},
 	}
-	root.AddCommand(runCmd, renderCmd, checkCmd, flushCmd, tapCmd, captureCmd, versionCmd)
+	root.AddCommand(runCmd, renderCmd, checkCmd, flushCmd, tapCmd, captureCmd, collectCmd, versionCmd)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(context.Background())
 	if err != nil {
-		if strings.HasPrefix(err.Error(), "unknown command") || strings.HasPrefix(err.Error(), "unknown flag") {
-			err = usageError{err}
+		// cobra's own argument and flag checks are bad input too.
+		for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "required flag", "accepts ", "requires at least", "invalid argument", "flag needs"} {
+			if strings.HasPrefix(err.Error(), p) {
+				err = usageError{err}
+				break
+			}
 		}
 		report(stderr, err)
 	}

@@ -132,7 +132,7 @@ func TestUserspaceSIGTERMRestoresRouting(t *testing.T) {
 	before := routingState(t, l)
 	d := startNfclone(t, l, routedConfig)
 	rules := l.MustExec(t, l.Eng, "ip", "rule")
-	for _, want := range []string{"100:\tfrom all fwmark 0x4e43 lookup 20035", "102:\tfrom all fwmark 0x4e45 lookup 20037", "1000:\tfrom all lookup local"} {
+	for _, want := range []string{"100:\tfrom all fwmark 0x4e44 lookup 20035", "102:\tfrom all fwmark 0x4e46 lookup 20037", "1000:\tfrom all lookup local"} {
 		if !strings.Contains(rules, want) {
 			t.Fatalf("ip rule lacks %q:\n%s", want, rules)
 		}

@@ -212,23 +212,33 @@ func (c *Capture) Stop() []Packet {
 	if _, err := c.proc.Wait(10 * time.Second); err != nil {
 		c.proc.Kill()
 	}
-	recs, err := ReadPcapFile(c.Path)
-	if err != nil && !errors.Is(err, ErrTruncated) {
-		c.t.Fatalf("reading capture %s: %v (tcpdump stderr: %s)", c.Path, err, c.proc.Stderr())
-	}
-	pkts, err := DecodePcap(c.Path)
+	pkts, err := ReadPackets(c.Path)
 	if err != nil {
-		c.t.Fatalf("decoding capture %s: %v", c.Path, err)
+		c.t.Fatalf("%v (tcpdump stderr: %s)", err, c.proc.Stderr())
+	}
+	c.packets = pkts
+	return pkts
+}
+
+// ReadPackets decodes a pcap file with tshark (DecodePcap) and attaches each
+// frame's raw record and IP-layer bytes from the file itself.
+func ReadPackets(path string) ([]Packet, error) {
+	recs, err := ReadPcapFile(path)
+	if err != nil && !errors.Is(err, ErrTruncated) {
+		return nil, fmt.Errorf("reading capture %s: %w", path, err)
+	}
+	pkts, err := DecodePcap(path)
+	if err != nil {
+		return nil, fmt.Errorf("decoding capture %s: %w", path, err)
 	}
 	if len(pkts) != len(recs) {
-		c.t.Fatalf("capture %s: tshark decoded %d frames, the pcap holds %d", c.Path, len(pkts), len(recs))
+		return nil, fmt.Errorf("capture %s: tshark decoded %d frames, the pcap holds %d", path, len(pkts), len(recs))
 	}
 	for i := range pkts {
 		pkts[i].Record = recs[i]
 		pkts[i].IP, _ = recs[i].IP()
 	}
-	c.packets = pkts
-	return pkts
+	return pkts, nil
 }
 
 // Tcpdump returns tcpdump's stderr (its closing lines report received/dropped counts).

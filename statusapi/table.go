@@ -1,0 +1,190 @@
+package statusapi
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nfclone/nfclone/engine"
+	"github.com/nfclone/nfclone/nfq"
+)
+
+// WriteTable prints s as a readable table: a header (pid, uptime, rule
+// generation, config, last reload), one row per session, the drops by
+// reason that are not zero, one row per target and the missing interfaces.
+func WriteTable(w io.Writer, s engine.Status) error {
+	return writeTable(w, s, time.Now())
+}
+
+func writeTable(w io.Writer, s engine.Status, now time.Time) error {
+	var b strings.Builder
+
+	version := s.Version
+	if version == "" {
+		version = "unknown"
+	}
+	fmt.Fprintf(&b, "nfclone %s  pid %d  up %s  generation %d", version, s.PID, uptime(s.Started, now), s.Generation)
+	if s.Table != "" {
+		fmt.Fprintf(&b, "  table %s", s.Table)
+	}
+	b.WriteString("\n")
+	if s.Config != "" {
+		fmt.Fprintf(&b, "config %s\n", s.Config)
+	}
+	if r := s.LastReload; r != nil {
+		when := r.Time.UTC().Format(time.RFC3339)
+		if r.OK {
+			fmt.Fprintf(&b, "last reload: ok at %s\n", when)
+		} else {
+			fmt.Fprintf(&b, "last reload: FAILED at %s (the previous configuration still runs): %s\n", when, r.Error)
+		}
+	}
+
+	b.WriteString("\n")
+	if len(s.Sessions) == 0 {
+		b.WriteString("no sessions\n")
+	} else {
+		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "SESSION\tMETHOD\tSTATE\tSEEN\tCOPIED\tCOPIED BYTES\tOFFERED\tDROPPED\tQUEUE\tWORKERS\tREADERS\t")
+		for _, ss := range s.Sessions {
+			state := ss.State
+			if len(ss.Missing) > 0 {
+				state += " (" + strings.Join(ss.Missing, ",") + " missing)"
+			}
+			offered, dropped := "-", "-"
+			if l := ss.Ledger; l != nil {
+				offered = num(l.Offered)
+				dropped = num(l.Drops.Total())
+				if l.InFlight > 0 {
+					dropped += fmt.Sprintf(" (+%s in flight)", num(l.InFlight))
+				}
+			}
+			queue, workers := "-", "-"
+			if q := ss.Queue; q != nil {
+				queue = fmt.Sprintf("%d/%d", q.Depth, q.Cap)
+				workers = strconv.Itoa(q.Workers)
+			}
+			readers := "-"
+			if len(ss.Readers) > 0 {
+				up := 0
+				for _, r := range ss.Readers {
+					if r.Running {
+						up++
+					}
+				}
+				readers = fmt.Sprintf("%d/%d up", up, len(ss.Readers))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+				ss.Name, ss.Method, state, num(ss.Seen.Packets), num(ss.Copied.Packets), bytesIEC(ss.Copied.Bytes),
+				offered, dropped, queue, workers, readers)
+		}
+		tw.Flush()
+
+		// Drops by reason, only where some are not zero.
+		var drops []string
+		for _, ss := range s.Sessions {
+			if ss.Ledger == nil || ss.Ledger.Drops.Total() == 0 {
+				continue
+			}
+			drops = append(drops, fmt.Sprintf("  %s: %s", ss.Name, dropReasons(ss.Ledger.Drops)))
+		}
+		if len(drops) > 0 {
+			b.WriteString("\ndrops by reason:\n")
+			b.WriteString(strings.Join(drops, "\n"))
+			b.WriteString("\n")
+		}
+
+		// Targets.
+		b.WriteString("\n")
+		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "TARGET\tKIND\tSESSION\tSENT\tBYTES\tERRORS\tLAST ERROR\t")
+		for _, ss := range s.Sessions {
+			for _, t := range ss.Targets {
+				if t.Stats == nil {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, t.Kind, ss.Name, "(kernel)", "-", "-", "")
+					continue
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, t.Kind, ss.Name,
+					num(t.Stats.Sent), bytesIEC(t.Stats.Bytes), num(t.Stats.Errors), t.Stats.LastError)
+			}
+		}
+		tw.Flush()
+	}
+
+	var missing []string
+	for _, i := range s.Interfaces {
+		if !i.Present {
+			m := i.Name
+			if len(i.UsedBy) > 0 {
+				m += " (used by " + strings.Join(i.UsedBy, ", ") + ")"
+			}
+			missing = append(missing, m)
+		}
+	}
+	if len(missing) > 0 {
+		fmt.Fprintf(&b, "\ninterfaces missing: %s\n", strings.Join(missing, "; "))
+	} else if len(s.Interfaces) > 0 {
+		fmt.Fprintf(&b, "\ninterfaces: all %d present\n", len(s.Interfaces))
+	}
+
+	// Trailing spaces come from the tabwriter's last column.
+	lines := strings.Split(b.String(), "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimRight(l, " ")
+	}
+	_, err := io.WriteString(w, strings.Join(lines, "\n"))
+	return err
+}
+
+// dropReasons lists the non-zero drops, with the ledger's reason names.
+func dropReasons(d nfq.Drops) string {
+	var parts []string
+	add := func(name string, v uint64) {
+		if v > 0 {
+			parts = append(parts, fmt.Sprintf("%s %s", name, num(v)))
+		}
+	}
+	add("kernel_queue", d.KernelQueue)
+	add("user", d.User)
+	add("socket_overrun", d.SocketOverrun)
+	add("queue_overflow", d.QueueOverflow)
+	add("rate_limit", d.RateLimit)
+	add("malformed", d.Malformed)
+	add("send_error", d.SendError)
+	return strings.Join(parts, ", ")
+}
+
+func uptime(started, now time.Time) string {
+	if started.IsZero() {
+		return "?"
+	}
+	d := now.Sub(started).Round(time.Second)
+	if d < 0 {
+		d = 0
+	}
+	if d >= 24*time.Hour {
+		days := d / (24 * time.Hour)
+		return fmt.Sprintf("%dd%s", days, (d - days*24*time.Hour).String())
+	}
+	return d.String()
+}
+
+// num prints n as is: counters are exact and scripts should use --json.
+func num(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// bytesIEC prints a byte count with a binary unit.
+func bytesIEC(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
