@@ -78,10 +78,10 @@ func sessionKey(c *config.Config, s config.Session, gws []rules.GatewayRoute, id
 
 // openSession binds the queues/group and opens the sinks of one userspace
 // session (before the rules feed it, so no copy is lost at start).
-func openSession(c *config.Config, i int, first int, key string, gws []rules.GatewayRoute, idx map[string]int, log *slog.Logger) (s *session, err error) {
+func openSession(c *config.Config, i int, first int, key string, gws []rules.GatewayRoute, idx map[string]int, log *slog.Logger) (_ *session, err error) {
 	sc := c.Sessions[i]
 	slog := log.With("session", sc.Name)
-	s = &session{
+	s := &session{
 		name: sc.Name, method: sc.Method, key: key, first: first, count: 1,
 		queue: nfq.NewCopyQueue(c.Queue.Cap), ledger: &nfq.Ledger{}, workers: c.Queue.Workers, log: slog,
 	}

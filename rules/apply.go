@@ -129,7 +129,12 @@ type CounterValue struct{ Packets, Bytes uint64 }
 
 // Counters reads back the counters of the ruleset's rules from the kernel
 // and sums them per session and kind (CounterSeen, CounterCopied).
+// It reads through a connection of its own, so it can run beside an apply.
 func (a *Applier) Counters(rs *Ruleset) (map[string]map[string]CounterValue, error) {
+	conn, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("opening nftables to read counters: %w", err)
+	}
 	out := map[string]map[string]CounterValue{}
 	for _, t := range rs.Tables {
 		nt := &nftables.Table{Name: rs.Name, Family: t.Family}
@@ -141,7 +146,7 @@ func (a *Applier) Counters(rs *Ruleset) (map[string]map[string]CounterValue, err
 			if !refs {
 				continue
 			}
-			got, err := a.conn.GetRules(nt, &nftables.Chain{Name: c.Name, Table: nt})
+			got, err := conn.GetRules(nt, &nftables.Chain{Name: c.Name, Table: nt})
 			if err != nil {
 				return nil, fmt.Errorf("reading rules of chain %s %s: %w", FamilyName(t.Family), c.Name, err)
 			}

@@ -24,6 +24,10 @@ declare -A PKG_FOR=(
 	[ping]=iputils-ping
 	[shellcheck]=shellcheck
 	[iptables]=iptables
+	[promtool]=prometheus
+	[curl]=curl
+	[python3]=python3
+	[setpriv]=util-linux
 )
 
 SUDO=""
@@ -47,6 +51,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
 		"${missing[@]}" >/dev/null
 	pkgs_msg="packages: installed ${missing[*]}"
+	# The prometheus package is only here for promtool; never leave its
+	# server running on a real host.
+	if printf '%s\n' "${missing[@]}" | grep -qx prometheus; then
+		$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+	fi
 fi
 
 gobin="$(go env GOBIN 2>/dev/null || true)"

@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,8 +23,10 @@ import (
 	"github.com/nfclone/nfclone/collect"
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/engine"
+	"github.com/nfclone/nfclone/metrics"
 	"github.com/nfclone/nfclone/route"
 	"github.com/nfclone/nfclone/rules"
+	"github.com/nfclone/nfclone/statusapi"
 )
 
 // version is set at build time: -ldflags "-X main.version=...".
@@ -216,6 +219,7 @@ removes on exit. Runs in the foreground like run, with the same cleanup guarante
 			if err != nil {
 				return err
 			}
+			c.Metrics.Listen = "" // a foreground tap serves no metrics (status works)
 			if tapPrint {
 				fmt.Fprint(g.stdout, config.TapYAML(c, maps))
 				return nil
@@ -340,6 +344,38 @@ outside --allow and VNIs outside --vni are counted and dropped.`,
 	colf.StringVar(&colCfg.TapName, "tap", "", "create this TAP device and write the inner frames to it")
 	_ = collectCmd.MarkFlagRequired("listen")
 
+	var statusJSON bool
+	var statusStateDir string
+	statusCmd := &cobra.Command{
+		Use:   "status [-c FILE] [--json]",
+		Short: "Live per-session counters of the running daemon (through its unix socket in state_dir)",
+		Example: `  nfclone status
+  nfclone status -c /etc/nfclone/nfclone.yaml --json | jq '.sessions[].copied'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.loadOrDefaults()
+			if err != nil {
+				return err
+			}
+			if statusStateDir != "" {
+				c.StateDir = statusStateDir
+			}
+			st, err := statusapi.Fetch(cmd.Context(), c.StateDir)
+			if err != nil {
+				return fmt.Errorf("%w: %v", engine.ErrHost, err)
+			}
+			if statusJSON {
+				enc := json.NewEncoder(g.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			return statusapi.WriteTable(g.stdout, st)
+		},
+	}
+	configFlag(statusCmd)
+	statusCmd.Flags().BoolVar(&statusJSON, "json", false, "print JSON for scripts")
+	statusCmd.Flags().StringVar(&statusStateDir, "state-dir", "", "state directory (overrides the config's state_dir)")
+
 	versionCmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -348,7 +384,7 @@ outside --allow and VNIs outside --vni are counted and dropped.`,
 			fmt.Fprintln(g.stdout, "nfclone", version)
 		},
 	}
-	root.AddCommand(runCmd, renderCmd, checkCmd, flushCmd, tapCmd, captureCmd, collectCmd, versionCmd)
+	root.AddCommand(runCmd, renderCmd, checkCmd, flushCmd, statusCmd, tapCmd, captureCmd, collectCmd, versionCmd)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -386,6 +422,12 @@ func report(w io.Writer, err error) {
 func runDaemon(parent context.Context, e *engine.Engine, log *slog.Logger, watch bool) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
+	if listen := e.Cfg.Metrics.Listen; listen != "" {
+		mc := metrics.New(e.Status)
+		e.Services = append(e.Services, func(ctx context.Context) error { return metrics.Serve(ctx, listen, mc, log) })
+	}
+	stateDir := e.Cfg.StateDir
+	e.Services = append(e.Services, func(ctx context.Context) error { return statusapi.Serve(ctx, stateDir, e.Status, log) })
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)

@@ -61,7 +61,11 @@ func writeConfig(t *testing.T, yaml string) (path, stateDir string) {
 	dir := t.TempDir()
 	stateDir = filepath.Join(dir, "state")
 	path = filepath.Join(dir, "nfclone.yaml")
-	full := fmt.Sprintf("state_dir: %s\nmetrics: {listen: \"\"}\n%s", stateDir, yaml)
+	metrics := "metrics: {listen: \"\"}" // tests that scrape set their own
+	if strings.Contains(yaml, "\nmetrics:") {
+		metrics = "# metrics below"
+	}
+	full := fmt.Sprintf("state_dir: %s\n%s\n%s", stateDir, metrics, yaml)
 	if err := os.WriteFile(path, []byte(full), 0o600); err != nil {
 		t.Fatal(err)
 	}
