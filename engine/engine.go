@@ -144,7 +144,6 @@ type runtime struct {
 	gateways []rules.GatewayRoute
 	idx      map[string]int // interfaces the config uses → ifindex (0: missing)
 	limit    *limit
-	limitCtl context.CancelFunc
 }
 
 // Copied is the number of copies delivered so far (all userspace sessions).

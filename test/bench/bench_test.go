@@ -1,0 +1,161 @@
+package bench
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nfclone/nfclone/test/lab"
+)
+
+// TestBenchQuick runs the whole harness in quick mode (about 1 s per phase)
+// and checks only that every phase produced numbers and that every ledger
+// balances: it is a benchmark, the figures are not asserted.
+func TestBenchQuick(t *testing.T) {
+	lab.RequireRoot(t)
+	lab.RequireTools(t, "trafgen", "nft")
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	root, err := lab.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "nfclone")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/nfclone")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building nfclone: %v\n%s", err, out)
+	}
+	l := lab.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
+	defer cancel()
+	out := filepath.Join(t.TempDir(), "bench.json")
+	var log strings.Builder
+	r, err := Run(ctx, Options{
+		Lab:     Lab{Suffix: l.Suffix, Src: l.Src, Eng: l.Eng, Col: l.Col, Col2: l.Col2},
+		Nfclone: bin, WorkDir: t.TempDir(), Out: out, Quick: true, Log: &log,
+	})
+	t.Log(log.String())
+	if err != nil {
+		t.Fatalf("bench: %v", err)
+	}
+	var sb strings.Builder
+	Print(&sb, r)
+	t.Log(sb.String())
+	if _, err := os.Stat(out); err != nil {
+		t.Errorf("JSON results: %v", err)
+	}
+
+	checkLoad := func(lr *LoadRun) {
+		t.Helper()
+		if lr == nil {
+			t.Errorf("a load phase is missing")
+			return
+		}
+		if lr.OfferedPPS <= 0 || lr.OriginalsPPS <= 0 {
+			t.Errorf("%s: offered %.0f originals %.0f pps", lr.Phase, lr.OfferedPPS, lr.OriginalsPPS)
+		}
+		if lr.Method == "none" {
+			return
+		}
+		if lr.CopiesPPS <= 0 {
+			t.Errorf("%s: no copies", lr.Phase)
+		}
+		if lr.VmHWMKiB <= 0 {
+			t.Errorf("%s: no VmHWM", lr.Phase)
+		}
+		if lr.Method == "dup" {
+			return
+		}
+		if lr.Ledger == nil {
+			t.Errorf("%s: no session ledger line", lr.Phase)
+		} else if !lr.Ledger.Balanced || lr.Ledger.Offered == 0 {
+			t.Errorf("%s: ledger %+v", lr.Phase, *lr.Ledger)
+		}
+	}
+	if len(r.Saturate) != 5 {
+		t.Errorf("%d saturating phases, want 5", len(r.Saturate))
+	}
+	for _, lr := range r.Saturate {
+		checkLoad(lr)
+	}
+	if r.Lossless == nil || r.Lossless.Dup == nil {
+		t.Fatalf("no lossless phase")
+	}
+	checkLoad(r.Lossless.Dup)
+	checkLoad(r.Lossless.Queue)
+	checkLoad(r.Lossless.Log)
+	checkLoad(r.Overload)
+	if len(r.Latency) != 4 {
+		t.Errorf("%d latency phases, want 4", len(r.Latency))
+	}
+	for _, l := range r.Latency {
+		if l.Received == 0 || l.P50US <= 0 || l.P99US <= 0 {
+			t.Errorf("latency/%s: %+v", l.Method, l.Latency)
+		}
+		if l.Method != "none" && l.Method != "dup" && (l.Ledger == nil || !l.Ledger.Balanced || l.Ledger.Offered == 0) {
+			t.Errorf("latency/%s: ledger %+v", l.Method, l.Ledger)
+		}
+	}
+	for _, k := range []string{"copies_queue_over_dup", "copies_log_over_dup", "originals_queue_over_dup", "lossless_copies_queue_over_dup"} {
+		if r.Ratios[k] <= 0 {
+			t.Errorf("ratio %s = %v", k, r.Ratios[k])
+		}
+	}
+}
+
+func TestParseLedgers(t *testing.T) {
+	in := `{"time":"x","level":"INFO","msg":"rules installed"}
+{"time":"2026","level":"INFO","msg":"session ledger","session":"bench","offered":822528,"copied":814227,"drops":8301,"queue_overflow":8301,"send_errors":0,"kernel_queue":0,"socket_overrun":0}
+{"time":"2026","level":"INFO","msg":"session ledger","session":"b2","offered":10,"copied":5,"drops":4,"queue_overflow":1,"send_errors":0,"kernel_queue":0,"socket_overrun":0}
+`
+	ls, err := parseLedgers(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != 2 {
+		t.Fatalf("%d ledgers", len(ls))
+	}
+	if !ls[0].Balanced || ls[0].QueueOverflow != 8301 || ls[0].Session != "bench" {
+		t.Errorf("%+v", ls[0])
+	}
+	if ls[1].Balanced || ls[1].Other != 3 {
+		t.Errorf("%+v", ls[1])
+	}
+}
+
+func TestParseNetDev(t *testing.T) {
+	in := `Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0
+    e0: 98995200 1649920    0    7    0     0          0         0     1234      12    0    3    0     0       0          0
+`
+	for stat, want := range map[string]uint64{"rx_packets": 1649920, "rx_dropped": 7, "tx_packets": 12, "tx_dropped": 3} {
+		got, err := parseNetDev(in, "e0", stat)
+		if err != nil || got != want {
+			t.Errorf("%s = %d, %v; want %d", stat, got, err, want)
+		}
+	}
+	if _, err := parseNetDev(in, "e9", "rx_packets"); err == nil {
+		t.Error("missing interface: no error")
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	v := []float64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	if p := percentile(v, 50); p != 5 {
+		t.Errorf("p50 %v", p)
+	}
+	if p := percentile(v, 99); p != 10 {
+		t.Errorf("p99 %v", p)
+	}
+	l := summarize([]float64{3, 1, 2}, 4, time.Second)
+	if l.Lost != 1 || l.P50US != 2 || l.MaxUS != 3 || l.RatePPS != 4 {
+		t.Errorf("%+v", l)
+	}
+}

@@ -1,0 +1,148 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+)
+
+func kpps(v float64) string { return fmt.Sprintf("%.1f k", v/1000) }
+
+func mib(kib int64) string {
+	if kib == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", float64(kib)/1024)
+}
+
+func rat(v float64) string { return fmt.Sprintf("%.2f×", v) }
+
+func ledgerCell(l *Ledger) string {
+	if l == nil {
+		return "-"
+	}
+	s := fmt.Sprintf("%d = %d + %d", l.Offered, l.Copied, l.Drops)
+	var why []string
+	for _, d := range []struct {
+		n string
+		v uint64
+	}{{"overflow", l.QueueOverflow}, {"send", l.SendErrors}, {"kq", l.KernelQueue}, {"overrun", l.SocketOverrun}, {"other", l.Other}} {
+		if d.v > 0 {
+			why = append(why, fmt.Sprintf("%s %d", d.n, d.v))
+		}
+	}
+	if len(why) > 0 {
+		s += " (" + strings.Join(why, ", ") + ")"
+	}
+	if l.Balanced {
+		s += " ok"
+	} else {
+		s += " UNBALANCED"
+	}
+	return s
+}
+
+// Print writes the result tables.
+func Print(w io.Writer, r *Results) {
+	fmt.Fprintf(w, "\nnfclone benchmark — kernel %s, %d CPUs, %.1f s per phase%s\n", r.Kernel, r.CPUs, r.PhaseSecs, map[bool]string{true: " (QUICK)", false: ""}[r.Quick])
+	fmt.Fprintf(w, "generator: %s\n\n", r.Generator)
+
+	var dupCopies, dupOrig, noneOrig float64
+	if d := findRun(r.Saturate, "saturate/dup"); d != nil {
+		dupCopies, dupOrig = d.CopiesPPS, d.OriginalsPPS
+	}
+	if n := findRun(r.Saturate, "saturate/none"); n != nil {
+		noneOrig = n.OriginalsPPS
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "phase\toffered pps\toriginals pps\torig/none\torig/dup\tcopies/s\tcopies/dup\tcopied %\tnfclone CPU\tVmHWM MiB\tunledgered\tledger offered = copied + drops\t")
+	rows := append([]*LoadRun{}, r.Saturate...)
+	if r.Lossless != nil {
+		rows = append(rows, r.Lossless.Steps...)
+		if r.Lossless.Queue != nil {
+			rows = append(rows, r.Lossless.Queue, r.Lossless.Log)
+		}
+	}
+	if r.Overload != nil {
+		rows = append(rows, r.Overload)
+	}
+	var llDup *LoadRun
+	if r.Lossless != nil {
+		llDup = r.Lossless.Dup
+	}
+	for _, lr := range rows {
+		if lr == nil {
+			continue
+		}
+		refC, refO := dupCopies, dupOrig
+		if strings.HasPrefix(lr.Phase, "lossless/") && llDup != nil {
+			refC, refO = llDup.CopiesPPS, llDup.OriginalsPPS
+		}
+		copies, cd := kpps(lr.CopiesPPS), rat(ratio(lr.CopiesPPS, refC))
+		if lr.Method == "none" {
+			copies, cd = "-", "-"
+		}
+		cpu := "-"
+		if lr.Method != "none" && lr.Method != "dup" {
+			cpu = fmt.Sprintf("%.2f", lr.NfcloneCPU)
+		}
+		unl := "-"
+		if lr.Ledger != nil {
+			unl = fmt.Sprint(lr.UnledgeredLoss)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t\n", lr.Phase, kpps(lr.OfferedPPS), kpps(lr.OriginalsPPS),
+			rat(ratio(lr.OriginalsPPS, noneOrig)), rat(ratio(lr.OriginalsPPS, refO)), copies, cd, 100*lr.CopyFraction, cpu, mib(lr.VmHWMKiB), unl, ledgerCell(lr.Ledger))
+	}
+	tw.Flush()
+
+	fmt.Fprintf(w, "\none-way latency of originals src -> col2 through eng (col2 kernel rx timestamp - send time), UDP probes at ~%.0f pps\n", firstRate(r))
+	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "method\tprobes\tlost\tp50 us\tp90 us\tp99 us\tp99.9 us\tmax us\tΔp50 us\tΔp99 us\tVmHWM MiB\tledger\t")
+	var base *LatencyRun
+	for _, l := range r.Latency {
+		if l.Method == "none" {
+			base = l
+		}
+	}
+	for _, l := range r.Latency {
+		d50, d99 := "-", "-"
+		if base != nil && l.Method != "none" {
+			d50, d99 = fmt.Sprintf("%+.1f", l.P50US-base.P50US), fmt.Sprintf("%+.1f", l.P99US-base.P99US)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t\n", l.Method, l.Sent, l.Lost, l.P50US, l.P90US, l.P99US, l.P999US, l.MaxUS, d50, d99, mib(l.VmHWMKiB), ledgerCell(l.Ledger))
+	}
+	tw.Flush()
+
+	fmt.Fprintln(w, "\nratios")
+	keys := make([]string, 0, len(r.Ratios))
+	for k := range r.Ratios {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(w, "  %-40s %8.3f\n", k, r.Ratios[k])
+	}
+	if r.Lossless != nil {
+		fmt.Fprintf(w, "\nhighest lossless dup load: %.1f kpps (found: %v)\n", r.Lossless.LoadPPS/1000, r.Lossless.Found)
+	}
+	fmt.Fprintln(w, "\ntargets (reported, not asserted)")
+	for _, t := range r.Targets {
+		fmt.Fprintf(w, "  %-4s %-58s %8.2f   goal %s\n", map[bool]string{true: "met", false: "MISS"}[t.Met], t.Name, t.Value, t.Goal)
+	}
+	if len(r.Problems) > 0 {
+		fmt.Fprintln(w, "\nproblems seen")
+		for _, p := range r.Problems {
+			fmt.Fprintf(w, "  - %s\n", p)
+		}
+	}
+	fmt.Fprintf(w, "\nbench took %.0f s\n", r.Elapsed)
+}
+
+func firstRate(r *Results) float64 {
+	for _, l := range r.Latency {
+		return l.RatePPS
+	}
+	return 0
+}
