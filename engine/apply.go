@@ -130,7 +130,7 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 	}
 	if err := rt.ap.Apply(rs); err != nil {
 		for _, s := range fresh {
-			s.stop(0)
+			s.stop(0, 0)
 		}
 		fresh = nil
 		undoAdded()
@@ -153,7 +153,7 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 	fresh = nil
 	for name, s := range old {
 		if keep[name] != s {
-			s.stop(drainTimeout)
+			s.stop(drainTimeout, 0)
 		}
 	}
 	if len(unwanted) > 0 {

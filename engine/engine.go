@@ -330,12 +330,16 @@ func (e *Engine) generation() uint64 {
 func (e *Engine) shutdown() error {
 	rt, log := e.rt, e.Log
 	log.Info("stopping: removing rules")
+	var counters map[string]map[string]rules.CounterValue
+	if rt.rs != nil {
+		counters, _ = rt.ap.Counters(rt.rs) // for the ledgers' fail-open count
+	}
 	var errs []error
 	if err := rt.ap.Close(); err != nil {
 		errs = append(errs, err)
 	}
-	for _, s := range rt.sessions {
-		s.stop(drainTimeout)
+	for name, s := range rt.sessions {
+		s.stop(drainTimeout, counters[name][rules.CounterCopied].Packets)
 	}
 	log.Info("undoing routing changes", "changes", len(rt.st.Journal))
 	if err := route.Undo(rt.rk, rt.st.Journal, log); err != nil {
@@ -533,9 +537,17 @@ func (e *Engine) Status() Status {
 				ss.Targets = append(ss.Targets, TargetStatus{Name: fmt.Sprintf("%s/%d:%s", s.Name, i, t.Kind), Kind: t.Kind})
 			}
 		}
-		if m, ok := counters[s.Name]; ok && s.Method == config.MethodDup {
-			ss.Seen = Counter{Packets: m[rules.CounterSeen].Packets, Bytes: m[rules.CounterSeen].Bytes}
-			ss.Copied = Counter{Packets: m[rules.CounterCopied].Packets, Bytes: m[rules.CounterCopied].Bytes}
+		if m, ok := counters[s.Name]; ok {
+			if s.Method == config.MethodDup {
+				ss.Seen = Counter{Packets: m[rules.CounterSeen].Packets, Bytes: m[rules.CounterSeen].Bytes}
+				ss.Copied = Counter{Packets: m[rules.CounterCopied].Packets, Bytes: m[rules.CounterCopied].Bytes}
+			} else if ss.Ledger != nil {
+				// Packets the queue rule matched but fail-open let through
+				// uncopied (the kernel queue was full) enter the ledger here.
+				l := ss.Ledger.WithMatched(m[rules.CounterCopied].Packets)
+				ss.Ledger = &l
+				ss.Seen = Counter{Packets: l.Offered}
+			}
 		}
 		for name := range sessionInterfaces(s) {
 			used[name] = append(used[name], s.Name)

@@ -180,7 +180,9 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 // stop stops the readers (they accept every original still held), lets the
 // workers drain the copy queue for at most drain, then closes everything
 // and logs the ledger. Call it after the rules stopped feeding the session.
-func (s *session) stop(drain time.Duration) {
+// matched is the kernel's count of packets the session's rule matched (0:
+// unknown), so that packets fail-open let through uncopied are in the ledger.
+func (s *session) stop(drain time.Duration, matched uint64) {
 	if s.readerCancel != nil {
 		s.readerCancel()
 		s.readerWG.Wait()
@@ -192,8 +194,8 @@ func (s *session) stop(drain time.Duration) {
 		s.workerWG.Wait()
 	}
 	s.close()
-	snap := s.ledger.Snapshot()
-	s.log.Info("session ledger", "offered", snap.Offered, "copied", snap.Copied,
+	snap := s.ledger.Snapshot().WithMatched(matched)
+	s.log.Info("session ledger", "offered", snap.Offered, "copied", snap.Copied, "fail_open", snap.Drops.FailOpen,
 		"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
 		"kernel_queue", snap.Drops.KernelQueue, "user", snap.Drops.User, "socket_overrun", snap.Drops.SocketOverrun,
 		"malformed", snap.Drops.Malformed, "balanced", snap.Balanced())

@@ -45,6 +45,7 @@ const (
 	ReasonRateLimit     = "rate_limit"
 	ReasonMalformed     = "malformed"
 	ReasonSendError     = "send_error"
+	ReasonFailOpen      = "fail_open"
 )
 
 // Session states, the values of nfclone_session_state's state label.
@@ -64,6 +65,7 @@ func dropsByReason(d nfq.Drops) []reasonValue {
 		{ReasonRateLimit, d.RateLimit},
 		{ReasonMalformed, d.Malformed},
 		{ReasonSendError, d.SendError},
+		{ReasonFailOpen, d.FailOpen},
 	}
 }
 

@@ -47,11 +47,27 @@ type Drops struct {
 	Malformed uint64 `json:"malformed"`
 	// SendError: at least one target failed to send the copy.
 	SendError uint64 `json:"send_error"`
+	// FailOpen: the kernel queue was full and fail-open let the original
+	// through without handing it to nfclone (no id, no kernel counter). The
+	// engine learns it from the rule's counter: matched − offered to the reader.
+	FailOpen uint64 `json:"fail_open"`
 }
 
 // Total is the sum of all drops.
 func (d Drops) Total() uint64 {
-	return d.KernelQueue + d.User + d.SocketOverrun + d.QueueOverflow + d.RateLimit + d.Malformed + d.SendError
+	return d.KernelQueue + d.User + d.SocketOverrun + d.QueueOverflow + d.RateLimit + d.Malformed + d.SendError + d.FailOpen
+}
+
+// WithMatched accounts the packets the rules matched (the kernel's rule
+// counter) that never reached the reader: with fail-open the kernel lets
+// them through uncounted. matched below what the reader saw (counters read
+// at different moments) changes nothing.
+func (s Snapshot) WithMatched(matched uint64) Snapshot {
+	if matched > s.Offered {
+		s.Drops.FailOpen = matched - s.Offered
+		s.Offered = matched
+	}
+	return s
 }
 
 // Snapshot is a point-in-time view of a Ledger.

@@ -60,7 +60,7 @@ func TestQueueNumInRules(t *testing.T) {
 			}
 		}
 	}
-	flags := expr.QueueFlagBypass | expr.QueueFlagFanout
+	flags := expr.QueueFlagBypass // flow-hash spread, no CPU fanout
 	wantQ := []expr.Queue{{Num: 10, Total: 4, Flag: flags}, {Num: 10, Total: 4, Flag: flags}} // ip, ip6
 	if !reflect.DeepEqual(queues, wantQ) {
 		t.Errorf("queues %+v, want %+v", queues, wantQ)
@@ -74,7 +74,7 @@ func TestNFQInfoV3(t *testing.T) {
 	if !littleEndian() {
 		t.Skip("bytes of a little-endian host")
 	}
-	info := nfqInfoV3(0x0102, 4, queueBypass|queueFanout)
+	info := nfqInfoV3(0x0102, 4, queueBypass|0x2)
 	if want := []byte{0x02, 0x01, 0x04, 0x00, 0x03, 0x00, 0x00, 0x00}; !reflect.DeepEqual([]byte(*info), want) {
 		t.Errorf("xt_NFQ_info_v3 = % x, want % x", []byte(*info), want)
 	}

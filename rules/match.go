@@ -300,20 +300,20 @@ func (b *builder) dupGateway(gw netip.Addr, dev string, ifindex uint32) *builder
 		&expr.Dup{RegAddr: 1, RegDev: 2, IsRegDevSet: true})
 }
 
-// NFQUEUE flags (xt_NFQ_info_v3 and nft_queue share the values).
-const (
-	queueBypass = 0x1
-	queueFanout = 0x2
-)
+// NFQUEUE flags (xt_NFQ_info_v3 and nft_queue share the values); CPU
+// fanout (0x2) is not used, see queue.
+const queueBypass = 0x1
 
-// queue: `queue num 0 bypass` / `queue num 0-3 bypass,fanout`, native or
-// through the xt NFQUEUE target (DESIGN §4).
+// queue: `queue num 0 bypass` / `queue num 0-3 bypass`, native or through
+// the xt NFQUEUE target (DESIGN §4). Several queues are chosen by a hash of
+// the flow, not by CPU: on a veth or a single-queue NIC the hook always runs
+// on the same CPU, and CPU fanout then spreads nothing (measured: the second
+// queue got no packet); the flow hash spreads flows and keeps each in order.
 func (b *builder) queue(num, total int, native bool) *builder {
 	flags := uint16(queueBypass)
 	text := fmt.Sprintf("queue num %d bypass", num)
 	if total > 1 {
-		flags |= queueFanout
-		text = fmt.Sprintf("queue num %d-%d bypass,fanout", num, num+total-1)
+		text = fmt.Sprintf("queue num %d-%d bypass", num, num+total-1)
 	}
 	if native {
 		return b.add(text, &expr.Queue{Num: uint16(num), Total: uint16(total), Flag: expr.QueueFlag(flags)})

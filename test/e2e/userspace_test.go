@@ -86,7 +86,7 @@ sessions:
     sources: [{interface: e0, direction: ingress}]
     targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
 `)
-	if rs := nftRuleset(t, l); !strings.Contains(rs, "queue num 0-1 bypass,fanout") {
+	if rs := nftRuleset(t, l); !strings.Contains(rs, "queue num 0-1 bypass") {
 		t.Fatalf("no fanout queue rule:\n%s", rs)
 	}
 	c := l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
