@@ -60,7 +60,8 @@ func TestQueueNumInRules(t *testing.T) {
 			}
 		}
 	}
-	flags := expr.QueueFlagBypass // flow-hash spread, no CPU fanout
+	// flow-hash spread, no CPU fanout
+	flags := expr.QueueFlagBypass
 	wantQ := []expr.Queue{{Num: 10, Total: 4, Flag: flags}, {Num: 10, Total: 4, Flag: flags}} // ip, ip6
 	if !reflect.DeepEqual(queues, wantQ) {
 		t.Errorf("queues %+v, want %+v", queues, wantQ)
