@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -53,11 +54,13 @@ func exitCode(err error) int {
 }
 
 type globals struct {
-	configPath string
-	logFormat  string
-	logLevel   string
-	stdout     io.Writer
-	stderr     io.Writer
+	configPath  string
+	logFormat   string
+	logLevel    string
+	cpuProfile  string
+	stopProfile func()
+	stdout      io.Writer
+	stderr      io.Writer
 }
 
 func (g *globals) logger() (*slog.Logger, error) {
@@ -108,6 +111,19 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&g.cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file (for `make bench` investigations)")
+	_ = root.PersistentFlags().MarkHidden("cpuprofile")
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if g.cpuProfile == "" {
+			return nil
+		}
+		f, err := os.Create(g.cpuProfile)
+		if err != nil {
+			return usageError{fmt.Errorf("--cpuprofile: %w", err)}
+		}
+		g.stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+		return pprof.StartCPUProfile(f)
+	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	configFlag := func(cmd *cobra.Command) {
 		cmd.Flags().StringVarP(&g.configPath, "config", "c", "", "config file (YAML)")
@@ -389,6 +405,9 @@ outside --allow and VNIs outside --vni are counted and dropped.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(context.Background())
+	if g.stopProfile != nil {
+		g.stopProfile()
+	}
 	if err != nil {
 		// cobra's own argument and flag checks are bad input too.
 		for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "required flag", "accepts ", "requires at least", "invalid argument", "flag needs"} {
