@@ -198,12 +198,17 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	for _, ph := range []struct {
 		method string
 		count  int
+		vxlan  bool
 	}{
-		{"none", 0}, {"dup", 0}, {"queue", 1}, {"log", 0}, {"queue", 2},
+		{"none", 0, false}, {"dup", 0, false}, {"queue", 1, false}, {"log", 0, false}, {"queue", 2, false},
+		{"queue", 1, true}, {"log", 0, true},
 	} {
 		name := "saturate/" + ph.method
 		if ph.count == 2 {
 			name += "/count2"
+		}
+		if ph.vxlan {
+			name += "/vxlan" // same session, a vxlan target to col instead of the gateway
 		}
 		lr, err := h.load(name, ph.method, ph.count, 0, 1)
 		if err != nil {
@@ -299,6 +304,10 @@ func (h *harness) nfcloneConfig(name, method string, count int) (string, error) 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
+	target := fmt.Sprintf("{kind: gateway, gateway: %s, device: e1}", colIP)
+	if strings.HasSuffix(name, "/vxlan") {
+		target = fmt.Sprintf(`{kind: vxlan, remote: "%s:4789", vni: 1}`, colIP)
+	}
 	yaml := fmt.Sprintf(`state_dir: %s
 metrics: {listen: ""}
 queue: {count: %d, cap: 8192, workers: 2}
@@ -307,8 +316,8 @@ sessions:
     method: %s
     sources: [{interface: e0, direction: ingress}]
     rules: [{number: 1, action: accept, protocol: udp}]
-    targets: [{kind: gateway, gateway: %s, device: e1}]
-`, filepath.Join(dir, "state"), count, method, colIP)
+    targets: [%s]
+`, filepath.Join(dir, "state"), count, method, target)
 	path := filepath.Join(dir, "nfclone.yaml")
 	return path, os.WriteFile(path, []byte(yaml), 0o600)
 }
@@ -594,6 +603,9 @@ func (h *harness) derive(r *Results) {
 	r.Ratios["originals_queue2_over_none"] = ratio(q2.OriginalsPPS, none.OriginalsPPS)
 	r.Ratios["originals_queue_over_dup"] = ratio(q.OriginalsPPS, dup.OriginalsPPS)
 	r.Ratios["originals_log_over_dup"] = ratio(lg.OriginalsPPS, dup.OriginalsPPS)
+	qvx, lvx := get("saturate/queue/vxlan"), get("saturate/log/vxlan")
+	r.Ratios["copies_vxlan_over_gateway_queue"] = ratio(qvx.CopiesPPS, q.CopiesPPS)
+	r.Ratios["copies_vxlan_over_gateway_log"] = ratio(lvx.CopiesPPS, lg.CopiesPPS)
 	if ll := r.Lossless; ll != nil && ll.Dup != nil && ll.Queue != nil && ll.Log != nil {
 		r.Ratios["lossless_copies_queue_over_dup"] = ratio(ll.Queue.CopiesPPS, ll.Dup.CopiesPPS)
 		r.Ratios["lossless_copies_log_over_dup"] = ratio(ll.Log.CopiesPPS, ll.Dup.CopiesPPS)
@@ -620,6 +632,10 @@ func (h *harness) derive(r *Results) {
 		tgt("queue/dup copies at the highest lossless dup load", v, ">= 0.5 (aim 0.8)", v >= 0.5)
 	}
 	tgt("log/dup copies (saturating)", r.Ratios["copies_log_over_dup"], ">= 0.8", r.Ratios["copies_log_over_dup"] >= 0.8)
+	for _, m := range []string{"queue", "log"} {
+		v := r.Ratios["copies_vxlan_over_gateway_"+m]
+		tgt("vxlan/gateway copies, "+m+" (saturating)", v, ">= 0.8", v >= 0.8)
+	}
 	tgt("originals with queue / with dup (saturating)", r.Ratios["originals_queue_over_dup"], ">= 0.9", r.Ratios["originals_queue_over_dup"] >= 0.9)
 	for _, m := range []string{"dup", "queue", "log"} {
 		if v, ok := r.Ratios["latency_p99_delta_us_"+m]; ok {
