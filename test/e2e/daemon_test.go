@@ -391,3 +391,19 @@ func TestOnlyTwoCapabilities(t *testing.T) {
 		t.Fatalf("rules left:\n%s", rs)
 	}
 }
+
+// watch: true reloads when the file changes, without a signal.
+func TestWatchReloads(t *testing.T) {
+	l := lab.New(t)
+	d := startNfclone(t, l, "watch: true\n"+reloadA)
+	rewrite(t, d, "watch: true\n"+reloadB)
+	lab.WaitFor(t, 10*time.Second, func() bool { return generation(t, l, d) == 2 }, "the file change to reload the config")
+	if !strings.Contains(d.Stderr(), "config file changed: reloading") {
+		t.Fatalf("no reload log line:\n%s", d.Stderr())
+	}
+	rendered, _, _ := nfc(l, "render", "-c", d.cfgPath)
+	if normalizeNft(nftRuleset(t, l)) != normalizeNft(rendered) {
+		t.Fatalf("after the watched reload the kernel's rules differ from render of the new file")
+	}
+	d.stop(t)
+}
