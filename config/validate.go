@@ -49,6 +49,7 @@ func Validate(c *Config) Errors {
 		}
 	}
 	validateQueue(&p, c.Queue, len(c.Sessions))
+	validateLoops(&p, c)
 	names := map[string]int{}
 	for i := range c.Sessions {
 		s := &c.Sessions[i]
@@ -60,6 +61,33 @@ func Validate(c *Config) Errors {
 		validateSession(&p, path, s)
 	}
 	return p.list
+}
+
+// validateLoops refuses a kernel-dup device target that another dup
+// session copies on egress: the kernel's copies carry no mark, so that
+// session would copy the copies (and with a way back, forever).
+func validateLoops(p *problems, c *Config) {
+	for i, s := range c.Sessions {
+		if s.Method != MethodDup && s.Method != "" {
+			continue
+		}
+		for j, t := range s.Targets {
+			if t.Kind != KindDevice {
+				continue
+			}
+			for k, o := range c.Sessions {
+				if k == i || o.Method != MethodDup && o.Method != "" {
+					continue
+				}
+				for _, src := range o.Sources {
+					if src.Interface == t.Device && src.Direction != Ingress {
+						p.add(fmt.Sprintf("sessions[%d].targets[%d].device", i, j),
+							"%q is an egress source of sessions[%d] (%s): its copies would be copied again (a loop); copy only ingress there", t.Device, k, o.Name)
+					}
+				}
+			}
+		}
+	}
 }
 
 func validateQueue(p *problems, q Queue, sessions int) {

@@ -201,6 +201,26 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 	return rs, nil
 }
 
+// tunnelRemotes are the collectors of every vxlan and geneve target.
+func tunnelRemotes(c *config.Config) []netip.AddrPort {
+	var out []netip.AddrPort
+	seen := map[netip.AddrPort]bool{}
+	for _, s := range c.Sessions {
+		for _, t := range s.Targets {
+			if t.Kind != config.KindVXLAN && t.Kind != config.KindGENEVE {
+				continue
+			}
+			for _, r := range t.Remote {
+				if ap, err := config.ParseRemote(r); err == nil && !seen[ap] {
+					seen[ap] = true
+					out = append(out, ap)
+				}
+			}
+		}
+	}
+	return out
+}
+
 // userspaceFamilies are the families a userspace session copies: a gateway
 // target takes copies of its own family only, other targets take both.
 func userspaceFamilies(s *config.Session) []nftables.TableFamily {
@@ -380,6 +400,17 @@ func (sc *sessionCompiler) l3(t *Table, action func(*builder)) {
 func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir string) Chain {
 	ch := Chain{Name: name}
 	copyChain := sc.s.Name + "_copy"
+	// Tunnel traffic to nfclone's own collectors is never copied: the kernel
+	// VXLAN device's packets carry no mark, and a session on their egress
+	// interface would copy them into the tunnel again (a loop).
+	for _, r := range tunnelRemotes(sc.cfg) {
+		if fam == nftables.TableFamilyIPv4 && r.Addr().Is6() || fam == nftables.TableFamilyIPv6 && r.Addr().Is4() {
+			continue
+		}
+		b := newBuilder(fam).ipFamily(r.Addr().Is6()).addr("daddr", netip.PrefixFrom(r.Addr(), r.Addr().BitLen()))
+		b.l4proto(17, false).ports(17, "dport", []config.PortRange{{Lo: r.Port(), Hi: r.Port()}})
+		ch.Rules = append(ch.Rules, b.verdict(expr.VerdictReturn, "").rule())
+	}
 	if len(sc.rules) == 0 {
 		ch.Rules = append(ch.Rules, newBuilder(fam).verdict(expr.VerdictGoto, copyChain).rule())
 		return ch

@@ -40,7 +40,7 @@ sessions:
     rules:
       - {number: 1, action: accept, vlan: 100}
       - {number: 2, action: reject}
-    targets: [{kind: device, device: e3}]
+    targets: [{kind: device, device: e3}, {kind: vxlan, remote: "10.77.4.2:4789", vni: 9}]
 `
 
 // logSession adds a userspace session (render only until the clone engine).
@@ -55,7 +55,10 @@ const logSession = `
 // render's output is accepted by nft itself.
 func TestRenderAcceptedByNft(t *testing.T) {
 	l := lab.New(t)
-	path, _ := writeConfig(t, richConfig+logSession)
+	// Without the vxlan target: its kernel device exists only while nfclone
+	// runs, and nft -c checks that dup's device exists.
+	cfg := strings.Replace(richConfig, `, {kind: vxlan, remote: "10.77.4.2:4789", vni: 9}`, "", 1)
+	path, _ := writeConfig(t, cfg+logSession)
 	out, errOut, code := nfc(l, "render", "-c", path)
 	if code != 0 {
 		t.Fatalf("render: exit %d: %s", code, errOut)

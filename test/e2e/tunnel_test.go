@@ -216,3 +216,33 @@ for i in range(%d):
 	}
 	d.stop(t)
 }
+
+// Tunnel traffic is never copied (auto-excluded, shown by render): a dup
+// session on the tunnel's egress interface does not copy the VXLAN packets
+// of another session into its own target.
+func TestTunnelTrafficNotCopied(t *testing.T) {
+	l := lab.New(t)
+	d := startNfclone(t, l, `
+sessions:
+  - name: kvx
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets: [{kind: vxlan, remote: "10.77.4.2:4789", vni: 3}]
+  - name: watch_e3
+    sources: [{interface: e3, direction: egress}]
+    targets: [{kind: device, device: e1}]
+`)
+	tunnel := l.StartCapture(t, l.Col2, "e0", "udp port 4789", lab.Direction("in"))
+	copies := l.StartCapture(t, l.Col, "e0", "udp port 4789", lab.Direction("in"))
+	ping(t, l, l.Src, lab.EngE0IP, pings)
+	tunnel.WaitCount(pings, 5*time.Second)
+	requireCount(t, "VXLAN echo requests at the collector", tunnel.Stop(), func(p lab.Packet) bool {
+		return p.VXLANVNI == 3 && len(p.All("icmp.type")) > 0 && p.All("icmp.type")[0] == "8"
+	}, pings)
+	requireCount(t, "VXLAN packets copied by the e3 egress session", copies.Stop(), func(lab.Packet) bool { return true }, 0)
+	rendered, _, _ := nfc(l, "render", "-c", d.cfgPath)
+	if !strings.Contains(rendered, "ip daddr 10.77.4.2 udp dport 4789 return") {
+		t.Fatalf("render does not show the tunnel exclusion:\n%s", rendered)
+	}
+	d.stop(t)
+}
