@@ -72,8 +72,8 @@ func validateLoops(p *problems, c *Config) {
 			continue
 		}
 		for j, t := range s.Targets {
-			if t.Kind != KindDevice {
-				continue
+			if t.Kind != KindDevice || t.Create {
+				continue // a created pair is written at its near end, read at the far one
 			}
 			for k, o := range c.Sessions {
 				if k == i || o.Method != MethodDup && o.Method != "" {
