@@ -147,7 +147,7 @@ sessions:
     sources: [{interface: e0}]
     targets: [{kind: device, device: new0, create: true}]
   - name: b
-    sources: [{interface: new0}]
+    sources: [{interface: new0, direction: ingress}]
     targets: [{kind: device, device: e3}]
   - name: c
     sources: [{interface: e4}]
