@@ -6,7 +6,11 @@ LDFLAGS  := -X main.version=$(VERSION)
 PKGS     := ./...
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(shell $(GO) env GOPATH)/bin/staticcheck)
 
-.PHONY: all build deps test lint unit e2e demo bench clean lab-clean
+.PHONY: all build deps test lint unit e2e fuzz demo bench clean lab-clean
+
+# Fuzz targets (package:Target) and how long `make fuzz` runs each one.
+FUZZ_TARGETS := ./config:FuzzParse ./config:FuzzParsers ./nfq:FuzzParseMessages ./sink:FuzzPacket ./collect:FuzzDecode
+FUZZTIME ?= 10s
 
 all: build
 
@@ -21,6 +25,18 @@ deps:
 # when NFCLONE_E2E=1, as in CI).
 test: deps lint build
 	$(GO) test -race -count=1 -timeout 40m $(PKGS)
+	$(MAKE) --no-print-directory fuzz
+
+# A short run of every fuzz target (seed corpora in each package's testdata/fuzz).
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; \
+	  echo "fuzz $$name ($$pkg, $(FUZZTIME))"; \
+	  log=$$(mktemp); \
+	  if ! $(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg >$$log 2>&1; then \
+	    cat $$log; rm -f $$log; exit 1; fi; \
+	  tail -1 $$log; rm -f $$log; \
+	done
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
