@@ -56,7 +56,11 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
-	return Parse(data, os.LookupEnv)
+	c, err := Parse(data, os.LookupEnv)
+	if err == nil && len(c.Sessions) == 0 {
+		return nil, Errors{{Path: "sessions", Msg: "at least one session is required"}}
+	}
+	return c, err
 }
 
 // DefaultsWithEnv returns the defaults with NFCLONE_* overrides applied; the
