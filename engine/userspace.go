@@ -147,6 +147,10 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 	return s, nil
 }
 
+// nflogLinger is how long a log session keeps reading after its rules are
+// gone: twice the kernel's NFLOG flush timeout (nfq.LogConfig.Timeout, 10 ms).
+const nflogLinger = 20 * time.Millisecond
+
 // start runs the readers and the workers.
 func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 	if wrap != nil {
@@ -183,6 +187,11 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 // matched is the kernel's count of packets the session's rule matched (0:
 // unknown), so that packets fail-open let through uncopied are in the ledger.
 func (s *session) stop(drain time.Duration, matched uint64) {
+	if s.readerCancel != nil && s.method == config.MethodLog && drain > 0 {
+		// NFLOG batches packets in the kernel for up to its timeout (10 ms)
+		// before sending them: keep reading that long after the rules went.
+		time.Sleep(nflogLinger)
+	}
 	if s.readerCancel != nil {
 		s.readerCancel()
 		s.readerWG.Wait()
