@@ -37,6 +37,9 @@ type Options struct {
 	Out     string        // JSON results path ("" = none)
 	Quick   bool          // ~1 s per phase, one step of the lossless search
 	Phase   time.Duration // measured window of each load phase (default 5 s, quick 1 s)
+	// Flood, if set, adds flood/dup and flood/queue: the generator on every
+	// CPU for this long (the hardening flood: RSS, originals, ledger).
+	Flood time.Duration
 	// ProbePPS is the rate of the latency probe (moderate load), default 5000.
 	ProbePPS int
 	// LosslessSteps bounds the search for the highest lossless dup load
@@ -126,6 +129,7 @@ type Results struct {
 	Latency   []*LatencyRun      `json:"latency"`
 	Lossless  *Lossless          `json:"lossless"`
 	Overload  *LoadRun           `json:"overload"`
+	Flood     []*LoadRun         `json:"flood,omitempty"`
 	Ratios    map[string]float64 `json:"ratios"`
 	Targets   []Target           `json:"targets"`
 	Problems  []string           `json:"problems"`
@@ -236,6 +240,19 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		return r, err
 	}
 	r.Overload = ov
+	if o.Flood > 0 {
+		phase := h.o.Phase
+		h.o.Phase = o.Flood
+		for _, m := range []string{"dup", "queue", "log"} {
+			fl, err := h.load("flood/"+m, m, 1, 0, runtime.NumCPU())
+			if err != nil {
+				h.o.Phase = phase
+				return r, err
+			}
+			r.Flood = append(r.Flood, fl)
+		}
+		h.o.Phase = phase
+	}
 
 	h.derive(r)
 	r.Elapsed = time.Since(r.Started).Seconds()
@@ -649,12 +666,26 @@ func (h *harness) derive(r *Results) {
 		r.Ratios["overload_factor_offered_over_copies"] = ratio(ov.OfferedPPS, ov.CopiesPPS)
 	}
 
+	if fd, fq, fl := findRun(r.Flood, "flood/dup"), findRun(r.Flood, "flood/queue"), findRun(r.Flood, "flood/log"); fd != nil && fq != nil && fl != nil {
+		for _, x := range []*LoadRun{fq, fl} {
+			m := strings.TrimPrefix(x.Phase, "flood/")
+			v := ratio(x.OriginalsPPS, fd.OriginalsPPS)
+			r.Ratios["flood_originals_"+m+"_over_dup"] = v
+			tgt("flood: originals with "+m+" / with dup", v, ">= 0.9", v >= 0.9)
+			mib := float64(x.VmHWMKiB) / 1024
+			bal := x.Ledger != nil && x.Ledger.Balanced
+			tgt("flood: "+m+" peak RSS (MiB), ledger balanced", mib, "<= 64 with the ledger exact", mib <= 64 && bal)
+		}
+		r.Ratios["flood_factor_offered_over_queue_copies"] = ratio(fq.OfferedPPS, fq.CopiesPPS)
+	}
+
 	// Problems: ledgers that do not balance, matched packets the ledger never saw.
 	all := append([]*LoadRun{}, r.Saturate...)
 	if r.Lossless != nil {
 		all = append(all, r.Lossless.Queue, r.Lossless.Log)
 	}
 	all = append(all, r.Overload)
+	all = append(all, r.Flood...)
 	for _, lr := range all {
 		if lr == nil || lr.Ledger == nil {
 			continue

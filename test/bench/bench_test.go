@@ -78,8 +78,8 @@ func TestBenchQuick(t *testing.T) {
 			t.Errorf("%s: ledger %+v", lr.Phase, *lr.Ledger)
 		}
 	}
-	if len(r.Saturate) != 5 {
-		t.Errorf("%d saturating phases, want 5", len(r.Saturate))
+	if len(r.Saturate) != 7 { // none, dup, queue, log, queue count 2, queue and log to vxlan
+		t.Errorf("%d saturating phases, want 7", len(r.Saturate))
 	}
 	for _, lr := range r.Saturate {
 		checkLoad(lr)

@@ -68,6 +68,9 @@ func Print(w io.Writer, r *Results) {
 	if r.Overload != nil {
 		rows = append(rows, r.Overload)
 	}
+	if len(r.Flood) > 0 {
+		rows = append(rows, r.Flood...)
+	}
 	var llDup *LoadRun
 	if r.Lossless != nil {
 		llDup = r.Lossless.Dup

@@ -5,7 +5,8 @@
 //
 // Environment: BENCH_DURATION (seconds or a Go duration, per phase; default
 // 5 s), BENCH_QUICK=1 (about 1 s per phase), BENCH_OUT (JSON path),
-// BENCH_PROBE_PPS (latency probe rate, default 5000).
+// BENCH_PROBE_PPS (latency probe rate, default 5000), BENCH_FLOOD (seconds:
+// add the flood phases, the generator on every CPU for that long).
 package main
 
 import (
@@ -60,6 +61,11 @@ func run() error {
 	var err error
 	if o.Phase, err = envDuration("BENCH_DURATION"); err != nil {
 		return err
+	}
+	if os.Getenv("BENCH_FLOOD") != "" {
+		if o.Flood, err = envDuration("BENCH_FLOOD"); err != nil {
+			return err
+		}
 	}
 	if v := os.Getenv("BENCH_PROBE_PPS"); v != "" {
 		if o.ProbePPS, err = strconv.Atoi(v); err != nil || o.ProbePPS <= 0 {
