@@ -73,9 +73,9 @@ done
 cat "$work/nfclone.log"
 
 step "capturing on the collectors while src and src2 ping the engine"
-ip netns exec "$COL" tcpdump -i e0 -n -U -w "$work/col.pcap" 'icmp or icmp6' 2>"$work/tcpdump.log" &
+ip netns exec "$COL" tcpdump -i e0 -n -U --immediate-mode -w "$work/col.pcap" 'icmp or icmp6' 2>"$work/tcpdump.log" &
 tdpid=$!
-ip netns exec "$COL2" tcpdump -i e0 -n -U -w "$work/col2.pcap" icmp 2>"$work/tcpdump2.log" &
+ip netns exec "$COL2" tcpdump -i e0 -n -U --immediate-mode -w "$work/col2.pcap" icmp 2>"$work/tcpdump2.log" &
 td2pid=$!
 for _ in $(seq 100); do grep -q listening "$work/tcpdump.log" "$work/tcpdump2.log" 2>/dev/null && [ "$(grep -l listening "$work"/tcpdump*.log | wc -l)" = 2 ] && break; sleep 0.1; done
 ip netns exec "$SRC" ping -c 5 -i 0.2 -q 10.77.1.1 | tail -2
