@@ -90,7 +90,10 @@ tcpdump -n -r "$work/col.pcap" 2>/dev/null | grep -E 'echo (request|reply)' | se
 step "what the collector col2 saw (IP-layer copies of e0 through gateway 10.77.4.2)"
 tcpdump -n -r "$work/col2.pcap" 2>/dev/null | grep -E 'echo (request|reply)' | sed -E 's/^[0-9:.]+ (IP6?) /\1 /; s/, id .*//' | sort | uniq -c
 
-step "counters"
+step "nfclone status (the daemon's own counters: kernel rule counters for dup sessions)"
+ip netns exec "$ENG" "$BIN" status -c "$work/nfclone.yaml"
+
+step "interface counters"
 printf '%-28s %s\n' "col  received (packets):" "$(tcpdump -n -r "$work/col.pcap" 2>/dev/null | wc -l)"
 printf '%-28s %s\n' "col2 received (packets):" "$(tcpdump -n -r "$work/col2.pcap" 2>/dev/null | wc -l)"
 for dev in e0 e1 e2 e3; do
