@@ -130,7 +130,12 @@ func TestReloadUnderTraffic(t *testing.T) {
 	}
 	keepCopies.WaitCount(n, 5*time.Second)
 	ps := keepCopies.Stop()
-	requireCount(t, "copies of the unchanged session", ps, echoReq(lab.SrcIP), n)
+	// A packet queued while the tables are replaced is re-injected at a hook
+	// position that now holds the new chain: it may be queued (and copied)
+	// once more. Copies may repeat; none may be missing.
+	if got := count(ps, echoReq(lab.SrcIP)); got < n || got > n+3 {
+		t.Fatalf("copies of the unchanged session: %d, want %d (at most 3 repeated around the swap)", got, n)
+	}
 	seen := map[int]bool{}
 	for _, p := range ps {
 		seen[p.ICMPSeq] = true
