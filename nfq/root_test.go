@@ -166,17 +166,27 @@ func TestRootQueueReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	cs := &countSink{led: &led}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(2)
+	// The reader stops first (its drain may still push copies), then the
+	// workers, as the engine does.
+	ctx, cancelReader := context.WithCancel(context.Background())
+	wctx, cancelWorkers := context.WithCancel(context.Background())
+	var rwg, wwg sync.WaitGroup
+	rwg.Add(1)
 	go func() {
-		defer wg.Done()
+		defer rwg.Done()
 		if err := qr.Run(ctx); err != nil {
 			t.Errorf("run: %v", err)
 		}
 	}()
-	go func() { defer wg.Done(); RunWorkers(ctx, q, 2, cs.send) }()
-	defer func() { cancel(); wg.Wait(); qr.Close() }()
+	wwg.Add(1)
+	go func() { defer wwg.Done(); RunWorkers(wctx, q, 2, cs.send) }()
+	stop := func() {
+		cancelReader()
+		rwg.Wait()
+		cancelWorkers()
+		wwg.Wait()
+	}
+	defer func() { stop(); qr.Close() }()
 
 	// Originals are accepted: ping gets its replies (request + reply are
 	// both queued in output on lo).
@@ -208,8 +218,7 @@ func TestRootQueueReader(t *testing.T) {
 	t.Logf("flood: %d datagrams sent in %v (%.0f pps offered), %d copies in %v (%.0f copies/s, %.1f%%); ledger %+v; reader %+v",
 		sent, floodTime.Round(time.Millisecond), float64(sent)/floodTime.Seconds(), copies, elapsed.Round(time.Millisecond),
 		float64(copies)/elapsed.Seconds(), 100*float64(copies)/float64(sent), s, qr.Stats())
-	cancel()
-	wg.Wait()
+	stop()
 	s = led.Snapshot()
 	if !s.Balanced() || s.InFlight != 0 {
 		t.Fatalf("ledger does not balance: %+v", s)
