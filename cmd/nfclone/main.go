@@ -131,7 +131,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 	runCmd := &cobra.Command{
 		Use:   "run -c FILE",
-		Short: "Apply the config, copy packets, clean up on SIGTERM/SIGINT",
+		Short: "Apply the config and copy packets; SIGHUP reloads, SIGTERM/SIGINT clean up and exit",
 		Example: `  nfclone run -c /etc/nfclone/nfclone.yaml
   NFCLONE_STATE_DIR=/tmp/nfc nfclone run -c mirror.yaml --log-format json`,
 		Args: cobra.NoArgs,
@@ -564,6 +564,9 @@ func capture(parent context.Context, stderr io.Writer, c *config.Config, log *sl
 	err := e.Run(ctx, ready)
 	close(done)
 	wg.Wait()
+	if err == nil {
+		_ = os.RemoveAll(c.StateDir) // the capture's private state directory
+	}
 	if tty {
 		fmt.Fprint(stderr, "\r")
 	}
