@@ -412,3 +412,25 @@ func TestWatchReloads(t *testing.T) {
 	}
 	d.stop(t)
 }
+
+// A second SIGTERM during shutdown exits at once; the rules are gone either
+// way (the kernel drops owned tables with the process) and flush restores
+// the rest.
+func TestSecondSignal(t *testing.T) {
+	l := lab.New(t)
+	before := routingState(t, l)
+	d := startNfclone(t, l, routedConfig)
+	_ = d.Signal(syscall.SIGTERM)
+	_ = d.Signal(syscall.SIGTERM)
+	code, err := d.Wait(15 * time.Second)
+	if err != nil || (code != 0 && code != 130) {
+		t.Fatalf("exit %d %v after two signals:\n%s", code, err, d.Stderr())
+	}
+	lab.WaitFor(t, 5*time.Second, func() bool { return strings.TrimSpace(nftRuleset(t, l)) == "" }, "no nfclone table after the fast exit")
+	if _, errOut, code := nfc(l, "flush", "-c", d.cfgPath); code != 0 {
+		t.Fatalf("flush: %s", errOut)
+	}
+	if after := routingState(t, l); after != before {
+		t.Fatalf("routing state after two signals and flush differs:\n%s\n--- before:\n%s", after, before)
+	}
+}
