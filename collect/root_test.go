@@ -3,14 +3,12 @@ package collect
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
+	"github.com/nfclone/nfclone/internal/netnstest"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -21,80 +19,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("NFCLONE_E2E") == "1" {
-		t.Fatal("NFCLONE_E2E=1 but not root")
-	}
-	t.Skip("needs root (network namespaces, TAP devices); NFCLONE_E2E=1 makes this a failure")
-}
+func requireRoot(t *testing.T) { netnstest.RequireRoot(t, "network namespaces, TAP devices") }
 
-// colNS is a network namespace "col-<random>" with a goroutine locked
-// inside it; removed on cleanup.
-type colNS struct {
-	name string
-	do   chan func()
-}
+type colNS = netnstest.NS
 
+// newColNS makes a namespace "col-<random>" with 10.77.98.1 on lo.
 func newColNS(t *testing.T) *colNS {
-	t.Helper()
-	var rb [4]byte
-	rand.Read(rb[:])
-	name := "col-" + hex.EncodeToString(rb[:])
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		if os.Getenv("NFCLONE_E2E") == "1" {
-			t.Fatalf("ip netns add: %v %s", err, out)
-		}
-		t.Skipf("cannot create a network namespace: %v %s", err, out)
-	}
-	ns := &colNS{name: name, do: make(chan func())}
-	t.Cleanup(func() {
-		close(ns.do)
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v %s", name, err, out)
-		}
-	})
-	fd, err := unix.Open("/var/run/netns/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	ready := make(chan error)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			ready <- err
-			return
-		}
-		ready <- nil
-		for f := range ns.do {
-			f()
-		}
-	}()
-	if err := <-ready; err != nil {
-		t.Fatal(err)
-	}
-	ns.sh(t, "ip link set lo up")
-	ns.sh(t, "ip addr add 10.77.98.1/32 dev lo")
+	ns := netnstest.New(t, "col")
+	ns.Sh(t, "ip addr add 10.77.98.1/32 dev lo")
 	return ns
-}
-
-func (ns *colNS) run(f func()) {
-	done := make(chan struct{})
-	ns.do <- func() { f(); close(done) }
-	<-done
-}
-
-func (ns *colNS) sh(t *testing.T, cmd string) string {
-	t.Helper()
-	out, err := exec.Command("ip", append([]string{"netns", "exec", ns.name}, strings.Fields(cmd)...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", cmd, err, out)
-	}
-	return string(out)
 }
 
 // startCollector starts c.Run; the returned stop cancels and joins it.
@@ -115,7 +48,7 @@ func sendBatch(t *testing.T, ns *colNS, kind string, to netip.AddrPort, vni uint
 	t.Helper()
 	var tu *sink.Tunnel
 	var err error
-	ns.run(func() {
+	ns.Run(func() {
 		tu, err = sink.NewTunnel(sink.TunnelConfig{Kind: kind, VNI: vni, Remotes: []netip.AddrPort{to}})
 	})
 	if err != nil {
@@ -150,7 +83,7 @@ func TestRootCollectPcap(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "col.pcap")
 	var c *Collector
 	var err error
-	ns.run(func() {
+	ns.Run(func() {
 		c, err = New(Config{Listen: "10.77.98.1:6081", PcapPath: path,
 			Allow: []netip.Prefix{netip.MustParsePrefix("10.77.0.0/16")}})
 	})
@@ -203,7 +136,7 @@ func TestRootCollectTap(t *testing.T) {
 	var c *Collector
 	var err error
 	var capFD int = -1
-	ns.run(func() {
+	ns.Run(func() {
 		c, err = New(Config{Listen: "127.0.0.1:4789", TapName: "coltap0", VNIs: []uint32{77}})
 		if err != nil {
 			return
@@ -257,7 +190,7 @@ func TestRootCollectTap(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 	c.Close()
-	ns.run(func() {
+	ns.Run(func() {
 		if _, err := net.InterfaceByName("coltap0"); err == nil {
 			t.Error("tap still exists after Close")
 		}

@@ -2,13 +2,11 @@ package nfq
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
+	"github.com/nfclone/nfclone/internal/netnstest"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,97 +20,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("NFCLONE_E2E") == "1" {
-		t.Fatal("NFCLONE_E2E=1 but not root: kernel tests cannot run")
-	}
-	t.Skip("needs root (network namespaces, NFQUEUE, NFLOG); set NFCLONE_E2E=1 to make this a failure")
-}
+func requireRoot(t *testing.T) { netnstest.RequireRoot(t, "network namespaces, NFQUEUE, NFLOG") }
 
-// testNS is a network namespace made for one test, with a locked OS thread
-// living in it (for sockets and /proc/<tid>/net), removed on cleanup.
-type testNS struct {
-	name string
-	fd   int
-	tid  int
-	do   chan func()
-}
+type testNS = netnstest.NS
 
-func newTestNS(t *testing.T, prefix string) *testNS {
-	t.Helper()
-	var rb [4]byte
-	rand.Read(rb[:])
-	name := prefix + "-" + hex.EncodeToString(rb[:])
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		if os.Getenv("NFCLONE_E2E") == "1" {
-			t.Fatalf("ip netns add: %v %s", err, out)
-		}
-		t.Skipf("cannot create a network namespace: %v %s", err, out)
-	}
-	ns := &testNS{name: name, fd: -1, do: make(chan func())}
-	t.Cleanup(func() {
-		close(ns.do)
-		if ns.fd >= 0 {
-			unix.Close(ns.fd)
-		}
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v %s", name, err, out)
-		}
-	})
-	fd, err := unix.Open("/var/run/netns/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.fd = fd
-	ready := make(chan error)
-	go func() {
-		// This thread enters the namespace and is never unlocked: when the
-		// goroutine ends, the runtime terminates the thread.
-		runtime.LockOSThread()
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			ready <- err
-			return
-		}
-		ns.tid = unix.Gettid()
-		ready <- nil
-		for f := range ns.do {
-			f()
-		}
-	}()
-	if err := <-ready; err != nil {
-		t.Fatal(err)
-	}
-	ns.sh(t, "ip link set lo up")
-	return ns
-}
-
-// run runs f on the namespace's thread.
-func (ns *testNS) run(f func()) {
-	done := make(chan struct{})
-	ns.do <- func() { f(); close(done) }
-	<-done
-}
-
-// sh runs a command inside the namespace.
-func (ns *testNS) sh(t *testing.T, cmd string) string {
-	t.Helper()
-	args := append([]string{"netns", "exec", ns.name}, strings.Fields(cmd)...)
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", cmd, err, out)
-	}
-	return string(out)
-}
+func newTestNS(t *testing.T, prefix string) *testNS { return netnstest.New(t, prefix) }
 
 // addQueueRule installs "ip nfqt out: queue num N bypass" through the xt
 // NFQUEUE compat target (this kernel has no native nft queue).
 func addQueueRule(t *testing.T, ns *testNS, num uint16) {
 	t.Helper()
-	c, err := nftables.New(nftables.WithNetNSFd(ns.fd))
+	c, err := nftables.New(nftables.WithNetNSFd(ns.FD))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,13 +72,13 @@ func TestRootQueueReader(t *testing.T) {
 	addQueueRule(t, ns, 0)
 
 	// Bypass: with no reader bound, traffic flows.
-	ns.sh(t, "ping -c 1 -W 2 127.0.0.1")
+	ns.Sh(t, "ping -c 1 -W 2 127.0.0.1")
 
 	var led Ledger
 	q := NewCopyQueue(8192)
 	qr, err := NewQueueReader(QueueConfig{
-		Num: 0, NetNS: ns.fd, Snaplen: 128,
-		StatsPath: fmt.Sprintf("/proc/%d/net/netfilter/nfnetlink_queue", ns.tid),
+		Num: 0, NetNS: ns.FD, Snaplen: 128,
+		StatsPath: fmt.Sprintf("/proc/%d/net/netfilter/nfnetlink_queue", ns.TID),
 	}, q, &led)
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +108,7 @@ func TestRootQueueReader(t *testing.T) {
 
 	// Originals are accepted: ping gets its replies (request + reply are
 	// both queued in output on lo).
-	ns.sh(t, "ping -c 3 -i 0.2 -W 2 127.0.0.1")
+	ns.Sh(t, "ping -c 3 -i 0.2 -W 2 127.0.0.1")
 	waitFor(t, "6 copies", func() bool { return cs.n.Load() >= 6 })
 	b, err := os.ReadFile(qr.cfg.StatsPath)
 	if err != nil {
@@ -230,7 +148,7 @@ func TestRootQueueReader(t *testing.T) {
 	}
 	// Traffic still flows after the reader is gone (bypass).
 	qr.Close()
-	ns.sh(t, "ping -c 1 -W 2 127.0.0.1")
+	ns.Sh(t, "ping -c 1 -W 2 127.0.0.1")
 }
 
 func TestRootLogReader(t *testing.T) {
@@ -239,14 +157,14 @@ func TestRootLogReader(t *testing.T) {
 	ns := newTestNS(t, "nfl")
 	script := "add table ip t\nadd chain ip t c { type filter hook output priority 0; }\n" +
 		"add rule ip t c meta l4proto icmp log group 5 snaplen 256 queue-threshold 4\n"
-	cmd := exec.Command("ip", "netns", "exec", ns.name, "nft", "-f", "-")
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(script)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("nft: %v %s", err, out)
 	}
 	var led Ledger
 	q := NewCopyQueue(1024)
-	lr, err := NewLogReader(LogConfig{Group: 5, NetNS: ns.fd}, q, &led)
+	lr, err := NewLogReader(LogConfig{Group: 5, NetNS: ns.FD}, q, &led)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +185,7 @@ func TestRootLogReader(t *testing.T) {
 			cs.send(b)
 		})
 	}()
-	ns.sh(t, "ping -c 4 -i 0.2 -W 2 127.0.0.1")
+	ns.Sh(t, "ping -c 4 -i 0.2 -W 2 127.0.0.1")
 	// 8 ICMP packets; queue-threshold 4 plus the 10 ms timeout flush them.
 	waitFor(t, "8 copies", func() bool { return cs.n.Load() >= 8 })
 	cancel()
@@ -283,7 +201,7 @@ func TestRootLogReader(t *testing.T) {
 // 127.0.0.1:9 inside ns for about d, and returns how many were sent.
 func flood(t *testing.T, ns *testNS, d time.Duration) (sent int, took time.Duration) {
 	t.Helper()
-	ns.run(func() {
+	ns.Run(func() {
 		rfd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
 		if err != nil {
 			t.Error(err)
@@ -332,7 +250,7 @@ func TestRootCompareNaive(t *testing.T) {
 
 		// naive
 		nf, err := nfqueue.Open(&nfqueue.Config{NfQueue: 0, MaxPacketLen: 0xffff, MaxQueueLen: 4096,
-			Copymode: nfqueue.NfQnlCopyPacket, Flags: nfqueue.NfQaCfgFlagFailOpen, NetNS: ns.fd})
+			Copymode: nfqueue.NfQnlCopyPacket, Flags: nfqueue.NfQaCfgFlagFailOpen, NetNS: ns.FD})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -359,7 +277,7 @@ func TestRootCompareNaive(t *testing.T) {
 
 		var led Ledger
 		q := NewCopyQueue(8192)
-		qr, err := NewQueueReader(QueueConfig{Num: 0, NetNS: ns.fd}, q, &led)
+		qr, err := NewQueueReader(QueueConfig{Num: 0, NetNS: ns.FD}, q, &led)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,15 +2,10 @@ package sink
 
 import (
 	"bytes"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
+	"github.com/nfclone/nfclone/internal/netnstest"
 	"net"
-	"os"
-	"os/exec"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -19,90 +14,22 @@ import (
 )
 
 func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("NFCLONE_E2E") == "1" {
-		t.Fatal("NFCLONE_E2E=1 but not root")
-	}
-	t.Skip("needs root (network namespaces, raw and packet sockets); NFCLONE_E2E=1 makes this a failure")
+	netnstest.RequireRoot(t, "network namespaces, raw and packet sockets")
 }
 
-// testNS: a namespace with a locked OS thread inside it; removed on cleanup.
-type testNS struct {
-	name string
-	do   chan func()
-}
+type testNS = netnstest.NS
 
-func newTestNS(t *testing.T, prefix string) *testNS {
-	t.Helper()
-	var rb [4]byte
-	rand.Read(rb[:])
-	name := prefix + "-" + hex.EncodeToString(rb[:])
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		if os.Getenv("NFCLONE_E2E") == "1" {
-			t.Fatalf("ip netns add: %v %s", err, out)
-		}
-		t.Skipf("cannot create a network namespace: %v %s", err, out)
-	}
-	ns := &testNS{name: name, do: make(chan func())}
-	t.Cleanup(func() {
-		close(ns.do)
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v %s", name, err, out)
-		}
-	})
-	fd, err := unix.Open("/var/run/netns/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	ready := make(chan error)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			ready <- err
-			return
-		}
-		ready <- nil
-		for f := range ns.do {
-			f()
-		}
-	}()
-	if err := <-ready; err != nil {
-		t.Fatal(err)
-	}
-	ns.sh(t, "ip link set lo up")
-	return ns
-}
+func newTestNS(t *testing.T, prefix string) *testNS { return netnstest.New(t, prefix) }
 
-func (ns *testNS) run(f func()) {
-	done := make(chan struct{})
-	ns.do <- func() { f(); close(done) }
-	<-done
-}
-
-func (ns *testNS) sh(t *testing.T, cmd string) string {
-	t.Helper()
-	out, err := exec.Command("ip", append([]string{"netns", "exec", ns.name}, strings.Fields(cmd)...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", cmd, err, out)
-	}
-	return string(out)
-}
-
-// lab: namespaces a and b joined by veth va (10.77.9.1, fd77:9::1) — vb
-// (10.77.9.2, fd77:9::2).
 func lab(t *testing.T) (a, b *testNS) {
 	a, b = newTestNS(t, "sinka"), newTestNS(t, "sinkb")
-	a.sh(t, "ip link add va type veth peer name vb netns "+b.name)
-	a.sh(t, "ip addr add 10.77.9.1/24 dev va")
-	a.sh(t, "ip addr add fd77:9::1/64 dev va nodad")
-	b.sh(t, "ip addr add 10.77.9.2/24 dev vb")
-	b.sh(t, "ip addr add fd77:9::2/64 dev vb nodad")
-	a.sh(t, "ip link set va up")
-	b.sh(t, "ip link set vb up")
+	a.Sh(t, "ip link add va type veth peer name vb netns "+b.Name)
+	a.Sh(t, "ip addr add 10.77.9.1/24 dev va")
+	a.Sh(t, "ip addr add fd77:9::1/64 dev va nodad")
+	b.Sh(t, "ip addr add 10.77.9.2/24 dev vb")
+	b.Sh(t, "ip addr add fd77:9::2/64 dev vb nodad")
+	a.Sh(t, "ip link set va up")
+	b.Sh(t, "ip link set vb up")
 	return a, b
 }
 
@@ -114,7 +41,7 @@ type capture struct {
 func openCapture(t *testing.T, ns *testNS, dev string) *capture {
 	t.Helper()
 	c := &capture{fd: -1}
-	ns.run(func() {
+	ns.Run(func() {
 		ifi, err := net.InterfaceByName(dev)
 		if err != nil {
 			t.Error(err)
@@ -211,7 +138,7 @@ func TestRootGatewaySink(t *testing.T) {
 	capt := openCapture(t, b, "vb")
 	var g *Gateway
 	var err error
-	a.run(func() { g, err = NewGateway(GatewayConfig{Name: "gw"}) })
+	a.Run(func() { g, err = NewGateway(GatewayConfig{Name: "gw"}) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +197,7 @@ func TestRootDeviceSink(t *testing.T) {
 	a, b := lab(t)
 	capt := openCapture(t, b, "vb")
 	var vbMAC net.HardwareAddr
-	b.run(func() {
+	b.Run(func() {
 		ifi, err := net.InterfaceByName("vb")
 		if err == nil {
 			vbMAC = ifi.HardwareAddr
@@ -279,7 +206,7 @@ func TestRootDeviceSink(t *testing.T) {
 	var d *Device
 	var err error
 	var vaMAC net.HardwareAddr
-	a.run(func() {
+	a.Run(func() {
 		d, err = NewDevice(DeviceConfig{Device: "va", DstMAC: vbMAC})
 		if ifi, e := net.InterfaceByName("va"); e == nil {
 			vaMAC = ifi.HardwareAddr
@@ -306,7 +233,7 @@ func TestRootDeviceSink(t *testing.T) {
 		t.Fatalf("frame6:\n got %x\nwant %x", f, want6)
 	}
 	// The device goes away: errors are counted per target, nothing panics.
-	a.sh(t, "ip link del va")
+	a.Sh(t, "ip link del va")
 	gone := []*nfq.Packet{nfq.NewPacket(p4)}
 	n, err := d.Send(gone)
 	if n != 0 || err == nil || d.Stats().Errors != 1 {

@@ -217,7 +217,7 @@ func TestRootTunnelSink(t *testing.T) {
 	capt := openCapture(t, b, "vb")
 	var tu *Tunnel
 	var err error
-	a.run(func() {
+	a.Run(func() {
 		tu, err = NewTunnel(TunnelConfig{Kind: "vxlan", VNI: 77, Remotes: []netip.AddrPort{
 			netip.MustParseAddrPort("10.77.9.2:4789")}, SourcePorts: 4})
 	})
@@ -267,7 +267,7 @@ func TestRootTunnelSink(t *testing.T) {
 	}
 	// Unreachable remote: counted, not fatal.
 	var tu2 *Tunnel
-	a.run(func() {
+	a.Run(func() {
 		tu2, err = NewTunnel(TunnelConfig{Kind: "geneve", Remotes: []netip.AddrPort{
 			netip.MustParseAddrPort("10.77.250.1:6081")}})
 	})
