@@ -183,10 +183,7 @@ func TestInvalidReloadKeepsOld(t *testing.T) {
 	if now := nftRuleset(t, l); normalizeNft(now) != normalizeNft(rules) {
 		t.Fatalf("rules changed after a refused reload:\n%s", now)
 	}
-	c := l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
-	ping(t, l, l.Src, lab.EngE0IP, pings)
-	c.WaitCount(pings, 5*time.Second)
-	requireCount(t, "copies after the refused reload", c.Stop(), echoReq(lab.SrcIP), pings)
+	requirePingCopies(t, l, l.Col, "e0", "copies after the refused reload")
 	d.stop(t)
 }
 
@@ -247,10 +244,7 @@ sessions:
 `)
 	check := func(what string) {
 		t.Helper()
-		c := l.StartCapture(t, l.Eng, "mon1", "icmp[0] == 8", lab.Direction("in"))
-		ping(t, l, l.Src, lab.EngE0IP, pings)
-		c.WaitCount(pings, 5*time.Second)
-		requireCount(t, what, c.Stop(), echoReq(lab.SrcIP), pings)
+		requirePingCopies(t, l, l.Eng, "mon1", what)
 	}
 	check("copies on mon1 at start")
 	l.MustExec(t, l.Eng, "ip", "link", "del", "mon0")
@@ -384,10 +378,7 @@ func TestOnlyTwoCapabilities(t *testing.T) {
 		}
 		return strings.Contains(p.Stderr(), "rules installed")
 	}, "nfclone (two capabilities) to install its rules")
-	c := l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
-	ping(t, l, l.Src, lab.EngE0IP, pings)
-	c.WaitCount(pings, 5*time.Second)
-	requireCount(t, "copies by the unprivileged nfclone", c.Stop(), echoReq(lab.SrcIP), pings)
+	requirePingCopies(t, l, l.Col, "e0", "copies by the unprivileged nfclone")
 	d.stop(t)
 	if after := routingState(t, l); after != before {
 		t.Fatalf("routing state after exit differs:\n%s\n--- before:\n%s", after, before)

@@ -149,10 +149,7 @@ sessions:
 	mk()
 	// generation 2: re-applied without mon0; 3: with the new mon0.
 	lab.WaitFor(t, 10*time.Second, func() bool { return generation(t, l, d) >= 3 }, "nfclone to reopen the session on the new mon0")
-	c := l.StartCapture(t, l.Eng, "mon1", "icmp[0] == 8", lab.Direction("in"))
-	ping(t, l, l.Src, lab.EngE0IP, pings)
-	c.WaitCount(pings, 5*time.Second)
-	requireCount(t, "device copies on the re-created mon0", c.Stop(), echoReq(lab.SrcIP), pings)
+	requirePingCopies(t, l, l.Eng, "mon1", "device copies on the re-created mon0")
 	d.stop(t)
 	for _, line := range strings.Split(d.Stderr(), "\n") {
 		if strings.Contains(line, `msg="session ledger"`) && !strings.Contains(line, "balanced=true") {

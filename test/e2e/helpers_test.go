@@ -135,6 +135,16 @@ func ping(t *testing.T, l *lab.Lab, ns, dst string, n int) {
 	}
 }
 
+// requirePingCopies pings the engine from src and requires a copy of every
+// echo request on iface in namespace ns.
+func requirePingCopies(t *testing.T, l *lab.Lab, ns, iface, what string) {
+	t.Helper()
+	c := l.StartCapture(t, ns, iface, "icmp[0] == 8", lab.Direction("in"))
+	ping(t, l, l.Src, lab.EngE0IP, pings)
+	c.WaitCount(pings, 5*time.Second)
+	requireCount(t, what, c.Stop(), echoReq(lab.SrcIP), pings)
+}
+
 // count returns how many packets satisfy pred.
 func count(ps []lab.Packet, pred func(lab.Packet) bool) int {
 	n := 0
