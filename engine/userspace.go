@@ -280,8 +280,8 @@ func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name 
 		if keep == 0 && t.RotateSize != "" {
 			keep = config.DefaultRotateKeep
 		}
-		return sink.NewPcap(sink.PcapConfig{Name: name, Path: t.Path, Format: t.Format, LinkType: sink.LinkTypeRaw,
-			Snaplen: sc.Snaplen, RotateSize: size, RotateKeep: keep, Logger: log})
+		return sink.NewPcap(sink.PcapConfig{Name: name, Logger: log, PcapWriterConfig: sink.PcapWriterConfig{
+			Path: t.Path, Format: t.Format, LinkType: sink.LinkTypeRaw, Snaplen: sc.Snaplen, RotateSize: size, RotateKeep: keep}})
 	}
 	return nil, fmt.Errorf("target kind %s is not available with method %s", t.Kind, sc.Method)
 }

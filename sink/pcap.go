@@ -454,26 +454,16 @@ func (w *PcapWriter) rotate() (lost int, err error) {
 	return lost, err
 }
 
-// PcapConfig configures a Pcap sink.
+// PcapConfig configures a Pcap sink: a PcapWriter plus a name and a logger.
+// Its LinkType is LinkTypeRaw (default: records are the L3 copies) or
+// LinkTypeEthernet (each copy gets a synthesized Ethernet header: source =
+// the packet's hardware address if the kernel gave one, else
+// DefaultTunnelSrcMAC; destination DefaultTunnelDstMAC).
 type PcapConfig struct {
 	// Name identifies the target (default "pcap:" + Path).
 	Name string
-	// Path of the file, "-" for standard output.
-	Path string
-	// Writer replaces Path (tests, embedding).
-	Writer io.Writer
-	// Format is "pcap" (default) or "pcapng".
-	Format string
-	// LinkType is LinkTypeRaw (default: records are the L3 copies) or
-	// LinkTypeEthernet (each copy gets a synthesized Ethernet header:
-	// source = the packet's hardware address if the kernel gave one, else
-	// DefaultTunnelSrcMAC; destination DefaultTunnelDstMAC).
-	LinkType layers.LinkType
-	// Snaplen cuts records to this many bytes (0: no cut beyond the copy).
-	Snaplen    int
-	RotateSize int64
-	RotateKeep int
-	Logger     *slog.Logger
+	PcapWriterConfig
+	Logger *slog.Logger
 }
 
 // Pcap is a Sink that writes copies into a pcap or pcapng file. Each copy
@@ -502,8 +492,9 @@ func NewPcap(cfg PcapConfig) (*Pcap, error) {
 	if lt != LinkTypeRaw && lt != LinkTypeEthernet {
 		return nil, fmt.Errorf("sink: pcap link type %v: want raw or ethernet", lt)
 	}
-	w, err := OpenPcapWriter(PcapWriterConfig{Path: cfg.Path, Writer: cfg.Writer, Format: cfg.Format,
-		LinkType: lt, Snaplen: cfg.Snaplen, RotateSize: cfg.RotateSize, RotateKeep: cfg.RotateKeep})
+	wc := cfg.PcapWriterConfig
+	wc.LinkType = lt
+	w, err := OpenPcapWriter(wc)
 	if err != nil {
 		return nil, err
 	}
