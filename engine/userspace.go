@@ -129,6 +129,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 		for k := 0; k < c.Queue.Count; k++ {
 			r, err := nfq.NewQueueReader(nfq.QueueConfig{
 				Num: uint16(first + k), Snaplen: uint32(sc.Snaplen), MaxLen: uint32(c.Queue.MaxLen), Logger: slog,
+				BufBudget: (16 << 20) / c.Queue.Count, // the session's receive slabs stay within 16 MiB
 			}, s.queue, s.ledger)
 			if err != nil {
 				return nil, hostErr("sessions[%d]: binding NFQUEUE %d: %v", i, first+k, err)
