@@ -477,9 +477,12 @@ func TestRunWorkersJoin(t *testing.T) {
 		q.Push(NewPacket(ipv4(40, [4]byte{})))
 	}
 	var n atomic.Int64
-	p := StartPool(context.Background(), q, 4, func(b []*Packet) { n.Add(int64(len(b))) })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); RunWorkers(ctx, q, 4, func(b []*Packet) { n.Add(int64(len(b))) }) }()
 	waitFor(t, "all", func() bool { return n.Load() == 50 })
-	p.Stop()
+	cancel()
+	<-done
 	if q.Len() != 0 {
 		t.Fatal("queue not drained")
 	}

@@ -46,30 +46,3 @@ func deliver(batch []*Packet, send func(batch []*Packet)) {
 		batch[i] = nil
 	}
 }
-
-// Pool is RunWorkers in the background: Start it, Stop it (or cancel its
-// context), Wait for it.
-type Pool struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-// StartPool starts n workers; they stop when ctx is done or Stop is called.
-func StartPool(ctx context.Context, q *CopyQueue, n int, send func(batch []*Packet)) *Pool {
-	ctx, cancel := context.WithCancel(ctx)
-	p := &Pool{cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		RunWorkers(ctx, q, n, send)
-	}()
-	return p
-}
-
-// Stop asks the workers to finish what is queued and exit, and waits.
-func (p *Pool) Stop() {
-	p.cancel()
-	<-p.done
-}
-
-// Wait waits until the workers have exited.
-func (p *Pool) Wait() { <-p.done }

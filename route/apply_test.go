@@ -234,14 +234,6 @@ func TestLocalAlreadyMoved(t *testing.T) {
 		t.Fatalf("Apply = %v, %v", j, err)
 	}
 	assertSame(t, "already moved", f.Snapshot(), moved)
-	if err := RestoreLocal(f, IPv4); err != nil {
-		t.Fatal(err)
-	}
-	assertSame(t, "restored", f.Snapshot(), newTestFake(t).Snapshot())
-	if err := RestoreLocal(f, IPv4); err != nil {
-		t.Fatal(err)
-	}
-	assertSame(t, "restored twice", f.Snapshot(), newTestFake(t).Snapshot())
 
 	// No local rule at all: refuse.
 	_ = f.DeleteRule(localRule(IPv6, 0))
@@ -384,40 +376,14 @@ func TestExistingRuleAndRouteNotJournaled(t *testing.T) {
 	}
 }
 
-func TestCleanup(t *testing.T) {
-	f := newTestFake(t)
-	before := f.Snapshot()
-	p := Plan{
-		Rules:     []PolicyRule{{Family: IPv4, Pref: 100, Mark: 0x4e43, Table: 20035}},
-		Routes:    []Route{{Family: IPv4, Table: 20035, Gateway: netip.MustParseAddr("10.77.2.2"), Device: "e1"}},
-		MoveLocal: []Family{IPv4},
-	}
-	if _, err := NewApplier(f, nil).Apply(p); err != nil {
-		t.Fatal(err)
-	}
-	for range 2 {
-		if err := Cleanup(f, p, nil); err != nil {
-			t.Fatal(err)
-		}
-		assertSame(t, "cleanup", f.Snapshot(), before)
-	}
-}
-
 func TestHelpers(t *testing.T) {
 	f := newTestFake(t)
-	mac, idx, err := LinkAddr(f, "e1")
-	if err != nil || mac.String() != "02:00:00:77:02:01" || idx == 0 {
-		t.Errorf("LinkAddr = %v %d %v", mac, idx, err)
+	if l, err := LinkByName(f, "e1"); err != nil || l.MAC.String() != "02:00:00:77:02:01" || l.Index == 0 {
+		t.Errorf("LinkByName = %+v %v", l, err)
 	}
 	ps, err := Addrs(f, "e1")
 	if err != nil || len(ps) != 2 {
 		t.Errorf("Addrs = %v %v", ps, err)
-	}
-	if p, ok, err := OnLink(f, "e1", netip.MustParseAddr("10.77.2.200")); err != nil || !ok || p.String() != "10.77.2.1/24" {
-		t.Errorf("OnLink = %v %v %v", p, ok, err)
-	}
-	if _, ok, _ := OnLink(f, "e1", netip.MustParseAddr("10.77.9.1")); ok {
-		t.Error("10.77.9.1 on link")
 	}
 	if _, err := LinkIndex(f, "nope"); !IsNotFound(err) {
 		t.Errorf("LinkIndex(nope) = %v", err)

@@ -145,12 +145,6 @@ func LinkIndex(k Kernel, name string) (int, error) {
 	return l.Index, err
 }
 
-// LinkAddr returns a device's hardware address and ifindex.
-func LinkAddr(k Kernel, name string) (net.HardwareAddr, int, error) {
-	l, err := LinkByName(k, name)
-	return l.MAC, l.Index, err
-}
-
 // Addrs returns the IP prefixes configured on a device (address and
 // prefix length, e.g. 10.77.2.1/24 — not masked), for checks such as
 // "the gateway is on a connected network".
@@ -164,19 +158,4 @@ func Addrs(k Kernel, name string) ([]netip.Prefix, error) {
 		return nil, fmt.Errorf("listing addresses of %s: %w", name, err)
 	}
 	return ps, nil
-}
-
-// OnLink reports whether gw lies in one of the prefixes configured on the
-// device (a connected network), and which prefix.
-func OnLink(k Kernel, device string, gw netip.Addr) (netip.Prefix, bool, error) {
-	ps, err := Addrs(k, device)
-	if err != nil {
-		return netip.Prefix{}, false, err
-	}
-	for _, p := range ps {
-		if p.Masked().Contains(gw.Unmap()) {
-			return p, true, nil
-		}
-	}
-	return netip.Prefix{}, false, nil
 }
