@@ -90,12 +90,22 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 	// 2. routing: keep what is still wanted, apply the rest.
 	plan := routePlan(c, gws)
 	kept, unwanted := route.Split(plan, rt.st.Journal)
-	added, err := route.NewApplier(rt.rk, log).Apply(route.Subtract(plan, kept))
-	if err != nil {
-		if len(added) > 0 { // rollback failed: remember what is left
-			rt.st.Journal = append(rt.st.Journal, added...)
-			_ = WriteState(c.StateDir, rt.st)
+	// The state file follows every single change, so a run killed halfway
+	// through (after the local rule moved, say) is still undone by flush.
+	before := rt.st.Journal
+	ra := route.NewApplier(rt.rk, log)
+	ra.OnChange = func(j route.Journal) {
+		rt.st.Journal = append(append(route.Journal(nil), before...), j...)
+		if err := WriteState(c.StateDir, rt.st); err != nil {
+			log.Error("writing state file", "err", err)
 		}
+	}
+	added, err := ra.Apply(route.Subtract(plan, kept))
+	rt.st.Journal = before
+	if err != nil {
+		// Rolled back (added is nil), or what the failed rollback left.
+		rt.st.Journal = append(rt.st.Journal, added...)
+		_ = WriteState(c.StateDir, rt.st)
 		return hostErr("applying routing plan: %v", err)
 	}
 	// The state file holds everything in place now (old and new) until the
