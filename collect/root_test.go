@@ -182,6 +182,12 @@ func TestRootCollectTap(t *testing.T) {
 			t.Fatal("filtered VNI reached the tap")
 		}
 	}
+	// The filtered datagram may still be in flight when the wanted frame
+	// shows up: poll the counters until both datagrams were handled.
+	settle := time.Now().Add(3 * time.Second)
+	for time.Now().Before(settle) && c.Stats().FilteredVNI == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
 	stop()
 	if !found {
 		t.Fatalf("frame not seen on the tap; stats %+v", c.Stats())
