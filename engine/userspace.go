@@ -130,6 +130,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 			r, err := nfq.NewQueueReader(nfq.QueueConfig{
 				Num: uint16(first + k), Snaplen: uint32(sc.Snaplen), MaxLen: uint32(c.Queue.MaxLen), Logger: slog,
 				BufBudget: (16 << 20) / c.Queue.Count, // the session's receive slabs stay within 16 MiB
+				Clones:    &nfq.CloneMarks{Mask: rules.CloneMask, TTLDecremented: rules.CloneTTLDecremented},
 			}, s.queue, s.ledger)
 			if err != nil {
 				return nil, hostErr("sessions[%d]: binding NFQUEUE %d: %v", i, first+k, err)

@@ -3,6 +3,7 @@ package nfq
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -73,7 +74,7 @@ func TestParseMalformed(t *testing.T) {
 
 func TestVerdictBatchMessage(t *testing.T) {
 	var b [verdictBatchLen]byte
-	msg := putVerdictBatch(b[:], 3, 0x01020304)
+	msg := putVerdictBatch(b[:], 3, nfAccept, 0x01020304)
 	m, rest, err := nextMsg(msg)
 	if err != nil || len(rest) != 0 {
 		t.Fatal(err)
@@ -531,4 +532,39 @@ func TestHotPathAllocs(t *testing.T) {
 func binaryPutID(msg []byte, id uint32) {
 	// nlmsghdr 16 + nfgenmsg 4 + nlattr 4 → packet id
 	msg[24], msg[25], msg[26], msg[27] = byte(id>>24), byte(id>>16), byte(id>>8), byte(id)
+}
+
+// restoreTTL undoes the kernel dup's TTL decrement exactly: the header is
+// byte for byte the original's, checksum included (for every TTL, wrap too).
+func TestRestoreTTL(t *testing.T) {
+	csum := func(h []byte) uint16 {
+		var s uint32
+		for i := 0; i < len(h); i += 2 {
+			if i != 10 {
+				s += uint32(h[i])<<8 | uint32(h[i+1])
+			}
+		}
+		for s > 0xffff {
+			s = s&0xffff + s>>16
+		}
+		return ^uint16(s)
+	}
+	for ttl := 0; ttl < 256; ttl++ {
+		orig := []byte{0x45, 0, 0, 28, 0x12, 0x34, 0x40, 0, byte(ttl), 17, 0, 0, 10, 77, 0, 2, 10, 77, 3, 2, 1, 2, 3, 4}
+		binary.BigEndian.PutUint16(orig[10:], csum(orig[:20]))
+		clone := append([]byte(nil), orig...)
+		clone[8]--
+		binary.BigEndian.PutUint16(clone[10:], csum(clone[:20]))
+		restoreTTL(clone)
+		if !bytes.Equal(clone, orig) {
+			t.Fatalf("ttl %d: restored % x, want % x", ttl, clone[:20], orig[:20])
+		}
+	}
+	v6 := make([]byte, 48)
+	v6[0], v6[7] = 0x60, 63
+	restoreTTL(v6)
+	if v6[7] != 64 {
+		t.Fatalf("hop limit %d", v6[7])
+	}
+	restoreTTL([]byte{0x45, 0}) // short: untouched, no panic
 }

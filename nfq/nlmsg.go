@@ -79,6 +79,7 @@ const (
 	nfulnlCopyPacket   = 2
 	nfulnlCfgFSeq      = 0x1
 
+	nfDrop   = 0
 	nfAccept = 1
 )
 
@@ -313,9 +314,9 @@ func (mb *msgBuilder) finish() []byte {
 // verdictBatchLen is the size of an NFQNL_MSG_VERDICT_BATCH message.
 const verdictBatchLen = nlmsgHdrLen + nfgenLen + nlaHdrLen + 8
 
-// putVerdictBatch writes a batch verdict "accept every id <= maxID" for queue
+// putVerdictBatch writes a batch verdict "verdict every id <= maxID" for queue
 // into b (len >= verdictBatchLen), without allocating.
-func putVerdictBatch(b []byte, queue uint16, maxID uint32) []byte {
+func putVerdictBatch(b []byte, queue uint16, verdict, maxID uint32) []byte {
 	b = b[:verdictBatchLen]
 	ne.PutUint32(b[0:4], verdictBatchLen)
 	ne.PutUint16(b[4:6], subsysQueue<<8|nfqnlMsgVerdictBatch)
@@ -326,7 +327,7 @@ func putVerdictBatch(b []byte, queue uint16, maxID uint32) []byte {
 	binary.BigEndian.PutUint16(b[18:20], queue)
 	ne.PutUint16(b[20:22], nlaHdrLen+8)
 	ne.PutUint16(b[22:24], nfqaVerdictHdr)
-	binary.BigEndian.PutUint32(b[24:28], nfAccept)
+	binary.BigEndian.PutUint32(b[24:28], verdict)
 	binary.BigEndian.PutUint32(b[28:32], maxID)
 	return b
 }

@@ -4,7 +4,10 @@
 // sinks.
 package nfq
 
-import "sync"
+import (
+	"encoding/binary"
+	"sync"
+)
 
 // Headroom is the number of bytes reserved in every packet buffer in front of
 // Data. Sinks build their link or encapsulation headers in place there
@@ -144,4 +147,33 @@ func IPInfo(b []byte) (family uint8, origLen int, ok bool) {
 		return 6, l, true
 	}
 	return 0, len(b), false
+}
+
+// restoreTTL adds one to the TTL (IPv4, with the header checksum updated)
+// or the hop limit (IPv6) of b: the kernel's dup took one off the clone
+// of a packet it copied in prerouting or input.
+func restoreTTL(b []byte) {
+	if len(b) < 1 {
+		return
+	}
+	switch b[0] >> 4 {
+	case 4:
+		if len(b) < 20 {
+			return
+		}
+		b[8]++
+		// RFC 1624: HC' = ~(~HC + ~m + m'), m the 16-bit word holding the TTL.
+		old := uint32(b[8]-1)<<8 | uint32(b[9])
+		cur := uint32(b[8])<<8 | uint32(b[9])
+		sum := uint32(^binary.BigEndian.Uint16(b[10:12])) + (^old & 0xffff) + cur
+		for sum > 0xffff {
+			sum = sum&0xffff + sum>>16
+		}
+		binary.BigEndian.PutUint16(b[10:12], ^uint16(sum))
+	case 6:
+		if len(b) < 40 {
+			return
+		}
+		b[7]++
+	}
 }

@@ -41,6 +41,12 @@ type QueueConfig struct {
 	// NoFailOpen clears NFQA_CFG_F_FAIL_OPEN (default: fail-open set, so a
 	// full queue accepts instead of dropping originals).
 	NoFailOpen bool
+	// Clones, if set, says the queue receives the kernel's clones of the
+	// originals (rules.CloneMask), not the originals: every packet gets a
+	// drop verdict (its original went on in the kernel), the queue is never
+	// fail-open (an accepted clone would be delivered to lo), the marker is
+	// cleared from Packet.Mark and the TTL restored where it says so.
+	Clones *CloneMarks
 	// ReportENOBUFS leaves NETLINK_NO_ENOBUFS off. By default it is set:
 	// the socket never enters the congested state, and overruns are
 	// counted exactly from gaps in packet ids instead.
@@ -58,6 +64,15 @@ type QueueConfig struct {
 
 // QueueReader reads one NFQUEUE queue: it accepts originals with batch
 // verdicts and pushes copies of their bytes into a CopyQueue.
+// CloneMarks describes the marker the rules put on clones.
+type CloneMarks struct {
+	// Mask is the part of the mark holding the marker.
+	Mask uint32
+	// TTLDecremented is the marker bit of clones whose TTL (hop limit) the
+	// kernel's dup decremented.
+	TTLDecremented uint32
+}
+
 type QueueReader struct {
 	cfg  QueueConfig
 	nf   *nfqueue.Nfqueue
@@ -104,7 +119,7 @@ func NewQueueReader(cfg QueueConfig, q *CopyQueue, led *Ledger) (*QueueReader, e
 		MaxQueueLen:  cfg.MaxLen,
 		MaxPacketLen: cfg.Snaplen,
 		Copymode:     nfqueue.NfQnlCopyPacket,
-		Flags:        nfqueue.NfQaCfgFlagFailOpen,
+		Flags:        0, // fail-open (or not) is set by bind
 		AfFamily:     unix.AF_UNSPEC,
 		NetNS:        cfg.NetNS,
 		Logger:       nil,
@@ -138,6 +153,9 @@ func newQueueReader(cfg QueueConfig, sock nlSocket, q *CopyQueue, led *Ledger) (
 	nbufs := min(cfg.Batch, max(16, cfg.BufBudget/bufSize))
 	qr := &QueueReader{cfg: cfg, led: led}
 	qr.r = newReader(kindQueue, sock, q, led, cfg.Session, cfg.Num, nbufs, bufSize, cfg.Batch, cfg.FlushInterval, cfg.Logger)
+	if cfg.Clones != nil {
+		qr.r.clones, qr.r.verdict = cfg.Clones, nfDrop
+	}
 	if err := qr.bind(); err != nil {
 		return nil, err
 	}
@@ -160,7 +178,7 @@ func (qr *QueueReader) bind() error {
 	mb.attr(nfqaCfgParams, params)
 	mb.be32(nfqaCfgQueueMaxLen, qr.cfg.MaxLen)
 	var flags uint32
-	if !qr.cfg.NoFailOpen {
+	if !qr.cfg.NoFailOpen && qr.cfg.Clones == nil {
 		flags |= CfgFlagFailOpen
 	}
 	mb.be32(nfqaCfgMask, CfgFlagFailOpen|CfgFlagConntrack|CfgFlagGSO)

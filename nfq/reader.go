@@ -48,6 +48,8 @@ type reader struct {
 	mb    msgBuilder
 
 	// batch verdicts (NFQUEUE)
+	verdict       uint32      // nfAccept (originals) or nfDrop (clones)
+	clones        *CloneMarks // non-nil: the queue holds clones
 	vbuf          [verdictBatchLen]byte
 	pending       int
 	maxID         uint32
@@ -83,7 +85,7 @@ func newReader(kind readerKind, sock nlSocket, q *CopyQueue, led *Ledger, sessio
 		log = slog.Default()
 	}
 	r := &reader{kind: kind, sock: sock, q: q, led: led, session: session, resID: resID, log: log,
-		batchSize: batch, flushInterval: flush, now: time.Now}
+		batchSize: batch, flushInterval: flush, now: time.Now, verdict: nfAccept}
 	r.bufs = make([][]byte, vlen)
 	slab := make([]byte, vlen*bufSize)
 	for i := range r.bufs {
@@ -347,6 +349,13 @@ func (r *reader) handlePacket(body []byte) {
 	p.OrigLen = orig
 	p.Family = fam
 	p.InIf, p.OutIf, p.Mark = pi.inIf, pi.outIf, pi.mark
+	if c := r.clones; c != nil {
+		if p.Mark&c.TTLDecremented != 0 {
+			restoreTTL(p.Data)
+		}
+		p.Mark &^= c.Mask
+		p.OutIf = 0 // the clone's route to lo, not the original's
+	}
 	p.HwAddr, p.HwAddrLen = pi.hw, pi.hwLen
 	p.Session = r.session
 	if !r.q.Push(p) {
@@ -372,12 +381,13 @@ func (r *reader) fold() {
 	r.nRecv, r.nMalformed, r.nOverflow, r.nGaps = 0, 0, 0, 0
 }
 
-// flush sends the pending batch verdict (NFQUEUE): accept every id <= maxID.
+// flush sends the pending batch verdict (NFQUEUE): accept (or, for clones,
+// drop) every id <= maxID.
 func (r *reader) flush() {
 	if r.kind != kindQueue || r.pending == 0 {
 		return
 	}
-	msg := putVerdictBatch(r.vbuf[:], r.resID, r.maxID)
+	msg := putVerdictBatch(r.vbuf[:], r.resID, r.verdict, r.maxID)
 	if err := r.sock.Send(msg); err != nil {
 		// Keep the batch pending; it is retried on the next flush. The
 		// kernel holds the originals meanwhile, so say so.

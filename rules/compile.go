@@ -127,6 +127,7 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 		return tables[f]
 	}
 	userspace := false
+	clones := map[nftables.TableFamily][]Rule{} // queue sessions' catch rules, per family
 	for i := range c.Sessions {
 		s := &c.Sessions[i]
 		sc, err := newSessionCompiler(c, i, opt)
@@ -157,7 +158,7 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 			}
 			for _, f := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
 				if len(gws[f]) > 0 {
-					sc.l3(tbl(f), func(b *builder) {
+					sc.l3(tbl(f), false, func(b *builder, _ bool) {
 						for _, t := range gws[f] {
 							gw, _ := netip.ParseAddr(t.Gateway)
 							if idx := opt.IfIndex(t.Device); idx != 0 || !opt.SkipMissing {
@@ -172,20 +173,32 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 			// xt NFQUEUE target in an inet table.
 			userspace = true
 			num := opt.queueNum(c, i)
+			if s.Method == config.MethodLog {
+				for _, f := range userspaceFamilies(s) {
+					sc.l3(tbl(f), false, func(b *builder, _ bool) { b.log(num, s.Snaplen, LogThreshold) })
+				}
+				break
+			}
+			slot := len(clones[nftables.TableFamilyIPv4]) + len(clones[nftables.TableFamilyIPv6])
+			if slot >= MaxCloneSlots {
+				return nil, fmt.Errorf("sessions[%d]: more than %d queue sessions", i, MaxCloneSlots)
+			}
 			for _, f := range userspaceFamilies(s) {
-				sc.l3(tbl(f), func(b *builder) {
-					if s.Method == config.MethodQueue {
-						b.queue(num, c.Queue.Count, opt.NativeQueue)
-					} else {
-						b.log(num, s.Snaplen, LogThreshold)
-					}
-				})
+				sc.l3(tbl(f), true, func(b *builder, ttlDec bool) { b.cloneToQueue(CloneMarker(slot, ttlDec)) })
+				clones[f] = append(clones[f], newBuilder(f).catchClones(CloneMarker(slot, false), num, c.Queue.Count, opt.NativeQueue).rule())
 			}
 		}
 	}
 	if userspace {
 		for _, f := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
 			t := tbl(f)
+			if len(clones[f]) > 0 {
+				t.Chains = append(t.Chains, Chain{
+					Name:  "clones",
+					Hook:  &Hook{Num: *nftables.ChainHookOutput, Priority: clonesPriority},
+					Rules: clones[f],
+				})
+			}
 			t.Chains = append(t.Chains, Chain{
 				Name:  "copies_notrack",
 				Hook:  &Hook{Num: *nftables.ChainHookOutput, Priority: rawPriority},
@@ -354,9 +367,9 @@ func (sc *sessionCompiler) netdev(t *Table, devs []config.Target) {
 				Rules: []Rule{b.rule()},
 			})
 		}
-		t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d))
+		t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d, name+"_copy"))
 	}
-	t.Chains = append(t.Chains, sc.copyChain(t.Family, func(b *builder) {
+	t.Chains = append(t.Chains, sc.copyChain(t.Family, name+"_copy", func(b *builder) {
 		for _, dv := range devs {
 			dev := DeviceTargetName(dv)
 			if idx := sc.opt.IfIndex(dev); idx != 0 || !sc.opt.SkipMissing {
@@ -367,8 +380,10 @@ func (sc *sessionCompiler) netdev(t *Table, devs []config.Target) {
 }
 
 // l3 compiles the session into an ip or ip6 table; rules of the other family
-// are left out.
-func (sc *sessionCompiler) l3(t *Table, action func(*builder)) {
+// are left out. With perDirection each direction gets its own copy chain,
+// and action learns whether its hook is prerouting or input (where the
+// kernel's dup decrements the TTL of the clone).
+func (sc *sessionCompiler) l3(t *Table, perDirection bool, action func(b *builder, ttlDecremented bool)) {
 	name := sc.s.Name
 	dirs, ifaces := sc.directions()
 	for _, d := range dirs {
@@ -386,20 +401,32 @@ func (sc *sessionCompiler) l3(t *Table, action func(*builder)) {
 		filter := fmt.Sprintf("%s_%s", name, dirShort(d))
 		base := Chain{Name: filter + "_hook", Hook: &Hook{Num: *hook, Priority: basePriority}}
 		for _, ifc := range ifaces[d] {
-			b := newBuilder(t.Family).ifaceName(d, ifc).markGuard(sc.opt.markRange(sc.cfg)).count(sc.s.Name, CounterSeen).verdict(expr.VerdictJump, filter)
+			b := newBuilder(t.Family).ifaceName(d, ifc).markGuard(sc.opt.markRange(sc.cfg))
+			if perDirection {
+				b.markBits(CloneMask, 0) // the clone marker must fit (cloneToQueue)
+			}
+			b.count(sc.s.Name, CounterSeen).verdict(expr.VerdictJump, filter)
 			base.Rules = append(base.Rules, b.rule())
 		}
-		t.Chains = append(t.Chains, base, sc.filterChain(t.Family, filter, d))
+		if !perDirection {
+			t.Chains = append(t.Chains, base, sc.filterChain(t.Family, filter, d, name+"_copy"))
+			continue
+		}
+		copyName := filter + "_copy"
+		dec := d == config.Ingress
+		t.Chains = append(t.Chains, base, sc.filterChain(t.Family, filter, d, copyName),
+			sc.copyChain(t.Family, copyName, func(b *builder) { action(b, dec) }))
 	}
-	t.Chains = append(t.Chains, sc.copyChain(t.Family, action))
+	if !perDirection {
+		t.Chains = append(t.Chains, sc.copyChain(t.Family, name+"_copy", func(b *builder) { action(b, false) }))
+	}
 }
 
 // filterChain holds the session's numbered rules for one direction: the
 // first match decides (accept: goto the copy chain; reject: return). With no
 // rules, everything is copied; with rules, what no rule accepts is not.
-func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir string) Chain {
+func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copyChain string) Chain {
 	ch := Chain{Name: name}
-	copyChain := sc.s.Name + "_copy"
 	// Tunnel traffic to nfclone's own collectors is never copied: the kernel
 	// VXLAN device's packets carry no mark, and a session on their egress
 	// interface would copy them into the tunnel again (a loop).
@@ -474,8 +501,8 @@ func (sc *sessionCompiler) match(fam nftables.TableFamily, r parsedRule, dir str
 }
 
 // copyChain samples, rate-limits and copies.
-func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, action func(*builder)) Chain {
-	ch := Chain{Name: sc.s.Name + "_copy"}
+func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, action func(*builder)) Chain {
+	ch := Chain{Name: name}
 	if sc.s.Sample > 1 {
 		ch.Rules = append(ch.Rules, newBuilder(fam).sample(sc.s.Sample).verdict(expr.VerdictReturn, "").rule())
 	}

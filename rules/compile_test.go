@@ -60,8 +60,9 @@ func TestQueueNumInRules(t *testing.T) {
 			}
 		}
 	}
-	// flow-hash spread, no CPU fanout
-	flags := expr.QueueFlagBypass
+	// flow-hash spread, no CPU fanout; no bypass: the queue holds clones,
+	// which must be dropped when nobody reads them
+	var flags expr.QueueFlag
 	wantQ := []expr.Queue{{Num: 10, Total: 4, Flag: flags}, {Num: 10, Total: 4, Flag: flags}} // ip, ip6
 	if !reflect.DeepEqual(queues, wantQ) {
 		t.Errorf("queues %+v, want %+v", queues, wantQ)
@@ -445,5 +446,48 @@ func TestProbe(t *testing.T) {
 	}, "nfc", 1)
 	if !errors.Is(err, ErrPermission) {
 		t.Errorf("Probe without privilege: %v", err)
+	}
+}
+
+// A queue session's copy rule marks, dups to lo and unmarks; its clones are
+// caught first in the output hook by the slot part of the marker, and only
+// prerouting/input clones say that the kernel decremented their TTL.
+func TestCloneMarkers(t *testing.T) {
+	if m := CloneMarker(0, false); m != 0x02000000 {
+		t.Errorf("slot 0 marker %#x", m)
+	}
+	if m := CloneMarker(1, true); m != 0x05000000 {
+		t.Errorf("slot 1 ttl marker %#x", m)
+	}
+	if m := CloneMarker(MaxCloneSlots-1, true); m&CloneMask != m || m>>25 != MaxCloneSlots {
+		t.Errorf("last slot marker %#x", m)
+	}
+	rs := compileCase(t, "userspace", false)
+	var clones, copies []string
+	for _, tbl := range rs.Tables {
+		for _, ch := range tbl.Chains {
+			for _, r := range ch.Rules {
+				switch {
+				case ch.Name == "clones":
+					clones = append(clones, r.Text)
+					if ch.Hook == nil || ch.Hook.Priority >= rawPriority {
+						t.Errorf("clones chain %+v does not come before raw", ch.Hook)
+					}
+				case strings.Contains(r.Text, `device "lo"`):
+					copies = append(copies, ch.Name+": "+r.Text)
+				}
+			}
+		}
+	}
+	wantClones := []string{"meta mark 0x02000000/7 queue num 10-13", "meta mark 0x02000000/7 queue num 10-13"}
+	if !reflect.DeepEqual(clones, wantClones) {
+		t.Errorf("clones rules %q, want %q", clones, wantClones)
+	}
+	wantCopies := []string{
+		`web_in_copy: counter packets 0 bytes 0 meta mark set meta mark | 0x03000000 dup to 127.0.0.1 device "lo" meta mark set meta mark & 0x00ffffff`,
+		`web_in_copy: counter packets 0 bytes 0 meta mark set meta mark | 0x03000000 dup to ::1 device "lo" meta mark set meta mark & 0x00ffffff`,
+	}
+	if !reflect.DeepEqual(copies, wantCopies) {
+		t.Errorf("copy rules\n%s\nwant\n%s", strings.Join(copies, "\n"), strings.Join(wantCopies, "\n"))
 	}
 }

@@ -304,16 +304,101 @@ func (b *builder) dupGateway(gw netip.Addr, dev string, ifindex uint32) *builder
 // fanout (0x2) is not used, see queue.
 const queueBypass = 0x1
 
+// Clones of `queue` sessions. The kernel's `dup` makes the copy and only the
+// copy goes through NFQUEUE, so an original is never held for userspace:
+// the session's copy rule sets a marker in the top byte of the mark, dups
+// the packet to the loopback device and clears the marker again (the
+// original leaves the rule with the mark it came with); the clone enters
+// the output hook carrying the marker, where the clones chain queues it.
+const (
+	// CloneMask is the part of the mark nfclone uses for clone markers.
+	// Packets with any of these bits set are not copied by queue sessions.
+	CloneMask uint32 = 0xff000000
+	// cloneSlotMask selects the session slot of a marker.
+	cloneSlotMask uint32 = 0xfe000000
+	// CloneTTLDecremented is set in the marker of clones taken in prerouting
+	// and input, whose TTL (hop limit) the kernel's dup decremented; the
+	// reader adds it back.
+	CloneTTLDecremented uint32 = 0x01000000
+	// MaxCloneSlots is how many queue sessions the markers can tell apart.
+	MaxCloneSlots = 127
+	// loopbackIndex is the ifindex of lo in every network namespace.
+	loopbackIndex = 1
+	// clonesPriority puts the clones chain before everything in the output
+	// hook (raw is -300, defragmentation -400): a clone meets no other rule.
+	clonesPriority = -450
+)
+
+// CloneMarker is the marker of the clones of queue session slot (0-based,
+// < MaxCloneSlots), with the TTL flag for chains in prerouting and input.
+func CloneMarker(slot int, ttlDecremented bool) uint32 {
+	m := uint32(slot+1) << 25
+	if ttlDecremented {
+		m |= CloneTTLDecremented
+	}
+	return m
+}
+
+// markBits: `meta mark 0x02000000/7` (the mark under a prefix mask equals v).
+func (b *builder) markBits(mask, v uint32) *builder {
+	ones := 0
+	for m := mask; m != 0; m <<= 1 {
+		ones++
+	}
+	return b.add(fmt.Sprintf("meta mark 0x%08x/%d", v, ones),
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg},
+		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(mask), Xor: make([]byte, 4)},
+		cmpEq(binaryutil.NativeEndian.PutUint32(v)))
+}
+
+// setMark: `meta mark set meta mark | 0x02000000` (or) or
+// `meta mark set meta mark & 0x00ffffff` (and): reg = (mark & mask) ^ xor.
+func (b *builder) setMark(text string, mask, xor uint32) *builder {
+	return b.add(text,
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg},
+		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(mask), Xor: binaryutil.NativeEndian.PutUint32(xor)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg})
+}
+
+// cloneToQueue: `meta mark set meta mark | M dup to 127.0.0.1 device "lo"
+// meta mark set meta mark & 0x00ffffff`. The session's hook chain has let in
+// only packets whose mark has none of CloneMask's bits, so the last
+// statement restores the original's mark exactly.
+func (b *builder) cloneToQueue(marker uint32) *builder {
+	lo := netip.MustParseAddr("127.0.0.1")
+	if b.fam == nftables.TableFamilyIPv6 {
+		lo = netip.IPv6Loopback()
+	}
+	b.setMark(fmt.Sprintf("meta mark set meta mark | 0x%08x", marker), ^marker, marker)
+	b.dupGateway(lo, "lo", loopbackIndex)
+	return b.setMark(fmt.Sprintf("meta mark set meta mark & 0x%08x", ^CloneMask), ^CloneMask, 0)
+}
+
+// catchClones: `meta mark 0x02000000/7 queue num 5` — no bypass, and the
+// queue is not fail-open: a clone nobody reads is dropped, never delivered.
+func (b *builder) catchClones(marker uint32, num, total int, native bool) *builder {
+	b.markBits(cloneSlotMask, marker&cloneSlotMask)
+	return b.queueFlags(num, total, native, 0)
+}
+
 // queue: `queue num 0 bypass` / `queue num 0-3 bypass`, native or through
 // the xt NFQUEUE target (DESIGN §4). Several queues are chosen by a hash of
 // the flow, not by CPU: on a veth or a single-queue NIC the hook always runs
 // on the same CPU, and CPU fanout then spreads nothing (measured: the second
 // queue got no packet); the flow hash spreads flows and keeps each in order.
 func (b *builder) queue(num, total int, native bool) *builder {
-	flags := uint16(queueBypass)
-	text := fmt.Sprintf("queue num %d bypass", num)
+	return b.queueFlags(num, total, native, queueBypass)
+}
+
+func (b *builder) queueFlags(num, total int, native bool, flags uint16) *builder {
+	text := fmt.Sprintf("queue num %d", num)
 	if total > 1 {
-		text = fmt.Sprintf("queue num %d-%d bypass", num, num+total-1)
+		text = fmt.Sprintf("queue num %d-%d", num, num+total-1)
+	}
+	if flags&queueBypass != 0 {
+		text += " bypass"
 	}
 	if native {
 		return b.add(text, &expr.Queue{Num: uint16(num), Total: uint16(total), Flag: expr.QueueFlag(flags)})

@@ -1,0 +1,116 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"regexp"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nfclone/nfclone/test/lab"
+)
+
+// A queue session copies the kernel's clone, never the original: with the
+// reader stopped (SIGSTOP) the originals still get through at once — with
+// NFQUEUE holding originals they would wait for the verdict — and their
+// copies arrive once it runs again. Over v4 and v6.
+func TestQueueNeverHoldsOriginals(t *testing.T) {
+	l := lab.New(t)
+	d := startNfclone(t, l, `
+sessions:
+  - name: q
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}, {number: 2, action: accept, protocol: icmpv6}]
+    targets: [{kind: vxlan, remote: "10.77.4.2:4789", vni: 9}]
+`)
+	c := l.StartCapture(t, l.Col2, "e0", "udp port 4789", lab.Direction("in"))
+	// Resolve col2 first: a burst of copies to an unresolved neighbour
+	// would mostly be dropped by the kernel's ARP queue (3 packets).
+	ping(t, l, l.Eng, lab.Col2IP, 1)
+	if err := d.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			_ = d.Signal(syscall.SIGCONT)
+		}
+	}()
+	const n = 20
+	rtt := regexp.MustCompile(`rtt min/avg/max/mdev = [\d.]+/[\d.]+/([\d.]+)/`)
+	for _, dst := range []string{lab.EngE0IP, lab.EngE06} {
+		args := []string{"-n", "-c", strconv.Itoa(n), "-i", "0.01", "-W", "1", dst}
+		if dst == lab.EngE06 {
+			args = append([]string{"-6"}, args...)
+		}
+		out, err := l.Exec(context.Background(), l.Src, "ping", args...)
+		sent, recv, dupes, perr := lab.ParsePingSummary(string(out))
+		if err != nil || perr != nil || sent != n || recv != n || dupes != 0 {
+			t.Fatalf("ping %s with nfclone stopped: %v %v\n%s", dst, err, perr, out)
+		}
+		m := rtt.FindStringSubmatch(string(out))
+		if m == nil {
+			t.Fatalf("no rtt line:\n%s", out)
+		}
+		if max, _ := strconv.ParseFloat(m[1], 64); max > 50 {
+			t.Fatalf("ping %s: max rtt %.1f ms with nfclone stopped: originals were held\n%s", dst, max, out)
+		}
+		t.Logf("%s with the reader stopped: %d/%d replies, max rtt %s ms", dst, recv, n, m[1])
+	}
+	if got := c.Count(); got != 0 {
+		t.Fatalf("%d copies while nfclone was stopped", got)
+	}
+	stopped = false
+	if err := d.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	// the clones waited in the kernel queue
+	for end := time.Now().Add(5 * time.Second); c.Count() < 2*n && time.Now().Before(end); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.stop(t)
+	led := ledgerNumbers(t, d.Stderr(), "q")
+	// 2n echo requests, and the neighbour discovery that came with them
+	if got := len(c.Stop()); led["copied"] < 2*n || uint64(got) != led["copied"] {
+		t.Fatalf("ledger %v, want >= %d copied and as many at col2, got %d", led, 2*n, got)
+	}
+}
+
+// The copies of a queue session are the originals byte for byte, although
+// the kernel's dup decrements the TTL of a clone taken in prerouting:
+// the reader adds it back (and fixes the checksum), for v4 and v6.
+func TestQueueCopiesAreExact(t *testing.T) {
+	l := lab.New(t)
+	d := startNfclone(t, l, `
+sessions:
+  - name: x
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    targets:
+      - {kind: gateway, gateway: 10.77.2.2, device: e1}
+      - {kind: gateway, gateway: "fd77:2::2", device: e1}
+`)
+	for _, tc := range []struct{ dst, filter string }{
+		{lab.Col2IP, "icmp[0] == 8"},
+		{lab.Col26, "icmp6 and ip6[40] == 128"},
+	} {
+		orig := l.StartCapture(t, l.Eng, "e0", tc.filter, lab.Direction("in"))
+		cp := l.StartCapture(t, l.Col, "e0", tc.filter, lab.Direction("in"))
+		ping(t, l, l.Src, tc.dst, pings)
+		cp.WaitCount(pings, 5*time.Second)
+		o, c := orig.Stop(), cp.Stop()
+		if len(o) != pings || len(c) != pings {
+			t.Fatalf("%s: %d originals and %d copies, want %d each", tc.dst, len(o), len(c), pings)
+		}
+		for i := range o {
+			if len(o[i].IP) == 0 || !bytes.Equal(o[i].IP, c[i].IP) {
+				t.Fatalf("%s: copy %d differs from its original:\n orig % x\n copy % x", tc.dst, i, o[i].IP, c[i].IP)
+			}
+		}
+		t.Logf("%s: %d copies identical to their originals (TTL/hop limit %d/%d)", tc.dst, pings, c[0].TTL, c[0].HopLimit)
+	}
+	d.stop(t)
+}
