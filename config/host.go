@@ -28,6 +28,9 @@ func CheckHost(c *Config, h Host, owned map[string]bool) Errors {
 		return ok, pfx
 	}
 	for i, s := range c.Sessions {
+		if s.Method == MethodQueue && !loopbackReady(look) {
+			p.add(fmt.Sprintf("sessions[%d].method", i), "queue needs the loopback interface up with 127.0.0.1 (the kernel's copies are routed to lo and read there): ip link set lo up")
+		}
 		created := map[string]bool{}
 		for _, t := range s.Targets {
 			if t.Kind == KindDevice && t.Create {
@@ -72,6 +75,21 @@ func CheckHost(c *Config, h Host, owned map[string]bool) Errors {
 		}
 	}
 	return p.list
+}
+
+// loopbackReady: lo exists and holds 127.0.0.1, so that the kernel can route
+// a queue session's clones to it (`dup to 127.0.0.1 device "lo"`).
+func loopbackReady(look func(path, name string) (bool, []netip.Prefix)) bool {
+	ok, pfxs := look("lo", "lo")
+	if !ok {
+		return false
+	}
+	for _, p := range pfxs {
+		if p.Addr() == netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
+			return true
+		}
+	}
+	return false
 }
 
 func createdAnywhere(c *Config, name string) bool {

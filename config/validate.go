@@ -24,6 +24,13 @@ func (p *problems) add(path, format string, args ...any) {
 	p.list = append(p.list, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
+// MaxMark leaves the top byte of the mark, and room for one mark per gateway
+// route above the base, to the clone markers of queue sessions.
+const MaxMark = 0x00f00000
+
+// MaxQueueSessions is how many queue sessions the clone markers tell apart.
+const MaxQueueSessions = 127
+
 // Validate checks a decoded config without looking at the host, fills in
 // per-session defaults, and returns every problem found.
 func Validate(c *Config) Errors {
@@ -36,6 +43,18 @@ func Validate(c *Config) Errors {
 	}
 	if c.Mark == 0 {
 		p.add("mark", "must not be 0 (copies are recognised by their mark)")
+	}
+	if c.Mark > MaxMark {
+		p.add("mark", "%#x must be at most %#x (the top byte of the mark tags the kernel's copies of queue sessions)", c.Mark, MaxMark)
+	}
+	nq := 0
+	for _, s := range c.Sessions {
+		if s.Method == MethodQueue {
+			nq++
+		}
+	}
+	if nq > MaxQueueSessions {
+		p.add("sessions", "%d queue sessions, at most %d (their copies are told apart by 7 bits of the mark)", nq, MaxQueueSessions)
 	}
 	if c.RouteTable == 0 || c.RouteTable == 253 || c.RouteTable == 254 || c.RouteTable == 255 {
 		p.add("route_table", "%d is reserved (0, default, main, local)", c.RouteTable)

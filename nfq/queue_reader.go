@@ -47,6 +47,10 @@ type QueueConfig struct {
 	// fail-open (an accepted clone would be delivered to lo), the marker is
 	// cleared from Packet.Mark and the TTL restored where it says so.
 	Clones *CloneMarks
+	// Coalesce is, for a queue of clones, how long the reader waits after a
+	// read that did not fill its batch before reading again (0 = 250 µs):
+	// the kernel queues meanwhile without waking it. It delays copies only.
+	Coalesce time.Duration
 	// ReportENOBUFS leaves NETLINK_NO_ENOBUFS off. By default it is set:
 	// the socket never enters the congested state, and overruns are
 	// counted exactly from gaps in packet ids instead.
@@ -104,6 +108,9 @@ func (c *QueueConfig) defaults() {
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = time.Millisecond
 	}
+	if c.Coalesce == 0 {
+		c.Coalesce = 250 * time.Microsecond
+	}
 	if c.StatsPath == "" {
 		c.StatsPath = "/proc/net/netfilter/nfnetlink_queue"
 	}
@@ -132,6 +139,21 @@ func NewQueueReader(cfg QueueConfig, q *CopyQueue, led *Ledger) (*QueueReader, e
 			nf.Close()
 			return nil, wrapErr("set NETLINK_NO_ENOBUFS", err)
 		}
+	}
+	if cfg.Clones != nil {
+		// Clones: read in coalesced batches from a socket outside the
+		// netpoller (pollNL); go-nfqueue's connection is closed at once.
+		sock, err := newPollNL(nf.Con, cfg.RcvBuf, cfg.Coalesce)
+		nf.Close()
+		if err != nil {
+			return nil, err
+		}
+		qr, err := newQueueReader(cfg, sock, q, led)
+		if err != nil {
+			sock.Close()
+			return nil, err
+		}
+		return qr, nil
 	}
 	sock, err := newRawNL(nf.Con, cfg.RcvBuf)
 	if err != nil {

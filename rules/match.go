@@ -321,7 +321,7 @@ const (
 	// reader adds it back.
 	CloneTTLDecremented uint32 = 0x01000000
 	// MaxCloneSlots is how many queue sessions the markers can tell apart.
-	MaxCloneSlots = 127
+	MaxCloneSlots = config.MaxQueueSessions
 	// loopbackIndex is the ifindex of lo in every network namespace.
 	loopbackIndex = 1
 	// clonesPriority puts the clones chain before everything in the output

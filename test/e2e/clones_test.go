@@ -112,12 +112,19 @@ sessions:
 		ping(t, l, l.Src, tc.dst, pings)
 		cp.WaitCount(pings, 5*time.Second)
 		o, c := orig.Stop(), cp.Stop()
+		var so, sc []int
+		for i := range o {
+			so = append(so, o[i].ICMPSeq+o[i].ICMPv6Seq)
+		}
+		for i := range c {
+			sc = append(sc, c[i].ICMPSeq+c[i].ICMPv6Seq)
+		}
 		if len(o) != pings || len(c) != pings {
-			t.Fatalf("%s: %d originals and %d copies, want %d each", tc.dst, len(o), len(c), pings)
+			t.Fatalf("%s: %d originals and %d copies, want %d each (sequence numbers %v and %v)", tc.dst, len(o), len(c), pings, so, sc)
 		}
 		for i := range o {
 			if len(o[i].IP) == 0 || !bytes.Equal(o[i].IP, c[i].IP) {
-				t.Fatalf("%s: copy %d differs from its original:\n orig % x\n copy % x", tc.dst, i, o[i].IP, c[i].IP)
+				t.Fatalf("%s: copy %d differs from its original (sequence numbers %v and %v):\n orig % x\n copy % x", tc.dst, i, so, sc, o[i].IP, c[i].IP)
 			}
 		}
 		t.Logf("%s: %d copies identical to their originals (TTL/hop limit %d/%d)", tc.dst, pings, c[0].TTL, c[0].HopLimit)
