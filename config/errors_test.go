@@ -648,6 +648,11 @@ sessions:
 		want: []string{`mark: "-1" is not a non-negative number`},
 	},
 	{
+		name: "mark in the clone markers' byte",
+		yaml: "mark: 0x4e000000\n",
+		want: []string{"mark: 0x4e000000 must be at most 0xf00000 (the top byte of the mark tags the kernel's copies of queue sessions)"},
+	},
+	{
 		name: "global scalars out of range",
 		yaml: `
 mark: 0

@@ -36,6 +36,7 @@ var labHost = fakeHost{ifs: map[string][]string{
 	"e3":   nil,                              // no address (an L2 port)
 	"e4":   {"10.77.4.1/24", "10.77.5.1/24"}, // two v4 networks
 	"agg0": nil,
+	"lo":   {"127.0.0.1/8", "::1/128"},
 }}
 
 func mustParse(t *testing.T, y string) *Config {
@@ -179,6 +180,22 @@ sessions:
       - {kind: vxlan, remote: "10.9.9.9:4789", vni: 1}
       - {kind: pcap, path: "-"}
 `,
+		},
+		{
+			name: "queue without a usable loopback",
+			yaml: `
+sessions:
+  - name: s
+    method: queue
+    sources: [{interface: e0}]
+    targets: [{kind: pcap, path: "-"}]
+  - name: l
+    method: log
+    sources: [{interface: e0}]
+    targets: [{kind: pcap, path: "-"}]
+`,
+			host: fakeHost{ifs: map[string][]string{"e0": nil, "lo": nil}},
+			want: []string{`sessions[0].method: queue needs the loopback interface up with 127.0.0.1 (the kernel's copies are routed to lo and read there): ip link set lo up`},
 		},
 	}
 	for _, tc := range cases {
