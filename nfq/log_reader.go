@@ -87,17 +87,18 @@ func NewLogReader(cfg LogConfig, q *CopyQueue, led *Ledger) (*LogReader, error) 
 			return nil, wrapErr("set NETLINK_NO_ENOBUFS", err)
 		}
 	}
-	sock, err := newRawNL(nl.Con, cfg.RcvBuf)
+	// NFLOG never holds originals: read in coalesced batches from a socket
+	// outside the netpoller (pollNL), like a queue of clones.
+	sock, err := newPollNL(nl.Con, cfg.RcvBuf, 250*time.Microsecond)
+	nl.Close()
 	if err != nil {
-		nl.Close()
 		return nil, err
 	}
 	lr, err := newLogReader(cfg, sock, q, led)
 	if err != nil {
-		nl.Close()
+		sock.Close()
 		return nil, err
 	}
-	lr.nl = nl
 	return lr, nil
 }
 
