@@ -339,7 +339,7 @@ func (e *Engine) shutdown() error {
 		errs = append(errs, err)
 	}
 	for name, s := range rt.sessions {
-		s.stop(drainTimeout, counters[name][rules.CounterCopied].Packets)
+		s.stop(drainTimeout, counters[name][rules.CounterCopied].Packets, counters[name][rules.CounterRateLimited].Packets)
 	}
 	log.Info("undoing routing changes", "changes", len(rt.st.Journal))
 	if err := route.Undo(rt.rk, rt.st.Journal, log); err != nil {
@@ -544,7 +544,7 @@ func (e *Engine) Status() Status {
 			} else if ss.Ledger != nil {
 				// Packets the queue rule matched but fail-open let through
 				// uncopied (the kernel queue was full) enter the ledger here.
-				l := ss.Ledger.WithMatched(m[rules.CounterCopied].Packets)
+				l := ss.Ledger.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
 				ss.Ledger = &l
 				ss.Seen = Counter{Packets: l.Offered}
 			}

@@ -183,12 +183,13 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 	}()
 }
 
-// stop stops the readers (they accept every original still held), lets the
-// workers drain the copy queue for at most drain, then closes everything
+// stop stops the readers (they drain what the kernel already queued), lets
+// the workers drain the copy queue for at most drain, then closes everything
 // and logs the ledger. Call it after the rules stopped feeding the session.
-// matched is the kernel's count of packets the session's rule matched (0:
-// unknown), so that packets fail-open let through uncopied are in the ledger.
-func (s *session) stop(drain time.Duration, matched uint64) {
+// matched is the kernel's count of packets the session's copy rule matched
+// and rateLimited that of its rate-limit rule (0: unknown), so that packets
+// that never reached the reader are in the ledger.
+func (s *session) stop(drain time.Duration, matched, rateLimited uint64) {
 	if s.readerCancel != nil && s.method == config.MethodLog && drain > 0 {
 		// NFLOG batches packets in the kernel for up to its timeout (10 ms)
 		// before sending them: keep reading that long after the rules went.
@@ -205,8 +206,9 @@ func (s *session) stop(drain time.Duration, matched uint64) {
 		s.workerWG.Wait()
 	}
 	s.close()
-	snap := s.ledger.Snapshot().WithMatched(matched)
+	snap := s.ledger.Snapshot().WithMatched(matched).WithRateLimited(rateLimited)
 	s.log.Info("session ledger", "offered", snap.Offered, "copied", snap.Copied, "fail_open", snap.Drops.FailOpen,
+		"rate_limit", snap.Drops.RateLimit,
 		"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
 		"kernel_queue", snap.Drops.KernelQueue, "user", snap.Drops.User, "socket_overrun", snap.Drops.SocketOverrun,
 		"malformed", snap.Drops.Malformed, "balanced", snap.Balanced())

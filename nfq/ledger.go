@@ -41,7 +41,8 @@ type Drops struct {
 	SocketOverrun uint64 `json:"socket_overrun"`
 	// QueueOverflow: the userspace copy queue was full.
 	QueueOverflow uint64 `json:"queue_overflow"`
-	// RateLimit is reserved (the rate is enforced by nft rules).
+	// RateLimit: the session's rate (an nft limit before the copy
+	// statement) kept the packet from being copied; from the rule's counter.
 	RateLimit uint64 `json:"rate_limit"`
 	// Malformed: the kernel's message or the packet in it did not parse.
 	Malformed uint64 `json:"malformed"`
@@ -67,6 +68,15 @@ func (s Snapshot) WithMatched(matched uint64) Snapshot {
 		s.Drops.FailOpen = matched - s.Offered
 		s.Offered = matched
 	}
+	return s
+}
+
+// WithRateLimited accounts the packets the session's rate limit kept from
+// the copy statement (the kernel's counter on the limit rule): offered to
+// the session, dropped for the rate.
+func (s Snapshot) WithRateLimited(n uint64) Snapshot {
+	s.Offered += n
+	s.Drops.RateLimit += n
 	return s
 }
 

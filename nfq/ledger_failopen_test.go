@@ -18,3 +18,15 @@ func TestWithMatched(t *testing.T) {
 		t.Fatalf("offered %d fail-open %d", s.Offered, s.Drops.FailOpen)
 	}
 }
+
+// Packets the session's rate limit kept from the copy statement are offered
+// and dropped for the rate; the ledger still balances.
+func TestWithRateLimited(t *testing.T) {
+	var l Ledger
+	l.AddReceived(10)
+	l.AddCopied(10, 640)
+	s := l.Snapshot().WithMatched(10).WithRateLimited(7)
+	if s.Offered != 17 || s.Drops.RateLimit != 7 || !s.Balanced() {
+		t.Fatalf("offered %d rate limit %d balanced %v", s.Offered, s.Drops.RateLimit, s.Balanced())
+	}
+}

@@ -507,7 +507,7 @@ func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, acti
 		ch.Rules = append(ch.Rules, newBuilder(fam).sample(sc.s.Sample).verdict(expr.VerdictReturn, "").rule())
 	}
 	if sc.rate != nil {
-		ch.Rules = append(ch.Rules, newBuilder(fam).rateOver(*sc.rate).verdict(expr.VerdictReturn, "").rule())
+		ch.Rules = append(ch.Rules, newBuilder(fam).rateOver(*sc.rate).count(sc.s.Name, CounterRateLimited).verdict(expr.VerdictReturn, "").rule())
 	}
 	b := newBuilder(fam).count(sc.s.Name, CounterCopied)
 	action(b)

@@ -48,6 +48,8 @@ type Rule struct {
 const (
 	CounterSeen   = "seen"   // packets entering a session's filter
 	CounterCopied = "copied" // packets reaching its copy statement
+	// CounterRateLimited: packets the session's rate kept from being copied.
+	CounterRateLimited = "rate_limited"
 )
 
 // CounterRef ties a rule's counter to a session.

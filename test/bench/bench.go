@@ -40,6 +40,10 @@ type Options struct {
 	// Flood, if set, adds flood/dup and flood/queue: the generator on every
 	// CPU for this long (the hardening flood: RSS, originals, ledger).
 	Flood time.Duration
+	// FloodRate is the session rate (packets/s) of the flood/queue/rate and
+	// flood/log/rate phases: the kernel's limit sheds what is over it before
+	// any copy is made (0 = 50000).
+	FloodRate int
 	// ProbePPS is the rate of the latency probe (moderate load), default 5000.
 	ProbePPS int
 	// LosslessSteps bounds the search for the highest lossless dup load
@@ -243,8 +247,9 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	if o.Flood > 0 {
 		phase := h.o.Phase
 		h.o.Phase = o.Flood
-		for _, m := range []string{"dup", "queue", "log"} {
-			fl, err := h.load("flood/"+m, m, 1, 0, runtime.NumCPU())
+		for _, ph := range []string{"dup", "queue", "log", "queue/rate", "log/rate"} {
+			m := strings.TrimSuffix(ph, "/rate")
+			fl, err := h.load("flood/"+ph, m, 1, 0, runtime.NumCPU())
 			if err != nil {
 				h.o.Phase = phase
 				return r, err
@@ -321,6 +326,14 @@ func (h *harness) nfcloneConfig(name, method string, count int) (string, error) 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
+	rate := ""
+	if strings.HasSuffix(name, "/rate") {
+		n := h.o.FloodRate
+		if n <= 0 {
+			n = 50000
+		}
+		rate = fmt.Sprintf("\n    rate: %d/second", n)
+	}
 	target := fmt.Sprintf("{kind: gateway, gateway: %s, device: e1}", colIP)
 	if strings.HasSuffix(name, "/vxlan") {
 		target = fmt.Sprintf(`{kind: vxlan, remote: "%s:4789", vni: 1}`, colIP)
@@ -332,9 +345,9 @@ sessions:
   - name: bench
     method: %s
     sources: [{interface: e0, direction: ingress}]
-    rules: [{number: 1, action: accept, protocol: udp}]
+    rules: [{number: 1, action: accept, protocol: udp}]%s
     targets: [%s]
-`, filepath.Join(dir, "state"), count, method, target)
+`, filepath.Join(dir, "state"), count, method, rate, target)
 	path := filepath.Join(dir, "nfclone.yaml")
 	return path, os.WriteFile(path, []byte(yaml), 0o600)
 }
@@ -667,7 +680,10 @@ func (h *harness) derive(r *Results) {
 	}
 
 	if fd, fq, fl := findRun(r.Flood, "flood/dup"), findRun(r.Flood, "flood/queue"), findRun(r.Flood, "flood/log"); fd != nil && fq != nil && fl != nil {
-		for _, x := range []*LoadRun{fq, fl} {
+		for _, x := range []*LoadRun{fq, fl, findRun(r.Flood, "flood/queue/rate"), findRun(r.Flood, "flood/log/rate")} {
+			if x == nil {
+				continue
+			}
 			m := strings.TrimPrefix(x.Phase, "flood/")
 			v := ratio(x.OriginalsPPS, fd.OriginalsPPS)
 			r.Ratios["flood_originals_"+m+"_over_dup"] = v

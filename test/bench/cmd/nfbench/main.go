@@ -67,6 +67,11 @@ func run() error {
 			return err
 		}
 	}
+	if v := os.Getenv("BENCH_FLOOD_RATE"); v != "" {
+		if o.FloodRate, err = strconv.Atoi(v); err != nil || o.FloodRate <= 0 {
+			return fmt.Errorf("BENCH_FLOOD_RATE=%q: want a positive integer", v)
+		}
+	}
 	if v := os.Getenv("BENCH_PROBE_PPS"); v != "" {
 		if o.ProbePPS, err = strconv.Atoi(v); err != nil || o.ProbePPS <= 0 {
 			return fmt.Errorf("BENCH_PROBE_PPS=%q: want a positive integer", v)
