@@ -216,7 +216,8 @@ type Ledger struct {
 	SendErrors    uint64 `json:"send_errors"`
 	KernelQueue   uint64 `json:"kernel_queue"`
 	SocketOverrun uint64 `json:"socket_overrun"`
-	// Other is drops not broken down in the log line (user, malformed, rate_limit).
+	RateLimit     uint64 `json:"rate_limit"`
+	// Other is drops not broken down above (user, malformed, fail_open).
 	Other    uint64 `json:"other"`
 	Balanced bool   `json:"balanced"`
 }
@@ -239,7 +240,7 @@ func parseLedgers(stderr string) ([]Ledger, error) {
 			continue
 		}
 		l := raw.Ledger
-		listed := l.QueueOverflow + l.SendErrors + l.KernelQueue + l.SocketOverrun
+		listed := l.QueueOverflow + l.SendErrors + l.KernelQueue + l.SocketOverrun + l.RateLimit
 		if l.Drops >= listed {
 			l.Other = l.Drops - listed
 		}
