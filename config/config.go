@@ -16,6 +16,10 @@ const (
 	DefaultQueueMax   = 4096
 	DefaultQueueCap   = 8192
 	DefaultWorkers    = 2
+	// DefaultNice is the niceness of nfclone's threads: under CPU contention
+	// the host's own work (and the packets it forwards in ksoftirqd) comes
+	// before copies, which are dropped and counted instead.
+	DefaultNice = 10
 	DefaultSample     = 1
 	DefaultVXLANPort  = 4789
 	DefaultGENEVEPort = 6081
@@ -47,6 +51,9 @@ type Queue struct {
 	MaxLen  int `mapstructure:"max_len" json:"max_len"`
 	Cap     int `mapstructure:"cap" json:"cap"`
 	Workers int `mapstructure:"workers" json:"workers"`
+	// Nice is the niceness of every nfclone thread while it runs (-20..19;
+	// below 0 needs CAP_SYS_NICE).
+	Nice int `mapstructure:"nice" json:"nice"`
 }
 
 // Method names.

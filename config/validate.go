@@ -127,6 +127,9 @@ func validateQueue(p *problems, q Queue, sessions int) {
 	if q.Workers < 1 || q.Workers > 256 {
 		p.add("queue.workers", "%d is out of range 1-256", q.Workers)
 	}
+	if q.Nice < -20 || q.Nice > 19 {
+		p.add("queue.nice", "%d is out of range -20-19", q.Nice)
+	}
 }
 
 func validateSession(p *problems, path string, s *Session) {

@@ -441,6 +441,9 @@ func report(w io.Writer, err error) {
 func runDaemon(parent context.Context, e *engine.Engine, log *slog.Logger, watch bool) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
+	if err := engine.SetNice(e.Cfg.Queue.Nice); err != nil {
+		return err
+	}
 	if listen := e.Cfg.Metrics.Listen; listen != "" {
 		mc := metrics.New(e.Status)
 		e.Services = append(e.Services, func(ctx context.Context) error { return metrics.Serve(ctx, listen, mc, log) })

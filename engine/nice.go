@@ -1,0 +1,38 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// SetNice makes every thread of this process at least as nice as n (Linux
+// priorities are per thread; threads created later inherit theirs from the
+// thread that creates them, so two passes cover threads born meanwhile). A
+// thread already nicer is left alone, so that `nice -n 19 nfclone run`
+// keeps its 19 without needing CAP_SYS_NICE.
+func SetNice(n int) error {
+	for pass := 0; pass < 2; pass++ {
+		ents, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			return fmt.Errorf("listing threads to set niceness %d: %w", n, err)
+		}
+		for _, e := range ents {
+			tid, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			// The raw getpriority returns 20 - nice.
+			if p, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err == nil && 20-p >= n {
+				continue
+			}
+			if err := unix.Setpriority(unix.PRIO_PROCESS, tid, n); err != nil && !errors.Is(err, unix.ESRCH) {
+				return fmt.Errorf("setting niceness %d of thread %d (below 0 needs CAP_SYS_NICE): %w", n, tid, err)
+			}
+		}
+	}
+	return nil
+}
