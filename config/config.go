@@ -19,7 +19,7 @@ const (
 	// DefaultNice is the niceness of nfclone's threads: under CPU contention
 	// the host's own work (and the packets it forwards in ksoftirqd) comes
 	// before copies, which are dropped and counted instead.
-	DefaultNice = 10
+	DefaultNice       = 10
 	DefaultSample     = 1
 	DefaultVXLANPort  = 4789
 	DefaultGENEVEPort = 6081
