@@ -40,6 +40,7 @@ type qpkt struct {
 	capLen uint32
 	inIf   uint32
 	hw     []byte
+	mark   uint32 // 0: 7
 }
 
 func queuePacketMsg(p qpkt) []byte {
@@ -47,7 +48,11 @@ func queuePacketMsg(p qpkt) []byte {
 	hdr := be32b(p.id)
 	hdr = append(hdr, 0x08, 0x00, 1)
 	a = appendAttr(a, nfqaPacketHdr, hdr)
-	a = appendAttr(a, nfqaMark, be32b(7))
+	mark := p.mark
+	if mark == 0 {
+		mark = 7
+	}
+	a = appendAttr(a, nfqaMark, be32b(mark))
 	if p.inIf != 0 {
 		a = appendAttr(a, nfqaIfIndexIn, be32b(p.inIf))
 	}
@@ -132,16 +137,17 @@ type fakeItem struct {
 // the rest of the current burst. It acknowledges config messages and
 // records batch verdicts.
 type fakeSock struct {
-	mu       sync.Mutex
-	bursts   [][]fakeItem
-	bufs     [][]byte
-	wake     chan struct{}
-	intr     bool
-	verdicts []uint32
-	sends    int
-	closed   bool
-	ackErr   int32
-	sendErr  error
+	mu           sync.Mutex
+	bursts       [][]fakeItem
+	bufs         [][]byte
+	wake         chan struct{}
+	intr         bool
+	verdicts     []uint32
+	verdictKinds []uint32 // NF_ACCEPT, NF_DROP of each batch verdict
+	sends        int
+	closed       bool
+	ackErr       int32
+	sendErr      error
 }
 
 func newFakeSock() *fakeSock { return &fakeSock{wake: make(chan struct{}, 1)} }
@@ -228,6 +234,7 @@ func (f *fakeSock) Send(b []byte) error {
 	}
 	if m.typ == subsysQueue<<8|nfqnlMsgVerdictBatch {
 		f.verdicts = append(f.verdicts, binary.BigEndian.Uint32(b[28:32]))
+		f.verdictKinds = append(f.verdictKinds, binary.BigEndian.Uint32(b[24:28]))
 	}
 	return nil
 }

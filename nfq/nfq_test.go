@@ -219,10 +219,11 @@ func TestPacketHeadroom(t *testing.T) {
 }
 
 type recorder struct {
-	mu   sync.Mutex
-	got  [][]byte
-	n    atomic.Int64
-	fail func(p *Packet) bool
+	mu    sync.Mutex
+	got   [][]byte
+	marks []uint32
+	n     atomic.Int64
+	fail  func(p *Packet) bool
 }
 
 func (r *recorder) send(batch []*Packet) {
@@ -234,6 +235,7 @@ func (r *recorder) send(batch []*Packet) {
 			continue
 		}
 		r.got = append(r.got, append([]byte(nil), p.Data...))
+		r.marks = append(r.marks, p.Mark)
 	}
 	r.n.Add(int64(len(batch)))
 }
@@ -241,8 +243,13 @@ func (r *recorder) send(batch []*Packet) {
 // runPath runs reader → queue → workers until cancelled.
 func runPath(t *testing.T, sock *fakeSock, qcap int, rec *recorder, led *Ledger) (qr *QueueReader, stop func()) {
 	t.Helper()
+	return runPathCfg(t, sock, QueueConfig{Num: 0, Batch: 4, Snaplen: 2048}, qcap, rec, led)
+}
+
+func runPathCfg(t *testing.T, sock *fakeSock, cfg QueueConfig, qcap int, rec *recorder, led *Ledger) (qr *QueueReader, stop func()) {
+	t.Helper()
 	q := NewCopyQueue(qcap)
-	qr, err := newQueueReader(QueueConfig{Num: 0, Batch: 4, Snaplen: 2048}, sock, q, led)
+	qr, err := newQueueReader(cfg, sock, q, led)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -537,24 +544,12 @@ func binaryPutID(msg []byte, id uint32) {
 // restoreTTL undoes the kernel dup's TTL decrement exactly: the header is
 // byte for byte the original's, checksum included (for every TTL, wrap too).
 func TestRestoreTTL(t *testing.T) {
-	csum := func(h []byte) uint16 {
-		var s uint32
-		for i := 0; i < len(h); i += 2 {
-			if i != 10 {
-				s += uint32(h[i])<<8 | uint32(h[i+1])
-			}
-		}
-		for s > 0xffff {
-			s = s&0xffff + s>>16
-		}
-		return ^uint16(s)
-	}
 	for ttl := 0; ttl < 256; ttl++ {
 		orig := []byte{0x45, 0, 0, 28, 0x12, 0x34, 0x40, 0, byte(ttl), 17, 0, 0, 10, 77, 0, 2, 10, 77, 3, 2, 1, 2, 3, 4}
-		binary.BigEndian.PutUint16(orig[10:], csum(orig[:20]))
+		binary.BigEndian.PutUint16(orig[10:], ipChecksum(orig[:20]))
 		clone := append([]byte(nil), orig...)
 		clone[8]--
-		binary.BigEndian.PutUint16(clone[10:], csum(clone[:20]))
+		binary.BigEndian.PutUint16(clone[10:], ipChecksum(clone[:20]))
 		restoreTTL(clone)
 		if !bytes.Equal(clone, orig) {
 			t.Fatalf("ttl %d: restored % x, want % x", ttl, clone[:20], orig[:20])
@@ -567,4 +562,59 @@ func TestRestoreTTL(t *testing.T) {
 		t.Fatalf("hop limit %d", v6[7])
 	}
 	restoreTTL([]byte{0x45, 0}) // short: untouched, no panic
+}
+
+// A queue of clones: every packet gets a drop verdict (its original went on
+// in the kernel), the marker leaves the mark, and a clone whose marker says
+// the kernel's dup decremented its TTL gets it back, checksum included.
+func TestQueueClonesWithFakes(t *testing.T) {
+	checkNoLeak(t)
+	sock := newFakeSock()
+	var led Ledger
+	rec := &recorder{}
+	cfg := QueueConfig{Num: 0, Batch: 4, Snaplen: 2048, Clones: &CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000}}
+	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
+	orig := ipv4(64, [4]byte{10, 77, 0, 2})
+	binary.BigEndian.PutUint16(orig[10:], ipChecksum(orig[:20]))
+	dec := append([]byte(nil), orig...)
+	dec[8]--
+	binary.BigEndian.PutUint16(dec[10:], ipChecksum(dec[:20]))
+	sock.feedDgrams(
+		queuePacketMsg(qpkt{id: 1, data: dec, mark: 0x03000007}),  // prerouting clone
+		queuePacketMsg(qpkt{id: 2, data: orig, mark: 0x02000007}), // postrouting clone
+	)
+	waitFor(t, "copies", func() bool { return rec.n.Load() == 2 })
+	waitFor(t, "verdict", func() bool { v := sock.verdictList(); return len(v) > 0 && v[len(v)-1] == 2 })
+	stop()
+	sock.mu.Lock()
+	kinds := append([]uint32(nil), sock.verdictKinds...)
+	sock.mu.Unlock()
+	for _, k := range kinds {
+		if k != nfDrop {
+			t.Fatalf("verdicts %v, want only NF_DROP (%d)", kinds, nfDrop)
+		}
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for i := range rec.got {
+		if !bytes.Equal(rec.got[i], orig) {
+			t.Errorf("copy %d:\n% x\nwant\n% x", i, rec.got[i][:20], orig[:20])
+		}
+		if rec.marks[i] != 7 {
+			t.Errorf("copy %d mark %#x, want 7 (the marker cleared)", i, rec.marks[i])
+		}
+	}
+}
+
+func ipChecksum(h []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(h); i += 2 {
+		if i != 10 {
+			s += uint32(h[i])<<8 | uint32(h[i+1])
+		}
+	}
+	for s > 0xffff {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
 }
