@@ -298,7 +298,7 @@ In capture, -c is the packet count, as in tcpdump.`,
 	cf.IntVarP(&capOpts.Snaplen, "snaplen", "s", 0, "bytes kept of each packet (0: whole packet)")
 	cf.Uint64VarP(&capCount, "count", "c", 0, "stop after this many packets (0: until --duration or Ctrl-C)")
 	cf.DurationVar(&capDuration, "duration", 0, "stop after this long (e.g. 30s)")
-	cf.StringVar(&capOpts.Method, "method", "log", "log (NFLOG: never holds packets) or queue (NFQUEUE)")
+	cf.StringVar(&capOpts.Method, "method", "log", "log (NFLOG) or queue (NFQUEUE of the kernel's clones); neither holds a packet")
 	cf.StringVarP(&capOpts.Output, "write", "w", "", "pcap file to write, or - for standard output")
 	cf.StringVar(&capOpts.Format, "format", "pcap", "pcap or pcapng")
 
