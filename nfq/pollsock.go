@@ -23,9 +23,7 @@ import (
 // the syscall state until sysmon retakes it, delaying the workers by
 // milliseconds: copies came out of order in the lab.)
 type pollNL struct {
-	fd       int
-	hdrs     []unix.Mmsghdr
-	iovs     []unix.Iovec
+	mmsgSock
 	coalesce time.Duration
 	short    bool         // the last read left buffers unused
 	deadline atomic.Int64 // unix nanoseconds, 0 = none
@@ -45,7 +43,7 @@ func newPollNL(c *netlink.Conn, rcvbuf int, coalesce time.Duration) (*pollNL, er
 	if err != nil {
 		return nil, err
 	}
-	s := &pollNL{fd: -1, coalesce: coalesce}
+	s := &pollNL{mmsgSock: mmsgSock{fd: -1}, coalesce: coalesce}
 	var serr error
 	err = rc.Control(func(fd uintptr) {
 		nfd, e := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
@@ -61,26 +59,11 @@ func newPollNL(c *netlink.Conn, rcvbuf int, coalesce time.Duration) (*pollNL, er
 	if err != nil {
 		return nil, err
 	}
-	if rcvbuf > 0 {
-		if e := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf); e != nil {
-			if e := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf); e != nil {
-				s.Close()
-				return nil, fmt.Errorf("nfq: set receive buffer: %w", e)
-			}
-		}
+	if err := s.setRcvBuf(rcvbuf); err != nil {
+		s.Close()
+		return nil, err
 	}
 	return s, nil
-}
-
-func (s *pollNL) Prepare(bufs [][]byte) {
-	s.hdrs = make([]unix.Mmsghdr, len(bufs))
-	s.iovs = make([]unix.Iovec, len(bufs))
-	for i := range bufs {
-		s.iovs[i].Base = &bufs[i][0]
-		s.iovs[i].SetLen(len(bufs[i]))
-		s.hdrs[i].Hdr.Iov = &s.iovs[i]
-		s.hdrs[i].Hdr.SetIovlen(1)
-	}
 }
 
 func (s *pollNL) expired() bool {
@@ -124,22 +107,9 @@ func (s *pollNL) RecvBatch(lens []int, trunc []bool, block bool) (int, error) {
 			return 0, e
 		}
 		n := int(r)
-		for i := 0; i < n; i++ {
-			lens[i] = int(s.hdrs[i].Len)
-			trunc[i] = s.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0
-		}
+		s.results(n, lens, trunc)
 		s.short = n < len(s.hdrs)
 		return n, nil
-	}
-}
-
-func (s *pollNL) Send(b []byte) error {
-	for {
-		_, err := unix.Write(s.fd, b)
-		if err == unix.EINTR {
-			continue
-		}
-		return err
 	}
 }
 

@@ -38,12 +38,10 @@ type QueueConfig struct {
 	// FlushInterval bounds how long an original is held when the socket is
 	// busy (0 = 1 ms). A drained socket always flushes at once.
 	FlushInterval time.Duration
-	// NoFailOpen clears NFQA_CFG_F_FAIL_OPEN (default: fail-open set, so a
-	// full queue accepts instead of dropping originals).
-	NoFailOpen bool
 	// Clones, if set, says the queue receives the kernel's clones of the
-	// originals (rules.CloneMask), not the originals: every packet gets a
-	// drop verdict (its original went on in the kernel), the queue is never
+	// originals (rules.CloneMask), not the originals (nfclone's rules always
+	// queue clones; without it the queue holds originals, fail-open, as in
+	// the root tests): every packet gets a drop verdict (its original went on in the kernel), the queue is never
 	// fail-open (an accepted clone would be delivered to lo), the marker is
 	// cleared from Packet.Mark and the TTL restored where it says so.
 	Clones *CloneMarks
@@ -117,8 +115,8 @@ func (c *QueueConfig) defaults() {
 }
 
 // NewQueueReader opens and binds NFQUEUE cfg.Num (packet copy mode, copy
-// range = snaplen, fail-open) and returns a reader that pushes copies to q
-// and counts into led. Call Run, then Close.
+// range = snaplen; fail-open unless it holds clones) and returns a reader
+// that pushes copies to q and counts into led. Call Run, then Close.
 func NewQueueReader(cfg QueueConfig, q *CopyQueue, led *Ledger) (*QueueReader, error) {
 	cfg.defaults()
 	nf, err := nfqueue.Open(&nfqueue.Config{
@@ -200,7 +198,7 @@ func (qr *QueueReader) bind() error {
 	mb.attr(nfqaCfgParams, params)
 	mb.be32(nfqaCfgQueueMaxLen, qr.cfg.MaxLen)
 	var flags uint32
-	if !qr.cfg.NoFailOpen && qr.cfg.Clones == nil {
+	if qr.cfg.Clones == nil { // originals: a full queue accepts rather than drops
 		flags |= CfgFlagFailOpen
 	}
 	mb.be32(nfqaCfgMask, CfgFlagFailOpen|CfgFlagConntrack|CfgFlagGSO)

@@ -37,11 +37,9 @@ type nlSocket interface {
 // MSG_PEEK and no allocation per message; blocking waits go through the Go
 // netpoller (RawConn.Read), so read deadlines unblock it.
 type rawNL struct {
+	mmsgSock
 	conn   *netlink.Conn
 	rc     syscall.RawConn
-	fd     int
-	hdrs   []unix.Mmsghdr
-	iovs   []unix.Iovec
 	block  bool
 	n      int
 	errno  syscall.Errno
@@ -53,36 +51,20 @@ func newRawNL(c *netlink.Conn, rcvbuf int) (*rawNL, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &rawNL{conn: c, rc: rc, fd: -1}
+	s := &rawNL{mmsgSock: mmsgSock{fd: -1}, conn: c, rc: rc}
 	var serr error
 	err = rc.Control(func(fd uintptr) {
 		s.fd = int(fd)
-		if rcvbuf > 0 {
-			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf); e != nil {
-				// Without CAP_NET_ADMIN fall back to the capped variant.
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf)
-			}
-		}
+		serr = s.setRcvBuf(rcvbuf)
 	})
 	if err != nil {
 		return nil, err
 	}
 	if serr != nil {
-		return nil, fmt.Errorf("nfq: set receive buffer: %w", serr)
+		return nil, serr
 	}
 	s.readFn = s.doRead
 	return s, nil
-}
-
-func (s *rawNL) Prepare(bufs [][]byte) {
-	s.hdrs = make([]unix.Mmsghdr, len(bufs))
-	s.iovs = make([]unix.Iovec, len(bufs))
-	for i := range bufs {
-		s.iovs[i].Base = &bufs[i][0]
-		s.iovs[i].SetLen(len(bufs[i]))
-		s.hdrs[i].Hdr.Iov = &s.iovs[i]
-		s.hdrs[i].Hdr.SetIovlen(1)
-	}
 }
 
 func (s *rawNL) doRead(fd uintptr) bool {
@@ -115,14 +97,46 @@ func (s *rawNL) RecvBatch(lens []int, trunc []bool, block bool) (int, error) {
 		}
 		return 0, s.errno
 	}
-	for i := 0; i < s.n; i++ {
-		lens[i] = int(s.hdrs[i].Len)
-		trunc[i] = s.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0
-	}
+	s.results(s.n, lens, trunc)
 	return s.n, nil
 }
 
-func (s *rawNL) Send(b []byte) error {
+func (s *rawNL) SetReadDeadline(t time.Time) error { return s.conn.SetReadDeadline(t) }
+
+func (s *rawNL) Close() error { return s.conn.Close() }
+
+func isENOBUFS(err error) bool { return errors.Is(err, unix.ENOBUFS) }
+
+// mmsgSock is what both netlink sockets share: the descriptor and the
+// recvmmsg headers over the reader's buffers.
+type mmsgSock struct {
+	fd   int
+	hdrs []unix.Mmsghdr
+	iovs []unix.Iovec
+}
+
+// Prepare points one recvmmsg header at each buffer.
+func (s *mmsgSock) Prepare(bufs [][]byte) {
+	s.hdrs = make([]unix.Mmsghdr, len(bufs))
+	s.iovs = make([]unix.Iovec, len(bufs))
+	for i := range bufs {
+		s.iovs[i].Base = &bufs[i][0]
+		s.iovs[i].SetLen(len(bufs[i]))
+		s.hdrs[i].Hdr.Iov = &s.iovs[i]
+		s.hdrs[i].Hdr.SetIovlen(1)
+	}
+}
+
+// results copies the lengths and truncation flags of n received datagrams.
+func (s *mmsgSock) results(n int, lens []int, trunc []bool) {
+	for i := 0; i < n; i++ {
+		lens[i] = int(s.hdrs[i].Len)
+		trunc[i] = s.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0
+	}
+}
+
+// Send writes one netlink message.
+func (s *mmsgSock) Send(b []byte) error {
 	for {
 		_, err := unix.Write(s.fd, b)
 		if err == unix.EINTR {
@@ -132,8 +146,17 @@ func (s *rawNL) Send(b []byte) error {
 	}
 }
 
-func (s *rawNL) SetReadDeadline(t time.Time) error { return s.conn.SetReadDeadline(t) }
-
-func (s *rawNL) Close() error { return s.conn.Close() }
-
-func isENOBUFS(err error) bool { return errors.Is(err, unix.ENOBUFS) }
+// setRcvBuf sets the receive buffer: SO_RCVBUFFORCE, or without
+// CAP_NET_ADMIN the capped SO_RCVBUF.
+func (s *mmsgSock) setRcvBuf(n int) error {
+	if n <= 0 {
+		return nil
+	}
+	if unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n) == nil {
+		return nil
+	}
+	if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, n); err != nil {
+		return fmt.Errorf("nfq: set receive buffer: %w", err)
+	}
+	return nil
+}
