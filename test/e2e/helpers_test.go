@@ -215,3 +215,30 @@ func linkFlags(t *testing.T, l *lab.Lab, ns, dev string) string {
 	}
 	return out
 }
+
+// requireCopiesExact matches each copy to its original by ICMP (or ICMPv6)
+// sequence number — two workers may send two copies in either order — and
+// requires n of each, every copy byte for byte its original's IP packet.
+func requireCopiesExact(t *testing.T, what string, originals, copies []lab.Packet, n int) {
+	t.Helper()
+	seq := func(p lab.Packet) int { return p.ICMPSeq + p.ICMPv6Seq }
+	byID := map[int][]byte{}
+	var so, sc []int
+	for _, p := range originals {
+		so = append(so, seq(p))
+		byID[seq(p)] = p.IP
+	}
+	for _, p := range copies {
+		sc = append(sc, seq(p))
+	}
+	if len(originals) != n || len(copies) != n || len(byID) != n {
+		t.Fatalf("%s: %d originals and %d copies, want %d each (sequence numbers %v and %v)", what, len(originals), len(copies), n, so, sc)
+	}
+	for i, p := range copies {
+		want, ok := byID[seq(p)]
+		if !ok || len(want) == 0 || !bytes.Equal(want, p.IP) {
+			t.Fatalf("%s: copy %d is not byte-identical to its original (sequence numbers %v and %v):\n orig % x\n copy % x", what, i, so, sc, want, p.IP)
+		}
+		delete(byID, seq(p))
+	}
+}

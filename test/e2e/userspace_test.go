@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -47,11 +46,7 @@ sessions:
 					copies, originals := c.Stop(), orig.Stop()
 					requireCount(t, "copies", copies, echoReq(src), pings)
 					requireCount(t, "originals", originals, echoReq(src), pings)
-					for i := range copies {
-						if !bytes.Equal(copies[i].IP, originals[i].IP) {
-							t.Fatalf("copy %d is not byte-identical to its original:\norig %x\ncopy %x", i, originals[i].IP, copies[i].IP)
-						}
-					}
+					requireCopiesExact(t, dst, originals, copies, pings)
 					d.stop(t)
 					ledger := ledgerLine(t, d.Stderr(), "u")
 					if !strings.Contains(ledger, "drops=0") {
