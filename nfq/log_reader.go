@@ -113,6 +113,7 @@ func newLogReader(cfg LogConfig, sock nlSocket, q *CopyQueue, led *Ledger) (*Log
 	bufSize = nlAlign(bufSize + nlOverhead)
 	lr := &LogReader{cfg: cfg}
 	lr.r = newReader(kindLog, sock, q, led, cfg.Session, cfg.Group, 8, bufSize, 1, time.Millisecond, cfg.Logger)
+	lr.r.backpressure = true // NFLOG never holds an original
 	if err := lr.bind(); err != nil {
 		return nil, err
 	}

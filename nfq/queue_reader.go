@@ -174,7 +174,7 @@ func newQueueReader(cfg QueueConfig, sock nlSocket, q *CopyQueue, led *Ledger) (
 	qr := &QueueReader{cfg: cfg, led: led}
 	qr.r = newReader(kindQueue, sock, q, led, cfg.Session, cfg.Num, nbufs, bufSize, cfg.Batch, cfg.FlushInterval, cfg.Logger)
 	if cfg.Clones != nil {
-		qr.r.clones, qr.r.verdict = cfg.Clones, nfDrop
+		qr.r.clones, qr.r.verdict, qr.r.backpressure = cfg.Clones, nfDrop, true
 	}
 	if err := qr.bind(); err != nil {
 		return nil, err

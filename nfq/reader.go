@@ -47,6 +47,10 @@ type reader struct {
 	pi    pktInfo
 	mb    msgBuilder
 
+	// backpressure: stop reading while the copy queue is full (only where
+	// no original waits for the reader: clones and NFLOG)
+	backpressure bool
+
 	// batch verdicts (NFQUEUE)
 	verdict       uint32      // nfAccept (originals) or nfDrop (clones)
 	clones        *CloneMarks // non-nil: the queue holds clones
@@ -150,6 +154,10 @@ func (r *reader) execute(msg []byte, seq uint32, timeout time.Duration) error {
 	return nil
 }
 
+// backpressureWait is how long a reader waits for room in a full copy queue
+// before looking again.
+const backpressureWait = 250 * time.Microsecond
+
 // run is the receive loop. It returns when ctx is done (after draining what
 // the socket still holds and releasing every original) or when the socket is
 // closed. Receive errors (ENOBUFS included) are counted and reading goes on.
@@ -162,6 +170,18 @@ func (r *reader) run(ctx context.Context) error {
 	defer stop()
 	var consecutive int
 	for {
+		if r.backpressure && r.q.Full() {
+			// Nothing read now could be queued: leave it to the kernel,
+			// which drops and counts (kernel_queue, socket_overrun), instead
+			// of spending the CPU the host needs on reading it and throwing
+			// it away. Originals never wait for this reader.
+			r.flush()
+			if ctx.Err() != nil {
+				break
+			}
+			time.Sleep(backpressureWait)
+			continue
+		}
 		n, err := r.sock.RecvBatch(r.lens, r.trunc, true)
 		if n > 0 {
 			consecutive = 0
