@@ -128,6 +128,7 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 	}
 	userspace := false
 	clones := map[nftables.TableFamily][]Rule{} // queue sessions' catch rules, per family
+	slots := 0                                  // queue sessions so far
 	for i := range c.Sessions {
 		s := &c.Sessions[i]
 		sc, err := newSessionCompiler(c, i, opt)
@@ -179,7 +180,8 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 				}
 				break
 			}
-			slot := len(clones[nftables.TableFamilyIPv4]) + len(clones[nftables.TableFamilyIPv6])
+			slot := slots // this session's marker: one per queue session, whatever its families
+			slots++
 			if slot >= MaxCloneSlots {
 				return nil, fmt.Errorf("sessions[%d]: more than %d queue sessions", i, MaxCloneSlots)
 			}

@@ -491,3 +491,38 @@ func TestCloneMarkers(t *testing.T) {
 		t.Errorf("copy rules\n%s\nwant\n%s", strings.Join(copies, "\n"), strings.Join(wantCopies, "\n"))
 	}
 }
+
+// Each queue session gets the next marker slot, whether it copies one
+// family or two (127 sessions fit, as config allows).
+func TestCloneSlotsPerSession(t *testing.T) {
+	c, err := config.Parse([]byte(`
+sessions:
+  - {name: a, method: queue, sources: [{interface: e0}], targets: [{kind: pcap, path: "-"}]}
+  - {name: b, method: queue, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
+  - {name: c, method: queue, sources: [{interface: e0}], targets: [{kind: pcap, path: "-"}]}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := Compile(c, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, tbl := range rs.Tables {
+		for _, ch := range tbl.Chains {
+			if ch.Name == "clones" {
+				for _, r := range ch.Rules {
+					got = append(got, r.Text)
+				}
+			}
+		}
+	}
+	want := []string{ // ip: a, b, c; ip6: a, c
+		"meta mark 0x02000000/7 queue num 0", "meta mark 0x04000000/7 queue num 1", "meta mark 0x06000000/7 queue num 2",
+		"meta mark 0x02000000/7 queue num 0", "meta mark 0x06000000/7 queue num 2",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("clones rules %q, want %q", got, want)
+	}
+}
