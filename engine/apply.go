@@ -140,7 +140,7 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 	}
 	if err := rt.ap.Apply(rs); err != nil {
 		for _, s := range fresh {
-			s.stop(0, 0, 0)
+			s.stop(0, nil)
 		}
 		fresh = nil
 		undoAdded()
@@ -163,7 +163,7 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 	fresh = nil
 	for name, s := range old {
 		if keep[name] != s {
-			s.stop(drainTimeout, 0, 0)
+			s.stop(drainTimeout, nil)
 		}
 	}
 	if len(unwanted) > 0 {

@@ -339,7 +339,7 @@ func (e *Engine) shutdown() error {
 		errs = append(errs, err)
 	}
 	for name, s := range rt.sessions {
-		s.stop(drainTimeout, counters[name][rules.CounterCopied].Packets, counters[name][rules.CounterRateLimited].Packets)
+		s.stop(drainTimeout, counters[name])
 	}
 	log.Info("undoing routing changes", "changes", len(rt.st.Journal))
 	if err := route.Undo(rt.rk, rt.st.Journal, log); err != nil {
@@ -542,9 +542,8 @@ func (e *Engine) Status() Status {
 				ss.Seen = Counter{Packets: m[rules.CounterSeen].Packets, Bytes: m[rules.CounterSeen].Bytes}
 				ss.Copied = Counter{Packets: m[rules.CounterCopied].Packets, Bytes: m[rules.CounterCopied].Bytes}
 			} else if ss.Ledger != nil {
-				// Packets the queue rule matched but fail-open let through
-				// uncopied (the kernel queue was full) enter the ledger here.
-				l := ss.Ledger.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
+				// What only the kernel's counters know enters the ledger here.
+				l := withKernelCounts(*ss.Ledger, m)
 				ss.Ledger = &l
 				ss.Seen = Counter{Packets: l.Offered}
 			}

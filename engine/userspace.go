@@ -186,10 +186,9 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 // stop stops the readers (they drain what the kernel already queued), lets
 // the workers drain the copy queue for at most drain, then closes everything
 // and logs the ledger. Call it after the rules stopped feeding the session.
-// matched is the kernel's count of packets the session's copy rule matched
-// and rateLimited that of its rate-limit rule (0: unknown), so that packets
+// kernel holds the session's rule counters (nil: unknown), so that packets
 // that never reached the reader are in the ledger.
-func (s *session) stop(drain time.Duration, matched, rateLimited uint64) {
+func (s *session) stop(drain time.Duration, kernel map[string]rules.CounterValue) {
 	if s.readerCancel != nil && s.method == config.MethodLog && drain > 0 {
 		// NFLOG batches packets in the kernel for up to its timeout (10 ms)
 		// before sending them: keep reading that long after the rules went.
@@ -206,7 +205,7 @@ func (s *session) stop(drain time.Duration, matched, rateLimited uint64) {
 		s.workerWG.Wait()
 	}
 	s.close()
-	snap := s.ledger.Snapshot().WithMatched(matched).WithRateLimited(rateLimited)
+	snap := withKernelCounts(s.ledger.Snapshot(), kernel)
 	s.log.Info("session ledger", "offered", snap.Offered, "copied", snap.Copied, "fail_open", snap.Drops.FailOpen,
 		"rate_limit", snap.Drops.RateLimit,
 		"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
@@ -288,4 +287,11 @@ func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name 
 			Path: t.Path, Format: t.Format, LinkType: sink.LinkTypeRaw, Snaplen: sc.Snaplen, RotateSize: size, RotateKeep: keep}})
 	}
 	return nil, fmt.Errorf("target kind %s is not available with method %s", t.Kind, sc.Method)
+}
+
+// withKernelCounts adds to a session's ledger what only the kernel's rule
+// counters know: packets the copy rule matched that never reached the
+// reader (fail_open) and packets the session's rate kept from it.
+func withKernelCounts(s nfq.Snapshot, m map[string]rules.CounterValue) nfq.Snapshot {
+	return s.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
 }
