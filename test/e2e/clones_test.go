@@ -162,3 +162,28 @@ func vxlanEchoRequests(recs []lab.Record) int {
 	}
 	return n
 }
+
+// A session's rate is enforced by the kernel before any clone is made, and
+// what it kept from the copy statement is in the ledger as rate_limit.
+func TestQueueRateInLedger(t *testing.T) {
+	l := lab.New(t)
+	d := startNfclone(t, l, `
+sessions:
+  - name: r
+    method: queue
+    rate: "5/second"
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
+`)
+	const n = 100
+	if s, r, du, err := lab.Ping(context.Background(), l, l.Src, lab.EngE0IP, n, 5*time.Millisecond); err != nil || s != n || r != n || du != 0 {
+		t.Fatalf("ping: sent %d received %d duplicates %d: %v", s, r, du, err)
+	}
+	d.stop(t)
+	led := ledgerNumbers(t, d.Stderr(), "r") // fails unless balanced
+	if led["offered"] != n || led["rate_limit"] == 0 || led["copied"]+led["rate_limit"] != n {
+		t.Fatalf("ledger %v: want offered %d = copied + rate_limit, rate_limit > 0", led, n)
+	}
+	t.Logf("ledger %v", led)
+}
