@@ -29,7 +29,7 @@ func (p *problems) add(path, format string, args ...any) {
 const MaxMark = 0x00f00000
 
 // MaxQueueSessions is how many queue sessions the clone markers tell apart.
-const MaxQueueSessions = 127
+const MaxQueueSessions = 63
 
 // Validate checks a decoded config without looking at the host, fills in
 // per-session defaults, and returns every problem found.
@@ -54,7 +54,7 @@ func Validate(c *Config) Errors {
 		}
 	}
 	if nq > MaxQueueSessions {
-		p.add("sessions", "%d queue sessions, at most %d (their copies are told apart by 7 bits of the mark)", nq, MaxQueueSessions)
+		p.add("sessions", "%d queue sessions, at most %d (their copies are told apart by 6 bits of the mark)", nq, MaxQueueSessions)
 	}
 	if c.RouteTable == 0 || c.RouteTable == 253 || c.RouteTable == 254 || c.RouteTable == 255 {
 		p.add("route_table", "%d is reserved (0, default, main, local)", c.RouteTable)

@@ -40,6 +40,7 @@ type session struct {
 	missing []string // device targets whose interface is gone
 	fanout  sink.Sink
 	workers int
+	mtu     int // copies are cut to this size (sessionMTU)
 	log     *slog.Logger
 
 	readerCancel context.CancelFunc
@@ -123,14 +124,15 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 		s.targets = append(s.targets, sk)
 		s.kinds = append(s.kinds, t.Kind)
 	}
-	s.fanout = sink.NewFanout(s.targets...)
+	s.mtu = sessionMTU(sc)
+	s.fanout = sink.NewWire(sink.NewFanout(s.targets...), s.mtu)
 	if sc.Method == config.MethodQueue {
 		s.count = c.Queue.Count
 		for k := 0; k < c.Queue.Count; k++ {
 			r, err := nfq.NewQueueReader(nfq.QueueConfig{
 				Num: uint16(first + k), Snaplen: uint32(sc.Snaplen), MaxLen: uint32(c.Queue.MaxLen), Logger: slog,
 				BufBudget: (16 << 20) / c.Queue.Count, // the session's receive slabs stay within 16 MiB
-				Clones:    &nfq.CloneMarks{Mask: rules.CloneMask, TTLDecremented: rules.CloneTTLDecremented},
+				Clones:    &nfq.CloneMarks{Mask: rules.CloneMask, TTLDecremented: rules.CloneTTLDecremented, DFClear: rules.CloneDFClear},
 			}, s.queue, s.ledger)
 			if err != nil {
 				return nil, hostErr("sessions[%d]: binding NFQUEUE %d: %v", i, first+k, err)
@@ -147,6 +149,43 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 		s.readers = append(s.readers, r)
 	}
 	return s, nil
+}
+
+// defaultWireMTU is the MTU copies are cut to when no interface of the
+// session says (Ethernet's).
+const defaultWireMTU = 1500
+
+// sessionMTU is the size a session's copies are cut to, so that each is
+// what a wire would carry: the largest MTU of its source interfaces (the
+// wires the originals came from), and no more than the MTU of any gateway
+// or device target's interface (a raw or packet socket cannot send more).
+// Tunnel and pcap targets take what the sources carried; the kernel
+// fragments a tunnel's outer datagram where the path needs it.
+func sessionMTU(sc config.Session) int {
+	mtu := 0
+	for _, src := range sc.Sources {
+		if ifc, err := net.InterfaceByName(src.Interface); err == nil && ifc.MTU > mtu {
+			mtu = ifc.MTU
+		}
+	}
+	if mtu == 0 || mtu > nfq.MaxCopy {
+		mtu = defaultWireMTU
+	}
+	for _, t := range sc.Targets {
+		var dev string
+		switch t.Kind {
+		case config.KindGateway:
+			dev = t.Device
+		case config.KindDevice:
+			dev = rules.DeviceTargetName(t)
+		default:
+			continue
+		}
+		if ifc, err := net.InterfaceByName(dev); err == nil && ifc.MTU > 0 && ifc.MTU < mtu {
+			mtu = ifc.MTU
+		}
+	}
+	return mtu
 }
 
 // nflogLinger is how long a log session keeps reading after its rules are
@@ -210,7 +249,7 @@ func (s *session) stop(drain time.Duration, kernel map[string]rules.CounterValue
 		"rate_limit", snap.Drops.RateLimit,
 		"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
 		"kernel_queue", snap.Drops.KernelQueue, "user", snap.Drops.User, "socket_overrun", snap.Drops.SocketOverrun,
-		"malformed", snap.Drops.Malformed, "balanced", snap.Balanced())
+		"malformed", snap.Drops.Malformed, "too_big", snap.Drops.TooBig, "balanced", snap.Balanced())
 }
 
 func (s *session) close() {

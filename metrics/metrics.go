@@ -45,6 +45,7 @@ const (
 	ReasonRateLimit     = "rate_limit"
 	ReasonMalformed     = "malformed"
 	ReasonSendError     = "send_error"
+	ReasonTooBig        = "too_big"
 	ReasonFailOpen      = "fail_open"
 )
 
@@ -65,6 +66,7 @@ func dropsByReason(d nfq.Drops) []reasonValue {
 		{ReasonRateLimit, d.RateLimit},
 		{ReasonMalformed, d.Malformed},
 		{ReasonSendError, d.SendError},
+		{ReasonTooBig, d.TooBig},
 		{ReasonFailOpen, d.FailOpen},
 	}
 }

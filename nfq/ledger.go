@@ -9,7 +9,7 @@ import "sync/atomic"
 // The invariant, exact once the copy queue and workers are drained:
 //
 //	Offered = Copied + KernelQueue + User + SocketOverrun + QueueOverflow
-//	          + RateLimit + Malformed + SendError   (+ InFlight while running)
+//	          + RateLimit + Malformed + SendError + TooBig   (+ InFlight while running)
 //
 // where Offered = Received + KernelQueue + User + SocketOverrun: every packet
 // the kernel tried to hand to nfclone.
@@ -24,6 +24,7 @@ type Ledger struct {
 	rateLimit     atomic.Uint64
 	malformed     atomic.Uint64
 	sendError     atomic.Uint64
+	tooBig        atomic.Uint64
 	enobufs       atomic.Uint64
 	verdictErrors atomic.Uint64
 }
@@ -48,6 +49,11 @@ type Drops struct {
 	Malformed uint64 `json:"malformed"`
 	// SendError: at least one target failed to send the copy.
 	SendError uint64 `json:"send_error"`
+	// TooBig: the copy could not be made whole and wire-sized: the kernel
+	// handed over only part of it (over 65531 bytes, BIG TCP), or it cannot
+	// be cut to the target's MTU (IPv4 with DF set that is no TCP or UDP
+	// GSO packet). Never sent half.
+	TooBig uint64 `json:"too_big"`
 	// FailOpen: the kernel queue was full and fail-open let the original
 	// through without handing it to nfclone (no id, no kernel counter). The
 	// engine learns it from the rule's counter: matched − offered to the reader.
@@ -56,7 +62,7 @@ type Drops struct {
 
 // Total is the sum of all drops.
 func (d Drops) Total() uint64 {
-	return d.KernelQueue + d.User + d.SocketOverrun + d.QueueOverflow + d.RateLimit + d.Malformed + d.SendError + d.FailOpen
+	return d.KernelQueue + d.User + d.SocketOverrun + d.QueueOverflow + d.RateLimit + d.Malformed + d.SendError + d.TooBig + d.FailOpen
 }
 
 // WithMatched accounts the packets the rules matched (the kernel's rule
@@ -133,18 +139,24 @@ func (l *Ledger) AddMalformed(n uint64) { l.malformed.Add(n) }
 // AddSendErrors counts n copies that at least one target failed to send.
 func (l *Ledger) AddSendErrors(n uint64) { l.sendError.Add(n) }
 
+// AddTooBig counts n copies that could not be made whole and wire-sized.
+func (l *Ledger) AddTooBig(n uint64) { l.tooBig.Add(n) }
+
 // AddVerdictErrors counts n verdicts refused by the kernel.
 func (l *Ledger) AddVerdictErrors(n uint64) { l.verdictErrors.Add(n) }
 
 // Account records the outcome of a sent batch: copies with Errs == 0 are
-// copied, the others are send errors.
+// copied, those marked TooBig too big, the others send errors.
 func (l *Ledger) Account(batch []*Packet) {
-	var ok, b, bad uint64
+	var ok, b, bad, big uint64
 	for _, p := range batch {
-		if p.Errs == 0 {
+		switch {
+		case p.TooBig:
+			big++
+		case p.Errs == 0:
 			ok++
 			b += uint64(len(p.Data))
-		} else {
+		default:
 			bad++
 		}
 	}
@@ -153,6 +165,9 @@ func (l *Ledger) Account(batch []*Packet) {
 	}
 	if bad > 0 {
 		l.AddSendErrors(bad)
+	}
+	if big > 0 {
+		l.AddTooBig(big)
 	}
 }
 
@@ -167,13 +182,14 @@ func (l *Ledger) Snapshot() Snapshot {
 		RateLimit:     l.rateLimit.Load(),
 		Malformed:     l.malformed.Load(),
 		SendError:     l.sendError.Load(),
+		TooBig:        l.tooBig.Load(),
 	}
 	s.Received = l.received.Load()
 	s.Drops.KernelQueue = l.kernelQueue.Load()
 	s.Drops.User, s.Drops.SocketOverrun = attributeLoss(l.overrun.Load(), l.user.Load())
 	s.ENOBUFS = l.enobufs.Load()
 	s.VerdictErrors = l.verdictErrors.Load()
-	done := s.Copied + s.Drops.QueueOverflow + s.Drops.RateLimit + s.Drops.Malformed + s.Drops.SendError
+	done := s.Copied + s.Drops.QueueOverflow + s.Drops.RateLimit + s.Drops.Malformed + s.Drops.SendError + s.Drops.TooBig
 	if s.Received > done {
 		s.InFlight = s.Received - done
 	} else {

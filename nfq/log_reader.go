@@ -27,8 +27,11 @@ type LogConfig struct {
 	// batch, in 1/100 s (0 = 1, i.e. 10 ms). NFLOG never holds originals,
 	// so this only delays copies.
 	Timeout uint32
-	// NlBufSize is the kernel's per-group batch buffer (0 = 128 KiB, the
-	// kernel maximum).
+	// NlBufSize is the kernel's per-group batch buffer (0 = 60 KiB). The
+	// kernel allocates max(NlBufSize, one message) at once, in GFP_ATOMIC,
+	// rounded up to a power of two: 60 KiB keeps that an order-4 allocation
+	// for small packets and order 5 for a 64 KiB one (128 KiB asked for
+	// order 6, which failed under load: copies lost without a trace).
 	NlBufSize uint32
 	// RcvBuf is the netlink receive buffer (0 = 16 MiB, SO_RCVBUFFORCE).
 	RcvBuf int
@@ -40,8 +43,8 @@ type LogConfig struct {
 }
 
 func (c *LogConfig) defaults() {
-	if c.Snaplen == 0 || c.Snaplen > 0xffff {
-		c.Snaplen = 0xffff
+	if c.Snaplen == 0 || c.Snaplen > MaxCopy {
+		c.Snaplen = MaxCopy
 	}
 	if c.QThresh == 0 {
 		c.QThresh = 64
@@ -49,7 +52,10 @@ func (c *LogConfig) defaults() {
 	if c.Timeout == 0 {
 		c.Timeout = 1
 	}
-	if c.NlBufSize == 0 || c.NlBufSize > 131072 {
+	if c.NlBufSize == 0 {
+		c.NlBufSize = 60 << 10
+	}
+	if c.NlBufSize > 131072 {
 		c.NlBufSize = 131072
 	}
 	if c.RcvBuf == 0 {
@@ -104,16 +110,19 @@ func NewLogReader(cfg LogConfig, q *CopyQueue, led *Ledger) (*LogReader, error) 
 
 func newLogReader(cfg LogConfig, sock nlSocket, q *CopyQueue, led *Ledger) (*LogReader, error) {
 	cfg.defaults()
-	// One datagram carries up to NlBufSize bytes of messages, or a single
-	// message of up to copy range + headers when that is larger.
+	// One datagram carries what fits in the kernel's buffer of
+	// max(NlBufSize, one message): the allocation is rounded up to a power
+	// of two and the kernel fills its tailroom, so a datagram can be almost
+	// twice the size asked for.
 	bufSize := int(cfg.NlBufSize)
 	if n := int(cfg.Snaplen) + nlOverhead; n > bufSize {
 		bufSize = n
 	}
-	bufSize = nlAlign(bufSize + nlOverhead)
+	bufSize = nlAlign(2*bufSize + nlOverhead)
 	lr := &LogReader{cfg: cfg}
 	lr.r = newReader(kindLog, sock, q, led, cfg.Session, cfg.Group, 8, bufSize, 1, time.Millisecond, cfg.Logger)
 	lr.r.backpressure = true // NFLOG never holds an original
+	lr.r.whole = cfg.Snaplen >= MaxCopy
 	if err := lr.bind(); err != nil {
 		return nil, err
 	}

@@ -39,6 +39,11 @@ const (
 	nfqaHwAddr     = 9
 	nfqaPayload    = 10
 	nfqaCapLen     = 13
+	nfqaSkbInfo    = 14
+
+	// NFQA_SKB_INFO flags
+	skbCsumNotReady = 1 << 0
+	skbGSO          = 1 << 1
 
 	// NFQUEUE config attributes
 	nfqaCfgCmd         = 1
@@ -149,6 +154,8 @@ type pktInfo struct {
 	hasSeq  bool
 	payload []byte
 	capLen  uint32 // original length if the kernel truncated (NFQA_CAP_LEN)
+	skbInfo uint32 // NFQA_SKB_INFO flags
+	hasInfo bool
 	inIf    uint32
 	outIf   uint32
 	mark    uint32
@@ -198,6 +205,10 @@ func parseQueuePacket(body []byte, pi *pktInfo) error {
 		case nfqaCapLen:
 			if len(val) >= 4 {
 				pi.capLen = be32(val)
+			}
+		case nfqaSkbInfo:
+			if len(val) >= 4 {
+				pi.skbInfo, pi.hasInfo = be32(val), true
 			}
 		case nfqaIfIndexIn:
 			if len(val) >= 4 {

@@ -7,6 +7,8 @@ package nfq
 import (
 	"encoding/binary"
 	"sync"
+
+	"github.com/nfclone/nfclone/gso"
 )
 
 // Headroom is the number of bytes reserved in every packet buffer in front of
@@ -46,6 +48,13 @@ type Packet struct {
 	Mark uint32
 	// Session is the index of the session the copy belongs to.
 	Session int
+	// Offload is what the kernel said of the packet: gso.Known (NFQUEUE)
+	// with gso.GSO for a super-packet and gso.CsumPartial for an unfinished
+	// checksum; nothing for NFLOG, which does not say (see gso.FixPartial).
+	Offload gso.Flags
+	// TooBig says the copy could not be made wire-sized and was not sent
+	// (counted as too_big, not as a send error).
+	TooBig bool
 	// Errs counts targets that failed to send this copy. Sinks increment it;
 	// the worker's accounting reads it (0 = copied everywhere).
 	Errs uint8
@@ -98,6 +107,21 @@ func (p *Packet) Release() {
 	} else {
 		smallPool.Put(p)
 	}
+}
+
+// CopyMeta gives p the metadata of from (interfaces, link address, mark,
+// session, family) for a segment cut from it: p.Data must hold the segment;
+// OrigLen becomes its length and its offload state complete.
+func (p *Packet) CopyMeta(from *Packet) {
+	p.OrigLen = len(p.Data)
+	p.Family = from.Family
+	p.InIf, p.OutIf = from.InIf, from.OutIf
+	p.HwAddr, p.HwAddrLen = from.HwAddr, from.HwAddrLen
+	p.Mark = from.Mark
+	p.Session = from.Session
+	p.Offload = gso.Known
+	p.TooBig = false
+	p.Errs = 0
 }
 
 // Truncated reports whether the copy is shorter than the original.
@@ -176,4 +200,21 @@ func restoreTTL(b []byte) {
 		}
 		b[7]++
 	}
+}
+
+// clearDF clears the DF bit of an IPv4 header and updates its checksum
+// (RFC 1624): the kernel's dup set it on the clone of a packet that had it
+// clear.
+func clearDF(b []byte) {
+	if len(b) < 20 || b[0]>>4 != 4 || b[6]&0x40 == 0 {
+		return
+	}
+	old := uint32(b[6])<<8 | uint32(b[7])
+	b[6] &^= 0x40
+	cur := uint32(b[6])<<8 | uint32(b[7])
+	sum := uint32(^binary.BigEndian.Uint16(b[10:12])) + (^old & 0xffff) + cur
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(b[10:12], ^uint16(sum))
 }

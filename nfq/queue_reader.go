@@ -73,6 +73,9 @@ type CloneMarks struct {
 	// TTLDecremented is the marker bit of clones whose TTL (hop limit) the
 	// kernel's dup decremented.
 	TTLDecremented uint32
+	// DFClear is the marker bit of IPv4 clones whose original had DF clear
+	// (the kernel's dup sets it); the reader clears DF again.
+	DFClear uint32
 }
 
 type QueueReader struct {
@@ -87,9 +90,15 @@ type QueueReader struct {
 
 const nlOverhead = 1024 // room for the netlink and attribute headers around a payload
 
+// MaxCopy is the most of a packet NFQUEUE and NFLOG can hand over: a
+// netlink attribute's length is 16 bits (0xffff minus its 4-byte header).
+// Longer packets (BIG TCP, IPv6 jumbograms) arrive cut short and are
+// counted as too_big, never sent half.
+const MaxCopy = 0xffff - nlaHdrLen
+
 func (c *QueueConfig) defaults() {
-	if c.Snaplen == 0 || c.Snaplen > 0xffff {
-		c.Snaplen = 0xffff
+	if c.Snaplen == 0 || c.Snaplen > MaxCopy {
+		c.Snaplen = MaxCopy
 	}
 	if c.MaxLen == 0 {
 		c.MaxLen = 4096
@@ -176,6 +185,7 @@ func newQueueReader(cfg QueueConfig, sock nlSocket, q *CopyQueue, led *Ledger) (
 	if cfg.Clones != nil {
 		qr.r.clones, qr.r.verdict, qr.r.backpressure = cfg.Clones, nfDrop, true
 	}
+	qr.r.whole = cfg.Snaplen >= MaxCopy
 	if err := qr.bind(); err != nil {
 		return nil, err
 	}
@@ -200,6 +210,13 @@ func (qr *QueueReader) bind() error {
 	var flags uint32
 	if qr.cfg.Clones == nil { // originals: a full queue accepts rather than drops
 		flags |= CfgFlagFailOpen
+	} else {
+		// Clones: GSO super-packets come whole, in one message, flagged
+		// (NFQA_SKB_GSO), and unfinished checksums stay unfinished, flagged
+		// (NFQA_SKB_CSUMNOTREADY): the workers segment and complete them.
+		// Without it the kernel cuts every super-packet into MTU segments in
+		// the forwarding path, one message each.
+		flags |= CfgFlagGSO
 	}
 	mb.be32(nfqaCfgMask, CfgFlagFailOpen|CfgFlagConntrack|CfgFlagGSO)
 	mb.be32(nfqaCfgFlags, flags)

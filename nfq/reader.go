@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nfclone/nfclone/gso"
 	"golang.org/x/sys/unix"
 )
 
@@ -74,7 +75,11 @@ type reader struct {
 	seq     uint32
 
 	// per-batch local counters, folded into the ledger once per batch
-	nRecv, nMalformed, nOverflow, nGaps uint64
+	nRecv, nMalformed, nOverflow, nGaps, nTooBig uint64
+
+	// whole: the session copies whole packets (no snaplen), so a packet the
+	// kernel cut short is too big, not a truncated copy
+	whole bool
 
 	datagrams, packets, verdicts, verdictErrs, recvErrs, enobufs atomic.Uint64
 	lastWarn                                                     time.Time
@@ -353,6 +358,19 @@ func (r *reader) handlePacket(body []byte) {
 		r.nMalformed++
 		return
 	}
+	if r.kind == kindQueue {
+		orig = len(pi.payload)
+		if int(pi.capLen) > orig {
+			orig = int(pi.capLen)
+		}
+	}
+	if r.whole && orig > len(pi.payload) {
+		// The session wants whole packets and the kernel could not hand this
+		// one over whole (over 65531 bytes: BIG TCP, a jumbogram): never
+		// send half a packet as if it were the whole one.
+		r.nTooBig++
+		return
+	}
 	if r.q.Full() {
 		r.q.dropped.Add(1)
 		r.nOverflow++
@@ -361,9 +379,15 @@ func (r *reader) handlePacket(body []byte) {
 	p := GetPacket(len(pi.payload))
 	p.Data = p.Data[:copy(p.Data, pi.payload)]
 	if r.kind == kindQueue {
-		orig = len(pi.payload)
-		if int(pi.capLen) > orig {
-			orig = int(pi.capLen)
+		// With NFQA_CFG_F_GSO the kernel says what it knows (no attribute:
+		// no flags); without it (queues of originals) it segmented and
+		// completed everything itself.
+		p.Offload = gso.Known
+		if pi.skbInfo&skbGSO != 0 {
+			p.Offload |= gso.GSO
+		}
+		if pi.skbInfo&skbCsumNotReady != 0 {
+			p.Offload |= gso.CsumPartial
 		}
 	}
 	p.OrigLen = orig
@@ -372,6 +396,9 @@ func (r *reader) handlePacket(body []byte) {
 	if c := r.clones; c != nil {
 		if p.Mark&c.TTLDecremented != 0 {
 			restoreTTL(p.Data)
+		}
+		if c.DFClear != 0 && p.Mark&c.DFClear != 0 {
+			clearDF(p.Data)
 		}
 		p.Mark &^= c.Mask
 		p.OutIf = 0 // the clone's route to lo, not the original's
@@ -398,7 +425,10 @@ func (r *reader) fold() {
 	if r.nGaps > 0 {
 		r.led.AddOverruns(r.nGaps)
 	}
-	r.nRecv, r.nMalformed, r.nOverflow, r.nGaps = 0, 0, 0, 0
+	if r.nTooBig > 0 {
+		r.led.AddTooBig(r.nTooBig)
+	}
+	r.nRecv, r.nMalformed, r.nOverflow, r.nGaps, r.nTooBig = 0, 0, 0, 0, 0
 }
 
 // flush sends the pending batch verdict (NFQUEUE): accept (or, for clones,

@@ -511,6 +511,9 @@ func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, acti
 	if sc.rate != nil {
 		ch.Rules = append(ch.Rules, newBuilder(fam).rateOver(*sc.rate).count(sc.s.Name, CounterRateLimited).verdict(expr.VerdictReturn, "").rule())
 	}
+	if sc.s.Method == config.MethodQueue && fam == nftables.TableFamilyIPv4 {
+		ch.Rules = append(ch.Rules, newBuilder(fam).dfClearMark().rule())
+	}
 	b := newBuilder(fam).count(sc.s.Name, CounterCopied)
 	action(b)
 	ch.Rules = append(ch.Rules, b.rule())

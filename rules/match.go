@@ -315,7 +315,14 @@ const (
 	// Packets with any of these bits set are not copied by queue sessions.
 	CloneMask uint32 = 0xff000000
 	// cloneSlotMask selects the session slot of a marker.
-	cloneSlotMask uint32 = 0xfe000000
+	cloneSlotMask uint32 = 0xfc000000
+	// cloneSlotShift is where the slot number (1-based) sits in the mark.
+	cloneSlotShift = 26
+	// CloneDFClear is set in the marker of IPv4 clones whose original had
+	// DF clear: the kernel's dup sets DF on every IPv4 clone (seen in the
+	// lab), and the reader clears it again so the copy keeps the original's
+	// bits.
+	CloneDFClear uint32 = 0x02000000
 	// CloneTTLDecremented is set in the marker of clones taken in prerouting
 	// and input, whose TTL (hop limit) the kernel's dup decremented; the
 	// reader adds it back.
@@ -332,14 +339,14 @@ const (
 // CloneMarker is the marker of the clones of queue session slot (0-based,
 // < MaxCloneSlots), with the TTL flag for chains in prerouting and input.
 func CloneMarker(slot int, ttlDecremented bool) uint32 {
-	m := uint32(slot+1) << 25
+	m := uint32(slot+1) << cloneSlotShift
 	if ttlDecremented {
 		m |= CloneTTLDecremented
 	}
 	return m
 }
 
-// markBits: `meta mark 0x02000000/7` (the mark under a prefix mask equals v).
+// markBits: `meta mark 0x04000000/6` (the mark under a prefix mask equals v).
 func (b *builder) markBits(mask, v uint32) *builder {
 	ones := 0
 	for m := mask; m != 0; m <<= 1 {
@@ -352,7 +359,7 @@ func (b *builder) markBits(mask, v uint32) *builder {
 		cmpEq(binaryutil.NativeEndian.PutUint32(v)))
 }
 
-// setMark: `meta mark set meta mark | 0x02000000` (or) or
+// setMark: `meta mark set meta mark | 0x04000000` (or) or
 // `meta mark set meta mark & 0x00ffffff` (and): reg = (mark & mask) ^ xor.
 func (b *builder) setMark(text string, mask, xor uint32) *builder {
 	return b.add(text,
@@ -360,6 +367,19 @@ func (b *builder) setMark(text string, mask, xor uint32) *builder {
 		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(mask), Xor: binaryutil.NativeEndian.PutUint32(xor)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg})
+}
+
+// dfClearMark: `ip frag-off & 16384 == 0 meta mark set meta mark |
+// 0x02000000` — tells the reader that the original had DF clear (the
+// kernel's dup sets it on the clone). The copy rule right after it clears
+// the whole top byte again.
+func (b *builder) dfClearMark() *builder {
+	b.add("ip frag-off & 16384 == 0",
+		&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 6, Len: 2},
+		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 2,
+			Mask: binaryutil.BigEndian.PutUint16(0x4000), Xor: make([]byte, 2)},
+		cmpEq(make([]byte, 2)))
+	return b.setMark(fmt.Sprintf("meta mark set meta mark | 0x%08x", CloneDFClear), ^CloneDFClear, CloneDFClear)
 }
 
 // cloneToQueue: `meta mark set meta mark | M dup to 127.0.0.1 device "lo"
@@ -376,7 +396,7 @@ func (b *builder) cloneToQueue(marker uint32) *builder {
 	return b.setMark(fmt.Sprintf("meta mark set meta mark & 0x%08x", ^CloneMask), ^CloneMask, 0)
 }
 
-// catchClones: `meta mark 0x02000000/7 queue num 5` — no bypass, and the
+// catchClones: `meta mark 0x04000000/6 queue num 5` — no bypass, and the
 // queue is not fail-open: a clone nobody reads is dropped, never delivered.
 func (b *builder) catchClones(marker uint32, num, total int, native bool) *builder {
 	b.markBits(cloneSlotMask, marker&cloneSlotMask)

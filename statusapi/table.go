@@ -154,6 +154,7 @@ func dropReasons(d nfq.Drops) string {
 	add("rate_limit", d.RateLimit)
 	add("malformed", d.Malformed)
 	add("send_error", d.SendError)
+	add("too_big", d.TooBig)
 	return strings.Join(parts, ", ")
 }
 

@@ -81,7 +81,7 @@ sessions:
     sources: [{interface: e0, direction: ingress}]
     targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
 `)
-	if rs := nftRuleset(t, l); !strings.Contains(rs, "meta mark 0x02000000/7 queue num 0-1\n") {
+	if rs := nftRuleset(t, l); !strings.Contains(rs, "meta mark 0x04000000/6 queue num 0-1\n") {
 		t.Fatalf("no fanout queue rule for the clones:\n%s", rs)
 	}
 	c := l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
