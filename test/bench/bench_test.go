@@ -33,7 +33,7 @@ func TestBenchQuick(t *testing.T) {
 		t.Fatalf("building nfclone: %v\n%s", err, out)
 	}
 	l := lab.New(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
 	out := filepath.Join(t.TempDir(), "bench.json")
 	var log strings.Builder
