@@ -479,6 +479,9 @@ func (h *harness) tcpRun(c tcpCase) (*TCPRun, error) {
 	}
 	out, err := runInFor(h.ctx, time.Duration(secs)*time.Second+30*time.Second, h.o.Lab.Src, "iperf3", args...)
 	if err != nil {
+		if cerr := h.ctx.Err(); cerr != nil {
+			return nil, fmt.Errorf("%s: %w", name, cerr)
+		}
 		if _, perr := parseIperf(out); perr != nil {
 			err = fmt.Errorf("%w (%v)", err, perr)
 		}
