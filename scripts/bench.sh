@@ -6,12 +6,16 @@
 # settings: copies/s of dup, queue, log (and queue with 2 queues), originals'
 # throughput with each method and with no rules, added latency (p50/p99) at a
 # moderate load, nfclone's peak RSS, the drop ledgers, the highest load dup
-# copies without loss and queue/log at that load. Prints a table and writes
+# copies without loss and queue/log at that load; then TCP bulk (iperf3
+# through the engine, 1 and 4 streams, unlimited and 1 Gbit/s) with dup, queue
+# and log to a gateway, device and vxlan target. Prints the tables and writes
 # JSON. The lab is removed at the end, also on failure or Ctrl-C.
 #
 # Environment:
-#   BENCH_DURATION=5     measured seconds per phase (default 5; whole bench ~2-3 min)
-#   BENCH_QUICK=1        about 1 s per phase (CI smoke run, ~30 s)
+#   BENCH_DURATION=5     measured seconds per phase (default 5 for UDP, 3 for TCP)
+#   BENCH_QUICK=1        about 1 s per phase, a TCP subset (CI smoke run)
+#   BENCH_PHASES=tcp     only some phases: all (default), udp, tcp, or prefixes
+#                        of TCP phase names (tcp/log, tcp/dup/vxlan), comma-separated
 #   BENCH_OUT=FILE       JSON results (default out/bench-results.json; /out/ is git-ignored)
 #   BENCH_PROBE_PPS=5000 latency probe rate
 #   BENCH_FLOOD=30       add the flood phases (dup, queue, log, and queue and log with a session
@@ -22,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: needs root (network namespaces, nftables)" >&2; exit 2; }
-for tool in ip trafgen nft go; do
+for tool in ip trafgen nft iperf3 ethtool go; do
 	command -v "$tool" >/dev/null || { echo "bench.sh: $tool not found (run scripts/deps.sh)" >&2; exit 2; }
 done
 

@@ -18,6 +18,7 @@ declare -A PKG_FOR=(
 	[tcpdump]=tcpdump
 	[tshark]=tshark
 	[iperf3]=iperf3
+	[ethtool]=ethtool
 	[trafgen]=netsniff-ng
 	[sysctl]=procps
 	[modprobe]=kmod

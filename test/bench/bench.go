@@ -49,7 +49,45 @@ type Options struct {
 	// LosslessSteps bounds the search for the highest lossless dup load
 	// (default 6, quick 1).
 	LosslessSteps int
-	Log           io.Writer // progress (default os.Stderr)
+	// TCPPhase is the length of each TCP bulk phase (iperf3 -t, whole
+	// seconds, at least 1; default 3 s, quick 1 s).
+	TCPPhase time.Duration
+	// Phases selects what runs: empty or "all" runs everything; "udp" the
+	// 64-byte UDP phases (saturate, latency, lossless, overload, flood);
+	// "tcp" the TCP bulk phases; any other entry is a prefix of TCP phase
+	// names ("tcp/log", "tcp/dup/vxlan"). BENCH_PHASES=tcp,udp in nfbench.
+	Phases []string
+	Log    io.Writer // progress (default os.Stderr)
+}
+
+// selected reports whether the group ("udp", "tcp") or the TCP phase name
+// runs under o.Phases.
+func (o *Options) selected(group, name string) bool {
+	if len(o.Phases) == 0 {
+		return true
+	}
+	for _, p := range o.Phases {
+		switch {
+		case p == "all" || p == group:
+			return true
+		case group == "tcp" && name != "" && strings.HasPrefix(name, p):
+			return true
+		}
+	}
+	return false
+}
+
+// anyTCP reports whether some TCP phase may run under o.Phases.
+func (o *Options) anyTCP() bool {
+	if len(o.Phases) == 0 {
+		return true
+	}
+	for _, p := range o.Phases {
+		if p == "all" || strings.HasPrefix(p, "tcp") {
+			return true
+		}
+	}
+	return false
 }
 
 // Lab addresses and ports the benchmark uses.
@@ -123,21 +161,25 @@ type Target struct {
 
 // Results is everything one run measured.
 type Results struct {
-	Started   time.Time          `json:"started"`
-	Kernel    string             `json:"kernel"`
-	CPUs      int                `json:"cpus"`
-	Quick     bool               `json:"quick"`
-	PhaseSecs float64            `json:"phase_seconds"`
-	Generator string             `json:"generator"`
-	Saturate  []*LoadRun         `json:"saturate"`
-	Latency   []*LatencyRun      `json:"latency"`
-	Lossless  *Lossless          `json:"lossless"`
-	Overload  *LoadRun           `json:"overload"`
-	Flood     []*LoadRun         `json:"flood,omitempty"`
-	Ratios    map[string]float64 `json:"ratios"`
-	Targets   []Target           `json:"targets"`
-	Problems  []string           `json:"problems"`
-	Elapsed   float64            `json:"elapsed_seconds"`
+	Started   time.Time     `json:"started"`
+	Kernel    string        `json:"kernel"`
+	CPUs      int           `json:"cpus"`
+	Quick     bool          `json:"quick"`
+	PhaseSecs float64       `json:"phase_seconds"`
+	Generator string        `json:"generator"`
+	Saturate  []*LoadRun    `json:"saturate"`
+	Latency   []*LatencyRun `json:"latency"`
+	Lossless  *Lossless     `json:"lossless"`
+	Overload  *LoadRun      `json:"overload"`
+	Flood     []*LoadRun    `json:"flood,omitempty"`
+	// TCP bulk phases (iperf3 through the engine, see tcp.go).
+	TCPPhaseSecs float64            `json:"tcp_phase_seconds,omitempty"`
+	TCPSetup     *TCPSetup          `json:"tcp_setup,omitempty"`
+	TCP          []*TCPRun          `json:"tcp,omitempty"`
+	Ratios       map[string]float64 `json:"ratios"`
+	Targets      []Target           `json:"targets"`
+	Problems     []string           `json:"problems"`
+	Elapsed      float64            `json:"elapsed_seconds"`
 }
 
 type harness struct {
@@ -183,7 +225,25 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
 		return nil, err
 	}
-	for _, tool := range []string{"ip", "trafgen"} {
+	if o.TCPPhase == 0 {
+		o.TCPPhase = 3 * time.Second
+		if o.Quick {
+			o.TCPPhase = time.Second
+		}
+	}
+	for _, p := range o.Phases {
+		if p != "all" && p != "udp" && !strings.HasPrefix(p, "tcp") {
+			return nil, fmt.Errorf("phase selection %q: want all, udp, tcp or a prefix of a TCP phase name (tcp/log, tcp/dup/vxlan)", p)
+		}
+	}
+	tools := []string{"ip"}
+	if o.selected("udp", "") {
+		tools = append(tools, "trafgen")
+	}
+	if o.anyTCP() {
+		tools = append(tools, "iperf3", "ethtool", "nft")
+	}
+	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Errorf("%s not found (scripts/deps.sh installs it)", tool)
 		}
@@ -202,6 +262,36 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		return nil, err
 	}
 
+	if o.selected("udp", "") {
+		if err := h.udpPhases(r); err != nil {
+			return r, err
+		}
+	}
+	if o.anyTCP() {
+		r.TCPPhaseSecs = tcpSeconds(o.TCPPhase)
+		if err := h.tcpPhases(r); err != nil {
+			return r, err
+		}
+	}
+
+	h.derive(r)
+	r.Elapsed = time.Since(r.Started).Seconds()
+	if o.Out != "" {
+		b, err := json.MarshalIndent(r, "", "  ")
+		if err != nil {
+			return r, err
+		}
+		if err := os.WriteFile(o.Out, append(b, '\n'), 0o644); err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+// udpPhases runs the 64-byte UDP phases: saturating load, latency, the
+// lossless search, overload and (if asked) the floods.
+func (h *harness) udpPhases(r *Results) error {
+	o := h.o
 	// 1+2+4: saturating load, same generator settings for every method.
 	for _, ph := range []struct {
 		method string
@@ -220,7 +310,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		}
 		lr, err := h.load(name, ph.method, ph.count, 0, 1)
 		if err != nil {
-			return r, err
+			return err
 		}
 		r.Saturate = append(r.Saturate, lr)
 	}
@@ -228,20 +318,20 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	for _, m := range []string{"none", "dup", "queue", "log"} {
 		lat, err := h.latency(m)
 		if err != nil {
-			return r, err
+			return err
 		}
 		r.Latency = append(r.Latency, lat)
 	}
 	// highest lossless dup load, and queue/log at that load.
 	ll, err := h.lossless(findRun(r.Saturate, "saturate/dup"))
 	if err != nil {
-		return r, err
+		return err
 	}
 	r.Lossless = ll
 	// 4: queue under overload (the generator on every CPU).
 	ov, err := h.load("overload/queue", "queue", 1, 0, runtime.NumCPU())
 	if err != nil {
-		return r, err
+		return err
 	}
 	r.Overload = ov
 	if o.Flood > 0 {
@@ -252,25 +342,13 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			fl, err := h.load("flood/"+ph, m, 1, 0, runtime.NumCPU())
 			if err != nil {
 				h.o.Phase = phase
-				return r, err
+				return err
 			}
 			r.Flood = append(r.Flood, fl)
 		}
 		h.o.Phase = phase
 	}
-
-	h.derive(r)
-	r.Elapsed = time.Since(r.Started).Seconds()
-	if o.Out != "" {
-		b, err := json.MarshalIndent(r, "", "  ")
-		if err != nil {
-			return r, err
-		}
-		if err := os.WriteFile(o.Out, append(b, '\n'), 0o644); err != nil {
-			return r, err
-		}
-	}
-	return r, nil
+	return nil
 }
 
 func uname() (string, error) {
@@ -334,10 +412,24 @@ func (h *harness) nfcloneConfig(name, method string, count int) (string, error) 
 		}
 		rate = fmt.Sprintf("\n    rate: %d/second", n)
 	}
-	target := fmt.Sprintf("{kind: gateway, gateway: %s, device: e1}", colIP)
+	target := gatewayTarget
 	if strings.HasSuffix(name, "/vxlan") {
-		target = fmt.Sprintf(`{kind: vxlan, remote: "%s:4789", vni: 1}`, colIP)
+		target = vxlanTarget
 	}
+	return writeConfig(dir, method, count, "{number: 1, action: accept, protocol: udp}", rate, target)
+}
+
+// The targets of the benchmark's sessions: all lead to col through eng:e1.
+var (
+	gatewayTarget = fmt.Sprintf("{kind: gateway, gateway: %s, device: e1}", colIP)
+	deviceTarget  = "{kind: device, device: e1}"
+	vxlanTarget   = fmt.Sprintf(`{kind: vxlan, remote: "%s:4789", vni: %d}`, colIP, benchVNI)
+)
+
+// writeConfig writes dir/nfclone.yaml: one session "bench" on e0 ingress
+// with one rule and one target; extra is more session keys ("" or lines
+// starting with a newline and indented to the session).
+func writeConfig(dir, method string, count int, rule, extra, target string) (string, error) {
 	yaml := fmt.Sprintf(`state_dir: %s
 metrics: {listen: ""}
 queue: {count: %d, cap: 8192, workers: 2}
@@ -345,9 +437,9 @@ sessions:
   - name: bench
     method: %s
     sources: [{interface: e0, direction: ingress}]
-    rules: [{number: 1, action: accept, protocol: udp}]%s
+    rules: [%s]%s
     targets: [%s]
-`, filepath.Join(dir, "state"), count, method, rate, target)
+`, filepath.Join(dir, "state"), count, method, rule, extra, target)
 	path := filepath.Join(dir, "nfclone.yaml")
 	return path, os.WriteFile(path, []byte(yaml), 0o600)
 }
@@ -363,6 +455,11 @@ func (h *harness) startNfclone(name, method string, count int) (*daemon, error) 
 	if err != nil {
 		return nil, err
 	}
+	return h.startDaemon(name, cfg)
+}
+
+// startDaemon starts nfclone run -c cfg in eng and waits for its rules.
+func (h *harness) startDaemon(name, cfg string) (*daemon, error) {
 	p, err := startIn(h.o.Lab.Eng, h.o.Nfclone, "run", "-c", cfg, "--log-format", "json")
 	if err != nil {
 		return nil, err
@@ -623,6 +720,49 @@ func (h *harness) derive(r *Results) {
 		}
 		return &LoadRun{}
 	}
+	deriveTCP(r)
+	if len(r.Saturate) > 0 {
+		deriveUDP(r, get)
+	}
+
+	// Problems: ledgers that do not balance, matched packets the ledger never saw.
+	all := append([]*LoadRun{}, r.Saturate...)
+	if r.Lossless != nil {
+		all = append(all, r.Lossless.Queue, r.Lossless.Log)
+	}
+	all = append(all, r.Overload)
+	all = append(all, r.Flood...)
+	for _, lr := range all {
+		if lr == nil || lr.Ledger == nil {
+			continue
+		}
+		l := lr.Ledger
+		if !l.Balanced {
+			r.Problems = append(r.Problems, fmt.Sprintf("%s: ledger does not balance: offered %d != copied %d + drops %d", lr.Phase, l.Offered, l.Copied, l.Drops))
+		}
+		if lr.MatchedTotal > 0 && lr.UnledgeredLoss > int64(lr.MatchedTotal/1000)+16 {
+			r.Problems = append(r.Problems, fmt.Sprintf("%s: %d of %d matched packets (%.1f%%) are not in the ledger (offered %d): copies lost without being counted (NFQUEUE fail-open bypass when the kernel queue is full is invisible to id gaps)",
+				lr.Phase, lr.UnledgeredLoss, lr.MatchedTotal, 100*float64(lr.UnledgeredLoss)/float64(lr.MatchedTotal), l.Offered))
+		}
+		if lr.ColVsCopied < -int64(l.Copied/1000)-16 {
+			r.Problems = append(r.Problems, fmt.Sprintf("%s: col received %d copies but the ledger says %d copied", lr.Phase, lr.CopiesAtCol, l.Copied))
+		}
+	}
+	for _, l := range r.Latency {
+		if l.Ledger != nil && !l.Ledger.Balanced {
+			r.Problems = append(r.Problems, fmt.Sprintf("latency/%s: ledger does not balance: %+v", l.Method, *l.Ledger))
+		}
+		if l.Lost > l.Sent/100 {
+			r.Problems = append(r.Problems, fmt.Sprintf("latency/%s: %d of %d probes lost", l.Method, l.Lost, l.Sent))
+		}
+	}
+	if r.Lossless != nil && !r.Lossless.Found && !r.Quick {
+		r.Problems = append(r.Problems, "no lossless dup load found within the search steps")
+	}
+}
+
+// deriveUDP computes the ratios and targets of the UDP phases.
+func deriveUDP(r *Results, get func(string) *LoadRun) {
 	none, dup, q, lg, q2 := get("saturate/none"), get("saturate/dup"), get("saturate/queue"), get("saturate/log"), get("saturate/queue/count2")
 	r.Ratios["copies_queue_over_dup"] = ratio(q.CopiesPPS, dup.CopiesPPS)
 	r.Ratios["copies_log_over_dup"] = ratio(lg.CopiesPPS, dup.CopiesPPS)
@@ -693,40 +833,5 @@ func (h *harness) derive(r *Results) {
 			tgt("flood: "+m+" peak RSS (MiB), ledger balanced", mib, "<= 64 with the ledger exact", mib <= 64 && bal)
 		}
 		r.Ratios["flood_factor_offered_over_queue_copies"] = ratio(fq.OfferedPPS, fq.CopiesPPS)
-	}
-
-	// Problems: ledgers that do not balance, matched packets the ledger never saw.
-	all := append([]*LoadRun{}, r.Saturate...)
-	if r.Lossless != nil {
-		all = append(all, r.Lossless.Queue, r.Lossless.Log)
-	}
-	all = append(all, r.Overload)
-	all = append(all, r.Flood...)
-	for _, lr := range all {
-		if lr == nil || lr.Ledger == nil {
-			continue
-		}
-		l := lr.Ledger
-		if !l.Balanced {
-			r.Problems = append(r.Problems, fmt.Sprintf("%s: ledger does not balance: offered %d != copied %d + drops %d", lr.Phase, l.Offered, l.Copied, l.Drops))
-		}
-		if lr.MatchedTotal > 0 && lr.UnledgeredLoss > int64(lr.MatchedTotal/1000)+16 {
-			r.Problems = append(r.Problems, fmt.Sprintf("%s: %d of %d matched packets (%.1f%%) are not in the ledger (offered %d): copies lost without being counted (NFQUEUE fail-open bypass when the kernel queue is full is invisible to id gaps)",
-				lr.Phase, lr.UnledgeredLoss, lr.MatchedTotal, 100*float64(lr.UnledgeredLoss)/float64(lr.MatchedTotal), l.Offered))
-		}
-		if lr.ColVsCopied < -int64(l.Copied/1000)-16 {
-			r.Problems = append(r.Problems, fmt.Sprintf("%s: col received %d copies but the ledger says %d copied", lr.Phase, lr.CopiesAtCol, l.Copied))
-		}
-	}
-	for _, l := range r.Latency {
-		if l.Ledger != nil && !l.Ledger.Balanced {
-			r.Problems = append(r.Problems, fmt.Sprintf("latency/%s: ledger does not balance: %+v", l.Method, *l.Ledger))
-		}
-		if l.Lost > l.Sent/100 {
-			r.Problems = append(r.Problems, fmt.Sprintf("latency/%s: %d of %d probes lost", l.Method, l.Lost, l.Sent))
-		}
-	}
-	if r.Lossless != nil && !r.Lossless.Found && !r.Quick {
-		r.Problems = append(r.Problems, "no lossless dup load found within the search steps")
 	}
 }

@@ -14,10 +14,11 @@ import (
 
 // TestBenchQuick runs the whole harness in quick mode (about 1 s per phase)
 // and checks only that every phase produced numbers and that every ledger
-// balances: it is a benchmark, the figures are not asserted.
+// of the UDP phases balances: it is a benchmark, the figures are not
+// asserted (nor the TCP phases' copy ratios, which depend on the data path).
 func TestBenchQuick(t *testing.T) {
 	lab.RequireRoot(t)
-	lab.RequireTools(t, "trafgen", "nft")
+	lab.RequireTools(t, "trafgen", "nft", "iperf3", "ethtool")
 	if testing.Short() {
 		t.Skip("-short")
 	}
@@ -32,7 +33,7 @@ func TestBenchQuick(t *testing.T) {
 		t.Fatalf("building nfclone: %v\n%s", err, out)
 	}
 	l := lab.New(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
 	out := filepath.Join(t.TempDir(), "bench.json")
 	var log strings.Builder
@@ -106,6 +107,92 @@ func TestBenchQuick(t *testing.T) {
 		if r.Ratios[k] <= 0 {
 			t.Errorf("ratio %s = %v", k, r.Ratios[k])
 		}
+	}
+
+	// TCP bulk (quick: dup and log to the gateway, 1 stream, unlimited and 1 Gbit/s).
+	if want := len(tcpCases(true)); len(r.TCP) != want {
+		t.Errorf("%d TCP phases, want %d", len(r.TCP), want)
+	}
+	for _, tr := range r.TCP {
+		if tr.OriginalsGbps <= 0 || tr.Seconds <= 0 || tr.OrigPackets == 0 || tr.OrigPayload == 0 {
+			t.Errorf("%s: originals %.2f Gbit/s over %.1f s, %d packets / %d payload bytes at col2", tr.Phase, tr.OriginalsGbps, tr.Seconds, tr.OrigPackets, tr.OrigPayload)
+		}
+		if tr.VmHWMKiB <= 0 {
+			t.Errorf("%s: no VmHWM", tr.Phase)
+		}
+		if tr.Method == "dup" && tr.CopyPayload == 0 {
+			t.Errorf("%s: the kernel's dup copied nothing to col", tr.Phase)
+		}
+		if tr.Method != "dup" && (tr.Ledger == nil || tr.Ledger.Offered == 0) {
+			t.Errorf("%s: ledger %+v", tr.Phase, tr.Ledger)
+		}
+		if tr.OriginalsOverDup <= 0 {
+			t.Errorf("%s: no ratio to dup", tr.Phase)
+		}
+	}
+	if s := r.TCPSetup; s == nil || len(s.Offloads) != 2 {
+		t.Errorf("TCP setup: %+v", s)
+	}
+}
+
+func TestTCPCases(t *testing.T) {
+	full := tcpCases(false)
+	if len(full) != 3*3*2*2 {
+		t.Errorf("%d TCP phases, want 36", len(full))
+	}
+	seen := map[string]bool{}
+	for i, c := range full {
+		n := c.name()
+		if seen[n] {
+			t.Errorf("phase %s twice", n)
+		}
+		seen[n] = true
+		// dup runs before the phases compared with it
+		if c.method != "dup" && !seen[c.peer()] {
+			t.Errorf("phase %d %s runs before %s", i, n, c.peer())
+		}
+	}
+	for _, n := range []string{"tcp/dup/gateway/P1/max", "tcp/queue/device/P4/1G", "tcp/log/vxlan/P4/max"} {
+		if !seen[n] {
+			t.Errorf("no phase %s", n)
+		}
+	}
+	o := Options{Phases: []string{"tcp/log/vxlan", "tcp/dup/gateway/P1"}}
+	if o.selected("udp", "") || !o.anyTCP() || !o.selected("tcp", "tcp/log/vxlan/P4/1G") || o.selected("tcp", "tcp/log/device/P1/max") ||
+		!o.selected("tcp", "tcp/dup/gateway/P1/1G") {
+		t.Errorf("selection %v wrong", o.Phases)
+	}
+	o = Options{Phases: []string{"udp"}}
+	if !o.selected("udp", "") || o.anyTCP() {
+		t.Errorf("selection %v wrong", o.Phases)
+	}
+	if o := (Options{}); !o.selected("udp", "") || !o.selected("tcp", "tcp/dup/gateway/P1/max") {
+		t.Error("empty selection must select everything")
+	}
+	for d, want := range map[time.Duration]float64{0: 1, 500 * time.Millisecond: 1, 3 * time.Second: 3, 2500 * time.Millisecond: 3} {
+		if got := tcpSeconds(d); got != want {
+			t.Errorf("tcpSeconds(%v) = %v, want %v", d, got, want)
+		}
+	}
+}
+
+func TestParseIperfAndPayload(t *testing.T) {
+	out := `{"start":{},"intervals":[],"end":{"sum_sent":{"seconds":3,"bytes":1000,"bits_per_second":5.5e9,"retransmits":7},
+"sum_received":{"seconds":3.01,"bytes":990,"bits_per_second":5.4e9}}}`
+	r, err := parseIperf(out)
+	if err != nil || r.End.SumReceived.BitsPerSecond != 5.4e9 || r.End.SumSent.Retransmits != 7 || r.End.SumReceived.Seconds != 3.01 {
+		t.Errorf("%+v %v", r, err)
+	}
+	if _, err := parseIperf(`{"start":{},"error":"unable to connect to server: Connection refused"}`); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("error not reported: %v", err)
+	}
+	// One 64 KiB super-packet and the 45 wire segments it becomes carry the same payload.
+	const seg = 1448
+	if a, b := payload(1, 45*seg+tcpHeaders), payload(45, 45*(seg+tcpHeaders)); a != b || a != 45*seg {
+		t.Errorf("payload %d vs %d", a, b)
+	}
+	if payload(3, 100) != 0 {
+		t.Error("payload below zero")
 	}
 }
 

@@ -110,7 +110,12 @@ func (p *proc) kill() {
 
 // runIn runs a command in a namespace and returns its stdout.
 func runIn(ctx context.Context, ns, name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	return runInFor(ctx, 30*time.Second, ns, name, args...)
+}
+
+// runInFor is runIn with a time limit other than 30 s.
+func runInFor(ctx context.Context, limit time.Duration, ns, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, name}, args...)...)
 	var o, e bytes.Buffer

@@ -47,6 +47,43 @@ func ledgerCell(l *Ledger) string {
 // Print writes the result tables.
 func Print(w io.Writer, r *Results) {
 	fmt.Fprintf(w, "\nnfclone benchmark — kernel %s, %d CPUs, %.1f s per phase%s\n", r.Kernel, r.CPUs, r.PhaseSecs, map[bool]string{true: " (QUICK)", false: ""}[r.Quick])
+	if len(r.Saturate) > 0 {
+		printUDP(w, r)
+	}
+	if len(r.TCP) > 0 {
+		printTCP(w, r)
+	}
+	if len(r.Ratios) > 0 {
+		fmt.Fprintln(w, "\nratios")
+	}
+	keys := make([]string, 0, len(r.Ratios))
+	for k := range r.Ratios {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(w, "  %-40s %8.3f\n", k, r.Ratios[k])
+	}
+	if r.Lossless != nil {
+		fmt.Fprintf(w, "\nhighest lossless dup load: %.1f kpps (found: %v)\n", r.Lossless.LoadPPS/1000, r.Lossless.Found)
+	}
+	if len(r.Targets) > 0 {
+		fmt.Fprintln(w, "\ntargets (reported, not asserted)")
+	}
+	for _, t := range r.Targets {
+		fmt.Fprintf(w, "  %-4s %-58s %8.2f   goal %s\n", map[bool]string{true: "met", false: "MISS"}[t.Met], t.Name, t.Value, t.Goal)
+	}
+	if len(r.Problems) > 0 {
+		fmt.Fprintln(w, "\nproblems seen")
+		for _, p := range r.Problems {
+			fmt.Fprintf(w, "  - %s\n", p)
+		}
+	}
+	fmt.Fprintf(w, "\nbench took %.0f s\n", r.Elapsed)
+}
+
+// printUDP writes the tables of the UDP phases.
+func printUDP(w io.Writer, r *Results) {
 	fmt.Fprintf(w, "generator: %s\n\n", r.Generator)
 
 	var dupCopies, dupOrig, noneOrig float64
@@ -118,29 +155,6 @@ func Print(w io.Writer, r *Results) {
 	}
 	tw.Flush()
 
-	fmt.Fprintln(w, "\nratios")
-	keys := make([]string, 0, len(r.Ratios))
-	for k := range r.Ratios {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(w, "  %-40s %8.3f\n", k, r.Ratios[k])
-	}
-	if r.Lossless != nil {
-		fmt.Fprintf(w, "\nhighest lossless dup load: %.1f kpps (found: %v)\n", r.Lossless.LoadPPS/1000, r.Lossless.Found)
-	}
-	fmt.Fprintln(w, "\ntargets (reported, not asserted)")
-	for _, t := range r.Targets {
-		fmt.Fprintf(w, "  %-4s %-58s %8.2f   goal %s\n", map[bool]string{true: "met", false: "MISS"}[t.Met], t.Name, t.Value, t.Goal)
-	}
-	if len(r.Problems) > 0 {
-		fmt.Fprintln(w, "\nproblems seen")
-		for _, p := range r.Problems {
-			fmt.Fprintf(w, "  - %s\n", p)
-		}
-	}
-	fmt.Fprintf(w, "\nbench took %.0f s\n", r.Elapsed)
 }
 
 func firstRate(r *Results) float64 {
@@ -148,4 +162,29 @@ func firstRate(r *Results) float64 {
 		return l.RatePPS
 	}
 	return 0
+}
+
+// printTCP writes the table of the TCP bulk phases.
+func printTCP(w io.Writer, r *Results) {
+	fmt.Fprintf(w, "\nTCP bulk: iperf3 src -> col2 (originals, offloads on) through eng, %.0f s per phase; copies of tcp dport %d to col (collector link: TSO/GSO/GRO/tx csum off)\n", r.TCPPhaseSecs, iperfPort)
+	fmt.Fprintf(w, "copy bytes = TCP payload (nft IP bytes - %d per packet) of the copies at col / of the originals at col2; orig/dup: same target, streams and rate\n", tcpHeaders)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "phase\toffered\toriginals Gbit/s\torig/dup\tretransmits\tcopies/orig bytes\tcopy pkts\tnfclone CPU\tVmHWM MiB\tledger offered = copied + drops\t")
+	for _, t := range r.TCP {
+		offered := "max"
+		if t.OfferedBps > 0 {
+			offered = fmt.Sprintf("%.1f G", float64(t.OfferedBps)/1e9)
+		}
+		od := "-"
+		if t.OriginalsOverDup > 0 {
+			od = rat(t.OriginalsOverDup)
+		}
+		cpu := "-"
+		if t.Method != "dup" {
+			cpu = fmt.Sprintf("%.2f", t.NfcloneCPU)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%s\t%d\t%.2f\t%d\t%s\t%s\t%s\t\n", t.Phase, offered, t.OriginalsGbps, od, t.Retransmits,
+			t.CopyRatio, t.CopyPackets, cpu, mib(t.VmHWMKiB), ledgerCell(t.Ledger))
+	}
+	tw.Flush()
 }

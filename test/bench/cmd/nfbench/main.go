@@ -6,7 +6,10 @@
 // Environment: BENCH_DURATION (seconds or a Go duration, per phase; default
 // 5 s), BENCH_QUICK=1 (about 1 s per phase), BENCH_OUT (JSON path),
 // BENCH_PROBE_PPS (latency probe rate, default 5000), BENCH_FLOOD (seconds:
-// add the flood phases, the generator on every CPU for that long).
+// add the flood phases, the generator on every CPU for that long),
+// BENCH_PHASES (comma-separated: all, udp, tcp or a prefix of TCP phase
+// names such as tcp/log or tcp/dup/vxlan; default all). BENCH_DURATION also
+// sets the TCP phases' length (default 3 s, whole seconds).
 package main
 
 import (
@@ -16,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -61,6 +65,14 @@ func run() error {
 	var err error
 	if o.Phase, err = envDuration("BENCH_DURATION"); err != nil {
 		return err
+	}
+	o.TCPPhase = o.Phase
+	if v := os.Getenv("BENCH_PHASES"); v != "" {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				o.Phases = append(o.Phases, p)
+			}
+		}
 	}
 	if os.Getenv("BENCH_FLOOD") != "" {
 		if o.Flood, err = envDuration("BENCH_FLOOD"); err != nil {
