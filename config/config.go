@@ -15,7 +15,12 @@ const (
 	DefaultQueueCount = 1
 	DefaultQueueMax   = 4096
 	DefaultQueueCap   = 8192
-	DefaultWorkers    = 2
+	// DefaultQueueCapBytes bounds a session's copy queue in buffer bytes: a
+	// copy of more than 2 KiB (a GSO super-packet) takes a 64 KiB buffer,
+	// so 8192 of them would be 512 MiB; 24 MiB holds 8192 small copies
+	// (2 KiB buffers) or 380 super-packets.
+	DefaultQueueCapBytes = "24MiB"
+	DefaultWorkers       = 2
 	// DefaultNice is the niceness of nfclone's threads: under CPU contention
 	// the host's own work (and the packets it forwards in ksoftirqd) comes
 	// before copies, which are dropped and counted instead.
@@ -46,11 +51,13 @@ type Metrics struct {
 
 // Queue holds the defaults for the userspace methods.
 type Queue struct {
-	Num     int `mapstructure:"num" json:"num"`
-	Count   int `mapstructure:"count" json:"count"`
-	MaxLen  int `mapstructure:"max_len" json:"max_len"`
-	Cap     int `mapstructure:"cap" json:"cap"`
-	Workers int `mapstructure:"workers" json:"workers"`
+	Num    int `mapstructure:"num" json:"num"`
+	Count  int `mapstructure:"count" json:"count"`
+	MaxLen int `mapstructure:"max_len" json:"max_len"`
+	Cap    int `mapstructure:"cap" json:"cap"`
+	// CapBytes bounds the copy queue in bytes of buffers (a size: "16MiB").
+	CapBytes string `mapstructure:"cap_bytes" json:"cap_bytes"`
+	Workers  int    `mapstructure:"workers" json:"workers"`
 	// Nice is the niceness of every nfclone thread while it runs (-20..19;
 	// below 0 needs CAP_SYS_NICE).
 	Nice int `mapstructure:"nice" json:"nice"`

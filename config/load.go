@@ -30,7 +30,7 @@ func Default() Config {
 		Metrics:    Metrics{Listen: DefaultMetrics},
 		Queue: Queue{
 			Num: DefaultQueueNum, Count: DefaultQueueCount, MaxLen: DefaultQueueMax,
-			Cap: DefaultQueueCap, Workers: DefaultWorkers, Nice: DefaultNice,
+			Cap: DefaultQueueCap, CapBytes: DefaultQueueCapBytes, Workers: DefaultWorkers, Nice: DefaultNice,
 		},
 	}
 }
@@ -44,7 +44,7 @@ func scalarDefaults() map[string]any {
 		"mark": d.Mark, "route_table": d.RouteTable, "rule_pref": d.RulePref,
 		"metrics.listen": d.Metrics.Listen,
 		"queue.num":      d.Queue.Num, "queue.count": d.Queue.Count, "queue.max_len": d.Queue.MaxLen,
-		"queue.cap": d.Queue.Cap, "queue.workers": d.Queue.Workers, "queue.nice": d.Queue.Nice,
+		"queue.cap": d.Queue.Cap, "queue.cap_bytes": d.Queue.CapBytes, "queue.workers": d.Queue.Workers, "queue.nice": d.Queue.Nice,
 	}
 }
 

@@ -124,6 +124,11 @@ func validateQueue(p *problems, q Queue, sessions int) {
 	if q.Cap < 1 || q.Cap > 1<<22 {
 		p.add("queue.cap", "%d is out of range 1-4194304", q.Cap)
 	}
+	if n, err := ParseSize(q.CapBytes); err != nil {
+		p.add("queue.cap_bytes", "%v", err)
+	} else if n < 1<<20 || n > 1<<32 {
+		p.add("queue.cap_bytes", "%q is out of range 1MiB-4GiB", q.CapBytes)
+	}
 	if q.Workers < 1 || q.Workers > 256 {
 		p.add("queue.workers", "%d is out of range 1-256", q.Workers)
 	}

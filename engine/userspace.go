@@ -82,9 +82,10 @@ func sessionKey(c *config.Config, s config.Session, gws []rules.GatewayRoute, id
 func openSession(c *config.Config, i int, first int, key string, gws []rules.GatewayRoute, idx map[string]int, log *slog.Logger) (_ *session, err error) {
 	sc := c.Sessions[i]
 	slog := log.With("session", sc.Name)
+	capBytes, _ := config.ParseSize(c.Queue.CapBytes) // validated
 	s := &session{
 		name: sc.Name, method: sc.Method, key: key, first: first, count: 1,
-		queue: nfq.NewCopyQueue(c.Queue.Cap), ledger: &nfq.Ledger{}, workers: c.Queue.Workers, log: slog,
+		queue: nfq.NewCopyQueue(c.Queue.Cap, capBytes), ledger: &nfq.Ledger{}, workers: c.Queue.Workers, log: slog,
 	}
 	defer func() {
 		if err != nil {

@@ -24,7 +24,7 @@ func BenchmarkReaderProcess(b *testing.B) {
 	for _, size := range []int{64, 1500} {
 		b.Run(map[int]string{64: "64B", 1500: "1500B"}[size], func(b *testing.B) {
 			sock := newFakeSock()
-			q := NewCopyQueue(4096)
+			q := NewCopyQueue(4096, 0)
 			qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64, Snaplen: 2048}, sock, q, &Ledger{})
 			if err != nil {
 				b.Fatal(err)
@@ -56,7 +56,7 @@ func BenchmarkReaderProcess(b *testing.B) {
 }
 
 func BenchmarkCopyQueuePushPop(b *testing.B) {
-	q := NewCopyQueue(1024)
+	q := NewCopyQueue(1024, 0)
 	p := NewPacket(ipv4(64, [4]byte{}))
 	dst := make([]*Packet, 64)
 	ctx := context.Background()

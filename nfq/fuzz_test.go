@@ -29,7 +29,7 @@ func FuzzParseMessages(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte, log bool) {
 		var led Ledger
-		q := NewCopyQueue(8)
+		q := NewCopyQueue(8, 0)
 		kind := kindQueue
 		if log {
 			kind = kindLog

@@ -172,7 +172,7 @@ func TestLedgerArithmetic(t *testing.T) {
 }
 
 func TestCopyQueue(t *testing.T) {
-	q := NewCopyQueue(4)
+	q := NewCopyQueue(4, 0)
 	for i := 0; i < 6; i++ {
 		q.Push(NewPacket(ipv4(40, [4]byte{})))
 	}
@@ -248,7 +248,7 @@ func runPath(t *testing.T, sock *fakeSock, qcap int, rec *recorder, led *Ledger)
 
 func runPathCfg(t *testing.T, sock *fakeSock, cfg QueueConfig, qcap int, rec *recorder, led *Ledger) (qr *QueueReader, stop func()) {
 	t.Helper()
-	q := NewCopyQueue(qcap)
+	q := NewCopyQueue(qcap, 0)
 	qr, err := newQueueReader(cfg, sock, q, led)
 	if err != nil {
 		t.Fatal(err)
@@ -354,7 +354,7 @@ func TestQueueMalformedAndOverflow(t *testing.T) {
 func TestQueueOverflowCounted(t *testing.T) {
 	sock := newFakeSock()
 	var led Ledger
-	q := NewCopyQueue(2)
+	q := NewCopyQueue(2, 0)
 	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64}, sock, q, &led)
 	if err != nil {
 		t.Fatal(err)
@@ -383,7 +383,7 @@ func TestQueueOverflowCounted(t *testing.T) {
 func TestQueueBindError(t *testing.T) {
 	sock := newFakeSock()
 	sock.ackErr = -int32(unix.EBUSY)
-	_, err := newQueueReader(QueueConfig{Num: 1}, sock, NewCopyQueue(1), &Ledger{})
+	_, err := newQueueReader(QueueConfig{Num: 1}, sock, NewCopyQueue(1, 0), &Ledger{})
 	if !errors.Is(err, unix.EBUSY) {
 		t.Fatalf("err %v", err)
 	}
@@ -392,7 +392,7 @@ func TestQueueBindError(t *testing.T) {
 func TestVerdictRetriedAfterSendError(t *testing.T) {
 	sock := newFakeSock()
 	var led Ledger
-	qr, err := newQueueReader(QueueConfig{Num: 1}, sock, NewCopyQueue(16), &led)
+	qr, err := newQueueReader(QueueConfig{Num: 1}, sock, NewCopyQueue(16, 0), &led)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,7 +415,7 @@ func TestVerdictRetriedAfterSendError(t *testing.T) {
 func TestCancelUnblocksRead(t *testing.T) {
 	checkNoLeak(t)
 	sock := newFakeSock()
-	qr, err := newQueueReader(QueueConfig{Num: 1}, sock, NewCopyQueue(16), &Ledger{})
+	qr, err := newQueueReader(QueueConfig{Num: 1}, sock, NewCopyQueue(16, 0), &Ledger{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -439,7 +439,7 @@ func TestLogReaderSeqGaps(t *testing.T) {
 	checkNoLeak(t)
 	sock := newFakeSock()
 	var led Ledger
-	q := NewCopyQueue(64)
+	q := NewCopyQueue(64, 0)
 	lr, err := newLogReader(LogConfig{Group: 5}, sock, q, &led)
 	if err != nil {
 		t.Fatal(err)
@@ -480,7 +480,7 @@ func TestLogReaderSeqGaps(t *testing.T) {
 
 func TestRunWorkersJoin(t *testing.T) {
 	checkNoLeak(t)
-	q := NewCopyQueue(100)
+	q := NewCopyQueue(100, 0)
 	for i := 0; i < 50; i++ {
 		q.Push(NewPacket(ipv4(40, [4]byte{})))
 	}
@@ -502,7 +502,7 @@ func TestHotPathAllocs(t *testing.T) {
 	}
 	sock := newFakeSock()
 	var led Ledger
-	q := NewCopyQueue(1024)
+	q := NewCopyQueue(1024, 0)
 	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64, Snaplen: 2048}, sock, q, &led)
 	if err != nil {
 		t.Fatal(err)
@@ -617,4 +617,32 @@ func ipChecksum(h []byte) uint16 {
 		s = s&0xffff + s>>16
 	}
 	return ^uint16(s)
+}
+
+// The copy queue is bounded in buffer bytes too: large buffers fill it long
+// before its count does, and popping gives the room back.
+func TestCopyQueueBytes(t *testing.T) {
+	q := NewCopyQueue(1000, 4*(Headroom+largePayload)+4096)
+	for i := 0; i < 4; i++ {
+		if !q.Push(GetPacket(3000)) {
+			t.Fatalf("push %d refused", i)
+		}
+	}
+	if !q.Full() {
+		t.Error("not full at its byte bound")
+	}
+	if q.Push(GetPacket(3000)) || q.Dropped() != 1 {
+		t.Errorf("a fifth large copy was queued (dropped %d)", q.Dropped())
+	}
+	if !q.Push(GetPacket(100)) {
+		t.Error("a small copy that fits was refused")
+	}
+	dst := make([]*Packet, 10)
+	n := q.TryPopBatch(dst)
+	if n != 5 || q.Bytes() != 0 {
+		t.Errorf("popped %d, %d bytes left", n, q.Bytes())
+	}
+	for _, p := range dst[:n] {
+		p.Release()
+	}
 }

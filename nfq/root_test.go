@@ -75,7 +75,7 @@ func TestRootQueueReader(t *testing.T) {
 	ns.Sh(t, "ping -c 1 -W 2 127.0.0.1")
 
 	var led Ledger
-	q := NewCopyQueue(8192)
+	q := NewCopyQueue(8192, 0)
 	qr, err := NewQueueReader(QueueConfig{
 		Num: 0, NetNS: ns.FD, Snaplen: 128,
 		StatsPath: fmt.Sprintf("/proc/%d/net/netfilter/nfnetlink_queue", ns.TID),
@@ -163,7 +163,7 @@ func TestRootLogReader(t *testing.T) {
 		t.Fatalf("nft: %v %s", err, out)
 	}
 	var led Ledger
-	q := NewCopyQueue(1024)
+	q := NewCopyQueue(1024, 0)
 	lr, err := NewLogReader(LogConfig{Group: 5, NetNS: ns.FD}, q, &led)
 	if err != nil {
 		t.Fatal(err)
@@ -276,7 +276,7 @@ func TestRootCompareNaive(t *testing.T) {
 		nf.Close()
 
 		var led Ledger
-		q := NewCopyQueue(8192)
+		q := NewCopyQueue(8192, 0)
 		qr, err := NewQueueReader(QueueConfig{Num: 0, NetNS: ns.FD}, q, &led)
 		if err != nil {
 			t.Fatal(err)
