@@ -17,9 +17,9 @@ const (
 	DefaultQueueCap   = 8192
 	// DefaultQueueCapBytes bounds a session's copy queue in buffer bytes: a
 	// copy of more than 2 KiB (a GSO super-packet) takes a 64 KiB buffer,
-	// so 8192 of them would be 512 MiB; 24 MiB holds 8192 small copies
-	// (2 KiB buffers) or 380 super-packets.
-	DefaultQueueCapBytes = "24MiB"
+	// so 8192 of them would be 512 MiB; 16 MiB holds about 8000 small copies
+	// (2 KiB buffers) or 250 super-packets.
+	DefaultQueueCapBytes = "16MiB"
 	DefaultWorkers       = 2
 	// DefaultNice is the niceness of nfclone's threads: under CPU contention
 	// the host's own work (and the packets it forwards in ksoftirqd) comes

@@ -61,7 +61,7 @@ func TestParseDesignExample(t *testing.T) {
 	want := &Config{
 		Table: "nfclone", StateDir: "/run/nfclone", Mark: 0x4e43, RouteTable: 0x4e43, RulePref: 100,
 		Metrics: Metrics{Listen: "127.0.0.1:9464"},
-		Queue:   Queue{Num: 0, Count: 1, MaxLen: 4096, Cap: 8192, CapBytes: "24MiB", Workers: 2, Nice: 10},
+		Queue:   Queue{Num: 0, Count: 1, MaxLen: 4096, Cap: 8192, CapBytes: "16MiB", Workers: 2, Nice: 10},
 		Sessions: []Session{
 			{
 				Name: "web", Method: "queue",

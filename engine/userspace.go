@@ -132,7 +132,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 		for k := 0; k < c.Queue.Count; k++ {
 			r, err := nfq.NewQueueReader(nfq.QueueConfig{
 				Num: uint16(first + k), Snaplen: uint32(sc.Snaplen), MaxLen: uint32(c.Queue.MaxLen), Logger: slog,
-				BufBudget: (16 << 20) / c.Queue.Count, // the session's receive slabs stay within 16 MiB
+				BufBudget: (8 << 20) / c.Queue.Count, // the session's receive slabs stay within 8 MiB (126 whole 64 KiB messages)
 				Clones:    &nfq.CloneMarks{Mask: rules.CloneMask, TTLDecremented: rules.CloneTTLDecremented, DFClear: rules.CloneDFClear},
 			}, s.queue, s.ledger)
 			if err != nil {

@@ -444,6 +444,7 @@ func runDaemon(parent context.Context, e *engine.Engine, log *slog.Logger, watch
 	if err := engine.SetNice(e.Cfg.Queue.Nice); err != nil {
 		return err
 	}
+	engine.SetMemoryLimit()
 	if listen := e.Cfg.Metrics.Listen; listen != "" {
 		mc := metrics.New(e.Status)
 		e.Services = append(e.Services, func(ctx context.Context) error { return metrics.Serve(ctx, listen, mc, log) })
