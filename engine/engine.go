@@ -17,6 +17,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/nfclone/nfclone/config"
+	"github.com/nfclone/nfclone/nfq"
 	"github.com/nfclone/nfclone/route"
 	"github.com/nfclone/nfclone/rules"
 	"github.com/nfclone/nfclone/sink"
@@ -157,6 +158,47 @@ func (e *Engine) Copied() uint64 {
 		}
 	}
 	return n
+}
+
+// Ledger is the sum of the userspace sessions' ledgers. After Run returned
+// it is the final account — the readers' counts plus what only the kernel's
+// rule counters know (fail_open, rate_limit) — which `capture` reports;
+// while running, the counts so far. LimitCut is the part of SendError that
+// were copies refused because the Limit was reached (not losses).
+func (e *Engine) Ledger() (total nfq.Snapshot, limitCut uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.rt == nil {
+		return total, 0
+	}
+	for _, s := range e.rt.sessions {
+		total = addSnapshots(total, s.snapshot())
+	}
+	if e.rt.limit != nil {
+		limitCut = e.rt.limit.refused()
+	}
+	return total, limitCut
+}
+
+// addSnapshots sums two ledgers field by field.
+func addSnapshots(a, b nfq.Snapshot) nfq.Snapshot {
+	a.Offered += b.Offered
+	a.Received += b.Received
+	a.Copied += b.Copied
+	a.Bytes += b.Bytes
+	a.InFlight += b.InFlight
+	a.ENOBUFS += b.ENOBUFS
+	a.VerdictErrors += b.VerdictErrors
+	d, x := &a.Drops, b.Drops
+	d.KernelQueue += x.KernelQueue
+	d.User += x.User
+	d.SocketOverrun += x.SocketOverrun
+	d.QueueOverflow += x.QueueOverflow
+	d.RateLimit += x.RateLimit
+	d.Malformed += x.Malformed
+	d.SendError += x.SendError
+	d.FailOpen += x.FailOpen
+	return a
 }
 
 // Run installs everything, then copies until ctx ends, reloading on Reload

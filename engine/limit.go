@@ -13,6 +13,7 @@ import (
 type limit struct {
 	mu     sync.Mutex
 	left   uint64
+	cut    uint64 // copies not let through: the count was reached
 	cancel context.CancelFunc
 }
 
@@ -27,10 +28,19 @@ func (l *limit) take(n int) int {
 		k = l.left
 	}
 	l.left -= k
+	l.cut += uint64(n) - k
 	if l.left == 0 {
 		l.cancel()
 	}
 	return int(k)
+}
+
+// refused is how many copies the limit kept back (counted as send errors
+// by the ledger, but not losses: the capture had what it asked for).
+func (l *limit) refused() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cut
 }
 
 func (l *limit) wrap(s sink.Sink) sink.Sink { return &limitSink{Sink: s, l: l} }

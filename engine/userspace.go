@@ -47,7 +47,8 @@ type session struct {
 	readerWG     sync.WaitGroup
 	workerCancel context.CancelFunc
 	workerWG     sync.WaitGroup
-	running      []bool // per reader
+	running      []bool        // per reader
+	final        *nfq.Snapshot // the ledger at stop, with the kernel's counts
 	mu           sync.Mutex
 }
 
@@ -246,6 +247,9 @@ func (s *session) stop(drain time.Duration, kernel map[string]rules.CounterValue
 	}
 	s.close()
 	snap := withKernelCounts(s.ledger.Snapshot(), kernel)
+	s.mu.Lock()
+	s.final = &snap
+	s.mu.Unlock()
 	s.log.Info("session ledger", "offered", snap.Offered, "copied", snap.Copied, "fail_open", snap.Drops.FailOpen,
 		"rate_limit", snap.Drops.RateLimit,
 		"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
@@ -327,6 +331,18 @@ func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name 
 			Path: t.Path, Format: t.Format, LinkType: sink.LinkTypeRaw, Snaplen: sc.Snaplen, RotateSize: size, RotateKeep: keep}})
 	}
 	return nil, fmt.Errorf("target kind %s is not available with method %s", t.Kind, sc.Method)
+}
+
+// snapshot is the session's ledger: the final one once stopped, else the
+// readers' and workers' counts so far.
+func (s *session) snapshot() nfq.Snapshot {
+	s.mu.Lock()
+	f := s.final
+	s.mu.Unlock()
+	if f != nil {
+		return *f
+	}
+	return s.ledger.Snapshot()
 }
 
 // withKernelCounts adds to a session's ledger what only the kernel's rule

@@ -29,6 +29,10 @@ declare -A PKG_FOR=(
 	[curl]=curl
 	[python3]=python3
 	[setpriv]=util-linux
+	[socat]=socat
+	[ethtool]=ethtool
+	[tcpflow]=tcpflow
+	[sha256sum]=coreutils
 )
 
 SUDO=""

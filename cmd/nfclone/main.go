@@ -532,7 +532,8 @@ func watchFile(ctx context.Context, path string, log *slog.Logger, changed func(
 }
 
 // capture runs a one-shot capture: the engine with a pcap target, stopped by
-// the count, the duration or a signal, with a live count on a terminal.
+// the count, the duration or a signal, with a live count on a terminal. At
+// the end it prints the session ledger as tcpdump prints its statistics.
 func capture(parent context.Context, stderr io.Writer, c *config.Config, log *slog.Logger, count uint64, d time.Duration) error {
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -574,7 +575,8 @@ func capture(parent context.Context, stderr io.Writer, c *config.Config, log *sl
 	if tty {
 		fmt.Fprint(stderr, "\r")
 	}
-	fmt.Fprintf(stderr, "%d packets captured\n", e.Copied())
+	ledger, cut := e.Ledger()
+	writeCaptureReport(stderr, ledger, cut)
 	return err
 }
 
