@@ -261,11 +261,15 @@ func (r *reader) process(n int) {
 			// trust it: count it and, for NFQUEUE, still release the original.
 			r.nMalformed++
 			r.nRecv++
-			if r.kind == kindQueue {
-				if m, _, err := nextMsgLenient(r.bufs[i]); err == nil {
+			if m, _, err := nextMsgLenient(r.bufs[i]); err == nil {
+				if r.kind == kindQueue {
 					if id, ok := leadingPacketID(m); ok {
 						r.noteID(id)
 					}
+				} else if seq, ok := leadingLogSeq(m); ok {
+					// Its sequence number is seen: the packet is counted
+					// as malformed here, not again as a gap.
+					r.noteSeq(seq)
 				}
 			}
 			continue
@@ -472,6 +476,26 @@ func leadingPacketID(m nlMsg) (uint32, bool) {
 			return 0, false
 		}
 		if typ == nfqaPacketHdr && len(val) >= 4 {
+			return be32(val), true
+		}
+		b = rest
+	}
+	return 0, false
+}
+
+// leadingLogSeq finds NFULA_SEQ in a possibly truncated NFLOG packet
+// message (the kernel writes it before the payload).
+func leadingLogSeq(m nlMsg) (uint32, bool) {
+	if m.typ != subsysUlog<<8|nfulnlMsgPacket || len(m.body) < nfgenLen {
+		return 0, false
+	}
+	b := m.body[nfgenLen:]
+	for len(b) > 0 {
+		typ, val, rest, err := nextAttr(b)
+		if err != nil {
+			return 0, false
+		}
+		if typ == nfulaSeq && len(val) >= 4 {
 			return be32(val), true
 		}
 		b = rest
