@@ -160,6 +160,20 @@ func (e *Engine) Copied() uint64 {
 	return n
 }
 
+// Written is the number of packets the userspace sessions' targets sent
+// (wire packets: super-packets count once per segment).
+func (e *Engine) Written() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var n uint64
+	if e.rt != nil {
+		for _, s := range e.rt.sessions {
+			n += s.written()
+		}
+	}
+	return n
+}
+
 // Ledger is the sum of the userspace sessions' ledgers. After Run returned
 // it is the final account — the readers' counts plus what only the kernel's
 // rule counters know (fail_open, rate_limit) — which `capture` reports;

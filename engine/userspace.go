@@ -197,7 +197,13 @@ const nflogLinger = 20 * time.Millisecond
 // start runs the readers and the workers.
 func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 	if wrap != nil {
-		s.fanout = wrap(s.fanout)
+		// Inside the cutter: `capture -c N` counts wire packets, as
+		// tcpdump does, not the kernel's super-packets.
+		if w, ok := s.fanout.(*sink.Wire); ok {
+			s.fanout = sink.NewWire(wrap(w.Inner()), w.MTU())
+		} else {
+			s.fanout = wrap(s.fanout)
+		}
 	}
 	rctx, rcancel := context.WithCancel(context.Background())
 	wctx, wcancel := context.WithCancel(context.Background())
@@ -350,4 +356,16 @@ func (s *session) snapshot() nfq.Snapshot {
 // reader (fail_open) and packets the session's rate kept from it.
 func withKernelCounts(s nfq.Snapshot, m map[string]rules.CounterValue) nfq.Snapshot {
 	return s.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
+}
+
+// written is how many packets the session's targets sent (wire packets:
+// a super-packet cut into 40 segments counts 40).
+func (s *session) written() uint64 {
+	var n uint64
+	for _, t := range s.targets {
+		if sp, ok := t.(interface{ Stats() sink.Stats }); ok {
+			n += sp.Stats().Sent
+		}
+	}
+	return n
 }

@@ -20,7 +20,12 @@ type reason struct {
 // ledger's reasons. Copies held back because -c was reached are not losses
 // and get a line of their own. Any loss ends with a warning line: a capture
 // that missed packets must never look complete.
-func writeCaptureReport(w io.Writer, s nfq.Snapshot, limitCut uint64) {
+//
+// written is the number of packets in the file: the kernel hands over
+// GSO/GRO super-packets, which are written as the wire packets they stand
+// for, so it can exceed the ledger's count (which is in the kernel's
+// packets); then a line says so.
+func writeCaptureReport(w io.Writer, s nfq.Snapshot, limitCut, written uint64) {
 	sendErr := s.Drops.SendError
 	if limitCut > sendErr { // the limit's refusals are counted as send errors
 		limitCut = sendErr
@@ -40,7 +45,10 @@ func writeCaptureReport(w io.Writer, s nfq.Snapshot, limitCut uint64) {
 		{"unsent_at_exit", s.InFlight},
 	}
 	kTotal, oTotal := sum(kernel), sum(own)
-	fmt.Fprintf(w, "%d packets captured\n", s.Copied)
+	fmt.Fprintf(w, "%d packets captured\n", written)
+	if written != s.Copied {
+		fmt.Fprintf(w, "(%d packets as the kernel handed them over: super-packets were cut into wire packets; the counts below are in those)\n", s.Copied)
+	}
 	fmt.Fprintf(w, "%d packets received by filter\n", s.Offered)
 	fmt.Fprintf(w, "%d packets dropped by kernel%s\n", kTotal, reasons(kernel))
 	fmt.Fprintf(w, "%d packets dropped by nfclone%s\n", oTotal, reasons(own))

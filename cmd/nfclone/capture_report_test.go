@@ -11,8 +11,10 @@ func TestCaptureReport(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		snap nfq.Snapshot
-		cut  uint64
-		want string
+		// written: packets in the file (0: as many as copied)
+		written uint64
+		cut     uint64
+		want    string
 	}{
 		{
 			name: "nothing lost",
@@ -94,10 +96,24 @@ func TestCaptureReport(t *testing.T) {
 				"0 packets dropped by nfclone\n" +
 				"nfclone: warning: the ledger does not balance: 10 received by filter, 8 accounted for\n",
 		},
+		{
+			name:    "super-packets cut into wire packets",
+			snap:    nfq.Snapshot{Offered: 3, Received: 3, Copied: 3},
+			written: 130,
+			want: "130 packets captured\n" +
+				"(3 packets as the kernel handed them over: super-packets were cut into wire packets; the counts below are in those)\n" +
+				"3 packets received by filter\n" +
+				"0 packets dropped by kernel\n" +
+				"0 packets dropped by nfclone\n",
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b bytes.Buffer
-			writeCaptureReport(&b, tc.snap, tc.cut)
+			written := tc.written
+			if written == 0 {
+				written = tc.snap.Copied
+			}
+			writeCaptureReport(&b, tc.snap, tc.cut, written)
 			if b.String() != tc.want {
 				t.Errorf("got:\n%s\nwant:\n%s", b.String(), tc.want)
 			}

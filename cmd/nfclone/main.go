@@ -561,7 +561,7 @@ func capture(parent context.Context, stderr io.Writer, c *config.Config, log *sl
 				case <-done:
 					return
 				case <-t.C:
-					fmt.Fprintf(stderr, "\r%d packets captured", e.Copied())
+					fmt.Fprintf(stderr, "\r%d packets captured", e.Written())
 				}
 			}
 		}()
@@ -576,7 +576,7 @@ func capture(parent context.Context, stderr io.Writer, c *config.Config, log *sl
 		fmt.Fprint(stderr, "\r")
 	}
 	ledger, cut := e.Ledger()
-	writeCaptureReport(stderr, ledger, cut)
+	writeCaptureReport(stderr, ledger, cut, e.Written())
 	return err
 }
 
