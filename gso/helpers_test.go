@@ -150,9 +150,30 @@ func build(t testing.TB, s spec) []byte {
 		t.Fatalf("building %+v: %v", s, err)
 	}
 	b := append([]byte(nil), buf.Bytes()...)
+	if s.v6 && len(s.ext) > 0 && (s.proto == layers.IPProtocolTCP || s.proto == layers.IPProtocolUDP) {
+		// gopacket sums a hand-built IPv6 layer's DstIP (the waypoint of
+		// a routing header): sum again with the final destination.
+		hdr, off := 8, 6
+		if s.proto == layers.IPProtocolTCP {
+			hdr, off = 20, 16
+			if s.tsOpt {
+				hdr = 32
+			}
+		}
+		start := len(b) - s.payload - hdr
+		b[start+off], b[start+off+1] = 0, 0
+		sum := ^refSum(b[start:], refPseudo(src6, dst6, uint8(s.proto), len(b)-start))
+		if sum == 0 && s.proto == layers.IPProtocolUDP {
+			sum = 0xffff
+		}
+		binary.BigEndian.PutUint16(b[start+off:], sum)
+	}
 	if s.noUDPSum && s.proto == layers.IPProtocolUDP && !s.v6 {
 		l4 := int(b[0]&0xf) * 4
 		b[l4+6], b[l4+7] = 0, 0
+	}
+	if s.proto == layers.IPProtocolTCP || s.proto == layers.IPProtocolUDP {
+		checkL4(t, b) // the test's own packets must be valid
 	}
 	return b
 }
