@@ -62,7 +62,11 @@ func Split(pkt []byte, mtu int, f Flags, fragID uint32, out [][]byte) (int, erro
 	if len(pkt) <= mtu {
 		// Trailing bytes beyond the IP length made pkt look too big.
 		FixPartial(pkt, f)
-		return copyOut(pkt, out)
+		n, err := copyOut(pkt, out)
+		if err == nil && !l.v6 {
+			putIPv4Checksum(out[0][:l.l4Off])
+		}
+		return n, err
 	}
 	if !l.frag {
 		switch {
