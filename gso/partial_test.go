@@ -149,3 +149,13 @@ func TestFixPartialLeavesAlone(t *testing.T) {
 		}
 	}
 }
+
+// TestFlagsMatchKernel: Flags(info&3) converts NFQA_SKB_INFO, whose bits
+// are NFQA_SKB_CSUMNOTREADY (1 << 0) and NFQA_SKB_GSO (1 << 1) in
+// include/uapi/linux/netfilter/nfnetlink_queue.h.
+func TestFlagsMatchKernel(t *testing.T) {
+	const csumNotReady, gso = 1 << 0, 1 << 1
+	if CsumPartial != csumNotReady || GSO != gso || Known&(csumNotReady|gso) != 0 {
+		t.Fatalf("CsumPartial %d, GSO %d, Known %d: not the kernel's bits", CsumPartial, GSO, Known)
+	}
+}
