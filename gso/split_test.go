@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/ip4defrag"
 	"github.com/gopacket/gopacket/ip6defrag"
 	"github.com/gopacket/gopacket/layers"
@@ -395,16 +394,26 @@ func TestSplitSmall(t *testing.T) {
 	}
 }
 
+// TestMaxSegments: out of MaxSegments(mtu) buffers is enough for the
+// largest packets of each kind with headers within MaxHeaders.
 func TestMaxSegments(t *testing.T) {
-	for _, mtu := range []int{68, 576, 1280, 1500, 9000} {
-		// The worst case within MaxHeaders: IPv4 with 40 bytes of options
-		// and TCP with 40 bytes of options... then the largest packet.
-		pkt := build(t, spec{proto: layers.IPProtocolUDP, payload: 65535 - 60 - 8, ipOpts: true})
-		out := outBufs(MaxSegments(mtu), mtu)
-		if _, err := Split(pkt, mtu, Known, 0, out); err != nil {
-			t.Errorf("mtu %d: MaxSegments %d too small: %v", mtu, MaxSegments(mtu), err)
+	ext := []layers.IPProtocol{hbh, dstOpts, routing, dstOpts}
+	specs := []spec{
+		{proto: layers.IPProtocolTCP, payload: 65535 - 60 - 32, ipOpts: true, tsOpt: true, flags: "A"},
+		{proto: layers.IPProtocolUDP, payload: 65535 - 36 - 8, ipOpts: true},
+		{v6: true, proto: layers.IPProtocolTCP, payload: 65535 - 72 - 32, tsOpt: true, flags: "A", ext: ext},
+		{v6: true, proto: layers.IPProtocolUDP, payload: 65535 - 72 - 8, ext: ext},
+	}
+	for _, mtu := range []int{300, 576, 1280, 1500, 9000} {
+		for _, s := range specs {
+			for _, f := range []Flags{Known, GSO | Known} {
+				pkt := build(t, s)
+				out := outBufs(MaxSegments(mtu), mtu)
+				n, err := Split(pkt, mtu, f, 0, out)
+				if err != nil || n < 2 {
+					t.Errorf("mtu %d, %d-byte packet %+v, flags %03b: MaxSegments %d: Split = %d, %v", mtu, len(pkt), s, f, MaxSegments(mtu), n, err)
+				}
+			}
 		}
 	}
 }
-
-var _ = gopacket.Payload(nil)
