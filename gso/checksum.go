@@ -9,42 +9,53 @@ import (
 // without folding: the result is a running one's complement sum that can be
 // passed as initial to the next call. Chaining is only exact when every part
 // but the last has an even length (an odd length is padded with a zero
-// byte, as the last part of a checksummed range is). Eight bytes are added
-// at a time with end-around carry; 2^64 and 2^16 are both congruent to 1
-// modulo 0xffff, so the 64-bit sum folds to the same 16-bit sum.
+// byte, as the last part of a checksummed range is).
+//
+// Eight bytes are added at a time with end-around carry, in two
+// independent carry chains so that the additions overlap; 2^64 and 2^16
+// are both congruent to 1 modulo 0xffff, so the 64-bit sums fold to the
+// 16-bit one. The words are loaded little-endian, which needs no byte swap
+// on the common machines: the one's complement sum commutes with swapping
+// the bytes of every word (RFC 1071 section 2(B)), so the folded sum is
+// swapped once at the end.
 func Sum(b []byte, initial uint64) uint64 {
-	ac := initial
-	var c uint64
+	var a0, a1, c0, c1 uint64
 	for len(b) >= 64 {
-		ac, c = bits.Add64(ac, binary.BigEndian.Uint64(b[0:8]), c)
-		ac, c = bits.Add64(ac, binary.BigEndian.Uint64(b[8:16]), c)
-		ac, c = bits.Add64(ac, binary.BigEndian.Uint64(b[16:24]), c)
-		ac, c = bits.Add64(ac, binary.BigEndian.Uint64(b[24:32]), c)
-		ac, c = bits.Add64(ac, binary.BigEndian.Uint64(b[32:40]), c)
-		ac, c = bits.Add64(ac, binary.BigEndian.Uint64(b[40:48]), c)
-		ac, c = bits.Add64(ac, binary.BigEndian.Uint64(b[48:56]), c)
-		ac, c = bits.Add64(ac, binary.BigEndian.Uint64(b[56:64]), c)
+		a0, c0 = bits.Add64(a0, binary.LittleEndian.Uint64(b[0:8]), c0)
+		a1, c1 = bits.Add64(a1, binary.LittleEndian.Uint64(b[8:16]), c1)
+		a0, c0 = bits.Add64(a0, binary.LittleEndian.Uint64(b[16:24]), c0)
+		a1, c1 = bits.Add64(a1, binary.LittleEndian.Uint64(b[24:32]), c1)
+		a0, c0 = bits.Add64(a0, binary.LittleEndian.Uint64(b[32:40]), c0)
+		a1, c1 = bits.Add64(a1, binary.LittleEndian.Uint64(b[40:48]), c1)
+		a0, c0 = bits.Add64(a0, binary.LittleEndian.Uint64(b[48:56]), c0)
+		a1, c1 = bits.Add64(a1, binary.LittleEndian.Uint64(b[56:64]), c1)
 		b = b[64:]
 	}
 	for len(b) >= 8 {
-		ac, c = bits.Add64(ac, binary.BigEndian.Uint64(b[0:8]), c)
+		a0, c0 = bits.Add64(a0, binary.LittleEndian.Uint64(b[0:8]), c0)
 		b = b[8:]
 	}
 	if len(b) >= 4 {
-		ac, c = bits.Add64(ac, uint64(binary.BigEndian.Uint32(b[0:4])), c)
+		a1, c1 = bits.Add64(a1, uint64(binary.LittleEndian.Uint32(b[0:4])), c1)
 		b = b[4:]
 	}
 	if len(b) >= 2 {
-		ac, c = bits.Add64(ac, uint64(binary.BigEndian.Uint16(b[0:2])), c)
+		a0, c0 = bits.Add64(a0, uint64(binary.LittleEndian.Uint16(b[0:2])), c0)
 		b = b[2:]
 	}
 	if len(b) == 1 {
-		ac, c = bits.Add64(ac, uint64(b[0])<<8, c)
+		// The high byte of a big-endian word, the low byte swapped.
+		a1, c1 = bits.Add64(a1, uint64(b[0]), c1)
 	}
-	// The end-around carry: ac+c overflows only when ac is all ones, and
+	s, c := bits.Add64(a0, a1, 0)
+	s, c = bits.Add64(s, c0, c)
+	s, c = bits.Add64(s, c1, c)
+	// The end-around carry: s+c overflows only when s is all ones, and
 	// then the second addition cannot overflow again.
-	ac, c = bits.Add64(ac, 0, c)
-	return ac + c
+	s, c = bits.Add64(s, 0, c)
+	s += c
+	r, c := bits.Add64(initial, uint64(bits.ReverseBytes16(Fold(s))), 0)
+	return r + c
 }
 
 // Fold reduces a running sum from Sum to the 16-bit one's complement sum,

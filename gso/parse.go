@@ -35,8 +35,8 @@ type layout struct {
 	proto uint8 // the transport protocol (for IPv6, the header after the walked extension headers)
 	frag  bool  // pkt is a fragment: an IPv4 MF or offset, an IPv6 fragment header
 	// dstOff is where the pseudo-header's destination address is: the IP
-	// destination, or the final destination in an IPv6 routing header with
-	// segments left.
+	// destination, or the final destination of an IPv4 source route or an
+	// IPv6 routing header with addresses left.
 	dstOff int
 	// IPv6 only: unfrag is where the fragmentable part starts (after the
 	// IPv6 header, hop-by-hop and routing headers and the destination
@@ -67,6 +67,9 @@ func parse(pkt []byte) (layout, error) {
 		l.proto = pkt[9]
 		l.frag = binary.BigEndian.Uint16(pkt[6:8])&(ipv4MF|ipv4OffsetMask) != 0
 		l.dstOff = 16
+		if off := sourceRouteDst(pkt[20:ihl]); off >= 0 {
+			l.dstOff = 20 + off
+		}
 		return l, nil
 	case 6:
 		if len(pkt) < 40 {
@@ -152,13 +155,37 @@ func finalDst(rh []byte, off int, l *layout) error {
 	return nil
 }
 
+// sourceRouteDst returns the offset in the IPv4 options opts of the final
+// destination of a loose or strict source route that has addresses left
+// (the pointer within the option): the last address of the option, which
+// the pseudo-header uses while the IP destination is only the next hop
+// (RFC 791, as Linux does). It returns -1 without one; malformed options
+// end the search (fragment4 rejects them).
+func sourceRouteDst(opts []byte) int {
+	for i := 0; i < len(opts) && opts[i] != 0; {
+		if opts[i] == 1 {
+			i++
+			continue
+		}
+		if i+1 >= len(opts) || opts[i+1] < 2 || i+int(opts[i+1]) > len(opts) {
+			return -1
+		}
+		n := int(opts[i+1])
+		if (opts[i] == 0x83 || opts[i] == 0x89) && n >= 7 && i+2 < len(opts) && int(opts[i+2]) <= n {
+			return i + n - 4
+		}
+		i += n
+	}
+	return -1
+}
+
 // pseudoSum is the running sum of pkt's pseudo-header for a transport
 // length of length bytes.
 func pseudoSum(pkt []byte, l *layout, length int) uint64 {
 	if l.v6 {
 		return PseudoHeaderSum6(pkt[8:24], pkt[l.dstOff:l.dstOff+16], l.proto, length)
 	}
-	return PseudoHeaderSum4(pkt[12:16], pkt[16:20], l.proto, length)
+	return PseudoHeaderSum4(pkt[12:16], pkt[l.dstOff:l.dstOff+4], l.proto, length)
 }
 
 // putIPv4Checksum recomputes the header checksum of the IPv4 header h.

@@ -2,7 +2,9 @@ package gso
 
 import "encoding/binary"
 
-// Flags is what is known about a packet's offload state.
+// Flags is what is known about a packet's offload state. CsumPartial and
+// GSO have the bit values of NFQA_SKB_CSUMNOTREADY and NFQA_SKB_GSO in
+// NFQUEUE's NFQA_SKB_INFO attribute, so Flags(info&3)|Known converts it.
 type Flags uint8
 
 const (

@@ -2,8 +2,8 @@ package gso
 
 import "encoding/binary"
 
-// MaxPacket is the largest IP packet Split accepts: an IPv6 header and the
-// largest payload length (an IPv4 total length is at most 65535).
+// MaxPacket is the largest IP packet without a jumbogram: an IPv6 header and
+// the largest payload length (an IPv4 total length is at most 65535).
 const MaxPacket = 40 + 65535
 
 // MaxHeaders is the header budget MaxSegments assumes: IP header with
@@ -39,7 +39,10 @@ func MaxSegments(mtu int) int {
 //     super-packet's own is ignored).
 //   - UDP with f&GSO: UDP segmentation, datagrams of
 //     mtu - IP headers - 8 bytes each with their own length and checksum
-//     (an IPv4 checksum of zero stays zero).
+//     (an IPv4 checksum of zero stays zero). NFQUEUE does not pass the
+//     sender's segment size (gso_size), so when it was smaller than the
+//     mtu allows, the copies' datagram boundaries differ from those the
+//     sender made.
 //   - anything else, and any fragment: IP fragmentation of the datagram,
 //     after completing its L4 checksum (FixPartial, in place in pkt).
 //     IPv4 only with DF clear (else ErrDontFragment); all options on the
@@ -62,7 +65,11 @@ func Split(pkt []byte, mtu int, f Flags, fragID uint32, out [][]byte) (int, erro
 	if len(pkt) <= mtu {
 		// Trailing bytes beyond the IP length made pkt look too big.
 		FixPartial(pkt, f)
-		return copyOut(pkt, out)
+		n, err := copyOut(pkt, out)
+		if err == nil && !l.v6 {
+			putIPv4Checksum(out[0][:l.l4Off])
+		}
+		return n, err
 	}
 	if !l.frag {
 		switch {
