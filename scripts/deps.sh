@@ -28,6 +28,10 @@ declare -A PKG_FOR=(
 	[curl]=curl
 	[python3]=python3
 	[setpriv]=util-linux
+	[socat]=socat
+	[tcpflow]=tcpflow
+	[ethtool]=ethtool
+	[ss]=iproute2
 )
 
 SUDO=""
