@@ -495,8 +495,9 @@ func tcpflowStream(t *testing.T, pcap string) (stream []byte, note string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	// -m: a jump in sequence numbers (lost copies) must leave a hole in the one
-	// file, not start a new one (tcpflow's default for jumps over 16 MiB).
-	if out, err := exec.CommandContext(ctx, "tcpflow", "-Z", "-m", "4294967296", "-r", pcap, "-o", dir).CombinedOutput(); err != nil {
+	// file, not start a new one (tcpflow's default for jumps over 16 MiB; 1 GiB, as
+	// 4 GiB overflows in tcpflow 1.6 and then every reordering starts a new file).
+	if out, err := exec.CommandContext(ctx, "tcpflow", "-Z", "-m", "1073741824", "-r", pcap, "-o", dir).CombinedOutput(); err != nil {
 		t.Fatalf("tcpflow: %v: %s", err, out)
 	}
 	ents, err := os.ReadDir(dir)
