@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -206,12 +207,7 @@ func (c *Capture) Stop() []Packet {
 	if c.stopped {
 		return c.packets
 	}
-	c.stopped = true
-	c.drain()
-	_ = c.proc.Signal(syscall.SIGINT)
-	if _, err := c.proc.Wait(10 * time.Second); err != nil {
-		c.proc.Kill()
-	}
+	c.stopLocked()
 	pkts, err := ReadPackets(c.Path)
 	if err != nil {
 		c.t.Fatalf("%v (tcpdump stderr: %s)", err, c.proc.Stderr())
@@ -239,6 +235,37 @@ func ReadPackets(path string) ([]Packet, error) {
 		pkts[i].IP, _ = recs[i].IP()
 	}
 	return pkts, nil
+}
+
+// Finish lets tcpdump finish writing and stops it as Stop does, but decodes nothing: for
+// captures too big to decode frame by frame here, which tools read from c.Path. It returns
+// how many packets tcpdump reported "dropped by kernel" (-1 when it did not say). Stop
+// after Finish returns no packets.
+func (c *Capture) Finish() (kernelDrops int) {
+	c.t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.stopped {
+		c.stopLocked()
+	}
+	m := tcpdumpDropsRE.FindStringSubmatch(c.proc.Stderr())
+	if m == nil {
+		return -1
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+var tcpdumpDropsRE = regexp.MustCompile(`(?m)^(\d+) packets? dropped by kernel`)
+
+// stopLocked drains and stops tcpdump (SIGINT, SIGKILL after 10 s); c.mu is held.
+func (c *Capture) stopLocked() {
+	c.stopped = true
+	c.drain()
+	_ = c.proc.Signal(syscall.SIGINT)
+	if _, err := c.proc.Wait(10 * time.Second); err != nil {
+		c.proc.Kill()
+	}
 }
 
 // Tcpdump returns tcpdump's stderr (its closing lines report received/dropped counts).
