@@ -30,7 +30,6 @@ declare -A PKG_FOR=(
 	[python3]=python3
 	[setpriv]=util-linux
 	[socat]=socat
-	[ethtool]=ethtool
 	[tcpflow]=tcpflow
 	[sha256sum]=coreutils
 	[ss]=iproute2
