@@ -276,6 +276,9 @@ In capture, -c is the packet count, as in tcpdump.`,
 			if err != nil {
 				return err
 			}
+			if c.StateDir, err = engine.PrivateStateDir("", "nfclone-capture-"); err != nil {
+				return err
+			}
 			if !cmd.Flags().Changed("log-level") {
 				g.logLevel = "warn"
 			}

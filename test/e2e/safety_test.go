@@ -1,0 +1,159 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nfclone/nfclone/test/lab"
+)
+
+// Issue 11: never act on what nfclone did not write.
+
+// plantedState names a table with nfclone's prefix and a policy rule and
+// route that are not nfclone's: a victim that only the state file's
+// ownership can protect.
+const plantedState = `{"pid": 999999, "table": "nfclone_victim", "journal": [
+ {"op": "route-added", "route": {"family": "inet", "table": 77, "gateway": "10.77.2.2", "device": "e1"}},
+ {"op": "rule-added", "rule": {"family": "inet", "pref": 50, "mark": 7, "table": 77}}
+]}
+`
+
+// addVictim installs the victim in the engine namespace.
+func addVictim(t *testing.T, l *lab.Lab) {
+	t.Helper()
+	l.MustExec(t, l.Eng, "nft", "add", "table", "ip", "nfclone_victim")
+	l.MustExec(t, l.Eng, "ip", "route", "add", "default", "via", lab.ColIP, "dev", "e1", "table", "77")
+	l.MustExec(t, l.Eng, "ip", "rule", "add", "pref", "50", "fwmark", "7", "lookup", "77")
+}
+
+// requireVictim fails unless the victim is still there.
+func requireVictim(t *testing.T, l *lab.Lab, after string) {
+	t.Helper()
+	if out, err := l.Exec(t.Context(), l.Eng, "nft", "list", "table", "ip", "nfclone_victim"); err != nil {
+		t.Fatalf("%s: the victim table is gone: %v %s", after, err, out)
+	}
+	if r := l.MustExec(t, l.Eng, "ip", "route", "show", "table", "77"); !strings.Contains(r, "default via "+lab.ColIP) {
+		t.Fatalf("%s: the victim route is gone:\n%s", after, r)
+	}
+	if r := l.MustExec(t, l.Eng, "ip", "rule"); !strings.Contains(r, "fwmark 0x7 lookup 77") {
+		t.Fatalf("%s: the victim rule is gone:\n%s", after, r)
+	}
+}
+
+// plantDir writes the planted state file into a new directory; own is
+// applied to it before use.
+func plantDir(t *testing.T, own func(dir string)) string {
+	t.Helper()
+	base := t.TempDir()
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(base, "state")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "state.json"), []byte(plantedState), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	own(dir)
+	return dir
+}
+
+func chownNobody(t *testing.T) func(string) {
+	return func(dir string) {
+		for _, p := range []string{dir, filepath.Join(dir, "state.json")} {
+			if err := os.Chown(p, 65534, 65534); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+func symlinked(t *testing.T) func(string) {
+	return func(dir string) {
+		real := dir + ".real"
+		if err := os.Rename(dir, real); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(real, dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+const simpleDup = `
+sessions:
+  - name: d
+    sources: [{interface: e0, direction: ingress}]
+    targets: [{kind: device, device: e1}]
+`
+
+// A planted state file (directory owned by nobody, or a symlink) naming a
+// victim table, route and rule: run, flush and capture leave the victim
+// alone and exit 2 with the reason.
+func TestPlantedStateRefused(t *testing.T) {
+	l := lab.New(t)
+	addVictim(t, l)
+	for _, tc := range []struct {
+		name string
+		own  func(*testing.T) func(string)
+		want string
+	}{
+		{"owned by nobody", chownNobody, "belongs to uid 65534"},
+		{"symlink", symlinked, "is a symlink"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := plantDir(t, tc.own(t))
+			check := func(what, stderr string, code int) {
+				t.Helper()
+				if code != 2 || !strings.Contains(stderr, tc.want) {
+					t.Fatalf("%s: exit %d, want 2 with %q:\n%s", what, code, tc.want, stderr)
+				}
+				requireVictim(t, l, what)
+			}
+			_, errOut, code := nfc(l, "flush", "--state-dir", dir)
+			check("flush", errOut, code)
+
+			cfg, _ := writeConfig(t, simpleDup)
+			_, errOut, code = runIn(l.Eng, "env", "NFCLONE_STATE_DIR="+dir, binary, "run", "-c", cfg)
+			check("run", errOut, code)
+
+			_, errOut, code = runIn(l.Eng, "env", "NFCLONE_STATE_DIR="+dir, binary, "capture", "-i", "e0", "--duration", "1s", "-w", os.DevNull)
+			if tc.name == "owned by nobody" {
+				check("capture (NFCLONE_STATE_DIR owned by nobody)", errOut, code)
+			} else {
+				// A symlinked parent: capture makes its own fresh directory
+				// under it or refuses; either way the victim stays.
+				requireVictim(t, l, "capture")
+			}
+		})
+	}
+}
+
+// capture's state directory used to be /tmp/nfclone-capture-<pid>, which
+// anyone could create first. A directory planted at that name (by pid:
+// sh execs nfclone) is never read.
+func TestCapturePlantedTmpDirIgnored(t *testing.T) {
+	l := lab.New(t)
+	addVictim(t, l)
+	planted := filepath.Join(t.TempDir(), "state.json")
+	if err := os.WriteFile(planted, []byte(plantedState), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := `d=/tmp/nfclone-capture-$$; mkdir -p $d; cp "$1" $d/state.json; chown -R 65534:65534 $d; chmod 0777 $d; exec "$2" capture -i e0 --duration 1s -w /dev/null`
+	_, errOut, code := runIn(l.Eng, "sh", "-c", script, "sh", planted, binary)
+	t.Cleanup(func() {
+		dirs, _ := filepath.Glob("/tmp/nfclone-capture-*")
+		for _, d := range dirs {
+			if b, err := os.ReadFile(filepath.Join(d, "state.json")); err == nil && string(b) == plantedState {
+				os.RemoveAll(d)
+			}
+		}
+	})
+	if code != 0 {
+		t.Fatalf("capture: exit %d\n%s", code, errOut)
+	}
+	requireVictim(t, l, "capture beside a planted /tmp/nfclone-capture-<pid>")
+}
