@@ -491,7 +491,9 @@ func runDaemon(parent context.Context, e *engine.Engine, log *slog.Logger, watch
 			watchFile(ctx, e.ConfigPath, log, e.Reload)
 		}()
 	}
-	return e.Run(ctx, nil)
+	err := e.Run(ctx, nil)
+	cancel() // the watcher ends with ctx; the deferred wg.Wait waits for it
+	return err
 }
 
 // watchFile calls changed when the file is written or replaced (editors
