@@ -3,8 +3,10 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nfclone/nfclone/test/lab"
 )
@@ -156,4 +158,69 @@ func TestCapturePlantedTmpDirIgnored(t *testing.T) {
 		t.Fatalf("capture: exit %d\n%s", code, errOut)
 	}
 	requireVictim(t, l, "capture beside a planted /tmp/nfclone-capture-<pid>")
+}
+
+// `run` with watch: true and a missing interface exits within 5 s with the
+// problem's key path (it used to hang, deaf to SIGTERM and SIGINT).
+func TestWatchMissingInterfaceExits(t *testing.T) {
+	l := lab.New(t)
+	cfg, _ := writeConfig(t, `watch: true
+sessions:
+  - name: d
+    sources: [{interface: nosuch0, direction: ingress}]
+    targets: [{kind: device, device: e1}]
+`)
+	p := l.Start(t, l.Eng, binary, "run", "-c", cfg)
+	code, err := p.Wait(5 * time.Second)
+	if err != nil {
+		t.Fatalf("run with watch: true and a missing interface: %v\n%s", err, p.Stderr())
+	}
+	if code != 1 && code != 2 {
+		t.Fatalf("exit %d, want 1 or 2:\n%s", code, p.Stderr())
+	}
+	if !strings.Contains(p.Stderr(), "sessions[0].sources[0]") || !strings.Contains(p.Stderr(), "nosuch0") {
+		t.Fatalf("the problem or its key path is missing:\n%s", p.Stderr())
+	}
+}
+
+// Two `run`s with one state_dir started together: one runs, the other
+// exits 2 at once naming the pid of the one that holds the state_dir; the
+// winner's state file is untouched and it stops cleanly.
+func TestTwoRunsOneStateDir(t *testing.T) {
+	l := lab.New(t)
+	cfg, stateDir := writeConfig(t, routedConfig)
+	a := l.Start(t, l.Eng, binary, "run", "-c", cfg)
+	b := l.Start(t, l.Eng, binary, "run", "-c", cfg)
+	var winner, loser *lab.Proc
+	lab.WaitFor(t, 15*time.Second, func() bool {
+		switch {
+		case a.Exited():
+			winner, loser = b, a
+		case b.Exited():
+			winner, loser = a, b
+		}
+		return loser != nil
+	}, "one of two runs to exit")
+	code, _ := loser.Wait(time.Second)
+	want := "pid " + strconv.Itoa(winner.Pid())
+	if code != 2 || !strings.Contains(loser.Stderr(), "already running") || !strings.Contains(loser.Stderr(), want) {
+		t.Fatalf("the second run: exit %d, want 2 naming %q:\n%s", code, want, loser.Stderr())
+	}
+	lab.WaitFor(t, 15*time.Second, func() bool {
+		if winner.Exited() {
+			t.Fatalf("the winner exited:\n%s", winner.Stderr())
+		}
+		return strings.Contains(winner.Stderr(), "rules installed")
+	}, "the winner to install its rules")
+	st, err := os.ReadFile(filepath.Join(stateDir, "state.json"))
+	if err != nil || !strings.Contains(string(st), `"pid": `+strconv.Itoa(winner.Pid())) {
+		t.Fatalf("the winner's state file: %v\n%s", err, st)
+	}
+	// flush too is refused while the winner runs, and touches nothing.
+	if _, errOut, code := nfc(l, "flush", "-c", cfg); code != 2 || !strings.Contains(errOut, want) {
+		t.Fatalf("flush beside a running nfclone: exit %d\n%s", code, errOut)
+	}
+	requirePingCopies(t, l, l.Col, "e0", "copies of the winner after flush was refused")
+	d := &daemon{Proc: winner, l: l, cfgPath: cfg, stateDir: stateDir}
+	d.stop(t)
 }
