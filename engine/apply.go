@@ -1,10 +1,20 @@
 package engine
 
 import (
+	"os"
+
+	"golang.org/x/sys/unix"
+
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/route"
 	"github.com/nfclone/nfclone/rules"
 )
+
+// killHook names an environment variable read only by the end-to-end
+// tests: set to a journal op (e.g. "link-created"), the process kills
+// itself with SIGKILL after making such a change and before confirming it
+// in the state file.
+const killHook = "NFCLONE_TEST_KILL_BEFORE_CONFIRM"
 
 // apply makes config c the running one, as one step that either happens or
 // leaves the previous config running:
@@ -98,6 +108,15 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 		rt.st.Journal = append(append(route.Journal(nil), before...), j...)
 		if err := WriteState(c.StateDir, rt.st); err != nil {
 			log.Error("writing state file", "err", err)
+		}
+	}
+	if op := os.Getenv(killHook); op != "" {
+		ra.BeforeConfirm = func(ch route.Change) {
+			if string(ch.Op) == op {
+				log.Warn(killHook+": killing this process before confirming a change", "change", ch.String())
+				_ = unix.Kill(os.Getpid(), unix.SIGKILL)
+				select {}
+			}
 		}
 	}
 	added, err := ra.Apply(route.Subtract(plan, kept))

@@ -213,7 +213,7 @@ func checkChange(c route.Change) error {
 			return fmt.Errorf("link %q of kind %q: nfclone creates only veth and vxlan links", l.Name, l.Kind)
 		case l.Name == "" || (l.Kind == "veth" && l.Peer == ""):
 			return fmt.Errorf("link without a name or peer")
-		case l.Index <= 0:
+		case !c.Pending && l.Index <= 0:
 			return fmt.Errorf("link %q without its ifindex", l.Name)
 		}
 	case c.Op == route.OpLinkFlags && c.Flags != nil:

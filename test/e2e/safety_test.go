@@ -224,3 +224,90 @@ func TestTwoRunsOneStateDir(t *testing.T) {
 	d := &daemon{Proc: winner, l: l, cfgPath: cfg, stateDir: stateDir}
 	d.stop(t)
 }
+
+const createdVeth = `
+sessions:
+  - name: t
+    sources: [{interface: e0, direction: ingress}]
+    targets: [{kind: device, device: agg0, create: true}]
+`
+
+// killBeforeConfirm runs nfclone with the test hook that kills it (SIGKILL)
+// after making a change of kind op and before confirming it in the state
+// file, and waits for that death.
+func killBeforeConfirm(t *testing.T, l *lab.Lab, cfg, op string) {
+	t.Helper()
+	p := l.Start(t, l.Eng, "env", "NFCLONE_TEST_KILL_BEFORE_CONFIRM="+op, binary, "run", "-c", cfg)
+	code, err := p.Wait(15 * time.Second)
+	if err != nil || code != -1 || !strings.Contains(p.Stderr(), "killing this process before confirming") {
+		t.Fatalf("the test hook did not kill nfclone at %s: exit %d %v\n%s", op, code, err, p.Stderr())
+	}
+}
+
+// kill -9 between a change and its confirmation in the journal: flush (or
+// the next start) undoes it. The journal used to be written only after the
+// change, so a created veth was then refused as "not created by nfclone".
+func TestKill9BetweenJournalSteps(t *testing.T) {
+	l := lab.New(t)
+	before := routingState(t, l)
+
+	t.Run("veth, then flush", func(t *testing.T) {
+		cfg, stateDir := writeConfig(t, createdVeth)
+		killBeforeConfirm(t, l, cfg, "link-created")
+		if _, err := l.Exec(t.Context(), l.Eng, "ip", "link", "show", "agg0"); err != nil {
+			t.Fatalf("the hook fired but agg0 does not exist: %v", err)
+		}
+		st, _ := os.ReadFile(filepath.Join(stateDir, "state.json"))
+		if !strings.Contains(string(st), `"pending": true`) {
+			t.Fatalf("the state file has no intent:\n%s", st)
+		}
+		if out, errOut, code := nfc(l, "flush", "-c", cfg); code != 0 {
+			t.Fatalf("flush: exit %d\n%s%s", code, out, errOut)
+		}
+		if after := routingState(t, l); after != before {
+			t.Fatalf("after flush:\n%s\n--- before:\n%s", after, before)
+		}
+	})
+
+	t.Run("policy rule, then the next start", func(t *testing.T) {
+		cfg, _ := writeConfig(t, routedConfig)
+		killBeforeConfirm(t, l, cfg, "rule-added")
+		if r := l.MustExec(t, l.Eng, "ip", "rule"); !strings.Contains(r, "fwmark 0x4e44") {
+			t.Fatalf("the hook fired but the rule is not there:\n%s", r)
+		}
+		d := startNfclone2(t, l, cfg)
+		if !strings.Contains(d.Stderr(), "removing leftovers of an earlier run") {
+			t.Fatalf("the restart did not reconcile:\n%s", d.Stderr())
+		}
+		if n := strings.Count(l.MustExec(t, l.Eng, "ip", "rule"), "fwmark 0x4e44"); n != 1 {
+			t.Fatalf("%d fwmark rules after the restart", n)
+		}
+		d.stop(t)
+		if after := routingState(t, l); after != before {
+			t.Fatalf("after restart and SIGTERM:\n%s\n--- before:\n%s", after, before)
+		}
+	})
+
+	t.Run("veth, then the next start", func(t *testing.T) {
+		cfg, _ := writeConfig(t, createdVeth)
+		killBeforeConfirm(t, l, cfg, "link-created")
+		d := startNfclone2(t, l, cfg)
+		d.stop(t)
+		if after := routingState(t, l); after != before {
+			t.Fatalf("after restart and SIGTERM:\n%s\n--- before:\n%s", after, before)
+		}
+	})
+}
+
+// startNfclone2 starts `run` on an existing config file.
+func startNfclone2(t *testing.T, l *lab.Lab, cfg string) *daemon {
+	t.Helper()
+	p := l.Start(t, l.Eng, binary, "run", "-c", cfg)
+	lab.WaitFor(t, 15*time.Second, func() bool {
+		if p.Exited() {
+			t.Fatalf("nfclone exited early:\n%s", p.Stderr())
+		}
+		return strings.Contains(p.Stderr(), "rules installed")
+	}, "nfclone to install its rules")
+	return &daemon{Proc: p, l: l, cfgPath: cfg}
+}
