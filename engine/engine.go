@@ -190,7 +190,7 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 		return err
 	}
 	rt := &runtime{rk: rk, feats: feats, sessions: map[string]*session{},
-		st: &State{PID: os.Getpid(), Started: time.Now().UTC(), Table: c.Table}}
+		st: &State{PID: os.Getpid(), Started: time.Now().UTC(), Table: c.Table, NetNS: config.NetNS()}}
 	if e.Limit > 0 {
 		rt.limit = newLimit(e.Limit, cancel)
 	}
@@ -509,6 +509,10 @@ func reconcile(c *config.Config, rk route.Kernel, log *slog.Logger) error {
 	}
 	table := c.Table
 	if st != nil {
+		if here := config.NetNS(); st.NetNS != "" && st.NetNS != here {
+			return hostErr("the state file %s belongs to network namespace %s (pid %d), this is %s: run nfclone flush in that namespace (ip netns exec NAME nfclone flush), or remove the file if that namespace is gone; nothing was touched",
+				filepath.Join(c.StateDir, StateFile), st.NetNS, st.PID, here)
+		}
 		if err := st.Check(c.Table); err != nil {
 			return hostErr("refusing state file %s: %v; nothing was touched", filepath.Join(c.StateDir, StateFile), err)
 		}

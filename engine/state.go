@@ -21,9 +21,12 @@ const StateFile = "state.json"
 // change so that a killed run can be undone (`nfclone flush`, or the next
 // start).
 type State struct {
-	PID     int           `json:"pid"`
-	Started time.Time     `json:"started"`
-	Table   string        `json:"table"`
+	PID     int       `json:"pid"`
+	Started time.Time `json:"started"`
+	Table   string    `json:"table"`
+	// NetNS is the network namespace the changes were made in
+	// ("net:[4026531840]"): every command refuses the state of another.
+	NetNS   string        `json:"netns,omitempty"`
 	Journal route.Journal `json:"journal"`
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/route"
 )
 
@@ -86,7 +87,7 @@ func OpenStateDir(path string, create bool) (*StateDir, error) {
 		return nil, hostErr("locking %s: %v", lp, err)
 	}
 	if err := f.Truncate(0); err == nil {
-		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+" in network namespace "+config.NetNS()+"\n"), 0)
 	}
 	return &StateDir{Path: path, lock: f}, nil
 }

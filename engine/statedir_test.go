@@ -229,3 +229,17 @@ func TestPrivateStateDir(t *testing.T) {
 		t.Fatalf("parent writable by all, not sticky: %v; want refused", err)
 	}
 }
+
+// A state file of another network namespace is refused by every command
+// that reads it (run, flush) and left in place: its routing changes can be
+// undone only there.
+func TestStateOfAnotherNetnsRefused(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	st := &State{PID: 999999, Table: "nfclone", NetNS: "net:[1]", Journal: route.Journal{
+		{Op: route.OpRuleAdded, Rule: &route.PolicyRule{Family: route.FamilyOf(netip.MustParseAddr("10.0.0.1")), Pref: 50, Mark: 7, Table: 77}},
+	}}
+	if err := WriteState(dir, st); err != nil {
+		t.Fatal(err)
+	}
+	requireRefused(t, dir, "belongs to network namespace net:[1]")
+}

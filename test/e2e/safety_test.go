@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -310,4 +311,91 @@ func startNfclone2(t *testing.T, l *lab.Lab, cfg string) *daemon {
 		return strings.Contains(p.Stderr(), "rules installed")
 	}, "nfclone to install its rules")
 	return &daemon{Proc: p, l: l, cfgPath: cfg}
+}
+
+// State belongs to one network namespace: with the state of a killed
+// nfclone in eng, flush and run in another namespace (src) with the same
+// state_dir exit 2 and leave eng's state file and routing alone; flush in
+// eng then undoes it all.
+func TestStateOfAnotherNamespace(t *testing.T) {
+	l := lab.New(t)
+	before := routingState(t, l)
+	d := startNfclone(t, l, routedConfig)
+	if err := d.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	d.Wait(10 * time.Second)
+	left := routingState(t, l)
+	stateFile := filepath.Join(d.stateDir, "state.json")
+	st, err := os.ReadFile(stateFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{binary, "flush", "--state-dir", d.stateDir},
+		{binary, "flush", "-c", d.cfgPath},
+		{binary, "run", "-c", d.cfgPath},
+	} {
+		_, errOut, code := runIn(l.Src, args...)
+		if code != 2 || !strings.Contains(errOut, "belongs to network namespace") {
+			t.Fatalf("%v in another namespace: exit %d, want 2 naming the namespace:\n%s", args[1:], code, errOut)
+		}
+		if now, err := os.ReadFile(stateFile); err != nil || string(now) != string(st) {
+			t.Fatalf("%v in another namespace changed eng's state file: %v", args[1:], err)
+		}
+		if now := routingState(t, l); now != left {
+			t.Fatalf("%v in another namespace changed eng's routing:\n%s\n--- before:\n%s", args[1:], now, left)
+		}
+	}
+	if _, errOut, code := nfc(l, "flush", "-c", d.cfgPath); code != 0 {
+		t.Fatalf("flush in eng: exit %d\n%s", code, errOut)
+	}
+	if after := routingState(t, l); after != before {
+		t.Fatalf("after flush in eng:\n%s\n--- before:\n%s", after, before)
+	}
+}
+
+// With the default state_dir, nfclones in two network namespaces both run:
+// each has a state_dir of its own (it used to be one path for the whole
+// file system, and the second was refused as "already running").
+func TestDefaultStateDirPerNamespace(t *testing.T) {
+	l := lab.New(t)
+	dir := t.TempDir()
+	start := func(ns, yaml string) *lab.Proc {
+		t.Helper()
+		cfg := filepath.Join(dir, ns+".yaml")
+		if err := os.WriteFile(cfg, []byte("metrics: {listen: \"\"}\n"+yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ino := strings.Trim(strings.TrimPrefix(strings.TrimSpace(l.MustExec(t, ns, "readlink", "/proc/self/ns/net")), "net:"), "[]")
+		t.Cleanup(func() { os.RemoveAll("/run/nfclone/netns-" + ino) })
+		p := l.Start(t, ns, binary, "run", "-c", cfg)
+		lab.WaitFor(t, 15*time.Second, func() bool {
+			if p.Exited() {
+				t.Fatalf("nfclone in %s exited:\n%s", ns, p.Stderr())
+			}
+			return strings.Contains(p.Stderr(), "rules installed")
+		}, "nfclone in "+ns)
+		lock, err := os.ReadFile("/run/nfclone/netns-" + ino + "/lock")
+		if err != nil || !strings.HasPrefix(string(lock), strconv.Itoa(p.Pid())+" ") {
+			t.Fatalf("nfclone in %s does not hold /run/nfclone/netns-%s/lock: %v %q", ns, ino, err, lock)
+		}
+		return p
+	}
+	a := start(l.Eng, simpleDup)
+	b := start(l.Src, `
+sessions:
+  - name: p
+    method: log
+    sources: [{interface: e0, direction: ingress}]
+    targets: [{kind: pcap, path: `+filepath.Join(dir, "src.pcap")+`}]
+`)
+	for _, p := range []*lab.Proc{a, b} {
+		if err := p.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if code, err := p.Wait(15 * time.Second); code != 0 || err != nil {
+			t.Fatalf("%s: exit %d %v\n%s", p.Name, code, err, p.Stderr())
+		}
+	}
 }
