@@ -345,9 +345,7 @@ func (e *Engine) shutdown() error {
 	if err := rt.ap.Close(); err != nil {
 		errs = append(errs, err)
 	}
-	for name, s := range rt.sessions {
-		s.stop(drainTimeout, counters[name])
-	}
+	stopSessions(rt.sessions, drainTimeout, counters)
 	log.Info("undoing routing changes", "changes", len(rt.st.Journal))
 	if err := route.Undo(rt.rk, rt.st.Journal, log); err != nil {
 		errs = append(errs, fmt.Errorf("undoing routing changes: %w", err))
