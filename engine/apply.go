@@ -180,11 +180,13 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 	e.gen++
 	e.mu.Unlock()
 	fresh = nil
+	retired := map[string]*session{}
 	for name, s := range old {
 		if keep[name] != s {
-			s.stop(drainTimeout, nil)
+			retired[name] = s
 		}
 	}
+	stopSessions(retired, drainTimeout, nil)
 	if len(unwanted) > 0 {
 		if err := route.Undo(rt.rk, unwanted, log); err != nil {
 			log.Error("undoing routing changes the new config no longer wants", "err", err)
