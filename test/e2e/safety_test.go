@@ -399,3 +399,41 @@ sessions:
 		}
 	}
 }
+
+// A target that blocks (a pcap "file" that is a FIFO nobody reads: every
+// write hangs once the pipe is full) does not block shutdown: SIGTERM
+// exits within the 2 s drain and its grace, and the ledger line counts what
+// was left.
+func TestBlockedTargetDoesNotBlockExit(t *testing.T) {
+	l := lab.New(t)
+	fifo := filepath.Join(t.TempDir(), "blocked.pcap")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A reader that opens the FIFO and never reads.
+	holder := l.Start(t, "", "sh", "-c", `exec sleep 600 < "$0"`, fifo)
+	defer holder.Kill()
+	d := startNfclone(t, l, `
+sessions:
+  - name: p
+    method: log
+    sources: [{interface: e0, direction: ingress}]
+    targets: [{kind: pcap, path: `+fifo+`}]
+`)
+	// 300 × 1.4 kB: far more than a pipe holds (64 KiB).
+	l.MustExec(t, l.Src, "ping", "-q", "-c", "300", "-i", "0.002", "-s", "1400", "-W", "1", lab.EngE0IP)
+	start := time.Now()
+	if err := d.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	code, err := d.Wait(8 * time.Second)
+	if err != nil {
+		t.Fatalf("SIGTERM with a blocked target: %v after %v\n%s", err, time.Since(start), d.Stderr())
+	}
+	if el := time.Since(start); code != 0 || el > 5*time.Second {
+		t.Fatalf("exit %d after %v, want 0 within the drain bound\n%s", code, el, d.Stderr())
+	}
+	if !strings.Contains(d.Stderr(), "a target is blocked") {
+		t.Fatalf("no word of the blocked target:\n%s", d.Stderr())
+	}
+}
