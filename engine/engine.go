@@ -173,7 +173,7 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	if err != nil {
 		return err
 	}
-	defer sd.Close()
+	defer sd.Done()
 	rk, err := route.Open()
 	if err != nil {
 		return hostErr("opening rtnetlink: %v", err)
@@ -495,7 +495,7 @@ func Reconcile(c *config.Config, rk route.Kernel, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	defer sd.Close()
+	defer sd.Done()
 	return reconcile(c, rk, log)
 }
 

@@ -30,8 +30,9 @@ var ErrRunning = errors.New("nfclone is already running")
 
 // StateDir is a checked state directory, locked for as long as it is open.
 type StateDir struct {
-	Path string
-	lock *os.File
+	Path    string
+	lock    *os.File
+	created bool // this process made the directory
 }
 
 // OpenStateDir checks state directory path and takes its lock (held until
@@ -47,6 +48,7 @@ func OpenStateDir(path string, create bool) (*StateDir, error) {
 		return nil, hostErr("state_dir %q must be an absolute path", path)
 	}
 	path = filepath.Clean(path)
+	created := false
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		if !create {
 			return nil, nil
@@ -56,12 +58,43 @@ func OpenStateDir(path string, create bool) (*StateDir, error) {
 		}
 		if err := os.Mkdir(path, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, hostErr("creating state_dir %s: %v", path, err)
+		} else if err == nil {
+			created = true
 		}
 	}
 	if err := checkPrivate(path, true); err != nil {
 		return nil, hostErr("refusing state_dir: %v", err)
 	}
 	lp := filepath.Join(path, LockFile)
+	// The lock file may be removed by a holder that exits cleanly: a lock
+	// taken on a file no longer at lp is retaken on the new one.
+	for try := 0; ; try++ {
+		d, err := lockAt(path, lp)
+		if err == nil {
+			if cur, serr := os.Lstat(lp); serr == nil && os.SameFile(cur, mustStat(d.lock)) {
+				d.created = created
+				return d, nil
+			}
+			d.lock.Close()
+			if try < 5 {
+				continue
+			}
+			return nil, hostErr("locking %s: the lock file keeps being replaced", lp)
+		}
+		return nil, err
+	}
+}
+
+func mustStat(f *os.File) fs.FileInfo {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil
+	}
+	return fi
+}
+
+// lockAt opens (creating) and locks lock file lp of state directory path.
+func lockAt(path, lp string) (*StateDir, error) {
 	f, err := os.OpenFile(lp, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {
@@ -92,8 +125,35 @@ func OpenStateDir(path string, create bool) (*StateDir, error) {
 	return &StateDir{Path: path, lock: f}, nil
 }
 
-// Close releases the lock (the lock file stays: removing it would let two
-// processes lock two different files of one name).
+// Release removes the lock file, and the directory if this process made
+// it and it is empty, then releases the lock: a clean exit leaves nothing
+// behind. (A process that opened the old lock file meanwhile sees it gone
+// from its path and retries on a new one.)
+func (d *StateDir) Release() error {
+	if d == nil || d.lock == nil {
+		return nil
+	}
+	_ = os.Remove(filepath.Join(d.Path, LockFile))
+	if d.created {
+		_ = os.Remove(d.Path) // only if empty
+	}
+	return d.Close()
+}
+
+// Done ends this process's use of the directory: Release when no state
+// file is left in it (nothing for a later run to undo), else Close.
+func (d *StateDir) Done() {
+	if d == nil {
+		return
+	}
+	if _, err := os.Lstat(filepath.Join(d.Path, StateFile)); errors.Is(err, fs.ErrNotExist) {
+		_ = d.Release()
+		return
+	}
+	_ = d.Close()
+}
+
+// Close releases the lock; the lock file stays.
 func (d *StateDir) Close() error {
 	if d == nil || d.lock == nil {
 		return nil

@@ -243,3 +243,34 @@ func TestStateOfAnotherNetnsRefused(t *testing.T) {
 	}
 	requireRefused(t, dir, "belongs to network namespace net:[1]")
 }
+
+// A clean exit leaves nothing: the lock file goes, and the directory too if
+// this process made it; with a state file left, both stay.
+func TestStateDirDone(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	d, err := OpenStateDir(dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Done()
+	if _, err := os.Lstat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("state_dir made by this process left after a clean exit: %v", err)
+	}
+	d, err = OpenStateDir(dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteState(dir, &State{PID: 1, Table: "nfclone"}); err != nil {
+		t.Fatal(err)
+	}
+	d.Done()
+	if _, err := os.Lstat(filepath.Join(dir, LockFile)); err != nil {
+		t.Fatalf("with a state file left, the lock file should stay: %v", err)
+	}
+	// The next holder takes it again.
+	d, err = OpenStateDir(dir, false)
+	if err != nil || d == nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	d.Close()
+}
