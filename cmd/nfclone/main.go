@@ -279,6 +279,7 @@ In capture, -c is the packet count, as in tcpdump.`,
 			if c.StateDir, err = engine.PrivateStateDir("", "nfclone-capture-"); err != nil {
 				return err
 			}
+			defer os.Remove(c.StateDir) // if empty: a capture that failed early
 			if !cmd.Flags().Changed("log-level") {
 				g.logLevel = "warn"
 			}
