@@ -23,9 +23,11 @@ type CaptureOptions struct {
 }
 
 // Capture builds the one-session config of a troubleshooting capture. The
-// tables and the state directory are private to this process (table
-// nfclone_cap<pid>), so a capture runs beside a running daemon; so are the
-// NFLOG group / NFQUEUE numbers (from 50000 + pid % 10000).
+// tables are private to this process (table nfclone_cap<pid>), so a capture
+// runs beside a running daemon; so are the NFLOG group / NFQUEUE numbers
+// (from 50000 + pid % 10000). StateDir is only a placeholder: the command
+// replaces it with a fresh directory (engine.PrivateStateDir), never a
+// predictable path someone else could have created first.
 func Capture(o CaptureOptions, pid int) (*Config, error) {
 	c := Default()
 	c.Table = fmt.Sprintf("nfclone_cap%d", pid)

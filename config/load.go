@@ -23,7 +23,7 @@ const EnvPrefix = "NFCLONE"
 func Default() Config {
 	return Config{
 		Table:      DefaultTable,
-		StateDir:   DefaultStateDir,
+		StateDir:   defaultStateDir(),
 		Mark:       DefaultMark,
 		RouteTable: DefaultRouteTable,
 		RulePref:   DefaultRulePref,

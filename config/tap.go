@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"os"
 	"strings"
 )
 
@@ -21,6 +22,8 @@ func Tap(maps []string, o TapOptions) (*Config, error) {
 	c := Default()
 	if o.StateDir != "" {
 		c.StateDir = o.StateDir
+	} else if d := os.Getenv(EnvPrefix + "_STATE_DIR"); d != "" {
+		c.StateDir = d // like run
 	}
 	var errs Errors
 	add := func(i int, format string, args ...any) {
@@ -114,7 +117,7 @@ func splitList(s string) []string {
 func TapYAML(c *Config, maps []string) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "# nfclone config equivalent to: nfclone tap '%s'\n", strings.Join(maps, "' '"))
-	if c.StateDir != DefaultStateDir {
+	if c.StateDir != defaultStateDir() {
 		fmt.Fprintf(&sb, "state_dir: %s\n", c.StateDir)
 	}
 	sb.WriteString("sessions:\n")

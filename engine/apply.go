@@ -1,10 +1,20 @@
 package engine
 
 import (
+	"os"
+
+	"golang.org/x/sys/unix"
+
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/route"
 	"github.com/nfclone/nfclone/rules"
 )
+
+// killHook names an environment variable read only by the end-to-end
+// tests: set to a journal op (e.g. "link-created"), the process kills
+// itself with SIGKILL after making such a change and before confirming it
+// in the state file.
+const killHook = "NFCLONE_TEST_KILL_BEFORE_CONFIRM"
 
 // apply makes config c the running one, as one step that either happens or
 // leaves the previous config running:
@@ -100,6 +110,15 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 			log.Error("writing state file", "err", err)
 		}
 	}
+	if op := os.Getenv(killHook); op != "" {
+		ra.BeforeConfirm = func(ch route.Change) {
+			if string(ch.Op) == op {
+				log.Warn(killHook+": killing this process before confirming a change", "change", ch.String())
+				_ = unix.Kill(os.Getpid(), unix.SIGKILL)
+				select {}
+			}
+		}
+	}
 	added, err := ra.Apply(route.Subtract(plan, kept))
 	rt.st.Journal = before
 	if err != nil {
@@ -161,11 +180,13 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 	e.gen++
 	e.mu.Unlock()
 	fresh = nil
+	retired := map[string]*session{}
 	for name, s := range old {
 		if keep[name] != s {
-			s.stop(drainTimeout, nil)
+			retired[name] = s
 		}
 	}
+	stopSessions(retired, drainTimeout, nil)
 	if len(unwanted) > 0 {
 		if err := route.Undo(rt.rk, unwanted, log); err != nil {
 			log.Error("undoing routing changes the new config no longer wants", "err", err)

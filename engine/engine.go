@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"time"
@@ -223,12 +224,18 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	c, log := e.Cfg, e.Log
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// One nfclone per state_dir, for the life of the process.
+	sd, err := OpenStateDir(c.StateDir, true)
+	if err != nil {
+		return err
+	}
+	defer sd.Done()
 	rk, err := route.Open()
 	if err != nil {
 		return hostErr("opening rtnetlink: %v", err)
 	}
 	defer rk.Close()
-	if err := Reconcile(c, rk, log); err != nil {
+	if err := reconcile(c, rk, log); err != nil {
 		return err
 	}
 	if errs := config.CheckHost(c, config.SystemHost{}, nil); len(errs) > 0 {
@@ -239,7 +246,7 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 		return err
 	}
 	rt := &runtime{rk: rk, feats: feats, sessions: map[string]*session{},
-		st: &State{PID: os.Getpid(), Started: time.Now().UTC(), Table: c.Table}}
+		st: &State{PID: os.Getpid(), Started: time.Now().UTC(), Table: c.Table, NetNS: config.NetNS()}}
 	if e.Limit > 0 {
 		rt.limit = newLimit(e.Limit, cancel)
 	}
@@ -394,9 +401,7 @@ func (e *Engine) shutdown() error {
 	if err := rt.ap.Close(); err != nil {
 		errs = append(errs, err)
 	}
-	for name, s := range rt.sessions {
-		s.stop(drainTimeout, counters[name])
-	}
+	stopSessions(rt.sessions, drainTimeout, counters)
 	log.Info("undoing routing changes", "changes", len(rt.st.Journal))
 	if err := route.Undo(rt.rk, rt.st.Journal, log); err != nil {
 		errs = append(errs, fmt.Errorf("undoing routing changes: %w", err))
@@ -537,18 +542,34 @@ func Missing(c *config.Config, f rules.Features) []string {
 
 // Reconcile removes the leftovers of a run that was killed: its state file's
 // journal is undone and nfclone's tables (if any survived) are removed. A
-// running nfclone is left alone and reported. Running it twice changes
-// nothing the second time.
+// running nfclone (it holds the state_dir's lock) is left alone and
+// reported. A state file or state_dir that someone else could have written,
+// or that names what nfclone never makes, is refused and nothing is
+// touched. Running it twice changes nothing the second time.
 func Reconcile(c *config.Config, rk route.Kernel, log *slog.Logger) error {
+	sd, err := OpenStateDir(c.StateDir, false)
+	if err != nil {
+		return err
+	}
+	defer sd.Done()
+	return reconcile(c, rk, log)
+}
+
+// reconcile is Reconcile with the state_dir already locked.
+func reconcile(c *config.Config, rk route.Kernel, log *slog.Logger) error {
 	st, err := ReadState(c.StateDir)
 	if err != nil {
-		return hostErr("%v", err)
-	}
-	if st.Alive() {
-		return hostErr("nfclone is already running (pid %d, state in %s); stop it first", st.PID, c.StateDir)
+		return hostErr("%v; nothing was touched", err)
 	}
 	table := c.Table
 	if st != nil {
+		if here := config.NetNS(); st.NetNS != "" && st.NetNS != here {
+			return hostErr("the state file %s belongs to network namespace %s (pid %d), this is %s: run nfclone flush in that namespace (ip netns exec NAME nfclone flush), or remove the file if that namespace is gone; nothing was touched",
+				filepath.Join(c.StateDir, StateFile), st.NetNS, st.PID, here)
+		}
+		if err := st.Check(c.Table); err != nil {
+			return hostErr("refusing state file %s: %v; nothing was touched", filepath.Join(c.StateDir, StateFile), err)
+		}
 		if st.Table != "" {
 			table = st.Table
 		}

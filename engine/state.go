@@ -4,11 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nfclone/nfclone/route"
@@ -21,9 +21,12 @@ const StateFile = "state.json"
 // change so that a killed run can be undone (`nfclone flush`, or the next
 // start).
 type State struct {
-	PID     int           `json:"pid"`
-	Started time.Time     `json:"started"`
-	Table   string        `json:"table"`
+	PID     int       `json:"pid"`
+	Started time.Time `json:"started"`
+	Table   string    `json:"table"`
+	// NetNS is the network namespace the changes were made in
+	// ("net:[4026531840]"): every command refuses the state of another.
+	NetNS   string        `json:"netns,omitempty"`
 	Journal route.Journal `json:"journal"`
 }
 
@@ -58,21 +61,48 @@ func WriteState(dir string, s *State) error {
 	return nil
 }
 
-// ReadState reads the state file; (nil, nil) when there is none.
+// ReadState reads the state file; (nil, nil) when there is none. It is
+// read only if it and its directory belong to the running user and are
+// writable by no one else, and neither is a symlink: a state file is acted
+// on as root, so one that someone else could have written is refused.
 func ReadState(dir string) (*State, error) {
-	b, err := os.ReadFile(filepath.Join(dir, StateFile))
+	if err := checkPrivate(dir, true); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("refusing state_dir: %w", err)
+	}
+	path := filepath.Join(dir, StateFile)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
+	}
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("refusing state file: %s is a symlink", path)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading state file: %w", err)
 	}
+	defer f.Close()
+	if err := checkPrivateFile(f, path); err != nil {
+		return nil, fmt.Errorf("refusing state file: %w", err)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxStateSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading state file: %w", err)
+	}
+	if len(b) > maxStateSize {
+		return nil, fmt.Errorf("refusing state file: %s is larger than %d bytes", path, maxStateSize)
+	}
 	var s State
 	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("decoding state file %s: %w", filepath.Join(dir, StateFile), err)
+		return nil, fmt.Errorf("decoding state file %s: %w", path, err)
 	}
 	return &s, nil
 }
+
+// maxStateSize bounds what ReadState reads.
+const maxStateSize = 4 << 20
 
 // RemoveState deletes the state file (absent is fine).
 func RemoveState(dir string) error {
@@ -81,17 +111,4 @@ func RemoveState(dir string) error {
 		return fmt.Errorf("removing state file: %w", err)
 	}
 	return nil
-}
-
-// Alive reports whether the state's process is a running nfclone other than
-// this one.
-func (s *State) Alive() bool {
-	if s == nil || s.PID <= 0 || s.PID == os.Getpid() {
-		return false
-	}
-	comm, err := os.ReadFile("/proc/" + strconv.Itoa(s.PID) + "/comm")
-	if err != nil {
-		return false
-	}
-	return strings.HasPrefix(strings.TrimSpace(string(comm)), "nfclone")
 }

@@ -231,27 +231,51 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 }
 
 // stop stops the readers (they drain what the kernel already queued), lets
-// the workers drain the copy queue for at most drain, then closes everything
-// and logs the ledger. Call it after the rules stopped feeding the session.
-// kernel holds the session's rule counters (nil: unknown), so that packets
-// that never reached the reader are in the ledger.
+// the workers drain the copy queue, then closes everything and logs the
+// ledger. Call it after the rules stopped feeding the session. kernel holds
+// the session's rule counters (nil: unknown), so that packets that never
+// reached the reader are in the ledger.
+//
+// It returns within drain (plus a short grace) whatever the sinks do: at
+// the deadline the copies still queued are taken out and counted as
+// queue_overflow, and workers still blocked in a sink (a full socket
+// buffer, a hung file system) are left behind; what they hold is reported
+// as in flight.
 func (s *session) stop(drain time.Duration, kernel map[string]rules.CounterValue) {
-	if s.readerCancel != nil && s.method == config.MethodLog && drain > 0 {
-		// NFLOG batches packets in the kernel for up to its timeout (10 ms)
-		// before sending them: keep reading that long after the rules went.
-		time.Sleep(nflogLinger)
-	}
+	abandoned := false
 	if s.readerCancel != nil {
-		s.readerCancel()
-		s.readerWG.Wait()
 		deadline := time.Now().Add(drain)
+		if s.method == config.MethodLog && drain > 0 {
+			// NFLOG batches packets in the kernel for up to its timeout (10 ms)
+			// before sending them: keep reading that long after the rules went.
+			time.Sleep(nflogLinger)
+		}
+		s.readerCancel()
+		if !waitUntil(&s.readerWG, deadline.Add(stopGrace)) {
+			s.log.Warn("stopping: a reader did not stop in time; left behind")
+		}
 		for time.Now().Before(deadline) && s.queue.Len() > 0 {
 			time.Sleep(5 * time.Millisecond)
 		}
+		if n := s.discardQueued(); n > 0 {
+			s.log.Warn("stopping: drain deadline reached; copies still queued are dropped", "dropped", n, "drain", drain)
+		}
 		s.workerCancel()
-		s.workerWG.Wait()
+		if !waitUntil(&s.workerWG, time.Now().Add(stopGrace)) {
+			abandoned = true
+			s.log.Warn("stopping: a target is blocked; its workers are left behind", "drain", drain)
+		}
 	}
-	s.close()
+	if !abandoned {
+		s.close()
+	} else {
+		// A worker may still be inside a sink: closing the sinks under it
+		// could make its next send reach a reused descriptor. The process
+		// is exiting (or the session is retired); the readers go.
+		for _, r := range s.readers {
+			_ = r.Close()
+		}
+	}
 	snap := withKernelCounts(s.ledger.Snapshot(), kernel)
 	s.mu.Lock()
 	s.final = &snap
@@ -260,7 +284,63 @@ func (s *session) stop(drain time.Duration, kernel map[string]rules.CounterValue
 		"rate_limit", snap.Drops.RateLimit,
 		"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
 		"kernel_queue", snap.Drops.KernelQueue, "user", snap.Drops.User, "socket_overrun", snap.Drops.SocketOverrun,
-		"malformed", snap.Drops.Malformed, "too_big", snap.Drops.TooBig, "balanced", snap.Balanced())
+		"malformed", snap.Drops.Malformed, "too_big", snap.Drops.TooBig, "in_flight", snap.InFlight, "balanced", snap.Balanced())
+}
+
+// stopGrace is how long stop waits, after the drain deadline, for readers
+// and workers to return before leaving them behind.
+const stopGrace = 100 * time.Millisecond
+
+// discardQueued takes every copy still in the queue out, releases it and
+// counts it as dropped (queue_overflow: the queue could not be drained).
+func (s *session) discardQueued() uint64 {
+	var arr [nfq.WorkerBatch]*nfq.Packet
+	var n uint64
+	for {
+		k := s.queue.TryPopBatch(arr[:])
+		if k == 0 {
+			break
+		}
+		for i := range arr[:k] {
+			arr[i].Release()
+			arr[i] = nil
+		}
+		n += uint64(k)
+	}
+	if n > 0 {
+		s.ledger.AddQueueOverflow(n)
+	}
+	return n
+}
+
+// waitUntil waits for wg until deadline and reports whether it finished.
+func waitUntil(wg *sync.WaitGroup, deadline time.Time) bool {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// stopSessions stops sessions in parallel (each within its own bound).
+func stopSessions(ss map[string]*session, drain time.Duration, counters map[string]map[string]rules.CounterValue) {
+	var wg sync.WaitGroup
+	for name, s := range ss {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.stop(drain, counters[name])
+		}()
+	}
+	wg.Wait()
 }
 
 func (s *session) close() {

@@ -17,11 +17,15 @@ type Applier struct {
 	k   Kernel
 	log *slog.Logger
 
-	// OnChange, if set, is called with the journal so far after every
-	// change Apply makes, so that the caller can persist it (state file)
-	// before the next kernel operation: a run killed midway then leaves a
-	// journal that Undo can revert.
+	// OnChange, if set, is called with the journal so far before every
+	// change Apply makes (the entry marked Pending: an intent) and again
+	// after it (confirmed), so that the caller can persist it (state file):
+	// a run killed at any point then leaves a journal that Undo can revert.
 	OnChange func(Journal)
+
+	// BeforeConfirm, if set, is called after a change was made and before
+	// it is confirmed (tests: a kill -9 at exactly that point).
+	BeforeConfirm func(Change)
 }
 
 // NewApplier returns an Applier using k. log may be nil (discard).
@@ -49,7 +53,7 @@ func (a *Applier) Apply(p Plan) (Journal, error) {
 	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid routing plan: %w", err)
 	}
-	r := &run{k: a.k, log: a.log, onChange: a.OnChange}
+	r := &run{k: a.k, log: a.log, onChange: a.OnChange, beforeConfirm: a.BeforeConfirm}
 	err := r.apply(p)
 	if err == nil {
 		return r.j, nil
@@ -65,18 +69,41 @@ func (a *Applier) Apply(p Plan) (Journal, error) {
 }
 
 type run struct {
-	k        Kernel
-	log      *slog.Logger
-	onChange func(Journal)
-	j        Journal
+	k             Kernel
+	log           *slog.Logger
+	onChange      func(Journal)
+	beforeConfirm func(Change)
+	j             Journal
 }
 
-func (r *run) record(c Change) {
-	r.j = append(r.j, c)
-	r.log.Info("routing change", "change", c.String())
+func (r *run) persist() {
 	if r.onChange != nil {
 		r.onChange(append(Journal(nil), r.j...))
 	}
+}
+
+// intend journals c as pending before the kernel is asked to make it.
+func (r *run) intend(c Change) {
+	c.Pending = true
+	r.j = append(r.j, c)
+	r.persist()
+}
+
+// retract drops the pending entry of a change the kernel refused.
+func (r *run) retract() {
+	r.j = r.j[:len(r.j)-1]
+	r.persist()
+}
+
+// record confirms the pending entry with what the change turned out to be.
+func (r *run) record(c Change) {
+	if r.beforeConfirm != nil {
+		r.beforeConfirm(c)
+	}
+	c.Pending = false
+	r.j[len(r.j)-1] = c
+	r.log.Info("routing change", "change", c.String())
+	r.persist()
 }
 
 func (r *run) apply(p Plan) error {
@@ -138,7 +165,9 @@ func (r *run) createVeth(v VethPair) error {
 	if err := refuseExisting(r.k, v.Name, v.Peer); err != nil {
 		return fmt.Errorf("creating veth %s peer %s: %w", v.Name, v.Peer, err)
 	}
+	r.intend(Change{Op: OpLinkCreated, Link: &CreatedLink{Name: v.Name, Kind: "veth", Peer: v.Peer}})
 	if err := r.k.CreateVeth(v); err != nil {
+		r.retract()
 		return fmt.Errorf("creating veth %s peer %s: %w", v.Name, v.Peer, err)
 	}
 	l, err := LinkByName(r.k, v.Name)
@@ -157,7 +186,8 @@ func (r *run) createVeth(v VethPair) error {
 
 // forgetCreated deletes a link this run has just created but could not
 // journal (its lookup failed): the exclusive create succeeded a moment
-// ago, so a link with that name and kind is ours.
+// ago, so a link with that name and kind is ours. Its intent is dropped
+// once it is gone; otherwise it stays in the journal for Undo.
 func (r *run) forgetCreated(name, kind string, cause error) error {
 	links, err := r.k.Links()
 	if err != nil {
@@ -170,6 +200,7 @@ func (r *run) forgetCreated(name, kind string, cause error) error {
 			}
 		}
 	}
+	r.retract()
 	return cause
 }
 
@@ -185,7 +216,9 @@ func (r *run) createVXLAN(v VXLAN) error {
 		}
 		underlay = idx
 	}
+	r.intend(Change{Op: OpLinkCreated, Link: &CreatedLink{Name: v.Name, Kind: "vxlan"}})
 	if err := r.k.CreateVXLAN(v, underlay); err != nil {
+		r.retract()
 		return fmt.Errorf("creating vxlan %s id %d remote %s dstport %d: %w", v.Name, v.VNI, v.Remote, v.port(), err)
 	}
 	l, err := LinkByName(r.k, v.Name)
@@ -216,12 +249,15 @@ func (r *run) setFlags(f LinkFlag) error {
 		r.log.Debug("link flags already set", "device", f.Device, "flags", fmt.Sprintf("%#x", want))
 		return nil
 	}
+	c := Change{Op: OpLinkFlags, Flags: &FlagChange{
+		Device: f.Device, Index: l.Index, Mask: mask, Before: l.Flags & mask,
+	}}
+	r.intend(c)
 	if err := r.k.SetLinkFlags(l.Index, mask, mask); err != nil {
+		r.retract()
 		return fmt.Errorf("setting flags %#x on %s: %w", mask, f.Device, err)
 	}
-	r.record(Change{Op: OpLinkFlags, Flags: &FlagChange{
-		Device: f.Device, Index: l.Index, Mask: mask, Before: l.Flags & mask,
-	}})
+	r.record(c)
 	return nil
 }
 
@@ -256,12 +292,15 @@ func (r *run) setNeighbour(n Neighbour) error {
 			before.MAC = cur.MAC.String()
 		}
 	}
+	c := Change{Op: OpNeighbour, Neighbour: &NeighChange{
+		Device: n.Device, Index: idx, Addr: want.Addr, MAC: n.MAC.String(), Before: before,
+	}}
+	r.intend(c)
 	if err := r.k.SetNeighbour(want); err != nil {
+		r.retract()
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	r.record(Change{Op: OpNeighbour, Neighbour: &NeighChange{
-		Device: n.Device, Index: idx, Addr: want.Addr, MAC: n.MAC.String(), Before: before,
-	}})
+	r.record(c)
 	return nil
 }
 
@@ -286,11 +325,13 @@ func (r *run) addRoute(rt Route) error {
 		e := existing[0]
 		return fmt.Errorf("%s: table %d already has a default route (via %s, ifindex %d) that nfclone did not create", what, rt.Table, e.Gateway, e.Index)
 	}
-	if err := r.k.AddDefaultRoute(want); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
 	c := rt
 	c.Gateway = want.Gateway
+	r.intend(Change{Op: OpRouteAdded, Route: &c})
+	if err := r.k.AddDefaultRoute(want); err != nil {
+		r.retract()
+		return fmt.Errorf("%s: %w", what, err)
+	}
 	r.record(Change{Op: OpRouteAdded, Route: &c})
 	return nil
 }
@@ -307,13 +348,15 @@ func (r *run) addRule(ru PolicyRule) error {
 			return nil
 		}
 	}
+	c := ru
+	r.intend(Change{Op: OpRuleAdded, Rule: &c})
 	if err := r.k.AddRule(ru); err != nil {
+		r.retract()
 		if IsExist(err) {
 			return fmt.Errorf("%s: the kernel has a rule it considers equal (same pref, mark and table, maybe with more selectors): %w", what, err)
 		}
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	c := ru
 	r.record(Change{Op: OpRuleAdded, Rule: &c})
 	return nil
 }
@@ -343,8 +386,11 @@ func (r *run) moveLocal(f Family) error {
 	case !has0:
 		return fmt.Errorf("moving %s local rule: no `lookup local` rule at pref 0 or %d; refusing to guess", f, LocalPref)
 	}
+	c := Change{Op: OpLocalMoved, Local: &LocalMove{Family: f, AddedPref: !hasPref}}
+	r.intend(c)
 	if !hasPref {
 		if err := r.k.AddRule(atPref); err != nil {
+			r.retract()
 			return fmt.Errorf("moving %s local rule: adding rule %s: %w", f, atPref, err)
 		}
 	}
@@ -353,11 +399,13 @@ func (r *run) moveLocal(f Family) error {
 		if !hasPref {
 			if derr := r.k.DeleteRule(atPref); derr != nil && !IsNotFound(derr) {
 				err = errors.Join(err, fmt.Errorf("deleting rule %s again: %w", atPref, derr))
+				return err // the intent stays: Undo deletes it
 			}
 		}
+		r.retract()
 		return err
 	}
-	r.record(Change{Op: OpLocalMoved, Local: &LocalMove{Family: f, AddedPref: !hasPref}})
+	r.record(c)
 	return nil
 }
 
@@ -413,6 +461,9 @@ func undoLink(k Kernel, cl CreatedLink, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listing links: %w", err)
 	}
+	if cl.Index == 0 {
+		return undoIntendedLink(k, links, cl, log)
+	}
 	for _, l := range links {
 		if l.Name != cl.Name {
 			continue
@@ -428,6 +479,35 @@ func undoLink(k Kernel, cl CreatedLink, log *slog.Logger) error {
 		return nil
 	}
 	return nil // already gone
+}
+
+// undoIntendedLink deletes the link of a pending link-created entry (a run
+// killed between creating it and journaling its ifindex): the name had
+// been checked free just before, so a link of that name and kind — for a
+// veth, with its peer of that name beside it — is the one nfclone created.
+func undoIntendedLink(k Kernel, links []Link, cl CreatedLink, log *slog.Logger) error {
+	var found *Link
+	peer := cl.Peer == ""
+	for i, l := range links {
+		switch {
+		case l.Name == cl.Name:
+			found = &links[i]
+		case l.Name == cl.Peer && l.Kind == cl.Kind:
+			peer = true
+		}
+	}
+	if found == nil {
+		return nil // never created, or gone
+	}
+	if found.Kind != cl.Kind || !peer {
+		log.Warn("not deleting interface: it does not match what nfclone was about to create", "name", cl.Name,
+			"kind", found.Kind, "intended_kind", cl.Kind, "intended_peer", cl.Peer)
+		return nil
+	}
+	if err := k.DeleteLink(found.Index); err != nil && !IsNotFound(err) {
+		return fmt.Errorf("deleting %s %s (ifindex %d): %w", cl.Kind, cl.Name, found.Index, err)
+	}
+	return nil
 }
 
 // undoFlags restores the changed bits, on the same link only (same name and

@@ -41,7 +41,8 @@ func TestApplyUndoRestoresFake(t *testing.T) {
 	if len(j) != 12 {
 		t.Fatalf("journal has %d entries, want 12:\n%v", len(j), j)
 	}
-	if len(progress) != 12 || progress[11] != 12 {
+	// Each change: its intent, then its confirmation.
+	if len(progress) != 24 || progress[23] != 12 {
 		t.Errorf("OnChange calls: %v", progress)
 	}
 	wantOps := []Op{OpLinkCreated, OpLinkCreated, OpLinkFlags, OpLinkFlags, OpNeighbour, OpNeighbour,

@@ -37,6 +37,13 @@ type Change struct {
 	Route     *Route       `json:"route,omitempty"`
 	Rule      *PolicyRule  `json:"rule,omitempty"`
 	Local     *LocalMove   `json:"local,omitempty"`
+	// Pending marks an intent: the change was about to be made when the
+	// journal was written and may or may not have happened. Undo treats it
+	// as made (every undo is a no-op for a change that did not happen);
+	// a pending link-created entry has no ifindex yet, and its link is
+	// deleted only if one of that name and kind (and, for a veth, with
+	// its peer) exists.
+	Pending bool `json:"pending,omitempty"`
 }
 
 // CreatedLink records a link nfclone created.
@@ -85,6 +92,11 @@ type Journal []Change
 
 // String describes the change for logs.
 func (c Change) String() string {
+	if c.Pending {
+		d := c
+		d.Pending = false
+		return "intent: " + d.String()
+	}
 	switch {
 	case c.Op == OpLinkCreated && c.Link != nil:
 		if c.Link.Peer != "" {

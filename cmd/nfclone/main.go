@@ -276,6 +276,10 @@ In capture, -c is the packet count, as in tcpdump.`,
 			if err != nil {
 				return err
 			}
+			if c.StateDir, err = engine.PrivateStateDir("", "nfclone-capture-"); err != nil {
+				return err
+			}
+			defer os.Remove(c.StateDir) // if empty: a capture that failed early
 			if !cmd.Flags().Changed("log-level") {
 				g.logLevel = "warn"
 			}
@@ -489,7 +493,9 @@ func runDaemon(parent context.Context, e *engine.Engine, log *slog.Logger, watch
 			watchFile(ctx, e.ConfigPath, log, e.Reload)
 		}()
 	}
-	return e.Run(ctx, nil)
+	err := e.Run(ctx, nil)
+	cancel() // the watcher ends with ctx; the deferred wg.Wait waits for it
+	return err
 }
 
 // watchFile calls changed when the file is written or replaced (editors

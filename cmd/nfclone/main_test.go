@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Every hostile config ends with exit 1 and problems with key paths; never
@@ -53,5 +54,47 @@ func TestUsage(t *testing.T) {
 	var out bytes.Buffer
 	if err := run([]string{"version"}, &out, os.Stderr); err != nil || !strings.HasPrefix(out.String(), "nfclone ") {
 		t.Fatalf("version: %v %q", err, out.String())
+	}
+}
+
+// `run` with watch: true and a start-up error (a missing interface) exits
+// with the problem and its key path, as with watch: false; it used to wait
+// forever for the file watcher, deaf to SIGTERM.
+func TestWatchStartupErrorExits(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "nfclone.yaml")
+	yaml := "watch: true\ntable: nfclone_watchtest\nstate_dir: " + filepath.Join(dir, "state") + `
+metrics: {listen: ""}
+queue: {nice: 0}
+sessions:
+  - name: d
+    sources: [{interface: nosuch0x, direction: ingress}]
+    targets: [{kind: device, device: nosuch1x}]
+`
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, watch := range []string{"true", "false"} {
+		t.Run("watch="+watch, func(t *testing.T) {
+			if watch == "false" {
+				if err := os.WriteFile(cfg, []byte(strings.Replace(yaml, "watch: true", "watch: false", 1)), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var out, errOut bytes.Buffer
+			done := make(chan int, 1)
+			go func() { done <- exitCode(run([]string{"run", "-c", cfg}, &out, &errOut)) }()
+			select {
+			case code := <-done:
+				if code != 1 && code != 2 {
+					t.Fatalf("exit %d, want 1 or 2:\n%s", code, errOut.String())
+				}
+				if code == 1 && !strings.Contains(errOut.String(), "sessions[0]") {
+					t.Fatalf("exit 1 without the key path:\n%s", errOut.String())
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("run with watch: %s did not exit within 5 s", watch)
+			}
+		})
 	}
 }
