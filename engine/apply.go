@@ -160,6 +160,7 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 	rt.cfg, rt.rs, rt.gateways, rt.idx = c, rs, gws, idx
 	e.gen++
 	e.mu.Unlock()
+	rt.tables.set(plan)
 	fresh = nil
 	for name, s := range old {
 		if keep[name] != s {

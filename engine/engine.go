@@ -61,7 +61,12 @@ func routePlan(c *config.Config, gws []rules.GatewayRoute) route.Plan {
 	for _, gr := range gws {
 		f := route.FamilyOf(gr.Gateway)
 		p.Rules = append(p.Rules, route.PolicyRule{Family: f, Pref: gr.Pref, Mark: gr.Mark, Table: gr.Table})
-		p.Routes = append(p.Routes, route.Route{Family: f, Table: gr.Table, Gateway: gr.Gateway, Device: gr.Device})
+		// The backstop first: whatever happens to the gateway route (link
+		// down, device deleted), a marked copy's lookup ends in its own
+		// table and never falls through to the main table.
+		p.Routes = append(p.Routes,
+			route.Route{Family: f, Table: gr.Table, Unreachable: true},
+			route.Route{Family: f, Table: gr.Table, Gateway: gr.Gateway, Device: gr.Device})
 		if !moved[f] {
 			moved[f] = true
 			p.MoveLocal = append(p.MoveLocal, f)
@@ -144,6 +149,8 @@ type runtime struct {
 	gateways []rules.GatewayRoute
 	idx      map[string]int // interfaces the config uses → ifindex (0: missing)
 	limit    *limit
+	tables   copyTables    // the tables of the routing plan (event filter)
+	drift    []route.Drift // what the last reconcile could not put back (e.mu)
 }
 
 // Copied is the number of copies delivered so far (all userspace sessions).
@@ -209,7 +216,7 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		watchLinks(svcCtx, log, links)
+		watchLinks(svcCtx, log, &rt.tables, links)
 	}()
 	for _, svc := range e.Services {
 		wg.Add(1)
@@ -223,13 +230,22 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	if ready != nil {
 		ready()
 	}
+	tick := time.NewTicker(reconcileEvery)
+	defer tick.Stop()
 	for running := true; running; {
 		select {
 		case <-ctx.Done():
 			running = false
 		case <-e.reload:
 			e.doReload()
+			e.reconcileRouting()
 		case <-links:
+			// Routing first: it may re-create a device nfclone owns,
+			// which the re-bind then uses.
+			e.reconcileRouting()
+			e.relink()
+		case <-tick.C:
+			e.reconcileRouting()
 			e.relink()
 		}
 	}
@@ -527,6 +543,10 @@ func (e *Engine) Status() Status {
 		e.Log.Debug("reading rule counters", "err", err)
 	}
 	used := map[string][]string{}
+	missing := route.MissingRoutes(rt.drift)
+	for _, d := range rt.drift {
+		st.Drift = append(st.Drift, d.String())
+	}
 	for _, s := range rt.cfg.Sessions {
 		var ss SessionStatus
 		if run, ok := rt.sessions[s.Name]; ok {
@@ -556,6 +576,21 @@ func (e *Engine) Status() Status {
 			}
 		}
 		sort.Strings(ss.Missing)
+		if s.Method != config.MethodDup {
+			for _, t := range s.Targets {
+				if t.Kind != config.KindGateway {
+					continue
+				}
+				gw, _ := netip.ParseAddr(t.Gateway)
+				for _, gr := range rt.gateways {
+					r := route.Route{Family: route.FamilyOf(gr.Gateway), Table: gr.Table, Gateway: gr.Gateway.Unmap(), Device: gr.Device}
+					if gr.Gateway == gw.Unmap() && gr.Device == t.Device && missing[r] != "" {
+						ss.State = "waiting"
+						ss.MissingRoutes = append(ss.MissingRoutes, r.String()+" ("+missing[r]+")")
+					}
+				}
+			}
+		}
 		st.Sessions = append(st.Sessions, ss)
 	}
 	for name, users := range used {

@@ -311,17 +311,33 @@ func (k *nlKernel) DefaultRoutes(f Family, table uint32) ([]RouteInfo, error) {
 		if t == 0 {
 			t = uint32(m.Table)
 		}
-		if Family(m.Family) != f || t != table || m.DstLength != 0 || m.Type != unix.RTN_UNICAST {
+		if Family(m.Family) != f || t != table || m.DstLength != 0 {
 			continue
 		}
-		out = append(out, RouteInfo{
-			Family: f, Table: t, Gateway: addrOf(m.Attributes.Gateway), Index: int(m.Attributes.OutIface),
-		})
+		switch m.Type {
+		case unix.RTN_UNICAST:
+			out = append(out, RouteInfo{
+				Family: f, Table: t, Gateway: addrOf(m.Attributes.Gateway), Index: int(m.Attributes.OutIface),
+				Metric: m.Attributes.Priority,
+			})
+		case unix.RTN_UNREACHABLE:
+			out = append(out, RouteInfo{Family: f, Table: t, Unreachable: true, Metric: m.Attributes.Priority})
+		}
 	}
 	return out, nil
 }
 
 func routeMsg(r RouteInfo) *rtnetlink.RouteMessage {
+	if r.Unreachable {
+		return &rtnetlink.RouteMessage{
+			Family:     uint8(r.Family),
+			Table:      table8(r.Table),
+			Protocol:   unix.RTPROT_BOOT,
+			Scope:      unix.RT_SCOPE_UNIVERSE,
+			Type:       unix.RTN_UNREACHABLE,
+			Attributes: rtnetlink.RouteAttributes{Table: r.Table, Priority: r.Metric},
+		}
+	}
 	return &rtnetlink.RouteMessage{
 		Family:   uint8(r.Family),
 		Table:    table8(r.Table),

@@ -54,6 +54,9 @@ func writeTable(w io.Writer, s engine.Status, now time.Time) error {
 			if len(ss.Missing) > 0 {
 				state += " (" + strings.Join(ss.Missing, ",") + " missing)"
 			}
+			if len(ss.MissingRoutes) > 0 {
+				state += " (" + strconv.Itoa(len(ss.MissingRoutes)) + " gateway route(s) missing)"
+			}
 			offered, dropped := "-", "-"
 			if l := ss.Ledger; l != nil {
 				offered = num(l.Offered)
@@ -128,6 +131,13 @@ func writeTable(w io.Writer, s engine.Status, now time.Time) error {
 		fmt.Fprintf(&b, "\ninterfaces missing: %s\n", strings.Join(missing, "; "))
 	} else if len(s.Interfaces) > 0 {
 		fmt.Fprintf(&b, "\ninterfaces: all %d present\n", len(s.Interfaces))
+	}
+
+	if len(s.Drift) > 0 {
+		b.WriteString("\nrouting not as planned (put back when possible):\n")
+		for _, d := range s.Drift {
+			fmt.Fprintf(&b, "  %s\n", d)
+		}
 	}
 
 	// Trailing spaces come from the tabwriter's last column.

@@ -1,0 +1,123 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nfclone/nfclone/test/lab"
+)
+
+// pingNoDup pings and requires every reply and no duplicate: a copy that
+// reached the destination would be answered a second time (DUP!).
+func pingNoDup(t *testing.T, l *lab.Lab, ns, dst string, n int, interval time.Duration, what string) {
+	t.Helper()
+	sent, recv, dupes, err := lab.Ping(context.Background(), l, ns, dst, n, interval)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sent != n || recv != n || dupes != 0 {
+		t.Fatalf("%s: ping %s from %s: sent %d received %d duplicates %d, want %d/%d/0 (copies reached the destination?)", what, dst, ns, sent, recv, dupes, n, n)
+	}
+}
+
+// copiesBackWithin pings once at a time until a copy of an echo request
+// shows in capture c (started before the outage), and fails if none did
+// within d of start.
+func copiesBackWithin(t *testing.T, l *lab.Lab, c *lab.Capture, start time.Time, d time.Duration, what string) time.Duration {
+	t.Helper()
+	base := c.Count()
+	for time.Since(start) < d {
+		pingNoDup(t, l, l.Src, lab.Col2IP, 1, 200*time.Millisecond, what)
+		if c.Count() > base {
+			took := time.Since(start)
+			c.Stop()
+			return took
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.Stop()
+	t.Fatalf("%s: no copy at the collector within %s", what, d)
+	return 0
+}
+
+func sessionMissingRoutes(t *testing.T, l *lab.Lab, d *daemon, name string) []any {
+	t.Helper()
+	for _, s := range status(t, l, d)["sessions"].([]any) {
+		m := s.(map[string]any)
+		if m["name"] == name {
+			r, _ := m["missing_routes"].([]any)
+			return r
+		}
+	}
+	t.Fatalf("no session %s in status", name)
+	return nil
+}
+
+// Issue 11, item 1: a link flap on a gateway target's device deletes the
+// gateway route of nfclone's copy table. Copies must never take another
+// route (no DUP! at the destination of the forwarded pings they copy),
+// status says the route is missing while it is, and copies resume by
+// themselves within 5 s once the link is up.
+func TestLinkFlapCopiesNeverReachProduction(t *testing.T) {
+	lab.RequireTools(t, "tcpdump", "ping")
+	l := lab.New(t)
+	d := startNfclone(t, l, `
+sessions:
+  - name: q
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
+`)
+	c := l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
+	pingNoDup(t, l, l.Src, lab.Col2IP, pings, 20*time.Millisecond, "before the flap")
+	c.WaitCount(pings, 5*time.Second)
+	requireCount(t, "copies before the flap", c.Stop(), echoReq(lab.SrcIP), pings)
+
+	// The flap of the issue: down and up at once.
+	c = l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
+	l.MustExec(t, l.Eng, "ip", "link", "set", "e1", "down")
+	l.MustExec(t, l.Eng, "ip", "link", "set", "e1", "up")
+	took := copiesBackWithin(t, l, c, time.Now(), 5*time.Second, "after a flap")
+	t.Logf("copies back %s after the flap", took.Round(time.Millisecond))
+	c = l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
+	pingNoDup(t, l, l.Src, lab.Col2IP, pings, 20*time.Millisecond, "after the flap")
+	c.WaitCount(pings, 5*time.Second)
+	requireCount(t, "copies after the flap", c.Stop(), echoReq(lab.SrcIP), pings)
+
+	// A longer outage: status and metrics say so, copies go nowhere.
+	l.MustExec(t, l.Eng, "ip", "link", "set", "e1", "down")
+	lab.WaitFor(t, 5*time.Second, func() bool { return len(sessionMissingRoutes(t, l, d, "q")) == 1 },
+		"status to report the gateway route missing")
+	if rt := l.MustExec(t, l.Eng, "ip", "route", "show", "table", "all"); !strings.Contains(rt, "unreachable default table 20035 metric 4294967295") {
+		t.Fatalf("no unreachable backstop in the copy table:\n%s", rt)
+	}
+	table, _, _ := nfc(l, "status", "--state-dir", d.stateDir)
+	if !strings.Contains(table, "gateway route(s) missing") {
+		t.Fatalf("status table does not say the route is missing:\n%s", table)
+	}
+	pingNoDup(t, l, l.Src, lab.Col2IP, pings, 20*time.Millisecond, "with e1 down")
+	c = l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
+	l.MustExec(t, l.Eng, "ip", "link", "set", "e1", "up")
+	took = copiesBackWithin(t, l, c, time.Now(), 5*time.Second, "after e1 came back")
+	t.Logf("copies back %s after e1 came back", took.Round(time.Millisecond))
+	if r := sessionMissingRoutes(t, l, d, "q"); len(r) != 0 {
+		t.Fatalf("status still reports missing routes: %v", r)
+	}
+
+	// Someone deletes the route by hand: put back by the route event.
+	c = l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
+	l.MustExec(t, l.Eng, "ip", "route", "del", "default", "via", lab.ColIP, "table", "20035")
+	took = copiesBackWithin(t, l, c, time.Now(), 5*time.Second, "after the route was deleted by hand")
+	t.Logf("copies back %s after the route was deleted", took.Round(time.Millisecond))
+	for _, line := range strings.Split(d.Stderr(), "\n") {
+		if strings.Contains(line, "routing") {
+			t.Log(line)
+		}
+	}
+	d.stop(t)
+	if rt := l.MustExec(t, l.Eng, "ip", "route", "show", "table", "all"); strings.Contains(rt, "table 20035") {
+		t.Fatalf("copy table left after exit:\n%s", rt)
+	}
+}
