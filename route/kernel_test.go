@@ -300,3 +300,27 @@ func TestKernelHelpers(t *testing.T) {
 	n.mustContain("rendered vxlan", n.ip("-d", "link", "show", "nfc-vx0"), "vxlan id 42 remote 10.77.3.2 local 10.77.2.1 dev e1", "dstport 4789", ",UP")
 	n.mustContain("rendered veth", n.ip("-d", "link", "show", "agg0-rx"), "PROMISC", ",UP")
 }
+
+// Created links are silent (issue 11): no IPv6 address generation and IPv6
+// off, set in the Kernel's namespace (not the test process's).
+func TestKernelCreatedLinksSilent(t *testing.T) {
+	n := newNetNS(t)
+	p := Plan{
+		Veths:  []VethPair{{Name: "agg0", Peer: "agg0-rx", Up: true}},
+		VXLANs: []VXLAN{{Name: "nfc-vx0", VNI: 42, Remote: netip.MustParseAddr("10.77.3.2")}},
+	}
+	j, err := NewApplier(n.k, nil).Apply(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dev := range []string{"agg0", "agg0-rx", "nfc-vx0"} {
+		n.mustContain(dev, n.ip("-d", "link", "show", "dev", dev), "addrgenmode none", ",UP")
+		out, err := exec.Command("ip", "netns", "exec", n.name, "cat", "/proc/sys/net/ipv6/conf/"+dev+"/disable_ipv6").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "1" {
+			t.Errorf("%s: disable_ipv6 = %q (%v), want 1", dev, out, err)
+		}
+	}
+	if err := Undo(n.k, j, nil); err != nil {
+		t.Fatal(err)
+	}
+}

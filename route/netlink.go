@@ -21,6 +21,9 @@ type nlKernel struct {
 	// know (newer kernels have dscp/flowlabel/port-mask selectors), while
 	// this package only needs to recognise its own plain rules.
 	raw *netlink.Conn
+	// netns is a descriptor of the namespace of OpenNetNS (-1: the
+	// process's own), for the sysctl files of created devices.
+	netns int
 }
 
 // Open returns a Kernel for the network namespace of the calling thread
@@ -52,10 +55,21 @@ func open(cfg *netlink.Config) (Kernel, error) {
 		c.Close()
 		return nil, fmt.Errorf("dialing rtnetlink: %w", err)
 	}
-	return &nlKernel{c: c, raw: raw}, nil
+	k := &nlKernel{c: c, raw: raw, netns: -1}
+	if cfg != nil && cfg.NetNS > 0 {
+		if k.netns, err = unix.FcntlInt(uintptr(cfg.NetNS), unix.F_DUPFD_CLOEXEC, 0); err != nil {
+			k.Close()
+			return nil, fmt.Errorf("keeping the network namespace: %w", err)
+		}
+	}
+	return k, nil
 }
 
 func (k *nlKernel) Close() error {
+	if k.netns >= 0 {
+		unix.Close(k.netns)
+		k.netns = -1
+	}
 	err1 := k.c.Close()
 	err2 := k.raw.Close()
 	if err1 != nil {
@@ -130,57 +144,77 @@ func (k *nlKernel) SetLinkFlags(index int, flags, mask uint32) error {
 	})
 }
 
+// CreateVeth creates the pair down, silences both ends (see silence), then
+// brings them up. The kernel configures the peer before the pair is
+// linked, so the peer could not be brought up in the create message anyway
+// (ENOTCONN, also with `ip link add ... type veth peer name P up`).
 func (k *nlKernel) CreateVeth(v VethPair) error {
-	var flags, peerFlags uint32
-	if v.Up {
-		flags |= unix.IFF_UP
-	}
+	var flags uint32
 	if v.Promisc {
 		flags |= unix.IFF_PROMISC
-		peerFlags |= unix.IFF_PROMISC
 	}
-	// The kernel applies each ifinfomsg's flags while creating the pair,
-	// but it configures the peer before the pair is linked: bringing the
-	// peer up then fails with ENOTCONN (also with `ip link add ... type
-	// veth peer name P up`). So the peer is brought up afterwards.
 	err := k.c.Link.New(&rtnetlink.LinkMessage{
 		Family: unix.AF_UNSPEC, Flags: flags, Change: flags,
 		Attributes: &rtnetlink.LinkAttributes{
 			Name: v.Name,
 			Info: &rtnetlink.LinkInfo{Kind: "veth", Data: &driver.Veth{
 				PeerInfo: &rtnetlink.LinkMessage{
-					Family: unix.AF_UNSPEC, Flags: peerFlags, Change: peerFlags,
+					Family: unix.AF_UNSPEC, Flags: flags, Change: flags,
 					Attributes: &rtnetlink.LinkAttributes{Name: v.Peer},
 				},
 			}},
 		},
 	})
-	if err != nil || !v.Up {
+	if err != nil {
 		return err
 	}
-	links, err := k.Links()
-	if err == nil {
-		for _, l := range links {
-			if l.Name == v.Peer && l.Kind == "veth" {
-				if err = k.SetLinkFlags(l.Index, unix.IFF_UP, unix.IFF_UP); err == nil {
-					return nil
+	if err := k.configureCreated("veth", v.Up, v.Name, v.Peer); err != nil {
+		return fmt.Errorf("veth %s peer %s: %w", v.Name, v.Peer, err)
+	}
+	return nil
+}
+
+// configureCreated silences the links nfclone has just created (names, of
+// that kind) and brings them up when up is set. On error it deletes them:
+// the exclusive create succeeded, so the names are ours, and the operation
+// stays all or nothing.
+func (k *nlKernel) configureCreated(kind string, up bool, names ...string) error {
+	err := func() error {
+		links, err := k.Links()
+		if err != nil {
+			return err
+		}
+		var idx []int
+		for _, n := range names {
+			l, ok := findLink(links, n)
+			if !ok || l.Kind != kind {
+				return fmt.Errorf("%s not found after creation: %w", n, errLinkNotFound)
+			}
+			if err := k.silence(n, l.Index); err != nil {
+				return err
+			}
+			idx = append(idx, l.Index)
+		}
+		if up {
+			for i, n := range names {
+				if err := k.SetLinkFlags(idx[i], unix.IFF_UP, unix.IFF_UP); err != nil {
+					return fmt.Errorf("bringing up %s: %w", n, err)
 				}
 			}
 		}
-		if err == nil {
-			err = fmt.Errorf("peer %s not found after creation: %w", v.Peer, errLinkNotFound)
-		}
+		return nil
+	}()
+	if err == nil {
+		return nil
 	}
-	// Keep the operation all-or-nothing: delete the pair we just created
-	// (exclusive create succeeded, so the name is ours).
 	if links, lerr := k.Links(); lerr == nil {
 		for _, l := range links {
-			if l.Name == v.Name && l.Kind == "veth" {
+			if l.Name == names[0] && l.Kind == kind {
 				_ = k.DeleteLink(l.Index)
 			}
 		}
 	}
-	return fmt.Errorf("bringing up veth peer %s: %w", v.Peer, err)
+	return err
 }
 
 func (k *nlKernel) CreateVXLAN(v VXLAN, underlay int) error {
@@ -202,13 +236,20 @@ func (k *nlKernel) CreateVXLAN(v VXLAN, underlay int) error {
 		u := uint32(underlay)
 		d.Link = &u
 	}
-	return k.c.Link.New(&rtnetlink.LinkMessage{
-		Family: unix.AF_UNSPEC, Flags: unix.IFF_UP, Change: unix.IFF_UP,
+	err := k.c.Link.New(&rtnetlink.LinkMessage{
+		Family: unix.AF_UNSPEC,
 		Attributes: &rtnetlink.LinkAttributes{
 			Name: v.Name,
 			Info: &rtnetlink.LinkInfo{Kind: "vxlan", Data: d},
 		},
 	})
+	if err != nil {
+		return err
+	}
+	if err := k.configureCreated("vxlan", true, v.Name); err != nil {
+		return fmt.Errorf("vxlan %s: %w", v.Name, err)
+	}
+	return nil
 }
 
 func (k *nlKernel) DeleteLink(index int) error { return k.c.Link.Delete(uint32(index)) }
