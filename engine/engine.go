@@ -185,6 +185,9 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	if errs := config.CheckHost(c, config.SystemHost{}, nil); len(errs) > 0 {
 		return errs
 	}
+	for _, w := range config.ARPWarnings(c, config.SystemHost{}) {
+		log.Warn(w.Msg, "key", w.Path)
+	}
 	feats, err := e.probe(c)
 	if err != nil {
 		return err

@@ -121,3 +121,25 @@ sessions:
 		t.Fatalf("copy table left after exit:\n%s", rt)
 	}
 }
+
+// Issue 11, item 12: `arp: off` on a device that carries other traffic
+// (here e1 with its addresses) draws a warning from check, with the key
+// path, and the advice to use mac:; check still succeeds.
+func TestCheckWarnsARPOffOnBusyDevice(t *testing.T) {
+	l := lab.New(t)
+	path, _ := writeConfig(t, `
+sessions:
+  - name: a
+    method: queue
+    sources: [{interface: e0}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1, arp: off}]
+`)
+	out, errOut, code := nfc(l, "check", "-c", path)
+	if code != 0 {
+		t.Fatalf("check: exit %d\n%s%s", code, out, errOut)
+	}
+	if !strings.Contains(out, "warning: sessions[0].targets[0].arp: arp: off sets IFF_NOARP on e1") ||
+		!strings.Contains(out, "10.77.2.1/24") || !strings.Contains(out, "use mac:") {
+		t.Fatalf("no warning about arp: off on e1:\n%s", out)
+	}
+}
