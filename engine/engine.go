@@ -149,8 +149,23 @@ type runtime struct {
 	gateways []rules.GatewayRoute
 	idx      map[string]int // interfaces the config uses → ifindex (0: missing)
 	limit    *limit
-	tables   copyTables    // the tables of the routing plan (event filter)
-	drift    []route.Drift // what the last reconcile could not put back (e.mu)
+	tables   copyTables      // the tables of the routing plan (event filter)
+	drift    []route.Drift   // what the last reconcile could not put back (e.mu)
+	created  map[string]bool // interfaces nfclone created, from the journal (e.mu)
+}
+
+// createdLinks are the interfaces a journal says nfclone created.
+func createdLinks(j route.Journal) map[string]bool {
+	out := map[string]bool{}
+	for _, ch := range j {
+		if ch.Op == route.OpLinkCreated && ch.Link != nil {
+			out[ch.Link.Name] = true
+			if ch.Link.Peer != "" {
+				out[ch.Link.Peer] = true
+			}
+		}
+	}
+	return out
 }
 
 // Copied is the number of copies delivered so far (all userspace sessions).
@@ -573,7 +588,8 @@ func (e *Engine) Status() Status {
 		}
 		for name := range sessionInterfaces(s) {
 			used[name] = append(used[name], s.Name)
-			if rt.idx[name] == 0 && s.Method == config.MethodDup {
+			// Only interfaces the rules bind make a dup session wait.
+			if i, bound := rt.idx[name]; bound && i == 0 && s.Method == config.MethodDup {
 				ss.State = "waiting"
 				ss.Missing = append(ss.Missing, name)
 			}
@@ -596,27 +612,42 @@ func (e *Engine) Status() Status {
 		}
 		st.Sessions = append(st.Sessions, ss)
 	}
+	created := rt.created
 	for name, users := range used {
-		st.Interfaces = append(st.Interfaces, InterfaceStatus{Name: name, Present: rt.idx[name] != 0, Index: rt.idx[name], UsedBy: users})
+		i, ok := rt.idx[name]
+		if !ok {
+			i = int(ifIndex(name))
+		}
+		sort.Strings(users)
+		st.Interfaces = append(st.Interfaces, InterfaceStatus{Name: name, Present: i != 0, Index: i, UsedBy: users, Created: created[name]})
 	}
 	sort.Slice(st.Interfaces, func(i, j int) bool { return st.Interfaces[i].Name < st.Interfaces[j].Name })
 	return st
 }
 
-// sessionInterfaces are the interfaces a session binds to.
+// sessionInterfaces are the interfaces a session depends on: its sources,
+// lo for a queue session (the kernel's clones are routed there), the
+// devices of its targets, both ends of a veth pair nfclone creates for it
+// and the VXLAN device it feeds with dup.
 func sessionInterfaces(s config.Session) map[string]bool {
 	out := map[string]bool{}
-	if s.Method == config.MethodDup {
-		for _, src := range s.Sources {
-			out[src.Interface] = true
-		}
+	for _, src := range s.Sources {
+		out[src.Interface] = true
+	}
+	if s.Method == config.MethodQueue {
+		out["lo"] = true
 	}
 	for _, t := range s.Targets {
 		switch t.Kind {
 		case config.KindDevice:
 			out[rules.DeviceTargetName(t)] = true
+			out[t.Device] = true
 		case config.KindGateway:
 			out[t.Device] = true
+		case config.KindVXLAN:
+			if s.Method == config.MethodDup {
+				out[rules.VXLANDevice(t)] = true
+			}
 		}
 	}
 	return out

@@ -194,6 +194,9 @@ func (e *Engine) reconcileRouting() {
 	e.mu.Lock()
 	prev := rt.drift
 	rt.drift = left
+	if changed {
+		rt.created = createdLinks(j)
+	}
 	e.mu.Unlock()
 	was := map[string]bool{}
 	for _, d := range prev {

@@ -79,10 +79,13 @@ type TargetStatus struct {
 	Stats *sink.Stats `json:"stats,omitempty"` // userspace targets
 }
 
-// InterfaceStatus is an interface a session uses.
+// InterfaceStatus is an interface a session depends on.
 type InterfaceStatus struct {
 	Name    string   `json:"name"`
 	Present bool     `json:"present"`
 	Index   int      `json:"index,omitempty"`
 	UsedBy  []string `json:"used_by"`
+	// Created is true for interfaces nfclone created (and re-creates when
+	// someone deletes them).
+	Created bool `json:"created,omitempty"`
 }

@@ -117,8 +117,13 @@ func writeTable(w io.Writer, s engine.Status, now time.Time) error {
 		tw.Flush()
 	}
 
-	var missing []string
+	var missing, all []string
 	for _, i := range s.Interfaces {
+		n := i.Name
+		if i.Created {
+			n += " (created)"
+		}
+		all = append(all, n)
 		if !i.Present {
 			m := i.Name
 			if len(i.UsedBy) > 0 {
@@ -127,10 +132,13 @@ func writeTable(w io.Writer, s engine.Status, now time.Time) error {
 			missing = append(missing, m)
 		}
 	}
+	if len(all) > 0 {
+		fmt.Fprintf(&b, "\ninterfaces: %s\n", strings.Join(all, ", "))
+	}
 	if len(missing) > 0 {
-		fmt.Fprintf(&b, "\ninterfaces missing: %s\n", strings.Join(missing, "; "))
+		fmt.Fprintf(&b, "interfaces missing: %s\n", strings.Join(missing, "; "))
 	} else if len(s.Interfaces) > 0 {
-		fmt.Fprintf(&b, "\ninterfaces: all %d present\n", len(s.Interfaces))
+		fmt.Fprintf(&b, "interfaces: all %d present\n", len(s.Interfaces))
 	}
 
 	if len(s.Drift) > 0 {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -141,5 +142,75 @@ sessions:
 	if !strings.Contains(out, "warning: sessions[0].targets[0].arp: arp: off sets IFF_NOARP on e1") ||
 		!strings.Contains(out, "10.77.2.1/24") || !strings.Contains(out, "use mac:") {
 		t.Fatalf("no warning about arp: off on e1:\n%s", out)
+	}
+}
+
+// Issue 11, item 7: the devices nfclone owns (a created veth pair, the
+// VXLAN device of a dup session) are re-created when someone deletes them,
+// and mirroring into them resumes; status lists every interface a session
+// depends on, those included.
+func TestOwnedDevicesRecreated(t *testing.T) {
+	lab.RequireTools(t, "tcpdump")
+	l := lab.New(t)
+	d := startNfclone(t, l, `
+sessions:
+  - name: own
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets:
+      - {kind: device, device: agg0, create: true}
+      - {kind: vxlan, remote: "10.77.4.2:4789", vni: 7}
+`)
+	vx := regexp.MustCompile(`nfcvx[0-9a-f]+`).FindString(l.MustExec(t, l.Eng, "ip", "-o", "link"))
+	if vx == "" {
+		t.Fatal("no nfcvx device")
+	}
+	ifaces := func() map[string]map[string]any {
+		out := map[string]map[string]any{}
+		for _, i := range status(t, l, d)["interfaces"].([]any) {
+			m := i.(map[string]any)
+			out[m["name"].(string)] = m
+		}
+		return out
+	}
+	st := ifaces()
+	for _, n := range []string{"e0", "agg0", "agg0-tx", vx} {
+		if st[n] == nil || st[n]["present"] != true {
+			t.Fatalf("status does not list %s as present: %v", n, st)
+		}
+	}
+	for _, n := range []string{"agg0", "agg0-tx", vx} {
+		if st[n]["created"] != true {
+			t.Fatalf("status does not say nfclone created %s: %v", n, st[n])
+		}
+	}
+	copies := func(what string) {
+		t.Helper()
+		c := l.StartCapture(t, l.Eng, "agg0", "icmp[0] == 8", lab.Direction("in"))
+		tun := l.StartCapture(t, l.Col2, "e0", "udp port 4789", lab.Direction("in"))
+		ping(t, l, l.Src, lab.EngE0IP, pings)
+		c.WaitCount(pings, 5*time.Second)
+		tun.WaitCount(pings, 5*time.Second)
+		requireCount(t, what+": copies on agg0", c.Stop(), echoReq(lab.SrcIP), pings)
+		requireCount(t, what+": VXLAN copies at the collector", tun.Stop(), func(p lab.Packet) bool { return p.VXLANVNI == 7 }, pings)
+	}
+	copies("at start")
+	gen := generation(t, l, d)
+	l.MustExec(t, l.Eng, "ip", "link", "del", "agg0-tx")
+	l.MustExec(t, l.Eng, "ip", "link", "del", vx)
+	lab.WaitFor(t, 5*time.Second, func() bool {
+		out := l.MustExec(t, l.Eng, "ip", "-o", "link")
+		return strings.Contains(out, "agg0-tx@agg0") && strings.Contains(out, vx) && generation(t, l, d) > gen
+	}, "nfclone to re-create agg0/agg0-tx and "+vx+" and re-bind")
+	copies("after re-creating them")
+	st = ifaces()
+	for _, n := range []string{"agg0", "agg0-tx", vx} {
+		if st[n]["present"] != true || st[n]["created"] != true {
+			t.Fatalf("status after re-creation: %s %v", n, st[n])
+		}
+	}
+	d.stop(t)
+	if out := l.MustExec(t, l.Eng, "ip", "-o", "link"); strings.Contains(out, "agg0") || strings.Contains(out, vx) {
+		t.Fatalf("re-created devices left after exit:\n%s", out)
 	}
 }
