@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 
 	"golang.org/x/sys/unix"
@@ -17,6 +18,9 @@ type Observed struct {
 	Rules  []RuleInfo  // both families
 	Routes []RouteInfo // default routes of the plan's tables
 	Neighs []NeighInfo // entries of the links the plan's neighbours use
+	// Addrs are the prefixes of the links the plan's gateway routes use,
+	// by ifindex: a gateway must be on one of them for its route to exist.
+	Addrs map[int][]netip.Prefix
 }
 
 // Observe reads the kernel's state of everything plan p names.
@@ -58,6 +62,21 @@ func Observe(k Kernel, p Plan) (Observed, error) {
 			return o, fmt.Errorf("listing table %d: %w", r.Table, err)
 		}
 		o.Routes = append(o.Routes, rs...)
+	}
+	o.Addrs = map[int][]netip.Prefix{}
+	for _, r := range p.Routes {
+		l, ok := findLink(o.Links, r.Device)
+		if r.Unreachable || !ok {
+			continue
+		}
+		if _, done := o.Addrs[l.Index]; done {
+			continue
+		}
+		ps, err := k.Addrs(l.Index)
+		if err != nil {
+			return o, fmt.Errorf("listing addresses of %s: %w", r.Device, err)
+		}
+		o.Addrs[l.Index] = append(ps, netip.Prefix{}) // never nil: read
 	}
 	read := map[int]bool{}
 	for _, n := range p.Neighbours {
@@ -200,6 +219,12 @@ func Diff(p Plan, o Observed) []Drift {
 				out = append(out, Drift{Route: &r, Problem: "device " + r.Device + " is down", Blocked: true})
 				continue
 			}
+			if !onLink(r.Gateway, o.Addrs[l.Index]) {
+				// IPv6 addresses go with the link when it goes down (unless
+				// keep_addr_on_down): the route waits for them.
+				out = append(out, Drift{Route: &r, Problem: fmt.Sprintf("gateway %s is on no network of %s (its address is gone)", r.Gateway, r.Device), Blocked: true})
+				continue
+			}
 			want = RouteInfo{Family: r.Family, Table: r.Table, Gateway: r.Gateway.Unmap(), Index: l.Index}
 		}
 		if !slices.ContainsFunc(o.Routes, want.Is) {
@@ -222,6 +247,21 @@ func Diff(p Plan, o Observed) []Drift {
 		}
 	}
 	return out
+}
+
+// onLink reports whether gw is on one of the prefixes (IPv6 link-local
+// gateways always are).
+func onLink(gw netip.Addr, ps []netip.Prefix) bool {
+	gw = gw.Unmap()
+	if gw.Is6() && gw.IsLinkLocalUnicast() {
+		return true
+	}
+	for _, p := range ps {
+		if p.IsValid() && p.Addr().Unmap().Is4() == gw.Is4() && p.Masked().Contains(gw) {
+			return true
+		}
+	}
+	return false
 }
 
 // Repair puts back what the drifts say is missing, item by item (an item
