@@ -2,6 +2,7 @@ package route
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -55,6 +56,9 @@ func open(cfg *netlink.Config) (Kernel, error) {
 		c.Close()
 		return nil, fmt.Errorf("dialing rtnetlink: %w", err)
 	}
+	// Dumps filtered by the kernel (DefaultRoutes); older kernels refuse
+	// the option and filtering happens here.
+	_ = raw.SetOption(netlink.GetStrictCheck, true)
 	k := &nlKernel{c: c, raw: raw, netns: -1}
 	if cfg != nil && cfg.NetNS > 0 {
 		if k.netns, err = unix.FcntlInt(uintptr(cfg.NetNS), unix.F_DUPFD_CLOEXEC, 0); err != nil {
@@ -341,13 +345,36 @@ func ruleMsg(r PolicyRule) *rtnetlink.RuleMessage {
 func (k *nlKernel) AddRule(r PolicyRule) error    { return k.c.Rule.Add(ruleMsg(r)) }
 func (k *nlKernel) DeleteRule(r PolicyRule) error { return k.c.Rule.Delete(ruleMsg(r)) }
 
+// DefaultRoutes dumps one table only: with strict checking on (set at
+// open), the kernel filters the dump by RTA_TABLE, so a host with a large
+// main table (a router's full view) costs nothing here — the routing side
+// is compared with the kernel on every event and every few seconds. On a
+// kernel without strict checking the whole dump is filtered here.
 func (k *nlKernel) DefaultRoutes(f Family, table uint32) ([]RouteInfo, error) {
-	msgs, err := k.c.Route.ListMatch(&rtnetlink.RouteMessage{Family: uint8(f)})
+	req := &rtnetlink.RouteMessage{Family: uint8(f), Table: table8(table), Attributes: rtnetlink.RouteAttributes{Table: table}}
+	b, err := req.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := k.raw.Execute(netlink.Message{
+		Header: netlink.Header{Type: unix.RTM_GETROUTE, Flags: netlink.Request | netlink.Dump},
+		Data:   b,
+	})
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil // the table does not exist (yet)
+	}
 	if err != nil {
 		return nil, err
 	}
 	var out []RouteInfo
-	for _, m := range msgs {
+	for _, nm := range msgs {
+		if nm.Header.Type != unix.RTM_NEWROUTE {
+			continue
+		}
+		var m rtnetlink.RouteMessage
+		if err := m.UnmarshalBinary(nm.Data); err != nil {
+			return nil, fmt.Errorf("decoding route: %w", err)
+		}
 		t := m.Attributes.Table
 		if t == 0 {
 			t = uint32(m.Table)
