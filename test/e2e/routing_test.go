@@ -62,9 +62,10 @@ func sessionMissingRoutes(t *testing.T, l *lab.Lab, d *daemon, name string) []an
 // status says the route is missing while it is, and copies resume by
 // themselves within 5 s once the link is up.
 func TestLinkFlapCopiesNeverReachProduction(t *testing.T) {
-	lab.RequireTools(t, "tcpdump", "ping")
+	lab.RequireTools(t, "tcpdump", "ping", "curl")
 	l := lab.New(t)
 	d := startNfclone(t, l, `
+metrics: {listen: "127.0.0.1:9464"}
 sessions:
   - name: q
     method: queue
@@ -98,6 +99,12 @@ sessions:
 	if !strings.Contains(table, "gateway route(s) missing") {
 		t.Fatalf("status table does not say the route is missing:\n%s", table)
 	}
+	m := scrape(t, l)
+	if !strings.Contains(m, `nfclone_session_missing_routes{method="queue",session="q"} 1`) ||
+		!strings.Contains(m, `nfclone_session_state{method="queue",session="q",state="waiting"} 1`) ||
+		!strings.Contains(m, "nfclone_routing_drift 1") {
+		t.Fatalf("metrics do not say the route is missing:\n%s", grepLines(m, "missing_routes")+"\n"+grepLines(m, "session_state")+"\n"+grepLines(m, "drift"))
+	}
 	pingNoDup(t, l, l.Src, lab.Col2IP, pings, 20*time.Millisecond, "with e1 down")
 	c = l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
 	l.MustExec(t, l.Eng, "ip", "link", "set", "e1", "up")
@@ -105,6 +112,9 @@ sessions:
 	t.Logf("copies back %s after e1 came back", took.Round(time.Millisecond))
 	if r := sessionMissingRoutes(t, l, d, "q"); len(r) != 0 {
 		t.Fatalf("status still reports missing routes: %v", r)
+	}
+	if m := scrape(t, l); !strings.Contains(m, `nfclone_session_missing_routes{method="queue",session="q"} 0`) {
+		t.Fatalf("metrics still report the route missing:\n%s", grepLines(m, "missing_routes"))
 	}
 
 	// Someone deletes the route by hand: put back by the route event.
