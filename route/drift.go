@@ -113,6 +113,8 @@ type Drift struct {
 	Route     *Route
 	Rule      *PolicyRule
 	Local     Family // the family whose local rule is not moved (0: none)
+	// Down names a link nfclone created up that someone set down.
+	Down string
 	// Problem says what is wrong ("missing", "device e1 is missing", ...).
 	Problem string
 	// Blocked is true when nfclone cannot put it back now (the device it
@@ -138,6 +140,8 @@ func (d Drift) String() string {
 		what = fmt.Sprintf("%s rule %s", d.Rule.Family, d.Rule)
 	case d.Local != 0:
 		what = fmt.Sprintf("%s local rule at pref %d", d.Local, LocalPref)
+	case d.Down != "":
+		what = "created interface " + d.Down
 	}
 	return what + ": " + d.Problem
 }
@@ -154,6 +158,11 @@ func Diff(p Plan, o Observed) []Drift {
 		b, okB := link(v.Peer)
 		switch {
 		case okA && okB && a.Kind == "veth" && b.Kind == "veth":
+			for _, l := range []Link{a, b} {
+				if v.Up && !l.Up() {
+					out = append(out, Drift{Down: l.Name, Problem: "down"})
+				}
+			}
 		case !okA && !okB:
 			out = append(out, Drift{Veth: &v, Problem: "missing"})
 		default:
@@ -165,6 +174,9 @@ func Diff(p Plan, o Observed) []Drift {
 		l, ok := link(v.Name)
 		switch {
 		case ok && l.Kind == "vxlan":
+			if !l.Up() {
+				out = append(out, Drift{Down: l.Name, Problem: "down"})
+			}
 		case !ok:
 			blocked := false
 			if v.Device != "" {
@@ -289,6 +301,15 @@ func Repair(k Kernel, drifts []Drift, log *slog.Logger) (Journal, error) {
 			err = r.addRule(*d.Rule)
 		case d.Local != 0:
 			err = r.moveLocal(d.Local)
+		case d.Down != "":
+			// Ours (created, deleted at exit): no journal entry needed.
+			var l Link
+			if l, err = LinkByName(k, d.Down); err == nil {
+				err = k.SetLinkFlags(l.Index, unix.IFF_UP, unix.IFF_UP)
+			}
+			if err != nil {
+				err = fmt.Errorf("bringing %s up again: %w", d.Down, err)
+			}
 		}
 		if err != nil {
 			errs = append(errs, err)

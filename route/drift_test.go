@@ -143,12 +143,20 @@ func TestDiffRepairsEverything(t *testing.T) {
 	}
 	agg, _ := LinkByName(f, "agg0")
 	vx, _ := LinkByName(f, "nfc-vx0")
+	rx, _ := LinkByName(f, "agg0-rx")
+	if err := f.SetLinkFlags(rx.Index, 0, unix.IFF_UP); err != nil {
+		t.Fatal(err)
+	}
+	o, _ := Observe(f, p)
+	if got := driftStrings(Diff(p, o)); !strings.HasPrefix(got, "created interface agg0-rx: down\n") {
+		t.Fatalf("drift with agg0-rx down:\n%s", got)
+	}
 	for _, i := range []int{agg.Index, vx.Index} {
 		if err := f.DeleteLink(i); err != nil {
 			t.Fatal(err)
 		}
 	}
-	o, _ := Observe(f, p)
+	o, _ = Observe(f, p)
 	ds := Diff(p, o)
 	want := `veth agg0 peer agg0-rx: missing
 vxlan nfc-vx0: missing
@@ -217,5 +225,37 @@ func TestFakeLookupBackstop(t *testing.T) {
 		if !backstop && rt != mainRoute {
 			t.Fatalf("model check: without the backstop the lookup should fall to main, got %+v", rt)
 		}
+	}
+}
+
+// Devices nfclone created up and someone set down are brought up again.
+func TestDiffRepairsCreatedLinkDown(t *testing.T) {
+	f := newTestFake(t)
+	p := backstopPlan(t)
+	j, err := NewApplier(f, nil).Apply(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"agg0-rx", "nfc-vx0"} {
+		l, _ := LinkByName(f, n)
+		if err := f.SetLinkFlags(l.Index, 0, unix.IFF_UP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o, _ := Observe(f, p)
+	ds := Diff(p, o)
+	if got := driftStrings(ds); got != "created interface agg0-rx: down\ncreated interface nfc-vx0: down" {
+		t.Fatalf("drift:\n%s", got)
+	}
+	added, err := Repair(f, ds, nil)
+	if err != nil || len(added) != 0 {
+		t.Fatalf("repair: %v, journal %v", err, added)
+	}
+	o, _ = Observe(f, p)
+	if ds := Diff(p, o); len(ds) != 0 {
+		t.Fatalf("drift after repair:\n%s", driftStrings(ds))
+	}
+	if err := Undo(f, j, nil); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -213,6 +213,11 @@ sessions:
 		return strings.Contains(out, "agg0-tx@agg0") && strings.Contains(out, vx) && generation(t, l, d) > gen
 	}, "nfclone to re-create agg0/agg0-tx and "+vx+" and re-bind")
 	copies("after re-creating them")
+	l.MustExec(t, l.Eng, "ip", "link", "set", "agg0", "down")
+	lab.WaitFor(t, 5*time.Second, func() bool {
+		return strings.Contains(linkFlags(t, l, l.Eng, "agg0"), ",UP")
+	}, "nfclone to bring agg0 up again")
+	copies("after agg0 was set down")
 	st = ifaces()
 	for _, n := range []string{"agg0", "agg0-tx", vx} {
 		if st[n]["present"] != true || st[n]["created"] != true {
