@@ -177,8 +177,10 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 		rt.sessions[s.name] = s
 	}
 	rt.cfg, rt.rs, rt.gateways, rt.idx = c, rs, gws, idx
+	rt.created = createdLinks(append(append(route.Journal(nil), kept...), added...))
 	e.gen++
 	e.mu.Unlock()
+	rt.tables.set(plan)
 	fresh = nil
 	retired := map[string]*session{}
 	for name, s := range old {

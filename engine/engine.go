@@ -63,7 +63,12 @@ func routePlan(c *config.Config, gws []rules.GatewayRoute) route.Plan {
 	for _, gr := range gws {
 		f := route.FamilyOf(gr.Gateway)
 		p.Rules = append(p.Rules, route.PolicyRule{Family: f, Pref: gr.Pref, Mark: gr.Mark, Table: gr.Table})
-		p.Routes = append(p.Routes, route.Route{Family: f, Table: gr.Table, Gateway: gr.Gateway, Device: gr.Device})
+		// The backstop first: whatever happens to the gateway route (link
+		// down, device deleted), a marked copy's lookup ends in its own
+		// table and never falls through to the main table.
+		p.Routes = append(p.Routes,
+			route.Route{Family: f, Table: gr.Table, Unreachable: true},
+			route.Route{Family: f, Table: gr.Table, Gateway: gr.Gateway, Device: gr.Device})
 		if !moved[f] {
 			moved[f] = true
 			p.MoveLocal = append(p.MoveLocal, f)
@@ -146,6 +151,23 @@ type runtime struct {
 	gateways []rules.GatewayRoute
 	idx      map[string]int // interfaces the config uses → ifindex (0: missing)
 	limit    *limit
+	tables   copyTables      // the tables of the routing plan (event filter)
+	drift    []route.Drift   // what the last reconcile could not put back (e.mu)
+	created  map[string]bool // interfaces nfclone created, from the journal (e.mu)
+}
+
+// createdLinks are the interfaces a journal says nfclone created.
+func createdLinks(j route.Journal) map[string]bool {
+	out := map[string]bool{}
+	for _, ch := range j {
+		if ch.Op == route.OpLinkCreated && ch.Link != nil {
+			out[ch.Link.Name] = true
+			if ch.Link.Peer != "" {
+				out[ch.Link.Peer] = true
+			}
+		}
+	}
+	return out
 }
 
 // Copied is the number of copies delivered so far (all userspace sessions).
@@ -241,6 +263,9 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	if errs := config.CheckHost(c, config.SystemHost{}, nil); len(errs) > 0 {
 		return errs
 	}
+	for _, w := range config.ARPWarnings(c, config.SystemHost{}) {
+		log.Warn(w.Msg, "key", w.Path)
+	}
 	feats, err := e.probe(c)
 	if err != nil {
 		return err
@@ -272,7 +297,7 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		watchLinks(svcCtx, log, links)
+		watchLinks(svcCtx, log, &rt.tables, links)
 	}()
 	for _, svc := range e.Services {
 		wg.Add(1)
@@ -286,13 +311,22 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	if ready != nil {
 		ready()
 	}
+	tick := time.NewTicker(reconcileEvery)
+	defer tick.Stop()
 	for running := true; running; {
 		select {
 		case <-ctx.Done():
 			running = false
 		case <-e.reload:
 			e.doReload()
+			e.reconcileRouting()
 		case <-links:
+			// Routing first: it may re-create a device nfclone owns,
+			// which the re-bind then uses.
+			e.reconcileRouting()
+			e.relink()
+		case <-tick.C:
+			e.reconcileRouting()
 			e.relink()
 		}
 	}
@@ -604,6 +638,10 @@ func (e *Engine) Status() Status {
 		e.Log.Debug("reading rule counters", "err", err)
 	}
 	used := map[string][]string{}
+	missing := route.MissingRoutes(rt.drift)
+	for _, d := range rt.drift {
+		st.Drift = append(st.Drift, d.String())
+	}
 	for _, s := range rt.cfg.Sessions {
 		var ss SessionStatus
 		if run, ok := rt.sessions[s.Name]; ok {
@@ -627,35 +665,66 @@ func (e *Engine) Status() Status {
 		}
 		for name := range sessionInterfaces(s) {
 			used[name] = append(used[name], s.Name)
-			if rt.idx[name] == 0 && s.Method == config.MethodDup {
+			// Only interfaces the rules bind make a dup session wait.
+			if i, bound := rt.idx[name]; bound && i == 0 && s.Method == config.MethodDup {
 				ss.State = "waiting"
 				ss.Missing = append(ss.Missing, name)
 			}
 		}
 		sort.Strings(ss.Missing)
+		if s.Method != config.MethodDup {
+			for _, t := range s.Targets {
+				if t.Kind != config.KindGateway {
+					continue
+				}
+				gw, _ := netip.ParseAddr(t.Gateway)
+				for _, gr := range rt.gateways {
+					r := route.Route{Family: route.FamilyOf(gr.Gateway), Table: gr.Table, Gateway: gr.Gateway.Unmap(), Device: gr.Device}
+					if gr.Gateway == gw.Unmap() && gr.Device == t.Device && missing[r] != "" {
+						ss.State = "waiting"
+						ss.MissingRoutes = append(ss.MissingRoutes, r.String()+" ("+missing[r]+")")
+					}
+				}
+			}
+		}
 		st.Sessions = append(st.Sessions, ss)
 	}
+	created := rt.created
 	for name, users := range used {
-		st.Interfaces = append(st.Interfaces, InterfaceStatus{Name: name, Present: rt.idx[name] != 0, Index: rt.idx[name], UsedBy: users})
+		i, ok := rt.idx[name]
+		if !ok {
+			i = int(ifIndex(name))
+		}
+		sort.Strings(users)
+		st.Interfaces = append(st.Interfaces, InterfaceStatus{Name: name, Present: i != 0, Index: i, UsedBy: users, Created: created[name]})
 	}
 	sort.Slice(st.Interfaces, func(i, j int) bool { return st.Interfaces[i].Name < st.Interfaces[j].Name })
 	return st
 }
 
-// sessionInterfaces are the interfaces a session binds to.
+// sessionInterfaces are the interfaces a session depends on: its sources,
+// lo for a queue session (the kernel's clones are routed there), the
+// devices of its targets, both ends of a veth pair nfclone creates for it
+// and the VXLAN device it feeds with dup.
 func sessionInterfaces(s config.Session) map[string]bool {
 	out := map[string]bool{}
-	if s.Method == config.MethodDup {
-		for _, src := range s.Sources {
-			out[src.Interface] = true
-		}
+	for _, src := range s.Sources {
+		out[src.Interface] = true
+	}
+	if s.Method == config.MethodQueue {
+		out["lo"] = true
 	}
 	for _, t := range s.Targets {
 		switch t.Kind {
 		case config.KindDevice:
 			out[rules.DeviceTargetName(t)] = true
+			out[t.Device] = true
 		case config.KindGateway:
 			out[t.Device] = true
+		case config.KindVXLAN:
+			if s.Method == config.MethodDup {
+				out[rules.VXLANDevice(t)] = true
+			}
 		}
 	}
 	return out

@@ -18,6 +18,9 @@ type Status struct {
 	LastReload *ReloadStatus     `json:"last_reload,omitempty"`
 	Sessions   []SessionStatus   `json:"sessions"`
 	Interfaces []InterfaceStatus `json:"interfaces"`
+	// Drift lists what of the routing plan the kernel does not hold and
+	// nfclone cannot put back yet (a device missing or down), one line each.
+	Drift []string `json:"routing_drift,omitempty"`
 }
 
 // ReloadStatus tells how the last reload went.
@@ -32,16 +35,20 @@ type ReloadStatus struct {
 // Copied: packets reaching its copy statement); for queue/log sessions from
 // the ledger.
 type SessionStatus struct {
-	Name    string         `json:"name"`
-	Method  string         `json:"method"`
-	State   string         `json:"state"` // running | waiting (an interface is missing)
-	Missing []string       `json:"missing,omitempty"`
-	Seen    Counter        `json:"seen"`
-	Copied  Counter        `json:"copied"`
-	Ledger  *nfq.Snapshot  `json:"ledger,omitempty"`
-	Queue   *QueueStatus   `json:"queue,omitempty"`
-	Readers []ReaderStatus `json:"readers,omitempty"`
-	Targets []TargetStatus `json:"targets"`
+	Name    string   `json:"name"`
+	Method  string   `json:"method"`
+	State   string   `json:"state"` // running | waiting (an interface or a gateway route is missing)
+	Missing []string `json:"missing,omitempty"`
+	// MissingRoutes are the gateway routes the session's copies need that
+	// are not in the kernel (copies to them fail, counted as send errors,
+	// until the route is back).
+	MissingRoutes []string       `json:"missing_routes,omitempty"`
+	Seen          Counter        `json:"seen"`
+	Copied        Counter        `json:"copied"`
+	Ledger        *nfq.Snapshot  `json:"ledger,omitempty"`
+	Queue         *QueueStatus   `json:"queue,omitempty"`
+	Readers       []ReaderStatus `json:"readers,omitempty"`
+	Targets       []TargetStatus `json:"targets"`
 }
 
 // Counter is packets and bytes.
@@ -72,10 +79,13 @@ type TargetStatus struct {
 	Stats *sink.Stats `json:"stats,omitempty"` // userspace targets
 }
 
-// InterfaceStatus is an interface a session uses.
+// InterfaceStatus is an interface a session depends on.
 type InterfaceStatus struct {
 	Name    string   `json:"name"`
 	Present bool     `json:"present"`
 	Index   int      `json:"index,omitempty"`
 	UsedBy  []string `json:"used_by"`
+	// Created is true for interfaces nfclone created (and re-creates when
+	// someone deletes them).
+	Created bool `json:"created,omitempty"`
 }

@@ -84,6 +84,7 @@ type descs struct {
 	seenPackets, seenBytes, copiedPackets, copiedBytes *prometheus.Desc
 	offered, received, inFlight, dropped               *prometheus.Desc
 	enobufs, verdictErrors, state, missing             *prometheus.Desc
+	missingRoutes, drift                               *prometheus.Desc
 
 	queueDepth, queueCap, workers *prometheus.Desc
 
@@ -117,8 +118,10 @@ func newDescs() *descs {
 		dropped:       d("session_dropped_packets_total", "Copies lost, by reason (the session's ledger); originals are never dropped.", sl("reason")...),
 		enobufs:       d("session_enobufs_events_total", "ENOBUFS receive errors on the session's netlink sockets (events, not packets).", sl()...),
 		verdictErrors: d("session_verdict_errors_total", "Verdict messages the kernel refused.", sl()...),
-		state:         d("session_state", "1 for the session's current state: running, or waiting for a missing interface.", sl("state")...),
+		state:         d("session_state", "1 for the session's current state: running, or waiting for a missing interface or gateway route.", sl("state")...),
 		missing:       d("session_missing_interfaces", "Interfaces the session needs that are missing.", sl()...),
+		missingRoutes: d("session_missing_routes", "Gateway routes the session's copies need that are not in the kernel (a link down or a device missing); copies to them are not sent until the route is back.", sl()...),
+		drift:         d("routing_drift", "Items of the routing plan (routes, rules, neighbours, flags, created devices) the kernel does not hold and nfclone cannot put back yet."),
 
 		queueDepth: d("copy_queue_depth", "Copies waiting in the session's userspace copy queue.", sl()...),
 		queueCap:   d("copy_queue_capacity", "Capacity of the session's copy queue; copies beyond it are dropped (reason queue_overflow).", sl()...),
@@ -145,7 +148,7 @@ func (d *descs) all() []*prometheus.Desc {
 		d.buildInfo, d.startTime, d.generation, d.reloadOK, d.reloadTime,
 		d.seenPackets, d.seenBytes, d.copiedPackets, d.copiedBytes,
 		d.offered, d.received, d.inFlight, d.dropped,
-		d.enobufs, d.verdictErrors, d.state, d.missing,
+		d.enobufs, d.verdictErrors, d.state, d.missing, d.missingRoutes, d.drift,
 		d.queueDepth, d.queueCap, d.workers,
 		d.readerUp, d.readerPackets, d.readerDatagrams, d.readerENOBUFS,
 		d.readerRecvErrors, d.readerVerdicts, d.readerVerdictErrors,
@@ -215,6 +218,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(d.startTime, unixSeconds(s.Started))
 	}
 	gauge(d.generation, float64(s.Generation))
+	gauge(d.drift, float64(len(s.Drift)))
 	reloadOK, reloadAt := 1.0, s.Started
 	if r := s.LastReload; r != nil {
 		reloadAt = r.Time
@@ -248,6 +252,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(d.state, v, with(st)...)
 		}
 		gauge(d.missing, float64(len(ss.Missing)), sl...)
+		gauge(d.missingRoutes, float64(len(ss.MissingRoutes)), sl...)
 
 		if l := ss.Ledger; l != nil {
 			counter(d.offered, l.Offered, sl...)

@@ -64,11 +64,14 @@ func fakeStatus() engine.Status {
 				Method:  "dup",
 				State:   "waiting",
 				Missing: []string{"e9"},
-				Seen:    engine.Counter{Packets: 77, Bytes: 7700},
-				Copied:  engine.Counter{Packets: 70, Bytes: 7000},
-				Targets: []engine.TargetStatus{{Name: "device e9", Kind: "device"}},
+				// Not a combination a dup session has; the collector does not care.
+				MissingRoutes: []string{"default via 10.77.2.2 dev e1 table 20036 (device e1 is down)"},
+				Seen:          engine.Counter{Packets: 77, Bytes: 7700},
+				Copied:        engine.Counter{Packets: 70, Bytes: 7000},
+				Targets:       []engine.TargetStatus{{Name: "device e9", Kind: "device"}},
 			},
 		},
+		Drift: []string{"inet route default via 10.77.2.2 dev e1 table 20036: device e1 is down"},
 		Interfaces: []engine.InterfaceStatus{
 			{Name: "e0", Present: true, Index: 2, UsedBy: []string{"ids"}},
 			{Name: "e9", Present: false, UsedBy: []string{"tap"}},
@@ -215,6 +218,9 @@ func TestMetricsValues(t *testing.T) {
 		{"nfclone_session_copied_bytes_total", tap, dto.MetricType_COUNTER, 7000},
 		{"nfclone_session_state", with(tap, "state", "waiting"), dto.MetricType_GAUGE, 1},
 		{"nfclone_session_missing_interfaces", tap, dto.MetricType_GAUGE, 1},
+		{"nfclone_session_missing_routes", tap, dto.MetricType_GAUGE, 1},
+		{"nfclone_session_missing_routes", ids, dto.MetricType_GAUGE, 0},
+		{"nfclone_routing_drift", map[string]string{}, dto.MetricType_GAUGE, 1},
 
 		{"nfclone_interface_up", map[string]string{"interface": "e0"}, dto.MetricType_GAUGE, 1},
 		{"nfclone_interface_up", map[string]string{"interface": "e9"}, dto.MetricType_GAUGE, 0},

@@ -74,6 +74,7 @@ type run struct {
 	onChange      func(Journal)
 	beforeConfirm func(Change)
 	j             Journal
+	repair        bool // putting back what was lost: quieter logs
 }
 
 func (r *run) persist() {
@@ -304,26 +305,40 @@ func (r *run) setNeighbour(n Neighbour) error {
 	return nil
 }
 
+// routeInfo is the kernel's form of a planned route (the device looked up).
+func routeInfo(k Kernel, rt Route) (RouteInfo, error) {
+	if rt.Unreachable {
+		return RouteInfo{Family: rt.Family, Table: rt.Table, Unreachable: true, Metric: BackstopMetric}, nil
+	}
+	idx, err := LinkIndex(k, rt.Device)
+	if err != nil {
+		return RouteInfo{}, err
+	}
+	return RouteInfo{Family: rt.Family, Table: rt.Table, Gateway: rt.Gateway.Unmap(), Index: idx}, nil
+}
+
 func (r *run) addRoute(rt Route) error {
 	what := fmt.Sprintf("adding %s route %s", rt.Family, rt)
-	idx, err := LinkIndex(r.k, rt.Device)
+	want, err := routeInfo(r.k, rt)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	want := RouteInfo{Family: rt.Family, Table: rt.Table, Gateway: rt.Gateway.Unmap(), Index: idx}
 	existing, err := r.k.DefaultRoutes(rt.Family, rt.Table)
 	if err != nil {
 		return fmt.Errorf("%s: listing table %d: %w", what, rt.Table, err)
 	}
 	for _, e := range existing {
-		if e == want {
-			r.log.Warn("route already present; not added by this run, so it will not be removed on exit", "route", rt.String())
+		if e.Is(want) {
+			if !r.repair {
+				r.log.Warn("route already present; not added by this run, so it will not be removed on exit", "route", rt.String())
+			}
 			return nil
 		}
 	}
-	if len(existing) > 0 {
-		e := existing[0]
-		return fmt.Errorf("%s: table %d already has a default route (via %s, ifindex %d) that nfclone did not create", what, rt.Table, e.Gateway, e.Index)
+	for _, e := range existing {
+		if !e.Unreachable && !rt.Unreachable {
+			return fmt.Errorf("%s: table %d already has a default route (via %s, ifindex %d) that nfclone did not create", what, rt.Table, e.Gateway, e.Index)
+		}
 	}
 	c := rt
 	c.Gateway = want.Gateway
@@ -599,14 +614,13 @@ func restorable(b *NeighState) (NeighInfo, bool) {
 }
 
 func undoRoute(k Kernel, rt Route) error {
-	idx, err := LinkIndex(k, rt.Device)
+	ri, err := routeInfo(k, rt)
 	if IsNotFound(err) {
 		return nil // device gone: its routes went with it
 	}
 	if err != nil {
 		return err
 	}
-	ri := RouteInfo{Family: rt.Family, Table: rt.Table, Gateway: rt.Gateway, Index: idx}
 	if err := k.DeleteDefaultRoute(ri); err != nil && !IsNotFound(err) {
 		return fmt.Errorf("deleting %s route %s: %w", rt.Family, rt, err)
 	}

@@ -149,6 +149,10 @@ func (s FakeState) String() string {
 		fmt.Fprintf(&b, "rule %s %s mask=%#x action=%d other=%v\n", r.Family, r.PolicyRule, r.Mask, r.Action, r.Other)
 	}
 	for _, r := range s.Routes {
+		if r.Unreachable {
+			fmt.Fprintf(&b, "route %s table %d unreachable default metric %d\n", r.Family, r.Table, r.Metric)
+			continue
+		}
 		fmt.Fprintf(&b, "route %s table %d default via %s ifindex %d\n", r.Family, r.Table, r.Gateway, r.Index)
 	}
 	for _, n := range s.Neighs {
@@ -216,7 +220,14 @@ func (f *Fake) SetLinkFlags(index int, flags, mask uint32) error {
 	if err != nil {
 		return err
 	}
+	wasUp := l.Up()
 	l.Flags = l.Flags&^mask | flags&mask
+	if wasUp && !l.Up() {
+		// Like the kernel: a link going down takes its routes and its
+		// neighbour entries (permanent ones too) with it.
+		f.st.Routes = slices.DeleteFunc(f.st.Routes, func(r RouteInfo) bool { return !r.Unreachable && r.Index == index })
+		f.st.Neighs = slices.DeleteFunc(f.st.Neighs, func(n NeighInfo) bool { return n.Index == index })
+	}
 	return nil
 }
 
@@ -285,7 +296,7 @@ func (f *Fake) DeleteLink(index int) error {
 		gone = append(gone, l.Peer)
 	}
 	f.st.Links = slices.DeleteFunc(f.st.Links, func(l FakeLink) bool { return slices.Contains(gone, l.Index) })
-	f.st.Routes = slices.DeleteFunc(f.st.Routes, func(r RouteInfo) bool { return slices.Contains(gone, r.Index) })
+	f.st.Routes = slices.DeleteFunc(f.st.Routes, func(r RouteInfo) bool { return !r.Unreachable && slices.Contains(gone, r.Index) })
 	f.st.Neighs = slices.DeleteFunc(f.st.Neighs, func(n NeighInfo) bool { return slices.Contains(gone, n.Index) })
 	return nil
 }
@@ -374,18 +385,26 @@ func (f *Fake) DefaultRoutes(fam Family, table uint32) ([]RouteInfo, error) {
 	return out, nil
 }
 
-// AddDefaultRoute implements Kernel.
+// AddDefaultRoute implements Kernel. Like the kernel, it refuses a unicast
+// route through a link that is down (ENETDOWN) and a second route of the
+// same type and metric in one table (EEXIST).
 func (f *Fake) AddDefaultRoute(r RouteInfo) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.check("AddDefaultRoute"); err != nil {
 		return err
 	}
-	if _, err := f.link(r.Index); err != nil {
-		return err
+	if !r.Unreachable {
+		l, err := f.link(r.Index)
+		if err != nil {
+			return err
+		}
+		if !l.Up() {
+			return fmt.Errorf("route via %s: %w", l.Name, unix.ENETDOWN)
+		}
 	}
 	for _, e := range f.st.Routes {
-		if e.Family == r.Family && e.Table == r.Table {
+		if e.Family == r.Family && e.Table == r.Table && e.Unreachable == r.Unreachable && e.Metric == r.Metric {
 			return fmt.Errorf("default route in table %d: %w", r.Table, unix.EEXIST)
 		}
 	}
@@ -400,7 +419,7 @@ func (f *Fake) DeleteDefaultRoute(r RouteInfo) error {
 	if err := f.check("DeleteDefaultRoute"); err != nil {
 		return err
 	}
-	i := slices.Index(f.st.Routes, r)
+	i := slices.IndexFunc(f.st.Routes, r.Is)
 	if i < 0 {
 		return fmt.Errorf("default route in table %d: %w", r.Table, unix.ESRCH)
 	}
@@ -470,3 +489,38 @@ func (f *Fake) DeleteNeighbour(index int, addr netip.Addr) error {
 func (f *Fake) Close() error { return nil }
 
 var _ Kernel = (*Fake)(nil)
+
+// Lookup walks the state's policy rules the way the kernel does for a
+// packet of family f carrying mark, and returns the default route the
+// lookup ends with: the first table (in rule order) holding a default route
+// whose link is up (lowest metric first) decides; an unreachable route ends
+// the lookup too, as in the kernel. ok is false when no table has a route
+// (the kernel answers ENETUNREACH). The local table is taken as empty (only
+// default routes are modelled).
+func (s FakeState) Lookup(f Family, mark uint32) (route RouteInfo, ok bool) {
+	up := map[int]bool{}
+	for _, l := range s.Links {
+		up[l.Index] = l.Up()
+	}
+	for _, r := range s.Rules {
+		if r.Family != f || r.Other || r.Action != unix.FR_ACT_TO_TBL {
+			continue
+		}
+		if r.Mark != 0 && mark&r.Mask != r.Mark {
+			continue
+		}
+		var best *RouteInfo
+		for i, rt := range s.Routes {
+			if rt.Family != f || rt.Table != r.Table || (!rt.Unreachable && !up[rt.Index]) {
+				continue
+			}
+			if best == nil || rt.Metric < best.Metric {
+				best = &s.Routes[i]
+			}
+		}
+		if best != nil {
+			return *best, true
+		}
+	}
+	return RouteInfo{}, false
+}

@@ -39,9 +39,11 @@ type Kernel interface {
 	// DeleteRule deletes `pref P [fwmark M] lookup T`.
 	DeleteRule(r PolicyRule) error
 
-	// DefaultRoutes lists the default routes of one table.
+	// DefaultRoutes lists the default routes of one table (unicast and
+	// unreachable ones).
 	DefaultRoutes(f Family, table uint32) ([]RouteInfo, error)
-	// AddDefaultRoute adds `default via gw dev <index> table T`.
+	// AddDefaultRoute adds `default via gw dev <index> table T`, or an
+	// unreachable default route with its metric.
 	AddDefaultRoute(r RouteInfo) error
 	// DeleteDefaultRoute deletes it.
 	DeleteDefaultRoute(r RouteInfo) error
@@ -97,12 +99,29 @@ func (ri RuleInfo) Is(r PolicyRule) bool {
 	return ri.Mask == 0xffffffff
 }
 
-// RouteInfo is a default route: `default via Gateway dev Index table Table`.
+// RouteInfo is a default route: `default via Gateway dev Index table Table`,
+// or `unreachable default metric Metric table Table`.
 type RouteInfo struct {
-	Family  Family
-	Table   uint32
-	Gateway netip.Addr // invalid for a route without gateway
-	Index   int        // output interface, 0 if none
+	Family      Family
+	Table       uint32
+	Gateway     netip.Addr // invalid for a route without gateway
+	Index       int        // output interface, 0 if none
+	Unreachable bool       // RTN_UNREACHABLE
+	Metric      uint32     // RTA_PRIORITY; compared only for unreachable routes
+}
+
+// Is reports whether two default routes are the same route: family, table,
+// type, and gateway and interface (unicast) or metric (unreachable). The
+// metric of a unicast route is not compared: the kernel gives IPv6 routes
+// added without one 1024.
+func (r RouteInfo) Is(o RouteInfo) bool {
+	if r.Family != o.Family || r.Table != o.Table || r.Unreachable != o.Unreachable {
+		return false
+	}
+	if r.Unreachable {
+		return r.Metric == o.Metric
+	}
+	return r.Gateway.Unmap() == o.Gateway.Unmap() && r.Index == o.Index
 }
 
 // NeighInfo is a neighbour entry.

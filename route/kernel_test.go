@@ -300,3 +300,114 @@ func TestKernelHelpers(t *testing.T) {
 	n.mustContain("rendered vxlan", n.ip("-d", "link", "show", "nfc-vx0"), "vxlan id 42 remote 10.77.3.2 local 10.77.2.1 dev e1", "dstport 4789", ",UP")
 	n.mustContain("rendered veth", n.ip("-d", "link", "show", "agg0-rx"), "PROMISC", ",UP")
 }
+
+// Created links are silent (issue 11): no IPv6 address generation and IPv6
+// off, set in the Kernel's namespace (not the test process's).
+func TestKernelCreatedLinksSilent(t *testing.T) {
+	n := newNetNS(t)
+	p := Plan{
+		Veths:  []VethPair{{Name: "agg0", Peer: "agg0-rx", Up: true}},
+		VXLANs: []VXLAN{{Name: "nfc-vx0", VNI: 42, Remote: netip.MustParseAddr("10.77.3.2")}},
+	}
+	j, err := NewApplier(n.k, nil).Apply(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dev := range []string{"agg0", "agg0-rx", "nfc-vx0"} {
+		n.mustContain(dev, n.ip("-d", "link", "show", "dev", dev), "addrgenmode none", ",UP")
+		out, err := exec.Command("ip", "netns", "exec", n.name, "cat", "/proc/sys/net/ipv6/conf/"+dev+"/disable_ipv6").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "1" {
+			t.Errorf("%s: disable_ipv6 = %q (%v), want 1", dev, out, err)
+		}
+	}
+	if err := Undo(n.k, j, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The real kernel, both families: the backstop routes are listed back as
+// planned (no drift after apply), a flap of e1 deletes the gateway routes
+// (drift), and the repair puts them back; the lookup of a copy's mark
+// while e1 is down ends in the backstop, never the main table.
+func TestKernelFlapDiffRepair(t *testing.T) {
+	n := newNetNS(t)
+	n.ip("route", "add", "default", "via", "10.77.3.2", "dev", "e2")
+	p := kernelPlan(t)
+	p.Veths, p.VXLANs, p.Flags, p.Neighbours = nil, nil, nil, nil
+	p.Routes = append([]Route{{Family: IPv4, Table: 20035, Unreachable: true}, {Family: IPv6, Table: 20035, Unreachable: true}}, p.Routes...)
+	before := n.snapshot()
+	j, err := NewApplier(n.k, nil).Apply(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.mustContain("ip route table 20035", n.ip("-4", "route", "show", "table", "20035"), "unreachable default metric 4294967295")
+	n.mustContain("ip -6 route table 20035", n.ip("-6", "route", "show", "table", "20035"), "unreachable default dev lo metric 4294967295")
+	diff := func() []Drift {
+		t.Helper()
+		o, err := Observe(n.k, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Diff(p, o)
+	}
+	if ds := diff(); len(ds) != 0 {
+		t.Fatalf("drift right after apply:\n%s", driftStrings(ds))
+	}
+	n.ip("link", "set", "e1", "down")
+	// Without the backstop this would be "via 10.77.3.2 dev e2" (main).
+	if out, err := n.ipErr("route", "get", "10.77.3.9", "mark", "0x4e43"); err == nil || !strings.Contains(out, "No route to host") {
+		t.Errorf("a copy's lookup with e1 down: %v %s", err, out)
+	}
+	if out, err := n.ipErr("-6", "route", "get", "fd77:3::9", "mark", "0x4e43"); err == nil || !strings.Contains(out, "unreachable") && !strings.Contains(out, "No route") {
+		t.Errorf("a copy's IPv6 lookup with e1 down: %v %s", err, out)
+	}
+	n.ip("link", "set", "e1", "up")
+	ds := diff()
+	miss := MissingRoutes(ds)
+	if len(miss) != 2 {
+		t.Fatalf("drift after the flap:\n%s", driftStrings(ds))
+	}
+	// IPv6 addresses went with the link: that route waits for its address.
+	if _, err := Repair(n.k, ds, nil); err != nil {
+		t.Fatalf("repair: %v", err)
+	}
+	ds = diff()
+	if len(ds) != 1 || !ds[0].Blocked || !strings.Contains(ds[0].Problem, "gateway fd77::2 is on no network of e1") {
+		t.Fatalf("drift with e1's IPv6 address gone:\n%s", driftStrings(ds))
+	}
+	n.ip("-6", "addr", "add", "fd77::1/64", "dev", "e1", "nodad")
+	ds = diff()
+	added, err := Repair(n.k, ds, nil)
+	if err != nil {
+		t.Fatalf("repair: %v\n%s", err, n.ip("-6", "addr"))
+	}
+	if ds := diff(); len(ds) != 0 {
+		t.Fatalf("drift after repair:\n%s", driftStrings(ds))
+	}
+	if err := Undo(n.k, Merge(j, added), nil); err != nil {
+		t.Fatal(err)
+	}
+	// The flap itself reorders the kernel's own routes: compare nfclone's.
+	for _, fam := range []string{"-4", "-6"} {
+		if out := n.ip(fam, "route", "show", "table", "20035"); out != "" {
+			t.Errorf("table 20035 after Undo:\n%s", out)
+		}
+		if got, want := n.ip(fam, "rule"), rulesOf(before, fam); got != want {
+			t.Errorf("ip %s rule after Undo:\n%s\nwant:\n%s", fam, got, want)
+		}
+	}
+}
+
+// rulesOf cuts the `ip <fam> rule` section out of a snapshot.
+func rulesOf(snap, fam string) string {
+	head := "## ip " + fam + " rule\n"
+	i := strings.Index(snap, head)
+	if i < 0 {
+		return ""
+	}
+	rest := snap[i+len(head):]
+	if j := strings.Index(rest, "## "); j >= 0 {
+		rest = rest[:j]
+	}
+	return rest
+}

@@ -2,6 +2,7 @@ package route
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -21,6 +22,9 @@ type nlKernel struct {
 	// know (newer kernels have dscp/flowlabel/port-mask selectors), while
 	// this package only needs to recognise its own plain rules.
 	raw *netlink.Conn
+	// netns is a descriptor of the namespace of OpenNetNS (-1: the
+	// process's own), for the sysctl files of created devices.
+	netns int
 }
 
 // Open returns a Kernel for the network namespace of the calling thread
@@ -52,10 +56,24 @@ func open(cfg *netlink.Config) (Kernel, error) {
 		c.Close()
 		return nil, fmt.Errorf("dialing rtnetlink: %w", err)
 	}
-	return &nlKernel{c: c, raw: raw}, nil
+	// Dumps filtered by the kernel (DefaultRoutes); older kernels refuse
+	// the option and filtering happens here.
+	_ = raw.SetOption(netlink.GetStrictCheck, true)
+	k := &nlKernel{c: c, raw: raw, netns: -1}
+	if cfg != nil && cfg.NetNS > 0 {
+		if k.netns, err = unix.FcntlInt(uintptr(cfg.NetNS), unix.F_DUPFD_CLOEXEC, 0); err != nil {
+			k.Close()
+			return nil, fmt.Errorf("keeping the network namespace: %w", err)
+		}
+	}
+	return k, nil
 }
 
 func (k *nlKernel) Close() error {
+	if k.netns >= 0 {
+		unix.Close(k.netns)
+		k.netns = -1
+	}
 	err1 := k.c.Close()
 	err2 := k.raw.Close()
 	if err1 != nil {
@@ -130,57 +148,77 @@ func (k *nlKernel) SetLinkFlags(index int, flags, mask uint32) error {
 	})
 }
 
+// CreateVeth creates the pair down, silences both ends (see silence), then
+// brings them up. The kernel configures the peer before the pair is
+// linked, so the peer could not be brought up in the create message anyway
+// (ENOTCONN, also with `ip link add ... type veth peer name P up`).
 func (k *nlKernel) CreateVeth(v VethPair) error {
-	var flags, peerFlags uint32
-	if v.Up {
-		flags |= unix.IFF_UP
-	}
+	var flags uint32
 	if v.Promisc {
 		flags |= unix.IFF_PROMISC
-		peerFlags |= unix.IFF_PROMISC
 	}
-	// The kernel applies each ifinfomsg's flags while creating the pair,
-	// but it configures the peer before the pair is linked: bringing the
-	// peer up then fails with ENOTCONN (also with `ip link add ... type
-	// veth peer name P up`). So the peer is brought up afterwards.
 	err := k.c.Link.New(&rtnetlink.LinkMessage{
 		Family: unix.AF_UNSPEC, Flags: flags, Change: flags,
 		Attributes: &rtnetlink.LinkAttributes{
 			Name: v.Name,
 			Info: &rtnetlink.LinkInfo{Kind: "veth", Data: &driver.Veth{
 				PeerInfo: &rtnetlink.LinkMessage{
-					Family: unix.AF_UNSPEC, Flags: peerFlags, Change: peerFlags,
+					Family: unix.AF_UNSPEC, Flags: flags, Change: flags,
 					Attributes: &rtnetlink.LinkAttributes{Name: v.Peer},
 				},
 			}},
 		},
 	})
-	if err != nil || !v.Up {
+	if err != nil {
 		return err
 	}
-	links, err := k.Links()
-	if err == nil {
-		for _, l := range links {
-			if l.Name == v.Peer && l.Kind == "veth" {
-				if err = k.SetLinkFlags(l.Index, unix.IFF_UP, unix.IFF_UP); err == nil {
-					return nil
+	if err := k.configureCreated("veth", v.Up, v.Name, v.Peer); err != nil {
+		return fmt.Errorf("veth %s peer %s: %w", v.Name, v.Peer, err)
+	}
+	return nil
+}
+
+// configureCreated silences the links nfclone has just created (names, of
+// that kind) and brings them up when up is set. On error it deletes them:
+// the exclusive create succeeded, so the names are ours, and the operation
+// stays all or nothing.
+func (k *nlKernel) configureCreated(kind string, up bool, names ...string) error {
+	err := func() error {
+		links, err := k.Links()
+		if err != nil {
+			return err
+		}
+		var idx []int
+		for _, n := range names {
+			l, ok := findLink(links, n)
+			if !ok || l.Kind != kind {
+				return fmt.Errorf("%s not found after creation: %w", n, errLinkNotFound)
+			}
+			if err := k.silence(n, l.Index); err != nil {
+				return err
+			}
+			idx = append(idx, l.Index)
+		}
+		if up {
+			for i, n := range names {
+				if err := k.SetLinkFlags(idx[i], unix.IFF_UP, unix.IFF_UP); err != nil {
+					return fmt.Errorf("bringing up %s: %w", n, err)
 				}
 			}
 		}
-		if err == nil {
-			err = fmt.Errorf("peer %s not found after creation: %w", v.Peer, errLinkNotFound)
-		}
+		return nil
+	}()
+	if err == nil {
+		return nil
 	}
-	// Keep the operation all-or-nothing: delete the pair we just created
-	// (exclusive create succeeded, so the name is ours).
 	if links, lerr := k.Links(); lerr == nil {
 		for _, l := range links {
-			if l.Name == v.Name && l.Kind == "veth" {
+			if l.Name == names[0] && l.Kind == kind {
 				_ = k.DeleteLink(l.Index)
 			}
 		}
 	}
-	return fmt.Errorf("bringing up veth peer %s: %w", v.Peer, err)
+	return err
 }
 
 func (k *nlKernel) CreateVXLAN(v VXLAN, underlay int) error {
@@ -202,13 +240,20 @@ func (k *nlKernel) CreateVXLAN(v VXLAN, underlay int) error {
 		u := uint32(underlay)
 		d.Link = &u
 	}
-	return k.c.Link.New(&rtnetlink.LinkMessage{
-		Family: unix.AF_UNSPEC, Flags: unix.IFF_UP, Change: unix.IFF_UP,
+	err := k.c.Link.New(&rtnetlink.LinkMessage{
+		Family: unix.AF_UNSPEC,
 		Attributes: &rtnetlink.LinkAttributes{
 			Name: v.Name,
 			Info: &rtnetlink.LinkInfo{Kind: "vxlan", Data: d},
 		},
 	})
+	if err != nil {
+		return err
+	}
+	if err := k.configureCreated("vxlan", true, v.Name); err != nil {
+		return fmt.Errorf("vxlan %s: %w", v.Name, err)
+	}
+	return nil
 }
 
 func (k *nlKernel) DeleteLink(index int) error { return k.c.Link.Delete(uint32(index)) }
@@ -300,28 +345,67 @@ func ruleMsg(r PolicyRule) *rtnetlink.RuleMessage {
 func (k *nlKernel) AddRule(r PolicyRule) error    { return k.c.Rule.Add(ruleMsg(r)) }
 func (k *nlKernel) DeleteRule(r PolicyRule) error { return k.c.Rule.Delete(ruleMsg(r)) }
 
+// DefaultRoutes dumps one table only: with strict checking on (set at
+// open), the kernel filters the dump by RTA_TABLE, so a host with a large
+// main table (a router's full view) costs nothing here — the routing side
+// is compared with the kernel on every event and every few seconds. On a
+// kernel without strict checking the whole dump is filtered here.
 func (k *nlKernel) DefaultRoutes(f Family, table uint32) ([]RouteInfo, error) {
-	msgs, err := k.c.Route.ListMatch(&rtnetlink.RouteMessage{Family: uint8(f)})
+	req := &rtnetlink.RouteMessage{Family: uint8(f), Table: table8(table), Attributes: rtnetlink.RouteAttributes{Table: table}}
+	b, err := req.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := k.raw.Execute(netlink.Message{
+		Header: netlink.Header{Type: unix.RTM_GETROUTE, Flags: netlink.Request | netlink.Dump},
+		Data:   b,
+	})
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil // the table does not exist (yet)
+	}
 	if err != nil {
 		return nil, err
 	}
 	var out []RouteInfo
-	for _, m := range msgs {
+	for _, nm := range msgs {
+		if nm.Header.Type != unix.RTM_NEWROUTE {
+			continue
+		}
+		var m rtnetlink.RouteMessage
+		if err := m.UnmarshalBinary(nm.Data); err != nil {
+			return nil, fmt.Errorf("decoding route: %w", err)
+		}
 		t := m.Attributes.Table
 		if t == 0 {
 			t = uint32(m.Table)
 		}
-		if Family(m.Family) != f || t != table || m.DstLength != 0 || m.Type != unix.RTN_UNICAST {
+		if Family(m.Family) != f || t != table || m.DstLength != 0 {
 			continue
 		}
-		out = append(out, RouteInfo{
-			Family: f, Table: t, Gateway: addrOf(m.Attributes.Gateway), Index: int(m.Attributes.OutIface),
-		})
+		switch m.Type {
+		case unix.RTN_UNICAST:
+			out = append(out, RouteInfo{
+				Family: f, Table: t, Gateway: addrOf(m.Attributes.Gateway), Index: int(m.Attributes.OutIface),
+				Metric: m.Attributes.Priority,
+			})
+		case unix.RTN_UNREACHABLE:
+			out = append(out, RouteInfo{Family: f, Table: t, Unreachable: true, Metric: m.Attributes.Priority})
+		}
 	}
 	return out, nil
 }
 
 func routeMsg(r RouteInfo) *rtnetlink.RouteMessage {
+	if r.Unreachable {
+		return &rtnetlink.RouteMessage{
+			Family:     uint8(r.Family),
+			Table:      table8(r.Table),
+			Protocol:   unix.RTPROT_BOOT,
+			Scope:      unix.RT_SCOPE_UNIVERSE,
+			Type:       unix.RTN_UNREACHABLE,
+			Attributes: rtnetlink.RouteAttributes{Table: r.Table, Priority: r.Metric},
+		}
+	}
 	return &rtnetlink.RouteMessage{
 		Family:   uint8(r.Family),
 		Table:    table8(r.Table),

@@ -116,15 +116,28 @@ func (r PolicyRule) String() string {
 	return b.String()
 }
 
-// Route is `ip route add default via Gateway dev Device table Table`.
+// Route is `ip route add default via Gateway dev Device table Table`, or,
+// with Unreachable, `ip route add unreachable default metric 4294967295
+// table Table`: the backstop of a copy table, which ends the lookup of
+// marked copies whenever the gateway route is gone (link down, device
+// deleted, someone's `ip route flush`), so that they can never fall through
+// to the main table and reach the destinations of the traffic they copy.
 type Route struct {
-	Family  Family     `json:"family"`
-	Table   uint32     `json:"table"`
-	Gateway netip.Addr `json:"gateway"`
-	Device  string     `json:"device"`
+	Family      Family     `json:"family"`
+	Table       uint32     `json:"table"`
+	Gateway     netip.Addr `json:"gateway,omitzero"`
+	Device      string     `json:"device,omitempty"`
+	Unreachable bool       `json:"unreachable,omitempty"`
 }
 
+// BackstopMetric is the metric of the unreachable default route in each
+// copy table: the highest, so any gateway route wins while it exists.
+const BackstopMetric uint32 = 0xffffffff
+
 func (r Route) String() string {
+	if r.Unreachable {
+		return fmt.Sprintf("unreachable default metric %d table %s", BackstopMetric, tableName(r.Table))
+	}
 	return fmt.Sprintf("default via %s dev %s table %s", r.Gateway, r.Device, tableName(r.Table))
 }
 
@@ -271,6 +284,12 @@ func (p Plan) Validate() error {
 		}
 		if err := checkTable(r.Table); err != nil {
 			bad("%s: %w", what, err)
+		}
+		if r.Unreachable {
+			if r.Gateway.IsValid() || r.Device != "" {
+				bad("%s: an unreachable route has no gateway or device", what)
+			}
+			continue
 		}
 		if !r.Gateway.IsValid() || r.Gateway.IsUnspecified() {
 			bad("%s: gateway missing", what)

@@ -61,13 +61,14 @@ func fakeStatus() engine.Status {
 				},
 			},
 			{
-				Name:   "audit",
-				Method: "log",
-				State:  "running",
-				Seen:   engine.Counter{Packets: 20, Bytes: 2000},
-				Copied: engine.Counter{Packets: 20, Bytes: 2000},
-				Ledger: &nfq.Snapshot{Offered: 20, Received: 20, Copied: 20, Bytes: 2000},
-				Queue:  &engine.QueueStatus{Depth: 0, Cap: 8192, Workers: 1},
+				Name:          "audit",
+				Method:        "log",
+				State:         "waiting",
+				MissingRoutes: []string{"default via 10.77.2.2 dev e1 table 20036 (device e1 is down)"},
+				Seen:          engine.Counter{Packets: 20, Bytes: 2000},
+				Copied:        engine.Counter{Packets: 20, Bytes: 2000},
+				Ledger:        &nfq.Snapshot{Offered: 20, Received: 20, Copied: 20, Bytes: 2000},
+				Queue:         &engine.QueueStatus{Depth: 0, Cap: 8192, Workers: 1},
 				Readers: []engine.ReaderStatus{
 					{Kind: "nflog", Num: 2, Running: true},
 				},
@@ -88,7 +89,9 @@ func fakeStatus() engine.Status {
 		Interfaces: []engine.InterfaceStatus{
 			{Name: "e0", Present: true, Index: 2, UsedBy: []string{"ids", "audit"}},
 			{Name: "e9", Present: false, UsedBy: []string{"tap"}},
+			{Name: "agg0", Present: true, Index: 7, UsedBy: []string{"tap"}, Created: true},
 		},
+		Drift: []string{"inet route default via 10.77.2.2 dev e1 table 20036: device e1 is down"},
 	}
 }
 

@@ -54,6 +54,9 @@ func writeTable(w io.Writer, s engine.Status, now time.Time) error {
 			if len(ss.Missing) > 0 {
 				state += " (" + strings.Join(ss.Missing, ",") + " missing)"
 			}
+			if len(ss.MissingRoutes) > 0 {
+				state += " (" + strconv.Itoa(len(ss.MissingRoutes)) + " gateway route(s) missing)"
+			}
 			offered, dropped := "-", "-"
 			if l := ss.Ledger; l != nil {
 				offered = num(l.Offered)
@@ -114,8 +117,13 @@ func writeTable(w io.Writer, s engine.Status, now time.Time) error {
 		tw.Flush()
 	}
 
-	var missing []string
+	var missing, all []string
 	for _, i := range s.Interfaces {
+		n := i.Name
+		if i.Created {
+			n += " (created)"
+		}
+		all = append(all, n)
 		if !i.Present {
 			m := i.Name
 			if len(i.UsedBy) > 0 {
@@ -124,10 +132,20 @@ func writeTable(w io.Writer, s engine.Status, now time.Time) error {
 			missing = append(missing, m)
 		}
 	}
+	if len(all) > 0 {
+		fmt.Fprintf(&b, "\ninterfaces: %s\n", strings.Join(all, ", "))
+	}
 	if len(missing) > 0 {
-		fmt.Fprintf(&b, "\ninterfaces missing: %s\n", strings.Join(missing, "; "))
+		fmt.Fprintf(&b, "interfaces missing: %s\n", strings.Join(missing, "; "))
 	} else if len(s.Interfaces) > 0 {
-		fmt.Fprintf(&b, "\ninterfaces: all %d present\n", len(s.Interfaces))
+		fmt.Fprintf(&b, "interfaces: all %d present\n", len(s.Interfaces))
+	}
+
+	if len(s.Drift) > 0 {
+		b.WriteString("\nrouting not as planned (put back when possible):\n")
+		for _, d := range s.Drift {
+			fmt.Fprintf(&b, "  %s\n", d)
+		}
 	}
 
 	// Trailing spaces come from the tabwriter's last column.

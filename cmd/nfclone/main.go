@@ -630,6 +630,9 @@ func check(w io.Writer, c *config.Config) error {
 		return errs
 	}
 	fmt.Fprintln(w, "interfaces and gateways: ok")
+	for _, warn := range config.ARPWarnings(c, config.SystemHost{}) {
+		fmt.Fprintf(w, "warning: %s\n", warn)
+	}
 	f, err := engine.ProbeKernel(c.Table)
 	if err != nil {
 		return fmt.Errorf("%w: %v", engine.ErrHost, err)
