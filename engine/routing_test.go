@@ -71,4 +71,3 @@ sessions:
 		t.Fatalf("journal grew from %d to %d entries: repairs of nfclone's own changes are not new changes", len(j), len(j2))
 	}
 }
-

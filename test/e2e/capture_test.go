@@ -164,8 +164,8 @@ type captureReport struct {
 	captured, received, kernel, nfclone, afterCount int
 	// handedOver: the kernel's packets written, when super-packets made the
 	// file hold more (wire) packets than that; else captured
-	handedOver int
-	kernelReasons, nfcloneReasons                   int // sums of the reasons in parentheses
+	handedOver                    int
+	kernelReasons, nfcloneReasons int // sums of the reasons in parentheses
 }
 
 var (
@@ -209,7 +209,7 @@ func parseCaptureReport(t *testing.T, stderr string) captureReport {
 	if m := handedLine.FindStringSubmatch(stderr); m != nil {
 		r.handedOver, _ = strconv.Atoi(m[1])
 	}
-		for _, want := range []string{"captured", "received by filter", "dropped by kernel", "dropped by nfclone"} {
+	for _, want := range []string{"captured", "received by filter", "dropped by kernel", "dropped by nfclone"} {
 		if !seen[want] {
 			t.Fatalf("no \"N packets %s\" line in capture's report:\n%s", want, stderr)
 		}
