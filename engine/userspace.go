@@ -15,6 +15,7 @@ import (
 	"github.com/nfclone/nfclone/nfq"
 	"github.com/nfclone/nfclone/rules"
 	"github.com/nfclone/nfclone/sink"
+	"golang.org/x/sys/unix"
 )
 
 // reader is a QueueReader or a LogReader.
@@ -126,7 +127,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 		s.targets = append(s.targets, sk)
 		s.kinds = append(s.kinds, t.Kind)
 	}
-	s.mtu = sessionMTU(sc)
+	s.mtu = sessionMTU(sc, c.Mark)
 	s.fanout = sink.NewWire(sink.NewFanout(s.targets...), s.mtu)
 	if sc.Method == config.MethodQueue {
 		s.count = c.Queue.Count
@@ -160,10 +161,12 @@ const defaultWireMTU = 1500
 // sessionMTU is the size a session's copies are cut to, so that each is
 // what a wire would carry: the largest MTU of its source interfaces (the
 // wires the originals came from), and no more than the MTU of any gateway
-// or device target's interface (a raw or packet socket cannot send more).
-// Tunnel and pcap targets take what the sources carried; the kernel
-// fragments a tunnel's outer datagram where the path needs it.
-func sessionMTU(sc config.Session) int {
+// or device target's interface (a raw or packet socket cannot send more),
+// nor than what fits in one outer datagram on the path to each tunnel
+// remote (the path MTU less the outer IP, UDP, tunnel and inner Ethernet
+// headers: a kernel VXLAN device's MTU is chosen the same way), so tunnel
+// copies are never fragmented.
+func sessionMTU(sc config.Session, mark uint32) int {
 	mtu := 0
 	for _, src := range sc.Sources {
 		if ifc, err := net.InterfaceByName(src.Interface); err == nil && ifc.MTU > mtu {
@@ -173,21 +176,72 @@ func sessionMTU(sc config.Session) int {
 	if mtu == 0 || mtu > nfq.MaxCopy {
 		mtu = defaultWireMTU
 	}
-	for _, t := range sc.Targets {
-		var dev string
-		switch t.Kind {
-		case config.KindGateway:
-			dev = t.Device
-		case config.KindDevice:
-			dev = rules.DeviceTargetName(t)
-		default:
-			continue
+	limit := func(m int) {
+		if m > 0 && m < mtu {
+			mtu = m
 		}
-		if ifc, err := net.InterfaceByName(dev); err == nil && ifc.MTU > 0 && ifc.MTU < mtu {
-			mtu = ifc.MTU
+	}
+	for _, t := range sc.Targets {
+		switch t.Kind {
+		case config.KindGateway, config.KindDevice:
+			dev := t.Device
+			if t.Kind == config.KindDevice {
+				dev = rules.DeviceTargetName(t)
+			}
+			if ifc, err := net.InterfaceByName(dev); err == nil {
+				limit(ifc.MTU)
+			}
+		case config.KindVXLAN, config.KindGENEVE:
+			for _, r := range t.Remote {
+				ap, err := config.ParseRemote(r)
+				if err != nil {
+					continue
+				}
+				if pm := pathMTU(ap, mark); pm > 0 {
+					limit(pm - tunnelOverhead(ap.Addr()))
+				}
+			}
 		}
 	}
 	return mtu
+}
+
+// tunnelOverhead is what a tunnel adds around an L3 copy: outer IP and UDP
+// headers, the VXLAN/GENEVE header and the inner Ethernet header.
+func tunnelOverhead(remote netip.Addr) int {
+	ip := 20
+	if remote.Unmap().Is6() {
+		ip = 40
+	}
+	return ip + 8 + sink.TunnelHdrLen + sink.EthHdrLen
+}
+
+// pathMTU asks the kernel for the MTU of the route to remote (a connected
+// UDP socket carrying mark, IP_MTU / IPV6_MTU); 0 when it cannot say.
+func pathMTU(remote netip.AddrPort, mark uint32) int {
+	a := remote.Addr().Unmap()
+	fam, lvl, opt := unix.AF_INET, unix.IPPROTO_IP, unix.IP_MTU
+	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(remote.Port()), Addr: a.As4()}
+	if a.Is6() {
+		fam, lvl, opt = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_MTU
+		sa = &unix.SockaddrInet6{Port: int(remote.Port()), Addr: a.As16()}
+	}
+	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(fd)
+	if mark != 0 {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+	}
+	if err := unix.Connect(fd, sa); err != nil {
+		return 0
+	}
+	m, err := unix.GetsockoptInt(fd, lvl, opt)
+	if err != nil {
+		return 0
+	}
+	return m
 }
 
 // nflogLinger is how long a log session keeps reading after its rules are
