@@ -41,6 +41,7 @@ type qpkt struct {
 	inIf   uint32
 	hw     []byte
 	mark   uint32 // 0: 7
+	info   uint32 // NFQA_SKB_INFO (0: none)
 }
 
 func queuePacketMsg(p qpkt) []byte {
@@ -64,6 +65,9 @@ func queuePacketMsg(p qpkt) []byte {
 			hw = append(hw, 0)
 		}
 		a = appendAttr(a, nfqaHwAddr, hw)
+	}
+	if p.info != 0 {
+		a = appendAttr(a, nfqaSkbInfo, be32b(p.info))
 	}
 	a = appendAttr(a, nfqaPayload, p.data)
 	if p.capLen != 0 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"github.com/nfclone/nfclone/gso"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -219,11 +220,12 @@ func TestPacketHeadroom(t *testing.T) {
 }
 
 type recorder struct {
-	mu    sync.Mutex
-	got   [][]byte
-	marks []uint32
-	n     atomic.Int64
-	fail  func(p *Packet) bool
+	mu      sync.Mutex
+	got     [][]byte
+	marks   []uint32
+	offload []gso.Flags
+	n       atomic.Int64
+	fail    func(p *Packet) bool
 }
 
 func (r *recorder) send(batch []*Packet) {
@@ -236,6 +238,7 @@ func (r *recorder) send(batch []*Packet) {
 		}
 		r.got = append(r.got, append([]byte(nil), p.Data...))
 		r.marks = append(r.marks, p.Mark)
+		r.offload = append(r.offload, p.Offload)
 	}
 	r.n.Add(int64(len(batch)))
 }
@@ -644,5 +647,45 @@ func TestCopyQueueBytes(t *testing.T) {
 	}
 	for _, p := range dst[:n] {
 		p.Release()
+	}
+}
+
+// What the kernel says of a clone reaches the workers: NFQA_SKB_INFO's GSO
+// and checksum-not-ready flags, DF cleared again where the marker says the
+// original had it clear, and a packet the kernel cut short (NFQA_CAP_LEN)
+// is too big, never a copy.
+func TestQueueCloneOffloadAndDF(t *testing.T) {
+	checkNoLeak(t)
+	sock := newFakeSock()
+	var led Ledger
+	rec := &recorder{}
+	cfg := QueueConfig{Num: 0, Batch: 4, Clones: &CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000, DFClear: 0x02000000}}
+	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
+	orig := ipv4(1400, [4]byte{10, 77, 0, 2})
+	binary.BigEndian.PutUint16(orig[10:], ipChecksum(orig[:20]))
+	withDF := append([]byte(nil), orig...)
+	withDF[6] |= 0x40
+	binary.BigEndian.PutUint16(withDF[10:], ipChecksum(withDF[:20]))
+	sock.feedDgrams(
+		queuePacketMsg(qpkt{id: 1, data: withDF, mark: 0x06000007, info: skbGSO | skbCsumNotReady}), // DF was clear
+		queuePacketMsg(qpkt{id: 2, data: withDF, mark: 0x04000007}),                                 // DF was set
+		queuePacketMsg(qpkt{id: 3, data: withDF, mark: 0x04000007, capLen: 70000}),                  // cut short
+	)
+	waitFor(t, "copies", func() bool { return rec.n.Load() == 2 })
+	waitFor(t, "verdict", func() bool { v := sock.verdictList(); return len(v) > 0 && v[len(v)-1] == 3 })
+	stop()
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if !bytes.Equal(rec.got[0], orig) {
+		t.Errorf("DF not cleared (or checksum wrong): % x", rec.got[0][:20])
+	}
+	if !bytes.Equal(rec.got[1], withDF) {
+		t.Errorf("DF of an original that had it changed: % x", rec.got[1][:20])
+	}
+	if want := gso.Known | gso.GSO | gso.CsumPartial; rec.offload[0] != want || rec.offload[1] != gso.Known {
+		t.Errorf("offload flags %v, want [%v %v]", rec.offload, want, gso.Known)
+	}
+	if s := led.Snapshot(); s.Drops.TooBig != 1 || s.Copied != 2 || !s.Balanced() {
+		t.Errorf("ledger %+v, want 2 copied and 1 too big", s)
 	}
 }
