@@ -552,20 +552,21 @@ func tcpflowStream(t *testing.T, pcap string) (stream []byte, note string) {
 
 // TestBulkFragmentedUDP sends one 4000-byte UDP datagram from src to col2:
 // three IPv4 fragments on the wire, which conntrack's defragmentation in eng
-// reassembles before nfclone's chains (the test's own table, ip
+// reassembles before nfclone's chains. The test's own table, ip
 // nfc_bulk_defrag, references conntrack so that it runs, and counts the
-// reassembled 4028-byte packet). Without that table conntrack is off in eng
-// (nfclone's own rules do not turn it on) and a port rule matches only the
-// first fragment: every method then copied 1 of the 3 fragments (measured). A session copies udp dport 5002 to a
-// gateway or a device behind eng:e1; at col, tshark reassembles exactly one
-// 4008-byte UDP datagram (Good UDP checksum) with the payload sent, and every
-// frame is at most 1514 bytes with a Good IPv4 header checksum. col2 gets the
-// original whole. dup to a gateway is the control. dup to a device is not
-// one: it copies at netdev ingress, before defragmentation, where the port
-// rule matches only the first fragment (measured: 1 of 3 fragments copied).
+// reassembled 4028-byte packet: without it conntrack is off in eng (nfclone's
+// own rules do not turn it on), a port rule matches only the first fragment,
+// and every method copied 1 of the 3 fragments (measured). A session copies
+// udp dport 5002 to a gateway or a device behind eng:e1; at col, tshark
+// reassembles exactly one 4008-byte UDP datagram (Good UDP checksum) with the
+// payload sent, and every frame is at most 1514 bytes with a Good IPv4 header
+// checksum. col2 gets the original whole. dup to a gateway is the control.
+// dup to a device is not one: it copies at netdev ingress, before
+// defragmentation, where the port rule matches only the first fragment
+// (measured: 1 of 3 fragments copied).
 func TestBulkFragmentedUDP(t *testing.T) {
 	lab.RequireRoot(t)
-	lab.RequireTools(t, "socat", "ethtool", "tcpdump", "tshark", "nft")
+	lab.RequireTools(t, "socat", "ethtool", "tcpdump", "tshark", "nft", "ss")
 	payloadFile, _ := writeRandomFile(t, t.TempDir(), "datagram.bin", fragPayload)
 	payload, err := os.ReadFile(payloadFile)
 	if err != nil {
