@@ -157,7 +157,7 @@ func wireCollector(t *testing.T, l *lab.Lab) {
 // The receiver in col2 must get the same SHA-256 (the originals are intact).
 func TestBulkTCP(t *testing.T) {
 	lab.RequireRoot(t)
-	lab.RequireTools(t, "socat", "ethtool", "tcpdump", "tshark", "tcpflow", "ss")
+	lab.RequireTools(t, "socat", "ethtool", "tcpdump", "tshark", "tcpflow", "ss", "python3")
 	file, sum := writeRandomFile(t, t.TempDir(), "bulk.bin", bulkBytes)
 	l := lab.New(t)
 	wireCollector(t, l)
@@ -374,21 +374,34 @@ func judgeTCPCopies(t *testing.T, pcap string, vxlan bool) tcpJudgement {
 	if vxlan {
 		args = append(args, "-d", "udp.port==4789,vxlan", "-z", "follow,tcp,raw,0")
 	}
+	// tshark writes into a file: the follow report is 64 MiB of hex, which the
+	// race detector (make test) makes slow to pass through Go.
+	report := filepath.Join(t.TempDir(), "tshark.txt")
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
 	defer cancel()
+	outFile, err := os.Create(report)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.CommandContext(ctx, "tshark", args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = outFile, &stderr
+	err = cmd.Run()
+	outFile.Close()
+	if err != nil {
 		t.Fatalf("tshark %s: %v: %s", strings.Join(args, " "), err, stderr.String())
 	}
 	j.tsharkTime = time.Since(start)
-	text := stdout.String()
-	var follow string // the follow tap's report comes after the frames, from a line of '='
-	if i := strings.Index(text, "\n===="); vxlan && i >= 0 {
-		text, follow = text[:i+1], text[i+1:]
+	raw, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
 	}
+	// The follow tap's report comes after the frames, from a line of '='.
+	if i := bytes.Index(raw, []byte("\n====")); i >= 0 {
+		raw = raw[:i+1]
+	}
+	text := string(raw)
 	for _, line := range strings.Split(text, "\n") {
 		if line == "" {
 			continue
@@ -456,7 +469,7 @@ func judgeTCPCopies(t *testing.T, pcap string, vxlan bool) tcpJudgement {
 	var stream []byte
 	if vxlan {
 		j.streamTool = "tshark -z follow,tcp,raw,0 of the inner stream"
-		stream = followedStream(t, follow)
+		stream = followedStream(t, report)
 	} else {
 		j.streamTool = "tcpflow"
 		stream, j.streamNote = tcpflowStream(t, pcap)
@@ -467,31 +480,42 @@ func judgeTCPCopies(t *testing.T, pcap string, vxlan bool) tcpJudgement {
 }
 
 // followedStream decodes the first node's data of tshark's "follow,tcp,raw"
-// output: hex lines after "Node 1:", the other node's lines start with a tab.
-// The capture holds only the data direction, so node 0 is the sender.
-func followedStream(t *testing.T, follow string) []byte {
+// report at the end of the file: hex lines after "Node 1:", the other node's
+// lines start with a tab. The capture holds only the data direction, so node
+// 0 is the sender. python3 decodes the hex (C speed; Go's hex decoder under
+// the race detector took 10 s for 64 MiB).
+func followedStream(t *testing.T, report string) []byte {
 	t.Helper()
-	var out []byte
-	lines := strings.Split(follow, "\n")
-	i := 0
-	for i < len(lines) && !strings.HasPrefix(lines[i], "Node 1:") {
-		i++
+	out := report + ".bin"
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if o, err := exec.CommandContext(ctx, "python3", "-c", followDecoder, report, out).CombinedOutput(); err != nil {
+		t.Fatalf("decoding tshark's follow report: %v: %s", err, o)
 	}
-	for _, line := range lines[min(i+1, len(lines)):] {
-		if strings.HasPrefix(line, "====") {
-			break
-		}
-		if line == "" || strings.HasPrefix(line, "\t") {
-			continue
-		}
-		b, err := hex.DecodeString(strings.TrimSpace(line))
-		if err != nil {
-			t.Fatalf("tshark follow output: %v: %.80q", err, line)
-		}
-		out = append(out, b...)
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	return b
 }
+
+const followDecoder = `
+import binascii, sys
+data = open(sys.argv[1], "rb").read()
+out = bytearray()
+i = data.find(b"\n====")
+if i >= 0:
+    lines = data[i + 1:].split(b"\n")
+    k = 0
+    while k < len(lines) and not lines[k].startswith(b"Node 1:"):
+        k += 1
+    for line in lines[k + 1:]:
+        if line.startswith(b"===="):
+            break
+        if line and not line.startswith(b"\t"):
+            out += binascii.unhexlify(line.strip())
+open(sys.argv[2], "wb").write(out)
+`
 
 // tcpflowStream runs tcpflow on the capture and returns the flow to bulkPort
 // (tcpflow names a flow file SRCADDR.SRCPORT-DSTADDR.DSTPORT, ports in five
@@ -534,20 +558,21 @@ func tcpflowStream(t *testing.T, pcap string) (stream []byte, note string) {
 
 // TestBulkFragmentedUDP sends one 4000-byte UDP datagram from src to col2:
 // three IPv4 fragments on the wire, which conntrack's defragmentation in eng
-// reassembles before nfclone's chains (the test's own table, ip
+// reassembles before nfclone's chains. The test's own table, ip
 // nfc_bulk_defrag, references conntrack so that it runs, and counts the
-// reassembled 4028-byte packet). Without that table conntrack is off in eng
-// (nfclone's own rules do not turn it on) and a port rule matches only the
-// first fragment: every method then copied 1 of the 3 fragments (measured). A session copies udp dport 5002 to a
-// gateway or a device behind eng:e1; at col, tshark reassembles exactly one
-// 4008-byte UDP datagram (Good UDP checksum) with the payload sent, and every
-// frame is at most 1514 bytes with a Good IPv4 header checksum. col2 gets the
-// original whole. dup to a gateway is the control. dup to a device is not
-// one: it copies at netdev ingress, before defragmentation, where the port
-// rule matches only the first fragment (measured: 1 of 3 fragments copied).
+// reassembled 4028-byte packet: without it conntrack is off in eng (nfclone's
+// own rules do not turn it on), a port rule matches only the first fragment,
+// and every method copied 1 of the 3 fragments (measured). A session copies
+// udp dport 5002 to a gateway or a device behind eng:e1; at col, tshark
+// reassembles exactly one 4008-byte UDP datagram (Good UDP checksum) with the
+// payload sent, and every frame is at most 1514 bytes with a Good IPv4 header
+// checksum. col2 gets the original whole. dup to a gateway is the control.
+// dup to a device is not one: it copies at netdev ingress, before
+// defragmentation, where the port rule matches only the first fragment
+// (measured: 1 of 3 fragments copied).
 func TestBulkFragmentedUDP(t *testing.T) {
 	lab.RequireRoot(t)
-	lab.RequireTools(t, "socat", "ethtool", "tcpdump", "tshark", "nft")
+	lab.RequireTools(t, "socat", "ethtool", "tcpdump", "tshark", "nft", "ss")
 	payloadFile, _ := writeRandomFile(t, t.TempDir(), "datagram.bin", fragPayload)
 	payload, err := os.ReadFile(payloadFile)
 	if err != nil {
