@@ -234,6 +234,7 @@ func addSnapshots(a, b nfq.Snapshot) nfq.Snapshot {
 	d.RateLimit += x.RateLimit
 	d.Malformed += x.Malformed
 	d.SendError += x.SendError
+	d.TooBig += x.TooBig
 	d.FailOpen += x.FailOpen
 	return a
 }

@@ -661,29 +661,45 @@ func TestQueueCloneOffloadAndDF(t *testing.T) {
 	rec := &recorder{}
 	cfg := QueueConfig{Num: 0, Batch: 4, Clones: &CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000, DFClear: 0x02000000}}
 	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
-	orig := ipv4(1400, [4]byte{10, 77, 0, 2})
-	binary.BigEndian.PutUint16(orig[10:], ipChecksum(orig[:20]))
-	withDF := append([]byte(nil), orig...)
-	withDF[6] |= 0x40
-	binary.BigEndian.PutUint16(withDF[10:], ipChecksum(withDF[:20]))
+	// Two packets told apart by their IP ID (two workers may reorder).
+	mk := func(id uint16, df bool) []byte {
+		b := ipv4(1400, [4]byte{10, 77, 0, 2})
+		binary.BigEndian.PutUint16(b[4:], id)
+		if df {
+			b[6] |= 0x40
+		}
+		binary.BigEndian.PutUint16(b[10:], ipChecksum(b[:20]))
+		return b
+	}
 	sock.feedDgrams(
-		queuePacketMsg(qpkt{id: 1, data: withDF, mark: 0x06000007, info: skbGSO | skbCsumNotReady}), // DF was clear
-		queuePacketMsg(qpkt{id: 2, data: withDF, mark: 0x04000007}),                                 // DF was set
-		queuePacketMsg(qpkt{id: 3, data: withDF, mark: 0x04000007, capLen: 70000}),                  // cut short
+		queuePacketMsg(qpkt{id: 1, data: mk(1, true), mark: 0x06000007, info: skbGSO | skbCsumNotReady}), // DF was clear
+		queuePacketMsg(qpkt{id: 2, data: mk(2, true), mark: 0x04000007}),                                 // DF was set
+		queuePacketMsg(qpkt{id: 3, data: mk(3, true), mark: 0x04000007, capLen: 70000}),                  // cut short
 	)
 	waitFor(t, "copies", func() bool { return rec.n.Load() == 2 })
 	waitFor(t, "verdict", func() bool { v := sock.verdictList(); return len(v) > 0 && v[len(v)-1] == 3 })
 	stop()
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
-	if !bytes.Equal(rec.got[0], orig) {
-		t.Errorf("DF not cleared (or checksum wrong): % x", rec.got[0][:20])
-	}
-	if !bytes.Equal(rec.got[1], withDF) {
-		t.Errorf("DF of an original that had it changed: % x", rec.got[1][:20])
-	}
-	if want := gso.Known | gso.GSO | gso.CsumPartial; rec.offload[0] != want || rec.offload[1] != gso.Known {
-		t.Errorf("offload flags %v, want [%v %v]", rec.offload, want, gso.Known)
+	for i, got := range rec.got {
+		switch id := binary.BigEndian.Uint16(got[4:]); id {
+		case 1:
+			if !bytes.Equal(got, mk(1, false)) {
+				t.Errorf("DF not cleared (or checksum wrong): % x", got[:20])
+			}
+			if want := gso.Known | gso.GSO | gso.CsumPartial; rec.offload[i] != want {
+				t.Errorf("offload flags %v, want %v", rec.offload[i], want)
+			}
+		case 2:
+			if !bytes.Equal(got, mk(2, true)) {
+				t.Errorf("DF of an original that had it changed: % x", got[:20])
+			}
+			if rec.offload[i] != gso.Known {
+				t.Errorf("offload flags %v, want %v", rec.offload[i], gso.Known)
+			}
+		default:
+			t.Errorf("copy with IP ID %d", id)
+		}
 	}
 	if s := led.Snapshot(); s.Drops.TooBig != 1 || s.Copied != 2 || !s.Balanced() {
 		t.Errorf("ledger %+v, want 2 copied and 1 too big", s)

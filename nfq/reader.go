@@ -263,10 +263,10 @@ func (r *reader) process(n int) {
 			r.nRecv++
 			if m, _, err := nextMsgLenient(r.bufs[i]); err == nil {
 				if r.kind == kindQueue {
-					if id, ok := leadingPacketID(m); ok {
+					if id, ok := leadingBE32(m, subsysQueue<<8|nfqnlMsgPacket, nfqaPacketHdr); ok {
 						r.noteID(id)
 					}
-				} else if seq, ok := leadingLogSeq(m); ok {
+				} else if seq, ok := leadingBE32(m, subsysUlog<<8|nfulnlMsgPacket, nfulaSeq); ok {
 					// Its sequence number is seen: the packet is counted
 					// as malformed here, not again as a gap.
 					r.noteSeq(seq)
@@ -463,39 +463,21 @@ func nextMsgLenient(b []byte) (nlMsg, []byte, error) {
 	return nlMsg{typ: ne.Uint16(b[4:6]), flags: ne.Uint16(b[6:8]), seq: ne.Uint32(b[8:12]), body: b[nlmsgHdrLen:]}, nil, nil
 }
 
-// leadingPacketID finds NFQA_PACKET_HDR in a possibly truncated packet
-// message (it is the first attribute the kernel writes).
-func leadingPacketID(m nlMsg) (uint32, bool) {
-	if m.typ != subsysQueue<<8|nfqnlMsgPacket || len(m.body) < nfgenLen {
+// leadingBE32 finds the first attribute attr of a possibly truncated
+// packet message of type typ and reads its leading big-endian 32 bits: the
+// NFQUEUE packet id (NFQA_PACKET_HDR) or the NFLOG sequence number
+// (NFULA_SEQ), both written by the kernel before the payload.
+func leadingBE32(m nlMsg, typ, attr uint16) (uint32, bool) {
+	if m.typ != typ || len(m.body) < nfgenLen {
 		return 0, false
 	}
 	b := m.body[nfgenLen:]
 	for len(b) > 0 {
-		typ, val, rest, err := nextAttr(b)
+		t, val, rest, err := nextAttr(b)
 		if err != nil {
 			return 0, false
 		}
-		if typ == nfqaPacketHdr && len(val) >= 4 {
-			return be32(val), true
-		}
-		b = rest
-	}
-	return 0, false
-}
-
-// leadingLogSeq finds NFULA_SEQ in a possibly truncated NFLOG packet
-// message (the kernel writes it before the payload).
-func leadingLogSeq(m nlMsg) (uint32, bool) {
-	if m.typ != subsysUlog<<8|nfulnlMsgPacket || len(m.body) < nfgenLen {
-		return 0, false
-	}
-	b := m.body[nfgenLen:]
-	for len(b) > 0 {
-		typ, val, rest, err := nextAttr(b)
-		if err != nil {
-			return 0, false
-		}
-		if typ == nfulaSeq && len(val) >= 4 {
+		if t == attr && len(val) >= 4 {
 			return be32(val), true
 		}
 		b = rest
