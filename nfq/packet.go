@@ -52,6 +52,10 @@ type Packet struct {
 	// with gso.GSO for a super-packet and gso.CsumPartial for an unfinished
 	// checksum; nothing for NFLOG, which does not say (see gso.FixPartial).
 	Offload gso.Flags
+	// GSO, when its Type is set, says the copy is a TCP super-packet that
+	// the target's kernel path is to cut (sink.Wire sets it for targets
+	// that take GSO packets whole).
+	GSO gso.Offload
 	// TooBig says the copy could not be made wire-sized and was not sent
 	// (counted as too_big, not as a send error).
 	TooBig bool

@@ -216,6 +216,20 @@ func (f *Fanout) Send(batch []*nfq.Packet) (int, error) {
 	return sent, errors.Join(errs...)
 }
 
+// AcceptsGSO reports whether every sink takes TCP super-packets whole.
+func (f *Fanout) AcceptsGSO() bool {
+	for _, s := range f.sinks {
+		if g, ok := s.(gsoSink); !ok || !g.AcceptsGSO() {
+			return false
+		}
+	}
+	return len(f.sinks) > 0
+}
+
+// gsoSink is a sink that can hand TCP super-packets (Packet.GSO) to the
+// kernel whole, to be segmented on their way out.
+type gsoSink interface{ AcceptsGSO() bool }
+
 // Close closes every sink.
 func (f *Fanout) Close() error {
 	var errs []error

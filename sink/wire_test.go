@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"net"
 	"testing"
 
 	"github.com/gopacket/gopacket"
@@ -184,4 +185,46 @@ func BenchmarkWireTCP64K(b *testing.B) {
 	for b.Loop() {
 		w.Send(batch)
 	}
+}
+
+// With a device target that takes a virtio-net header, a TCP super-packet
+// goes out whole in one message: the header says TCPv4 GSO with the MSS of
+// the MTU and where the checksum is, and the checksum field holds the
+// partial form the kernel's segmentation expects; a small copy gets an
+// empty header.
+func TestWireHandsSuperPacketsToDevice(t *testing.T) {
+	fs := &fakeSend{}
+	d := newDevice("dev", 5, 7, net.HardwareAddr{2, 0, 0, 0, 0, 2}, net.HardwareAddr{2, 0, 0, 0, 0, 1}, fs.fn, nil)
+	d.vnet = true
+	w := NewWire(NewFanout(d), 1500)
+	super, small := tcpSuper(t, 30000), tcpSuper(t, 100)
+	batch := pkts(super, small)
+	defer func() {
+		for _, p := range batch {
+			p.Release()
+		}
+	}()
+	if sent, err := w.Send(batch); sent != 2 || err != nil {
+		t.Fatalf("sent %d, %v", sent, err)
+	}
+	if len(fs.got) != 2 {
+		t.Fatalf("%d messages, want 2 (the super-packet whole)", len(fs.got))
+	}
+	h, f := fs.got[0][:gso.VirtioNetHdrLen], fs.got[0][gso.VirtioNetHdrLen:]
+	ne := binary.NativeEndian
+	if h[0] != 1 || h[1] != 1 || ne.Uint16(h[2:]) != 14+40 || ne.Uint16(h[4:]) != 1460 ||
+		ne.Uint16(h[6:]) != 14+20 || ne.Uint16(h[8:]) != 16 {
+		t.Errorf("virtio-net header % x: want needs-csum, TCPv4, hdr_len 54, gso_size 1460, csum 34+16", h)
+	}
+	ip := f[EthHdrLen:]
+	if len(ip) != len(super) {
+		t.Fatalf("frame carries %d bytes of IP, want the whole %d", len(ip), len(super))
+	}
+	if want := gso.Fold(gso.PseudoHeaderSum4(ip[12:16], ip[16:20], 6, len(ip)-20)); binary.BigEndian.Uint16(ip[36:38]) != want {
+		t.Errorf("TCP checksum field %#04x, want the partial form %#04x", binary.BigEndian.Uint16(ip[36:38]), want)
+	}
+	if h := fs.got[1][:gso.VirtioNetHdrLen]; !bytes.Equal(h, make([]byte, gso.VirtioNetHdrLen)) {
+		t.Errorf("small copy's header % x, want zeros", h)
+	}
+	validTCP(t, fs.got[1][gso.VirtioNetHdrLen+EthHdrLen:])
 }
