@@ -87,7 +87,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 	capBytes, _ := config.ParseSize(c.Queue.CapBytes) // validated
 	s := &session{
 		name: sc.Name, method: sc.Method, key: key, first: first, count: 1,
-		queue: nfq.NewCopyQueue(c.Queue.Cap, capBytes), ledger: &nfq.Ledger{}, workers: c.Queue.Workers, log: slog,
+		queue: nfq.NewLaneQueue(c.Queue.Cap, capBytes, c.Queue.Workers), ledger: &nfq.Ledger{}, workers: c.Queue.Workers, log: slog,
 	}
 	defer func() {
 		if err != nil {

@@ -22,16 +22,18 @@ func RunWorkers(ctx context.Context, q *CopyQueue, n int, send func(batch []*Pac
 	for i := 0; i < n; i++ {
 		go func() {
 			defer wg.Done()
-			worker(ctx, q, send)
+			worker(ctx, q, i, send)
 		}()
 	}
 	wg.Wait()
 }
 
-func worker(ctx context.Context, q *CopyQueue, send func(batch []*Packet)) {
+// worker i takes from lane i (a queue with as many lanes as workers keeps
+// each flow on one worker, in order).
+func worker(ctx context.Context, q *CopyQueue, lane int, send func(batch []*Packet)) {
 	var arr [WorkerBatch]*Packet
 	for {
-		k := q.PopBatch(ctx, arr[:])
+		k := q.PopLane(ctx, lane, arr[:])
 		if k == 0 {
 			return
 		}
