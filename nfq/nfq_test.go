@@ -627,14 +627,14 @@ func ipChecksum(h []byte) uint16 {
 func TestCopyQueueBytes(t *testing.T) {
 	q := NewCopyQueue(1000, 4*(Headroom+largePayload)+4096)
 	for i := 0; i < 4; i++ {
-		if !q.Push(GetPacket(3000)) {
+		if !q.Push(GetPacket(30000)) {
 			t.Fatalf("push %d refused", i)
 		}
 	}
 	if !q.Full() {
 		t.Error("not full at its byte bound")
 	}
-	if q.Push(GetPacket(3000)) || q.Dropped() != 1 {
+	if q.Push(GetPacket(30000)) || q.Dropped() != 1 {
 		t.Errorf("a fifth large copy was queued (dropped %d)", q.Dropped())
 	}
 	if !q.Push(GetPacket(100)) {
