@@ -23,8 +23,11 @@ deps:
 # Every test: formatting, vet, staticcheck, unit tests with the race
 # detector, and the end-to-end tests (root; they fail instead of skipping
 # when NFCLONE_E2E=1, as in CI).
+# The lab packages (test/...) run one at a time: the bench's floods and
+# the end-to-end tests' line-rate transfers must not share the two CPUs.
 test: deps lint build
-	$(GO) test -race -count=1 -timeout 40m $(PKGS)
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test/)
+	$(GO) test -race -count=1 -p 1 -timeout 40m ./test/...
 	$(MAKE) --no-print-directory fuzz
 
 # A short run of every fuzz target (seed corpora in each package's testdata/fuzz).
