@@ -59,7 +59,7 @@ func TestParseDesignExample(t *testing.T) {
 		t.Fatalf("Parse: %v", err)
 	}
 	want := &Config{
-		Table: "nfclone", StateDir: "/run/nfclone", Mark: 0x4e43, RouteTable: 0x4e43, RulePref: 100,
+		Table: "nfclone", StateDir: "/run/nfclone", Mark: 0x80, MarkMask: 0xff, RouteTable: 0x4e43, RulePref: 100,
 		Metrics: Metrics{Listen: "127.0.0.1:9464"},
 		Queue:   Queue{Num: 0, Count: 1, MaxLen: 4096, Cap: 8192, CapBytes: "16MiB", Workers: 2, Nice: 10},
 		Sessions: []Session{
@@ -153,7 +153,8 @@ func TestParseEnvOverrides(t *testing.T) {
 	cfg, err := Parse([]byte("queue: {cap: 5, workers: 3}\ntable: fromfile\n"), env(map[string]string{
 		"NFCLONE_QUEUE_CAP":      "100",
 		"NFCLONE_WATCH":          "true",
-		"NFCLONE_MARK":           "0x10",
+		"NFCLONE_MARK":           "0x9000",
+		"NFCLONE_MARK_MASK":      "0xff00",
 		"NFCLONE_STATE_DIR":      "/tmp/nfc",
 		"NFCLONE_METRICS_LISTEN": "",
 		"NFCLONE_SESSIONS":       "ignored: only scalar keys are bound",
@@ -167,7 +168,8 @@ func TestParseEnvOverrides(t *testing.T) {
 	want.Queue.Cap = 100 // env wins over the file
 	want.Queue.Workers = 3
 	want.Watch = true
-	want.Mark = 0x10
+	want.Mark = 0x9000
+	want.MarkMask = 0xff00
 	want.StateDir = "/tmp/nfc"
 	want.Metrics.Listen = ""
 	if !reflect.DeepEqual(*cfg, want) {
