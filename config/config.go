@@ -5,9 +5,9 @@ package config
 
 // Defaults, in one place. README.md documents the same values.
 const (
-	DefaultTable      = "nfclone"
-	DefaultStateDir   = "/run/nfclone"
-	DefaultMetrics    = "127.0.0.1:9464"
+	DefaultTable    = "nfclone"
+	DefaultStateDir = "/run/nfclone"
+	DefaultMetrics  = "127.0.0.1:9464"
 	// DefaultMarkMask is the part of the packet mark nfclone owns: the low
 	// byte, which kube-proxy (0x4000, 0x8000), Calico (0xffff0000) and
 	// Cilium (0x0f00 and the upper 16 bits) leave alone.

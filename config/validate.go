@@ -24,7 +24,6 @@ func (p *problems) add(path, format string, args ...any) {
 	p.list = append(p.list, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
-
 // Validate checks a decoded config without looking at the host, fills in
 // per-session defaults, and returns every problem found.
 func Validate(c *Config) Errors {
