@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,5 +91,63 @@ sessions:
 			}
 			d.stop(t)
 		})
+	}
+}
+
+// `check` reads the host's ruleset and warns about a rule using a mask that
+// overlaps nfclone's field (mark_mask), nft's and iptables-nft's alike, but
+// not about the CNI's bits outside it.
+func TestCheckWarnsOverlappingMarks(t *testing.T) {
+	l := lab.New(t)
+	path := filepath.Join(t.TempDir(), "host.nft")
+	host := cniRuleset + `
+table inet other {
+	chain c {
+		type filter hook prerouting priority filter;
+		meta mark & 0x000000f0 == 0x00000010 counter
+	}
+}
+`
+	if err := os.WriteFile(path, []byte(host), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l.MustExec(t, l.Eng, "nft", "-f", path)
+	l.MustExec(t, l.Eng, "iptables-nft", "-t", "mangle", "-A", "OUTPUT", "-j", "MARK", "--set-xmark", "0x8/0xf")
+	cfg, _ := writeConfig(t, `
+sessions:
+  - name: q
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
+`)
+	out, errOut, code := nfc(l, "check", "-c", cfg)
+	if code != 0 {
+		t.Fatalf("check: exit %d\n%s%s", code, out, errOut)
+	}
+	var warns []string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "warning: mark overlaps") {
+			warns = append(warns, line)
+		}
+	}
+	want := []string{
+		"warning: mark overlaps mark_mask 0x000000ff: table inet other chain c (handle 2): meta mark & 0x000000f0 == 0x00000010 (bits 0x000000f0)",
+		"warning: mark overlaps mark_mask 0x000000ff: table ip mangle chain OUTPUT (handle 2): xt MARK --set-xmark 0x8/0xf (bits 0x0000000f)",
+	}
+	if !reflect.DeepEqual(warns, want) {
+		t.Fatalf("check warnings:\n%s\nwant\n%s\n(output:\n%s)", strings.Join(warns, "\n"), strings.Join(want, "\n"), out)
+	}
+	// Re-pointing nfclone's field away from the overlaps silences them.
+	cfg, _ = writeConfig(t, `
+mark_mask: 0x00f00000
+mark: 0x00800000
+sessions:
+  - name: q
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
+`)
+	if out, _, _ := nfc(l, "check", "-c", cfg); strings.Contains(out, "warning: mark overlaps") || !strings.Contains(out, "0 overlapping") {
+		t.Fatalf("check with mark_mask 0x00f00000:\n%s", out)
 	}
 }
