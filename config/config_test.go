@@ -316,3 +316,16 @@ func TestParseHugeNumbersReported(t *testing.T) {
 		t.Fatalf("regression (fixed bug): 1e23 converted to int64 min before validation: %q", got[0])
 	}
 }
+
+// The default mark lies in the upper half of the default mark_mask, and
+// that mask collides with none of kube-proxy's, Calico's or Cilium's bits.
+func TestDefaultMarkInsideDefaultMask(t *testing.T) {
+	if DefaultMark&^DefaultMarkMask != 0 || DefaultMark&NewMarkLayout(DefaultMarkMask).CopyBit() == 0 {
+		t.Fatalf("default mark %#x outside the upper half of mark_mask %#x", DefaultMark, DefaultMarkMask)
+	}
+	for _, other := range []uint32{0x4000, 0x8000, 0xffff0000, 0x0f00} { // kube-proxy, Calico, Cilium
+		if other&DefaultMarkMask != 0 {
+			t.Errorf("default mark_mask %#x overlaps %#x", DefaultMarkMask, other)
+		}
+	}
+}
