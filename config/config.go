@@ -5,10 +5,16 @@ package config
 
 // Defaults, in one place. README.md documents the same values.
 const (
-	DefaultTable      = "nfclone"
-	DefaultStateDir   = "/run/nfclone"
-	DefaultMetrics    = "127.0.0.1:9464"
-	DefaultMark       = 0x4e43 // "NC"
+	DefaultTable    = "nfclone"
+	DefaultStateDir = "/run/nfclone"
+	DefaultMetrics  = "127.0.0.1:9464"
+	// DefaultMarkMask is the part of the packet mark nfclone owns: the low
+	// byte, which kube-proxy (0x4000, 0x8000), Calico (0xffff0000) and
+	// Cilium (0x0f00 and the upper 16 bits) leave alone.
+	DefaultMarkMask = 0x000000ff
+	// DefaultMark is the mark of userspace copies, in the upper half of
+	// DefaultMarkMask (the lower half holds the clone markers).
+	DefaultMark       = 0x00000080
 	DefaultRouteTable = 0x4e43 // policy-routing table for userspace copies
 	DefaultRulePref   = 100    // preference of nfclone's ip rule
 	DefaultQueueNum   = 0
@@ -37,6 +43,7 @@ type Config struct {
 	Watch      bool      `mapstructure:"watch" json:"watch"`
 	StateDir   string    `mapstructure:"state_dir" json:"state_dir"`
 	Mark       uint32    `mapstructure:"mark" json:"mark"`
+	MarkMask   uint32    `mapstructure:"mark_mask" json:"mark_mask"`
 	RouteTable uint32    `mapstructure:"route_table" json:"route_table"`
 	RulePref   uint32    `mapstructure:"rule_pref" json:"rule_pref"`
 	Metrics    Metrics   `mapstructure:"metrics" json:"metrics"`

@@ -59,7 +59,7 @@ func TestParseDesignExample(t *testing.T) {
 		t.Fatalf("Parse: %v", err)
 	}
 	want := &Config{
-		Table: "nfclone", StateDir: "/run/nfclone", Mark: 0x4e43, RouteTable: 0x4e43, RulePref: 100,
+		Table: "nfclone", StateDir: "/run/nfclone", Mark: 0x80, MarkMask: 0xff, RouteTable: 0x4e43, RulePref: 100,
 		Metrics: Metrics{Listen: "127.0.0.1:9464"},
 		Queue:   Queue{Num: 0, Count: 1, MaxLen: 4096, Cap: 8192, CapBytes: "16MiB", Workers: 2, Nice: 10},
 		Sessions: []Session{
@@ -153,7 +153,8 @@ func TestParseEnvOverrides(t *testing.T) {
 	cfg, err := Parse([]byte("queue: {cap: 5, workers: 3}\ntable: fromfile\n"), env(map[string]string{
 		"NFCLONE_QUEUE_CAP":      "100",
 		"NFCLONE_WATCH":          "true",
-		"NFCLONE_MARK":           "0x10",
+		"NFCLONE_MARK":           "0x9000",
+		"NFCLONE_MARK_MASK":      "0xff00",
 		"NFCLONE_STATE_DIR":      "/tmp/nfc",
 		"NFCLONE_METRICS_LISTEN": "",
 		"NFCLONE_SESSIONS":       "ignored: only scalar keys are bound",
@@ -167,7 +168,8 @@ func TestParseEnvOverrides(t *testing.T) {
 	want.Queue.Cap = 100 // env wins over the file
 	want.Queue.Workers = 3
 	want.Watch = true
-	want.Mark = 0x10
+	want.Mark = 0x9000
+	want.MarkMask = 0xff00
 	want.StateDir = "/tmp/nfc"
 	want.Metrics.Listen = ""
 	if !reflect.DeepEqual(*cfg, want) {
@@ -312,5 +314,18 @@ func TestParseHugeNumbersReported(t *testing.T) {
 	}
 	if strings.Contains(got[0], "-9223372036854775808") {
 		t.Fatalf("regression (fixed bug): 1e23 converted to int64 min before validation: %q", got[0])
+	}
+}
+
+// The default mark lies in the upper half of the default mark_mask, and
+// that mask collides with none of kube-proxy's, Calico's or Cilium's bits.
+func TestDefaultMarkInsideDefaultMask(t *testing.T) {
+	if DefaultMark&^DefaultMarkMask != 0 || DefaultMark&NewMarkLayout(DefaultMarkMask).CopyBit() == 0 {
+		t.Fatalf("default mark %#x outside the upper half of mark_mask %#x", DefaultMark, DefaultMarkMask)
+	}
+	for _, other := range []uint32{0x4000, 0x8000, 0xffff0000, 0x0f00} { // kube-proxy, Calico, Cilium
+		if other&DefaultMarkMask != 0 {
+			t.Errorf("default mark_mask %#x overlaps %#x", DefaultMarkMask, other)
+		}
 	}
 }

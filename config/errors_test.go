@@ -648,9 +648,33 @@ sessions:
 		want: []string{`mark: "-1" is not a non-negative number`},
 	},
 	{
-		name: "mark in the clone markers' byte",
+		name: "mark outside mark_mask",
 		yaml: "mark: 0x4e000000\n",
-		want: []string{"mark: 0x4e000000 must be at most 0xf00000 (the top byte of the mark tags the kernel's copies of queue sessions)"},
+		want: []string{"mark: 0x4e000000 has bits outside mark_mask 0xff (nfclone sets and reads only the bits of mark_mask)"},
+	},
+	{
+		name: "mark among the clone markers",
+		yaml: "mark: 0x43\n",
+		want: []string{"mark: 0x43 must have the top bit of mark_mask (0x80) set: the lower half of mark_mask holds the clone markers of queue sessions"},
+	},
+	{
+		name: "mark_mask zero or not one run of bits",
+		yaml: "mark_mask: 0xf00f\nmark: 0x0800\n",
+		want: []string{"mark: 0x800 has bits outside mark_mask 0xf00f (nfclone sets and reads only the bits of mark_mask)", "mark_mask: 0xf00f must be one run of bits (0x000000ff, 0x00f00000, ...)"},
+	},
+	{
+		name: "too small a mark_mask for the queue sessions and gateways",
+		yaml: `
+mark_mask: 0xf0
+mark: 0xe0
+sessions:
+  - {name: a, method: queue, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.0.0.1, device: e1}, {kind: gateway, gateway: 10.0.0.2, device: e1}]}
+  - {name: b, method: queue, sources: [{interface: e0}], targets: [{kind: pcap, path: "-"}]}
+`,
+		want: []string{
+			"mark: 0xe0 leaves room in mark_mask 0xf0 for 1 gateway marks, the userspace sessions have 2 distinct gateways",
+			"sessions: 2 queue sessions, at most 1 with mark_mask 0xf0 (their copies are told apart by the lower half of mark_mask, less two flag bits)",
+		},
 	},
 	{
 		name: "global scalars out of range",

@@ -25,6 +25,7 @@ func Default() Config {
 		Table:      DefaultTable,
 		StateDir:   defaultStateDir(),
 		Mark:       DefaultMark,
+		MarkMask:   DefaultMarkMask,
 		RouteTable: DefaultRouteTable,
 		RulePref:   DefaultRulePref,
 		Metrics:    Metrics{Listen: DefaultMetrics},
@@ -41,7 +42,7 @@ func scalarDefaults() map[string]any {
 	d := Default()
 	return map[string]any{
 		"table": d.Table, "watch": d.Watch, "state_dir": d.StateDir,
-		"mark": d.Mark, "route_table": d.RouteTable, "rule_pref": d.RulePref,
+		"mark": d.Mark, "mark_mask": d.MarkMask, "route_table": d.RouteTable, "rule_pref": d.RulePref,
 		"metrics.listen": d.Metrics.Listen,
 		"queue.num":      d.Queue.Num, "queue.count": d.Queue.Count, "queue.max_len": d.Queue.MaxLen,
 		"queue.cap": d.Queue.Cap, "queue.cap_bytes": d.Queue.CapBytes, "queue.workers": d.Queue.Workers, "queue.nice": d.Queue.Nice,

@@ -24,13 +24,6 @@ func (p *problems) add(path, format string, args ...any) {
 	p.list = append(p.list, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
-// MaxMark leaves the top byte of the mark, and room for one mark per gateway
-// route above the base, to the clone markers of queue sessions.
-const MaxMark = 0x00f00000
-
-// MaxQueueSessions is how many queue sessions the clone markers tell apart.
-const MaxQueueSessions = 63
-
 // Validate checks a decoded config without looking at the host, fills in
 // per-session defaults, and returns every problem found.
 func Validate(c *Config) Errors {
@@ -41,20 +34,47 @@ func Validate(c *Config) Errors {
 	if !filepath.IsAbs(c.StateDir) {
 		p.add("state_dir", "%q must be an absolute path", c.StateDir)
 	}
-	if c.Mark == 0 {
-		p.add("mark", "must not be 0 (copies are recognised by their mark)")
+	ml := c.Marks()
+	switch {
+	case c.MarkMask == 0:
+		p.add("mark_mask", "must not be 0 (nfclone needs bits of the packet mark of its own)")
+	case !ml.Contiguous():
+		p.add("mark_mask", "%#x must be one run of bits (0x000000ff, 0x00f00000, ...)", c.MarkMask)
 	}
-	if c.Mark > MaxMark {
-		p.add("mark", "%#x must be at most %#x (the top byte of the mark tags the kernel's copies of queue sessions)", c.Mark, MaxMark)
+	switch {
+	case c.Mark == 0:
+		p.add("mark", "must not be 0 (copies are recognised by their mark)")
+	case c.MarkMask == 0:
+	case c.Mark&^c.MarkMask != 0:
+		p.add("mark", "%#x has bits outside mark_mask %#x (nfclone sets and reads only the bits of mark_mask)", c.Mark, c.MarkMask)
+	case ml.Contiguous() && c.Mark&ml.CopyBit() == 0:
+		p.add("mark", "%#x must have the top bit of mark_mask (%#x) set: the lower half of mark_mask holds the clone markers of queue sessions", c.Mark, ml.CopyBit())
 	}
 	nq := 0
+	gws := map[string]bool{}
 	for _, s := range c.Sessions {
 		if s.Method == MethodQueue {
 			nq++
 		}
+		if s.Method != MethodQueue && s.Method != MethodLog {
+			continue
+		}
+		for _, t := range s.Targets {
+			if t.Kind != KindGateway {
+				continue
+			}
+			if gw, err := netip.ParseAddr(t.Gateway); err == nil {
+				gws[gw.Unmap().String()+"%"+t.Device] = true
+			}
+		}
 	}
-	if nq > MaxQueueSessions {
-		p.add("sessions", "%d queue sessions, at most %d (their copies are told apart by 6 bits of the mark)", nq, MaxQueueSessions)
+	if c.MarkMask != 0 && ml.Contiguous() {
+		if max := ml.QueueSlots(); nq > max {
+			p.add("sessions", "%d queue sessions, at most %d with mark_mask %#x (their copies are told apart by the lower half of mark_mask, less two flag bits)", nq, max, c.MarkMask)
+		}
+		if room := ml.GatewayRoom(c.Mark); c.Mark&^c.MarkMask == 0 && len(gws) > room {
+			p.add("mark", "%#x leaves room in mark_mask %#x for %d gateway marks, the userspace sessions have %d distinct gateways", c.Mark, c.MarkMask, room, len(gws))
+		}
 	}
 	if c.RouteTable == 0 || c.RouteTable == 253 || c.RouteTable == 254 || c.RouteTable == 255 {
 		p.add("route_table", "%d is reserved (0, default, main, local)", c.RouteTable)

@@ -62,7 +62,7 @@ func routePlan(c *config.Config, gws []rules.GatewayRoute) route.Plan {
 	moved := map[route.Family]bool{}
 	for _, gr := range gws {
 		f := route.FamilyOf(gr.Gateway)
-		p.Rules = append(p.Rules, route.PolicyRule{Family: f, Pref: gr.Pref, Mark: gr.Mark, Table: gr.Table})
+		p.Rules = append(p.Rules, route.PolicyRule{Family: f, Pref: gr.Pref, Mark: gr.Mark, MarkMask: c.MarkMask, Table: gr.Table})
 		// The backstop first: whatever happens to the gateway route (link
 		// down, device deleted), a marked copy's lookup ends in its own
 		// table and never falls through to the main table.

@@ -135,7 +135,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 			r, err := nfq.NewQueueReader(nfq.QueueConfig{
 				Num: uint16(first + k), Snaplen: uint32(sc.Snaplen), MaxLen: uint32(c.Queue.MaxLen), Logger: slog,
 				BufBudget: (8 << 20) / c.Queue.Count, // the session's receive slabs stay within 8 MiB (126 whole 64 KiB messages)
-				Clones:    &nfq.CloneMarks{Mask: rules.CloneMask, TTLDecremented: rules.CloneTTLDecremented, DFClear: rules.CloneDFClear},
+				Clones:    &nfq.CloneMarks{Mask: c.MarkMask, TTLDecremented: c.Marks().TTLDecremented(), DFClear: c.Marks().DFClear()},
 			}, s.queue, s.ledger)
 			if err != nil {
 				return nil, hostErr("sessions[%d]: binding NFQUEUE %d: %v", i, first+k, err)

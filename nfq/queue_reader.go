@@ -39,7 +39,7 @@ type QueueConfig struct {
 	// busy (0 = 1 ms). A drained socket always flushes at once.
 	FlushInterval time.Duration
 	// Clones, if set, says the queue receives the kernel's clones of the
-	// originals (rules.CloneMask), not the originals (nfclone's rules always
+	// originals (marked in mark_mask, config.MarkLayout), not the originals (nfclone's rules always
 	// queue clones; without it the queue holds originals, fail-open, as in
 	// the root tests): every packet gets a drop verdict (its original went on in the kernel), the queue is never
 	// fail-open (an accepted clone would be delivered to lo), the marker is
@@ -68,7 +68,8 @@ type QueueConfig struct {
 // verdicts and pushes copies of their bytes into a CopyQueue.
 // CloneMarks describes the marker the rules put on clones.
 type CloneMarks struct {
-	// Mask is the part of the mark holding the marker.
+	// Mask is the part of the mark holding the marker (mark_mask): the
+	// reader clears it whole and keeps every bit others set.
 	Mask uint32
 	// TTLDecremented is the marker bit of clones whose TTL (hop limit) the
 	// kernel's dup decremented.

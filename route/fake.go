@@ -329,9 +329,7 @@ func (f *Fake) Rules(fam Family) ([]RuleInfo, error) {
 
 func ruleInfoOf(r PolicyRule) RuleInfo {
 	ri := RuleInfo{PolicyRule: r, Action: unix.FR_ACT_TO_TBL}
-	if r.Mark != 0 {
-		ri.Mask = 0xffffffff
-	}
+	ri.Mask = r.FwMask()
 	return ri
 }
 

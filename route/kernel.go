@@ -87,16 +87,13 @@ type RuleInfo struct {
 	Other bool
 }
 
-// Is reports whether the kernel rule is exactly `pref P [fwmark M] lookup T`.
+// Is reports whether the kernel rule is exactly `pref P [fwmark M/K] lookup T`.
 func (ri RuleInfo) Is(r PolicyRule) bool {
 	if ri.Other || ri.Action != unix.FR_ACT_TO_TBL || ri.Family != r.Family ||
 		ri.Pref != r.Pref || ri.Table != r.Table || ri.Mark != r.Mark {
 		return false
 	}
-	if r.Mark == 0 {
-		return ri.Mask == 0
-	}
-	return ri.Mask == 0xffffffff
+	return ri.Mask == r.FwMask()
 }
 
 // RouteInfo is a default route: `default via Gateway dev Index table Table`,

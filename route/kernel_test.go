@@ -143,7 +143,7 @@ func kernelPlan(t testing.TB) Plan {
 		},
 		Rules: []PolicyRule{
 			{Family: IPv4, Pref: 100, Mark: 0x4e43, Table: 20035},
-			{Family: IPv6, Pref: 100, Mark: 0x4e43, Table: 20035},
+			{Family: IPv6, Pref: 100, Mark: 0x80, MarkMask: 0xff, Table: 20035}, // nfclone's field of the mark only
 		},
 		MoveLocal: []Family{IPv4, IPv6},
 	}
@@ -169,7 +169,7 @@ func TestKernelApplyUndo(t *testing.T) {
 
 	n.mustContain("ip rule", n.ip("-4", "rule"),
 		"100:\tfrom all fwmark 0x4e43 lookup 20035", "100:\tfrom 10.77.9.0/24 fwmark 0x4e44 lookup 20035", "1000:\tfrom all lookup local")
-	n.mustContain("ip -6 rule", n.ip("-6", "rule"), "100:\tfrom all fwmark 0x4e43 lookup 20035", "1000:\tfrom all lookup local")
+	n.mustContain("ip -6 rule", n.ip("-6", "rule"), "100:\tfrom all fwmark 0x80/0xff lookup 20035", "1000:\tfrom all lookup local")
 	for _, fam := range []string{"-4", "-6"} {
 		if out := n.ip(fam, "rule"); localAt0.MatchString(out) {
 			t.Errorf("ip %s rule: local rule still at pref 0:\n%s", fam, out)

@@ -334,8 +334,11 @@ func ruleMsg(r PolicyRule) *rtnetlink.RuleMessage {
 	pref, table := r.Pref, r.Table
 	attrs := &rtnetlink.RuleAttributes{Priority: &pref, Table: &table}
 	if r.Mark != 0 {
-		mark := r.Mark
+		mark, mask := r.Mark, r.FwMask()
 		attrs.FwMark = &mark
+		if mask != 0xffffffff {
+			attrs.FwMask = &mask
+		}
 	}
 	return &rtnetlink.RuleMessage{
 		Family: uint8(r.Family), Table: table8(r.Table), Action: unix.FR_ACT_TO_TBL, Attributes: attrs,

@@ -97,13 +97,28 @@ func (f Family) ipCmd() string {
 	return "ip"
 }
 
-// PolicyRule is `ip rule add pref Pref fwmark Mark lookup Table`.
-// Mark 0 means no fwmark selector (used for the `local` rule itself).
+// PolicyRule is `ip rule add pref Pref fwmark Mark/MarkMask lookup Table`.
+// Mark 0 means no fwmark selector (used for the `local` rule itself);
+// MarkMask 0 means the whole mark (0xffffffff, what the kernel takes when
+// no mask is given).
 type PolicyRule struct {
-	Family Family `json:"family"`
-	Pref   uint32 `json:"pref"`
-	Mark   uint32 `json:"mark,omitempty"`
-	Table  uint32 `json:"table"`
+	Family   Family `json:"family"`
+	Pref     uint32 `json:"pref"`
+	Mark     uint32 `json:"mark,omitempty"`
+	MarkMask uint32 `json:"mark_mask,omitempty"`
+	Table    uint32 `json:"table"`
+}
+
+// FwMask is the fwmark mask the kernel holds for the rule: 0 without a
+// mark, MarkMask or 0xffffffff with one.
+func (r PolicyRule) FwMask() uint32 {
+	switch {
+	case r.Mark == 0:
+		return 0
+	case r.MarkMask == 0:
+		return 0xffffffff
+	}
+	return r.MarkMask
 }
 
 func (r PolicyRule) String() string {
@@ -111,6 +126,9 @@ func (r PolicyRule) String() string {
 	fmt.Fprintf(&b, "pref %d", r.Pref)
 	if r.Mark != 0 {
 		fmt.Fprintf(&b, " fwmark %#x", r.Mark)
+		if m := r.FwMask(); m != 0xffffffff {
+			fmt.Fprintf(&b, "/%#x", m)
+		}
 	}
 	b.WriteString(" lookup " + tableName(r.Table))
 	return b.String()
@@ -310,6 +328,9 @@ func (p Plan) Validate() error {
 		}
 		if r.Mark == 0 {
 			bad("%s: fwmark 0 would match every packet", what)
+		}
+		if r.Mark&^r.FwMask() != 0 {
+			bad("%s: fwmark has bits outside its mask", what)
 		}
 		if r.Pref == 0 {
 			bad("%s: pref 0 is reserved for the local rule", what)

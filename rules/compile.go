@@ -182,16 +182,18 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 			}
 			slot := slots // this session's marker: one per queue session, whatever its families
 			slots++
-			if slot >= MaxCloneSlots {
-				return nil, fmt.Errorf("sessions[%d]: more than %d queue sessions", i, MaxCloneSlots)
+			ml := c.Marks()
+			if slot >= ml.QueueSlots() {
+				return nil, fmt.Errorf("sessions[%d]: more than %d queue sessions with mark_mask %#x", i, ml.QueueSlots(), c.MarkMask)
 			}
 			for _, f := range userspaceFamilies(s) {
-				sc.l3(tbl(f), true, func(b *builder, ttlDec bool) { b.cloneToQueue(CloneMarker(slot, ttlDec)) })
-				clones[f] = append(clones[f], newBuilder(f).catchClones(CloneMarker(slot, false), num, c.Queue.Count, opt.NativeQueue).rule())
+				sc.l3(tbl(f), true, func(b *builder, ttlDec bool) { b.cloneToQueue(ml, ml.CloneMarker(slot, ttlDec)) })
+				clones[f] = append(clones[f], newBuilder(f).catchClones(ml, ml.CloneMarker(slot, false), num, c.Queue.Count, opt.NativeQueue).rule())
 			}
 		}
 	}
 	if userspace {
+		lo, hi := opt.markRange(c)
 		for _, f := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
 			t := tbl(f)
 			if len(clones[f]) > 0 {
@@ -204,7 +206,7 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 			t.Chains = append(t.Chains, Chain{
 				Name:  "copies_notrack",
 				Hook:  &Hook{Num: *nftables.ChainHookOutput, Priority: rawPriority},
-				Rules: []Rule{newBuilder(t.Family).notrackMarks(opt.markRange(c)).rule()},
+				Rules: []Rule{newBuilder(t.Family).notrackMarks(c.MarkMask, lo, hi).rule()},
 			})
 		}
 	}
@@ -358,7 +360,7 @@ func (sc *sessionCompiler) netdev(t *Table, devs []config.Target) {
 			if sc.opt.SkipMissing && sc.opt.IfIndex(ifc) == 0 {
 				continue // the device is gone: no chain can be bound to it
 			}
-			b := newBuilder(t.Family).markGuard(sc.opt.markRange(sc.cfg))
+			b := newBuilder(t.Family).markGuard(sc.markGuardArgs())
 			if sc.s.HostOnly {
 				b.fibLocal(d)
 			}
@@ -403,9 +405,14 @@ func (sc *sessionCompiler) l3(t *Table, perDirection bool, action func(b *builde
 		filter := fmt.Sprintf("%s_%s", name, dirShort(d))
 		base := Chain{Name: filter + "_hook", Hook: &Hook{Num: *hook, Priority: basePriority}}
 		for _, ifc := range ifaces[d] {
-			b := newBuilder(t.Family).ifaceName(d, ifc).markGuard(sc.opt.markRange(sc.cfg))
+			b := newBuilder(t.Family).ifaceName(d, ifc)
 			if perDirection {
-				b.markBits(CloneMask, 0) // the clone marker must fit (cloneToQueue)
+				// nfclone's field must be clear: the clone marker goes
+				// there and the copy rule clears it again (cloneToQueue).
+				// This also skips every copy (their marks are in the field).
+				b.markBits(sc.cfg.MarkMask, 0)
+			} else {
+				b.markGuard(sc.markGuardArgs())
 			}
 			b.count(sc.s.Name, CounterSeen).verdict(expr.VerdictJump, filter)
 			base.Rules = append(base.Rules, b.rule())
@@ -502,6 +509,12 @@ func (sc *sessionCompiler) match(fam nftables.TableFamily, r parsedRule, dir str
 	return b, true
 }
 
+// markGuardArgs: nfclone's field of the mark and the range of copy marks.
+func (sc *sessionCompiler) markGuardArgs() (mask, lo, hi uint32) {
+	lo, hi = sc.opt.markRange(sc.cfg)
+	return sc.cfg.MarkMask, lo, hi
+}
+
 // copyChain samples, rate-limits and copies.
 func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, action func(*builder)) Chain {
 	ch := Chain{Name: name}
@@ -512,7 +525,7 @@ func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, acti
 		ch.Rules = append(ch.Rules, newBuilder(fam).rateOver(*sc.rate).count(sc.s.Name, CounterRateLimited).verdict(expr.VerdictReturn, "").rule())
 	}
 	if sc.s.Method == config.MethodQueue && fam == nftables.TableFamilyIPv4 {
-		ch.Rules = append(ch.Rules, newBuilder(fam).dfClearMark().rule())
+		ch.Rules = append(ch.Rules, newBuilder(fam).dfClearMark(sc.cfg.Marks()).rule())
 	}
 	b := newBuilder(fam).count(sc.s.Name, CounterCopied)
 	action(b)

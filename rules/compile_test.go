@@ -453,14 +453,21 @@ func TestProbe(t *testing.T) {
 // caught first in the output hook by the slot part of the marker, and only
 // prerouting/input clones say that the kernel decremented their TTL.
 func TestCloneMarkers(t *testing.T) {
-	if m := CloneMarker(0, false); m != 0x04000000 {
+	ml := config.NewMarkLayout(config.DefaultMarkMask)
+	if m := ml.CloneMarker(0, false); m != 0x04 {
 		t.Errorf("slot 0 marker %#x", m)
 	}
-	if m := CloneMarker(1, true); m != 0x09000000 {
+	if m := ml.CloneMarker(1, true); m != 0x09 {
 		t.Errorf("slot 1 ttl marker %#x", m)
 	}
-	if m := CloneMarker(MaxCloneSlots-1, true); m&CloneMask != m || m>>cloneSlotShift != MaxCloneSlots || m&CloneDFClear != 0 {
-		t.Errorf("last slot marker %#x", m)
+	last := ml.QueueSlots() - 1
+	if m := ml.CloneMarker(last, true); last != 30 || m&ml.Mask != m || m&ml.CopyBit() != 0 || int(m>>2) != last+1 || m&ml.DFClear() != 0 {
+		t.Errorf("last slot %d marker %#x", last, m)
+	}
+	// Elsewhere in the mark: the same layout shifted, still inside the mask.
+	hi := config.NewMarkLayout(0x00f00000)
+	if m := hi.CloneMarker(2, true); m != 0x00d00000 || hi.QueueSlots() != 1 || hi.CopyBit() != 0x00800000 || hi.DFClear() != 0x00200000 {
+		t.Errorf("0xf00000: marker %#x, %d slots", m, hi.QueueSlots())
 	}
 	rs := compileCase(t, "userspace", false)
 	var clones, copies []string
@@ -479,13 +486,13 @@ func TestCloneMarkers(t *testing.T) {
 			}
 		}
 	}
-	wantClones := []string{"meta mark 0x04000000/6 queue num 10-13", "meta mark 0x04000000/6 queue num 10-13"}
+	wantClones := []string{"meta mark & 0x000000fc == 0x00000004 queue num 10-13", "meta mark & 0x000000fc == 0x00000004 queue num 10-13"}
 	if !reflect.DeepEqual(clones, wantClones) {
 		t.Errorf("clones rules %q, want %q", clones, wantClones)
 	}
 	wantCopies := []string{
-		`web_in_copy: counter packets 0 bytes 0 meta mark set meta mark | 0x05000000 dup to 127.0.0.1 device "lo" meta mark set meta mark & 0x00ffffff`,
-		`web_in_copy: counter packets 0 bytes 0 meta mark set meta mark | 0x05000000 dup to ::1 device "lo" meta mark set meta mark & 0x00ffffff`,
+		`web_in_copy: counter packets 0 bytes 0 meta mark set meta mark | 0x00000005 dup to 127.0.0.1 device "lo" meta mark set meta mark & 0xffffff00`,
+		`web_in_copy: counter packets 0 bytes 0 meta mark set meta mark | 0x00000005 dup to ::1 device "lo" meta mark set meta mark & 0xffffff00`,
 	}
 	if !reflect.DeepEqual(copies, wantCopies) {
 		t.Errorf("copy rules\n%s\nwant\n%s", strings.Join(copies, "\n"), strings.Join(wantCopies, "\n"))
@@ -493,7 +500,7 @@ func TestCloneMarkers(t *testing.T) {
 }
 
 // Each queue session gets the next marker slot, whether it copies one
-// family or two (63 sessions fit, as config allows).
+// family or two (31 sessions fit in the default mark_mask, as config allows).
 func TestCloneSlotsPerSession(t *testing.T) {
 	c, err := config.Parse([]byte(`
 sessions:
@@ -519,8 +526,8 @@ sessions:
 		}
 	}
 	want := []string{ // ip: a, b, c; ip6: a, c
-		"meta mark 0x04000000/6 queue num 0", "meta mark 0x08000000/6 queue num 1", "meta mark 0x0c000000/6 queue num 2",
-		"meta mark 0x04000000/6 queue num 0", "meta mark 0x0c000000/6 queue num 2",
+		"meta mark & 0x000000fc == 0x00000004 queue num 0", "meta mark & 0x000000fc == 0x00000008 queue num 1", "meta mark & 0x000000fc == 0x0000000c queue num 2",
+		"meta mark & 0x000000fc == 0x00000004 queue num 0", "meta mark & 0x000000fc == 0x0000000c queue num 2",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("clones rules %q, want %q", got, want)

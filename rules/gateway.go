@@ -8,11 +8,12 @@ import (
 
 // GatewayRoute is the policy routing of one distinct (gateway, device) of the
 // userspace methods: copies sent with Mark are routed by `ip rule pref Pref
-// fwmark Mark lookup Table` to `default via Gateway dev Device table Table`.
-// The first gets mark+1 and the configured table and preference, each
+// fwmark Mark/MarkMask lookup Table` to `default via Gateway dev Device table
+// Table`. The first gets mark+1 (in units of mark_mask's lowest bit) and the configured table and preference, each
 // further one the next numbers. The configured mark itself stays unrouted:
 // device and tunnel copies carry it. So every copy carries a mark in
-// [cfg.Mark, cfg.Mark+len] — the range every capture rule skips.
+// [cfg.Mark, cfg.Mark+len·unit] inside mark_mask — the range every capture
+// rule skips.
 type GatewayRoute struct {
 	Gateway netip.Addr
 	Device  string
@@ -45,7 +46,7 @@ func GatewayRoutes(c *config.Config) []GatewayRoute {
 			seen[key] = true
 			k := uint32(len(out))
 			out = append(out, GatewayRoute{Gateway: gw.Unmap(), Device: t.Device,
-				Mark: c.Mark + 1 + k, Table: c.RouteTable + k, Pref: c.RulePref + k})
+				Mark: c.Marks().GatewayMark(c.Mark, k), Table: c.RouteTable + k, Pref: c.RulePref + k})
 		}
 	}
 	return out
@@ -61,9 +62,9 @@ func StableGatewayRoutes(c *config.Config, prev []GatewayRoute) []GatewayRoute {
 	var out []GatewayRoute
 	for _, w := range want {
 		for _, p := range prev {
-			if p.Gateway == w.Gateway && p.Device == w.Device && p.Mark > c.Mark {
+			if p.Gateway == w.Gateway && p.Device == w.Device && p.Mark > c.Mark && p.Mark&^c.MarkMask == 0 {
 				out = append(out, p)
-				used[p.Mark-c.Mark-1] = true
+				used[(p.Mark-c.Mark)/c.Marks().Unit()-1] = true
 				break
 			}
 		}
@@ -77,7 +78,7 @@ func StableGatewayRoutes(c *config.Config, prev []GatewayRoute) []GatewayRoute {
 			k++
 		}
 		used[k] = true
-		out = append(out, GatewayRoute{Gateway: w.Gateway, Device: w.Device, Mark: c.Mark + 1 + k, Table: c.RouteTable + k, Pref: c.RulePref + k})
+		out = append(out, GatewayRoute{Gateway: w.Gateway, Device: w.Device, Mark: c.Marks().GatewayMark(c.Mark, k), Table: c.RouteTable + k, Pref: c.RulePref + k})
 	}
 	return out
 }

@@ -69,16 +69,19 @@ func (b *builder) ifaceName(dir, name string) *builder {
 		&expr.Meta{Key: key, Register: reg}, cmpEq(ifname(name)))
 }
 
-// markGuard: `meta mark != 0x00004e43` (or a range `!= 0x00004e43-0x00004e44`
-// when several gateway routes each have their own mark) — nothing carrying
-// one of nfclone's marks is copied.
-func (b *builder) markGuard(lo, hi uint32) *builder {
+// markGuard: `meta mark & 0x000000ff != 0x00000080` (or a range `!=
+// 0x00000080-0x00000081` when several gateway routes each have their own
+// mark) — nothing carrying one of nfclone's copy marks in its field of the
+// mark is copied, whatever other bits others have set.
+func (b *builder) markGuard(mask, lo, hi uint32) *builder {
 	load := &expr.Meta{Key: expr.MetaKeyMARK, Register: reg}
+	and := &expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4,
+		Mask: binaryutil.NativeEndian.PutUint32(mask), Xor: make([]byte, 4)}
 	if lo == hi {
-		return b.add(fmt.Sprintf("meta mark != 0x%08x", lo), load,
+		return b.add(fmt.Sprintf("meta mark & 0x%08x != 0x%08x", mask, lo), load, and,
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg, Data: binaryutil.NativeEndian.PutUint32(lo)})
 	}
-	return b.add(fmt.Sprintf("meta mark != 0x%08x-0x%08x", lo, hi), load, markHton(),
+	return b.add(fmt.Sprintf("meta mark & 0x%08x != 0x%08x-0x%08x", mask, lo, hi), load, and, markHton(),
 		&expr.Range{Op: expr.CmpOpNeq, Register: reg,
 			FromData: binaryutil.BigEndian.PutUint32(lo), ToData: binaryutil.BigEndian.PutUint32(hi)})
 }
@@ -306,29 +309,13 @@ const queueBypass = 0x1
 
 // Clones of `queue` sessions. The kernel's `dup` makes the copy and only the
 // copy goes through NFQUEUE, so an original is never held for userspace:
-// the session's copy rule sets a marker in the top byte of the mark, dups
-// the packet to the loopback device and clears the marker again (the
-// original leaves the rule with the mark it came with); the clone enters
-// the output hook carrying the marker, where the clones chain queues it.
+// the session's copy rule sets a marker in nfclone's field of the mark
+// (mark_mask, config.MarkLayout), dups the packet to the loopback device and
+// clears the field again (the original leaves the rule with the mark it came
+// with: the hook chain let in only packets whose field was clear); the clone
+// enters the output hook carrying the marker, where the clones chain queues
+// it.
 const (
-	// CloneMask is the part of the mark nfclone uses for clone markers.
-	// Packets with any of these bits set are not copied by queue sessions.
-	CloneMask uint32 = 0xff000000
-	// cloneSlotMask selects the session slot of a marker.
-	cloneSlotMask uint32 = 0xfc000000
-	// cloneSlotShift is where the slot number (1-based) sits in the mark.
-	cloneSlotShift = 26
-	// CloneDFClear is set in the marker of IPv4 clones whose original had
-	// DF clear: the kernel's dup sets DF on every IPv4 clone (seen in the
-	// lab), and the reader clears it again so the copy keeps the original's
-	// bits.
-	CloneDFClear uint32 = 0x02000000
-	// CloneTTLDecremented is set in the marker of clones taken in prerouting
-	// and input, whose TTL (hop limit) the kernel's dup decremented; the
-	// reader adds it back.
-	CloneTTLDecremented uint32 = 0x01000000
-	// MaxCloneSlots is how many queue sessions the markers can tell apart.
-	MaxCloneSlots = config.MaxQueueSessions
 	// loopbackIndex is the ifindex of lo in every network namespace.
 	loopbackIndex = 1
 	// clonesPriority puts the clones chain before everything in the output
@@ -336,23 +323,10 @@ const (
 	clonesPriority = -450
 )
 
-// CloneMarker is the marker of the clones of queue session slot (0-based,
-// < MaxCloneSlots), with the TTL flag for chains in prerouting and input.
-func CloneMarker(slot int, ttlDecremented bool) uint32 {
-	m := uint32(slot+1) << cloneSlotShift
-	if ttlDecremented {
-		m |= CloneTTLDecremented
-	}
-	return m
-}
-
-// markBits: `meta mark 0x04000000/6` (the mark under a prefix mask equals v).
+// markBits: `meta mark & 0x000000ff == 0x00000000` (the mark under mask
+// equals v).
 func (b *builder) markBits(mask, v uint32) *builder {
-	ones := 0
-	for m := mask; m != 0; m <<= 1 {
-		ones++
-	}
-	return b.add(fmt.Sprintf("meta mark 0x%08x/%d", v, ones),
+	return b.add(fmt.Sprintf("meta mark & 0x%08x == 0x%08x", mask, v),
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg},
 		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(mask), Xor: make([]byte, 4)},
@@ -370,36 +344,38 @@ func (b *builder) setMark(text string, mask, xor uint32) *builder {
 }
 
 // dfClearMark: `ip frag-off & 16384 == 0 meta mark set meta mark |
-// 0x02000000` — tells the reader that the original had DF clear (the
+// 0x00000002` — tells the reader that the original had DF clear (the
 // kernel's dup sets it on the clone). The copy rule right after it clears
-// the whole top byte again.
-func (b *builder) dfClearMark() *builder {
+// nfclone's field again.
+func (b *builder) dfClearMark(ml config.MarkLayout) *builder {
 	b.add("ip frag-off & 16384 == 0",
 		&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 6, Len: 2},
 		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 2,
 			Mask: binaryutil.BigEndian.PutUint16(0x4000), Xor: make([]byte, 2)},
 		cmpEq(make([]byte, 2)))
-	return b.setMark(fmt.Sprintf("meta mark set meta mark | 0x%08x", CloneDFClear), ^CloneDFClear, CloneDFClear)
+	df := ml.DFClear()
+	return b.setMark(fmt.Sprintf("meta mark set meta mark | 0x%08x", df), ^df, df)
 }
 
 // cloneToQueue: `meta mark set meta mark | M dup to 127.0.0.1 device "lo"
-// meta mark set meta mark & 0x00ffffff`. The session's hook chain has let in
-// only packets whose mark has none of CloneMask's bits, so the last
-// statement restores the original's mark exactly.
-func (b *builder) cloneToQueue(marker uint32) *builder {
+// meta mark set meta mark & 0xffffff00`. The session's hook chain has let in
+// only packets whose field (mark_mask) is clear, so the last statement
+// restores the original's mark exactly, every bit others set included.
+func (b *builder) cloneToQueue(ml config.MarkLayout, marker uint32) *builder {
 	lo := netip.MustParseAddr("127.0.0.1")
 	if b.fam == nftables.TableFamilyIPv6 {
 		lo = netip.IPv6Loopback()
 	}
 	b.setMark(fmt.Sprintf("meta mark set meta mark | 0x%08x", marker), ^marker, marker)
 	b.dupGateway(lo, "lo", loopbackIndex)
-	return b.setMark(fmt.Sprintf("meta mark set meta mark & 0x%08x", ^CloneMask), ^CloneMask, 0)
+	return b.setMark(fmt.Sprintf("meta mark set meta mark & 0x%08x", ^ml.Mask), ^ml.Mask, 0)
 }
 
-// catchClones: `meta mark 0x04000000/6 queue num 5` — no bypass, and the
-// queue is not fail-open: a clone nobody reads is dropped, never delivered.
-func (b *builder) catchClones(marker uint32, num, total int, native bool) *builder {
-	b.markBits(cloneSlotMask, marker&cloneSlotMask)
+// catchClones: `meta mark & 0x000000fc == 0x00000004 queue num 5` — no
+// bypass, and the queue is not fail-open: a clone nobody reads is dropped,
+// never delivered. The mask takes the copy bit too: copies never match.
+func (b *builder) catchClones(ml config.MarkLayout, marker uint32, num, total int, native bool) *builder {
+	b.markBits(ml.SlotMask(), marker&ml.SlotMask())
 	return b.queueFlags(num, total, native, 0)
 }
 
@@ -455,14 +431,17 @@ func markHton() *expr.Byteorder {
 	return &expr.Byteorder{SourceRegister: reg, DestRegister: reg, Op: expr.ByteorderHton, Len: 4, Size: 4}
 }
 
-// notrackMarks: `meta mark 0x00004e43 notrack` — copies stay out of conntrack.
-func (b *builder) notrackMarks(lo, hi uint32) *builder {
+// notrackMarks: `meta mark & 0x000000ff == 0x00000080 notrack` — copies stay
+// out of conntrack.
+func (b *builder) notrackMarks(mask, lo, hi uint32) *builder {
 	load := &expr.Meta{Key: expr.MetaKeyMARK, Register: reg}
+	and := &expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4,
+		Mask: binaryutil.NativeEndian.PutUint32(mask), Xor: make([]byte, 4)}
 	if lo == hi {
-		return b.add(fmt.Sprintf("meta mark 0x%08x notrack", lo), load,
+		return b.add(fmt.Sprintf("meta mark & 0x%08x == 0x%08x notrack", mask, lo), load, and,
 			cmpEq(binaryutil.NativeEndian.PutUint32(lo)), &expr.Notrack{})
 	}
-	return b.add(fmt.Sprintf("meta mark 0x%08x-0x%08x notrack", lo, hi), load, markHton(),
+	return b.add(fmt.Sprintf("meta mark & 0x%08x 0x%08x-0x%08x notrack", mask, lo, hi), load, and, markHton(),
 		&expr.Range{Op: expr.CmpOpEq, Register: reg,
 			FromData: binaryutil.BigEndian.PutUint32(lo), ToData: binaryutil.BigEndian.PutUint32(hi)},
 		&expr.Notrack{})

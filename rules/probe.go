@@ -59,7 +59,7 @@ func Probe(newConn func() (Batch, error), table string, lo uint32) (Features, er
 		{name: FeatNativeQueue, fam: nftables.TableFamilyINet, rule: func() Rule { return b(nftables.TableFamilyINet).queue(0, 1, true).rule() }},
 		{name: FeatCompatQueue, fam: nftables.TableFamilyINet, rule: func() Rule { return b(nftables.TableFamilyINet).queue(0, 1, false).rule() }},
 		{name: FeatLog, fam: nftables.TableFamilyINet, rule: func() Rule { return b(nftables.TableFamilyINet).log(0, 128, 1).rule() }},
-		{name: FeatNotrack, fam: nftables.TableFamilyINet, rule: func() Rule { return b(nftables.TableFamilyINet).notrackMarks(1, 1).rule() }},
+		{name: FeatNotrack, fam: nftables.TableFamilyINet, rule: func() Rule { return b(nftables.TableFamilyINet).notrackMarks(0xff, 1, 1).rule() }},
 		{name: FeatFib, fam: nftables.TableFamilyINet, rule: func() Rule { return b(nftables.TableFamilyINet).fibLocal("ingress").rule() }},
 		{name: FeatNumgen, fam: nftables.TableFamilyINet, rule: func() Rule { return b(nftables.TableFamilyINet).sample(2).rule() }},
 		{name: FeatLimit, fam: nftables.TableFamilyINet, rule: func() Rule {

@@ -29,7 +29,7 @@ type DeviceConfig struct {
 	DstMAC net.HardwareAddr
 	// SrcMAC overrides the source address (nil: the device's own).
 	SrcMAC net.HardwareAddr
-	// Mark is SO_MARK on the socket (default 0x4e43).
+	// Mark is SO_MARK on the socket (default 0x80).
 	Mark   uint32
 	NoMark bool
 	Logger *slog.Logger

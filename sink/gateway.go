@@ -17,7 +17,7 @@ const ipv6HdrIncl = 36 // IPV6_HDRINCL
 type GatewayConfig struct {
 	// Name identifies the target in counters and warnings.
 	Name string
-	// Mark is put on every copy with SO_MARK (default 0x4e43); the policy
+	// Mark is put on every copy with SO_MARK (default 0x80); the policy
 	// rule "fwmark Mark lookup T" routes the copies to the gateway, and
 	// nfclone's capture rules skip marked packets.
 	Mark uint32
@@ -33,8 +33,9 @@ type GatewayConfig struct {
 	Logger *slog.Logger
 }
 
-// DefaultMark is nfclone's default fwmark.
-const DefaultMark = 0x4e43
+// DefaultMark is nfclone's default fwmark (config.DefaultMark: inside the
+// default mark_mask 0x000000ff).
+const DefaultMark = 0x00000080
 
 // Gateway sends copies at the IP layer through raw sockets (AF_INET and
 // AF_INET6, IPPROTO_RAW, header included) to the copy's own destination

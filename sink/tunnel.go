@@ -32,7 +32,7 @@ const (
 )
 
 // Default inner Ethernet addresses of the Tunnel sink (locally
-// administered unicast, "NC" = 0x4e43 as in nfclone's mark): copies of L3
+// administered unicast, "NC" in ASCII): copies of L3
 // packets get a synthesized Ethernet header from 02:4e:43:00:00:01 to
 // 02:4e:43:00:00:02.
 var (
@@ -70,7 +70,7 @@ type TunnelConfig struct {
 	Remotes []netip.AddrPort
 	// VNI is the 24-bit virtual network identifier.
 	VNI uint32
-	// Mark is SO_MARK on every socket (default 0x4e43); NoMark: none.
+	// Mark is SO_MARK on every socket (default 0x80); NoMark: none.
 	Mark   uint32
 	NoMark bool
 	// SrcMAC and DstMAC are the synthesized inner Ethernet header's

@@ -624,6 +624,28 @@ func render(w io.Writer, c *config.Config) error {
 	return nil
 }
 
+// markCheck reads the host's ruleset and warns about every rule that reads
+// or changes bits of the packet mark in nfclone's field (mark_mask): those
+// packets are not copied (queue sessions copy only packets whose field is
+// clear) or the other user sees nfclone's marks on copies.
+func markCheck(w io.Writer, c *config.Config) {
+	uses, err := rules.HostMarkUses()
+	if err != nil {
+		fmt.Fprintf(w, "warning: cannot read the host's ruleset for other users of the packet mark: %v\n", err)
+		return
+	}
+	over, others := rules.MarkOverlaps(uses, c.MarkMask, c.Table), 0
+	for _, u := range uses {
+		if u.Table != c.Table {
+			others++
+		}
+	}
+	fmt.Fprintf(w, "packet mark: nfclone uses mark_mask 0x%08x (copies 0x%08x); %d uses of the mark by other rules, %d overlapping\n", c.MarkMask, c.Mark, others, len(over))
+	for _, u := range over {
+		fmt.Fprintf(w, "warning: mark overlaps mark_mask 0x%08x: %s\n", c.MarkMask, u)
+	}
+}
+
 func check(w io.Writer, c *config.Config) error {
 	fmt.Fprintf(w, "config: ok (%d sessions)\n", len(c.Sessions))
 	if errs := config.CheckHost(c, config.SystemHost{}, nil); len(errs) > 0 {
@@ -637,6 +659,7 @@ func check(w io.Writer, c *config.Config) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", engine.ErrHost, err)
 	}
+	markCheck(w, c)
 	fmt.Fprintln(w, "kernel features:")
 	for _, x := range f.List {
 		state := "yes"

@@ -208,7 +208,7 @@ func TestKill9ThenRestart(t *testing.T) {
 		t.Fatalf("the restart did not reconcile the killed run:\n%s", p.Stderr())
 	}
 	rules := l.MustExec(t, l.Eng, "ip", "rule")
-	if n := strings.Count(rules, "fwmark 0x4e44"); n != 1 {
+	if n := strings.Count(rules, "fwmark 0x81/0xff"); n != 1 {
 		t.Fatalf("%d fwmark rules after restart:\n%s", n, rules)
 	}
 	if n := strings.Count(rules, "lookup local"); n != 1 {

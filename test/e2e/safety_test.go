@@ -273,14 +273,14 @@ func TestKill9BetweenJournalSteps(t *testing.T) {
 	t.Run("policy rule, then the next start", func(t *testing.T) {
 		cfg, _ := writeConfig(t, routedConfig)
 		killBeforeConfirm(t, l, cfg, "rule-added")
-		if r := l.MustExec(t, l.Eng, "ip", "rule"); !strings.Contains(r, "fwmark 0x4e44") {
+		if r := l.MustExec(t, l.Eng, "ip", "rule"); !strings.Contains(r, "fwmark 0x81/0xff") {
 			t.Fatalf("the hook fired but the rule is not there:\n%s", r)
 		}
 		d := startNfclone2(t, l, cfg)
 		if !strings.Contains(d.Stderr(), "removing leftovers of an earlier run") {
 			t.Fatalf("the restart did not reconcile:\n%s", d.Stderr())
 		}
-		if n := strings.Count(l.MustExec(t, l.Eng, "ip", "rule"), "fwmark 0x4e44"); n != 1 {
+		if n := strings.Count(l.MustExec(t, l.Eng, "ip", "rule"), "fwmark 0x81/0xff"); n != 1 {
 			t.Fatalf("%d fwmark rules after the restart", n)
 		}
 		d.stop(t)

@@ -81,7 +81,7 @@ sessions:
     sources: [{interface: e0, direction: ingress}]
     targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
 `)
-	if rs := nftRuleset(t, l); !strings.Contains(rs, "meta mark 0x04000000/6 queue num 0-1\n") {
+	if rs := nftRuleset(t, l); !strings.Contains(rs, "meta mark & 0x000000fc == 0x00000004 queue num 0-1\n") {
 		t.Fatalf("no fanout queue rule for the clones:\n%s", rs)
 	}
 	c := l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
@@ -127,7 +127,7 @@ func TestUserspaceSIGTERMRestoresRouting(t *testing.T) {
 	before := routingState(t, l)
 	d := startNfclone(t, l, routedConfig)
 	rules := l.MustExec(t, l.Eng, "ip", "rule")
-	for _, want := range []string{"100:\tfrom all fwmark 0x4e44 lookup 20035", "102:\tfrom all fwmark 0x4e46 lookup 20037", "1000:\tfrom all lookup local"} {
+	for _, want := range []string{"100:\tfrom all fwmark 0x81/0xff lookup 20035", "102:\tfrom all fwmark 0x83/0xff lookup 20037", "1000:\tfrom all lookup local"} {
 		if !strings.Contains(rules, want) {
 			t.Fatalf("ip rule lacks %q:\n%s", want, rules)
 		}
