@@ -24,25 +24,7 @@ type MarkUse struct {
 }
 
 func (u MarkUse) String() string {
-	return fmt.Sprintf("table %s %s chain %s (handle %d): %s (bits 0x%08x)", familyName(u.Family), u.Table, u.Chain, u.Handle, u.What, u.Bits)
-}
-
-func familyName(f nftables.TableFamily) string {
-	switch f {
-	case nftables.TableFamilyIPv4:
-		return "ip"
-	case nftables.TableFamilyIPv6:
-		return "ip6"
-	case nftables.TableFamilyINet:
-		return "inet"
-	case nftables.TableFamilyARP:
-		return "arp"
-	case nftables.TableFamilyBridge:
-		return "bridge"
-	case nftables.TableFamilyNetdev:
-		return "netdev"
-	}
-	return fmt.Sprintf("family%d", f)
+	return fmt.Sprintf("table %s %s chain %s (handle %d): %s (bits 0x%08x)", FamilyName(u.Family), u.Table, u.Chain, u.Handle, u.What, u.Bits)
 }
 
 // regVal is what the analysis knows a register holds.
@@ -274,7 +256,7 @@ func HostMarkUses() ([]MarkUse, error) {
 	for _, ch := range chains {
 		rs, err := c.GetRules(ch.Table, ch)
 		if err != nil {
-			return nil, fmt.Errorf("listing rules of table %s %s chain %s: %w", familyName(ch.Table.Family), ch.Table.Name, ch.Name, err)
+			return nil, fmt.Errorf("listing rules of table %s %s chain %s: %w", FamilyName(ch.Table.Family), ch.Table.Name, ch.Name, err)
 		}
 		for _, r := range rs {
 			if r.Table == nil {
