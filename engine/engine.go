@@ -172,26 +172,21 @@ func createdLinks(j route.Journal) map[string]bool {
 
 // Copied is the number of copies delivered so far (all userspace sessions).
 func (e *Engine) Copied() uint64 {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var n uint64
-	if e.rt != nil {
-		for _, s := range e.rt.sessions {
-			n += s.ledger.Snapshot().Copied
-		}
-	}
-	return n
+	return e.sumSessions(func(s *session) uint64 { return s.ledger.Snapshot().Copied })
 }
 
 // Written is the number of packets the userspace sessions' targets sent
 // (wire packets: super-packets count once per segment).
-func (e *Engine) Written() uint64 {
+func (e *Engine) Written() uint64 { return e.sumSessions((*session).written) }
+
+// sumSessions adds f over the running userspace sessions.
+func (e *Engine) sumSessions(f func(*session) uint64) uint64 {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var n uint64
 	if e.rt != nil {
 		for _, s := range e.rt.sessions {
-			n += s.written()
+			n += f(s)
 		}
 	}
 	return n
