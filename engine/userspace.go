@@ -105,7 +105,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 			if gw.Unmap().Is6() {
 				fam = 6
 			}
-			sk, err = sink.NewGateway(sink.GatewayConfig{Name: name, Mark: mark, Family: fam, Logger: slog})
+			sk, err = sink.NewGateway(sink.GatewayConfig{Name: name, Mark: mark, Family: fam, Device: t.Device, Gateway: gw, Logger: slog})
 		case config.KindDevice:
 			dev := rules.DeviceTargetName(t)
 			if idx[dev] == 0 {

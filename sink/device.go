@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/nfclone/nfclone/gso"
@@ -42,13 +43,18 @@ type Device struct {
 	counters
 	fd      int
 	ifindex int
-	dst     [6]byte
 	src     [6]byte
 	send    sendmmsgFunc
 	scratch sync.Pool
-	sa4     unix.RawSockaddrLinklayer
-	sa6     unix.RawSockaddrLinklayer
-	vnet    bool // the socket takes a virtio-net header: TCP super-packets go whole
+	to      atomic.Pointer[devDst] // the destination (a gateway's may change)
+	vnet    bool                   // the socket takes a virtio-net header: TCP super-packets go whole
+}
+
+// devDst is where a Device's frames go: the destination address and the
+// socket addresses of each family that carry it.
+type devDst struct {
+	dst      [6]byte
+	sa4, sa6 unix.RawSockaddrLinklayer
 }
 
 type devScratch struct {
@@ -114,18 +120,26 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 
 func newDevice(name string, fd, ifindex int, dst, src net.HardwareAddr, send sendmmsgFunc, log *slog.Logger) *Device {
 	d := &Device{fd: fd, ifindex: ifindex, send: send}
-	copy(d.dst[:], dst)
 	copy(d.src[:], src)
 	d.init(name, log)
 	d.scratch.New = func() any { return new(devScratch) }
+	var to [6]byte
+	copy(to[:], dst)
+	d.setDst(to)
+	return d
+}
+
+// setDst makes to the destination of the frames sent from now on.
+func (d *Device) setDst(to [6]byte) {
+	t := &devDst{dst: to}
 	for _, x := range []struct {
 		sa    *unix.RawSockaddrLinklayer
 		proto uint16
-	}{{&d.sa4, unix.ETH_P_IP}, {&d.sa6, unix.ETH_P_IPV6}} {
-		*x.sa = unix.RawSockaddrLinklayer{Family: unix.AF_PACKET, Protocol: htons(x.proto), Ifindex: int32(ifindex), Halen: 6}
-		copy(x.sa.Addr[:], d.dst[:])
+	}{{&t.sa4, unix.ETH_P_IP}, {&t.sa6, unix.ETH_P_IPV6}} {
+		*x.sa = unix.RawSockaddrLinklayer{Family: unix.AF_PACKET, Protocol: htons(x.proto), Ifindex: int32(d.ifindex), Halen: 6}
+		copy(x.sa.Addr[:], to[:])
 	}
-	return d
+	d.to.Store(t)
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
@@ -147,14 +161,15 @@ func (d *Device) Send(batch []*nfq.Packet) (int, error) {
 	n := len(batch)
 	sc.h, sc.iov, sc.p = grow(sc.h, n), grow(sc.iov, n), sc.p[:0]
 	bad := 0
+	to := d.to.Load()
 	for _, p := range batch {
 		var et uint16
 		var sa *unix.RawSockaddrLinklayer
 		switch p.Family {
 		case 4:
-			et, sa = unix.ETH_P_IP, &d.sa4
+			et, sa = unix.ETH_P_IP, &to.sa4
 		case 6:
-			et, sa = unix.ETH_P_IPV6, &d.sa6
+			et, sa = unix.ETH_P_IPV6, &to.sa6
 		}
 		hdr := EthHdrLen
 		if d.vnet {
@@ -169,9 +184,9 @@ func (d *Device) Send(batch []*nfq.Packet) (int, error) {
 		FixTruncated(p)
 		if d.vnet {
 			gso.PutVirtioNetHdr(f, p.GSO, EthHdrLen)
-			PutEthernet(f[gso.VirtioNetHdrLen:], d.dst, d.src, et)
+			PutEthernet(f[gso.VirtioNetHdrLen:], to.dst, d.src, et)
 		} else {
-			PutEthernet(f, d.dst, d.src, et)
+			PutEthernet(f, to.dst, d.src, et)
 		}
 		i := len(sc.p)
 		setIov(&sc.iov[i], f)

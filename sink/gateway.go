@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"unsafe"
 
@@ -30,7 +31,12 @@ type GatewayConfig struct {
 	// policy route exists for its own family only, and a copy sent without
 	// one would be delivered back to this host.
 	Family uint8
-	Logger *slog.Logger
+	// Device and Gateway, when both are set, let copies go straight to the
+	// gateway's link-layer address on Device (see gwDirect) whenever the
+	// kernel has it; otherwise through the raw socket.
+	Device  string
+	Gateway netip.Addr
+	Logger  *slog.Logger
 }
 
 // DefaultMark is nfclone's default fwmark (config.DefaultMark: inside the
@@ -50,6 +56,7 @@ type Gateway struct {
 	only     uint8 // 4 or 6: copies of the other family are skipped
 	send     sendmmsgFunc
 	scratch  sync.Pool
+	direct   *gwDirect // nil: raw sockets only
 }
 
 type gwScratch struct {
@@ -103,7 +110,43 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	}
 	g := newGateway(cfg.Name, fd4, fd6, sendmmsg, cfg.Logger)
 	g.only = cfg.Family
+	if cfg.Device != "" && cfg.Gateway.IsValid() {
+		// Without the packet socket (the device is gone, no virtio-net
+		// header) copies take the raw socket, as they always could.
+		if d, err := openDirect(g.name, cfg.Device, cfg.Gateway, mark, cfg); err == nil {
+			g.direct = d
+		} else {
+			g.log.Debug("sink: gateway copies take the raw socket only", "target", g.name, "err", err)
+		}
+	}
 	return g, nil
+}
+
+// Stats are the target's counters, both paths together (a super-packet
+// handed over whole counts once).
+func (g *Gateway) Stats() Stats {
+	s := g.counters.Stats()
+	if g.direct != nil {
+		d := g.direct.dev.Stats()
+		s.Sent += d.Sent
+		s.Bytes += d.Bytes
+		s.Errors += d.Errors
+		if s.LastError == "" {
+			s.LastError = d.LastError
+		}
+	}
+	return s
+}
+
+// AcceptsGSO reports whether TCP super-packets can go whole right now: the
+// gateway's link-layer address is known and the packet socket takes a
+// virtio-net header.
+func (g *Gateway) AcceptsGSO() bool {
+	if g.direct == nil {
+		return false
+	}
+	g.direct.refresh(g.direct.now().UnixNano())
+	return g.direct.have.Load()
 }
 
 func newGateway(name string, fd4, fd6 int, send sendmmsgFunc, log *slog.Logger) *Gateway {
@@ -126,8 +169,14 @@ func grow[T any](s []T, n int) []T {
 	return s[:n]
 }
 
-// Send sends the batch with one sendmmsg per address family.
+// Send sends the batch: straight to the gateway's link-layer address when
+// it is known (gwDirect), else with one sendmmsg per address family
+// through the raw sockets.
 func (g *Gateway) Send(batch []*nfq.Packet) (int, error) {
+	if g.direct != nil && g.direct.use(batch) {
+		n, err := g.direct.send(batch, g.only)
+		return n, err
+	}
 	sc := g.scratch.Get().(*gwScratch)
 	defer g.scratch.Put(sc)
 	n := len(batch)
@@ -141,6 +190,12 @@ func (g *Gateway) Send(batch []*nfq.Packet) (int, error) {
 		switch {
 		case g.only != 0 && (p.Family == 4 || p.Family == 6) && p.Family != g.only:
 			// not this target's family: nothing to send, nothing failed
+		case p.GSO.Type != 0:
+			// a super-packet handed over whole, and the gateway's address
+			// went away meanwhile: the raw socket cannot send it
+			p.Errs++
+			bad++
+			badErr = errNoNeighbour
 		case p.Family == 4 && len(d) >= 20 && g.fd4 >= 0:
 			i := len(sc.p4)
 			sa := &sc.sa4[i]
@@ -195,7 +250,10 @@ func (g *Gateway) Send(batch []*nfq.Packet) (int, error) {
 	return sent, last
 }
 
-var errUnsendable = errors.New("sink: copy is not a sendable IPv4/IPv6 packet")
+var (
+	errUnsendable  = errors.New("sink: copy is not a sendable IPv4/IPv6 packet")
+	errNoNeighbour = errors.New("sink: the gateway's link-layer address went away under a super-packet")
+)
 
 // Close closes the sockets.
 func (g *Gateway) Close() error {
@@ -207,6 +265,9 @@ func (g *Gateway) Close() error {
 	if g.fd6 >= 0 {
 		err = errors.Join(err, unix.Close(g.fd6))
 		g.fd6 = -1
+	}
+	if g.direct != nil {
+		err = errors.Join(err, g.direct.dev.Close())
 	}
 	return err
 }

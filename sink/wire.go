@@ -23,7 +23,7 @@ import (
 type Wire struct {
 	inner  Sink
 	mtu    int
-	gso    bool // inner takes TCP super-packets whole (Packet.GSO)
+	gso    bool // inner may take TCP super-packets whole (asked at each Send)
 	maxSeg int
 	fragID atomic.Uint32
 	pool   sync.Pool
@@ -56,9 +56,7 @@ func NewWire(inner Sink, mtu int) *Wire {
 		mtu = 576
 	}
 	w := &Wire{inner: inner, mtu: mtu, maxSeg: gso.MaxSegments(mtu)}
-	if g, ok := inner.(gsoSink); ok && g.AcceptsGSO() {
-		w.gso = true
-	}
+	_, w.gso = inner.(gsoSink)
 	w.pool.New = func() any {
 		x := &wireScratch{
 			out:    make([]*nfq.Packet, 0, wireChunk+w.maxSeg),
@@ -106,6 +104,7 @@ func (w *Wire) Send(batch []*nfq.Packet) (int, error) {
 	defer w.pool.Put(x)
 	var last error
 	var nsplit, nsegs, nfixed uint64
+	whole := w.gso && w.inner.(gsoSink).AcceptsGSO()
 	for _, p := range batch {
 		if len(p.Data) <= w.mtu || p.Truncated() {
 			// A copy cut by the session's snaplen is sent as it is (its
@@ -120,7 +119,7 @@ func (w *Wire) Send(batch []*nfq.Packet) (int, error) {
 			}
 			continue
 		}
-		if w.gso {
+		if whole {
 			// The target's kernel path cuts TCP super-packets itself (one
 			// send instead of ~45, segmented in the kernel).
 			if o, ok := gso.PrepareTCP(p.Data, w.mtu); ok {
