@@ -113,7 +113,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	if cfg.Device != "" && cfg.Gateway.IsValid() {
 		// Without the packet socket (the device is gone, no virtio-net
 		// header) copies take the raw socket, as they always could.
-		if d, err := openDirect(g.name, cfg.Device, cfg.Gateway, mark, cfg); err == nil {
+		if d, err := openDirect(g.name, mark, cfg); err == nil {
 			g.direct = d
 		} else {
 			g.log.Debug("sink: gateway copies take the raw socket only", "target", g.name, "err", err)

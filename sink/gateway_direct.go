@@ -136,11 +136,12 @@ func kernelNeighbour(ifindex int, gw netip.Addr) neighbourFunc {
 	}
 }
 
-// openDirect opens the packet socket on dev for a gateway's copies.
-func openDirect(name, dev string, gw netip.Addr, mark uint32, cfg GatewayConfig) (*gwDirect, error) {
-	ifi, err := net.InterfaceByName(dev)
+// openDirect opens the packet socket on cfg.Device for the copies to
+// cfg.Gateway; nil when the socket takes no virtio-net header.
+func openDirect(name string, mark uint32, cfg GatewayConfig) (*gwDirect, error) {
+	ifi, err := net.InterfaceByName(cfg.Device)
 	if err != nil {
-		return nil, fmt.Errorf("sink: gateway device %q: %w", dev, err)
+		return nil, fmt.Errorf("sink: gateway device %q: %w", cfg.Device, err)
 	}
 	d, err := NewDevice(DeviceConfig{Name: name, Ifindex: ifi.Index, DstMAC: ifi.HardwareAddr, Mark: mark, NoMark: cfg.NoMark, Logger: cfg.Logger})
 	if err != nil {
@@ -150,5 +151,5 @@ func openDirect(name, dev string, gw netip.Addr, mark uint32, cfg GatewayConfig)
 		d.Close()
 		return nil, nil // no virtio-net header: the raw socket does as well
 	}
-	return newGwDirect(d, kernelNeighbour(ifi.Index, gw)), nil
+	return newGwDirect(d, kernelNeighbour(ifi.Index, cfg.Gateway)), nil
 }

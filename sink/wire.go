@@ -112,11 +112,7 @@ func (w *Wire) Send(batch []*nfq.Packet) (int, error) {
 			if !p.Truncated() && gso.FixPartial(p.Data, p.Offload) {
 				nfixed++
 			}
-			x.out = append(x.out, p)
-			x.parent = append(x.parent, p)
-			if len(x.out) >= wireChunk {
-				last = w.flush(x, last)
-			}
+			last = w.add(x, p, p, last)
 			continue
 		}
 		if whole {
@@ -124,12 +120,8 @@ func (w *Wire) Send(batch []*nfq.Packet) (int, error) {
 			// send instead of ~45, segmented in the kernel).
 			if o, ok := gso.PrepareTCP(p.Data, w.mtu); ok {
 				p.GSO = o
-				x.out = append(x.out, p)
-				x.parent = append(x.parent, p)
 				nsplit++
-				if len(x.out) >= wireChunk {
-					last = w.flush(x, last)
-				}
+				last = w.add(x, p, p, last)
 				continue
 			}
 		}
@@ -174,6 +166,17 @@ func (w *Wire) Send(batch []*nfq.Packet) (int, error) {
 		}
 	}
 	return sent, last
+}
+
+// add puts s (a copy, or a segment cut from copy p) in the chunk and sends
+// the chunk when it is full.
+func (w *Wire) add(x *wireScratch, s, p *nfq.Packet, last error) error {
+	x.out = append(x.out, s)
+	x.parent = append(x.parent, p)
+	if len(x.out) >= wireChunk {
+		return w.flush(x, last)
+	}
+	return last
 }
 
 // flush sends the chunk and carries each segment's failure to its copy.
