@@ -34,6 +34,7 @@ const (
 	nfqaPacketHdr  = 1
 	nfqaVerdictHdr = 2
 	nfqaMark       = 3
+	nfqaTimestamp  = 4
 	nfqaIfIndexIn  = 5
 	nfqaIfIndexOut = 6
 	nfqaHwAddr     = 9
@@ -66,6 +67,7 @@ const (
 	nfulnlMsgConfig = 1
 
 	nfulaMark       = 2
+	nfulaTimestamp  = 3
 	nfulaIfIndexIn  = 4
 	nfulaIfIndexOut = 5
 	nfulaHwAddr     = 8
@@ -161,6 +163,22 @@ type pktInfo struct {
 	mark    uint32
 	hw      [8]byte
 	hwLen   uint8
+	// ts is the kernel's timestamp of the packet (NFQA_TIMESTAMP,
+	// NFULA_TIMESTAMP: skb->tstamp) in nanoseconds, 0 if it gave none.
+	ts int64
+}
+
+// parseTimestamp reads struct nfqnl_msg_packet_timestamp /
+// nfulnl_msg_packet_timestamp: __be64 sec; __be64 usec.
+func parseTimestamp(val []byte) int64 {
+	if len(val) < 16 {
+		return 0
+	}
+	sec, usec := binary.BigEndian.Uint64(val[0:8]), binary.BigEndian.Uint64(val[8:16])
+	if sec > 1<<33 || usec >= 1e6 {
+		return 0 // not a time this reader can use
+	}
+	return int64(sec)*1e9 + int64(usec)*1e3
 }
 
 func be32(b []byte) uint32 { return binary.BigEndian.Uint32(b) }
@@ -224,6 +242,8 @@ func parseQueuePacket(body []byte, pi *pktInfo) error {
 			}
 		case nfqaHwAddr:
 			parseHw(val, pi)
+		case nfqaTimestamp:
+			pi.ts = parseTimestamp(val)
 		}
 	}
 	if !pi.hasID {
@@ -270,6 +290,8 @@ func parseLogPacket(body []byte, pi *pktInfo) error {
 			}
 		case nfulaHwAddr:
 			parseHw(val, pi)
+		case nfulaTimestamp:
+			pi.ts = parseTimestamp(val)
 		}
 	}
 	if pi.payload == nil {

@@ -70,6 +70,11 @@ type Packet struct {
 	// TooBig says the copy could not be made wire-sized and was not sent
 	// (counted as too_big, not as a send error).
 	TooBig bool
+	// Time is when the kernel saw the packet, in nanoseconds since the Unix
+	// epoch (microsecond precision: the kernel's NFQA_TIMESTAMP /
+	// NFULA_TIMESTAMP), or, when it gave no usable time, when the reader
+	// received it. 0: unknown (a sink then uses the time it writes).
+	Time int64
 	// Errs counts targets that failed to send this copy. Sinks increment it;
 	// the worker's accounting reads it (0 = copied everywhere).
 	Errs uint8

@@ -63,6 +63,7 @@ func newPollNL(c *netlink.Conn, rcvbuf int, coalesce time.Duration) (*pollNL, er
 		s.Close()
 		return nil, err
 	}
+	s.keepTimestamps()
 	return s, nil
 }
 

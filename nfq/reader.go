@@ -63,6 +63,11 @@ type reader struct {
 	flushInterval time.Duration
 	now           func() time.Time
 
+	// clocks read once per received batch (nanoseconds): the wall clock
+	// and the monotonic one, for stamping copies (see stamp)
+	clock            func() (real, mono int64)
+	realNow, monoNow int64
+
 	// id / sequence gap tracking
 	haveLast bool
 	last     uint32
@@ -94,7 +99,7 @@ func newReader(kind readerKind, sock nlSocket, q *CopyQueue, led *Ledger, sessio
 		log = slog.Default()
 	}
 	r := &reader{kind: kind, sock: sock, q: q, led: led, session: session, resID: resID, log: log,
-		batchSize: batch, flushInterval: flush, now: time.Now, verdict: nfAccept}
+		batchSize: batch, flushInterval: flush, now: time.Now, clock: clocks, verdict: nfAccept}
 	r.bufs = make([][]byte, vlen)
 	slab := make([]byte, vlen*bufSize)
 	for i := range r.bufs {
@@ -252,8 +257,41 @@ func (r *reader) warn(msg string, err error) {
 	r.log.Warn(msg, "resource", r.resID, "err", err)
 }
 
+// clocks reads the wall clock and the monotonic clock.
+func clocks() (real, mono int64) {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) == nil {
+		mono = ts.Nano()
+	}
+	return time.Now().UnixNano(), mono
+}
+
+// maxSkew is how far from the clock a kernel timestamp may be and still be
+// taken as a time of that clock.
+const maxSkew = int64(time.Minute)
+
+// stamp returns the time of a copy whose kernel timestamp is ts (0: none):
+// ts itself when it is a wall-clock time (the time of receipt: skb->tstamp,
+// which the kernel sets while any socket asks for timestamps, see
+// keepTimestamps); ts moved to the wall clock when it is a monotonic time
+// (the departure time TCP gives the packets this host sends); else the
+// time the reader received the batch (forwarded packets after the routing
+// decision carry none).
+func (r *reader) stamp(ts int64) int64 {
+	if ts != 0 {
+		if d := r.realNow - ts; d > -maxSkew && d < maxSkew {
+			return ts
+		}
+		if d := r.monoNow - ts; r.monoNow != 0 && d > -maxSkew && d < maxSkew {
+			return ts + r.realNow - r.monoNow
+		}
+	}
+	return r.realNow
+}
+
 // process handles n received datagrams.
 func (r *reader) process(n int) {
+	r.realNow, r.monoNow = r.clock()
 	r.datagrams.Add(uint64(n))
 	for i := 0; i < n; i++ {
 		if r.trunc[i] || r.lens[i] > len(r.bufs[i]) || r.lens[i] < 0 {
@@ -395,6 +433,7 @@ func (r *reader) handlePacket(body []byte) {
 		}
 	}
 	p.OrigLen = orig
+	p.Time = r.stamp(pi.ts)
 	p.Family = fam
 	p.InIf, p.OutIf, p.Mark = pi.inIf, pi.outIf, pi.mark
 	if c := r.clones; c != nil {

@@ -467,7 +467,8 @@ type PcapConfig struct {
 }
 
 // Pcap is a Sink that writes copies into a pcap or pcapng file. Each copy
-// becomes one record: timestamp = the time of the Send, captured length =
+// becomes one record: timestamp = the packet's Time (the kernel's; the time
+// of the Send when it has none), captured length =
 // len(Data), original length = OrigLen. Every Send ends with a flush, so a
 // reader (tcpdump -r, tail -f | tshark) sees copies promptly. Copies lost to
 // a write error (ENOSPC, EIO) are counted (p.Errs++, the target's error
@@ -517,7 +518,7 @@ func (s *Pcap) Writer() *PcapWriter { return s.w }
 
 // Send writes the batch and flushes.
 func (s *Pcap) Send(batch []*nfq.Packet) (int, error) {
-	ts := time.Now()
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w := s.w
@@ -556,6 +557,10 @@ func (s *Pcap) Send(batch []*nfq.Packet) (int, error) {
 			PutEthernet(f, s.dst, src, et)
 			data = f
 			orig += EthHdrLen
+		}
+		ts := now
+		if p.Time != 0 {
+			ts = time.Unix(0, p.Time)
 		}
 		added, lost, err := w.write(ts, data, orig)
 		if lost > 0 || err != nil {
