@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strconv"
 	"sync"
 	"time"
 
@@ -46,8 +45,7 @@ type PcapWriterConfig struct {
 	// bytes, the file is rotated (0: never). Files only.
 	RotateSize int64
 	// RotateKeep is the number of rotated files kept: path.1 (newest) …
-	// path.N (oldest). 0 keeps none: the file is started anew (truncated)
-	// when it reaches RotateSize.
+	// path.N (oldest); 0 counts as 1 (a file is never emptied in place).
 	RotateKeep int
 }
 
@@ -103,8 +101,10 @@ func (e *PcapWriteError) Error() string {
 
 func (e *PcapWriteError) Unwrap() error { return e.Err }
 
-// OpenPcapWriter creates the file (truncating an existing one) and writes
-// the file header. An unwritable path is an error that names it.
+// OpenPcapWriter opens the file and writes the file header. An existing
+// file is never emptied: it is appended to when its format allows, else
+// moved aside (see openPcapFile). An unwritable path is an error that names
+// it.
 func OpenPcapWriter(cfg PcapWriterConfig) (*PcapWriter, error) {
 	w := &PcapWriter{cfg: cfg}
 	switch cfg.Format {
@@ -132,11 +132,15 @@ func OpenPcapWriter(cfg PcapWriterConfig) (*PcapWriter, error) {
 	case cfg.Path == "":
 		return nil, errors.New("sink: pcap: no path")
 	default:
-		f, err := os.OpenFile(cfg.Path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		f, size, header, err := w.openPcapFile()
 		if err != nil {
 			return nil, fmt.Errorf("sink: pcap %s: cannot open for writing: %w", cfg.Path, err)
 		}
-		w.f, w.out = f, f
+		w.f, w.out, w.size = f, f, size
+		if !header {
+			w.pw = pcapgo.NewWriter(&w.rec) // records only: the file has its header
+			return w, nil
+		}
 	}
 	if err := w.header(); err != nil {
 		w.closeFile()
@@ -303,13 +307,20 @@ func (w *PcapWriter) reopen() error {
 	if w.cfg.Writer != nil || w.cfg.Path == "-" {
 		return nil
 	}
-	f, err := os.OpenFile(w.cfg.Path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, size, header, err := w.openPcapFile()
 	if err != nil {
 		return err
 	}
 	w.f, w.out = f, f
-	w.size = 0
+	w.size = size
 	w.repair = false
+	w.rec.Reset()
+	w.ends = w.ends[:0]
+	w.hdrLen, w.hdrSize = 0, 0
+	if !header {
+		w.pw = pcapgo.NewWriter(&w.rec) // records only: the file has its header
+		return nil
+	}
 	return w.header()
 }
 
@@ -359,7 +370,13 @@ func (w *PcapWriter) flush() (lost int, err error) {
 	var hdr []byte
 	if w.f != nil {
 		// Cut the file back to its last complete record. A header cut
-		// short is written again with the next records.
+		// short is written again with the next records. The file is
+		// opened for appending (another writer of the same target may
+		// have appended during a reload), so the cut is measured back
+		// from its end: the n bytes this write put there.
+		if st, serr := w.f.Stat(); serr == nil && st.Size() >= int64(n) {
+			w.size = st.Size() - int64(n)
+		}
 		switch {
 		case n < w.hdrLen:
 			hdr = append(hdr, b[:w.hdrLen]...)
@@ -428,7 +445,7 @@ func (w *PcapWriter) truncate() error {
 }
 
 // rotate flushes and closes the current file, shifts path → path.1 → … →
-// path.keep (the oldest is deleted; keep 0: no copy is kept) and starts a
+// path.keep (the oldest is deleted; keep 0 counts as 1) and starts a
 // new file with a header. lost counts records the flush dropped. If the new
 // file cannot be created the writer has no output until a later write
 // manages to create it.
@@ -437,16 +454,10 @@ func (w *PcapWriter) rotate() (lost int, err error) {
 	w.rec.Reset() // a pending header belongs to the old file
 	w.hdrLen = 0
 	p := w.cfg.Path
-	cerr := w.f.Close()
+	w.f.Close()
 	w.f, w.out = nil, nil
-	if keep := w.cfg.RotateKeep; keep > 0 && cerr == nil {
-		os.Remove(p + "." + strconv.Itoa(keep))
-		for i := keep - 1; i >= 1; i-- {
-			os.Rename(p+"."+strconv.Itoa(i), p+"."+strconv.Itoa(i+1))
-		}
-		if rerr := os.Rename(p, p+".1"); rerr != nil {
-			err = errors.Join(err, fmt.Errorf("rotate %s: %w", p, rerr))
-		}
+	if rerr := shiftAside(p, max(w.cfg.RotateKeep, 1)); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("rotate %s: %w", p, rerr))
 	}
 	if oerr := w.reopen(); oerr != nil {
 		return lost, errors.Join(err, w.pendingError(0, fmt.Errorf("rotate: %w", oerr)))
