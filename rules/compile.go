@@ -391,43 +391,67 @@ func (sc *sessionCompiler) l3(t *Table, perDirection bool, action func(b *builde
 	name := sc.s.Name
 	dirs, ifaces := sc.directions()
 	for _, d := range dirs {
-		var hook *nftables.ChainHook
-		switch {
-		case d == config.Ingress && sc.s.HostOnly:
-			hook = nftables.ChainHookInput
-		case d == config.Ingress:
-			hook = nftables.ChainHookPrerouting
-		case sc.s.HostOnly:
-			hook = nftables.ChainHookOutput
-		default:
-			hook = nftables.ChainHookPostrouting
-		}
 		filter := fmt.Sprintf("%s_%s", name, dirShort(d))
-		base := Chain{Name: filter + "_hook", Hook: &Hook{Num: *hook, Priority: basePriority}}
-		for _, ifc := range ifaces[d] {
-			b := newBuilder(t.Family).ifaceName(d, ifc)
-			if perDirection {
-				// nfclone's field must be clear: the clone marker goes
-				// there and the copy rule clears it again (cloneToQueue).
-				// This also skips every copy (their marks are in the field).
-				b.markBits(sc.cfg.MarkMask, 0)
-			} else {
-				b.markGuard(sc.markGuardArgs())
+		var bases []Chain
+		for _, h := range sc.hooks(d) {
+			base := Chain{Name: filter + h.suffix, Hook: &Hook{Num: *h.hook, Priority: basePriority}}
+			for _, ifc := range ifaces[d] {
+				b := newBuilder(t.Family).ifaceName(d, ifc)
+				if perDirection {
+					// nfclone's field must be clear: the clone marker goes
+					// there and the copy rule clears it again (cloneToQueue).
+					// This also skips every copy (their marks are in the field).
+					b.markBits(sc.cfg.MarkMask, 0)
+				} else {
+					b.markGuard(sc.markGuardArgs())
+				}
+				b.count(sc.s.Name, CounterSeen).verdict(expr.VerdictJump, filter)
+				base.Rules = append(base.Rules, b.rule())
 			}
-			b.count(sc.s.Name, CounterSeen).verdict(expr.VerdictJump, filter)
-			base.Rules = append(base.Rules, b.rule())
+			bases = append(bases, base)
 		}
 		if !perDirection {
-			t.Chains = append(t.Chains, base, sc.filterChain(t.Family, filter, d, name+"_copy"))
+			t.Chains = append(t.Chains, bases...)
+			t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d, name+"_copy"))
 			continue
 		}
 		copyName := filter + "_copy"
 		dec := d == config.Ingress
-		t.Chains = append(t.Chains, base, sc.filterChain(t.Family, filter, d, copyName),
+		t.Chains = append(t.Chains, bases...)
+		t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d, copyName),
 			sc.copyChain(t.Family, copyName, func(b *builder) { action(b, dec) }))
 	}
 	if !perDirection {
 		t.Chains = append(t.Chains, sc.copyChain(t.Family, name+"_copy", func(b *builder) { action(b, false) }))
+	}
+}
+
+// sessionHook is a base chain's hook and the suffix of its name.
+type sessionHook struct {
+	hook   *nftables.ChainHook
+	suffix string
+}
+
+// hooks returns where a direction of the session is hooked: ingress at
+// prerouting (input with host_only), egress at postrouting (output with
+// host_only). A log session's egress is hooked at forward and output
+// instead, which see the same packets leaving the interface — forwarded
+// ones and this host's own — before postrouting: NFLOG passes the
+// packet's kernel timestamp (its time of receipt) only up to the forward
+// hook (the forwarding path clears it after), so the copies of forwarded
+// packets carry the kernel's time in both directions.
+func (sc *sessionCompiler) hooks(d string) []sessionHook {
+	switch {
+	case d == config.Ingress && sc.s.HostOnly:
+		return []sessionHook{{nftables.ChainHookInput, "_hook"}}
+	case d == config.Ingress:
+		return []sessionHook{{nftables.ChainHookPrerouting, "_hook"}}
+	case sc.s.HostOnly:
+		return []sessionHook{{nftables.ChainHookOutput, "_hook"}}
+	case sc.s.Method == config.MethodLog:
+		return []sessionHook{{nftables.ChainHookForward, "_hook"}, {nftables.ChainHookOutput, "_local"}}
+	default:
+		return []sessionHook{{nftables.ChainHookPostrouting, "_hook"}}
 	}
 }
 
