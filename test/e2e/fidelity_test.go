@@ -223,7 +223,7 @@ func TestFidelityFlowsSymmetricAndInOrder(t *testing.T) {
 		t.Run(method, func(t *testing.T) {
 			l := lab.New(t)
 			d := startNfclone(t, l, fmt.Sprintf(`
-queue: {workers: 2}
+queue: {workers: 2, count: 2}
 sessions:
   - name: ids
     method: %s
