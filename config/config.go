@@ -3,6 +3,8 @@
 // each with its key path and the offending value.
 package config
 
+import "time"
+
 // Defaults, in one place. README.md documents the same values.
 const (
 	DefaultTable    = "nfclone"
@@ -145,6 +147,15 @@ type Target struct {
 	Format     string `mapstructure:"format" json:"format,omitempty"` // pcap | pcapng
 	RotateSize string `mapstructure:"rotate_size" json:"rotate_size,omitempty"`
 	RotateKeep int    `mapstructure:"rotate_keep" json:"rotate_keep,omitempty"`
+	// RotateEvery: a new file at every multiple of this duration ("1h": on
+	// the hour); path may hold strftime conversions (%Y%m%d-%H%M).
+	RotateEvery string `mapstructure:"rotate_every" json:"rotate_every,omitempty"`
+}
+
+// RotateInterval is a validated pcap target's rotate_every (0: none).
+func (t Target) RotateInterval() time.Duration {
+	d, _ := time.ParseDuration(t.RotateEvery)
+	return d
 }
 
 // SourceDirections expands a direction (ingress|egress|both) into the list of

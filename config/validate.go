@@ -8,6 +8,9 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
+
+	"github.com/nfclone/nfclone/internal/strftime"
 )
 
 var (
@@ -343,6 +346,7 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 	only("format", t.Format != "", KindPcap)
 	only("rotate_size", t.RotateSize != "", KindPcap)
 	only("rotate_keep", t.RotateKeep != 0, KindPcap)
+	only("rotate_every", t.RotateEvery != "", KindPcap)
 
 	if t.Device != "" && !reIfname.MatchString(t.Device) {
 		p.add(tp+".device", "%q is not an interface name", t.Device)
@@ -427,6 +431,19 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 		}
 		if t.RotateKeep < 0 {
 			p.add(tp+".rotate_keep", "%d must not be negative", t.RotateKeep)
+		}
+		if t.RotateEvery != "" {
+			if d, err := time.ParseDuration(t.RotateEvery); err != nil || d < time.Second {
+				p.add(tp+".rotate_every", "%q is not a duration of at least 1s (like 10s, 15m, 1h)", t.RotateEvery)
+			}
+			if t.Path == "-" {
+				p.add(tp+".rotate_every", "standard output cannot be rotated")
+			}
+		}
+		if t.Path != "-" {
+			if err := strftime.Validate(t.Path); err != nil {
+				p.add(tp+".path", "%v", err)
+			}
 		}
 	}
 }

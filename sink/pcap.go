@@ -13,6 +13,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/nfclone/nfclone/internal/strftime"
 	"github.com/nfclone/nfclone/nfq"
 )
 
@@ -47,6 +48,14 @@ type PcapWriterConfig struct {
 	// RotateKeep is the number of rotated files kept: path.1 (newest) …
 	// path.N (oldest); 0 counts as 1 (a file is never emptied in place).
 	RotateKeep int
+	// RotateEvery starts a new file at every multiple of this interval
+	// since the Unix epoch (1h: on the hour), by the records' timestamps
+	// (0: never). Path may hold strftime conversions (%Y%m%d-%H%M…, see
+	// internal/strftime), expanded with the start of the interval in local
+	// time, as `tcpdump -G` names its files; without them the finished file
+	// is shifted to path.1 like a size rotation. Size rotation within an
+	// interval shifts the interval's file. Files only.
+	RotateEvery time.Duration
 }
 
 const (
@@ -84,6 +93,9 @@ type PcapWriter struct {
 	count   uint64
 	dropped uint64
 	hdrSize int  // size of the current file's header
+	cur     string    // the current file: Path with its strftime conversions expanded
+	until   time.Time // the end of the current RotateEvery interval
+	empty   bool      // the current file was created here and holds no record yet
 	repair  bool // the file must be cut back to size before the next write
 	closed  bool
 }
@@ -132,11 +144,13 @@ func OpenPcapWriter(cfg PcapWriterConfig) (*PcapWriter, error) {
 	case cfg.Path == "":
 		return nil, errors.New("sink: pcap: no path")
 	default:
+		w.setPeriod(time.Now())
 		f, size, header, err := w.openPcapFile()
 		if err != nil {
-			return nil, fmt.Errorf("sink: pcap %s: cannot open for writing: %w", cfg.Path, err)
+			return nil, fmt.Errorf("sink: pcap %s: cannot open for writing: %w", w.cur, err)
 		}
 		w.f, w.out, w.size = f, f, size
+		w.empty = size == 0
 		if !header {
 			w.pw = pcapgo.NewWriter(&w.rec) // records only: the file has its header
 			return w, nil
@@ -274,6 +288,13 @@ func (w *PcapWriter) write(ts time.Time, data []byte, origLen int) (added bool, 
 	if origLen < len(data) {
 		origLen = len(data)
 	}
+	if w.f != nil && w.cfg.RotateEvery > 0 && !ts.Before(w.until) {
+		lost, err = w.rotateTime(ts)
+		if w.out == nil {
+			w.dropped++
+			return false, lost, err
+		}
+	}
 	if w.f != nil && w.cfg.RotateSize > 0 {
 		pending := w.size + int64(w.rec.Len())
 		if pending > int64(w.hdrSize) && pending+w.recordLen(len(data)) > w.cfg.RotateSize {
@@ -313,6 +334,7 @@ func (w *PcapWriter) reopen() error {
 	}
 	w.f, w.out = f, f
 	w.size = size
+	w.empty = size == 0
 	w.repair = false
 	w.rec.Reset()
 	w.ends = w.ends[:0]
@@ -357,6 +379,9 @@ func (w *PcapWriter) flush() (lost int, err error) {
 	if err == nil {
 		w.size += int64(n)
 		w.count += uint64(len(w.ends))
+		if len(w.ends) > 0 {
+			w.empty = false
+		}
 		w.hdrLen = 0
 		w.rec.Reset()
 		w.ends = w.ends[:0]
@@ -453,7 +478,7 @@ func (w *PcapWriter) rotate() (lost int, err error) {
 	lost, err = w.flush()
 	w.rec.Reset() // a pending header belongs to the old file
 	w.hdrLen = 0
-	p := w.cfg.Path
+	p := w.cur
 	w.f.Close()
 	w.f, w.out = nil, nil
 	if rerr := shiftAside(p, max(w.cfg.RotateKeep, 1)); rerr != nil {
@@ -463,6 +488,52 @@ func (w *PcapWriter) rotate() (lost int, err error) {
 		return lost, errors.Join(err, w.pendingError(0, fmt.Errorf("rotate: %w", oerr)))
 	}
 	return lost, err
+}
+
+// setPeriod sets the current file (and, with RotateEvery, the end of its
+// interval) for a record at t.
+func (w *PcapWriter) setPeriod(t time.Time) {
+	start := t
+	if e := w.cfg.RotateEvery; e > 0 {
+		start = t.Truncate(e)
+		w.until = start.Add(e)
+	}
+	w.cur = strftime.Format(w.cfg.Path, start.Local())
+}
+
+// rotateTime ends the current file at the end of its interval and starts
+// the file of the interval of ts.
+func (w *PcapWriter) rotateTime(ts time.Time) (lost int, err error) {
+	lost, err = w.flush()
+	w.rec.Reset()
+	w.hdrLen = 0
+	w.f.Close()
+	w.f, w.out = nil, nil
+	if w.empty {
+		// Only the header this writer put in a file it created (no
+		// record came in its interval): nothing to keep.
+		os.Remove(w.cur)
+	} else if !strftime.Has(w.cfg.Path) {
+		if rerr := shiftAside(w.cur, max(w.cfg.RotateKeep, 1)); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("rotate %s: %w", w.cur, rerr))
+		}
+	}
+	w.setPeriod(ts)
+	if oerr := w.reopen(); oerr != nil {
+		return lost, errors.Join(err, w.pendingError(0, fmt.Errorf("rotate: %w", oerr)))
+	}
+	return lost, err
+}
+
+// Current is the file being written (Path with its strftime conversions
+// expanded); Path for streams.
+func (w *PcapWriter) Current() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cur == "" {
+		return w.cfg.Path
+	}
+	return w.cur
 }
 
 // PcapConfig configures a Pcap sink: a PcapWriter plus a name and a logger.

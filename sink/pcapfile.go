@@ -23,11 +23,11 @@ import (
 // a symbolic link, a device or fifo, or a file of another user at the path
 // is an error, never followed, truncated or moved.
 
-// openPcapFile opens w.cfg.Path for w. It returns the file, its size, and
+// openPcapFile opens w.cur for w. It returns the file, its size, and
 // whether the writer must start with a header (a new file, or a new pcapng
 // section).
 func (w *PcapWriter) openPcapFile() (f *os.File, size int64, header bool, err error) {
-	p := w.cfg.Path
+	p := w.cur
 	f, err = os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_APPEND|unix.O_NOFOLLOW, 0o644)
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {

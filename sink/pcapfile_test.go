@@ -197,3 +197,69 @@ func TestPcapRecordsCopyTime(t *testing.T) {
 		})
 	}
 }
+
+// rotate_every cuts files at multiples of the interval by the records'
+// times, names them with strftime conversions (or shifts path.N without
+// them), and works together with size rotation.
+func TestPcapRotateEvery(t *testing.T) {
+	base := time.Now().Truncate(10 * time.Second).Add(10 * time.Second) // an interval start
+	times := []time.Duration{0, 3 * time.Second, 12 * time.Second, 19 * time.Second, 25 * time.Second}
+	write := func(t *testing.T, cfg PcapWriterConfig) {
+		w, err := OpenPcapWriter(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, d := range times {
+			if err := w.WritePacket(base.Add(d), udp4(100, uint16(i), 64, byte(i)), 100); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("strftime", func(t *testing.T) {
+		dir := t.TempDir()
+		write(t, PcapWriterConfig{Path: filepath.Join(dir, "r-%H%M%S.pcap"), RotateEvery: 10 * time.Second})
+		want := map[string]string{}
+		for _, c := range []struct {
+			at   time.Duration
+			recs string
+		}{{0, "[0 1]"}, {10 * time.Second, "[2 3]"}, {20 * time.Second, "[4]"}} {
+			want["r-"+base.Add(c.at).Local().Format("150405")+".pcap"] = c.recs
+		}
+		ents, _ := os.ReadDir(dir)
+		if len(ents) != len(want) {
+			t.Fatalf("%d files, want %d: %v", len(ents), len(want), ents)
+		}
+		for name, recs := range want {
+			_, got := readPcapFile(t, filepath.Join(dir, name))
+			if fmt.Sprint(lastBytes(got)) != recs {
+				t.Fatalf("%s holds %v, want %s", name, lastBytes(got), recs)
+			}
+		}
+	})
+	t.Run("shift", func(t *testing.T) {
+		dir := t.TempDir()
+		p := filepath.Join(dir, "r.pcap")
+		write(t, PcapWriterConfig{Path: p, RotateEvery: 10 * time.Second, RotateKeep: 5})
+		for name, recs := range map[string]string{"r.pcap.2": "[0 1]", "r.pcap.1": "[2 3]", "r.pcap": "[4]"} {
+			_, got := readPcapFile(t, filepath.Join(dir, name))
+			if fmt.Sprint(lastBytes(got)) != recs {
+				t.Fatalf("%s holds %v, want %s", name, lastBytes(got), recs)
+			}
+		}
+	})
+	t.Run("with size", func(t *testing.T) {
+		dir := t.TempDir()
+		// Two records of 116 bytes after the 24-byte header do not fit in 200.
+		write(t, PcapWriterConfig{Path: filepath.Join(dir, "s-%H%M%S.pcap"), RotateEvery: 10 * time.Second, RotateSize: 200, RotateKeep: 3})
+		first := "s-" + base.Local().Format("150405") + ".pcap"
+		for name, recs := range map[string]string{first + ".1": "[0]", first: "[1]"} {
+			_, got := readPcapFile(t, filepath.Join(dir, name))
+			if fmt.Sprint(lastBytes(got)) != recs {
+				t.Fatalf("%s holds %v, want %s", name, lastBytes(got), recs)
+			}
+		}
+	})
+}
