@@ -92,11 +92,11 @@ type PcapWriter struct {
 	size    int64 // bytes of the current file known written
 	count   uint64
 	dropped uint64
-	hdrSize int  // size of the current file's header
+	hdrSize int       // size of the current file's header
 	cur     string    // the current file: Path with its strftime conversions expanded
 	until   time.Time // the end of the current RotateEvery interval
 	empty   bool      // the current file was created here and holds no record yet
-	repair  bool // the file must be cut back to size before the next write
+	repair  bool      // the file must be cut back to size before the next write
 	closed  bool
 }
 
