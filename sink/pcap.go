@@ -96,6 +96,7 @@ type PcapWriter struct {
 	cur     string    // the current file: Path with its strftime conversions expanded
 	until   time.Time // the end of the current RotateEvery interval
 	empty   bool      // the current file was created here and holds no record yet
+	dev     *os.File  // a character device or fifo written as a stream (then f is nil)
 	repair  bool      // the file must be cut back to size before the next write
 	closed  bool
 }
@@ -150,6 +151,9 @@ func OpenPcapWriter(cfg PcapWriterConfig) (*PcapWriter, error) {
 			return nil, fmt.Errorf("sink: pcap %s: cannot open for writing: %w", w.cur, err)
 		}
 		w.f, w.out, w.size = f, f, size
+		if size < 0 {
+			w.f, w.dev, w.size = nil, f, 0
+		}
 		w.empty = size == 0
 		if !header {
 			w.pw = pcapgo.NewWriter(&w.rec) // records only: the file has its header
@@ -252,6 +256,11 @@ func (w *PcapWriter) Close() error {
 }
 
 func (w *PcapWriter) closeFile() error {
+	if w.dev != nil {
+		err := w.dev.Close()
+		w.dev, w.out = nil, nil
+		return err
+	}
 	if w.f == nil {
 		return nil
 	}
@@ -334,6 +343,9 @@ func (w *PcapWriter) reopen() error {
 	}
 	w.f, w.out = f, f
 	w.size = size
+	if size < 0 {
+		w.f, w.dev, w.size = nil, f, 0
+	}
 	w.empty = size == 0
 	w.repair = false
 	w.rec.Reset()

@@ -23,7 +23,8 @@ import (
 // a symbolic link, a device or fifo, or a file of another user at the path
 // is an error, never followed, truncated or moved.
 
-// openPcapFile opens w.cur for w. It returns the file, its size, and
+// openPcapFile opens w.cur for w. It returns the file, its size (-1: a
+// character device or fifo of nfclone's user, written as a stream), and
 // whether the writer must start with a header (a new file, or a new pcapng
 // section).
 func (w *PcapWriter) openPcapFile() (f *os.File, size int64, header bool, err error) {
@@ -40,13 +41,18 @@ func (w *PcapWriter) openPcapFile() (f *os.File, size int64, header bool, err er
 		f.Close()
 		return nil, 0, false, err
 	}
-	if !st.Mode().IsRegular() {
-		f.Close()
-		return nil, 0, false, fmt.Errorf("%s is not a regular file (%v)", p, st.Mode().Type())
-	}
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
 		f.Close()
 		return nil, 0, false, fmt.Errorf("%s belongs to uid %d, not to nfclone (uid %d): it is left alone; remove it or choose another path", p, sys.Uid, os.Geteuid())
+	}
+	if !st.Mode().IsRegular() {
+		if st.Mode()&(os.ModeCharDevice|os.ModeNamedPipe) != 0 {
+			// /dev/null, a fifo a reader waits on: a stream, written
+			// from its start, never cut back or rotated.
+			return f, -1, true, nil
+		}
+		f.Close()
+		return nil, 0, false, fmt.Errorf("%s is not a regular file (%v)", p, st.Mode().Type())
 	}
 	size = st.Size()
 	if size == 0 {

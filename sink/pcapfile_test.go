@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -262,4 +263,23 @@ func TestPcapRotateEvery(t *testing.T) {
 			}
 		}
 	})
+}
+
+// /dev/null and a fifo are written as streams, as tcpdump -w does.
+func TestPcapDevices(t *testing.T) {
+	writeRecords(t, PcapWriterConfig{Path: os.DevNull}, 0, 3)
+	fifo := filepath.Join(t.TempDir(), "f")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte)
+	go func() {
+		b, _ := os.ReadFile(fifo)
+		got <- b
+	}()
+	writeRecords(t, PcapWriterConfig{Path: fifo}, 0, 2)
+	b := <-got
+	if want := 24 + 2*116; len(b) != want {
+		t.Fatalf("read %d bytes from the fifo, want %d", len(b), want)
+	}
 }
