@@ -99,6 +99,7 @@ func Validate(c *Config) Errors {
 		names[s.Name] = i
 		validateSession(&p, path, s)
 	}
+	validatePriorities(&p, c)
 	return p.list
 }
 
@@ -228,6 +229,7 @@ func validateSession(p *problems, path string, s *Session) {
 	for i := range s.Targets {
 		validateTarget(p, fmt.Sprintf("%s.targets[%d]", path, i), s, &s.Targets[i])
 	}
+	validateSelectors(p, path, s, SystemUser)
 }
 
 func validateRules(p *problems, path string, s *Session, dirs map[string]bool, l2 bool) {

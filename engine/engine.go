@@ -227,6 +227,7 @@ func addSnapshots(a, b nfq.Snapshot) nfq.Snapshot {
 	d.SocketOverrun += x.SocketOverrun
 	d.QueueOverflow += x.QueueOverflow
 	d.RateLimit += x.RateLimit
+	a.Skipped = a.Skipped.Add(b.Skipped)
 	d.Malformed += x.Malformed
 	d.SendError += x.SendError
 	d.TooBig += x.TooBig
@@ -537,6 +538,7 @@ func Missing(c *config.Config, f rules.Features) []string {
 		if s.Rate != "" {
 			need[rules.FeatLimit] = true
 		}
+		selectorNeeds(s.Select, need)
 		switch s.Method {
 		case config.MethodQueue:
 			if !f.Has(rules.FeatNativeQueue) {
@@ -652,6 +654,9 @@ func (e *Engine) Status() Status {
 			if s.Method == config.MethodDup {
 				ss.Seen = Counter{Packets: m[rules.CounterSeen].Packets, Bytes: m[rules.CounterSeen].Bytes}
 				ss.Copied = Counter{Packets: m[rules.CounterCopied].Packets, Bytes: m[rules.CounterCopied].Bytes}
+				if sk := skippedCounts(m); sk.Total() > 0 {
+					ss.Skipped = &sk
+				}
 			} else if ss.Ledger != nil {
 				// What only the kernel's counters know enters the ledger here.
 				l := withKernelCounts(*ss.Ledger, m)
