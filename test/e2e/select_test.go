@@ -1,0 +1,369 @@
+package e2e
+
+import (
+	"context"
+	be "encoding/binary"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nfclone/nfclone/test/lab"
+)
+
+// Selectors end to end (README "Selecting flows"): copies are counted by
+// tcpdump at the collectors, flows told apart by what the copies carry.
+
+// icmpEchoID is the identifier of an ICMP echo in an IPv4 packet (-1 if it
+// is none).
+func icmpEchoID(ip []byte) int {
+	if len(ip) < 20 || ip[0]>>4 != 4 || ip[9] != 1 {
+		return -1
+	}
+	hl := int(ip[0]&0x0f) * 4
+	if len(ip) < hl+8 {
+		return -1
+	}
+	return int(be.BigEndian.Uint16(ip[hl+4:]))
+}
+
+// udpEchoServer answers every datagram to port on addr (in ns) with the same
+// bytes, until the test ends.
+func udpEchoServer(t *testing.T, l *lab.Lab, ns, addr string, port int) {
+	t.Helper()
+	script := `
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    d, a = s.recvfrom(2048)
+    s.sendto(d, a)
+`
+	p := l.Start(t, ns, "python3", "-c", script, addr, strconv.Itoa(port))
+	lab.WaitFor(t, 10*time.Second, func() bool {
+		if p.Exited() {
+			t.Fatalf("udp echo server exited: %s", p.Stderr())
+		}
+		return strings.Contains(p.Stdout(), "ready")
+	}, "the udp echo server")
+}
+
+// udpFlows sends, from ns, count datagrams on each of flows UDP flows (source
+// ports first, first+1, ...) to dst:port, waiting for each echo; it returns
+// how many echoes came back per flow.
+func udpFlows(t *testing.T, l *lab.Lab, ns, src, dst string, port, first, flows, count int) map[int]int {
+	t.Helper()
+	script := `
+import socket, sys
+src, dst, port, first, flows, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+for i in range(flows):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((src, first + i))
+    s.settimeout(1)
+    got = 0
+    for k in range(count):
+        s.sendto(b"nfclone-select-%05d-%03d" % (first + i, k), (dst, port))
+        try:
+            s.recvfrom(2048)
+            got += 1
+        except socket.timeout:
+            pass
+    print(first + i, got)
+    s.close()
+`
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := l.Exec(ctx, ns, "python3", "-c", script, src, dst, strconv.Itoa(port), strconv.Itoa(first), strconv.Itoa(flows), strconv.Itoa(count))
+	if err != nil {
+		t.Fatalf("udp flows: %v\n%s", err, out)
+	}
+	got := map[int]int{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var p, n int
+		if _, err := fmt.Sscan(line, &p, &n); err == nil {
+			got[p] = n
+		}
+	}
+	return got
+}
+
+// udpFlood sends n datagrams from ns as fast as it can on one flow and
+// returns how long that took.
+func udpFlood(t *testing.T, l *lab.Lab, ns, src, dst string, sport, dport, n int) time.Duration {
+	t.Helper()
+	script := `
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[3])))
+for i in range(int(sys.argv[5])):
+    s.sendto(b"flood", (sys.argv[2], int(sys.argv[4])))
+`
+	start := time.Now()
+	out, err := l.Exec(context.Background(), ns, "python3", "-c", script, src, dst, strconv.Itoa(sport), strconv.Itoa(dport), strconv.Itoa(n))
+	if err != nil {
+		t.Fatalf("udp flood: %v\n%s", err, out)
+	}
+	return time.Since(start)
+}
+
+// waitQuiet waits until a capture has stopped growing (nothing new for
+// 500 ms), at most 10 s.
+func waitQuiet(t *testing.T, c *lab.Capture) {
+	t.Helper()
+	last, since := -1, time.Now()
+	lab.WaitFor(t, 10*time.Second, func() bool {
+		n := c.Count()
+		if n != last {
+			last, since = n, time.Now()
+		}
+		return time.Since(since) > 500*time.Millisecond
+	}, "the capture to settle")
+}
+
+// first_packets: 10 on both directions of e0 — three ping flows of 30
+// echoes each give exactly 10 requests and 10 replies per flow at the
+// collector; a flow that began before nfclone (conntrack accounting off
+// then: its counters read 0) is not copied at all.
+func TestSelectFirstPackets(t *testing.T) {
+	l := lab.New(t)
+	// A flow older than nfclone, on a host whose firewall already tracks
+	// connections: accounting is off in the fresh namespace, so the old
+	// flow's connection has no counters.
+	l.MustExec(t, l.Eng, "nft", "add table ip fw; add chain ip fw forward_chain { type filter hook forward priority 0; }; add rule ip fw forward_chain ct state established counter")
+	if out := l.MustExec(t, l.Eng, "sysctl", "-n", "net.netfilter.nf_conntrack_acct"); strings.TrimSpace(out) != "0" {
+		t.Fatalf("nf_conntrack_acct in a fresh namespace is %q, want 0", out)
+	}
+	old := l.Start(t, l.Src, "ping", "-n", "-i", "0.05", "-c", "80", lab.Src2IP)
+	lab.WaitFor(t, 5*time.Second, func() bool { return strings.Contains(old.Stdout(), "icmp_seq=3 ") }, "the old flow's pings")
+	c := l.StartCapture(t, l.Col, lab.Iface, "icmp", lab.Direction("in"))
+	d := startNfclone(t, l, `
+sessions:
+  - name: head
+    method: dup
+    sources: [{interface: e0, direction: both}]
+    first_packets: 10
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1, mac: "02:00:00:00:77:22"}]
+`)
+	// The kernel turned accounting on when the ct expression was loaded.
+	if out := l.MustExec(t, l.Eng, "sysctl", "-n", "net.netfilter.nf_conntrack_acct"); strings.TrimSpace(out) != "1" {
+		t.Errorf("nf_conntrack_acct after nfclone started is %q, want 1", out)
+	}
+	done := make(chan error, 3)
+	for i := 0; i < 3; i++ {
+		go func() {
+			sent, recv, _, err := lab.Ping(context.Background(), l, l.Src, lab.Src2IP, 30, 20*time.Millisecond)
+			if err == nil && (sent != 30 || recv != 30) {
+				err = fmt.Errorf("ping: sent %d received %d", sent, recv)
+			}
+			done <- err
+		}()
+	}
+	for i := 0; i < 3; i++ {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := old.Wait(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitQuiet(t, c)
+	pkts := c.Stop()
+	d.stop(t)
+	type count struct{ req, rep int }
+	flows := map[int]*count{}
+	for _, p := range pkts {
+		id := icmpEchoID(p.IP)
+		if id < 0 {
+			continue
+		}
+		if flows[id] == nil {
+			flows[id] = &count{}
+		}
+		switch {
+		case p.IsEchoRequest():
+			flows[id].req++
+		case p.IsEchoReply():
+			flows[id].rep++
+		}
+	}
+	var ids []int
+	for id := range flows {
+		ids = append(ids, id)
+	}
+	sort.Ints(ids)
+	var desc []string
+	for _, id := range ids {
+		desc = append(desc, fmt.Sprintf("id %d: %d requests %d replies", id, flows[id].req, flows[id].rep))
+	}
+	t.Logf("copies at the collector per flow: %s", strings.Join(desc, "; "))
+	if len(flows) != 3 {
+		t.Fatalf("copies of %d ping flows, want 3 (the old flow none): %s", len(flows), strings.Join(desc, "; "))
+	}
+	for _, id := range ids {
+		if f := flows[id]; f.req != 10 || f.rep != 10 {
+			t.Errorf("flow id %d: %d requests and %d replies copied, want 10 and 10", id, f.req, f.rep)
+		}
+	}
+}
+
+// sample_flows: 2 over 40 UDP flows (5 datagrams each way, both directions
+// copied on their way in: e0 and e2 ingress) — each flow is copied whole or
+// not at all, and between 10 and 30 of them are.
+func TestSelectSampleFlows(t *testing.T) {
+	l := lab.New(t)
+	udpEchoServer(t, l, l.Src2, lab.Src2IP, 7000)
+	c := l.StartCapture(t, l.Col, lab.Iface, "udp", lab.Direction("in"))
+	d := startNfclone(t, l, `
+sessions:
+  - name: half
+    method: log
+    sources: [{interface: e0, direction: ingress}, {interface: e2, direction: ingress}]
+    sample_flows: 2
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1, mac: "02:00:00:00:77:22"}]
+`)
+	const flows, per = 40, 5
+	got := udpFlows(t, l, l.Src, lab.SrcIP, lab.Src2IP, 7000, 21000, flows, per)
+	for p := 21000; p < 21000+flows; p++ {
+		if got[p] != per {
+			t.Fatalf("flow %d: %d of %d echoes came back", p, got[p], per)
+		}
+	}
+	waitQuiet(t, c)
+	pkts := c.Stop()
+	d.stop(t)
+	perFlow := map[int]int{}
+	for _, p := range pkts {
+		port := p.UDPSrcPort
+		if port == 7000 {
+			port = p.UDPDstPort
+		}
+		perFlow[port]++
+	}
+	chosen := 0
+	for p := 21000; p < 21000+flows; p++ {
+		switch perFlow[p] {
+		case 0:
+		case 2 * per:
+			chosen++
+		default:
+			t.Errorf("flow %d: %d copies, want 0 or %d (the whole flow, both ways)", p, perFlow[p], 2*per)
+		}
+	}
+	t.Logf("sample_flows 2: %d of %d flows copied whole, the others not at all (%d copies)", chosen, flows, len(pkts))
+	if chosen < 10 || chosen > 30 {
+		t.Errorf("%d of %d flows copied, want between 10 and 30", chosen, flows)
+	}
+}
+
+// flow_rate caps a flooding flow while a slow flow is copied whole.
+func TestSelectFlowRate(t *testing.T) {
+	l := lab.New(t)
+	c := l.StartCapture(t, l.Col, lab.Iface, "", lab.Direction("in"))
+	d := startNfclone(t, l, `
+sessions:
+  - name: capped
+    method: dup
+    sources: [{interface: e0, direction: ingress}]
+    flow_rate: "50/second"
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1, mac: "02:00:00:00:77:22"}]
+`)
+	slow := make(chan error, 1)
+	go func() {
+		sent, recv, _, err := lab.Ping(context.Background(), l, l.Src, lab.Src2IP, 30, 50*time.Millisecond)
+		if err == nil && (sent != 30 || recv != 30) {
+			err = fmt.Errorf("ping: sent %d received %d", sent, recv)
+		}
+		slow <- err
+	}()
+	const flood = 5000
+	took := udpFlood(t, l, l.Src, lab.SrcIP, lab.Src2IP, 22000, 9, flood)
+	if err := <-slow; err != nil {
+		t.Fatal(err)
+	}
+	waitQuiet(t, c)
+	pkts := c.Stop()
+	d.stop(t)
+	var floodCopies, pingCopies int
+	for _, p := range pkts {
+		switch {
+		case p.UDPSrcPort == 22000:
+			floodCopies++
+		case p.IsEchoRequest() && p.IPSrc == lab.SrcIP:
+			pingCopies++
+		}
+	}
+	// The limit's token bucket: a burst of 5, then 50 per second.
+	maxFlood := 5 + int(50*took.Seconds()+0.999) + 5
+	t.Logf("flow_rate 50/second: flood of %d datagrams in %v: %d copied (at most %d allowed); slow flow (20 pings/s): %d of 30 copied",
+		flood, took.Round(time.Millisecond), floodCopies, maxFlood, pingCopies)
+	if pingCopies != 30 {
+		t.Errorf("slow flow: %d of 30 echo requests copied, want all", pingCopies)
+	}
+	if floodCopies < 5 || floodCopies > maxFlood {
+		t.Errorf("flood: %d copies, want between 5 and %d", floodCopies, maxFlood)
+	}
+}
+
+// Two sessions with priority on one source: 1 copies pings, 2 pings and
+// UDP. Pings reach only the first session's collector, UDP only the
+// second's; the kernel's counter on the claim tells status why.
+func TestSelectPriority(t *testing.T) {
+	l := lab.New(t)
+	udpEchoServer(t, l, l.Src2, lab.Src2IP, 7000)
+	c1 := l.StartCapture(t, l.Col, lab.Iface, "icmp or udp", lab.Direction("in"))
+	c2 := l.StartCapture(t, l.Col2, lab.Iface, "icmp or udp", lab.Direction("in"))
+	d := startNfclone(t, l, `
+sessions:
+  - name: second
+    method: log
+    priority: 2
+    sources: [{interface: e0, direction: ingress}]
+    rules:
+      - {number: 1, action: accept, protocol: icmp}
+      - {number: 2, action: accept, protocol: udp}
+    targets: [{kind: gateway, gateway: 10.77.4.2, device: e3}]
+  - name: first
+    method: dup
+    priority: 1
+    sources: [{interface: e0, direction: ingress}]
+    rules:
+      - {number: 1, action: accept, protocol: icmp}
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1, mac: "02:00:00:00:77:22"}]
+`)
+	ping(t, l, l.Src, lab.Src2IP, 20)
+	got := udpFlows(t, l, l.Src, lab.SrcIP, lab.Src2IP, 7000, 23000, 2, 10)
+	if got[23000] != 10 || got[23001] != 10 {
+		t.Fatalf("udp echoes: %v", got)
+	}
+	waitQuiet(t, c1)
+	waitQuiet(t, c2)
+	p1, p2 := c1.Stop(), c2.Stop()
+	status, errOut, code := nfc(l, "status", "-c", d.cfgPath)
+	d.stop(t)
+	kinds := func(ps []lab.Packet) (icmp, udp int) {
+		for _, p := range ps {
+			if p.IsEchoRequest() {
+				icmp++
+			}
+			if p.UDPDstPort == 7000 {
+				udp++
+			}
+		}
+		return
+	}
+	i1, u1 := kinds(p1)
+	i2, u2 := kinds(p2)
+	t.Logf("priority: first's collector %d pings %d udp; second's %d pings %d udp", i1, u1, i2, u2)
+	if i1 != 20 || u1 != 0 || i2 != 0 || u2 != 20 {
+		t.Errorf("first's collector got %d pings and %d udp (want 20, 0); second's %d pings and %d udp (want 0, 20)", i1, u1, i2, u2)
+	}
+	if code != 0 {
+		t.Fatalf("status: exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(status, "second: priority 20") {
+		t.Errorf("status does not say that priority kept 20 packets from session second:\n%s", status)
+	}
+}
