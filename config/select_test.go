@@ -110,3 +110,18 @@ func TestParseCgroup(t *testing.T) {
 		}
 	}
 }
+
+func TestCaptureSelectors(t *testing.T) {
+	c, err := Capture(CaptureOptions{Interfaces: []string{"e0"}, Output: "-", FirstPackets: 5, User: "0", Cgroup: "x.slice"}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.Sessions[0].Select
+	if s.FirstPackets != 5 || s.UID == nil || *s.UID != 0 || s.Cgroup != "x.slice" || !c.Sessions[0].HostOnly {
+		t.Errorf("capture selectors: %+v", s)
+	}
+	_, err = Capture(CaptureOptions{Interfaces: []string{"e0"}, Output: "-", FirstPackets: -2}, 1)
+	if err == nil || !strings.Contains(err.Error(), "--first-packets: -2") {
+		t.Errorf("bad --first-packets: %v", err)
+	}
+}

@@ -154,6 +154,10 @@ type runtime struct {
 	tables   copyTables      // the tables of the routing plan (event filter)
 	drift    []route.Drift   // what the last reconcile could not put back (e.mu)
 	created  map[string]bool // interfaces nfclone created, from the journal (e.mu)
+	// cgroupRoot is the cgroup2 mount ("" when no session has a cgroup);
+	// cgroups the ids the rules were compiled with (0: missing).
+	cgroupRoot string
+	cgroups    map[string]uint64
 }
 
 // createdLinks are the interfaces a journal says nfclone created.
@@ -267,7 +271,11 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	if err != nil {
 		return err
 	}
-	rt := &runtime{rk: rk, feats: feats, sessions: map[string]*session{},
+	cgRoot, err := cgroupRoot(c)
+	if err != nil {
+		return err
+	}
+	rt := &runtime{rk: rk, feats: feats, sessions: map[string]*session{}, cgroupRoot: cgRoot,
 		st: &State{PID: os.Getpid(), Started: time.Now().UTC(), Table: c.Table, NetNS: config.NetNS()}}
 	if e.Limit > 0 {
 		rt.limit = newLimit(e.Limit, cancel)
@@ -310,6 +318,8 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	}
 	tick := time.NewTicker(reconcileEvery)
 	defer tick.Stop()
+	cgTick := time.NewTicker(cgroupPoll)
+	defer cgTick.Stop()
 	for running := true; running; {
 		select {
 		case <-ctx.Done():
@@ -325,6 +335,8 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 		case <-tick.C:
 			e.reconcileRouting()
 			e.relink()
+		case <-cgTick.C:
+			e.recgroup()
 		}
 	}
 	svcCancel()
@@ -380,6 +392,13 @@ func (e *Engine) validateReload(c *config.Config) error {
 	}
 	if missing := Missing(c, e.rt.feats); len(missing) > 0 {
 		return hostErr("the kernel lacks: %v", missing)
+	}
+	if e.rt.cgroupRoot == "" {
+		root, err := cgroupRoot(c)
+		if err != nil {
+			return err
+		}
+		e.rt.cgroupRoot = root
 	}
 	return nil
 }
@@ -671,6 +690,10 @@ func (e *Engine) Status() Status {
 				ss.State = "waiting"
 				ss.Missing = append(ss.Missing, name)
 			}
+		}
+		if p := s.Select.Cgroup; p != "" && rt.cgroups[p] == 0 {
+			ss.State = "waiting"
+			ss.Missing = append(ss.Missing, "cgroup "+p)
 		}
 		sort.Strings(ss.Missing)
 		if s.Method != config.MethodDup {
