@@ -4,9 +4,13 @@ import (
 	"context"
 	be "encoding/binary"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -375,5 +379,187 @@ sessions:
 	}
 	if !strings.Contains(status, "second: priority 20") {
 		t.Errorf("status does not say that priority kept 20 packets from session second:\n%s", status)
+	}
+}
+
+// udpSendScript sends count datagrams from src:sport to dst:port, first
+// dropping to uid when one is given (argv[6]).
+const udpSendScript = `
+import os, socket, sys
+src, dst, port, sport, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+if len(sys.argv) > 6:
+    os.setuid(int(sys.argv[6]))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, sport))
+for i in range(count):
+    s.sendto(b"nfclone-scope", (dst, port))
+`
+
+// udpSportCounts counts the captured UDP packets by source port.
+func udpSportCounts(ps []lab.Packet) map[int]int {
+	out := map[int]int{}
+	for _, p := range ps {
+		if p.UDPSrcPort > 0 {
+			out[p.UDPSrcPort]++
+		}
+	}
+	return out
+}
+
+// user: only the sockets of uid 65534 are copied; root's datagrams on the
+// same path are not.
+func TestSelectUser(t *testing.T) {
+	l := lab.New(t)
+	c := l.StartCapture(t, l.Col, lab.Iface, "udp", lab.Direction("in"))
+	d := startNfclone(t, l, `
+sessions:
+  - name: nobody
+    method: dup
+    user: 65534
+    sources: [{interface: e0, direction: egress}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1, mac: "02:00:00:00:77:22"}]
+`)
+	if rs := nftRuleset(t, l); !strings.Contains(rs, "meta skuid 65534") {
+		t.Fatalf("the ruleset has no skuid match:\n%s", rs)
+	}
+	send := func(sport int, uid ...string) {
+		args := append([]string{"-c", udpSendScript, lab.EngE0IP, lab.SrcIP, "9", strconv.Itoa(sport), "10"}, uid...)
+		if out, err := l.Exec(context.Background(), l.Eng, "python3", args...); err != nil {
+			t.Fatalf("sending from port %d: %v\n%s", sport, err, out)
+		}
+	}
+	send(25001, "65534")
+	send(25002)
+	waitQuiet(t, c)
+	got := udpSportCounts(c.Stop())
+	status, _, _ := nfc(l, "status", "-c", d.cfgPath)
+	d.stop(t)
+	t.Logf("user 65534: copies of uid 65534's datagrams %d of 10, of root's %d of 10", got[25001], got[25002])
+	if got[25001] != 10 || got[25002] != 0 {
+		t.Errorf("copies by source port %v, want 10 of 25001 (uid 65534) and none of 25002 (root)", got)
+	}
+	if !strings.Contains(status, "nobody: scope 10") {
+		t.Errorf("status does not say that the scope kept root's 10 datagrams from being copied:\n%s", status)
+	}
+}
+
+// mountNS is a private mount namespace with cgroup2 mounted in it (this
+// host has only the v1 controllers at /sys/fs/cgroup), held by a sleeping
+// process until the test ends. Commands enter it with nsenter -m; the
+// network namespace they run in is set by ip netns exec before that, so
+// the remount of /sys that ip netns exec does is not in the way.
+type mountNS struct {
+	pid  string
+	root string // where cgroup2 is mounted inside
+}
+
+func newCgroup2NS(t *testing.T, l *lab.Lab) *mountNS {
+	t.Helper()
+	lab.RequireTools(t, "unshare", "nsenter")
+	holder := exec.Command("unshare", "-m", "--propagation", "private", "sleep", "3600")
+	holder.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := holder.Start(); err != nil {
+		t.Fatalf("unshare: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = holder.Process.Kill()
+		_ = holder.Wait()
+	})
+	m := &mountNS{pid: strconv.Itoa(holder.Process.Pid), root: filepath.Join(t.TempDir(), "cgroup2")}
+	if err := os.Mkdir(m.root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The namespace exists once unshare has exec'd sleep.
+	lab.WaitFor(t, 5*time.Second, func() bool {
+		a, _ := os.Readlink("/proc/self/ns/mnt")
+		b, _ := os.Readlink("/proc/" + m.pid + "/ns/mnt")
+		return b != "" && a != b
+	}, "the private mount namespace")
+	if out, err := exec.Command("nsenter", "-t", m.pid, "-m", "mount", "-t", "cgroup2", "none", m.root).CombinedOutput(); err != nil {
+		t.Fatalf("mounting cgroup2: %v\n%s", err, out)
+	}
+	return m
+}
+
+// sh runs a shell command inside the mount namespace (in the host's
+// network namespace).
+func (m *mountNS) sh(t *testing.T, script string) string {
+	t.Helper()
+	out, err := exec.Command("nsenter", "-t", m.pid, "-m", "sh", "-c", script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// cgroup: a process in cgroup A and one outside it send to the same
+// destination; only A's datagrams are copied — also after A is removed and
+// created again (a new cgroup id, followed without a reload).
+func TestSelectCgroup(t *testing.T) {
+	l := lab.New(t)
+	m := newCgroup2NS(t, l)
+	name := "nfclone-e2e-" + l.Suffix
+	dir := filepath.Join(m.root, name)
+	m.sh(t, "mkdir "+dir)
+	t.Cleanup(func() { _, _ = exec.Command("nsenter", "-t", m.pid, "-m", "rmdir", dir).CombinedOutput() })
+	ino := func() string { return m.sh(t, "stat -c %i "+dir) }
+	first := ino()
+
+	c := l.StartCapture(t, l.Col, lab.Iface, "udp", lab.Direction("in"))
+	path, stateDir := writeConfig(t, fmt.Sprintf(`
+sessions:
+  - name: app
+    method: dup
+    cgroup: %q
+    sources: [{interface: e0, direction: egress}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1, mac: "02:00:00:00:77:22"}]
+`, name))
+	p := l.Start(t, l.Eng, "nsenter", "-t", m.pid, "-m", binary, "run", "-c", path)
+	d := &daemon{Proc: p, l: l, cfgPath: path, stateDir: stateDir}
+	lab.WaitFor(t, 15*time.Second, func() bool {
+		if p.Exited() {
+			t.Fatalf("nfclone exited early:\n%s", p.Stderr())
+		}
+		return strings.Contains(p.Stderr(), "rules installed")
+	}, "nfclone to install its rules")
+	requireRule := func(id string) {
+		t.Helper()
+		want := "socket cgroupv2 level 1 " + id
+		lab.WaitFor(t, 5*time.Second, func() bool { return strings.Contains(nftRuleset(t, l), want) }, want+" in the ruleset")
+	}
+	requireRule(first)
+	// in: a sender moved into the cgroup first; out: the same, left where it is.
+	send := func(sport int, inside bool) {
+		t.Helper()
+		enter := ""
+		if inside {
+			enter = "echo $$ > " + filepath.Join(dir, "cgroup.procs") + " && "
+		}
+		args := []string{"-t", m.pid, "-m", "sh", "-c", enter + `exec python3 -c "$0" "$@"`, udpSendScript, lab.EngE0IP, lab.SrcIP, "9", strconv.Itoa(sport), "10"}
+		if out, err := l.Exec(context.Background(), l.Eng, "nsenter", args...); err != nil {
+			t.Fatalf("sending from port %d: %v\n%s", sport, err, out)
+		}
+	}
+	send(24001, true)
+	send(24002, false)
+	// A is removed and created again: a new id, picked up by the watcher.
+	m.sh(t, "rmdir "+dir+" && mkdir "+dir)
+	second := ino()
+	if second == first {
+		t.Fatalf("the re-created cgroup has the same id %s", first)
+	}
+	requireRule(second)
+	send(24003, true)
+	send(24004, false)
+	waitQuiet(t, c)
+	got := udpSportCounts(c.Stop())
+	d.stop(t)
+	t.Logf("cgroup %s (id %s, then %s): copies of the datagrams sent inside %d and %d of 10, outside %d and %d of 10",
+		name, first, second, got[24001], got[24003], got[24002], got[24004])
+	if got[24001] != 10 || got[24003] != 10 || got[24002] != 0 || got[24004] != 0 {
+		t.Errorf("copies by source port %v, want 10 of 24001 and 24003 (inside the cgroup), none of 24002 and 24004", got)
+	}
+	if !strings.Contains(p.Stderr(), "cgroup changed") {
+		t.Errorf("nfclone did not log the cgroup change:\n%s", p.Stderr())
 	}
 }
