@@ -563,3 +563,102 @@ sessions:
 		t.Errorf("nfclone did not log the cgroup change:\n%s", p.Stderr())
 	}
 }
+
+// Both directions of this host's UDP servers: one in cgroup A (port 7001)
+// and one outside (7002), both on eng, answer src. Ingress (the input hook)
+// finds the receiving socket by a lookup of its own, so the cgroup selects
+// requests and replies alike; a user match has no socket on ingress for
+// unconnected UDP (the kernel attaches none before the input hook), so
+// user: selects the replies only.
+func TestSelectScopeIngress(t *testing.T) {
+	l := lab.New(t)
+	m := newCgroup2NS(t, l)
+	name := "nfclone-e2e-in-" + l.Suffix
+	dir := filepath.Join(m.root, name)
+	m.sh(t, "mkdir "+dir)
+	t.Cleanup(func() { _, _ = exec.Command("nsenter", "-t", m.pid, "-m", "rmdir", dir).CombinedOutput() })
+	server := func(port int, inside bool, uid string) {
+		t.Helper()
+		enter := ""
+		if inside {
+			enter = "echo $$ > " + filepath.Join(dir, "cgroup.procs") + " && "
+		}
+		script := `
+import os, socket, sys
+if sys.argv[3] != "":
+    os.setuid(int(sys.argv[3]))  # before the socket: it belongs to its creator
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    d, a = s.recvfrom(2048)
+    s.sendto(d, a)
+`
+		p := l.Start(t, l.Eng, "nsenter", "-t", m.pid, "-m", "sh", "-c", enter+`exec python3 -c "$0" "$@"`, script, lab.EngE0IP, strconv.Itoa(port), uid)
+		lab.WaitFor(t, 10*time.Second, func() bool {
+			if p.Exited() {
+				t.Fatalf("server %d exited: %s", port, p.Stderr())
+			}
+			return strings.Contains(p.Stdout(), "ready")
+		}, "the udp server")
+	}
+	server(7001, true, "")
+	server(7002, false, "")
+	server(7003, false, "65534")
+	c := l.StartCapture(t, l.Col, lab.Iface, "udp", lab.Direction("in"))
+	path, stateDir := writeConfig(t, fmt.Sprintf(`
+sessions:
+  - name: app
+    method: dup
+    cgroup: %q
+    sources: [{interface: e0, direction: both}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1, mac: "02:00:00:00:77:22"}]
+  - name: nobody
+    method: log
+    user: 65534
+    sources: [{interface: e0, direction: both}]
+    targets: [{kind: gateway, gateway: 10.77.4.2, device: e3}]
+`, name))
+	p := l.Start(t, l.Eng, "nsenter", "-t", m.pid, "-m", binary, "run", "-c", path)
+	d := &daemon{Proc: p, l: l, cfgPath: path, stateDir: stateDir}
+	lab.WaitFor(t, 15*time.Second, func() bool {
+		if p.Exited() {
+			t.Fatalf("nfclone exited early:\n%s", p.Stderr())
+		}
+		return strings.Contains(p.Stderr(), "rules installed")
+	}, "nfclone to install its rules")
+	c2 := l.StartCapture(t, l.Col2, lab.Iface, "udp", lab.Direction("in"))
+	for _, port := range []int{7001, 7002, 7003} {
+		got := udpFlows(t, l, l.Src, lab.SrcIP, lab.EngE0IP, port, 26000+10*port%100, 1, 10)
+		if got[26000+10*port%100] != 10 {
+			t.Fatalf("port %d: %v echoes", port, got)
+		}
+	}
+	waitQuiet(t, c)
+	waitQuiet(t, c2)
+	cg, us := c.Stop(), c2.Stop()
+	d.stop(t)
+	dirs := func(ps []lab.Packet, port int) (in, out int) {
+		for _, p := range ps {
+			if p.UDPDstPort == port {
+				in++
+			}
+			if p.UDPSrcPort == port {
+				out++
+			}
+		}
+		return
+	}
+	i1, o1 := dirs(cg, 7001)
+	i2, o2 := dirs(cg, 7002)
+	i3, o3 := dirs(us, 7003)
+	i4, o4 := dirs(us, 7002)
+	t.Logf("cgroup: server inside %d requests %d replies copied, outside %d %d; user 65534: its server %d requests %d replies, root's %d %d",
+		i1, o1, i2, o2, i3, o3, i4, o4)
+	if i1 != 10 || o1 != 10 || i2 != 0 || o2 != 0 {
+		t.Errorf("cgroup: inside %d/%d, outside %d/%d copied; want 10/10 and 0/0", i1, o1, i2, o2)
+	}
+	if i3 != 0 || o3 != 10 || i4 != 0 || o4 != 0 {
+		t.Errorf("user: its server %d/%d, root's %d/%d copied; want 0/10 (no socket on ingress) and 0/0", i3, o3, i4, o4)
+	}
+}
