@@ -493,17 +493,16 @@ func (m *mountNS) sh(t *testing.T, script string) string {
 }
 
 // cgroup: a process in cgroup A and one outside it send to the same
-// destination; only A's datagrams are copied — also after A is removed and
-// created again (a new cgroup id, followed without a reload).
+// destination; only A's datagrams are copied — A created after nfclone
+// started, and again after A is removed and created again (a new cgroup id,
+// followed without a reload).
 func TestSelectCgroup(t *testing.T) {
 	l := lab.New(t)
 	m := newCgroup2NS(t, l)
 	name := "nfclone-e2e-" + l.Suffix
 	dir := filepath.Join(m.root, name)
-	m.sh(t, "mkdir "+dir)
 	t.Cleanup(func() { _, _ = exec.Command("nsenter", "-t", m.pid, "-m", "rmdir", dir).CombinedOutput() })
 	ino := func() string { return m.sh(t, "stat -c %i "+dir) }
-	first := ino()
 
 	c := l.StartCapture(t, l.Col, lab.Iface, "udp", lab.Direction("in"))
 	path, stateDir := writeConfig(t, fmt.Sprintf(`
@@ -527,6 +526,13 @@ sessions:
 		want := "socket cgroupv2 level 1 " + id
 		lab.WaitFor(t, 5*time.Second, func() bool { return strings.Contains(nftRuleset(t, l), want) }, want+" in the ruleset")
 	}
+	// A does not exist yet: the session waits, its rule has id 0.
+	requireRule("0")
+	if st, _, _ := nfc(l, "status", "-c", d.cfgPath); !strings.Contains(st, "cgroup "+name) || !strings.Contains(st, "waiting") {
+		t.Errorf("status does not show the session waiting for its cgroup:\n%s", st)
+	}
+	m.sh(t, "mkdir "+dir)
+	first := ino()
 	requireRule(first)
 	// in: a sender moved into the cgroup first; out: the same, left where it is.
 	send := func(sport int, inside bool) {
