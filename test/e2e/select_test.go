@@ -152,30 +152,32 @@ func TestSelectFirstPackets(t *testing.T) {
 	}
 	old := l.Start(t, l.Src, "ping", "-n", "-i", "0.05", "-c", "80", lab.Src2IP)
 	lab.WaitFor(t, 5*time.Second, func() bool { return strings.Contains(old.Stdout(), "icmp_seq=3 ") }, "the old flow's pings")
-	c := l.StartCapture(t, l.Col, lab.Iface, "icmp", lab.Direction("in"))
+	c := l.StartCapture(t, l.Col, lab.Iface, "icmp or icmp6", lab.Direction("in"))
 	d := startNfclone(t, l, `
 sessions:
   - name: head
     method: dup
     sources: [{interface: e0, direction: both}]
     first_packets: 10
-    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1, mac: "02:00:00:00:77:22"}]
+    targets:
+      - {kind: gateway, gateway: 10.77.2.2, device: e1, mac: "02:00:00:00:77:22"}
+      - {kind: gateway, gateway: "fd77:2::2", device: e1, mac: "02:00:00:00:77:22"}
 `)
 	// The kernel turned accounting on when the ct expression was loaded.
 	if out := l.MustExec(t, l.Eng, "sysctl", "-n", "net.netfilter.nf_conntrack_acct"); strings.TrimSpace(out) != "1" {
 		t.Errorf("nf_conntrack_acct after nfclone started is %q, want 1", out)
 	}
-	done := make(chan error, 3)
-	for i := 0; i < 3; i++ {
+	done := make(chan error, 4)
+	for _, dst := range []string{lab.Src2IP, lab.Src2IP, lab.Src2IP, lab.Src26} {
 		go func() {
-			sent, recv, _, err := lab.Ping(context.Background(), l, l.Src, lab.Src2IP, 30, 20*time.Millisecond)
+			sent, recv, _, err := lab.Ping(context.Background(), l, l.Src, dst, 30, 20*time.Millisecond)
 			if err == nil && (sent != 30 || recv != 30) {
-				err = fmt.Errorf("ping: sent %d received %d", sent, recv)
+				err = fmt.Errorf("ping %s: sent %d received %d", dst, sent, recv)
 			}
 			done <- err
 		}()
 	}
-	for i := 0; i < 3; i++ {
+	for i := 0; i < 4; i++ {
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
@@ -188,7 +190,14 @@ sessions:
 	d.stop(t)
 	type count struct{ req, rep int }
 	flows := map[int]*count{}
+	v6req, v6rep := 0, 0
 	for _, p := range pkts {
+		switch {
+		case p.IsEchoRequest() && p.IP6Src == lab.Src6:
+			v6req++
+		case p.IsEchoReply() && p.IP6Dst == lab.Src6:
+			v6rep++
+		}
 		id := icmpEchoID(p.IP)
 		if id < 0 {
 			continue
@@ -220,6 +229,10 @@ sessions:
 		if f := flows[id]; f.req != 10 || f.rep != 10 {
 			t.Errorf("flow id %d: %d requests and %d replies copied, want 10 and 10", id, f.req, f.rep)
 		}
+	}
+	t.Logf("IPv6 ping flow: %d requests %d replies copied", v6req, v6rep)
+	if v6req != 10 || v6rep != 10 {
+		t.Errorf("IPv6 ping flow: %d requests and %d replies copied, want 10 and 10", v6req, v6rep)
 	}
 }
 
@@ -279,7 +292,7 @@ func TestSelectFlowRate(t *testing.T) {
 	d := startNfclone(t, l, `
 sessions:
   - name: capped
-    method: dup
+    method: queue
     sources: [{interface: e0, direction: ingress}]
     flow_rate: "50/second"
     targets: [{kind: gateway, gateway: 10.77.2.2, device: e1, mac: "02:00:00:00:77:22"}]
