@@ -681,3 +681,86 @@ sessions:
 		t.Errorf("user: its server %d/%d, root's %d/%d copied; want 0/10 (no socket on ingress) and 0/0", i3, o3, i4, o4)
 	}
 }
+
+// runCapture runs `nfclone capture ARGS -w FILE` in the engine namespace
+// while traffic() runs, and returns the packets of the file (read by
+// tshark) and capture's report.
+func runCapture(t *testing.T, l *lab.Lab, traffic func(), args ...string) ([]lab.Packet, string) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "f.pcap")
+	p := l.Start(t, l.Eng, binary, append(append([]string{"capture"}, args...), "-w", out)...)
+	lab.WaitFor(t, 10*time.Second, func() bool {
+		if p.Exited() {
+			t.Fatalf("capture exited early:\n%s", p.Stderr())
+		}
+		return strings.Contains(p.Stderr(), "capturing on")
+	}, "capture to start")
+	traffic()
+	if code, err := p.Wait(15 * time.Second); code != 0 || err != nil {
+		t.Fatalf("capture: exit %d %v\n%s", code, err, p.Stderr())
+	}
+	ps, err := lab.ReadPackets(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps, p.Stderr()
+}
+
+// capture --first-packets 3: two forwarded ping flows of 10 give 3
+// requests and 3 replies each in the file, and the report says what the
+// selector left out; capture --user 65534 --direction egress: only that
+// user's datagrams.
+func TestSelectCapture(t *testing.T) {
+	l := lab.New(t)
+	ps, report := runCapture(t, l, func() {
+		done := make(chan error, 2)
+		for i := 0; i < 2; i++ {
+			go func() {
+				_, _, _, err := lab.Ping(context.Background(), l, l.Src, lab.Src2IP, 10, 20*time.Millisecond)
+				done <- err
+			}()
+		}
+		for i := 0; i < 2; i++ {
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		}
+	}, "-i", "e0", "--proto", "icmp", "--first-packets", "3", "--duration", "4s")
+	req, rep := map[int]int{}, map[int]int{}
+	for _, p := range ps {
+		if p.IsEchoRequest() {
+			req[icmpEchoID(p.IP)]++
+		} else if p.IsEchoReply() {
+			rep[icmpEchoID(p.IP)]++
+		}
+	}
+	t.Logf("capture --first-packets 3: requests per flow %v, replies %v", req, rep)
+	if len(req) != 2 || len(rep) != 2 {
+		t.Fatalf("flows in the file: requests %v replies %v, want 2 flows", req, rep)
+	}
+	for id := range req {
+		if req[id] != 3 || rep[id] != 3 {
+			t.Errorf("flow %d: %d requests %d replies in the file, want 3 and 3", id, req[id], rep[id])
+		}
+	}
+	if !strings.Contains(report, "12 packets captured") || !strings.Contains(report, "28 packets not selected (first_packets 28)") {
+		t.Errorf("capture's report:\n%s", report)
+	}
+
+	ps, report = runCapture(t, l, func() {
+		for _, s := range []struct {
+			sport int
+			uid   []string
+		}{{27001, []string{"65534"}}, {27002, nil}} {
+			args := append([]string{"-c", udpSendScript, lab.EngE0IP, lab.SrcIP, "9", strconv.Itoa(s.sport), "10"}, s.uid...)
+			if out, err := l.Exec(context.Background(), l.Eng, "python3", args...); err != nil {
+				t.Errorf("sending: %v\n%s", err, out)
+			}
+		}
+	}, "-i", "e0", "--direction", "egress", "--proto", "udp", "--user", "65534", "--duration", "3s")
+	got := udpSportCounts(ps)
+	t.Logf("capture --user 65534: %v", got)
+	if got[27001] != 10 || got[27002] != 0 {
+		t.Errorf("in the file by source port %v, want 10 of 27001 and none of 27002\n%s", got, report)
+	}
+}
