@@ -24,8 +24,10 @@ func (p *problems) add(path, format string, args ...any) {
 	p.list = append(p.list, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
-// Validate checks a decoded config without looking at the host, fills in
-// per-session defaults, and returns every problem found.
+// Validate checks a decoded config without looking at the host (but for a
+// session's user given by name, resolved to its uid through os/user), fills
+// in per-session defaults and the typed selectors, and returns every
+// problem found.
 func Validate(c *Config) Errors {
 	var p problems
 	if !reName.MatchString(c.Table) {
