@@ -153,6 +153,7 @@ func TestSelectFirstPackets(t *testing.T) {
 	old := l.Start(t, l.Src, "ping", "-n", "-i", "0.05", "-c", "80", lab.Src2IP)
 	lab.WaitFor(t, 5*time.Second, func() bool { return strings.Contains(old.Stdout(), "icmp_seq=3 ") }, "the old flow's pings")
 	c := l.StartCapture(t, l.Col, lab.Iface, "icmp or icmp6", lab.Direction("in"))
+	cb := l.StartCapture(t, l.Col2, lab.Iface, "icmp or icmp6", lab.Direction("in"))
 	d := startNfclone(t, l, `
 sessions:
   - name: head
@@ -162,6 +163,13 @@ sessions:
     targets:
       - {kind: gateway, gateway: 10.77.2.2, device: e1, mac: "02:00:00:00:77:22"}
       - {kind: gateway, gateway: "fd77:2::2", device: e1, mac: "02:00:00:00:77:22"}
+  - name: bytes
+    method: log
+    sources: [{interface: e0, direction: both}]
+    first_bytes: 300
+    targets:
+      - {kind: gateway, gateway: 10.77.4.2, device: e3}
+      - {kind: gateway, gateway: "fd77:4::2", device: e3}
 `)
 	// The kernel turned accounting on when the ct expression was loaded.
 	if out := l.MustExec(t, l.Eng, "sysctl", "-n", "net.netfilter.nf_conntrack_acct"); strings.TrimSpace(out) != "1" {
@@ -186,8 +194,27 @@ sessions:
 		t.Fatal(err)
 	}
 	waitQuiet(t, c)
-	pkts := c.Stop()
+	waitQuiet(t, cb)
+	pkts, bpkts := c.Stop(), cb.Stop()
 	d.stop(t)
+	// first_bytes 300: an IPv4 echo is 84 bytes (3 fit), an IPv6 one 104 (2).
+	b4, b6 := map[int]int{}, 0
+	for _, p := range bpkts {
+		if id := icmpEchoID(p.IP); id >= 0 {
+			b4[id]++
+		} else if (p.IsEchoRequest() || p.IsEchoReply()) && (p.IP6Src == lab.Src6 || p.IP6Dst == lab.Src6) {
+			b6++ // echoes only: neighbour discovery is not tracked, and copied
+		}
+	}
+	t.Logf("first_bytes 300: per IPv4 flow (requests and replies) %v, IPv6 flow %d", b4, b6)
+	if len(b4) != 3 || b6 != 4 {
+		t.Errorf("first_bytes 300: %v of the IPv4 flows and %d of the IPv6 flow, want 3 flows of 6 and 4", b4, b6)
+	}
+	for id, n := range b4 {
+		if n != 6 {
+			t.Errorf("first_bytes 300: flow %d has %d copies, want 3 requests and 3 replies", id, n)
+		}
+	}
 	type count struct{ req, rep int }
 	flows := map[int]*count{}
 	v6req, v6rep := 0, 0
