@@ -97,6 +97,16 @@ type Session struct {
 	Rate     string   `mapstructure:"rate" json:"rate"`
 	Snaplen  int      `mapstructure:"snaplen" json:"snaplen"`
 	Targets  []Target `mapstructure:"targets" json:"targets"`
+	// Selectors (select.go): which flows, and how much of each, are copied.
+	FirstPackets int    `mapstructure:"first_packets" json:"first_packets,omitempty"`
+	FirstBytes   string `mapstructure:"first_bytes" json:"first_bytes,omitempty"`
+	SampleFlows  int    `mapstructure:"sample_flows" json:"sample_flows,omitempty"`
+	FlowRate     string `mapstructure:"flow_rate" json:"flow_rate,omitempty"`
+	Cgroup       string `mapstructure:"cgroup" json:"cgroup,omitempty"`
+	User         string `mapstructure:"user" json:"user,omitempty"`
+	Priority     int    `mapstructure:"priority" json:"priority,omitempty"`
+	// Select is the typed form of the selector keys, filled by Validate.
+	Select Selectors `mapstructure:"-" json:"-"`
 }
 
 // Source is an interface and a direction to copy from.

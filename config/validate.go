@@ -27,8 +27,10 @@ func (p *problems) add(path, format string, args ...any) {
 	p.list = append(p.list, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
-// Validate checks a decoded config without looking at the host, fills in
-// per-session defaults, and returns every problem found.
+// Validate checks a decoded config without looking at the host (but for a
+// session's user given by name, resolved to its uid through os/user), fills
+// in per-session defaults and the typed selectors, and returns every
+// problem found.
 func Validate(c *Config) Errors {
 	var p problems
 	if !reName.MatchString(c.Table) {
@@ -102,6 +104,7 @@ func Validate(c *Config) Errors {
 		names[s.Name] = i
 		validateSession(&p, path, s)
 	}
+	validatePriorities(&p, c)
 	return p.list
 }
 
@@ -231,6 +234,7 @@ func validateSession(p *problems, path string, s *Session) {
 	for i := range s.Targets {
 		validateTarget(p, fmt.Sprintf("%s.targets[%d]", path, i), s, &s.Targets[i])
 	}
+	validateSelectors(p, path, s, SystemUser)
 }
 
 func validateRules(p *problems, path string, s *Session, dirs map[string]bool, l2 bool) {

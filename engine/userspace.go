@@ -335,7 +335,7 @@ func (s *session) stop(drain time.Duration, kernel map[string]rules.CounterValue
 	s.final = &snap
 	s.mu.Unlock()
 	s.log.Info("session ledger", "offered", snap.Offered, "copied", snap.Copied, "fail_open", snap.Drops.FailOpen,
-		"rate_limit", snap.Drops.RateLimit,
+		"rate_limit", snap.Drops.RateLimit, "skipped_by_selectors", snap.Skipped.Total(),
 		"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
 		"kernel_queue", snap.Drops.KernelQueue, "user", snap.Drops.User, "socket_overrun", snap.Drops.SocketOverrun,
 		"malformed", snap.Drops.Malformed, "too_big", snap.Drops.TooBig, "in_flight", snap.InFlight, "balanced", snap.Balanced())
@@ -489,7 +489,9 @@ func (s *session) snapshot() nfq.Snapshot {
 // counters know: packets the copy rule matched that never reached the
 // reader (fail_open) and packets the session's rate kept from it.
 func withKernelCounts(s nfq.Snapshot, m map[string]rules.CounterValue) nfq.Snapshot {
-	return s.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
+	s = s.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
+	s.Skipped = skippedCounts(m)
+	return s
 }
 
 // written is how many packets the session's targets sent (wire packets:

@@ -31,6 +31,9 @@ type Options struct {
 	// Gateways are the policy routes of userspace gateway targets (stable
 	// across reloads); nil: GatewayRoutes(c).
 	Gateways []GatewayRoute
+	// CgroupID resolves a session's cgroup (a path below the cgroup2 root)
+	// to its id; 0 when it does not exist. Nil resolves everything to 0.
+	CgroupID func(path string) uint64
 }
 
 func (o *Options) queueNum(c *config.Config, i int) int {
@@ -129,12 +132,18 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 	userspace := false
 	clones := map[nftables.TableFamily][]Rule{} // queue sessions' catch rules, per family
 	slots := 0                                  // queue sessions so far
+	scs := make([]*sessionCompiler, len(c.Sessions))
 	for i := range c.Sessions {
-		s := &c.Sessions[i]
 		sc, err := newSessionCompiler(c, i, opt)
 		if err != nil {
 			return nil, err
 		}
+		scs[i] = sc
+	}
+	for i := range c.Sessions {
+		s := &c.Sessions[i]
+		sc := scs[i]
+		sc.all = scs
 		switch s.Method {
 		case config.MethodDup:
 			var devs []config.Target
@@ -270,6 +279,7 @@ type sessionCompiler struct {
 	opt   Options
 	rules []parsedRule
 	rate  *config.Rate
+	all   []*sessionCompiler // every session's, for priority claims
 }
 
 type parsedRule struct {
@@ -371,8 +381,9 @@ func (sc *sessionCompiler) netdev(t *Table, devs []config.Target) {
 				Rules: []Rule{b.rule()},
 			})
 		}
-		t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d, name+"_copy"))
+		t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d, name+"_copy")...)
 	}
+	sc.addFlowSets(t)
 	t.Chains = append(t.Chains, sc.copyChain(t.Family, name+"_copy", func(b *builder) {
 		for _, dv := range devs {
 			dev := DeviceTargetName(dv)
@@ -380,7 +391,7 @@ func (sc *sessionCompiler) netdev(t *Table, devs []config.Target) {
 				b.dupDevice(dev, idx)
 			}
 		}
-	}))
+	})...)
 }
 
 // l3 compiles the session into an ip or ip6 table; rules of the other family
@@ -412,17 +423,18 @@ func (sc *sessionCompiler) l3(t *Table, perDirection bool, action func(b *builde
 		}
 		if !perDirection {
 			t.Chains = append(t.Chains, bases...)
-			t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d, name+"_copy"))
+			t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d, name+"_copy")...)
 			continue
 		}
 		copyName := filter + "_copy"
 		dec := d == config.Ingress
 		t.Chains = append(t.Chains, bases...)
-		t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d, copyName),
-			sc.copyChain(t.Family, copyName, func(b *builder) { action(b, dec) }))
+		t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d, copyName)...)
+		t.Chains = append(t.Chains, sc.copyChain(t.Family, copyName, func(b *builder) { action(b, dec) })...)
 	}
+	sc.addFlowSets(t)
 	if !perDirection {
-		t.Chains = append(t.Chains, sc.copyChain(t.Family, name+"_copy", func(b *builder) { action(b, false) }))
+		t.Chains = append(t.Chains, sc.copyChain(t.Family, name+"_copy", func(b *builder) { action(b, false) })...)
 	}
 }
 
@@ -458,7 +470,7 @@ func (sc *sessionCompiler) hooks(d string) []sessionHook {
 // filterChain holds the session's numbered rules for one direction: the
 // first match decides (accept: goto the copy chain; reject: return). With no
 // rules, everything is copied; with rules, what no rule accepts is not.
-func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copyChain string) Chain {
+func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copyChain string) []Chain {
 	ch := Chain{Name: name}
 	// Tunnel traffic to nfclone's own collectors is never copied: the kernel
 	// VXLAN device's packets carry no mark, and a session on their egress
@@ -471,9 +483,11 @@ func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copy
 		b.l4proto(17, false).ports(17, "dport", []config.PortRange{{Lo: r.Port(), Hi: r.Port()}})
 		ch.Rules = append(ch.Rules, b.verdict(expr.VerdictReturn, "").rule())
 	}
+	claims, claimChains := sc.claims(fam, dir)
+	ch.Rules = append(ch.Rules, claims...)
 	if len(sc.rules) == 0 {
 		ch.Rules = append(ch.Rules, newBuilder(fam).verdict(expr.VerdictGoto, copyChain).rule())
-		return ch
+		return append([]Chain{ch}, claimChains...)
 	}
 	for _, r := range sc.rules {
 		if r.Direction != "" && r.Direction != dir {
@@ -490,7 +504,7 @@ func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copy
 		}
 		ch.Rules = append(ch.Rules, b.rule())
 	}
-	return ch
+	return append([]Chain{ch}, claimChains...)
 }
 
 // match compiles one rule's matches for a family; ok=false when the rule can
@@ -539,9 +553,21 @@ func (sc *sessionCompiler) markGuardArgs() (mask, lo, hi uint32) {
 	return sc.cfg.MarkMask, lo, hi
 }
 
-// copyChain samples, rate-limits and copies.
-func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, action func(*builder)) Chain {
+// copyChain selects (select.go), samples, rate-limits and copies. A
+// session with a cgroup or user has two chains: the scope test, and the
+// rest in <name>_sel.
+func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, action func(*builder)) []Chain {
+	var out []Chain
+	if sc.s.Select.Scoped() {
+		sel := name + "_sel"
+		out = append(out, Chain{Name: name, Rules: []Rule{
+			newBuilder(fam).scope(sc.s.Select, sc.cgroupID()).verdict(expr.VerdictGoto, sel).rule(),
+			newBuilder(fam).count(sc.s.Name, CounterScope).verdict(expr.VerdictReturn, "").rule(),
+		}})
+		name = sel
+	}
 	ch := Chain{Name: name}
+	ch.Rules = append(ch.Rules, sc.selectorRules(fam)...)
 	if sc.s.Sample > 1 {
 		ch.Rules = append(ch.Rules, newBuilder(fam).sample(sc.s.Sample).verdict(expr.VerdictReturn, "").rule())
 	}
@@ -554,5 +580,5 @@ func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, acti
 	b := newBuilder(fam).count(sc.s.Name, CounterCopied)
 	action(b)
 	ch.Rules = append(ch.Rules, b.rule())
-	return ch
+	return append(out, ch)
 }
