@@ -66,6 +66,7 @@ const (
 	nfulnlMsgPacket = 0
 	nfulnlMsgConfig = 1
 
+	nfulaPacketHdr  = 1
 	nfulaMark       = 2
 	nfulaTimestamp  = 3
 	nfulaIfIndexIn  = 4
@@ -73,6 +74,8 @@ const (
 	nfulaHwAddr     = 8
 	nfulaPayload    = 9
 	nfulaSeq        = 12
+	nfulaUID        = 16
+	nfulaGID        = 17
 
 	nfulaCfgCmd      = 1
 	nfulaCfgMode     = 2
@@ -166,6 +169,12 @@ type pktInfo struct {
 	// ts is the kernel's timestamp of the packet (NFQA_TIMESTAMP,
 	// NFULA_TIMESTAMP: skb->tstamp) in nanoseconds, 0 if it gave none.
 	ts int64
+	// hook is the netfilter hook (NFULA_PACKET_HDR; hasHook says it came).
+	hook    uint8
+	hasHook bool
+	// uid, gid of the packet's local socket (NFULA_UID/GID, hasUID).
+	uid, gid uint32
+	hasUID   bool
 }
 
 // parseTimestamp reads struct nfqnl_msg_packet_timestamp /
@@ -292,6 +301,19 @@ func parseLogPacket(body []byte, pi *pktInfo) error {
 			parseHw(val, pi)
 		case nfulaTimestamp:
 			pi.ts = parseTimestamp(val)
+		case nfulaPacketHdr:
+			// struct nfulnl_msg_packet_hdr { __be16 hw_protocol; __u8 hook; __u8 _pad; }
+			if len(val) >= 3 {
+				pi.hook, pi.hasHook = val[2], true
+			}
+		case nfulaUID:
+			if len(val) >= 4 {
+				pi.uid, pi.hasUID = be32(val), true
+			}
+		case nfulaGID:
+			if len(val) >= 4 {
+				pi.gid = be32(val)
+			}
 		}
 	}
 	if pi.payload == nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"net"
 	"os"
 	"sync/atomic"
@@ -81,6 +82,10 @@ type reader struct {
 
 	// per-batch local counters, folded into the ledger once per batch
 	nRecv, nMalformed, nOverflow, nGaps, nTooBig uint64
+
+	// ruleMask: where the session's rules put a rule ordinal in the mark
+	// (log sessions that annotate; 0: none)
+	ruleMask uint32
 
 	// whole: the session copies whole packets (no snaplen), so a packet the
 	// kernel cut short is too big, not a truncated copy
@@ -443,10 +448,30 @@ func (r *reader) handlePacket(body []byte) {
 		if c.DFClear != 0 && p.Mark&c.DFClear != 0 {
 			clearDF(p.Data)
 		}
+		// Clones of the ingress copy chains carry TTLDecremented (the
+		// kernel's dup took one off in prerouting/input).
+		p.Dir = DirEgress
+		if p.Mark&c.TTLDecremented != 0 {
+			p.Dir = DirIngress
+		}
 		p.Mark &^= c.Mask
 		p.OutIf = 0 // the clone's route to lo, not the original's
 	}
 	p.HwAddr, p.HwAddrLen = pi.hw, pi.hwLen
+	p.UID, p.GID, p.HasUID = pi.uid, pi.gid, pi.hasUID
+	if pi.hasHook {
+		// NF_INET_PRE_ROUTING and LOCAL_IN see packets coming in; FORWARD
+		// (where log sessions hook egress), LOCAL_OUT and POST_ROUTING
+		// going out.
+		p.Dir = DirEgress
+		if pi.hook <= 1 {
+			p.Dir = DirIngress
+		}
+	}
+	if m := r.ruleMask; m != 0 {
+		p.Rule = uint8((p.Mark & m) >> bits.TrailingZeros32(m))
+		p.Mark &^= m
+	}
 	p.Session = r.session
 	if !r.q.Push(p) {
 		r.nOverflow++

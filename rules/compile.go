@@ -280,6 +280,9 @@ type sessionCompiler struct {
 	rules []parsedRule
 	rate  *config.Rate
 	all   []*sessionCompiler // every session's, for priority claims
+	// ruleMarks: accepting rules put their ordinal in this part of the
+	// mark (RuleMarks; 0: they do not)
+	ruleMarks uint32
 }
 
 type parsedRule struct {
@@ -292,7 +295,7 @@ type parsedRule struct {
 
 func newSessionCompiler(c *config.Config, i int, opt Options) (*sessionCompiler, error) {
 	s := &c.Sessions[i]
-	sc := &sessionCompiler{cfg: c, s: s, opt: opt}
+	sc := &sessionCompiler{cfg: c, s: s, opt: opt, ruleMarks: RuleMarks(c, i)}
 	for _, r := range config.SortedRules(s.Rules) {
 		pr := parsedRule{Rule: r}
 		var err error
@@ -419,6 +422,9 @@ func (sc *sessionCompiler) l3(t *Table, perDirection bool, action func(b *builde
 				b.count(sc.s.Name, CounterSeen).verdict(expr.VerdictJump, filter)
 				base.Rules = append(base.Rules, b.rule())
 			}
+			if sc.ruleMarks != 0 {
+				base.Rules = append(base.Rules, newBuilder(t.Family).clearRuleMarks(sc.ruleMarks, len(sc.rules)).rule())
+			}
 			bases = append(bases, base)
 		}
 		if !perDirection {
@@ -489,7 +495,7 @@ func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copy
 		ch.Rules = append(ch.Rules, newBuilder(fam).verdict(expr.VerdictGoto, copyChain).rule())
 		return append([]Chain{ch}, claimChains...)
 	}
-	for _, r := range sc.rules {
+	for k, r := range sc.rules {
 		if r.Direction != "" && r.Direction != dir {
 			continue
 		}
@@ -498,6 +504,9 @@ func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copy
 			continue
 		}
 		if r.Action == "accept" {
+			if sc.ruleMarks != 0 {
+				b.markRule(sc.ruleMarks, k+1)
+			}
 			b.verdict(expr.VerdictGoto, copyChain)
 		} else {
 			b.verdict(expr.VerdictReturn, "")

@@ -56,6 +56,7 @@ var goldenCases = []struct {
 	{golden: "select_l3", config: "select_l3"},
 	{golden: "select_netdev", config: "select_netdev"},
 	{golden: "select_scope", config: "select_scope"},
+	{golden: "annotate", config: "annotate"},
 }
 
 func loadConfig(t testing.TB, name string) *config.Config {
