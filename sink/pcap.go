@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -56,6 +58,10 @@ type PcapWriterConfig struct {
 	// is shifted to path.1 like a size rotation. Size rotation within an
 	// interval shifts the interval's file. Files only.
 	RotateEvery time.Duration
+	// Interfaces (pcapng) get an interface block each after the default
+	// one (id 0, "nfclone"), in this order, in every section: records name
+	// them with WriteAnnotated.
+	Interfaces []string
 }
 
 const (
@@ -97,6 +103,7 @@ type PcapWriter struct {
 	until   time.Time // the end of the current RotateEvery interval
 	empty   bool      // the current file was created here and holds no record yet
 	dev     *os.File  // a character device or fifo written as a stream (then f is nil)
+	ifIDs   map[string]int // pcapng interface block of each of cfg.Interfaces
 	repair  bool      // the file must be cut back to size before the next write
 	closed  bool
 }
@@ -184,6 +191,17 @@ func (w *PcapWriter) header() error {
 		opts := pcapgo.DefaultNgWriterOptions
 		opts.SectionInfo.Application = "nfclone"
 		ngw, err := pcapgo.NewNgWriterInterface(&w.rec, intf, opts)
+		if len(w.cfg.Interfaces) > 0 {
+			w.ifIDs = make(map[string]int, len(w.cfg.Interfaces))
+		}
+		for _, name := range w.cfg.Interfaces {
+			if _, dup := w.ifIDs[name]; dup || err != nil {
+				continue
+			}
+			in := intf
+			in.Name = name
+			w.ifIDs[name], err = ngw.AddInterface(in)
+		}
 		if err == nil {
 			err = ngw.Flush()
 		}
@@ -281,6 +299,32 @@ func (w *PcapWriter) recordLen(n int) int64 {
 // not, it is counted as dropped); lost is the number of records added
 // earlier that a flush (before a rotation) dropped.
 func (w *PcapWriter) write(ts time.Time, data []byte, origLen int) (added bool, lost int, err error) {
+	return w.writeNote(ts, data, origLen, nil)
+}
+
+// Note annotates a pcapng record: the interface the copy was taken on (one
+// of PcapWriterConfig.Interfaces; others are written as interface 0), its
+// direction (the EPB flags: pcapgo.NgEpbFlagDirectionInbound/Outbound, 0
+// unknown) and a comment.
+type Note struct {
+	Interface string
+	Direction pcapgo.NgEpbFlag
+	Comment   string
+}
+
+// WriteAnnotated is WritePacket with a Note (pcapng; a pcap file ignores it).
+func (w *PcapWriter) WriteAnnotated(ts time.Time, data []byte, origLen int, n *Note) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, _, err := w.writeNote(ts, data, origLen, n)
+	if w.rec.Len() >= pcapFlushAt {
+		_, ferr := w.flush()
+		err = errors.Join(err, ferr)
+	}
+	return err
+}
+
+func (w *PcapWriter) writeNote(ts time.Time, data []byte, origLen int, note *Note) (added bool, lost int, err error) {
 	if w.out == nil && !w.closed {
 		err = w.reopen()
 	}
@@ -317,7 +361,19 @@ func (w *PcapWriter) write(ts time.Time, data []byte, origLen int) (added bool, 
 	ci := gopacket.CaptureInfo{Timestamp: ts, CaptureLength: len(data), Length: origLen}
 	var werr error
 	if w.ng {
-		werr = w.ngw.WritePacket(ci, data)
+		if note == nil {
+			werr = w.ngw.WritePacket(ci, data)
+		} else {
+			ci.InterfaceIndex = w.ifIDs[note.Interface]
+			var opts pcapgo.NgPacketOptions
+			if note.Comment != "" {
+				opts.Comments = []string{note.Comment}
+			}
+			if note.Direction != 0 {
+				opts.Flags = &pcapgo.NgEpbFlags{Direction: note.Direction}
+			}
+			werr = w.ngw.WritePacketWithOptions(ci, data, opts)
+		}
 		if werr == nil {
 			werr = w.ngw.Flush()
 		}
@@ -558,6 +614,82 @@ type PcapConfig struct {
 	Name string
 	PcapWriterConfig
 	Logger *slog.Logger
+	// Annotate, with format pcapng, notes on every record where and how
+	// the copy was taken (see PcapAnnotation).
+	Annotate *PcapAnnotation
+}
+
+// PcapAnnotation makes a pcapng Pcap sink annotate its records: one
+// interface block per source interface, named as on the host, each record
+// on the block of the interface its packet was copied on, with its
+// direction in the EPB flags and a comment
+// `session=NAME rule=N dir=ingress|egress` (rule when the session's rules
+// marked it, uid= gid= when NFLOG gave the packet's local socket owner).
+type PcapAnnotation struct {
+	Session string
+	// Names names the interface indexes the kernel gives (Packet.InIf for
+	// ingress copies, OutIf for egress ones).
+	Names map[uint32]string
+	// In and Out name the interface of copies the kernel did not name
+	// (queue clones): the session's only source interface in that
+	// direction, or "" when it has several.
+	In, Out string
+	// Rules maps rule ordinals (Packet.Rule, from 1) to the rules' numbers.
+	Rules []int
+}
+
+// interfaces lists the interface blocks an annotation needs, sorted.
+func (a *PcapAnnotation) interfaces() []string {
+	set := map[string]bool{}
+	for _, n := range a.Names {
+		set[n] = true
+	}
+	for _, n := range []string{a.In, a.Out} {
+		if n != "" {
+			set[n] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for n := range set {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// note writes p's annotation into n.
+func (a *PcapAnnotation) note(p *nfq.Packet, n *Note, b []byte) []byte {
+	*n = Note{}
+	b = append(b[:0], "session="...)
+	b = append(b, a.Session...)
+	if p.Rule > 0 && int(p.Rule) <= len(a.Rules) {
+		b = append(b, " rule="...)
+		b = strconv.AppendInt(b, int64(a.Rules[p.Rule-1]), 10)
+	}
+	switch p.Dir {
+	case nfq.DirIngress:
+		n.Direction = pcapgo.NgEpbFlagDirectionInbound
+		n.Interface = a.Names[p.InIf]
+		if n.Interface == "" {
+			n.Interface = a.In
+		}
+		b = append(b, " dir=ingress"...)
+	case nfq.DirEgress:
+		n.Direction = pcapgo.NgEpbFlagDirectionOutbound
+		n.Interface = a.Names[p.OutIf]
+		if n.Interface == "" {
+			n.Interface = a.Out
+		}
+		b = append(b, " dir=egress"...)
+	}
+	if p.HasUID {
+		b = append(b, " uid="...)
+		b = strconv.AppendUint(b, uint64(p.UID), 10)
+		b = append(b, " gid="...)
+		b = strconv.AppendUint(b, uint64(p.GID), 10)
+	}
+	n.Comment = string(b)
+	return b
 }
 
 // Pcap is a Sink that writes copies into a pcap or pcapng file. Each copy
@@ -576,6 +708,9 @@ type Pcap struct {
 	dst   [6]byte
 	mu    sync.Mutex
 	added []int // batch indexes of the records not yet known written
+	ann   *PcapAnnotation
+	note  Note
+	nbuf  []byte
 }
 
 // NewPcap opens the output.
@@ -589,6 +724,9 @@ func NewPcap(cfg PcapConfig) (*Pcap, error) {
 	}
 	wc := cfg.PcapWriterConfig
 	wc.LinkType = lt
+	if cfg.Annotate != nil && wc.Format == "pcapng" {
+		wc.Interfaces = cfg.Annotate.interfaces()
+	}
 	w, err := OpenPcapWriter(wc)
 	if err != nil {
 		return nil, err
@@ -598,6 +736,9 @@ func NewPcap(cfg PcapConfig) (*Pcap, error) {
 		name = "pcap:" + w.Path()
 	}
 	s := &Pcap{w: w, eth: lt == LinkTypeEthernet}
+	if cfg.Annotate != nil && wc.Format == "pcapng" {
+		s.ann = cfg.Annotate
+	}
 	copy(s.src[:], DefaultTunnelSrcMAC)
 	copy(s.dst[:], DefaultTunnelDstMAC)
 	s.init(name, cfg.Logger)
@@ -656,7 +797,12 @@ func (s *Pcap) Send(batch []*nfq.Packet) (int, error) {
 		if p.Time != 0 {
 			ts = time.Unix(0, p.Time)
 		}
-		added, lost, err := w.write(ts, data, orig)
+		var note *Note
+		if s.ann != nil {
+			s.nbuf = s.ann.note(p, &s.note, s.nbuf)
+			note = &s.note
+		}
+		added, lost, err := w.writeNote(ts, data, orig, note)
 		if lost > 0 || err != nil {
 			drop(lost, err)
 		}
