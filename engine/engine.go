@@ -485,7 +485,7 @@ func interfaceIndexes(c *config.Config) map[string]int {
 		out[n] = int(ifIndex(n))
 	}
 	for _, s := range c.Sessions {
-		if s.Method == config.MethodDup {
+		if s.Method == config.MethodDup || annotates(s) {
 			for _, src := range s.Sources {
 				look(src.Interface)
 			}

@@ -74,8 +74,8 @@ const (
 	nfulaHwAddr     = 8
 	nfulaPayload    = 9
 	nfulaSeq        = 12
-	nfulaUID        = 16
-	nfulaGID        = 17
+	nfulaUID        = 11
+	nfulaGID        = 14
 
 	nfulaCfgCmd      = 1
 	nfulaCfgMode     = 2
