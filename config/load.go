@@ -79,7 +79,7 @@ func Parse(data []byte, lookupEnv func(string) (string, bool)) (*Config, error) 
 		v.SetDefault(k, val)
 	}
 	if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
-		return nil, Errors{{Path: "(file)", Msg: yamlMessage(err)}}
+		return nil, Errors{{Path: "(file)", Msg: yamlMessage(err, data)}}
 	}
 	if lookupEnv != nil {
 		// Explicit binding rather than AutomaticEnv: the lookup is injectable
@@ -112,6 +112,7 @@ func Parse(data []byte, lookupEnv func(string) (string, bool)) (*Config, error) 
 	if err := dec.Decode(raw); err != nil {
 		errs = append(errs, decodeProblems(err)...)
 	}
+	errs = append(errs, explicitZeroSamples(raw)...)
 	for _, k := range md.Unused {
 		errs = append(errs, Problem{Path: unusedPath(k), Msg: "unknown key"})
 	}
@@ -312,10 +313,10 @@ func joinPath(prefix, key string) string {
 	return prefix + "." + key
 }
 
-func yamlMessage(err error) string {
+func yamlMessage(err error, data []byte) string {
 	s := err.Error()
 	if i := strings.Index(s, "yaml: "); i >= 0 {
-		s = s[i:]
+		s = yamlProblemLine(data, s[i:])
 	}
 	s = reYAMLLine.ReplaceAllStringFunc(s, func(m string) string {
 		return strings.TrimPrefix(m, "yaml: ")

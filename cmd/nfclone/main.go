@@ -47,6 +47,8 @@ func exitCode(err error) int {
 	var cerr config.Errors
 	var uerr usageError
 	switch {
+	case errors.Is(err, engine.ErrHost):
+		return 2 // the config is valid, this host cannot run it
 	case errors.As(err, &cerr), errors.As(err, &uerr):
 		return 1
 	}
@@ -420,22 +422,9 @@ outside --allow and VNIs outside --vni are counted and dropped.`,
 				break
 			}
 		}
-		report(stderr, err)
+		report(stderr, g.logFormat, err)
 	}
 	return err
-}
-
-// report prints an error: config problems one per line, with their key paths.
-func report(w io.Writer, err error) {
-	var cerr config.Errors
-	if errors.As(err, &cerr) {
-		fmt.Fprintf(w, "nfclone: the config has %d problem(s):\n", len(cerr))
-		for _, p := range cerr {
-			fmt.Fprintf(w, "  %s\n", p)
-		}
-		return
-	}
-	fmt.Fprintf(w, "nfclone: %v\n", err)
 }
 
 // runDaemon runs the engine in the foreground: SIGTERM/SIGINT stop it
@@ -644,38 +633,4 @@ func markCheck(w io.Writer, c *config.Config) {
 	for _, u := range over {
 		fmt.Fprintf(w, "warning: mark overlaps mark_mask 0x%08x: %s\n", c.MarkMask, u)
 	}
-}
-
-func check(w io.Writer, c *config.Config) error {
-	fmt.Fprintf(w, "config: ok (%d sessions)\n", len(c.Sessions))
-	if errs := config.CheckHost(c, config.SystemHost{}, nil); len(errs) > 0 {
-		return errs
-	}
-	fmt.Fprintln(w, "interfaces and gateways: ok")
-	for _, warn := range config.ARPWarnings(c, config.SystemHost{}) {
-		fmt.Fprintf(w, "warning: %s\n", warn)
-	}
-	f, err := engine.ProbeKernel(c.Table)
-	if err != nil {
-		return fmt.Errorf("%w: %v", engine.ErrHost, err)
-	}
-	markCheck(w, c)
-	fmt.Fprintln(w, "kernel features:")
-	for _, x := range f.List {
-		state := "yes"
-		if !x.OK {
-			state = "no"
-		}
-		fmt.Fprintf(w, "  %-34s %s\n", x.Name, state)
-	}
-	if f.Has(rules.FeatNativeQueue) {
-		fmt.Fprintln(w, "queue method will use: native nft queue")
-	} else {
-		fmt.Fprintln(w, "queue method will use: xt NFQUEUE target through nft compat")
-	}
-	if missing := engine.Missing(c, f); len(missing) > 0 {
-		return fmt.Errorf("%w: the kernel lacks: %s", engine.ErrHost, strings.Join(missing, "; "))
-	}
-	fmt.Fprintln(w, "check: ok")
-	return nil
 }

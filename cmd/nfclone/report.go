@@ -1,0 +1,43 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/nfclone/nfclone/config"
+	"github.com/nfclone/nfclone/engine"
+)
+
+// report prints the error a command ends with: config problems one per
+// line with their key paths (or the flags and arguments that set them).
+// With --log-format json it is one JSON object, like the logs.
+func report(w io.Writer, format string, err error) {
+	var cerr config.Errors
+	isList := errors.As(err, &cerr)
+	head := fmt.Sprintf("nfclone: %v", err)
+	if isList {
+		head = fmt.Sprintf("nfclone: the config has %d problem(s):", len(cerr))
+		if errors.Is(err, engine.ErrHost) {
+			head = fmt.Sprintf("nfclone: %d problem(s) on this host:", len(cerr))
+		}
+	}
+	if format == "json" {
+		attrs := []any{"exit", exitCode(err)}
+		if isList {
+			ps := make([]map[string]string, len(cerr))
+			for i, p := range cerr {
+				ps[i] = map[string]string{"key": p.Path, "problem": p.Msg}
+			}
+			attrs = append(attrs, "problems", ps)
+		}
+		slog.New(slog.NewJSONHandler(w, nil)).Error(strings.TrimSuffix(head, ":"), attrs...)
+		return
+	}
+	fmt.Fprintln(w, head)
+	for _, p := range cerr {
+		fmt.Fprintf(w, "  %s\n", p)
+	}
+}
