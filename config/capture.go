@@ -20,6 +20,8 @@ type CaptureOptions struct {
 	Method     string // queue | log (default log)
 	Output     string // -w FILE or -
 	Format     string // pcap | pcapng
+	// Filter is a tcpdump filter expression (the trailing arguments).
+	Filter string
 }
 
 // Capture builds the one-session config of a troubleshooting capture. The
@@ -66,8 +68,15 @@ func Capture(o CaptureOptions, pid int) (*Config, error) {
 		}
 	}
 	if o.Proto != "" || o.Src != "" || o.Dst != "" || o.SPort != "" || o.DPort != "" {
-		s.Rules = []Rule{{Number: 1, Action: "accept", Protocol: o.Proto, Source: o.Src, Destination: o.Dst,
-			SourcePorts: o.SPort, DestinationPorts: o.DPort}}
+		r := Rule{Number: 1, Action: "accept", Protocol: o.Proto, Source: o.Src, Destination: o.Dst,
+			SourcePorts: o.SPort, DestinationPorts: o.DPort}
+		s.Rules = []Rule{r}
+		if o.Proto == "" && (o.SPort != "" || o.DPort != "") {
+			// Ports without a protocol mean TCP and UDP, as tcpdump's port.
+			tcp, udp := r, r
+			tcp.Protocol, udp.Protocol, udp.Number = "tcp", "udp", 2
+			s.Rules = []Rule{tcp, udp}
+		}
 	}
 	c.Sessions = []Session{s}
 	if verr := Validate(&c); len(verr) > 0 {
@@ -78,18 +87,22 @@ func Capture(o CaptureOptions, pid int) (*Config, error) {
 
 // flagPaths renames config key paths of a capture to the flags that set them.
 func flagPaths(errs Errors) Errors {
+	out := make(Errors, len(errs))
+	for i, p := range errs {
+		out[i] = flagPath(p)
+	}
+	return out
+}
+
+func flagPath(p Problem) Problem {
 	names := map[string]string{
 		"protocol": "--proto", "source": "--src", "destination": "--dst", "source_ports": "--sport",
 		"destination_ports": "--dport", "snaplen": "-s/--snaplen", "direction": "--direction",
 		"interface": "-i/--interface", "format": "--format",
 	}
-	out := make(Errors, len(errs))
-	for i, p := range errs {
-		key := p.Path[strings.LastIndex(p.Path, ".")+1:]
-		if f, ok := names[key]; ok {
-			p.Path = f
-		}
-		out[i] = p
+	key := p.Path[strings.LastIndex(p.Path, ".")+1:]
+	if f, ok := names[key]; ok {
+		p.Path = f
 	}
-	return out
+	return p
 }

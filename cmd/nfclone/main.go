@@ -233,9 +233,10 @@ removes on exit. Runs in the foreground like run, with the same cleanup guarante
   nfclone tap 'e0,e2>agg0' --create --print-config > tap.yaml && nfclone run -c tap.yaml`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, maps []string) error {
+			words := func(errs config.Errors) config.Errors { return config.TapWords(errs, maps) }
 			c, err := config.Tap(maps, tapOpts)
 			if err != nil {
-				return err
+				return inWords("tap", err, words)
 			}
 			c.Metrics.Listen = "" // a foreground tap serves no metrics (status works)
 			if tapPrint {
@@ -243,13 +244,18 @@ removes on exit. Runs in the foreground like run, with the same cleanup guarante
 				return nil
 			}
 			if tapDry {
+				// What run would refuse on this host (an interface left by
+				// a killed tap counts as existing: nfclone flush removes it).
+				if err := hostCheck(c); err != nil {
+					return inWords("tap", err, words)
+				}
 				return render(g.stdout, c)
 			}
 			log, err := g.logger()
 			if err != nil {
 				return err
 			}
-			return runDaemon(cmd.Context(), &engine.Engine{Cfg: c, Log: log, Version: version}, log, false)
+			return inWords("tap", runDaemon(cmd.Context(), &engine.Engine{Cfg: c, Log: log, Version: version}, log, false), words)
 		},
 	}
 	tapCmd.Flags().BoolVar(&tapOpts.Create, "create", false, "create every target interface (refused if one exists)")
@@ -272,9 +278,9 @@ In capture, -c is the packet count, as in tcpdump.`,
 		Example: `  nfclone capture -i e0 --host-only -c 20 -w f.pcap && tcpdump -nr f.pcap
   nfclone capture -i e0 -i e2 --proto tcp --dport 443 --duration 30s -w - | tshark -r -
   nfclone capture -i e0 --direction ingress --src 10.0.0.0/8 -s 128 -w /tmp/head.pcap`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := config.Capture(capOpts, os.Getpid())
+		Args: cobra.ArbitraryArgs, // a tcpdump filter expression
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, words, err := captureConfig(&capOpts, args)
 			if err != nil {
 				return err
 			}
@@ -289,7 +295,7 @@ In capture, -c is the packet count, as in tcpdump.`,
 			if err != nil {
 				return err
 			}
-			return capture(cmd.Context(), g.stderr, c, log, capCount, capDuration)
+			return inWords("capture", capture(cmd.Context(), g.stderr, c, log, capCount, capDuration), words)
 		},
 	}
 	cf := captureCmd.Flags()
@@ -303,7 +309,7 @@ In capture, -c is the packet count, as in tcpdump.`,
 	cf.StringVar(&capOpts.DPort, "dport", "", "destination ports")
 	cf.IntVarP(&capOpts.Snaplen, "snaplen", "s", 0, "bytes kept of each packet (0: whole packet)")
 	cf.Uint64VarP(&capCount, "count", "c", 0, "stop after this many packets (0: until --duration or Ctrl-C)")
-	cf.DurationVar(&capDuration, "duration", 0, "stop after this long (e.g. 30s)")
+	cf.Var(secondsFlag{&capDuration}, "duration", "stop after this long: seconds (5, 0.5) or a duration (30s, 2m)")
 	cf.StringVar(&capOpts.Method, "method", "log", "log (NFLOG) or queue (NFQUEUE of the kernel's clones); neither holds a packet")
 	cf.StringVarP(&capOpts.Output, "write", "w", "", "pcap file to write, or - for standard output")
 	cf.StringVar(&capOpts.Format, "format", "pcap", "pcap or pcapng")
@@ -541,7 +547,9 @@ func capture(parent context.Context, stderr io.Writer, c *config.Config, log *sl
 	tty := isTerminal(stderr)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
+	started := false
 	ready := func() {
+		started = true
 		fmt.Fprintf(stderr, "nfclone: capturing on %s\n", sourcesOf(c))
 		if !tty {
 			return
@@ -566,6 +574,9 @@ func capture(parent context.Context, stderr io.Writer, c *config.Config, log *sl
 	wg.Wait()
 	if err == nil {
 		_ = os.RemoveAll(c.StateDir) // the capture's private state directory
+	}
+	if !started {
+		return err // nothing was captured: no statistics before the error
 	}
 	if tty {
 		fmt.Fprint(stderr, "\r")

@@ -19,9 +19,16 @@ func report(w io.Writer, format string, err error) {
 	isList := errors.As(err, &cerr)
 	head := fmt.Sprintf("nfclone: %v", err)
 	if isList {
-		head = fmt.Sprintf("nfclone: the config has %d problem(s):", len(cerr))
-		if errors.Is(err, engine.ErrHost) {
+		var cp cmdProblems
+		switch fromCmd := errors.As(err, &cp); {
+		case errors.Is(err, engine.ErrHost) && fromCmd:
+			head = fmt.Sprintf("nfclone %s: %d problem(s) on this host:", cp.cmd, len(cerr))
+		case errors.Is(err, engine.ErrHost):
 			head = fmt.Sprintf("nfclone: %d problem(s) on this host:", len(cerr))
+		case fromCmd:
+			head = fmt.Sprintf("nfclone %s: %d problem(s) with the arguments:", cp.cmd, len(cerr))
+		default:
+			head = fmt.Sprintf("nfclone: the config has %d problem(s):", len(cerr))
 		}
 	}
 	if format == "json" {

@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nfclone/nfclone/config"
 )
 
 // cli runs nfclone with args and returns stdout, stderr and the exit code.
@@ -155,4 +158,68 @@ func TestStartupErrorJSON(t *testing.T) {
 	if lines := strings.Split(strings.TrimSpace(errOut), "\n"); len(lines) != 1 || !strings.HasPrefix(lines[0], `{"time":`) || !strings.HasSuffix(lines[0], want) {
 		t.Fatalf("not one JSON line ending %s:\n%s", want, errOut)
 	}
+}
+
+// tap and capture report problems in the words the user typed: the
+// argument or flag, never a YAML key path.
+func TestErrorsInTheUsersWords(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"tap", "e0->agg0"}, 1, "nfclone tap: 1 problem(s) with the arguments:\n" +
+			`  argument 'e0->agg0': is not SOURCES>TARGETS: write '>' alone, like 'e0>agg0' (with '->' the source would be "e0-")` + "\n"},
+		{[]string{"tap", "lo>nosuch9x", "--dry-run"}, 2, "nfclone tap: 1 problem(s) on this host:\n" +
+			`  argument 'lo>nosuch9x': interface "nosuch9x" does not exist (pass --create, or write +nosuch9x, to have nfclone create it)` + "\n"},
+		{[]string{"tap", "nosuch8x>lo", "--dry-run"}, 2, "nfclone tap: 1 problem(s) on this host:\n" +
+			`  argument 'nosuch8x>lo': interface "nosuch8x" does not exist` + "\n"},
+		{[]string{"tap", "lo>lo"}, 1, "nfclone tap: 1 problem(s) with the arguments:\n" +
+			`  argument 'lo>lo': lo is both a source and a target: its copies would be copied again (a loop)` + "\n"},
+		{[]string{"capture", "-i", "lo", "-w", "/nodir/x.pcap"}, 2, "nfclone capture: 1 problem(s) on this host:\n" +
+			"  -w /nodir/x.pcap: directory /nodir does not exist\n"},
+		{[]string{"capture", "-i", "nosuch7x", "-w", filepath.Join(dir, "x.pcap")}, 2, "nfclone capture: 1 problem(s) on this host:\n" +
+			`  -i nosuch7x: interface "nosuch7x" does not exist` + "\n"},
+		{[]string{"capture", "-i", "lo", "--src", "10.0.0.300", "-w", filepath.Join(dir, "x.pcap")}, 1, "nfclone capture: 1 problem(s) with the arguments:\n" +
+			`  --src: "10.0.0.300" is not an address or CIDR` + "\n"},
+		{[]string{"capture", "-i", "lo", "--duration", "5x", "-w", "-"}, 1,
+			`nfclone: invalid argument "5x" for "--duration" flag: "5x" is not a number of seconds (5) or a duration (30s, 2m)` + "\n"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			out, errOut, code := cli(t, tc.args...)
+			if code != tc.code || errOut != tc.want {
+				t.Fatalf("exit %d, want %d\nstderr:\n%s\nwant:\n%s\nstdout:\n%s", code, tc.code, errOut, tc.want, out)
+			}
+			if strings.Contains(errOut+out, "packets captured") || strings.Contains(errOut, "sessions[") {
+				t.Fatalf("statistics or a key path:\n%s%s", out, errOut)
+			}
+		})
+	}
+}
+
+// Ports without a protocol mean TCP and UDP, as tcpdump's port; a bare
+// --duration is seconds.
+func TestCapturePortsWithoutProtocol(t *testing.T) {
+	o := captureOpts("lo")
+	o.DPort = "80"
+	c, _, err := captureConfig(&o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.Sessions[0].Rules
+	if len(r) != 2 || r[0].Protocol != "tcp" || r[1].Protocol != "udp" || r[0].DestinationPorts != "80" || r[1].DestinationPorts != "80" {
+		t.Fatalf("rules %+v, want tcp and udp dport 80", r)
+	}
+	var d time.Duration
+	for in, want := range map[string]time.Duration{"5": 5 * time.Second, "0.5": 500 * time.Millisecond, "2m": 2 * time.Minute} {
+		if err := (secondsFlag{&d}).Set(in); err != nil || d != want {
+			t.Errorf("--duration %s: %v %v, want %v", in, d, err, want)
+		}
+	}
+}
+
+// captureOpts are the capture's defaults on interfaces (for tests).
+func captureOpts(ifaces ...string) config.CaptureOptions {
+	return config.CaptureOptions{Interfaces: ifaces, Direction: "both", Method: "log", Output: "-", Format: "pcap"}
 }
