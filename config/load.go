@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"sort"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
 )
 
 // EnvPrefix is the prefix of environment variables that override scalar keys:
@@ -371,4 +373,31 @@ func pathLess(a, b string) bool {
 
 func pathKey(p string) []string {
 	return strings.FieldsFunc(p, func(r rune) bool { return r == '.' || r == '[' || r == ']' })
+}
+
+// StateDirOf reads the state_dir of a config file that may not validate
+// (NFCLONE_STATE_DIR first, as Load): status finds a running daemon
+// through it after the file was edited into something its reload refused.
+// ok is false when neither says.
+func StateDirOf(path string) (dir string, ok bool) {
+	if d := os.Getenv(EnvPrefix + "_STATE_DIR"); d != "" {
+		return d, true
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", false
+	}
+	var raw struct {
+		StateDir string `yaml:"state_dir"`
+	}
+	if yaml.Unmarshal(data, &raw) != nil || raw.StateDir == "" {
+		// Not YAML any more: the key may still be on a line of its own.
+		for _, l := range strings.Split(string(data), "\n") {
+			if k, v, found := strings.Cut(l, ":"); found && strings.TrimSpace(k) == "state_dir" && !strings.HasPrefix(l, " ") {
+				v, _, _ = strings.Cut(v, " #")
+				raw.StateDir = strings.Trim(strings.TrimSpace(v), `"'`)
+			}
+		}
+	}
+	return raw.StateDir, raw.StateDir != "" && filepath.IsAbs(raw.StateDir)
 }

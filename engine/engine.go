@@ -28,8 +28,14 @@ import (
 // interface, a gateway on no connected network, a pcap directory that does
 // not exist) as a host error: exit 2, each problem still with its key path.
 func HostProblems(errs config.Errors) error {
-	return fmt.Errorf("%w: %w", ErrHost, errs)
+	return hostProblems{errs}
 }
+
+// hostProblems reads as its list of problems (one per line, with key
+// paths) and is an ErrHost.
+type hostProblems struct{ config.Errors }
+
+func (h hostProblems) Unwrap() []error { return []error{ErrHost, h.Errors} }
 
 // ErrHost marks failures caused by the host (privilege, kernel features,
 // devices): exit code 2.

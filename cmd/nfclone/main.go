@@ -354,7 +354,13 @@ outside --allow and VNIs outside --vni are counted and dropped.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			log.Info("collecting", "listen", c.Addr().String(), "pcap", colCfg.PcapPath, "tap", c.TapName())
+			pctx, pstop := context.WithCancel(ctx)
+			var pwg sync.WaitGroup
+			pwg.Add(1)
+			go func() { defer pwg.Done(); collectProgress(pctx, g.stderr, c, collectProgressEvery) }()
 			runErr := c.Run(ctx)
+			pstop()
+			pwg.Wait()
 			closeErr := c.Close()
 			st := c.Stats()
 			fmt.Fprintf(g.stderr, "nfclone collect: received %d, decapsulated %d, written %d, malformed %d, other VNI %d, denied senders %d, write errors %d\n",
@@ -377,20 +383,18 @@ outside --allow and VNIs outside --vni are counted and dropped.`,
 	statusCmd := &cobra.Command{
 		Use:   "status [-c FILE] [--json]",
 		Short: "Live per-session counters of the running daemon (through its unix socket in state_dir)",
+		Long: `Reads the running daemon through state_dir/nfclone.sock: the state directory is
+--state-dir, else NFCLONE_STATE_DIR, else the config file's state_dir (read leniently:
+a file that no longer validates, after a refused reload, still gives it), else the
+default. The daemon needs nothing else: status shows the last reload and its error.`,
 		Example: `  nfclone status
-  nfclone status -c /etc/nfclone/nfclone.yaml --json | jq '.sessions[].copied'`,
+  nfclone status -c /etc/nfclone/nfclone.yaml --json | jq '.sessions[].copied'
+  nfclone status --state-dir /run/nfclone-lab`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.loadOrDefaults()
+			st, err := fetchStatus(cmd.Context(), g, statusStateDir)
 			if err != nil {
 				return err
-			}
-			if statusStateDir != "" {
-				c.StateDir = statusStateDir
-			}
-			st, err := statusapi.Fetch(cmd.Context(), c.StateDir)
-			if err != nil {
-				return fmt.Errorf("%w: %v", engine.ErrHost, err)
 			}
 			if statusJSON {
 				enc := json.NewEncoder(g.stdout)

@@ -2,12 +2,16 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nfclone/nfclone/collect"
 	"github.com/nfclone/nfclone/config"
 )
 
@@ -223,3 +227,40 @@ func TestCapturePortsWithoutProtocol(t *testing.T) {
 func captureOpts(ifaces ...string) config.CaptureOptions {
 	return config.CaptureOptions{Interfaces: ifaces, Direction: "both", Method: "log", Output: "-", Format: "pcap"}
 }
+
+// collect says while it runs that it denies senders and cannot decode
+// datagrams, with the last of each, once per change.
+func TestCollectProgressWhileRunning(t *testing.T) {
+	c, err := collect.New(collect.Config{Listen: "127.0.0.1:0", Allow: []netip.Prefix{netip.MustParsePrefix("10.77.0.0/16")},
+		PcapPath: filepath.Join(t.TempDir(), "c.pcap")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return buf.Write(p) })
+	read := func() string { mu.Lock(); defer mu.Unlock(); return buf.String() }
+	c.Handle(time.Now(), netip.MustParseAddr("192.0.2.9"), []byte("x"))
+	c.Handle(time.Now(), netip.MustParseAddr("10.77.4.1"), []byte{1, 2, 3})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); collectProgress(ctx, w, c, 10*time.Millisecond) }()
+	defer func() { cancel(); <-done }()
+	want := "nfclone collect: so far received 2, written 0; denied senders 1 (last 192.0.2.9, not in --allow), malformed 1 (last: "
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(read(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no progress line %q in:\n%s", want, read())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // several ticks: no change, no new line
+	if n := strings.Count(read(), "\n"); n != 1 {
+		t.Fatalf("%d lines without a change, want 1:\n%s", n, read())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
