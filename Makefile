@@ -9,7 +9,7 @@ STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(shell $(GO) 
 .PHONY: all build deps test lint unit e2e fuzz demo bench clean lab-clean
 
 # Fuzz targets (package:Target) and how long `make fuzz` runs each one.
-FUZZ_TARGETS := ./config:FuzzParse ./config:FuzzParsers ./nfq:FuzzParseMessages ./sink:FuzzPacket ./collect:FuzzDecode ./gso:FuzzSplit
+FUZZ_TARGETS := ./config:FuzzParse ./config:FuzzParsers ./filter:FuzzFilter ./nfq:FuzzParseMessages ./sink:FuzzPacket ./collect:FuzzDecode ./gso:FuzzSplit
 FUZZTIME ?= 10s
 
 all: build

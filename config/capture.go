@@ -51,6 +51,10 @@ func Capture(o CaptureOptions, pid int) (*Config, error) {
 	if method != MethodLog && method != MethodQueue {
 		errs = append(errs, Problem{Path: "--method", Msg: fmt.Sprintf("%q is not queue or log", method)})
 	}
+	flags := o.Proto != "" || o.Src != "" || o.Dst != "" || o.SPort != "" || o.DPort != ""
+	if strings.TrimSpace(o.Filter) != "" && flags {
+		errs = append(errs, Problem{Path: "filter '" + o.Filter + "'", Msg: "give the filter as an expression or as --proto/--src/--dst/--sport/--dport, not both"})
+	}
 	if len(errs) > 0 {
 		return nil, errs
 	}
@@ -60,7 +64,7 @@ func Capture(o CaptureOptions, pid int) (*Config, error) {
 			path = abs
 		}
 	}
-	s := Session{Name: "capture", Method: method, HostOnly: o.HostOnly, Snaplen: o.Snaplen,
+	s := Session{Name: "capture", Method: method, HostOnly: o.HostOnly, Snaplen: o.Snaplen, Filter: strings.TrimSpace(o.Filter),
 		Targets: []Target{{Kind: KindPcap, Path: path, Format: o.Format}}}
 	for _, i := range o.Interfaces {
 		for _, n := range splitList(i) {
@@ -80,20 +84,12 @@ func Capture(o CaptureOptions, pid int) (*Config, error) {
 	}
 	c.Sessions = []Session{s}
 	if verr := Validate(&c); len(verr) > 0 {
-		return nil, flagPaths(verr)
+		return nil, CaptureWords(verr, o)
 	}
 	return &c, nil
 }
 
-// flagPaths renames config key paths of a capture to the flags that set them.
-func flagPaths(errs Errors) Errors {
-	out := make(Errors, len(errs))
-	for i, p := range errs {
-		out[i] = flagPath(p)
-	}
-	return out
-}
-
+// flagPath renames a config key path of a capture to the flag that set it.
 func flagPath(p Problem) Problem {
 	names := map[string]string{
 		"protocol": "--proto", "source": "--src", "destination": "--dst", "source_ports": "--sport",

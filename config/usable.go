@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/nfclone/nfclone/filter"
 )
 
 // CheckFiles checks what a config writes on this host: the directory of
@@ -176,4 +178,28 @@ func explicitZeroSamples(raw map[string]any) Errors {
 		}
 	}
 	return out
+}
+
+// validateFilter parses a session's filter expression; it replaces rules.
+func validateFilter(p *problems, path string, s *Session) {
+	if strings.TrimSpace(s.Filter) == "" {
+		return
+	}
+	if len(s.Rules) > 0 {
+		p.add(path+".filter", "a session has rules or a filter expression, not both")
+	}
+	e, err := filter.Parse(s.Filter)
+	if err == nil {
+		_, err = e.Terms(0) // refused if it expands to too many rules
+	}
+	if err != nil {
+		var fe *filter.Error
+		if errors.As(err, &fe) && fe.Token != "" {
+			p.add(path+".filter", "%q %s", fe.Token, fe.Msg)
+		} else if errors.As(err, &fe) {
+			p.add(path+".filter", "%s", fe.Msg)
+		} else {
+			p.add(path+".filter", "%v", err)
+		}
+	}
 }

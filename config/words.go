@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -74,10 +75,14 @@ func CaptureWords(errs Errors, o CaptureOptions) Errors {
 			p.Path = "--format"
 		case strings.HasSuffix(p.Path, ".method"):
 			p.Path = "--method " + o.Method
+		case strings.HasSuffix(p.Path, ".filter"):
+			p.Path = "filter '" + strings.TrimSpace(o.Filter) + "'"
 		default:
 			p = flagPath(p)
 		}
-		out = append(out, p)
+		if !slices.Contains(out, p) { // --dport without --proto: a tcp and a udp rule
+			out = append(out, p)
+		}
 	}
 	return out
 }

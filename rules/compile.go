@@ -10,6 +10,7 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/nfclone/nfclone/config"
+	"github.com/nfclone/nfclone/filter"
 )
 
 // Options carries what the compiler needs to know about the host.
@@ -270,6 +271,7 @@ type sessionCompiler struct {
 	opt   Options
 	rules []parsedRule
 	rate  *config.Rate
+	expr  *filter.Expr // the session's filter expression (instead of rules)
 }
 
 type parsedRule struct {
@@ -310,6 +312,13 @@ func newSessionCompiler(c *config.Config, i int, opt Options) (*sessionCompiler,
 			}
 		}
 		sc.rules = append(sc.rules, pr)
+	}
+	if s.Filter != "" {
+		e, err := filter.Parse(s.Filter)
+		if err != nil {
+			return nil, fmt.Errorf("sessions[%d].filter: %w", i, err)
+		}
+		sc.expr = e
 	}
 	if s.Rate != "" {
 		r, err := config.ParseRate(s.Rate)
@@ -446,6 +455,15 @@ func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copy
 		b := newBuilder(fam).ipFamily(r.Addr().Is6()).addr("daddr", netip.PrefixFrom(r.Addr(), r.Addr().BitLen()))
 		b.l4proto(17, false).ports(17, "dport", []config.PortRange{{Lo: r.Port(), Hi: r.Port()}})
 		ch.Rules = append(ch.Rules, b.verdict(expr.VerdictReturn, "").rule())
+	}
+	if sc.expr != nil {
+		// One rule per conjunction of the expression (none may match this
+		// table's family: the chain then copies nothing).
+		terms, _ := sc.expr.Terms(filterFamily(fam)) // Validate refused an expression too big
+		for _, t := range terms {
+			ch.Rules = append(ch.Rules, newBuilder(fam).filterTerm(t).verdict(expr.VerdictGoto, copyChain).rule())
+		}
+		return ch
 	}
 	if len(sc.rules) == 0 {
 		ch.Rules = append(ch.Rules, newBuilder(fam).verdict(expr.VerdictGoto, copyChain).rule())

@@ -47,6 +47,11 @@ for cmd in "${!PKG_FOR[@]}"; do
 	fi
 done
 
+# scapy for Debian's python3 (the e2e tests craft packets with it).
+if ! /usr/bin/python3 -c 'import scapy' >/dev/null 2>&1; then
+	missing+=(python3-scapy)
+fi
+
 pkgs_msg="packages: all present"
 if [ "${#missing[@]}" -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive

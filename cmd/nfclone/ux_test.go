@@ -187,6 +187,10 @@ func TestErrorsInTheUsersWords(t *testing.T) {
 			`  -i nosuch7x: interface "nosuch7x" does not exist` + "\n"},
 		{[]string{"capture", "-i", "lo", "--src", "10.0.0.300", "-w", filepath.Join(dir, "x.pcap")}, 1, "nfclone capture: 1 problem(s) with the arguments:\n" +
 			`  --src: "10.0.0.300" is not an address or CIDR` + "\n"},
+		{[]string{"capture", "-i", "lo", "-w", filepath.Join(dir, "x.pcap"), "tcp", "port", "80", "and", "arp"}, 1, "nfclone capture: 1 problem(s) with the arguments:\n" +
+			`  filter 'tcp port 80 and arp': "arp" is not supported: nfclone captures IP packets only` + "\n"},
+		{[]string{"capture", "-i", "lo", "-w", filepath.Join(dir, "x.pcap"), "tcp port http"}, 1, "nfclone capture: 1 problem(s) with the arguments:\n" +
+			`  filter 'tcp port http': "http" is not a port number (names are not looked up)` + "\n"},
 		{[]string{"capture", "-i", "lo", "--duration", "5x", "-w", "-"}, 1,
 			`nfclone: invalid argument "5x" for "--duration" flag: "5x" is not a number of seconds (5) or a duration (30s, 2m)` + "\n"},
 	} {

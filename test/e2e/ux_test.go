@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
+	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -61,5 +64,69 @@ sessions:
 	}
 	if out, errOut, code := nfc(l, "status", "--state-dir", d.stateDir); code != 0 || !strings.Contains(out, "last reload: FAILED") {
 		t.Fatalf("status --state-dir: exit %d\n%s%s", code, out, errOut)
+	}
+}
+
+// Issue 17: `nfclone capture -i e0 'tcp port 7777 and host 10.77.4.2'`
+// records exactly the packets tcpdump records with the same expression on
+// the same interface and traffic: crafted TCP to and from port 7777 of
+// col2 (and col2's resets) among TCP to other ports and hosts, UDP to port
+// 7777, the ICMP errors it draws, and IPv6 TCP to port 7777.
+func TestCaptureFilterExpressionLikeTcpdump(t *testing.T) {
+	lab.RequireTools(t, "tcpdump", "tshark", "/usr/bin/python3")
+	l := lab.New(t)
+	const expr = "tcp port 7777 and host " + lab.Col2IP
+	out := filepath.Join(t.TempDir(), "expr.pcap")
+	td := l.StartCapture(t, l.Eng, "e0", expr)
+	p := l.Start(t, l.Eng, binary, "capture", "-i", "e0", "-w", out, "tcp", "port", "7777", "and", "host", lab.Col2IP)
+	lab.WaitFor(t, 10*time.Second, func() bool {
+		if p.Exited() {
+			t.Fatalf("capture exited early:\n%s", p.Stderr())
+		}
+		return strings.Contains(p.Stderr(), "capturing on")
+	}, "capture to start")
+	const n = 5
+	script := fmt.Sprintf(`
+from scapy.all import IP, IPv6, TCP, UDP, send
+conf_n = %d
+pk = []
+for i in range(conf_n):
+    pk.append(IP(dst="%[2]s")/TCP(sport=40000+i, dport=7777, flags="S"))   # match (and col2's RST)
+    pk.append(IP(dst="%[2]s")/TCP(sport=7777, dport=80+i, flags="S"))      # match (and col2's RST)
+    pk.append(IP(dst="%[2]s")/TCP(sport=40100+i, dport=7778, flags="S"))   # other port
+    pk.append(IP(dst="%[3]s")/TCP(sport=40200+i, dport=7777, flags="S"))   # other host
+    pk.append(IP(dst="%[2]s")/UDP(sport=40300+i, dport=7777)/b"x")         # udp
+    pk.append(IPv6(dst="fd77:4::2")/TCP(sport=40400+i, dport=7777, flags="S"))  # IPv6
+send(pk, verbose=0, inter=0.002)
+`, n, lab.Col2IP, lab.Src2IP)
+	l.MustExec(t, l.Src, "/usr/bin/python3", "-c", script) // scapy's python
+	// 2n SYNs and 2n resets match.
+	td.WaitCount(4*n, 10*time.Second)
+	time.Sleep(300 * time.Millisecond) // anything extra would show up too
+	if err := p.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := p.Wait(10 * time.Second); code != 0 || err != nil {
+		t.Fatalf("capture: exit %d %v\n%s", code, err, p.Stderr())
+	}
+	want := td.Stop()
+	got, err := lab.ReadPackets(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := func(ps []lab.Packet) []string {
+		var out []string
+		for _, p := range ps {
+			out = append(out, fmt.Sprintf("%s %s>%s %d>%d", p.Protocol, p.IPSrc, p.IPDst, p.TCPSrcPort, p.TCPDstPort))
+		}
+		sort.Strings(out)
+		return out
+	}
+	w, g := keys(want), keys(got)
+	if len(w) != 4*n || strings.Join(w, "\n") != strings.Join(g, "\n") {
+		t.Fatalf("tcpdump recorded %d packets, nfclone %d; want the same %d:\ntcpdump:\n%s\nnfclone:\n%s", len(w), len(g), 4*n, strings.Join(w, "\n"), strings.Join(g, "\n"))
+	}
+	if rs := nftRuleset(t, l); strings.TrimSpace(rs) != "" {
+		t.Fatalf("capture left rules:\n%s", rs)
 	}
 }
