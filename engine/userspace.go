@@ -468,7 +468,9 @@ func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name 
 			keep = config.DefaultRotateKeep
 		}
 		return sink.NewPcap(sink.PcapConfig{Name: name, Logger: log, PcapWriterConfig: sink.PcapWriterConfig{
-			Path: t.Path, Format: t.Format, LinkType: sink.LinkTypeRaw, Snaplen: sc.Snaplen, RotateSize: size, RotateKeep: keep}})
+			Path: t.Path, Format: t.Format, LinkType: sink.LinkTypeRaw, Snaplen: sc.Snaplen, RotateSize: size, RotateKeep: keep,
+			// NFLOG gives the original's devices; a queue clone's are lo's.
+			Interfaces: t.Format == "pcapng" && sc.Method == config.MethodLog}})
 	}
 	return nil, fmt.Errorf("target kind %s is not available with method %s", t.Kind, sc.Method)
 }

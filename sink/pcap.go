@@ -49,6 +49,11 @@ type PcapWriterConfig struct {
 	// path.N (oldest). 0 keeps none: the file is started anew (truncated)
 	// when it reaches RotateSize.
 	RotateKeep int
+	// Interfaces (pcapng only): the Pcap sink records each copy on the
+	// interface it was seen on, named as in the kernel, with its direction
+	// (inbound, outbound) — from the packet's devices, which must be the
+	// original's (NFLOG gives them; NFQUEUE clones carry lo's).
+	Interfaces bool
 }
 
 const (
@@ -88,6 +93,8 @@ type PcapWriter struct {
 	hdrSize int  // size of the current file's header
 	repair  bool // the file must be cut back to size before the next write
 	closed  bool
+	ifids   map[uint32]int // pcapng interface ids of kernel ifindexes in this file (Interfaces)
+	epb     [28]byte       // scratch for an enhanced packet block's header
 }
 
 // PcapWriteError reports records dropped by a failed write.
@@ -154,6 +161,7 @@ func OpenPcapWriter(cfg PcapWriterConfig) (*PcapWriter, error) {
 func (w *PcapWriter) header() error {
 	w.rec.Reset()
 	w.ends = w.ends[:0]
+	w.ifids = nil // a new section: its interfaces are described again
 	if w.ng {
 		intf := pcapgo.DefaultNgInterface
 		intf.Name = "nfclone"
@@ -207,7 +215,7 @@ func (w *PcapWriter) Dropped() uint64 {
 func (w *PcapWriter) WritePacket(ts time.Time, data []byte, origLen int) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	_, _, err := w.write(ts, data, origLen)
+	_, _, err := w.write(ts, data, origLen, 0, 0)
 	if w.rec.Len() >= pcapFlushAt {
 		_, ferr := w.flush()
 		err = errors.Join(err, ferr)
@@ -244,6 +252,9 @@ func (w *PcapWriter) closeFile() error {
 }
 
 func (w *PcapWriter) recordLen(n int) int64 {
+	if w.ng && w.cfg.Interfaces {
+		return int64(32 + (n+3)&^3 + 12) // and the flags option
+	}
 	if w.ng {
 		return int64(32 + (n+3)&^3)
 	}
@@ -253,7 +264,9 @@ func (w *PcapWriter) recordLen(n int) int64 {
 // write adds a record. added reports whether it went into the buffer (if
 // not, it is counted as dropped); lost is the number of records added
 // earlier that a flush (before a rotation) dropped.
-func (w *PcapWriter) write(ts time.Time, data []byte, origLen int) (added bool, lost int, err error) {
+// ifindex and dir (pcapng with Interfaces) say where the packet was seen:
+// 0 writes it on the writer's own interface "nfclone".
+func (w *PcapWriter) write(ts time.Time, data []byte, origLen int, ifindex uint32, dir pcapgo.NgEpbFlag) (added bool, lost int, err error) {
 	if w.out == nil && !w.closed {
 		err = w.reopen()
 	}
@@ -282,7 +295,9 @@ func (w *PcapWriter) write(ts time.Time, data []byte, origLen int) (added bool, 
 	}
 	ci := gopacket.CaptureInfo{Timestamp: ts, CaptureLength: len(data), Length: origLen}
 	var werr error
-	if w.ng {
+	if w.ng && ifindex != 0 {
+		werr = w.writeOnInterface(ci, data, ifindex, dir)
+	} else if w.ng {
 		werr = w.ngw.WritePacket(ci, data)
 		if werr == nil {
 			werr = w.ngw.Flush()
@@ -392,6 +407,7 @@ func (w *PcapWriter) flush() (lost int, err error) {
 	w.count += uint64(done)
 	lost = len(w.ends) - done
 	w.dropped += uint64(lost)
+	w.ifids = nil // an interface block may have gone with the dropped records
 	w.rec.Reset()
 	w.ends = w.ends[:0]
 	w.hdrLen = len(hdr)
@@ -403,6 +419,7 @@ func (w *PcapWriter) flush() (lost int, err error) {
 // start with it).
 func (w *PcapWriter) dropAll(err error) (int, error) {
 	lost := len(w.ends)
+	w.ifids = nil // an interface block may have gone with the dropped records
 	w.dropped += uint64(lost)
 	if w.hdrLen > 0 {
 		w.rec.Truncate(w.hdrLen)
@@ -557,7 +574,16 @@ func (s *Pcap) Send(batch []*nfq.Packet) (int, error) {
 			data = f
 			orig += EthHdrLen
 		}
-		added, lost, err := w.write(ts, data, orig)
+		var ifindex uint32
+		var dir pcapgo.NgEpbFlag
+		if w.cfg.Interfaces {
+			// Post-routing and output hooks know the output device.
+			ifindex, dir = p.InIf, pcapgo.NgEpbFlagDirectionInbound
+			if p.OutIf != 0 {
+				ifindex, dir = p.OutIf, pcapgo.NgEpbFlagDirectionOutbound
+			}
+		}
+		added, lost, err := w.write(ts, data, orig, ifindex, dir)
 		if lost > 0 || err != nil {
 			drop(lost, err)
 		}

@@ -130,3 +130,35 @@ send(pk, verbose=0, inter=0.002)
 		t.Fatalf("capture left rules:\n%s", rs)
 	}
 }
+
+// With several -i and --format pcapng, each packet is recorded on the
+// interface it was seen on, with its direction (tshark reads both): a ping
+// forwarded from src (e0) to src2 (e2) is in the file four times per echo,
+// each on its own interface and direction.
+func TestCapturePcapngInterfaces(t *testing.T) {
+	lab.RequireTools(t, "tshark")
+	l := lab.New(t)
+	out := filepath.Join(t.TempDir(), "if.pcapng")
+	p := l.Start(t, l.Eng, binary, "capture", "-i", "e0", "-i", "e2", "--format", "pcapng", "-c", "12", "-w", out, "icmp")
+	lab.WaitFor(t, 10*time.Second, func() bool {
+		if p.Exited() {
+			t.Fatalf("capture exited early:\n%s", p.Stderr())
+		}
+		return strings.Contains(p.Stderr(), "capturing on")
+	}, "capture to start")
+	ping(t, l, l.Src, lab.Src2IP, 3)
+	if code, err := p.Wait(10 * time.Second); code != 0 || err != nil {
+		t.Fatalf("capture: exit %d %v\n%s", code, err, p.Stderr())
+	}
+	o := l.MustExec(t, "", "tshark", "-n", "-r", out, "-T", "fields", "-e", "frame.interface_name", "-e", "frame.packet_flags_direction", "-e", "icmp.type")
+	counts := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(o), "\n") {
+		counts[strings.Join(strings.Fields(line), " ")]++
+	}
+	want := map[string]int{ // 1 inbound, 2 outbound; 8 request, 0 reply
+		"e0 0x00000001 8": 3, "e2 0x00000002 8": 3, "e2 0x00000001 0": 3, "e0 0x00000002 0": 3,
+	}
+	if fmt.Sprint(counts) != fmt.Sprint(want) {
+		t.Fatalf("interfaces and directions in the pcapng (tshark):\n%s\ngot %v\nwant %v", o, counts, want)
+	}
+}
