@@ -110,7 +110,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 		Short:         "Mirror the packets that matter to a host (nftables dup, NFQUEUE, NFLOG)",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version, // nfclone -v, --version
 	}
+	root.SetVersionTemplate("nfclone {{.Version}}\n")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file (for `make bench` investigations)")

@@ -268,3 +268,12 @@ func TestCollectProgressWhileRunning(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// -v and --version print the version, as `nfclone version`.
+func TestVersionFlag(t *testing.T) {
+	for _, f := range []string{"-v", "--version"} {
+		if out, errOut, code := cli(t, f); code != 0 || out != "nfclone dev\n" {
+			t.Errorf("%s: exit %d %q %q", f, code, out, errOut)
+		}
+	}
+}
