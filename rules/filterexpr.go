@@ -35,6 +35,12 @@ func (b *builder) filterTerm(t filter.Term) *builder {
 			if g, ok := m.Guard(); ok && g == l {
 				hidden = true
 			}
+			// nft lists `meta l4proto ipv6-icmp` (icmp) without the
+			// family it implies.
+			if l.Kind == filter.Family && !l.Neg && m.Kind == filter.Proto && !m.Neg &&
+				(l.Fam == 6 && m.Num == 58 || l.Fam == 4 && m.Num == 1) {
+				hidden = true
+			}
 		}
 		switch l.Kind {
 		case filter.Family:

@@ -162,3 +162,62 @@ func TestCapturePcapngInterfaces(t *testing.T) {
 		t.Fatalf("interfaces and directions in the pcapng (tshark):\n%s\ngot %v\nwant %v", o, counts, want)
 	}
 }
+
+// A filter expression (negations, guards in netdev and ip/ip6 tables) and a
+// byte rate: the kernel lists exactly what render printed (the netlink
+// expressions are the ones nft itself would make for that text).
+func TestFilterAndByteRateListingEqualsRender(t *testing.T) {
+	l := lab.New(t)
+	pcap := filepath.Join(t.TempDir(), "f.pcap")
+	d := startNfclone(t, l, `
+sessions:
+  - name: dd
+    sources: [{interface: e0, direction: both}]
+    rate: "10 mbytes/second"
+    filter: "not host 10.77.1.2 and (tcp dst portrange 1000-2000 or udp port 53) or icmp6 or icmp"
+    targets: [{kind: device, device: e3}]
+  - name: lg
+    method: log
+    sources: [{interface: e2}]
+    rate: "512 kbytes/second"
+    filter: "ip6 and not src net fd77:3::/64 or tcp port 7777 and host 10.77.4.2"
+    targets: [{kind: pcap, path: `+pcap+`}]
+`)
+	defer d.stop(t)
+	rendered, errOut, code := nfc(l, "render", "-c", d.cfgPath)
+	if code != 0 {
+		t.Fatalf("render: %s", errOut)
+	}
+	for _, want := range []string{"limit rate over 10 mbytes/second", "limit rate over 512 kbytes/second", "ip saddr != 10.77.1.2", "meta protocol != ip"} {
+		if !strings.Contains(rendered, want) {
+			t.Fatalf("render lacks %q:\n%s", want, rendered)
+		}
+	}
+	listed := nftRuleset(t, l)
+	if got, want := normalizeNft(listed), normalizeNft(rendered); got != want {
+		t.Fatalf("nft list ruleset differs from render.\n--- kernel:\n%s\n--- render:\n%s", got, want)
+	}
+}
+
+// -i any: every interface that is up except lo, each named.
+func TestCaptureAny(t *testing.T) {
+	l := lab.New(t)
+	p := l.Start(t, l.Eng, binary, "capture", "-i", "any", "--duration", "1", "-w", filepath.Join(t.TempDir(), "any.pcap"))
+	if code, err := p.Wait(15 * time.Second); code != 0 || err != nil {
+		t.Fatalf("capture -i any: exit %d %v\n%s", code, err, p.Stderr())
+	}
+	line := ""
+	for _, l := range strings.Split(p.Stderr(), "\n") {
+		if strings.HasPrefix(l, "nfclone: capturing on ") {
+			line = l
+		}
+	}
+	for _, want := range []string{"e0 (both)", "e1 (both)", "e2 (both)", "e3 (both)"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("capture -i any: %q not in %q", want, line)
+		}
+	}
+	if strings.Contains(line, "lo (") {
+		t.Errorf("capture -i any includes lo: %q", line)
+	}
+}
