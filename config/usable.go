@@ -88,7 +88,7 @@ func hostBits(s string) string {
 // family decides what is copied: method dup (one table per gateway family),
 // or a userspace session whose targets are all gateways.
 func validateFamilies(p *problems, path string, s *Session) {
-	if len(s.Rules) == 0 {
+	if len(s.Rules) == 0 && strings.TrimSpace(s.Filter) == "" {
 		return
 	}
 	if s.Method != MethodDup {
@@ -106,6 +106,20 @@ func validateFamilies(p *problems, path string, s *Session) {
 			}
 		}
 	}
+	what := "every accept rule of this session matches IPv%d only"
+	none := "no rule of this session accepts a packet"
+	if strings.TrimSpace(s.Filter) != "" {
+		e, err := filter.Parse(s.Filter)
+		if err != nil || e == nil {
+			return // reported by validateFilter
+		}
+		for _, fam := range []uint8{4, 6} {
+			ts, err := e.Terms(fam)
+			can[int(fam)] = err == nil && len(ts) > 0
+		}
+		what = "the session's filter matches IPv%d packets only"
+		none = "the session's filter matches no IP packet"
+	}
 	for i, t := range s.Targets {
 		if t.Kind != KindGateway {
 			continue
@@ -118,10 +132,14 @@ func validateFamilies(p *problems, path string, s *Session) {
 		if gw.Unmap().Is6() {
 			fam = 6
 		}
-		if !can[fam] {
+		switch {
+		case !can[fam] && can[10-fam]:
 			p.add(fmt.Sprintf("%s.targets[%d].gateway", path, i),
-				"%s is IPv%d but every accept rule of this session matches IPv%d only: its chains would copy nothing (add a rule for IPv%d, or a gateway of the rules' family)",
+				"%s is IPv%d but "+what+": its chains would copy nothing (add a rule for IPv%d, or a gateway of the rules' family)",
 				t.Gateway, fam, 10-fam, fam)
+		case !can[fam]:
+			p.add(fmt.Sprintf("%s.targets[%d].gateway", path, i),
+				"%s would never get a copy: %s", t.Gateway, none)
 		}
 	}
 }
