@@ -26,7 +26,7 @@ func captureConfig(o *config.CaptureOptions, args []string) (*config.Config, fun
 	if err != nil {
 		return nil, nil, inWords("capture", err, words)
 	}
-	if err := hostCheck(c); err != nil {
+	if err := hostCheck(c, nil); err != nil { // a fresh state directory: nothing left
 		return nil, nil, inWords("capture", err, words)
 	}
 	return c, words, nil

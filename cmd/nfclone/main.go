@@ -246,9 +246,9 @@ removes on exit. Runs in the foreground like run, with the same cleanup guarante
 				return nil
 			}
 			if tapDry {
-				// What run would refuse on this host (an interface left by
-				// a killed tap counts as existing: nfclone flush removes it).
-				if err := hostCheck(c); err != nil {
+				// What run would refuse on this host (interfaces a killed
+				// tap left are removed by run before it starts).
+				if err := hostCheck(c, leftLinks(c.StateDir)); err != nil {
 					return inWords("tap", err, words)
 				}
 				return render(g.stdout, c)

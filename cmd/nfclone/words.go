@@ -5,6 +5,7 @@ import (
 
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/engine"
+	"github.com/nfclone/nfclone/route"
 )
 
 // cmdProblems are the problems of a config a command built from its flags
@@ -34,9 +35,29 @@ func inWords(cmd string, err error, words func(config.Errors) config.Errors) err
 
 // hostCheck is what run checks on the host before installing anything
 // (interfaces, gateways, pcap directories), for commands that check first.
-func hostCheck(c *config.Config) error {
-	if errs := append(config.CheckHost(c, config.SystemHost{}, nil), config.CheckFiles(c)...); len(errs) > 0 {
+// owned are interfaces a killed run left (run removes them before it starts).
+func hostCheck(c *config.Config, owned map[string]bool) error {
+	if errs := append(config.CheckHost(c, config.SystemHost{}, owned), config.CheckFiles(c)...); len(errs) > 0 {
 		return engine.HostProblems(errs)
 	}
 	return nil
+}
+
+// leftLinks are the interfaces the state file in dir says nfclone created
+// (a killed run's; none if there is no state file it may read).
+func leftLinks(dir string) map[string]bool {
+	out := map[string]bool{}
+	st, err := engine.ReadState(dir)
+	if err != nil || st == nil {
+		return out
+	}
+	for _, ch := range st.Journal {
+		if ch.Op == route.OpLinkCreated && ch.Link != nil {
+			out[ch.Link.Name] = true
+			if ch.Link.Peer != "" {
+				out[ch.Link.Peer] = true
+			}
+		}
+	}
+	return out
 }

@@ -221,3 +221,30 @@ func TestCaptureAny(t *testing.T) {
 		t.Errorf("capture -i any includes lo: %q", line)
 	}
 }
+
+// tap --dry-run checks the host as run would: an interface it names that
+// does not exist is refused in the argument's words (exit 2), and one a
+// killed tap created (in its state file) is not "already existing" — run
+// removes it before it starts.
+func TestTapDryRunChecksHost(t *testing.T) {
+	l := lab.New(t)
+	state := filepath.Join(t.TempDir(), "state")
+	out, errOut, code := nfc(l, "tap", "e0>agg9", "--dry-run", "--state-dir", state)
+	if code != 2 || out != "" || !strings.Contains(errOut, `argument 'e0>agg9': interface "agg9" does not exist (pass --create, or write +agg9, to have nfclone create it)`) {
+		t.Fatalf("dry-run onto a missing interface: exit %d\n%s%s", code, out, errOut)
+	}
+	d := startTap(t, l, state, "e0,e2>+agg0")
+	if err := d.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	d.Wait(10 * time.Second)
+	if !linkExists(l, l.Eng, "agg0") {
+		t.Fatal("agg0 vanished with the killed tap")
+	}
+	if out, errOut, code := nfc(l, "tap", "e0,e2>+agg0", "--dry-run", "--state-dir", state); code != 0 || !strings.Contains(out, `dup to "agg0-tx"`) {
+		t.Fatalf("dry-run after a killed tap: exit %d\n%s%s", code, out, errOut)
+	}
+	if _, errOut, code := nfc(l, "flush", "--state-dir", state); code != 0 {
+		t.Fatalf("flush: exit %d: %s", code, errOut)
+	}
+}
