@@ -33,6 +33,7 @@ declare -A PKG_FOR=(
 	[tcpflow]=tcpflow
 	[sha256sum]=coreutils
 	[ss]=iproute2
+	[tmux]=tmux
 )
 
 SUDO=""

@@ -585,7 +585,7 @@ func capture(parent context.Context, stderr io.Writer, c *config.Config, log *sl
 		return err // nothing was captured: no statistics before the error
 	}
 	if tty {
-		fmt.Fprint(stderr, "\r")
+		fmt.Fprint(stderr, "\r\x1b[K") // the live count and a ^C the terminal echoed go
 	}
 	ledger, cut := e.Ledger()
 	writeCaptureReport(stderr, ledger, cut, e.Written())

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -246,5 +247,42 @@ func TestTapDryRunChecksHost(t *testing.T) {
 	}
 	if _, errOut, code := nfc(l, "flush", "--state-dir", state); code != 0 {
 		t.Fatalf("flush: exit %d: %s", code, errOut)
+	}
+}
+
+// In a terminal (a tmux pane), capture shows a live count while it runs
+// and, after Ctrl-C, tcpdump's statistics with the drop lines.
+func TestCaptureLiveCountInTerminal(t *testing.T) {
+	lab.RequireTools(t, "tmux")
+	l := lab.New(t)
+	sock := "nfclone-e2e-" + lab.RandomSuffix()
+	tmux := func(args ...string) string {
+		out, err := exec.Command("tmux", append([]string{"-L", sock}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tmux %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	out := filepath.Join(t.TempDir(), "live.pcap")
+	cmd := fmt.Sprintf("ip netns exec %s %s capture -i e0 -w %s icmp; echo EXIT=$?; sleep 60", l.Eng, binary, out)
+	tmux("new-session", "-d", "-s", "cap", "-x", "160", "-y", "40", cmd)
+	t.Cleanup(func() { _ = exec.Command("tmux", "-L", sock, "kill-server").Run() })
+	pane := func() string { return tmux("capture-pane", "-p", "-t", "cap") }
+	lab.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(pane(), "capturing on e0") }, "capture to start in the pane")
+	ping(t, l, l.Src, lab.EngE0IP, 5) // 5 requests in, 5 replies out
+	lab.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(pane(), "10 packets captured") }, "the live count to reach 10 in the pane")
+	if strings.Contains(pane(), "received by filter") {
+		t.Fatalf("the statistics before the end:\n%s", pane())
+	}
+	tmux("send-keys", "-t", "cap", "C-c")
+	lab.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(pane(), "EXIT=") }, "capture to end after Ctrl-C")
+	p := pane()
+	for _, want := range []string{"10 packets captured\n", "10 packets received by filter\n", "0 packets dropped by kernel\n", "0 packets dropped by nfclone\n", "EXIT=0"} {
+		if !strings.Contains(p, want) {
+			t.Errorf("pane lacks %q:\n%s", want, p)
+		}
+	}
+	if ps, err := lab.ReadPackets(out); err != nil || len(ps) != 10 {
+		t.Fatalf("the file holds %d packets (%v), want 10", len(ps), err)
 	}
 }
