@@ -103,6 +103,8 @@ send(pk, verbose=0, inter=0.002)
 	l.MustExec(t, l.Src, "/usr/bin/python3", "-c", script) // scapy's python
 	// 2n SYNs and 2n resets match.
 	td.WaitCount(4*n, 10*time.Second)
+	// nfclone's file too (NFLOG hands over batches, the last one within 1 s).
+	lab.WaitFor(t, 10*time.Second, func() bool { recs, _ := lab.ReadPcapFile(out); return len(recs) >= 4*n }, "nfclone's file to hold the matching packets")
 	time.Sleep(300 * time.Millisecond) // anything extra would show up too
 	if err := p.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
