@@ -131,6 +131,10 @@ func Parse(data []byte, lookupEnv func(string) (string, bool)) (*Config, error) 
 	}
 	if len(errs) > 0 {
 		errs.sort()
+		lines := keyLines(data)
+		for i := range errs {
+			errs[i].Line = lineOf(lines, errs[i].Path)
+		}
 		return nil, errs
 	}
 	return &cfg, nil
@@ -332,10 +336,12 @@ func yamlMessage(err error, data []byte) string {
 	return "not valid YAML: " + strings.Join(parts, "; ")
 }
 
-// Problem is one configuration mistake.
+// Problem is one configuration mistake. Line, when not 0, is the line of
+// the config file where its key (or the map it is missing from) is.
 type Problem struct {
 	Path string
 	Msg  string
+	Line int
 }
 
 func (p Problem) String() string { return p.Path + ": " + p.Msg }

@@ -47,3 +47,26 @@ sessions:
 		t.Errorf("port 53 with an IPv6 gateway: %q", got)
 	}
 }
+
+// Every problem of a file names its line: the key's, or for a missing key
+// that of the map it belongs in.
+func TestProblemLines(t *testing.T) {
+	_, err := Parse([]byte(`table: x
+sessions:
+  - name: s
+    sources: [{interface: e0}]
+    rules:
+      - {number: 1, action: accept}
+      - number: 2
+        action: maybe
+    targets:
+      - kind: gateway
+        device: e1
+`), nil)
+	errs, _ := err.(Errors)
+	want := "sessions[0].rules[1].action: \"maybe\" is not accept or reject (line 8)\n" +
+		"sessions[0].targets[0].gateway: is required (line 10)"
+	if got := errs.Text(); got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
+	}
+}

@@ -368,6 +368,13 @@ func (e *Engine) doReload() {
 	}
 	if err != nil {
 		st.Error = err.Error()
+		var cerr config.Errors
+		if errors.As(err, &cerr) { // status names the lines of the file
+			if data, rerr := os.ReadFile(e.ConfigPath); rerr == nil {
+				config.SetLines(cerr, data)
+			}
+			st.Error = cerr.Text()
+		}
 		log.Error("reload refused; the running config stays", "err", err)
 		return
 	}

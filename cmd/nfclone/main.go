@@ -434,6 +434,7 @@ default. The daemon needs nothing else: status shows the last reload and its err
 				break
 			}
 		}
+		withLines(err, g.configPath)
 		report(stderr, g.logFormat, err)
 	}
 	return err

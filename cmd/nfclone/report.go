@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 
 	"github.com/nfclone/nfclone/config"
@@ -34,9 +35,12 @@ func report(w io.Writer, format string, err error) {
 	if format == "json" {
 		attrs := []any{"exit", exitCode(err)}
 		if isList {
-			ps := make([]map[string]string, len(cerr))
+			ps := make([]map[string]any, len(cerr))
 			for i, p := range cerr {
-				ps[i] = map[string]string{"key": p.Path, "problem": p.Msg}
+				ps[i] = map[string]any{"key": p.Path, "problem": p.Msg}
+				if p.Line > 0 {
+					ps[i]["line"] = p.Line
+				}
 			}
 			attrs = append(attrs, "problems", ps)
 		}
@@ -45,6 +49,22 @@ func report(w io.Writer, format string, err error) {
 	}
 	fmt.Fprintln(w, head)
 	for _, p := range cerr {
+		if p.Line > 0 {
+			fmt.Fprintf(w, "  %s (line %d)\n", p, p.Line)
+			continue
+		}
 		fmt.Fprintf(w, "  %s\n", p)
+	}
+}
+
+// withLines gives the problems of a config file that have no line yet (the
+// host's: interfaces, gateways, pcap directories) the line of their key.
+func withLines(err error, path string) {
+	var cerr config.Errors
+	if path == "" || !errors.As(err, &cerr) {
+		return
+	}
+	if data, rerr := os.ReadFile(path); rerr == nil {
+		config.SetLines(cerr, data) // the list shares its array with err's
 	}
 }

@@ -59,7 +59,7 @@ sessions:
     sources: [{interface: lo}]
     targets: [{kind: pcap, path: /nonexistent-nfclone-dir/x.pcap}]
 `)
-	const want = "sessions[0].targets[0].path: directory /nonexistent-nfclone-dir does not exist"
+	const want = "sessions[0].targets[0].path: directory /nonexistent-nfclone-dir does not exist (line 10)"
 	out, errOut, code := cli(t, "check", "-c", cfg)
 	if code != 2 {
 		t.Fatalf("check: exit %d, want 2\n%s%s", code, out, errOut)
@@ -95,7 +95,7 @@ sessions:
 		if code != 2 {
 			t.Fatalf("%s: exit %d, want 2\n%s%s", cmd, code, out, errOut)
 		}
-		wantLines(t, cmd, errOut, `sessions[0].sources[0].interface: interface "nosuch0x" does not exist`)
+		wantLines(t, cmd, errOut, `sessions[0].sources[0].interface: interface "nosuch0x" does not exist (line 8)`)
 		if strings.Contains(out, "config: ok") || strings.Contains(errOut, "clean exit") {
 			t.Fatalf("%s said ok on a failed check:\n%s%s", cmd, out, errOut)
 		}
@@ -111,14 +111,14 @@ sessions:
     sources: [{interface: e0}]
     sample: 0
     targets: [{kind: device, device: e1}]
-`, "sessions[0].sample: 0 is out of range 1-1048576 (copy 1 packet in N; leave it out to copy every packet)"},
+`, "sessions[0].sample: 0 is out of range 1-1048576 (copy 1 packet in N; leave it out to copy every packet) (line 5)"},
 		{"IPv6 gateway with IPv4-only rules", `
 sessions:
   - name: s
     sources: [{interface: e0}]
     rules: [{number: 1, action: accept, source: 10.0.0.0/8}, {number: 2, action: accept, protocol: icmp}]
     targets: [{kind: gateway, gateway: "fd77:2::2", device: e1}]
-`, "sessions[0].targets[0].gateway: fd77:2::2 is IPv6 but every accept rule of this session matches IPv4 only: its chains would copy nothing (add a rule for IPv6, or a gateway of the rules' family)"},
+`, "sessions[0].targets[0].gateway: fd77:2::2 is IPv6 but every accept rule of this session matches IPv4 only: its chains would copy nothing (add a rule for IPv6, or a gateway of the rules' family) (line 6)"},
 		{"YAML error on line 6", "table: x\nsessions:\n  - name: s\n    sources:\n      - interface: e0\n     direction: in\n",
 			"(file): not valid YAML: line 6: did not find expected key"},
 	} {
@@ -158,7 +158,7 @@ func TestStartupErrorJSON(t *testing.T) {
 	if code != 1 {
 		t.Fatalf("exit %d, want 1: %s", code, errOut)
 	}
-	want := `"level":"ERROR","msg":"nfclone: the config has 1 problem(s)","exit":1,"problems":[{"key":"sessions[0].sample","problem":"0 is out of range 1-1048576 (copy 1 packet in N; leave it out to copy every packet)"}]}`
+	want := `"level":"ERROR","msg":"nfclone: the config has 1 problem(s)","exit":1,"problems":[{"key":"sessions[0].sample","line":3,"problem":"0 is out of range 1-1048576 (copy 1 packet in N; leave it out to copy every packet)"}]}`
 	if lines := strings.Split(strings.TrimSpace(errOut), "\n"); len(lines) != 1 || !strings.HasPrefix(lines[0], `{"time":`) || !strings.HasSuffix(lines[0], want) {
 		t.Fatalf("not one JSON line ending %s:\n%s", want, errOut)
 	}

@@ -56,7 +56,7 @@ sessions:
 	}
 	lab.WaitFor(t, 10*time.Second, func() bool { return strings.Count(d.Stderr(), "reload refused") >= 2 }, "the second reload to be refused")
 	out, errOut, code = nfc(l, "status", "-c", d.cfgPath)
-	if code != 0 || !strings.Contains(out, `  sessions[0].sources[0].interface: interface "nope0" does not exist`) {
+	if code != 0 || !strings.Contains(out, `  sessions[0].sources[0].interface: interface "nope0" does not exist (line 5)`) {
 		t.Fatalf("status after a reload refused by the host: exit %d\n%s%s", code, out, errOut)
 	}
 	// Without the file at all, --state-dir is enough.
