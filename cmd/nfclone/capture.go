@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"slices"
@@ -96,3 +97,17 @@ func (f secondsFlag) String() string {
 }
 
 func (f secondsFlag) Type() string { return "seconds" }
+
+// captureNotes says what a tcpdump user may expect and not get: on which
+// interface a packet was seen is recorded only in pcapng, and only by log.
+func captureNotes(w io.Writer, c *config.Config, o config.CaptureOptions) {
+	if len(c.Sessions) == 0 || len(c.Sessions[0].Sources) < 2 {
+		return
+	}
+	switch {
+	case o.Format != "pcapng":
+		fmt.Fprintln(w, "nfclone: note: a pcap file does not say on which interface each packet was seen; --format pcapng records it, with the direction")
+	case c.Sessions[0].Method != config.MethodLog:
+		fmt.Fprintln(w, "nfclone: note: with --method queue the pcapng file does not say on which interface each packet was seen (--method log does)")
+	}
+}

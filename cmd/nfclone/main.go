@@ -286,6 +286,7 @@ In capture, -c is the packet count, as in tcpdump.`,
 			if err != nil {
 				return err
 			}
+			captureNotes(g.stderr, c, capOpts)
 			if c.StateDir, err = engine.PrivateStateDir("", "nfclone-capture-"); err != nil {
 				return err
 			}

@@ -277,3 +277,29 @@ func TestVersionFlag(t *testing.T) {
 		}
 	}
 }
+
+// Several interfaces into pcap: a note says pcapng would record where.
+func TestCaptureNotes(t *testing.T) {
+	for _, tc := range []struct {
+		format, method string
+		ifaces         []string
+		want           string
+	}{
+		{"pcap", "log", []string{"lo", "lo2"}, "nfclone: note: a pcap file does not say on which interface each packet was seen; --format pcapng records it, with the direction\n"},
+		{"pcapng", "queue", []string{"lo", "lo2"}, "nfclone: note: with --method queue the pcapng file does not say on which interface each packet was seen (--method log does)\n"},
+		{"pcapng", "log", []string{"lo", "lo2"}, ""},
+		{"pcap", "log", []string{"lo"}, ""},
+	} {
+		o := captureOpts(tc.ifaces...)
+		o.Format, o.Method = tc.format, tc.method
+		c, err := config.Capture(o, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		captureNotes(&b, c, o)
+		if b.String() != tc.want {
+			t.Errorf("%+v: %q, want %q", tc, b.String(), tc.want)
+		}
+	}
+}
