@@ -9,7 +9,7 @@ STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(shell $(GO) 
 .PHONY: all build deps test lint unit e2e fuzz demo bench clean lab-clean allocs
 
 # Fuzz targets (package:Target) and how long `make fuzz` runs each one.
-FUZZ_TARGETS := ./config:FuzzParse ./config:FuzzParsers ./nfq:FuzzParseMessages ./sink:FuzzPacket ./collect:FuzzDecode ./gso:FuzzSplit
+FUZZ_TARGETS := ./config:FuzzParse ./config:FuzzParsers ./filter:FuzzFilter ./nfq:FuzzParseMessages ./sink:FuzzPacket ./collect:FuzzDecode ./gso:FuzzSplit
 # A count of executions, not a duration: with -fuzztime=10s Go's fuzzing
 # coordinator can end with "context deadline exceeded" when a worker is
 # still running at the deadline (golang/go#51484; it failed FuzzParseMessages

@@ -170,6 +170,12 @@ type Collector struct {
 
 	received, decap, written, malformed, filtered, denied, writeErrs atomic.Uint64
 	lastWarn                                                         time.Time
+
+	// The last denied sender and the last decode error, for the running
+	// report (set only on those paths, never for a frame that is written).
+	lastMu        sync.Mutex
+	lastDenied    netip.Addr
+	lastMalformed error
 }
 
 // New validates cfg, opens the listener and the outputs.
@@ -231,6 +237,14 @@ func (c *Collector) TapName() string {
 		return ""
 	}
 	return c.tap.name
+}
+
+// Last returns the last denied sender and the last decode error (zero
+// and nil if none yet).
+func (c *Collector) Last() (denied netip.Addr, malformed error) {
+	c.lastMu.Lock()
+	defer c.lastMu.Unlock()
+	return c.lastDenied, c.lastMalformed
 }
 
 // Stats returns the counters.
@@ -405,11 +419,17 @@ func (c *Collector) Handle(ts time.Time, from netip.Addr, b []byte) {
 	c.received.Add(1)
 	if !c.allowed(from) {
 		c.denied.Add(1)
+		c.lastMu.Lock()
+		c.lastDenied = from
+		c.lastMu.Unlock()
 		return
 	}
 	f, err := DecodeKind(b, c.cfg.Kind)
 	if err != nil {
 		c.malformed.Add(1)
+		c.lastMu.Lock()
+		c.lastMalformed = err
+		c.lastMu.Unlock()
 		return
 	}
 	c.decap.Add(1)

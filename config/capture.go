@@ -24,6 +24,8 @@ type CaptureOptions struct {
 	FirstPackets int
 	Cgroup       string
 	User         string
+	// Filter is a tcpdump filter expression (the trailing arguments).
+	Filter string
 }
 
 // Capture builds the one-session config of a troubleshooting capture. The
@@ -53,6 +55,10 @@ func Capture(o CaptureOptions, pid int) (*Config, error) {
 	if method != MethodLog && method != MethodQueue {
 		errs = append(errs, Problem{Path: "--method", Msg: fmt.Sprintf("%q is not queue or log", method)})
 	}
+	flags := o.Proto != "" || o.Src != "" || o.Dst != "" || o.SPort != "" || o.DPort != ""
+	if strings.TrimSpace(o.Filter) != "" && flags {
+		errs = append(errs, Problem{Path: "filter '" + o.Filter + "'", Msg: "give the filter as an expression or as --proto/--src/--dst/--sport/--dport, not both"})
+	}
 	if len(errs) > 0 {
 		return nil, errs
 	}
@@ -62,7 +68,7 @@ func Capture(o CaptureOptions, pid int) (*Config, error) {
 			path = abs
 		}
 	}
-	s := Session{Name: "capture", Method: method, HostOnly: o.HostOnly, Snaplen: o.Snaplen,
+	s := Session{Name: "capture", Method: method, HostOnly: o.HostOnly, Snaplen: o.Snaplen, Filter: strings.TrimSpace(o.Filter),
 		Targets:      []Target{{Kind: KindPcap, Path: path, Format: o.Format}},
 		FirstPackets: o.FirstPackets, Cgroup: o.Cgroup, User: o.User}
 	for _, i := range o.Interfaces {
@@ -71,31 +77,34 @@ func Capture(o CaptureOptions, pid int) (*Config, error) {
 		}
 	}
 	if o.Proto != "" || o.Src != "" || o.Dst != "" || o.SPort != "" || o.DPort != "" {
-		s.Rules = []Rule{{Number: 1, Action: "accept", Protocol: o.Proto, Source: o.Src, Destination: o.Dst,
-			SourcePorts: o.SPort, DestinationPorts: o.DPort}}
+		r := Rule{Number: 1, Action: "accept", Protocol: o.Proto, Source: o.Src, Destination: o.Dst,
+			SourcePorts: o.SPort, DestinationPorts: o.DPort}
+		s.Rules = []Rule{r}
+		if o.Proto == "" && (o.SPort != "" || o.DPort != "") {
+			// Ports without a protocol mean TCP and UDP, as tcpdump's port.
+			tcp, udp := r, r
+			tcp.Protocol, udp.Protocol, udp.Number = "tcp", "udp", 2
+			s.Rules = []Rule{tcp, udp}
+		}
 	}
 	c.Sessions = []Session{s}
 	if verr := Validate(&c); len(verr) > 0 {
-		return nil, flagPaths(verr)
+		return nil, CaptureWords(verr, o)
 	}
 	return &c, nil
 }
 
-// flagPaths renames config key paths of a capture to the flags that set them.
-func flagPaths(errs Errors) Errors {
+// flagPath renames a config key path of a capture to the flag that set it.
+func flagPath(p Problem) Problem {
 	names := map[string]string{
 		"protocol": "--proto", "source": "--src", "destination": "--dst", "source_ports": "--sport",
 		"destination_ports": "--dport", "snaplen": "-s/--snaplen", "direction": "--direction",
 		"interface": "-i/--interface", "format": "--format",
 		"first_packets": "--first-packets", "cgroup": "--cgroup", "user": "--user",
 	}
-	out := make(Errors, len(errs))
-	for i, p := range errs {
-		key := p.Path[strings.LastIndex(p.Path, ".")+1:]
-		if f, ok := names[key]; ok {
-			p.Path = f
-		}
-		out[i] = p
+	key := p.Path[strings.LastIndex(p.Path, ".")+1:]
+	if f, ok := names[key]; ok {
+		p.Path = f
 	}
-	return out
+	return p
 }

@@ -93,6 +93,9 @@ type Session struct {
 	Sources  []Source `mapstructure:"sources" json:"sources"`
 	HostOnly bool     `mapstructure:"host_only" json:"host_only"`
 	Rules    []Rule   `mapstructure:"rules" json:"rules"`
+	// Filter is a tcpdump filter expression (package filter), instead of
+	// rules: what it matches is copied.
+	Filter   string   `mapstructure:"filter" json:"filter,omitempty"`
 	Sample   int      `mapstructure:"sample" json:"sample"`
 	Rate     string   `mapstructure:"rate" json:"rate"`
 	Snaplen  int      `mapstructure:"snaplen" json:"snaplen"`

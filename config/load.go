@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"sort"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
 )
 
 // EnvPrefix is the prefix of environment variables that override scalar keys:
@@ -79,7 +81,7 @@ func Parse(data []byte, lookupEnv func(string) (string, bool)) (*Config, error) 
 		v.SetDefault(k, val)
 	}
 	if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
-		return nil, Errors{{Path: "(file)", Msg: yamlMessage(err)}}
+		return nil, Errors{{Path: "(file)", Msg: yamlMessage(err, data)}}
 	}
 	if lookupEnv != nil {
 		// Explicit binding rather than AutomaticEnv: the lookup is injectable
@@ -112,6 +114,7 @@ func Parse(data []byte, lookupEnv func(string) (string, bool)) (*Config, error) 
 	if err := dec.Decode(raw); err != nil {
 		errs = append(errs, decodeProblems(err)...)
 	}
+	errs = append(errs, explicitZeroSamples(raw)...)
 	for _, k := range md.Unused {
 		errs = append(errs, Problem{Path: unusedPath(k), Msg: "unknown key"})
 	}
@@ -128,6 +131,10 @@ func Parse(data []byte, lookupEnv func(string) (string, bool)) (*Config, error) 
 	}
 	if len(errs) > 0 {
 		errs.sort()
+		lines := keyLines(data)
+		for i := range errs {
+			errs[i].Line = lineOf(lines, errs[i].Path)
+		}
 		return nil, errs
 	}
 	return &cfg, nil
@@ -312,10 +319,10 @@ func joinPath(prefix, key string) string {
 	return prefix + "." + key
 }
 
-func yamlMessage(err error) string {
+func yamlMessage(err error, data []byte) string {
 	s := err.Error()
 	if i := strings.Index(s, "yaml: "); i >= 0 {
-		s = s[i:]
+		s = yamlProblemLine(data, s[i:])
 	}
 	s = reYAMLLine.ReplaceAllStringFunc(s, func(m string) string {
 		return strings.TrimPrefix(m, "yaml: ")
@@ -329,10 +336,12 @@ func yamlMessage(err error) string {
 	return "not valid YAML: " + strings.Join(parts, "; ")
 }
 
-// Problem is one configuration mistake.
+// Problem is one configuration mistake. Line, when not 0, is the line of
+// the config file where its key (or the map it is missing from) is.
 type Problem struct {
 	Path string
 	Msg  string
+	Line int
 }
 
 func (p Problem) String() string { return p.Path + ": " + p.Msg }
@@ -370,4 +379,31 @@ func pathLess(a, b string) bool {
 
 func pathKey(p string) []string {
 	return strings.FieldsFunc(p, func(r rune) bool { return r == '.' || r == '[' || r == ']' })
+}
+
+// StateDirOf reads the state_dir of a config file that may not validate
+// (NFCLONE_STATE_DIR first, as Load): status finds a running daemon
+// through it after the file was edited into something its reload refused.
+// ok is false when neither says.
+func StateDirOf(path string) (dir string, ok bool) {
+	if d := os.Getenv(EnvPrefix + "_STATE_DIR"); d != "" {
+		return d, true
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", false
+	}
+	var raw struct {
+		StateDir string `yaml:"state_dir"`
+	}
+	if yaml.Unmarshal(data, &raw) != nil || raw.StateDir == "" {
+		// Not YAML any more: the key may still be on a line of its own.
+		for _, l := range strings.Split(string(data), "\n") {
+			if k, v, found := strings.Cut(l, ":"); found && strings.TrimSpace(k) == "state_dir" && !strings.HasPrefix(l, " ") {
+				v, _, _ = strings.Cut(v, " #")
+				raw.StateDir = strings.Trim(strings.TrimSpace(v), `"'`)
+			}
+		}
+	}
+	return raw.StateDir, raw.StateDir != "" && filepath.IsAbs(raw.StateDir)
 }

@@ -75,21 +75,50 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-// Rate is a packet rate limit.
+// Rate is a rate limit in packets, or in bytes (Bytes set; Count is then
+// bytes per Unit), as nft's `limit rate`.
 type Rate struct {
 	Count uint64
 	Unit  string // second | minute | hour | day
+	Bytes bool
 }
 
-func (r Rate) String() string { return fmt.Sprintf("%d/%s", r.Count, r.Unit) }
+// String is the rate in nft's words: "20000/second", "10 mbytes/second".
+func (r Rate) String() string {
+	if !r.Bytes {
+		return fmt.Sprintf("%d/%s", r.Count, r.Unit)
+	}
+	n, u := r.Count, "bytes"
+	for _, x := range []string{"kbytes", "mbytes"} {
+		if n%1024 != 0 {
+			break
+		}
+		n, u = n/1024, x
+	}
+	return fmt.Sprintf("%d %s/%s", n, u, r.Unit)
+}
 
-// ParseRate parses "20000/second" (also "/s", "/sec", "/minute", "/hour", "/day").
+// rateByteUnits are nft's byte units (binary multiples, as nft).
+var rateByteUnits = map[string]uint64{"bytes": 1, "kbytes": 1 << 10, "mbytes": 1 << 20}
+
+// ParseRate parses a packet rate "20000/second" (also "/s", "/sec",
+// "/minute", "/hour", "/day") or, as nft, a byte rate "10 mbytes/second"
+// (bytes, kbytes = 1024 bytes, mbytes = 1024 kbytes).
 func ParseRate(s string) (Rate, error) {
 	n, unit, ok := strings.Cut(strings.TrimSpace(s), "/")
 	if !ok {
-		return Rate{}, fmt.Errorf("%q is not a rate like 20000/second", s)
+		return Rate{}, fmt.Errorf("%q is not a rate like 20000/second or 10 mbytes/second", s)
 	}
-	c, err := strconv.ParseUint(strings.TrimSpace(n), 10, 32)
+	n = strings.TrimSpace(n)
+	mult, bytes := uint64(1), false
+	if f := strings.Fields(n); len(f) == 2 {
+		m, known := rateByteUnits[strings.ToLower(f[1])]
+		if !known {
+			return Rate{}, fmt.Errorf("%q: %q is not bytes, kbytes or mbytes", s, f[1])
+		}
+		n, mult, bytes = f[0], m, true
+	}
+	c, err := strconv.ParseUint(n, 10, 32)
 	if err != nil || c == 0 {
 		return Rate{}, fmt.Errorf("%q: the count must be a positive number", s)
 	}
@@ -105,17 +134,20 @@ func ParseRate(s string) (Rate, error) {
 	default:
 		return Rate{}, fmt.Errorf("%q: unit must be second, minute, hour or day", s)
 	}
-	return Rate{Count: c, Unit: unit}, nil
+	return Rate{Count: c * mult, Unit: unit, Bytes: bytes}, nil
 }
 
-// ParseSize parses "100MB", "1GiB", "512k", "4096" into bytes.
+// ParseSize parses a size into bytes: SI with B (100MB = 100·10^6, kB,
+// GB, TB), binary with iB (100MiB = 100·2^20, KiB, GiB, TiB), a bare K, M,
+// G or T as binary (512k = 512 KiB, as ls -h), or a number of bytes.
 func ParseSize(s string) (int64, error) {
 	t := strings.ToUpper(strings.TrimSpace(s))
 	mult := int64(1)
 	for _, u := range []struct {
 		suffix string
 		m      int64
-	}{{"KIB", 1 << 10}, {"MIB", 1 << 20}, {"GIB", 1 << 30}, {"KB", 1000}, {"MB", 1000 * 1000}, {"GB", 1000 * 1000 * 1000}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}} {
+	}{{"KIB", 1 << 10}, {"MIB", 1 << 20}, {"GIB", 1 << 30}, {"TIB", 1 << 40}, {"KB", 1000}, {"MB", 1000 * 1000}, {"GB", 1000 * 1000 * 1000}, {"TB", 1000 * 1000 * 1000 * 1000},
+		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1}} {
 		if strings.HasSuffix(t, u.suffix) {
 			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.m
 			break

@@ -100,17 +100,17 @@ func TestParseRate(t *testing.T) {
 		want Rate
 		err  string
 	}{
-		{in: "20000/second", want: Rate{20000, "second"}},
-		{in: "1/s", want: Rate{1, "second"}},
-		{in: "5/sec", want: Rate{5, "second"}},
-		{in: " 7 / minute ", want: Rate{7, "minute"}},
-		{in: "7/m", want: Rate{7, "minute"}},
-		{in: "7/min", want: Rate{7, "minute"}},
-		{in: "3/h", want: Rate{3, "hour"}},
-		{in: "3/hour", want: Rate{3, "hour"}},
-		{in: "2/d", want: Rate{2, "day"}},
-		{in: "2/day", want: Rate{2, "day"}},
-		{in: "4294967295/second", want: Rate{4294967295, "second"}},
+		{in: "20000/second", want: Rate{Count: 20000, Unit: "second"}},
+		{in: "1/s", want: Rate{Count: 1, Unit: "second"}},
+		{in: "5/sec", want: Rate{Count: 5, Unit: "second"}},
+		{in: " 7 / minute ", want: Rate{Count: 7, Unit: "minute"}},
+		{in: "7/m", want: Rate{Count: 7, Unit: "minute"}},
+		{in: "7/min", want: Rate{Count: 7, Unit: "minute"}},
+		{in: "3/h", want: Rate{Count: 3, Unit: "hour"}},
+		{in: "3/hour", want: Rate{Count: 3, Unit: "hour"}},
+		{in: "2/d", want: Rate{Count: 2, Unit: "day"}},
+		{in: "2/day", want: Rate{Count: 2, Unit: "day"}},
+		{in: "4294967295/second", want: Rate{Count: 4294967295, Unit: "second"}},
 		{in: "4294967296/second", err: `"4294967296/second": the count must be a positive number`},
 		{in: "0/second", err: `"0/second": the count must be a positive number`},
 		{in: "-1/second", err: `"-1/second": the count must be a positive number`},
@@ -118,8 +118,13 @@ func TestParseRate(t *testing.T) {
 		{in: "10/week", err: `"10/week": unit must be second, minute, hour or day`},
 		{in: "10/", err: `"10/": unit must be second, minute, hour or day`},
 		{in: "10/Second", err: `"10/Second": unit must be second, minute, hour or day`},
-		{in: "10", err: `"10" is not a rate like 20000/second`},
-		{in: "", err: `"" is not a rate like 20000/second`},
+		{in: "10", err: `"10" is not a rate like 20000/second or 10 mbytes/second`},
+		{in: "", err: `"" is not a rate like 20000/second or 10 mbytes/second`},
+		{in: "10 mbytes/second", want: Rate{Count: 10 << 20, Unit: "second", Bytes: true}},
+		{in: "512 kbytes/s", want: Rate{Count: 512 << 10, Unit: "second", Bytes: true}},
+		{in: "1500 bytes/minute", want: Rate{Count: 1500, Unit: "minute", Bytes: true}},
+		{in: "10 MBytes/second", want: Rate{Count: 10 << 20, Unit: "second", Bytes: true}},
+		{in: "10 mb/second", err: `"10 mb/second": "mb" is not bytes, kbytes or mbytes`},
 	}
 	for _, tc := range cases {
 		got, err := ParseRate(tc.in)
@@ -133,7 +138,7 @@ func TestParseRate(t *testing.T) {
 			t.Errorf("ParseRate(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
 		}
 	}
-	if s := (Rate{20000, "second"}).String(); s != "20000/second" {
+	if s := (Rate{Count: 20000, Unit: "second"}).String(); s != "20000/second" {
 		t.Errorf("Rate.String() = %q", s)
 	}
 }
@@ -166,7 +171,8 @@ func TestParseSize(t *testing.T) {
 		{in: "1.5GB", err: true},
 		{in: "MB", err: true},
 		{in: "", err: true},
-		{in: "10TB", err: true},
+		{in: "10TB", want: 10_000_000_000_000},
+		{in: "10PB", err: true},
 		{in: "huge", err: true},
 	}
 	for _, tc := range cases {
@@ -275,5 +281,26 @@ func TestSortedRules(t *testing.T) {
 	}
 	if in[0].Number != 300 {
 		t.Error("SortedRules modified its argument")
+	}
+}
+
+// Rate.String is nft's spelling, so render matches `nft list`.
+func TestRateString(t *testing.T) {
+	for in, want := range map[string]string{"10 mbytes/second": "10 mbytes/second", "1536 kbytes/s": "1536 kbytes/second",
+		"1500 bytes/minute": "1500 bytes/minute", "20000/sec": "20000/second", "2048 bytes/s": "2 kbytes/second"} {
+		r, err := ParseRate(in)
+		if err != nil || r.String() != want {
+			t.Errorf("%q: %q %v, want %q", in, r.String(), err, want)
+		}
+	}
+}
+
+// Sizes: SI (100MB = 100·10^6) and binary (100MiB = 100·2^20) both.
+func TestParseSizeSIAndBinary(t *testing.T) {
+	for in, want := range map[string]int64{"100MB": 100_000_000, "100MiB": 100 << 20, "1GB": 1_000_000_000, "1GiB": 1 << 30,
+		"512kB": 512_000, "512KiB": 512 << 10, "4096": 4096, "2TB": 2_000_000_000_000, "2TiB": 2 << 40} {
+		if n, err := ParseSize(in); err != nil || n != want {
+			t.Errorf("ParseSize(%q) = %d %v, want %d", in, n, err, want)
+		}
 	}
 }

@@ -27,7 +27,7 @@ func Tap(maps []string, o TapOptions) (*Config, error) {
 	}
 	var errs Errors
 	add := func(i int, format string, args ...any) {
-		errs = append(errs, Problem{Path: fmt.Sprintf("map[%d] %q", i, maps[i]), Msg: fmt.Sprintf(format, args...)})
+		errs = append(errs, Problem{Path: "argument '" + maps[i] + "'", Msg: fmt.Sprintf(format, args...)})
 	}
 	if len(maps) == 0 {
 		return nil, Errors{{Path: "tap", Msg: "give at least one map, e.g. 'e0,e2>agg0'"}}
@@ -42,6 +42,11 @@ func Tap(maps []string, o TapOptions) (*Config, error) {
 	sources, targets := map[string]int{}, map[string]int{}
 	for i, m := range maps {
 		src, dst, ok := strings.Cut(m, ">")
+		if ok && strings.HasSuffix(src, "-") {
+			// 'e0->agg0': an arrow, as in other tools; the source would be "e0-".
+			add(i, "is not SOURCES>TARGETS: write '>' alone, like '%s>%s' (with '->' the source would be %q)", strings.TrimSuffix(src, "-"), dst, src)
+			continue
+		}
 		if !ok || strings.Contains(dst, ">") {
 			add(i, "is not SOURCES>TARGETS (like 'e0,e2>agg0')")
 			continue
@@ -54,7 +59,7 @@ func Tap(maps []string, o TapOptions) (*Config, error) {
 				continue
 			}
 			if j, seen := targets[n]; seen {
-				add(i, "%s is a target of map[%d] and a source here: its copies would be copied again (a loop)", n, j)
+				add(i, "%s is a target of argument '%s' and a source here: its copies would be copied again (a loop)", n, maps[j])
 			}
 			sources[n] = i
 			s.Sources = append(s.Sources, Source{Interface: n, Direction: dir})
@@ -66,8 +71,10 @@ func Tap(maps []string, o TapOptions) (*Config, error) {
 				add(i, "target %q is not an interface name (at most 15 characters, 12 for one nfclone creates)", n)
 				continue
 			}
-			if j, seen := sources[n]; seen {
-				add(i, "%s is a source of map[%d] and a target here: its copies would be copied again (a loop)", n, j)
+			if j, seen := sources[n]; seen && j == i {
+				add(i, "%s is both a source and a target: its copies would be copied again (a loop)", n)
+			} else if seen {
+				add(i, "%s is a source of argument '%s' and a target here: its copies would be copied again (a loop)", n, maps[j])
 			}
 			targets[n] = i
 			s.Targets = append(s.Targets, Target{Kind: KindDevice, Device: n, Create: create})
@@ -98,7 +105,7 @@ func Tap(maps []string, o TapOptions) (*Config, error) {
 		return nil, errs
 	}
 	if verr := Validate(&c); len(verr) > 0 {
-		return nil, verr
+		return nil, TapWords(verr, maps)
 	}
 	return &c, nil
 }

@@ -209,6 +209,8 @@ func validateSession(p *problems, path string, s *Session) {
 		}
 	}
 	validateRules(p, path, s, dirs, l2)
+	validateFamilies(p, path, s)
+	validateFilter(p, path, s)
 	if s.Sample == 0 {
 		s.Sample = DefaultSample
 	}

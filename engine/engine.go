@@ -24,6 +24,19 @@ import (
 	"github.com/nfclone/nfclone/sink"
 )
 
+// HostProblems wraps problems of a valid config on this host (a missing
+// interface, a gateway on no connected network, a pcap directory that does
+// not exist) as a host error: exit 2, each problem still with its key path.
+func HostProblems(errs config.Errors) error {
+	return hostProblems{errs}
+}
+
+// hostProblems reads as its list of problems (one per line, with key
+// paths) and is an ErrHost.
+type hostProblems struct{ config.Errors }
+
+func (h hostProblems) Unwrap() []error { return []error{ErrHost, h.Errors} }
+
 // ErrHost marks failures caused by the host (privilege, kernel features,
 // devices): exit code 2.
 var ErrHost = errors.New("the host cannot do it")
@@ -261,10 +274,10 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	if err := reconcile(c, rk, log); err != nil {
 		return err
 	}
-	if errs := config.CheckHost(c, config.SystemHost{}, nil); len(errs) > 0 {
-		return errs
+	if errs := append(config.CheckHost(c, config.SystemHost{}, nil), config.CheckFiles(c)...); len(errs) > 0 {
+		return HostProblems(errs)
 	}
-	for _, w := range config.ARPWarnings(c, config.SystemHost{}) {
+	for _, w := range append(config.Warnings(c), config.ARPWarnings(c, config.SystemHost{})...) {
 		log.Warn(w.Msg, "key", w.Path)
 	}
 	feats, err := e.probe(c)
@@ -291,7 +304,7 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	e.rt, e.started = rt, time.Now()
 	e.mu.Unlock()
 	if err := e.apply(c, false); err != nil {
-		e.shutdown()
+		_ = e.shutdown(false)
 		return err
 	}
 	log.Info("rules installed", "table", c.Table, "tables", len(rt.rs.Tables), "sessions", len(c.Sessions))
@@ -341,7 +354,7 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	}
 	svcCancel()
 	wg.Wait()
-	return e.shutdown()
+	return e.shutdown(true)
 }
 
 // doReload validates the new config first; an invalid one is refused with
@@ -368,6 +381,13 @@ func (e *Engine) doReload() {
 	}
 	if err != nil {
 		st.Error = err.Error()
+		var cerr config.Errors
+		if errors.As(err, &cerr) { // status names the lines of the file
+			if data, rerr := os.ReadFile(e.ConfigPath); rerr == nil {
+				config.SetLines(cerr, data)
+			}
+			st.Error = cerr.Text()
+		}
 		log.Error("reload refused; the running config stays", "err", err)
 		return
 	}
@@ -387,8 +407,8 @@ func (e *Engine) validateReload(c *config.Config) error {
 	if len(errs) > 0 {
 		return errs
 	}
-	if errs := config.CheckHost(c, config.SystemHost{}, e.ownedLinks()); len(errs) > 0 {
-		return errs
+	if errs := append(config.CheckHost(c, config.SystemHost{}, e.ownedLinks()), config.CheckFiles(c)...); len(errs) > 0 {
+		return HostProblems(errs)
 	}
 	if missing := Missing(c, e.rt.feats); len(missing) > 0 {
 		return hostErr("the kernel lacks: %v", missing)
@@ -440,7 +460,9 @@ func (e *Engine) generation() uint64 {
 
 // shutdown: no new packets (rules removed), readers release what they
 // hold, queued copies drained (bounded), routes undone, state removed.
-func (e *Engine) shutdown() error {
+// started is false when the start failed half-way: nothing is said to
+// have exited cleanly then.
+func (e *Engine) shutdown(started bool) error {
 	rt, log := e.rt, e.Log
 	log.Info("stopping: removing rules")
 	var counters map[string]map[string]rules.CounterValue
@@ -469,6 +491,10 @@ func (e *Engine) shutdown() error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
+	}
+	if !started {
+		log.Info("start failed: what was installed is removed")
+		return nil
 	}
 	log.Info("clean exit")
 	return nil

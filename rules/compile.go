@@ -10,6 +10,7 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/nfclone/nfclone/config"
+	"github.com/nfclone/nfclone/filter"
 )
 
 // Options carries what the compiler needs to know about the host.
@@ -283,6 +284,7 @@ type sessionCompiler struct {
 	// ruleMarks: accepting rules put their ordinal in this part of the
 	// mark (RuleMarks; 0: they do not)
 	ruleMarks uint32
+	expr  *filter.Expr // the session's filter expression (instead of rules)
 }
 
 type parsedRule struct {
@@ -323,6 +325,13 @@ func newSessionCompiler(c *config.Config, i int, opt Options) (*sessionCompiler,
 			}
 		}
 		sc.rules = append(sc.rules, pr)
+	}
+	if s.Filter != "" {
+		e, err := filter.Parse(s.Filter)
+		if err != nil {
+			return nil, fmt.Errorf("sessions[%d].filter: %w", i, err)
+		}
+		sc.expr = e
 	}
 	if s.Rate != "" {
 		r, err := config.ParseRate(s.Rate)
@@ -491,6 +500,15 @@ func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copy
 	}
 	claims, claimChains := sc.claims(fam, dir)
 	ch.Rules = append(ch.Rules, claims...)
+	if sc.expr != nil {
+		// One rule per conjunction of the expression (none may match this
+		// table's family: the chain then copies nothing).
+		terms, _ := sc.expr.Terms(filterFamily(fam)) // Validate refused an expression too big
+		for _, t := range terms {
+			ch.Rules = append(ch.Rules, newBuilder(fam).filterTerm(t).verdict(expr.VerdictGoto, copyChain).rule())
+		}
+		return append([]Chain{ch}, claimChains...)
+	}
 	if len(sc.rules) == 0 {
 		ch.Rules = append(ch.Rules, newBuilder(fam).verdict(expr.VerdictGoto, copyChain).rule())
 		return append([]Chain{ch}, claimChains...)

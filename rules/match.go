@@ -281,8 +281,13 @@ var limitUnits = map[string]expr.LimitTime{
 	"second": expr.LimitTimeSecond, "minute": expr.LimitTimeMinute, "hour": expr.LimitTimeHour, "day": expr.LimitTimeDay,
 }
 
-// rateOver: `limit rate over 20000/second` (burst 5 packets).
+// rateOver: `limit rate over 20000/second` (burst 5 packets), or `limit
+// rate over 10 mbytes/second` (burst 0 bytes: nft's default for bytes).
 func (b *builder) rateOver(r config.Rate) *builder {
+	if r.Bytes {
+		return b.add("limit rate over "+r.String(),
+			&expr.Limit{Type: expr.LimitTypePktBytes, Rate: r.Count, Unit: limitUnits[r.Unit], Over: true})
+	}
 	const burst = 5 // nft's default, which nft list does not print
 	return b.add(fmt.Sprintf("limit rate over %d/%s", r.Count, r.Unit),
 		&expr.Limit{Type: expr.LimitTypePkts, Rate: r.Count, Unit: limitUnits[r.Unit], Over: true, Burst: burst})

@@ -35,6 +35,7 @@ declare -A PKG_FOR=(
 	[tcpflow]=tcpflow
 	[sha256sum]=coreutils
 	[ss]=iproute2
+	[tmux]=tmux
 )
 
 SUDO=""
@@ -48,6 +49,11 @@ for cmd in "${!PKG_FOR[@]}"; do
 		missing+=("${PKG_FOR[$cmd]}")
 	fi
 done
+
+# scapy for Debian's python3 (the e2e tests craft packets with it).
+if ! /usr/bin/python3 -c 'import scapy' >/dev/null 2>&1; then
+	missing+=(python3-scapy)
+fi
 
 pkgs_msg="packages: all present"
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -106,6 +106,7 @@ type PcapWriter struct {
 	ifIDs   map[string]int // pcapng interface block of each of cfg.Interfaces
 	repair  bool      // the file must be cut back to size before the next write
 	closed  bool
+	epb     [28]byte // scratch for an enhanced packet block's header
 }
 
 // PcapWriteError reports records dropped by a failed write.
@@ -289,6 +290,9 @@ func (w *PcapWriter) closeFile() error {
 }
 
 func (w *PcapWriter) recordLen(n int) int64 {
+	if w.ng && len(w.cfg.Interfaces) > 0 {
+		return int64(32+(n+3)&^3) + 12 + 4 + 128 // the flags option and (about) a comment
+	}
 	if w.ng {
 		return int64(32 + (n+3)&^3)
 	}
@@ -309,7 +313,7 @@ func (w *PcapWriter) write(ts time.Time, data []byte, origLen int) (added bool, 
 type Note struct {
 	Interface string
 	Direction pcapgo.NgEpbFlag
-	Comment   string
+	Comment   []byte
 }
 
 // WriteAnnotated is WritePacket with a Note (pcapng; a pcap file ignores it).
@@ -364,15 +368,7 @@ func (w *PcapWriter) writeNote(ts time.Time, data []byte, origLen int, note *Not
 		if note == nil {
 			werr = w.ngw.WritePacket(ci, data)
 		} else {
-			ci.InterfaceIndex = w.ifIDs[note.Interface]
-			var opts pcapgo.NgPacketOptions
-			if note.Comment != "" {
-				opts.Comments = []string{note.Comment}
-			}
-			if note.Direction != 0 {
-				opts.Flags = &pcapgo.NgEpbFlags{Direction: note.Direction}
-			}
-			werr = w.ngw.WritePacketWithOptions(ci, data, opts)
+			werr = w.writeEPB(ci, data, w.ifIDs[note.Interface], note)
 		}
 		if werr == nil {
 			werr = w.ngw.Flush()
@@ -657,7 +653,8 @@ func (a *PcapAnnotation) interfaces() []string {
 	return out
 }
 
-// note writes p's annotation into n.
+// note writes p's annotation into n (its comment into b, returned for
+// reuse: no allocation per packet).
 func (a *PcapAnnotation) note(p *nfq.Packet, n *Note, b []byte) []byte {
 	*n = Note{}
 	b = append(b[:0], "session="...)
@@ -688,7 +685,7 @@ func (a *PcapAnnotation) note(p *nfq.Packet, n *Note, b []byte) []byte {
 		b = append(b, " gid="...)
 		b = strconv.AppendUint(b, uint64(p.GID), 10)
 	}
-	n.Comment = string(b)
+	n.Comment = b
 	return b
 }
 

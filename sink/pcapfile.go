@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"syscall"
 
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/pcapgo"
 	"golang.org/x/sys/unix"
 )
 
@@ -148,4 +150,52 @@ func pcapngWhole(r *bufio.Reader, size int64) bool {
 		off += n
 	}
 	return off == size
+}
+
+// writeEPB appends an enhanced packet block on interface id with the
+// note's direction (epb_flags) and comment (opt_comment). It is written
+// here rather than by pcapgo, whose per-packet options allocate.
+func (w *PcapWriter) writeEPB(ci gopacket.CaptureInfo, data []byte, id int, n *Note) error {
+	le := binary.LittleEndian
+	pad := (4 - len(data)&3) & 3
+	opts := 4 // opt_endofopt
+	if n.Direction != 0 {
+		opts += 8
+	}
+	cpad := (4 - len(n.Comment)&3) & 3
+	if len(n.Comment) > 0 {
+		opts += 4 + len(n.Comment) + cpad
+	}
+	total := uint32(28 + len(data) + pad + opts + 4)
+	ts := ci.Timestamp.UnixNano()
+	b := w.epb[:]
+	le.PutUint32(b[0:], 6) // enhanced packet block
+	le.PutUint32(b[4:], total)
+	le.PutUint32(b[8:], uint32(id))
+	le.PutUint32(b[12:], uint32(ts>>32))
+	le.PutUint32(b[16:], uint32(ts))
+	le.PutUint32(b[20:], uint32(ci.CaptureLength))
+	le.PutUint32(b[24:], uint32(ci.Length))
+	w.rec.Write(b)
+	w.rec.Write(data)
+	var zero [4]byte
+	w.rec.Write(zero[:pad])
+	var o [8]byte
+	if n.Direction != 0 {
+		le.PutUint16(o[0:], 2) // epb_flags
+		le.PutUint16(o[2:], 4)
+		le.PutUint32(o[4:], uint32(n.Direction)&uint32(pcapgo.NgEpbFlagDirectionMask))
+		w.rec.Write(o[:8])
+	}
+	if len(n.Comment) > 0 {
+		le.PutUint16(o[0:], 1) // opt_comment
+		le.PutUint16(o[2:], uint16(len(n.Comment)))
+		w.rec.Write(o[:4])
+		w.rec.Write(n.Comment)
+		w.rec.Write(zero[:cpad])
+	}
+	w.rec.Write(zero[:]) // opt_endofopt
+	le.PutUint32(o[0:], total)
+	w.rec.Write(o[:4])
+	return nil
 }

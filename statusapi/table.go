@@ -39,7 +39,8 @@ func writeTable(w io.Writer, s engine.Status, now time.Time) error {
 		if r.OK {
 			fmt.Fprintf(&b, "last reload: ok at %s\n", when)
 		} else {
-			fmt.Fprintf(&b, "last reload: FAILED at %s (the previous configuration still runs): %s\n", when, r.Error)
+			// A refused config lists its problems one per line.
+			fmt.Fprintf(&b, "last reload: FAILED at %s (the previous configuration still runs):\n  %s\n", when, strings.ReplaceAll(strings.TrimSpace(r.Error), "\n", "\n  "))
 		}
 	}
 

@@ -47,6 +47,8 @@ func exitCode(err error) int {
 	var cerr config.Errors
 	var uerr usageError
 	switch {
+	case errors.Is(err, engine.ErrHost):
+		return 2 // the config is valid, this host cannot run it
 	case errors.As(err, &cerr), errors.As(err, &uerr):
 		return 1
 	}
@@ -108,7 +110,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 		Short:         "Mirror the packets that matter to a host (nftables dup, NFQUEUE, NFLOG)",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version, // nfclone -v, --version
 	}
+	root.SetVersionTemplate("nfclone {{.Version}}\n")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file (for `make bench` investigations)")
@@ -231,9 +235,10 @@ removes on exit. Runs in the foreground like run, with the same cleanup guarante
   nfclone tap 'e0,e2>agg0' --create --print-config > tap.yaml && nfclone run -c tap.yaml`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, maps []string) error {
+			words := func(errs config.Errors) config.Errors { return config.TapWords(errs, maps) }
 			c, err := config.Tap(maps, tapOpts)
 			if err != nil {
-				return err
+				return inWords("tap", err, words)
 			}
 			c.Metrics.Listen = "" // a foreground tap serves no metrics (status works)
 			if tapPrint {
@@ -241,13 +246,18 @@ removes on exit. Runs in the foreground like run, with the same cleanup guarante
 				return nil
 			}
 			if tapDry {
+				// What run would refuse on this host (interfaces a killed
+				// tap left are removed by run before it starts).
+				if err := hostCheck(c, leftLinks(c.StateDir)); err != nil {
+					return inWords("tap", err, words)
+				}
 				return render(g.stdout, c)
 			}
 			log, err := g.logger()
 			if err != nil {
 				return err
 			}
-			return runDaemon(cmd.Context(), &engine.Engine{Cfg: c, Log: log, Version: version}, log, false)
+			return inWords("tap", runDaemon(cmd.Context(), &engine.Engine{Cfg: c, Log: log, Version: version}, log, false), words)
 		},
 	}
 	tapCmd.Flags().BoolVar(&tapOpts.Create, "create", false, "create every target interface (refused if one exists)")
@@ -270,12 +280,13 @@ In capture, -c is the packet count, as in tcpdump.`,
 		Example: `  nfclone capture -i e0 --host-only -c 20 -w f.pcap && tcpdump -nr f.pcap
   nfclone capture -i e0 -i e2 --proto tcp --dport 443 --duration 30s -w - | tshark -r -
   nfclone capture -i e0 --direction ingress --src 10.0.0.0/8 -s 128 -w /tmp/head.pcap`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := config.Capture(capOpts, os.Getpid())
+		Args: cobra.ArbitraryArgs, // a tcpdump filter expression
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, words, err := captureConfig(&capOpts, args)
 			if err != nil {
 				return err
 			}
+			captureNotes(g.stderr, c, capOpts)
 			if c.StateDir, err = engine.PrivateStateDir("", "nfclone-capture-"); err != nil {
 				return err
 			}
@@ -287,7 +298,7 @@ In capture, -c is the packet count, as in tcpdump.`,
 			if err != nil {
 				return err
 			}
-			return capture(cmd.Context(), g.stderr, c, log, capCount, capDuration)
+			return inWords("capture", capture(cmd.Context(), g.stderr, c, log, capCount, capDuration), words)
 		},
 	}
 	cf := captureCmd.Flags()
@@ -301,7 +312,7 @@ In capture, -c is the packet count, as in tcpdump.`,
 	cf.StringVar(&capOpts.DPort, "dport", "", "destination ports")
 	cf.IntVarP(&capOpts.Snaplen, "snaplen", "s", 0, "bytes kept of each packet (0: whole packet)")
 	cf.Uint64VarP(&capCount, "count", "c", 0, "stop after this many packets (0: until --duration or Ctrl-C)")
-	cf.DurationVar(&capDuration, "duration", 0, "stop after this long (e.g. 30s)")
+	cf.Var(secondsFlag{&capDuration}, "duration", "stop after this long: seconds (5, 0.5) or a duration (30s, 2m)")
 	cf.StringVar(&capOpts.Method, "method", "log", "log (NFLOG) or queue (NFQUEUE of the kernel's clones); neither holds a packet")
 	cf.StringVarP(&capOpts.Output, "write", "w", "", "pcap file to write, or - for standard output")
 	cf.StringVar(&capOpts.Format, "format", "pcap", "pcap or pcapng")
@@ -349,7 +360,13 @@ outside --allow and VNIs outside --vni are counted and dropped.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			log.Info("collecting", "listen", c.Addr().String(), "pcap", colCfg.PcapPath, "tap", c.TapName())
+			pctx, pstop := context.WithCancel(ctx)
+			var pwg sync.WaitGroup
+			pwg.Add(1)
+			go func() { defer pwg.Done(); collectProgress(pctx, g.stderr, c, collectProgressEvery) }()
 			runErr := c.Run(ctx)
+			pstop()
+			pwg.Wait()
 			closeErr := c.Close()
 			st := c.Stats()
 			fmt.Fprintf(g.stderr, "nfclone collect: received %d, decapsulated %d, written %d, malformed %d, other VNI %d, denied senders %d, write errors %d\n",
@@ -372,20 +389,18 @@ outside --allow and VNIs outside --vni are counted and dropped.`,
 	statusCmd := &cobra.Command{
 		Use:   "status [-c FILE] [--json]",
 		Short: "Live per-session counters of the running daemon (through its unix socket in state_dir)",
+		Long: `Reads the running daemon through state_dir/nfclone.sock: the state directory is
+--state-dir, else NFCLONE_STATE_DIR, else the config file's state_dir (read leniently:
+a file that no longer validates, after a refused reload, still gives it), else the
+default. The daemon needs nothing else: status shows the last reload and its error.`,
 		Example: `  nfclone status
-  nfclone status -c /etc/nfclone/nfclone.yaml --json | jq '.sessions[].copied'`,
+  nfclone status -c /etc/nfclone/nfclone.yaml --json | jq '.sessions[].copied'
+  nfclone status --state-dir /run/nfclone-lab`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.loadOrDefaults()
+			st, err := fetchStatus(cmd.Context(), g, statusStateDir)
 			if err != nil {
 				return err
-			}
-			if statusStateDir != "" {
-				c.StateDir = statusStateDir
-			}
-			st, err := statusapi.Fetch(cmd.Context(), c.StateDir)
-			if err != nil {
-				return fmt.Errorf("%w: %v", engine.ErrHost, err)
 			}
 			if statusJSON {
 				enc := json.NewEncoder(g.stdout)
@@ -423,22 +438,10 @@ outside --allow and VNIs outside --vni are counted and dropped.`,
 				break
 			}
 		}
-		report(stderr, err)
+		withLines(err, g.configPath)
+		report(stderr, g.logFormat, err)
 	}
 	return err
-}
-
-// report prints an error: config problems one per line, with their key paths.
-func report(w io.Writer, err error) {
-	var cerr config.Errors
-	if errors.As(err, &cerr) {
-		fmt.Fprintf(w, "nfclone: the config has %d problem(s):\n", len(cerr))
-		for _, p := range cerr {
-			fmt.Fprintf(w, "  %s\n", p)
-		}
-		return
-	}
-	fmt.Fprintf(w, "nfclone: %v\n", err)
 }
 
 // runDaemon runs the engine in the foreground: SIGTERM/SIGINT stop it
@@ -555,7 +558,9 @@ func capture(parent context.Context, stderr io.Writer, c *config.Config, log *sl
 	tty := isTerminal(stderr)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
+	started := false
 	ready := func() {
+		started = true
 		fmt.Fprintf(stderr, "nfclone: capturing on %s\n", sourcesOf(c))
 		if !tty {
 			return
@@ -581,8 +586,11 @@ func capture(parent context.Context, stderr io.Writer, c *config.Config, log *sl
 	if err == nil {
 		_ = os.RemoveAll(c.StateDir) // the capture's private state directory
 	}
+	if !started {
+		return err // nothing was captured: no statistics before the error
+	}
 	if tty {
-		fmt.Fprint(stderr, "\r")
+		fmt.Fprint(stderr, "\r\x1b[K") // the live count and a ^C the terminal echoed go
 	}
 	ledger, cut := e.Ledger()
 	writeCaptureReport(stderr, ledger, cut, e.Written())
@@ -647,41 +655,4 @@ func markCheck(w io.Writer, c *config.Config) {
 	for _, u := range over {
 		fmt.Fprintf(w, "warning: mark overlaps mark_mask 0x%08x: %s\n", c.MarkMask, u)
 	}
-}
-
-func check(w io.Writer, c *config.Config) error {
-	fmt.Fprintf(w, "config: ok (%d sessions)\n", len(c.Sessions))
-	if errs := config.CheckHost(c, config.SystemHost{}, nil); len(errs) > 0 {
-		return errs
-	}
-	fmt.Fprintln(w, "interfaces and gateways: ok")
-	if err := engine.CgroupCheck(w, c); err != nil {
-		return err
-	}
-	for _, warn := range config.ARPWarnings(c, config.SystemHost{}) {
-		fmt.Fprintf(w, "warning: %s\n", warn)
-	}
-	f, err := engine.ProbeKernel(c.Table)
-	if err != nil {
-		return fmt.Errorf("%w: %v", engine.ErrHost, err)
-	}
-	markCheck(w, c)
-	fmt.Fprintln(w, "kernel features:")
-	for _, x := range f.List {
-		state := "yes"
-		if !x.OK {
-			state = "no"
-		}
-		fmt.Fprintf(w, "  %-34s %s\n", x.Name, state)
-	}
-	if f.Has(rules.FeatNativeQueue) {
-		fmt.Fprintln(w, "queue method will use: native nft queue")
-	} else {
-		fmt.Fprintln(w, "queue method will use: xt NFQUEUE target through nft compat")
-	}
-	if missing := engine.Missing(c, f); len(missing) > 0 {
-		return fmt.Errorf("%w: the kernel lacks: %s", engine.ErrHost, strings.Join(missing, "; "))
-	}
-	fmt.Fprintln(w, "check: ok")
-	return nil
 }

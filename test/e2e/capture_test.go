@@ -334,8 +334,12 @@ sessions:
     targets: [{kind: pcap, path: /proc/nfclone-cannot-write/x.pcap}]
 `)
 	_, errOut, code = nfc(l, "run", "-c", path)
-	if code != 2 || !strings.Contains(errOut, "/proc/nfclone-cannot-write/x.pcap") {
-		t.Fatalf("run with an unwritable pcap: exit %d, want 2 naming the path:\n%s", code, errOut)
+	if code != 2 || !strings.Contains(errOut, "sessions[0].targets[0].path: directory /proc/nfclone-cannot-write does not exist") || strings.Contains(errOut, "clean exit") {
+		t.Fatalf("run with an unwritable pcap: exit %d, want 2 naming the path, and no clean exit:\n%s", code, errOut)
+	}
+	// check finds it too (it used to pass it).
+	if out, errOut, code := nfc(l, "check", "-c", path); code != 2 || !strings.Contains(errOut, "directory /proc/nfclone-cannot-write does not exist") || strings.Contains(out, "ok") {
+		t.Fatalf("check with an unwritable pcap: exit %d, want 2 naming the directory:\n%s%s", code, out, errOut)
 	}
 	if rs := nftRuleset(t, l); strings.TrimSpace(rs) != "" {
 		t.Fatalf("a failed run left rules:\n%s", rs)

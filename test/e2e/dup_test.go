@@ -358,7 +358,8 @@ func TestKill9ThenFlush(t *testing.T) {
 }
 
 // Configs that cannot work end with exit 1 and every key path; a host that
-// cannot do it ends with exit 2; nothing is half-applied.
+// cannot do it (a missing interface, a gateway on no connected network)
+// ends with exit 2, still with every key path; nothing is half-applied.
 func TestBadInput(t *testing.T) {
 	l := lab.New(t)
 	path, _ := writeConfig(t, `
@@ -401,8 +402,8 @@ sessions:
 `)
 	for _, cmd := range []string{"check", "run"} {
 		_, errOut, code = nfc(l, cmd, "-c", path)
-		if code != 1 {
-			t.Fatalf("%s on a config that does not fit the host: exit %d, want 1\n%s", cmd, code, errOut)
+		if code != 2 {
+			t.Fatalf("%s on a config that does not fit the host: exit %d, want 2 (a host problem)\n%s", cmd, code, errOut)
 		}
 		for _, want := range []string{
 			`sessions[0].sources[0].interface: interface "nope0" does not exist`,

@@ -82,8 +82,8 @@ func TestTapRefusesExistingInterface(t *testing.T) {
 	l.MustExec(t, l.Eng, "ip", "link", "add", "agg0", "type", "veth", "peer", "name", "mine0")
 	before := l.MustExec(t, l.Eng, "ip", "-d", "link", "show", "dev", "agg0")
 	_, errOut, code := nfc(l, "tap", "e0,e2>agg0", "--create", "--state-dir", filepath.Join(t.TempDir(), "s"))
-	if code != 1 || !strings.Contains(errOut, `interface "agg0" already exists and was not created by nfclone`) {
-		t.Fatalf("tap onto an existing interface: exit %d, want 1 with a clear message:\n%s", code, errOut)
+	if code != 2 || !strings.Contains(errOut, `argument 'e0,e2>agg0': interface "agg0" already exists and was not created by nfclone; refusing to touch it (without --create and without a + before its name, nfclone mirrors into it)`) {
+		t.Fatalf("tap onto an existing interface: exit %d, want 2 (a host problem) with a clear message:\n%s", code, errOut)
 	}
 	if after := l.MustExec(t, l.Eng, "ip", "-d", "link", "show", "dev", "agg0"); after != before {
 		t.Fatalf("existing agg0 was touched:\nbefore %s\nafter %s", before, after)
@@ -94,7 +94,7 @@ func TestTapRefusesExistingInterface(t *testing.T) {
 		t.Fatalf("tap mistakes: exit %d:\n%s", code, errOut)
 	}
 	_, errOut, code = nfc(l, "tap", "nope0>e1")
-	if code != 1 || !strings.Contains(errOut, `interface "nope0" does not exist`) {
+	if code != 2 || !strings.Contains(errOut, `argument 'nope0>e1': interface "nope0" does not exist`) {
 		t.Fatalf("tap with an unknown interface: exit %d:\n%s", code, errOut)
 	}
 }

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/nfclone/nfclone/config"
+	"github.com/nfclone/nfclone/engine"
+	"github.com/nfclone/nfclone/statusapi"
+)
+
+// fetchStatus reads the running daemon's status. It needs only the state
+// directory: --state-dir, NFCLONE_STATE_DIR, the config file's state_dir or
+// the default. A config file that no longer loads (edited after the daemon
+// started; its reload was refused) does not stop status: its state_dir is
+// read leniently, and the file's problems are only a note on stderr — the
+// daemon's own account of the refused reload is in the status.
+func fetchStatus(ctx context.Context, g *globals, stateDirFlag string) (engine.Status, error) {
+	dir, fileErr := statusStateDir(g.configPath, stateDirFlag)
+	st, err := statusapi.Fetch(ctx, dir)
+	if err != nil {
+		if fileErr != nil {
+			return st, fmt.Errorf("%w: %v (and %s does not load: %v)", engine.ErrHost, err, g.configPath, oneLine(fileErr))
+		}
+		return st, fmt.Errorf("%w: %v", engine.ErrHost, err)
+	}
+	if fileErr != nil {
+		fmt.Fprintf(g.stderr, "nfclone: note: %s does not load (%s); the daemon still runs its last good config\n", g.configPath, oneLine(fileErr))
+	}
+	return st, nil
+}
+
+// statusStateDir finds the daemon's state directory; fileErr is why the
+// config file did not load, if it did not.
+func statusStateDir(path, flag string) (dir string, fileErr error) {
+	if flag != "" {
+		return flag, nil
+	}
+	if path != "" {
+		c, err := config.Load(path)
+		if err == nil {
+			return c.StateDir, nil
+		}
+		fileErr = err
+		if d, ok := config.StateDirOf(path); ok {
+			return d, fileErr
+		}
+	}
+	if d := os.Getenv(config.EnvPrefix + "_STATE_DIR"); d != "" {
+		return d, fileErr
+	}
+	return config.Default().StateDir, fileErr
+}
+
+// oneLine summarises an error on one line: the first problem of a list.
+func oneLine(err error) string {
+	var cerr config.Errors
+	if errors.As(err, &cerr) && len(cerr) > 0 {
+		if len(cerr) == 1 {
+			return cerr[0].String()
+		}
+		return fmt.Sprintf("%s, and %d more problem(s)", cerr[0], len(cerr)-1)
+	}
+	return err.Error()
+}
