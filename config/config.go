@@ -95,11 +95,11 @@ type Session struct {
 	Rules    []Rule   `mapstructure:"rules" json:"rules"`
 	// Filter is a tcpdump filter expression (package filter), instead of
 	// rules: what it matches is copied.
-	Filter   string   `mapstructure:"filter" json:"filter,omitempty"`
-	Sample   int      `mapstructure:"sample" json:"sample"`
-	Rate     string   `mapstructure:"rate" json:"rate"`
-	Snaplen  int      `mapstructure:"snaplen" json:"snaplen"`
-	Targets  []Target `mapstructure:"targets" json:"targets"`
+	Filter  string   `mapstructure:"filter" json:"filter,omitempty"`
+	Sample  int      `mapstructure:"sample" json:"sample"`
+	Rate    string   `mapstructure:"rate" json:"rate"`
+	Snaplen int      `mapstructure:"snaplen" json:"snaplen"`
+	Targets []Target `mapstructure:"targets" json:"targets"`
 	// Selectors (select.go): which flows, and how much of each, are copied.
 	FirstPackets int    `mapstructure:"first_packets" json:"first_packets,omitempty"`
 	FirstBytes   string `mapstructure:"first_bytes" json:"first_bytes,omitempty"`

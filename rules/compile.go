@@ -284,7 +284,7 @@ type sessionCompiler struct {
 	// ruleMarks: accepting rules put their ordinal in this part of the
 	// mark (RuleMarks; 0: they do not)
 	ruleMarks uint32
-	expr  *filter.Expr // the session's filter expression (instead of rules)
+	expr      *filter.Expr // the session's filter expression (instead of rules)
 }
 
 type parsedRule struct {

@@ -98,13 +98,13 @@ type PcapWriter struct {
 	size    int64 // bytes of the current file known written
 	count   uint64
 	dropped uint64
-	hdrSize int       // size of the current file's header
-	cur     string    // the current file: Path with its strftime conversions expanded
-	until   time.Time // the end of the current RotateEvery interval
-	empty   bool      // the current file was created here and holds no record yet
-	dev     *os.File  // a character device or fifo written as a stream (then f is nil)
+	hdrSize int            // size of the current file's header
+	cur     string         // the current file: Path with its strftime conversions expanded
+	until   time.Time      // the end of the current RotateEvery interval
+	empty   bool           // the current file was created here and holds no record yet
+	dev     *os.File       // a character device or fifo written as a stream (then f is nil)
 	ifIDs   map[string]int // pcapng interface block of each of cfg.Interfaces
-	repair  bool      // the file must be cut back to size before the next write
+	repair  bool           // the file must be cut back to size before the next write
 	closed  bool
 	epb     [28]byte // scratch for an enhanced packet block's header
 }
