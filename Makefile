@@ -6,7 +6,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 PKGS     := ./...
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(shell $(GO) env GOPATH)/bin/staticcheck)
 
-.PHONY: all build deps test lint unit e2e fuzz demo bench clean lab-clean
+.PHONY: all build deps test lint unit e2e fuzz demo bench clean lab-clean schema man deb image
 
 # Fuzz targets (package:Target) and how long `make fuzz` runs each one.
 FUZZ_TARGETS := ./config:FuzzParse ./config:FuzzParsers ./nfq:FuzzParseMessages ./sink:FuzzPacket ./collect:FuzzDecode ./gso:FuzzSplit
@@ -62,6 +62,11 @@ bench: deps build
 
 lab-clean:
 	bash scripts/lab.sh down-all
+
+# Packaging (packaging/README.md): the config's JSON Schema (checked in;
+# a test fails when it is stale), man pages, the Debian package, the OCI image.
+schema:
+	$(GO) run ./cmd/nfclone schema > packaging/nfclone.schema.json
 
 clean:
 	rm -rf bin

@@ -405,6 +405,7 @@ outside --allow and VNIs outside --vni are counted and dropped.`,
 		},
 	}
 	root.AddCommand(runCmd, renderCmd, checkCmd, flushCmd, statusCmd, tapCmd, captureCmd, collectCmd, versionCmd)
+	root.AddCommand(shipCommands(g)...)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
