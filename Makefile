@@ -68,5 +68,9 @@ lab-clean:
 schema:
 	$(GO) run ./cmd/nfclone schema > packaging/nfclone.schema.json
 
+# One man page per command (section 8), rendered by `man -l bin/man/nfclone.8`.
+man: build
+	rm -rf bin/man && $(BIN) man bin/man
+
 clean:
 	rm -rf bin

@@ -33,6 +33,9 @@ declare -A PKG_FOR=(
 	[tcpflow]=tcpflow
 	[sha256sum]=coreutils
 	[ss]=iproute2
+	[man]=man-db
+	[skopeo]=skopeo
+	[tmux]=tmux
 )
 
 SUDO=""
