@@ -72,5 +72,9 @@ schema:
 man: build
 	rm -rf bin/man && $(BIN) man bin/man
 
+# bin/nfclone_<version>_amd64.deb (dpkg-deb; installs nothing, starts nothing).
+deb:
+	GO=$(GO) bash scripts/deb.sh bin
+
 clean:
 	rm -rf bin
