@@ -76,5 +76,13 @@ man: build
 deb:
 	GO=$(GO) bash scripts/deb.sh bin
 
+# bin/nfclone-image.tar: OCI archive (no container daemon): the static
+# binary as /nfclone on an empty base. skopeo copy oci-archive:bin/nfclone-image.tar docker://REGISTRY/nfclone:TAG
+image:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/nfclone-static ./cmd/nfclone
+	$(GO) run ./packaging/image -binary bin/nfclone-static -version $(VERSION) \
+	  -revision "$$(git rev-parse HEAD 2>/dev/null)" \
+	  -created "$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || echo 0)}" -out bin/nfclone-image.tar
+
 clean:
 	rm -rf bin
