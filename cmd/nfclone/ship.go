@@ -52,7 +52,7 @@ func shipCommands(g *globals) []*cobra.Command {
 			return nil
 		},
 	}
-	return []*cobra.Command{schemaCmd, manCmd}
+	return []*cobra.Command{schemaCmd, manCmd, topCommand(g)}
 }
 
 // noAutoGenTag drops cobra's "Auto generated" history section (it carries
