@@ -36,6 +36,8 @@ declare -A PKG_FOR=(
 	[man]=man-db
 	[skopeo]=skopeo
 	[tmux]=tmux
+	[softflowd]=softflowd
+	[nfdump]=nfdump
 )
 
 SUDO=""
