@@ -41,14 +41,16 @@ bin="$root/usr/bin/nfclone"
 sed 's|/usr/local/bin/nfclone|/usr/bin/nfclone|g' packaging/systemd/nfclone.service >"$root/lib/systemd/system/nfclone.service"
 install -m 0644 packaging/systemd/nfclone.sysusers.conf "$root/usr/lib/sysusers.d/nfclone.conf"
 install -m 0644 packaging/nfclone.schema.json "$root/usr/share/nfclone/nfclone.schema.json"
+# shellcheck disable=SC2016 # a literal $schema
 sed 's|\$schema=nfclone.schema.json|$schema=/usr/share/nfclone/nfclone.schema.json|' packaging/nfclone.example.yaml \
 	>"$root/usr/share/doc/nfclone/examples/nfclone.yaml"
 install -m 0644 packaging/debian/copyright "$root/usr/share/doc/nfclone/copyright"
 mkdir -p "$root/usr/share/lintian/overrides"
 install -m 0644 packaging/debian/lintian-overrides "$root/usr/share/lintian/overrides/nfclone"
 "$bin" man "$work/man"
-for p in "$work"/man/*.8; do
-	gzip -9n <"$p" >"$root/usr/share/man/man8/$(basename "$p").gz"
+for page in "$work"/man/*.8; do
+	gz="$root/usr/share/man/man8/${page##*/}.gz"
+	gzip -9n -c "$page" >"$gz"
 done
 "$bin" completion bash >"$root/usr/share/bash-completion/completions/nfclone"
 "$bin" completion zsh >"$root/usr/share/zsh/vendor-completions/_nfclone"
