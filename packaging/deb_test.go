@@ -42,6 +42,9 @@ var debFiles = []string{
 // then removes (dpkg -r) and purges it and checks that the files are gone.
 func TestDebianPackage(t *testing.T) {
 	mustBeRoot(t, "dpkg -i")
+	if os.Getenv("NFCLONE_E2E") != "1" {
+		t.Skip("installs and removes a package on this host: runs with NFCLONE_E2E=1 (as in CI)")
+	}
 	dpkg := mustHaveTool(t, "dpkg", "dpkg")
 	mustHaveTool(t, "dpkg-deb", "dpkg")
 	if out, err := exec.Command("dpkg-query", "-W", "nfclone").CombinedOutput(); err == nil {
