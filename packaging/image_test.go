@@ -105,6 +105,23 @@ func TestImage(t *testing.T) {
 		t.Fatalf("chroot ROOTFS /nfclone version: %v %q", err, o)
 	}
 	t.Logf("in the image's root file system: %s", strings.TrimSpace(string(o)))
+
+	// The binary alone renders the example config (the DaemonSet mounts
+	// the config at /etc/nfclone; render touches nothing of the host).
+	ex, err := os.ReadFile(examplePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "etc/nfclone"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/nfclone/nfclone.yaml"), ex, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o, err = exec.Command("chroot", root, "/nfclone", "render", "-c", "/etc/nfclone/nfclone.yaml").CombinedOutput()
+	if err != nil || !strings.Contains(string(o), "table ") {
+		t.Fatalf("chroot ROOTFS /nfclone render: %v\n%s", err, o)
+	}
 }
 
 // TestImageReproducible: two builds from the same inputs are byte-identical.
