@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -22,8 +23,9 @@ type tmux struct {
 func newTmux(t *testing.T, width, height int, command ...string) *tmux {
 	t.Helper()
 	lab.RequireTools(t, "tmux")
-	x := &tmux{t: t, socket: "nfclone-e2e-" + lab.RandomSuffix(), target: "top"}
-	t.Cleanup(func() { _ = exec.Command("tmux", "-L", x.socket, "kill-server").Run() })
+	// A socket of its own in the test's temporary directory (removed with it).
+	x := &tmux{t: t, socket: filepath.Join(t.TempDir(), "tmux.sock"), target: "top"}
+	t.Cleanup(func() { _ = exec.Command("tmux", "-S", x.socket, "kill-server").Run() })
 	args := append([]string{"new-session", "-d", "-s", x.target, "-x", strconv.Itoa(width), "-y", strconv.Itoa(height)}, command...)
 	x.run(args...)
 	return x
@@ -31,7 +33,7 @@ func newTmux(t *testing.T, width, height int, command ...string) *tmux {
 
 func (x *tmux) run(args ...string) string {
 	x.t.Helper()
-	out, err := exec.Command("tmux", append([]string{"-L", x.socket}, args...)...).CombinedOutput()
+	out, err := exec.Command("tmux", append([]string{"-S", x.socket}, args...)...).CombinedOutput()
 	if err != nil {
 		x.t.Fatalf("tmux %v: %v\n%s", args, err, out)
 	}
@@ -41,7 +43,7 @@ func (x *tmux) run(args ...string) string {
 func (x *tmux) capture() string { return x.run("capture-pane", "-p", "-t", x.target) }
 
 func (x *tmux) alive() bool {
-	return exec.Command("tmux", "-L", x.socket, "has-session", "-t", x.target).Run() == nil
+	return exec.Command("tmux", "-S", x.socket, "has-session", "-t", x.target).Run() == nil
 }
 
 var reClock = regexp.MustCompile(`\b\d\d:\d\d:\d\d\b`)
