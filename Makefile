@@ -6,7 +6,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 PKGS     := ./...
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(shell $(GO) env GOPATH)/bin/staticcheck)
 
-.PHONY: all build deps test lint unit e2e fuzz demo bench clean lab-clean allocs
+.PHONY: all build deps test lint unit e2e fuzz demo bench clean lab-clean allocs schema man deb image
 
 # Fuzz targets (package:Target) and how long `make fuzz` runs each one.
 FUZZ_TARGETS := ./config:FuzzParse ./config:FuzzParsers ./filter:FuzzFilter ./nfq:FuzzParseMessages ./sink:FuzzPacket ./collect:FuzzDecode ./gso:FuzzSplit
@@ -74,6 +74,27 @@ bench: deps build
 
 lab-clean:
 	bash scripts/lab.sh down-all
+
+# Packaging (packaging/README.md): the config's JSON Schema (checked in;
+# a test fails when it is stale), man pages, the Debian package, the OCI image.
+schema:
+	$(GO) run ./cmd/nfclone schema > packaging/nfclone.schema.json
+
+# One man page per command (section 8), rendered by `man -l bin/man/nfclone.8`.
+man: build
+	rm -rf bin/man && $(BIN) man bin/man
+
+# bin/nfclone_<version>_amd64.deb (dpkg-deb; installs nothing, starts nothing).
+deb:
+	GO=$(GO) bash scripts/deb.sh bin
+
+# bin/nfclone-image.tar: OCI archive (no container daemon): the static
+# binary as /nfclone on an empty base. skopeo copy oci-archive:bin/nfclone-image.tar docker://REGISTRY/nfclone:TAG
+image:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/nfclone-static ./cmd/nfclone
+	$(GO) run ./packaging/image -binary bin/nfclone-static -version $(VERSION) \
+	  -revision "$$(git rev-parse HEAD 2>/dev/null)" \
+	  -created "$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || echo 0)}" -out bin/nfclone-image.tar
 
 clean:
 	rm -rf bin

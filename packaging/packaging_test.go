@@ -23,6 +23,7 @@ const (
 	examplePath   = "nfclone.example.yaml"
 	installedBin  = "/usr/local/bin/nfclone"
 	configPath    = "/etc/nfclone/nfclone.yaml"
+	imageRef      = "localhost/nfclone:latest" // packaging/image.RefName
 )
 
 // mustHaveTool returns the tool's path, or skips (fails when NFCLONE_E2E=1).
@@ -256,7 +257,7 @@ func TestDaemonSet(t *testing.T) {
 		t.Fatalf("%d containers, want 1", len(spec.Containers))
 	}
 	c := spec.Containers[0]
-	if c.Image != "nfclone:latest" {
+	if c.Image != imageRef { // the name `make image` gives its image
 		t.Errorf("image %s", c.Image)
 	}
 	if want := []string{"run", "-c", configPath}; !slices.Equal(c.Args, want) {

@@ -35,7 +35,11 @@ declare -A PKG_FOR=(
 	[tcpflow]=tcpflow
 	[sha256sum]=coreutils
 	[ss]=iproute2
+	[man]=man-db
+	[skopeo]=skopeo
 	[tmux]=tmux
+	[softflowd]=softflowd
+	[nfdump]=nfdump
 )
 
 SUDO=""
@@ -69,6 +73,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	if printf '%s\n' "${missing[@]}" | grep -qx prometheus; then
 		$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
 	fi
+	# softflowd and nfdump are there for one e2e test (they run in the
+	# lab); their packages enable a probe and a collector on the host.
+	for svc in softflowd nfdump; do
+		if printf '%s\n' "${missing[@]}" | grep -qx "$svc"; then
+			$SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+		fi
+	done
 fi
 
 gobin="$(go env GOBIN 2>/dev/null || true)"

@@ -423,6 +423,7 @@ default. The daemon needs nothing else: status shows the last reload and its err
 		},
 	}
 	root.AddCommand(runCmd, renderCmd, checkCmd, flushCmd, statusCmd, tapCmd, captureCmd, collectCmd, versionCmd)
+	root.AddCommand(shipCommands(g)...)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
