@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 
@@ -13,35 +12,45 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// pollNL is nlSocket on a netlink socket that is polled while copies flow
-// and waited on only when none come: reads use MSG_DONTWAIT, and after a
-// read that did not fill every buffer the reader sleeps for the coalescing
-// interval before reading again. Under load the kernel queues packets
-// without waking anyone and one recvmmsg fetches hundreds. Used for queues
-// of clones and NFLOG, whose originals never wait for the reader: the
-// interval delays copies, never originals. When a read finds nothing, the
-// reader parks in the Go netpoller until the socket is readable (a
-// duplicate descriptor registered there): an idle session costs no
-// wake-ups, and the first copy after a pause is read at once — the time a
-// copy is read stamps it where the kernel gives no time (clones, egress),
-// so this bounds the stamp's error by the coalescing interval (it was up to
-// the 4 ms of the former idle back-off). (A blocking recvmmsg would keep
-// its P in the syscall state until sysmon retakes it, delaying the workers
-// by milliseconds: copies came out of order in the lab; the netpoller holds
+// pollNL is nlSocket on a netlink socket that is polled, not waited on,
+// while copies flow: reads use MSG_DONTWAIT, and after a read that did not
+// fill every buffer the reader sleeps (the coalescing interval, then
+// doubling up to pollIdleMax while nothing comes). Under load the kernel
+// queues packets without waking anyone — no sleeper on the socket, no epoll
+// callback waking the runtime — and one recvmmsg fetches hundreds. Used for
+// queues of clones and NFLOG, whose originals never wait for the reader:
+// the interval delays copies, never originals. The time a copy is read
+// stamps it where the kernel gives no time (clones, egress), so the idle
+// back-off is capped at 1 ms (it was 4 ms: copies after a pause were
+// stamped up to 4 ms late). After parkAfter without a packet the reader
+// parks in the Go netpoller instead, on a duplicate of the socket
+// registered only for that wait: an idle session costs no wake-ups, the
+// first copy after a long pause is read at once, and while copies flow the
+// socket is in no epoll set. (A blocking recvmmsg or poll would keep its P
+// in the syscall state until sysmon retakes it, delaying the workers by
+// milliseconds: copies came out of order in the lab; the netpoller holds
 // no P.)
 type pollNL struct {
 	mmsgSock
 	coalesce time.Duration
 	short    bool         // the last read left buffers unused
+	idle     time.Time    // when reads started finding nothing (zero: they find packets)
 	deadline atomic.Int64 // unix nanoseconds, 0 = none
 	closed   atomic.Bool
-	wait     *os.File        // a duplicate of fd in the netpoller, for idle waits
-	rc       syscall.RawConn // wait's
+	parked   atomic.Pointer[os.File] // the netpoller registration of a park, while it lasts
 }
 
-// pollIdleMax bounds an idle wait in the netpoller, so that a deadline set
-// while it waits takes effect within it.
-const pollIdleMax = 4 * time.Millisecond
+const (
+	// pollIdleMax bounds the sleep between empty reads (the added copy
+	// latency, and the error of a read-time stamp, after a pause).
+	pollIdleMax = time.Millisecond
+	// parkAfter is how long reads find nothing before the reader parks in
+	// the netpoller.
+	parkAfter = 50 * time.Millisecond
+	// parkMax bounds one park (SetReadDeadline and Close end one at once;
+	// this is a backstop).
+	parkMax = 100 * time.Millisecond
+)
 
 // newPollNL takes over the socket of c: it duplicates the descriptor and
 // sets the receive buffer; the caller then closes c, which removes c's
@@ -54,7 +63,6 @@ func newPollNL(c *netlink.Conn, rcvbuf int, coalesce time.Duration) (*pollNL, er
 	}
 	s := &pollNL{mmsgSock: mmsgSock{fd: -1}, coalesce: coalesce}
 	var serr error
-	wfd := -1
 	err = rc.Control(func(fd uintptr) {
 		nfd, e := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 		if e != nil {
@@ -62,29 +70,11 @@ func newPollNL(c *netlink.Conn, rcvbuf int, coalesce time.Duration) (*pollNL, er
 			return
 		}
 		s.fd = nfd
-		if wfd, e = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0); e != nil {
-			serr = fmt.Errorf("nfq: duplicating the netlink socket: %w", e)
-		}
 	})
 	if err == nil {
 		err = serr
 	}
 	if err != nil {
-		if wfd >= 0 {
-			unix.Close(wfd)
-		}
-		s.Close()
-		return nil, err
-	}
-	// Non-blocking, so os.NewFile registers it in the netpoller.
-	if err := unix.SetNonblock(wfd, true); err != nil {
-		unix.Close(wfd)
-		s.Close()
-		return nil, fmt.Errorf("nfq: netlink socket: %w", err)
-	}
-	s.wait = os.NewFile(uintptr(wfd), "netlink")
-	if s.rc, err = s.wait.SyscallConn(); err != nil {
-		s.Close()
 		return nil, err
 	}
 	if err := s.setRcvBuf(rcvbuf); err != nil {
@@ -106,17 +96,60 @@ func (s *pollNL) recv() (int, unix.Errno) {
 	return int(r), e
 }
 
+// park waits in the netpoller until the socket is readable or parkMax has
+// passed, on a duplicate descriptor registered for this wait only.
+func (s *pollNL) park() {
+	fd, err := unix.FcntlInt(uintptr(s.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		time.Sleep(pollIdleMax)
+		return
+	}
+	if err := unix.SetNonblock(fd, true); err != nil { // so that os.NewFile registers it
+		unix.Close(fd)
+		time.Sleep(pollIdleMax)
+		return
+	}
+	f := os.NewFile(uintptr(fd), "netlink")
+	s.parked.Store(f)
+	defer func() {
+		s.parked.Store(nil)
+		f.Close()
+	}()
+	if s.closed.Load() || s.expired() { // set before the park was visible
+		return
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		time.Sleep(pollIdleMax)
+		return
+	}
+	f.SetReadDeadline(time.Now().Add(parkMax))
+	var pfd [1]unix.PollFd
+	_ = rc.Read(func(fd uintptr) bool {
+		pfd[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+		n, _ := unix.Poll(pfd[:], 0)
+		return n > 0 // readable: stop waiting (the caller reads)
+	})
+}
+
 func (s *pollNL) RecvBatch(lens []int, trunc []bool, block bool) (int, error) {
 	if s.closed.Load() {
 		return 0, os.ErrClosed
 	}
-	coalesce := s.short
+	wait := s.coalesce
+	if !s.short {
+		wait = 0 // the last read filled every buffer: more is waiting
+	}
 	for {
 		if block && s.expired() {
 			return 0, os.ErrDeadlineExceeded
 		}
-		if block && coalesce && s.coalesce > 0 {
-			time.Sleep(s.coalesce)
+		if block && wait > 0 {
+			if !s.idle.IsZero() && time.Since(s.idle) >= parkAfter {
+				s.park()
+			} else {
+				time.Sleep(wait)
+			}
 			if s.closed.Load() {
 				return 0, os.ErrClosed
 			}
@@ -124,58 +157,39 @@ func (s *pollNL) RecvBatch(lens []int, trunc []bool, block bool) (int, error) {
 		n, e := s.recv()
 		switch {
 		case e == unix.EINTR:
-			coalesce = false
 			continue
 		case e == unix.EAGAIN:
 			s.short = true
+			if s.idle.IsZero() {
+				s.idle = time.Now()
+			}
 			if !block {
 				return 0, nil
 			}
-			// Nothing queued: park until the socket is readable (or
-			// pollIdleMax passes, to look at the deadline again), then
-			// read at once.
-			s.wait.SetReadDeadline(time.Now().Add(pollIdleMax))
-			var got int
-			var ge unix.Errno
-			err := s.rc.Read(func(uintptr) bool {
-				got, ge = s.recv()
-				return ge != unix.EAGAIN
-			})
-			switch {
-			case err != nil && s.closed.Load():
-				return 0, os.ErrClosed
-			case err != nil:
-				coalesce = false // timed out: look again
-				continue
-			case ge == unix.EINTR:
-				coalesce = false
-				continue
-			case ge == unix.EBADF && s.closed.Load():
-				return 0, os.ErrClosed
-			case ge != 0:
-				return 0, ge
-			}
-			s.results(got, lens, trunc)
-			s.short = got < len(s.hdrs)
-			return got, nil
+			wait = min(max(2*wait, s.coalesce), pollIdleMax)
+			continue
 		case e == unix.EBADF && s.closed.Load():
 			return 0, os.ErrClosed
 		case e != 0:
 			return 0, e
 		}
+		s.idle = time.Time{}
 		s.results(n, lens, trunc)
 		s.short = n < len(s.hdrs)
 		return n, nil
 	}
 }
 
-// SetReadDeadline: a past time interrupts a waiting RecvBatch within
-// pollIdleMax, the zero time clears the deadline.
+// SetReadDeadline: a past time interrupts a waiting RecvBatch at once (a
+// sleep within pollIdleMax), the zero time clears the deadline.
 func (s *pollNL) SetReadDeadline(t time.Time) error {
 	if t.IsZero() {
 		s.deadline.Store(0)
-	} else {
-		s.deadline.Store(t.UnixNano())
+		return nil
+	}
+	s.deadline.Store(t.UnixNano())
+	if f := s.parked.Load(); f != nil && !t.After(time.Now()) {
+		f.SetReadDeadline(t) // end a park at once
 	}
 	return nil
 }
@@ -185,8 +199,8 @@ func (s *pollNL) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
-	if s.wait != nil {
-		s.wait.Close()
+	if f := s.parked.Load(); f != nil {
+		f.SetReadDeadline(time.Unix(1, 0)) // end a park at once
 	}
 	if s.fd < 0 {
 		return nil
