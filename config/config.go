@@ -5,7 +5,7 @@ package config
 
 import "time"
 
-// Defaults, in one place. README.md documents the same values.
+// Defaults, in one place. docs/configuration.md documents the same values.
 const (
 	DefaultTable    = "nfclone"
 	DefaultStateDir = "/run/nfclone"
@@ -39,7 +39,7 @@ const (
 	DefaultRotateKeep = 5
 )
 
-// Config is the whole of nfclone's configuration (DESIGN §6).
+// Config is the whole of nfclone's configuration (docs/configuration.md).
 type Config struct {
 	Table      string    `mapstructure:"table" json:"table"`
 	Watch      bool      `mapstructure:"watch" json:"watch"`

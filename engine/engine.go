@@ -45,7 +45,7 @@ func hostErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrHost, fmt.Sprintf(format, args...))
 }
 
-// RoutePlan is the pure routing/link plan of a config (DESIGN §3): links
+// RoutePlan is the pure routing/link plan of a config (docs/architecture.md): links
 // nfclone creates, ARP handling on the egress of gateway targets and, for
 // the userspace methods, the policy routes that send marked copies to their
 // gateway, with the local rule moved behind them so copies of host-bound

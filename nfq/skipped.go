@@ -1,7 +1,7 @@
 package nfq
 
 // Skipped are the packets a session's selectors kept from being copied
-// (README "Selecting flows"), from the kernel's counters on the selector
+// (docs/configuration.md, "Selecting flows"), from the kernel's counters on the selector
 // rules. Like a filter's non-matches they are neither offered nor dropped:
 // they stay out of the ledger's invariant.
 type Skipped struct {

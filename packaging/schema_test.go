@@ -94,12 +94,15 @@ func validConfigs(t *testing.T) map[string][]byte {
 			out[daemonSetPath+" ConfigMap"] = []byte(d)
 		}
 	}
-	readme, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, block := range fencedBlocks(readme, "yaml") {
-		out["README.md yaml block "+strconv.Itoa(i+1)] = block
+	docs, _ := filepath.Glob("../docs/*.md")
+	for _, name := range append([]string{"../README.md"}, docs...) {
+		text, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, block := range fencedBlocks(text, "yaml") {
+			out[strings.TrimPrefix(name, "../")+" yaml block "+strconv.Itoa(i+1)] = block
+		}
 	}
 	seeds, _ := filepath.Glob("../config/testdata/fuzz/FuzzParse/*")
 	for _, s := range seeds {

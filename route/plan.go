@@ -1,5 +1,5 @@
 // Package route owns the routing-side state nfclone changes on the host
-// (DESIGN.md §3 "Policy routing and ARP"): fwmark policy rules and the
+// (docs/architecture.md): fwmark policy rules and the
 // default routes of nfclone's tables, the move of the `local` rule behind
 // nfclone's rules, link flags (IFF_NOARP, IFF_PROMISC), permanent neighbour
 // entries, and the interfaces nfclone itself creates (veth pairs, kernel

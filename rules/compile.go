@@ -16,7 +16,7 @@ import (
 // Options carries what the compiler needs to know about the host.
 type Options struct {
 	// NativeQueue: the kernel has nft's queue expression; otherwise the xt
-	// NFQUEUE target is used through nft compat (DESIGN §4).
+	// NFQUEUE target is used through nft compat (docs/architecture.md, kernel notes).
 	NativeQueue bool
 	// IfIndex resolves a device name for `dup to`; 0 when unknown (render on
 	// another host). Nil resolves everything to 0.

@@ -385,7 +385,7 @@ func (b *builder) catchClones(ml config.MarkLayout, marker uint32, num, total in
 }
 
 // queue: `queue num 0 bypass` / `queue num 0-3 bypass`, native or through
-// the xt NFQUEUE target (DESIGN §4). Several queues are chosen by a hash of
+// the xt NFQUEUE target (docs/architecture.md, kernel notes). Several queues are chosen by a hash of
 // the flow, not by CPU: on a veth or a single-queue NIC the hook always runs
 // on the same CPU, and CPU fanout then spreads nothing (measured: the second
 // queue got no packet); the flow hash spreads flows and keeps each in order.

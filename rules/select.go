@@ -13,8 +13,8 @@ import (
 	"github.com/nfclone/nfclone/config"
 )
 
-// Selectors: which flows, and how much of each, a session copies (README
-// "Selecting flows"). They sit at the head of the copy chain, after the
+// Selectors: which flows, and how much of each, a session copies
+// (docs/configuration.md, "Selecting flows"). They sit at the head of the copy chain, after the
 // session's filter rules accepted the packet, each with a counter of what it
 // kept from being copied:
 //

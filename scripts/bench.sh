@@ -2,7 +2,7 @@
 # bench.sh — nfclone's benchmark in a throw-away lab (called by `make bench`).
 #
 # Builds nfclone and the harness (test/bench/cmd/nfbench), creates the lab of
-# DESIGN §8 with scripts/lab.sh, and runs, in one go and with the same trafgen
+# the lab with scripts/lab.sh, and runs, in one go and with the same trafgen
 # settings: copies/s of dup, queue, log (and queue with 2 queues), originals'
 # throughput with each method and with no rules, added latency (p50/p99) at a
 # moderate load, nfclone's peak RSS, the drop ledgers, the highest load dup

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # demo.sh — nfclone on live traffic in a throw-away lab (called by `make demo`).
 #
-# Builds the lab of DESIGN §8, runs `nfclone run` in the engine namespace with a
+# Builds the lab (scripts/lab.sh), runs `nfclone run` in the engine namespace with a
 # config that aggregates two sources (src behind eng:e0, src2 behind eng:e2)
 # into one collector (col, behind eng:e1), tees src's ICMP to a gateway (col2,
 # behind eng:e3), and clones a TCP file transfer from src to src2 with the

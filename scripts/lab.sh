@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# lab.sh — nfclone's network-namespace test lab (DESIGN §8).
+# lab.sh — nfclone's network-namespace test lab.
 #
 #   scripts/lab.sh up [SUFFIX]   build the lab (random 6-hex suffix if omitted) and print
 #                                shell assignments: export LAB_SUFFIX=... SRC=... ENG=...

@@ -1,9 +1,9 @@
 // Package bench is nfclone's benchmark harness: in the network-namespace lab
-// (DESIGN §8) it measures, in one run and at the same generator settings, the
+// (test/lab) it measures, in one run and at the same generator settings, the
 // copies per second of the methods dup, queue and log, the originals'
 // throughput past the engine (also with no rules at all), the latency the
 // methods add to the originals, nfclone's peak RSS and the drop ledger of
-// every userspace run. See README.md; scripts/bench.sh (make bench) drives it
+// every userspace run. See docs/methods.md; scripts/bench.sh (make bench) drives it
 // through cmd/nfbench, TestBenchQuick runs it in quick mode.
 package bench
 

@@ -18,7 +18,7 @@ import (
 // (the originals' path, offloads on), one nfclone session copying the data
 // direction (tcp dport 5201) to a collector in col behind eng:e1, whose link
 // runs with TSO/GSO/GRO and tx checksum offload off at both ends, so the
-// collector receives wire packets. See README.md, "TCP bulk phases".
+// collector receives wire packets. See docs/methods.md, "TCP bulk phases".
 
 const (
 	iperfPort = 5201

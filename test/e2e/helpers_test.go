@@ -1,4 +1,4 @@
-// Package e2e runs nfclone in the network-namespace lab (DESIGN §8) and lets
+// Package e2e runs nfclone in the network-namespace lab (test/lab) and lets
 // real tools (nft, tcpdump/tshark, ping, ip) judge what it did.
 package e2e
 

@@ -1,4 +1,4 @@
-// Package lab builds nfclone's network-namespace test lab (DESIGN §8) from Go tests.
+// Package lab builds nfclone's network-namespace test lab from Go tests.
 //
 // Topology (all links veth, every interface up, lo up everywhere; namespace names carry a
 // random 6-hex-digit suffix, e.g. "eng-1a2b3c"):
@@ -91,7 +91,7 @@ func (l *Lab) Namespaces() []string {
 }
 
 // RequireRoot skips the test when not running as root, or fails it instead when
-// NFCLONE_E2E=1 (CI), as DESIGN §8 asks. It also checks that the tools the lab uses exist.
+// NFCLONE_E2E=1 (CI), as CI needs. It also checks that the tools the lab uses exist.
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
