@@ -167,6 +167,7 @@ type Collector struct {
 	tap       *tapDev
 	running   atomic.Bool
 	closeOnce sync.Once
+	synth     []byte // Handle's buffer for L3 packets given an Ethernet header
 
 	received, decap, written, malformed, filtered, denied, writeErrs atomic.Uint64
 	lastWarn                                                         time.Time
@@ -375,15 +376,27 @@ func (c *Collector) Handle(ts time.Time, from netip.Addr, b []byte) {
 		c.filtered.Add(1)
 		return
 	}
+	frame := f.Inner
+	if f.EtherType != 0 {
+		// An L3 packet (GENEVE protocol 0x0800/0x86dd): both outputs take
+		// Ethernet frames, so it gets the synthesized header nfclone's own
+		// tunnel targets give L3 copies.
+		if cap(c.synth) < 14+len(f.Inner) {
+			c.synth = make([]byte, 14+max(len(f.Inner), bufLen))
+		}
+		frame = c.synth[:14+len(f.Inner)]
+		PutEthernet(frame, f.EtherType)
+		copy(frame[14:], f.Inner)
+	}
 	ok := true
 	if c.pcap != nil {
-		if err := c.pcap.WritePacket(ts, f.Inner, len(f.Inner)); err != nil {
+		if err := c.pcap.WritePacket(ts, frame, len(frame)); err != nil {
 			ok = false
 			c.warn("pcap", err)
 		}
 	}
 	if c.tap != nil {
-		if err := c.tap.write(f.Inner); err != nil {
+		if err := c.tap.write(frame); err != nil {
 			ok = false
 			c.warn("tap", err)
 		}
