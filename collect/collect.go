@@ -21,13 +21,17 @@ import (
 // Config configures a Collector.
 type Config struct {
 	// Listen is host:port (an IP literal or "localhost"; "" host or
-	// 0.0.0.0/:: = every address; port 0 = any free port).
+	// 0.0.0.0/:: = every address; port 0 = any free port). For kind
+	// "erspan" it is an IP address without a port (0.0.0.0: every IPv4
+	// address, ::, every IPv6 address).
 	Listen string
-	// Kind is "auto" (default: by header, see Decode), "vxlan" or
-	// "geneve".
+	// Kind is "auto" (default: by header, see Decode), "vxlan", "geneve"
+	// or "erspan" (GRE on a raw socket, CAP_NET_RAW).
 	Kind string
 	// VNIs keeps only these VNIs (empty: all).
 	VNIs []uint32
+	// Sessions keeps only these ERSPAN session ids (empty: all).
+	Sessions []uint32
 	// Allow restricts the senders. Without it the collector refuses to
 	// start unless it listens on loopback or AllowAny is set (Validate).
 	Allow    []netip.Prefix
@@ -75,8 +79,19 @@ func ParseAllow(values []string) (prefixes []netip.Prefix, any bool, err error) 
 }
 
 // listenAddr parses Listen; loopback reports whether only this host can
-// reach it.
-func listenAddr(s string) (addr netip.AddrPort, loopback bool, err error) {
+// reach it. For ERSPAN (raw GRE) it is an address without a port.
+func listenAddr(s, kind string) (addr netip.AddrPort, loopback bool, err error) {
+	if kind == KindERSPAN {
+		if s == "localhost" {
+			s = "127.0.0.1"
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.AddrPort{}, false, fmt.Errorf("--listen %q: ERSPAN is GRE, not UDP: want an IP address without a port (e.g. 10.77.4.2, 0.0.0.0, ::)", s)
+		}
+		a = a.Unmap()
+		return netip.AddrPortFrom(a, 0), a.IsLoopback(), nil
+	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
 		return netip.AddrPort{}, false, fmt.Errorf("--listen %q: want host:port (e.g. 127.0.0.1:4789, [::1]:6081, :4789)", s)
@@ -103,7 +118,7 @@ func listenAddr(s string) (addr netip.AddrPort, loopback bool, err error) {
 // a collector that anyone can reach must say whom it accepts frames from.
 func Validate(cfg Config) error {
 	var errs []error
-	_, loop, err := listenAddr(cfg.Listen)
+	_, loop, err := listenAddr(cfg.Listen, cfg.Kind)
 	if err != nil {
 		errs = append(errs, err)
 	} else if len(cfg.Allow) == 0 && !cfg.AllowAny && !loop {
@@ -112,9 +127,20 @@ func Validate(cfg Config) error {
 			"listen on loopback, or say --allow any", cfg.Listen))
 	}
 	switch cfg.Kind {
-	case "", KindAuto, KindVXLAN, KindGENEVE:
+	case "", KindAuto, KindVXLAN, KindGENEVE, KindERSPAN:
 	default:
-		errs = append(errs, fmt.Errorf("kind %q: want auto, vxlan or geneve", cfg.Kind))
+		errs = append(errs, fmt.Errorf("kind %q: want auto, vxlan, geneve or erspan", cfg.Kind))
+	}
+	if cfg.Kind == KindERSPAN && len(cfg.VNIs) > 0 {
+		errs = append(errs, errors.New("--vni is for VXLAN and GENEVE; ERSPAN sessions are chosen with --session"))
+	}
+	if cfg.Kind != KindERSPAN && len(cfg.Sessions) > 0 {
+		errs = append(errs, errors.New("--session is for --kind erspan"))
+	}
+	for _, v := range cfg.Sessions {
+		if v > 1023 {
+			errs = append(errs, fmt.Errorf("--session %d does not fit in 10 bits (0-1023)", v))
+		}
 	}
 	for _, v := range cfg.VNIs {
 		if v > 0xffffff {
@@ -156,11 +182,42 @@ func Listen(network, addr string) (*net.UDPConn, error) {
 	return pc.(*net.UDPConn), nil
 }
 
+// packetConn is the collector's socket: UDP, or raw GRE for ERSPAN.
+type packetConn interface {
+	SyscallConn() (syscall.RawConn, error)
+	SetReadDeadline(time.Time) error
+	LocalAddr() net.Addr
+	Close() error
+}
+
+// ListenGRE opens a raw IPPROTO_GRE socket bound to addr (CAP_NET_RAW)
+// with a large receive buffer. IPv4 raw sockets hand over the IP header
+// with each packet; IPv6 ones do not.
+func ListenGRE(addr netip.Addr) (*net.IPConn, error) {
+	network := "ip4:gre"
+	if addr.Is6() {
+		network = "ip6:gre"
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) != nil {
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
+			}
+		})
+	}}
+	pc, err := lc.ListenPacket(context.Background(), network, addr.String())
+	if err != nil {
+		return nil, fmt.Errorf("collect: listen %s %s: %w", network, addr, err)
+	}
+	return pc.(*net.IPConn), nil
+}
+
 // Collector receives tunnelled frames and writes the inner frames out.
 type Collector struct {
 	cfg       Config
 	log       *slog.Logger
-	conn      *net.UDPConn
+	conn      packetConn
+	raw4      bool // an IPv4 raw socket: datagrams start with the IP header
 	allowAll  bool
 	vnis      map[uint32]bool
 	pcap      *sink.PcapWriter
@@ -178,17 +235,26 @@ func New(cfg Config) (*Collector, error) {
 	if err := Validate(cfg); err != nil {
 		return nil, err
 	}
-	addr, loop, _ := listenAddr(cfg.Listen)
+	addr, loop, _ := listenAddr(cfg.Listen, cfg.Kind)
 	c := &Collector{cfg: cfg, log: cfg.Logger}
 	if c.log == nil {
 		c.log = slog.Default()
 	}
 	c.allowAll = cfg.AllowAny || (len(cfg.Allow) == 0 && loop)
-	if len(cfg.VNIs) > 0 {
-		c.vnis = make(map[uint32]bool, len(cfg.VNIs))
-		for _, v := range cfg.VNIs {
+	if ids := append(append([]uint32(nil), cfg.VNIs...), cfg.Sessions...); len(ids) > 0 {
+		// VNIs and ERSPAN session ids are both Frame.VNI.
+		c.vnis = make(map[uint32]bool, len(ids))
+		for _, v := range ids {
 			c.vnis[v] = true
 		}
+	}
+	if cfg.Kind == KindERSPAN {
+		conn, err := ListenGRE(addr.Addr())
+		if err != nil {
+			return nil, err
+		}
+		c.conn, c.raw4 = conn, addr.Addr().Is4()
+		return c, c.openOutputs()
 	}
 	network := "udp"
 	if addr.Addr().Is4() {
@@ -203,27 +269,41 @@ func New(cfg Config) (*Collector, error) {
 		return nil, err
 	}
 	c.conn = conn
+	return c, c.openOutputs()
+}
+
+// openOutputs opens the pcap writer and the TAP device; on failure it
+// closes everything.
+func (c *Collector) openOutputs() (err error) {
+	cfg := c.cfg
 	if cfg.PcapPath != "" {
 		c.pcap, err = sink.OpenPcapWriter(sink.PcapWriterConfig{Path: cfg.PcapPath, Format: cfg.PcapFormat,
 			LinkType: sink.LinkTypeEthernet})
 		if err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("collect: %w", err)
+			c.conn.Close()
+			return fmt.Errorf("collect: %w", err)
 		}
 	}
 	if cfg.TapName != "" {
 		c.tap, err = openTap(cfg.TapName)
 		if err != nil {
 			c.Close()
-			return nil, err
+			return err
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // Addr is the address the collector listens on.
 func (c *Collector) Addr() netip.AddrPort {
-	return c.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	switch a := c.conn.LocalAddr().(type) {
+	case *net.UDPAddr:
+		return a.AddrPort()
+	case *net.IPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return netip.AddrPortFrom(ip.Unmap(), 0)
+	}
+	return netip.AddrPort{}
 }
 
 // TapName is the name of the TAP device ("" without one).
@@ -318,7 +398,15 @@ func (c *Collector) Run(ctx context.Context) error {
 		now := time.Now()
 		for i := range n {
 			from := sockaddrAddr(&names[i], hdrs[i].Hdr.Namelen)
-			c.Handle(now, from, bufs[i][:hdrs[i].Len])
+			b := bufs[i][:hdrs[i].Len]
+			if c.raw4 {
+				if b = stripIPv4(b); b == nil {
+					c.received.Add(1)
+					c.malformed.Add(1)
+					continue
+				}
+			}
+			c.Handle(now, from, b)
 		}
 		c.flush()
 	}

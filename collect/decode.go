@@ -11,9 +11,12 @@ import (
 
 // Frame is a decapsulated datagram.
 type Frame struct {
-	// Kind is "vxlan" or "geneve" (the outer tunnel).
+	// Kind is "vxlan", "geneve" or "erspan" (the outer tunnel).
 	Kind string
-	// VNI is the 24-bit virtual network identifier of the innermost
+	// ERSPAN is the ERSPAN type (1, 2 or 3) of an "erspan" frame.
+	ERSPAN uint8
+	// VNI is the ERSPAN session id of an "erspan" frame, else the 24-bit
+	// virtual network identifier of the innermost
 	// tunnel: for VXLAN carried inside GENEVE (a Gateway Load Balancer
 	// carrying Traffic Mirroring) the VXLAN VNI.
 	VNI uint32
@@ -92,8 +95,11 @@ func Decode(b []byte) (Frame, error) {
 }
 
 // DecodeKind decapsulates a UDP payload of the given kind ("auto", "" =
-// auto, "vxlan", "geneve"). Inner aliases b.
+// auto, "vxlan", "geneve"), or a GRE packet ("erspan"). Inner aliases b.
 func DecodeKind(b []byte, kind string) (Frame, error) {
+	if kind == KindERSPAN {
+		return DecodeERSPAN(b)
+	}
 	if len(b) < 8 {
 		return Frame{}, ErrShort
 	}

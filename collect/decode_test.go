@@ -120,13 +120,19 @@ func FuzzDecode(f *testing.F) {
 	f.Add(append([]byte{1, 0, 0x65, 0x58, 0, 0, 1, 0, 0, 1, 0, 0}, innerEth...))
 	f.Add([]byte{0x3f, 0, 0x65, 0x58, 0, 0, 0, 0})
 	f.Add([]byte{})
+	f.Add(append([]byte{0x10, 0, 0x88, 0xbe, 0, 0, 0, 1, 0x10, 0, 0, 42, 0, 0, 0, 0}, innerEth...))
+	f.Add(append([]byte{0x10, 0, 0x22, 0xeb, 0, 0, 0, 1, 0x20, 0, 0, 42, 1, 2, 3, 4, 0, 0, 0x80, 0x01, 1, 2, 3, 4, 5, 6, 7, 8}, innerEth...))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		for _, k := range []string{KindAuto, KindVXLAN, KindGENEVE} {
+		for _, k := range []string{KindAuto, KindVXLAN, KindGENEVE, KindERSPAN} {
 			fr, err := DecodeKind(b, k)
 			if err != nil {
 				continue
 			}
-			if len(fr.Inner) < 14 && fr.EtherType == 0 || fr.VNI > 0xffffff || len(fr.Inner) > len(b)-8 {
+			hdr := 8
+			if k == KindERSPAN {
+				hdr = 4
+			}
+			if len(fr.Inner) < 14 && fr.EtherType == 0 || fr.VNI > 0xffffff || len(fr.Inner) > len(b)-hdr {
 				t.Fatalf("bad frame %+v from %x", fr, b)
 			}
 			if &fr.Inner[len(fr.Inner)-1] != &b[len(b)-1] {

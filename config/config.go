@@ -123,6 +123,9 @@ const (
 	KindVXLAN   = "vxlan"
 	KindGENEVE  = "geneve"
 	KindPcap    = "pcap"
+	// KindERSPAN and KindPcapOverIP: see outputs.go.
+	KindERSPAN     = "erspan"
+	KindPcapOverIP = "pcap-over-ip"
 )
 
 // Target is where copies go.
@@ -145,6 +148,14 @@ type Target struct {
 	Format     string `mapstructure:"format" json:"format,omitempty"` // pcap | pcapng
 	RotateSize string `mapstructure:"rotate_size" json:"rotate_size,omitempty"`
 	RotateKeep int    `mapstructure:"rotate_keep" json:"rotate_keep,omitempty"`
+	// erspan (remote: the collector's address, no port)
+	Version   int  `mapstructure:"version" json:"version,omitempty"` // 2 (type II) | 3 (type III)
+	SessionID *int `mapstructure:"session_id" json:"session_id,omitempty"`
+	// device: every copy leaves tagged 802.1Q VLAN
+	VLAN *int `mapstructure:"vlan" json:"vlan,omitempty"`
+	// pcap-over-ip (format too)
+	Listen string   `mapstructure:"listen" json:"listen,omitempty"`
+	Allow  []string `mapstructure:"allow" json:"allow,omitempty"`
 }
 
 // SourceDirections expands a direction (ingress|egress|both) into the list of

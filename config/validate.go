@@ -308,12 +308,12 @@ func validateRules(p *problems, path string, s *Session, dirs map[string]bool, l
 
 func validateTarget(p *problems, tp string, s *Session, t *Target) {
 	switch t.Kind {
-	case KindDevice, KindGateway, KindVXLAN, KindGENEVE, KindPcap:
+	case KindDevice, KindGateway, KindVXLAN, KindGENEVE, KindPcap, KindERSPAN, KindPcapOverIP:
 	case "":
-		p.add(tp+".kind", "is required (device, gateway, vxlan, geneve, pcap)")
+		p.add(tp+".kind", "is required (device, gateway, vxlan, geneve, erspan, pcap, pcap-over-ip)")
 		return
 	default:
-		p.add(tp+".kind", "%q is not one of device, gateway, vxlan, geneve, pcap", t.Kind)
+		p.add(tp+".kind", "%q is not one of device, gateway, vxlan, geneve, erspan, pcap, pcap-over-ip", t.Kind)
 		return
 	}
 	if s.Method == MethodDup && (t.Kind == KindGENEVE || t.Kind == KindPcap) {
@@ -337,13 +337,14 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 	only("create", t.Create, KindDevice)
 	only("peer", t.Peer != "", KindDevice)
 	only("promisc", t.Promisc, KindDevice)
-	only("remote", len(t.Remote) > 0, KindVXLAN, KindGENEVE)
+	only("remote", len(t.Remote) > 0, KindVXLAN, KindGENEVE, KindERSPAN)
 	only("vni", t.VNI != nil, KindVXLAN, KindGENEVE)
 	only("path", t.Path != "", KindPcap)
-	only("format", t.Format != "", KindPcap)
+	only("format", t.Format != "", KindPcap, KindPcapOverIP)
 	only("rotate_size", t.RotateSize != "", KindPcap)
 	only("rotate_keep", t.RotateKeep != 0, KindPcap)
 
+	validateOutputTarget(p, tp, s, t, only)
 	if t.Device != "" && !reIfname.MatchString(t.Device) {
 		p.add(tp+".device", "%q is not an interface name", t.Device)
 	}

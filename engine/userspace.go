@@ -201,6 +201,8 @@ func sessionMTU(sc config.Session, mark uint32) int {
 					limit(pm - tunnelOverhead(ap.Addr()))
 				}
 			}
+		case config.KindERSPAN:
+			limit(erspanMTU(t, mark))
 		}
 	}
 	return mtu
@@ -220,11 +222,11 @@ func tunnelOverhead(remote netip.Addr) int {
 // UDP socket carrying mark, IP_MTU / IPV6_MTU); 0 when it cannot say.
 func pathMTU(remote netip.AddrPort, mark uint32) int {
 	a := remote.Addr().Unmap()
-	fam, lvl, opt := unix.AF_INET, unix.IPPROTO_IP, unix.IP_MTU
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(remote.Port()), Addr: a.As4()}
-	if a.Is6() {
-		fam, lvl, opt = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_MTU
-		sa = &unix.SockaddrInet6{Port: int(remote.Port()), Addr: a.As16()}
+	fam, lvl, opt := unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_MTU
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(remote.Port()), Addr: a.As16()}
+	if a.Is4() {
+		fam, lvl, opt = unix.AF_INET, unix.IPPROTO_IP, unix.IP_MTU
+		sa = &unix.SockaddrInet4{Port: int(remote.Port()), Addr: a.As4()}
 	}
 	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -458,6 +460,8 @@ func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name 
 			remotes = append(remotes, ap)
 		}
 		return sink.NewTunnel(sink.TunnelConfig{Name: name, Kind: t.Kind, Remotes: remotes, VNI: uint32(*t.VNI), Mark: c.Mark, Logger: log})
+	case config.KindERSPAN:
+		return openERSPAN(c, t, name, log)
 	case config.KindPcap:
 		var size int64
 		if t.RotateSize != "" {
