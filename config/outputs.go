@@ -27,6 +27,11 @@ func validateOutputTarget(p *problems, tp string, s *Session, t *Target, only fu
 	only("allow", len(t.Allow) > 0, KindPcapOverIP)
 	if t.VLAN != nil && (*t.VLAN < 1 || *t.VLAN > 4094) {
 		p.add(tp+".vlan", "%d is out of range 1-4094", *t.VLAN)
+	} else if t.VLAN != nil && s.Method == MethodDup {
+		// The kernel's dup cannot push a tag, and a VLAN device needs the
+		// 8021q link kind, which this project's kernel lacks ("Unknown
+		// device type"), as it lacks tc's vlan action.
+		p.add(tp+".vlan", "method dup cannot tag copies (the kernel's dup pushes no 802.1Q tag and this kernel has no vlan link kind to mirror into); use method queue or log, which tag in userspace")
 	}
 	switch t.Kind {
 	case KindERSPAN:

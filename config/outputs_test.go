@@ -38,6 +38,7 @@ sessions:
     targets:
       - {kind: erspan, remote: 10.77.4.2, session_id: 1}
       - {kind: device, device: e1, vlan: 4095}
+      - {kind: device, device: e2, vlan: 100}
   - name: q
     method: queue
     sources: [{interface: e0, direction: ingress}]
@@ -51,6 +52,7 @@ sessions:
 	want := []string{
 		`sessions[0].targets[0].kind: erspan is not available with method dup: this kernel has no gre or erspan link kind to feed; use method queue or log (nfclone builds ERSPAN in userspace)`,
 		`sessions[0].targets[1].vlan: 4095 is out of range 1-4094`,
+		`sessions[0].targets[2].vlan: method dup cannot tag copies (the kernel's dup pushes no 802.1Q tag and this kernel has no vlan link kind to mirror into); use method queue or log, which tag in userspace`,
 		`sessions[1].targets[0].remote: "10.77.4.2:4789" is not an IP address (ERSPAN is GRE: no port)`,
 		`sessions[1].targets[0].session_id: 1024 is out of range 0-1023`,
 		`sessions[1].targets[0].version: 1 is not 2 (ERSPAN type II) or 3 (type III)`,

@@ -117,7 +117,11 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 			if t.MAC != "" {
 				mac, _ = net.ParseMAC(t.MAC)
 			}
-			sk, err = sink.NewDevice(sink.DeviceConfig{Name: name, Device: dev, DstMAC: mac, Mark: c.Mark, Logger: slog})
+			var vlan uint16
+			if t.VLAN != nil {
+				vlan = uint16(*t.VLAN)
+			}
+			sk, err = sink.NewDevice(sink.DeviceConfig{Name: name, Device: dev, DstMAC: mac, Mark: c.Mark, VLAN: vlan, Logger: slog})
 		default:
 			sk, err = openExtraTarget(c, sc, t, name, slog)
 		}
