@@ -49,3 +49,24 @@ func erspanMTU(t config.Target, mark uint32) int {
 	}
 	return mtu
 }
+
+// openPcapOverIP starts a pcap-over-ip target's TCP server.
+func openPcapOverIP(sc config.Session, t config.Target, name string, log *slog.Logger) (sink.Sink, error) {
+	ap, err := config.ParsePcapOverIPListen(t.Listen)
+	if err != nil {
+		return nil, err
+	}
+	cfg := sink.PcapOverIPConfig{Name: name, Listen: ap, Format: t.Format, Snaplen: sc.Snaplen, Logger: log}
+	for _, a := range t.Allow {
+		p, err := config.ParseAllowPrefix(a)
+		if err != nil {
+			return nil, err
+		}
+		if !p.IsValid() {
+			cfg.AllowAny = true
+			continue
+		}
+		cfg.Allow = append(cfg.Allow, p)
+	}
+	return sink.NewPcapOverIP(cfg)
+}

@@ -444,6 +444,9 @@ func (s *session) status() SessionStatus {
 			x := sp.Stats()
 			ts.Stats = &x
 		}
+		if cp, ok := t.(interface{ Clients() []sink.PcapClientStats }); ok {
+			ts.Clients = cp.Clients()
+		}
 		st.Targets = append(st.Targets, ts)
 	}
 	return st
@@ -466,6 +469,8 @@ func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name 
 		return sink.NewTunnel(sink.TunnelConfig{Name: name, Kind: t.Kind, Remotes: remotes, VNI: uint32(*t.VNI), Mark: c.Mark, Logger: log})
 	case config.KindERSPAN:
 		return openERSPAN(c, t, name, log)
+	case config.KindPcapOverIP:
+		return openPcapOverIP(sc, t, name, log)
 	case config.KindPcap:
 		var size int64
 		if t.RotateSize != "" {

@@ -30,6 +30,7 @@ declare -A PKG_FOR=(
 	[python3]=python3
 	[setpriv]=util-linux
 	[socat]=socat
+	[nc]=netcat-openbsd
 	[tcpflow]=tcpflow
 	[sha256sum]=coreutils
 	[ss]=iproute2

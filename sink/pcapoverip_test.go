@@ -1,0 +1,134 @@
+package sink
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/nfclone/nfclone/nfq"
+)
+
+// Two reading clients get every record while a third never reads: its
+// records are dropped and counted for it alone, Send never blocks.
+func TestPcapOverIPSlowClient(t *testing.T) {
+	for _, format := range []string{"pcap", "pcapng"} {
+		t.Run(format, func(t *testing.T) {
+			s, err := NewPcapOverIP(PcapOverIPConfig{Listen: netip.MustParseAddrPort("127.0.0.1:0"), Format: format, ClientBuffer: 256 << 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			const n = 64 * 313
+			type result struct {
+				count atomic.Int64
+				err   error
+				first []byte
+			}
+			results := make([]result, 2)
+			var wg sync.WaitGroup
+			for i := range results {
+				conn, err := net.Dial("tcp", s.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					var next func() ([]byte, error)
+					if format == "pcapng" {
+						r, err := pcapgo.NewNgReader(conn, pcapgo.DefaultNgReaderOptions)
+						if err != nil {
+							results[i].err = err
+							return
+						}
+						next = func() ([]byte, error) { d, _, err := r.ReadPacketData(); return d, err }
+					} else {
+						r, err := pcapgo.NewReader(conn)
+						if err != nil {
+							results[i].err = err
+							return
+						}
+						next = func() ([]byte, error) { d, _, err := r.ReadPacketData(); return d, err }
+					}
+					for results[i].count.Load() < n {
+						d, err := next()
+						if err != nil {
+							results[i].err = err
+							return
+						}
+						if results[i].count.Load() == 0 {
+							results[i].first = append([]byte(nil), d...)
+						}
+						results[i].count.Add(1)
+					}
+				}()
+			}
+			// The stalled client: connected, never reads.
+			stalled, err := net.Dial("tcp", s.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stalled.Close()
+			deadline := time.Now().Add(5 * time.Second)
+			for len(s.Clients()) < 3 && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if len(s.Clients()) != 3 {
+				t.Fatalf("%d clients", len(s.Clients()))
+			}
+			data := ipv4(1000, [4]byte{10, 77, 2, 2})
+			for sent := 0; sent < n; sent += 64 {
+				batch := make([]*nfq.Packet, 64)
+				for j := range batch {
+					batch[j] = nfq.NewPacket(data)
+				}
+				if k, err := s.Send(batch); k != 64 || err != nil {
+					t.Fatal(k, err)
+				}
+				for _, p := range batch {
+					p.Release()
+				}
+				// The readers keep up (they are waited for); the stalled
+				// client cannot.
+				for i := range results {
+					for results[i].count.Load() < int64(sent+64) && time.Now().Before(deadline.Add(10*time.Second)) {
+						time.Sleep(100 * time.Microsecond)
+					}
+				}
+			}
+			done := make(chan struct{})
+			go func() { wg.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("readers did not get every record")
+			}
+			for i := range results {
+				r := &results[i]
+				if r.count.Load() != n || (r.err != nil && r.err != io.EOF) || !bytes.Equal(r.first, data) {
+					t.Fatalf("client %d: %d records, %v", i, r.count.Load(), r.err)
+				}
+			}
+			cs := s.Clients()
+			var stalledStats PcapClientStats
+			for _, c := range cs {
+				if c.Remote == stalled.LocalAddr().String() {
+					stalledStats = c
+				}
+			}
+			if stalledStats.Dropped == 0 || stalledStats.Sent+stalledStats.Dropped != n {
+				t.Fatalf("stalled client: %+v", stalledStats)
+			}
+			if st := s.Stats(); st.Sent != n {
+				t.Fatalf("%+v", st)
+			}
+		})
+	}
+}
