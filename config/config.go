@@ -94,7 +94,10 @@ type Session struct {
 	Sample   int      `mapstructure:"sample" json:"sample"`
 	Rate     string   `mapstructure:"rate" json:"rate"`
 	Snaplen  int      `mapstructure:"snaplen" json:"snaplen"`
-	Targets  []Target `mapstructure:"targets" json:"targets"`
+	// Dedup is the de-duplication window of queue/log sessions ("50ms";
+	// "" off): see outputs.go.
+	Dedup   string   `mapstructure:"dedup" json:"dedup,omitempty"`
+	Targets []Target `mapstructure:"targets" json:"targets"`
 }
 
 // Source is an interface and a direction to copy from.

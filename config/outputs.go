@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // ERSPAN session ids are 10 bits; VLAN ids 12 bits (0 and 4095 reserved).
@@ -140,4 +141,35 @@ func ParseAllowPrefix(s string) (netip.Prefix, error) {
 		return netip.PrefixFrom(a, a.BitLen()), nil
 	}
 	return netip.Prefix{}, fmt.Errorf("%q is not a CIDR, an address or any", s)
+}
+
+// Bounds of a session's dedup window.
+const (
+	MinDedup = time.Millisecond
+	MaxDedup = 10 * time.Second
+)
+
+// validateDedup checks a session's dedup window.
+func validateDedup(p *problems, path string, s *Session) {
+	if s.Dedup == "" {
+		return
+	}
+	d, err := ParseDedup(s.Dedup)
+	switch {
+	case err != nil:
+		p.add(path+".dedup", "%v", err)
+	case d < MinDedup || d > MaxDedup:
+		p.add(path+".dedup", "%q is out of range %v-%v", s.Dedup, MinDedup, MaxDedup)
+	case s.Method == MethodDup:
+		p.add(path+".dedup", "method dup copies in the kernel, which cannot de-duplicate; use method queue or log")
+	}
+}
+
+// ParseDedup parses a dedup window ("50ms").
+func ParseDedup(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration like 50ms", s)
+	}
+	return d, nil
 }

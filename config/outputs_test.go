@@ -11,6 +11,7 @@ sessions:
   - name: s
     method: log
     sources: [{interface: e0}]
+    dedup: 50ms
     targets:
       - {kind: erspan, remote: 10.77.4.2, session_id: 7}
       - {kind: erspan, remote: "fd77:4::2", version: 3, session_id: 1023}
@@ -35,6 +36,7 @@ func TestOutputTargetsProblems(t *testing.T) {
 sessions:
   - name: d
     sources: [{interface: e0, direction: ingress}]
+    dedup: 50ms
     targets:
       - {kind: erspan, remote: 10.77.4.2, session_id: 1}
       - {kind: device, device: e1, vlan: 4095}
@@ -42,6 +44,7 @@ sessions:
   - name: q
     method: queue
     sources: [{interface: e0, direction: ingress}]
+    dedup: 1h
     targets:
       - {kind: erspan, remote: "10.77.4.2:4789", version: 1, session_id: 1024}
       - {kind: erspan}
@@ -50,9 +53,11 @@ sessions:
       - {kind: gateway, gateway: 10.77.2.2, device: e1, session_id: 1, listen: ":1"}
 `, nil)
 	want := []string{
+		`sessions[0].dedup: method dup copies in the kernel, which cannot de-duplicate; use method queue or log`,
 		`sessions[0].targets[0].kind: erspan is not available with method dup: this kernel has no gre or erspan link kind to feed; use method queue or log (nfclone builds ERSPAN in userspace)`,
 		`sessions[0].targets[1].vlan: 4095 is out of range 1-4094`,
 		`sessions[0].targets[2].vlan: method dup cannot tag copies (the kernel's dup pushes no 802.1Q tag and this kernel has no vlan link kind to mirror into); use method queue or log, which tag in userspace`,
+		`sessions[1].dedup: "1h" is out of range 1ms-10s`,
 		`sessions[1].targets[0].remote: "10.77.4.2:4789" is not an IP address (ERSPAN is GRE: no port)`,
 		`sessions[1].targets[0].session_id: 1024 is out of range 0-1023`,
 		`sessions[1].targets[0].version: 1 is not 2 (ERSPAN type II) or 3 (type III)`,

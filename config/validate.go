@@ -222,6 +222,7 @@ func validateSession(p *problems, path string, s *Session) {
 	case s.Snaplen > 0 && s.Method == MethodDup:
 		p.add(path+".snaplen", "kernel dup copies whole packets; truncation needs method queue or log")
 	}
+	validateDedup(p, path, s)
 	if len(s.Targets) == 0 {
 		p.add(path+".targets", "at least one target is required")
 	}

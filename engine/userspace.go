@@ -133,6 +133,11 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 	}
 	s.mtu = sessionMTU(sc, c.Mark)
 	s.fanout = sink.NewWire(sink.NewFanout(s.targets...), s.mtu)
+	if sc.Dedup != "" {
+		// Before the cutter: duplicates are the kernel's packets.
+		w, _ := config.ParseDedup(sc.Dedup) // validated
+		s.fanout = sink.NewDedup(s.fanout, w)
+	}
 	if sc.Method == config.MethodQueue {
 		s.count = c.Queue.Count
 		for k := 0; k < c.Queue.Count; k++ {
@@ -344,7 +349,7 @@ func (s *session) stop(drain time.Duration, kernel map[string]rules.CounterValue
 		"rate_limit", snap.Drops.RateLimit,
 		"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
 		"kernel_queue", snap.Drops.KernelQueue, "user", snap.Drops.User, "socket_overrun", snap.Drops.SocketOverrun,
-		"malformed", snap.Drops.Malformed, "too_big", snap.Drops.TooBig, "in_flight", snap.InFlight, "balanced", snap.Balanced())
+		"malformed", snap.Drops.Malformed, "too_big", snap.Drops.TooBig, "dedup", snap.Drops.Dedup, "in_flight", snap.InFlight, "balanced", snap.Balanced())
 }
 
 // stopGrace is how long stop waits, after the drain deadline, for readers

@@ -47,6 +47,7 @@ const (
 	ReasonSendError     = "send_error"
 	ReasonTooBig        = "too_big"
 	ReasonFailOpen      = "fail_open"
+	ReasonDedup         = "dedup"
 )
 
 // Session states, the values of nfclone_session_state's state label.
@@ -68,6 +69,7 @@ func dropsByReason(d nfq.Drops) []reasonValue {
 		{ReasonSendError, d.SendError},
 		{ReasonTooBig, d.TooBig},
 		{ReasonFailOpen, d.FailOpen},
+		{ReasonDedup, d.Dedup},
 	}
 }
 

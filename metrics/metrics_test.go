@@ -246,8 +246,8 @@ func TestMetricsValues(t *testing.T) {
 		}
 	}
 	// Every drop reason is exported, zero or not (rates need the series).
-	if n := len(fams["nfclone_session_dropped_packets_total"].GetMetric()); n != 9 {
-		t.Errorf("dropped: %d series, want 9", n)
+	if n := len(fams["nfclone_session_dropped_packets_total"].GetMetric()); n != 10 {
+		t.Errorf("dropped: %d series, want 10", n)
 	}
 	// The Go and process collectors are in the registry.
 	for _, name := range []string{"go_goroutines", "process_start_time_seconds"} {

@@ -70,6 +70,9 @@ type Packet struct {
 	// TooBig says the copy could not be made wire-sized and was not sent
 	// (counted as too_big, not as a send error).
 	TooBig bool
+	// Dup says the copy was a duplicate within the session's dedup window
+	// and was not sent (counted as dedup).
+	Dup bool
 	// Errs counts targets that failed to send this copy. Sinks increment it;
 	// the worker's accounting reads it (0 = copied everywhere).
 	Errs uint8
@@ -145,6 +148,7 @@ func (p *Packet) CopyMeta(from *Packet) {
 	p.Session = from.Session
 	p.Offload = gso.Known
 	p.TooBig = false
+	p.Dup = false
 	p.Errs = 0
 }
 

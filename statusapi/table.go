@@ -173,6 +173,7 @@ func dropReasons(d nfq.Drops) string {
 	add("malformed", d.Malformed)
 	add("send_error", d.SendError)
 	add("too_big", d.TooBig)
+	add("dedup", d.Dedup)
 	return strings.Join(parts, ", ")
 }
 
