@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -32,6 +33,9 @@ type Config struct {
 	VNIs []uint32
 	// Sessions keeps only these ERSPAN session ids (empty: all).
 	Sessions []uint32
+	// Dedup, when not 0, writes a frame seen again within this window
+	// once (several senders mirroring one flow): see dedupID.
+	Dedup time.Duration
 	// Allow restricts the senders. Without it the collector refuses to
 	// start unless it listens on loopback or AllowAny is set (Validate).
 	Allow    []netip.Prefix
@@ -54,6 +58,7 @@ type Stats struct {
 	FilteredVNI  uint64 `json:"filtered_vni"`
 	DeniedSender uint64 `json:"denied_sender"`
 	WriteErrors  uint64 `json:"write_errors"`
+	Duplicates   uint64 `json:"duplicates"`
 }
 
 // ParseAllow turns --allow values into prefixes: a CIDR or a bare address
@@ -136,6 +141,9 @@ func Validate(cfg Config) error {
 	}
 	if cfg.Kind != KindERSPAN && len(cfg.Sessions) > 0 {
 		errs = append(errs, errors.New("--session is for --kind erspan"))
+	}
+	if cfg.Dedup < 0 || cfg.Dedup > 10*time.Second {
+		errs = append(errs, fmt.Errorf("--dedup %v is out of range 0-10s", cfg.Dedup))
 	}
 	for _, v := range cfg.Sessions {
 		if v > 1023 {
@@ -225,8 +233,10 @@ type Collector struct {
 	running   atomic.Bool
 	closeOnce sync.Once
 	synth     []byte // Handle's buffer for L3 packets given an Ethernet header
+	dedup     *sink.DedupTable
+	seed      maphash.Seed
 
-	received, decap, written, malformed, filtered, denied, writeErrs atomic.Uint64
+	received, decap, written, malformed, filtered, denied, writeErrs, dups atomic.Uint64
 	lastWarn                                                         time.Time
 }
 
@@ -241,6 +251,9 @@ func New(cfg Config) (*Collector, error) {
 		c.log = slog.Default()
 	}
 	c.allowAll = cfg.AllowAny || (len(cfg.Allow) == 0 && loop)
+	if cfg.Dedup > 0 {
+		c.dedup, c.seed = sink.NewDedupTable(cfg.Dedup), maphash.MakeSeed()
+	}
 	if ids := append(append([]uint32(nil), cfg.VNIs...), cfg.Sessions...); len(ids) > 0 {
 		// VNIs and ERSPAN session ids are both Frame.VNI.
 		c.vnis = make(map[uint32]bool, len(ids))
@@ -324,6 +337,7 @@ func (c *Collector) Stats() Stats {
 		FilteredVNI:  c.filtered.Load(),
 		DeniedSender: c.denied.Load(),
 		WriteErrors:  c.writeErrs.Load(),
+		Duplicates:   c.dups.Load(),
 	}
 }
 
@@ -464,6 +478,10 @@ func (c *Collector) Handle(ts time.Time, from netip.Addr, b []byte) {
 		c.filtered.Add(1)
 		return
 	}
+	if c.dedup != nil && c.dedup.Seen(c.dedupID(f), ts.UnixNano()) {
+		c.dups.Add(1)
+		return
+	}
 	frame := f.Inner
 	if f.EtherType != 0 {
 		// An L3 packet (GENEVE protocol 0x0800/0x86dd): both outputs take
@@ -494,6 +512,34 @@ func (c *Collector) Handle(ts time.Time, from netip.Addr, b []byte) {
 	} else {
 		c.writeErrs.Add(1)
 	}
+}
+
+// dedupID identifies a decapsulated frame for --dedup: its IP packet
+// without TTL / hop limit and IPv4 checksum (sink.PacketID), found behind
+// the Ethernet header and any 802.1Q/802.1ad tags, so copies that differ
+// only in those — or in their Ethernet addresses, or in which sender and
+// tunnel carried them — are one; a frame that is not IP counts whole,
+// tags aside.
+func (c *Collector) dedupID(f Frame) uint64 {
+	if f.EtherType != 0 {
+		return sink.PacketID(c.seed, f.Inner)
+	}
+	e := f.Inner
+	off := 12
+	for off+4 <= len(e) {
+		et := uint16(e[off])<<8 | uint16(e[off+1])
+		if et != 0x8100 && et != 0x88a8 {
+			break
+		}
+		off += 4
+	}
+	if off+2 <= len(e) {
+		et := uint16(e[off])<<8 | uint16(e[off+1])
+		if et == etherTypeIPv4 || et == etherTypeIPv6 {
+			return sink.PacketID(c.seed, e[off+2:])
+		}
+	}
+	return sink.PacketID(c.seed, e)
 }
 
 // Flush writes buffered pcap records.

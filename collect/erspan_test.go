@@ -3,7 +3,9 @@ package collect
 import (
 	"bytes"
 	"errors"
+	"hash/maphash"
 	"testing"
+	"time"
 
 	"github.com/nfclone/nfclone/sink"
 )
@@ -82,5 +84,39 @@ func TestValidateERSPAN(t *testing.T) {
 		if err := Validate(c); err == nil || !bytes.Contains([]byte(err.Error()), []byte(want)) {
 			t.Errorf("%+v: %v (want %q)", c, err, want)
 		}
+	}
+}
+
+// --dedup: the same packet from two senders (different tunnels, Ethernet
+// addresses, a VLAN tag on one, the TTL one lower on the other) is written
+// once within the window, again after it.
+func TestCollectorDedup(t *testing.T) {
+	var buf bytes.Buffer
+	w, err := sink.OpenPcapWriter(sink.PcapWriterConfig{Writer: &buf, LinkType: sink.LinkTypeEthernet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Collector{cfg: Config{Kind: KindAuto}, allowAll: true, pcap: w,
+		dedup: sink.NewDedupTable(50 * time.Millisecond), seed: maphash.MakeSeed()}
+	ip := ipv4(t, [4]byte{10, 0, 0, 1}, [4]byte{10, 0, 0, 2}, 17, make([]byte, 30))
+	eth := append([]byte{2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0}, ip...)
+	ip2 := append([]byte(nil), ip...)
+	ip2[8]--
+	ip2[10], ip2[11] = 0, 0
+	copy(ip2[10:12], []byte{byte(sink.IPv4Checksum(ip2[:20]) >> 8), byte(sink.IPv4Checksum(ip2[:20]))})
+	tagged := append([]byte{2, 0, 0, 0, 0, 9, 2, 0, 0, 0, 0, 8, 0x81, 0, 0, 100, 8, 0}, ip2...)
+	vx := func(vni uint32, inner []byte) []byte {
+		b := make([]byte, 8, 8+len(inner))
+		sink.PutVXLAN(b, vni)
+		return append(b, inner...)
+	}
+	t0 := time.Unix(1700000000, 0)
+	c.Handle(t0, fuzzFrom, vx(1, eth))
+	c.Handle(t0.Add(time.Millisecond), fuzzFrom, vx(2, tagged))
+	g := append([]byte{0, 0, 0x08, 0x00, 0, 0, 3, 0}, ip...) // GENEVE carrying the bare IP packet
+	c.Handle(t0.Add(2*time.Millisecond), fuzzFrom, g)
+	c.Handle(t0.Add(100*time.Millisecond), fuzzFrom, vx(1, eth))
+	if s := c.Stats(); s.Written != 2 || s.Duplicates != 2 {
+		t.Fatalf("%+v", s)
 	}
 }

@@ -26,14 +26,13 @@ const dedupSlots = 1 << 16
 // packet took meanwhile is sent again — dedup never drops a packet it has
 // not seen, it may at worst let a duplicate through. One lock per batch.
 type Dedup struct {
-	inner  Sink
-	window int64 // nanoseconds
-	seed   maphash.Seed
-	now    func() time.Time
-	mu     sync.Mutex
-	slots  []dedupSlot
-	pool   sync.Pool
-	dups   atomic.Uint64
+	inner Sink
+	seed  maphash.Seed
+	now   func() time.Time
+	mu    sync.Mutex
+	table *DedupTable
+	pool  sync.Pool
+	dups  atomic.Uint64
 }
 
 type dedupSlot struct {
@@ -45,8 +44,7 @@ type dedupScratch struct{ out []*nfq.Packet }
 
 // NewDedup returns inner behind a Dedup with the given window.
 func NewDedup(inner Sink, window time.Duration) *Dedup {
-	d := &Dedup{inner: inner, window: int64(window), seed: maphash.MakeSeed(), now: time.Now,
-		slots: make([]dedupSlot, dedupSlots)}
+	d := &Dedup{inner: inner, seed: maphash.MakeSeed(), now: time.Now, table: NewDedupTable(window)}
 	d.pool.New = func() any { return new(dedupScratch) }
 	return d
 }
@@ -60,11 +58,12 @@ func (d *Dedup) Inner() Sink { return d.inner }
 // Duplicates is how many copies were not sent as duplicates.
 func (d *Dedup) Duplicates() uint64 { return d.dups.Load() }
 
-// packetID hashes an IP packet without its TTL / hop limit and IPv4
-// header checksum.
-func (d *Dedup) packetID(b []byte) uint64 {
+// PacketID hashes an IP packet (or anything else, whole) with seed,
+// leaving out its TTL / hop limit and IPv4 header checksum: two copies of
+// one packet taken on both sides of a router get the same id.
+func PacketID(seed maphash.Seed, b []byte) uint64 {
 	var h maphash.Hash
-	h.SetSeed(d.seed)
+	h.SetSeed(seed)
 	switch {
 	case len(b) >= 20 && b[0]>>4 == 4:
 		h.Write(b[:8])
@@ -79,6 +78,30 @@ func (d *Dedup) packetID(b []byte) uint64 {
 	return h.Sum64()
 }
 
+// DedupTable remembers packet ids for a window: a direct-mapped table of
+// 64 Ki slots, the window counted from an id's first sighting. Not safe
+// for concurrent use.
+type DedupTable struct {
+	window int64
+	slots  []dedupSlot
+}
+
+// NewDedupTable returns an empty table for window.
+func NewDedupTable(window time.Duration) *DedupTable {
+	return &DedupTable{window: int64(window), slots: make([]dedupSlot, dedupSlots)}
+}
+
+// Seen reports whether id was recorded within the window before now (Unix
+// nanoseconds); if not, it records id at now.
+func (t *DedupTable) Seen(id uint64, now int64) bool {
+	s := &t.slots[id&(dedupSlots-1)]
+	if s.h == id && now-s.t <= t.window {
+		return true
+	}
+	s.h, s.t = id, now
+	return false
+}
+
 // Send marks the batch's duplicates and sends the rest to the inner sink.
 // It returns the number of copies the inner sink sent.
 func (d *Dedup) Send(batch []*nfq.Packet) (int, error) {
@@ -88,14 +111,11 @@ func (d *Dedup) Send(batch []*nfq.Packet) (int, error) {
 	var dups uint64
 	d.mu.Lock()
 	for _, p := range batch {
-		id := d.packetID(p.Data)
-		s := &d.slots[id&(dedupSlots-1)]
-		if s.h == id && now-s.t <= d.window {
+		if d.table.Seen(PacketID(d.seed, p.Data), now) {
 			p.Dup = true
 			dups++
 			continue
 		}
-		s.h, s.t = id, now
 		x.out = append(x.out, p)
 	}
 	d.mu.Unlock()

@@ -360,8 +360,8 @@ outside --allow and VNIs outside --vni are counted and dropped.`,
 			runErr := c.Run(ctx)
 			closeErr := c.Close()
 			st := c.Stats()
-			fmt.Fprintf(g.stderr, "nfclone collect: received %d, decapsulated %d, written %d, malformed %d, other VNI %d, denied senders %d, write errors %d\n",
-				st.Received, st.Decapsulated, st.Written, st.Malformed, st.FilteredVNI, st.DeniedSender, st.WriteErrors)
+			fmt.Fprintf(g.stderr, "nfclone collect: received %d, decapsulated %d, written %d, malformed %d, other VNI %d, denied senders %d, write errors %d, duplicates %d\n",
+				st.Received, st.Decapsulated, st.Written, st.Malformed, st.FilteredVNI, st.DeniedSender, st.WriteErrors, st.Duplicates)
 			return errors.Join(runErr, closeErr)
 		},
 	}
@@ -370,6 +370,7 @@ outside --allow and VNIs outside --vni are counted and dropped.`,
 	colf.StringVar(&colCfg.Kind, "kind", "auto", "auto, vxlan, geneve (UDP) or erspan (GRE, raw socket)")
 	colf.UintSliceVar(&colVNIs, "vni", nil, "keep only this VNI (repeatable)")
 	colf.UintSliceVar(&colSessions, "session", nil, "keep only this ERSPAN session id (repeatable; --kind erspan)")
+	colf.DurationVar(&colCfg.Dedup, "dedup", 0, "write a packet seen again within this window once (e.g. 50ms; TTL, IP checksum, VLAN tags and Ethernet addresses aside)")
 	colf.StringArrayVar(&colAllow, "allow", nil, "accept datagrams only from this CIDR (repeatable; \"any\" for all)")
 	colf.StringVarP(&colCfg.PcapPath, "write", "w", "", "pcap file for the inner frames, or - for standard output")
 	colf.StringVar(&colCfg.PcapFormat, "format", "pcap", "pcap or pcapng")

@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -64,5 +66,62 @@ sessions:
 				}
 			}
 		})
+	}
+}
+
+// collect --dedup: two sessions mirror the same pings into VXLAN (VNIs 7
+// and 8) to one collector; tcpdump at the collector sees 20 datagrams and
+// collect writes each echo request once.
+func TestCollectDedup(t *testing.T) {
+	l := lab.New(t)
+	out := t.TempDir() + "/dedup.pcap"
+	col := l.Start(t, l.Col2, binary, "collect", "--listen", lab.Col2IP+":4789", "--allow", "10.77.0.0/16", "--dedup", "50ms", "-w", out)
+	lab.WaitFor(t, 10*time.Second, func() bool {
+		if col.Exited() {
+			t.Fatalf("collect exited:\n%s", col.Stderr())
+		}
+		return strings.Contains(col.Stderr(), "collecting")
+	}, "nfclone collect to listen")
+	d := startNfclone(t, l, `
+sessions:
+  - name: a
+    method: log
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets: [{kind: vxlan, remote: "10.77.4.2:4789", vni: 7}]
+  - name: b
+    method: log
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets: [{kind: vxlan, remote: "10.77.4.2:4789", vni: 8}]
+`)
+	orig := l.StartCapture(t, l.Src, "e0", "icmp[0] == 8", lab.Direction("out"))
+	tun := l.StartCapture(t, l.Col2, "e0", "udp port 4789", lab.Direction("in"))
+	ping(t, l, l.Src, lab.EngE0IP, pings)
+	tun.WaitCount(2*pings, 5*time.Second)
+	originals, datagrams := orig.Stop(), tun.Stop()
+	requireCount(t, "VXLAN datagrams at the collector", datagrams, func(p lab.Packet) bool { return p.VXLANVNI == 7 || p.VXLANVNI == 8 }, 2*pings)
+	d.stop(t)
+	if err := col.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := col.Wait(10 * time.Second); code != 0 || err != nil {
+		t.Fatalf("collect exit %d %v:\n%s", code, err, col.Stderr())
+	}
+	ps, err := lab.ReadPackets(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireCount(t, "echo requests written by collect --dedup", ps, echoReq(lab.SrcIP), pings)
+	if len(ps) != pings {
+		t.Fatalf("collect wrote %d frames, want %d", len(ps), pings)
+	}
+	for i := range ps {
+		if !bytes.Equal(ps[i].IP, originals[i].IP) {
+			t.Fatalf("frame %d differs from the original", i)
+		}
+	}
+	if !strings.Contains(col.Stderr(), fmt.Sprintf("duplicates %d", pings)) {
+		t.Errorf("collect's counters:\n%s", col.Stderr())
 	}
 }
