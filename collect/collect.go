@@ -237,7 +237,7 @@ type Collector struct {
 	seed      maphash.Seed
 
 	received, decap, written, malformed, filtered, denied, writeErrs, dups atomic.Uint64
-	lastWarn                                                         time.Time
+	lastWarn                                                               time.Time
 }
 
 // New validates cfg, opens the listener and the outputs.
