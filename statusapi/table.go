@@ -112,6 +112,12 @@ func writeTable(w io.Writer, s engine.Status, now time.Time) error {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, t.Kind, ss.Name,
 					num(t.Stats.Sent), bytesIEC(t.Stats.Bytes), num(t.Stats.Errors), t.Stats.LastError)
+				for _, c := range t.Clients {
+					// A pcap-over-ip client: what it was sent, what was
+					// dropped for it alone (its buffer was full).
+					fmt.Fprintf(tw, "  client %s\t\t\t%s\t%s\t%s dropped\t\t\n", c.Remote,
+						num(c.Sent), bytesIEC(c.Bytes), num(c.Dropped))
+				}
 			}
 		}
 		tw.Flush()
