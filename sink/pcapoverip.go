@@ -327,9 +327,9 @@ func (s *PcapOverIP) Clients() []PcapClientStats {
 	return out
 }
 
-// Close stops accepting, disconnects every client (a writer blocked on a
-// stopped client is unblocked by closing its connection) and joins the
-// goroutines.
+// Close stops accepting, lets each client's writer send what is pending
+// (for at most closeFlush: a write blocked on a stopped client times out),
+// disconnects every client and joins the goroutines.
 func (s *PcapOverIP) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -341,17 +341,23 @@ func (s *PcapOverIP) Close() error {
 	if s.ln != nil {
 		err = s.ln.Close()
 	}
+	// Each writer sends what is still pending, for at most closeFlush (a
+	// stopped client's write times out), then closes its connection.
+	deadline := time.Now().Add(closeFlush)
 	for _, c := range s.cl {
 		c.mu.Lock()
 		c.done = true
 		c.mu.Unlock()
-		c.conn.Close()
+		c.conn.SetWriteDeadline(deadline)
 		c.signal()
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
 	return err
 }
+
+// closeFlush bounds how long Close lets writers send what is pending.
+const closeFlush = 500 * time.Millisecond
 
 // pcapGlobalHeader is a classic pcap file header (little endian,
 // microseconds, version 2.4, LINKTYPE_RAW).

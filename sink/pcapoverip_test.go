@@ -5,6 +5,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -130,5 +134,50 @@ func TestPcapOverIPSlowClient(t *testing.T) {
 				t.Fatalf("%+v", st)
 			}
 		})
+	}
+}
+
+// tshark reads both stream formats as a client receives them.
+func TestPcapOverIPTshark(t *testing.T) {
+	if _, err := exec.LookPath("tshark"); err != nil {
+		t.Skip("tshark not installed")
+	}
+	for _, format := range []string{"pcap", "pcapng"} {
+		s, err := NewPcapOverIP(PcapOverIPConfig{Listen: netip.MustParseAddrPort("127.0.0.1:0"), Format: format})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(5 * time.Second); len(s.Clients()) < 1 && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+		batch := pkts(ipv4(61, [4]byte{10, 77, 2, 2}), ipv6(83))
+		if n, err := s.Send(batch); n != 2 || err != nil {
+			t.Fatal(n, err)
+		}
+		for _, p := range batch {
+			p.Release()
+		}
+		s.Close() // the client reads the stream to its end
+		b, err := io.ReadAll(conn)
+		conn.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "stream")
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("tshark", "-r", path, "-n", "-T", "fields", "-E", "separator=|",
+			"-e", "frame.len", "-e", "ip.dst", "-e", "ipv6.dst").Output()
+		if err != nil {
+			t.Fatalf("%s: tshark: %v\n%s", format, err, out)
+		}
+		if got, want := strings.TrimSpace(string(out)), "61|10.77.2.2|\n83||fd77::2"; got != want {
+			t.Errorf("%s: tshark reads\n%s\nwant\n%s", format, got, want)
+		}
 	}
 }

@@ -18,13 +18,14 @@ import (
 // VXLAN VNI 9325541 (Traffic Mirroring), carrying Ethernet / IP
 // 52.94.225.236.443 > 10.10.0.4.58254 TCP ACK. Every fourth datagram's
 // VXLAN VNI is 1 (another mirror session). With "plain", the GENEVE
-// payload is the TCP/IP packet itself (a GWLB appliance's traffic). It
+// payload is the TCP/IP packet itself (a GWLB appliance's traffic);
+// "plain6" the same over IPv6 (protocol 0x86dd). It
 // sends the datagrams from the namespace it runs in and writes the frames
 // the collector should give back (inner Ethernet frames, or the bare IP
 // packets for "plain") to OUT.
 const gwlbScript = `
 import sys
-from scapy.all import Ether, IP, UDP, TCP, wrpcap, send
+from scapy.all import Ether, IP, IPv6, UDP, TCP, wrpcap, send
 from scapy.contrib.geneve import GENEVE, GeneveOptions
 from scapy.layers.vxlan import VXLAN
 dst, port, n, mode, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
@@ -35,7 +36,12 @@ want, outer = [], []
 for i in range(n):
     ip = IP(src='52.94.225.236', dst='10.10.0.4', id=i) / \
         TCP(sport=443, dport=58254, flags='A', seq=1000 + i, ack=3271274354, window=32730)
-    if mode == 'plain':
+    proto = 0x0800
+    if mode == 'plain6':
+        ip = IPv6(src='2600:1f14::236', dst='fd00::4') / \
+            TCP(sport=443, dport=58254, flags='A', seq=1000 + i, ack=3271274354, window=32730)
+        proto = 0x86dd
+    if mode.startswith('plain'):
         want.append(IP(bytes(ip)))
         payload = ip
     else:
@@ -44,7 +50,7 @@ for i in range(n):
         payload = IP(src='10.10.0.4', dst='10.10.0.46') / UDP(sport=65444, dport=4789) / VXLAN(vni=vni, flags=0x08) / inner
         if vni != 1:
             want.append(Ether(bytes(inner)))
-    outer.append(IP(dst=dst) / UDP(sport=60291, dport=port) / GENEVE(vni=0, proto=0x0800, options=opts) / payload)
+    outer.append(IP(dst=dst) / UDP(sport=60291, dport=port) / GENEVE(vni=0, proto=proto, options=opts) / payload)
 wrpcap(out, want)
 send(outer, verbose=False)
 `
@@ -70,6 +76,7 @@ func TestCollectGWLBNesting(t *testing.T) {
 	}{
 		{"nested", "6081", []string{"--vni", "9325541"}, 9},
 		{"plain", "6082", nil, n},
+		{"plain6", "6083", nil, n},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			out := filepath.Join(dir, tc.mode+".pcap")
@@ -94,7 +101,11 @@ func TestCollectGWLBNesting(t *testing.T) {
 				t.Fatalf("collect exit %d %v:\n%s", code, err, col.Stderr())
 			}
 			td := l.MustExec(t, "", "tcpdump", "-nr", out)
-			if c := strings.Count(td, "IP 52.94.225.236.443 > 10.10.0.4.58254: Flags [.]"); c != tc.want || strings.Contains(td, "llc") {
+			line := "IP 52.94.225.236.443 > 10.10.0.4.58254: Flags [.]"
+			if tc.mode == "plain6" {
+				line = "IP6 2600:1f14::236.443 > fd00::4.58254: Flags [.]"
+			}
+			if c := strings.Count(td, line); c != tc.want || strings.Contains(td, "llc") {
 				t.Fatalf("tcpdump shows %d inner TCP ACKs, want %d:\n%s", c, tc.want, td)
 			}
 			got, err := lab.ReadPcapFile(out)
@@ -110,10 +121,13 @@ func TestCollectGWLBNesting(t *testing.T) {
 			}
 			for i := range got {
 				e := exp[i].Data
-				if tc.mode == "plain" {
+				switch tc.mode {
+				case "plain":
 					// scapy's file is raw IP; the collector's frames have the
 					// synthesized header 02:4e:43:00:00:01 > 02:4e:43:00:00:02, IPv4.
 					e = append([]byte{2, 0x4e, 0x43, 0, 0, 2, 2, 0x4e, 0x43, 0, 0, 1, 8, 0}, e...)
+				case "plain6":
+					e = append([]byte{2, 0x4e, 0x43, 0, 0, 2, 2, 0x4e, 0x43, 0, 0, 1, 0x86, 0xdd}, e...)
 				}
 				if !bytes.Equal(got[i].Data, e) {
 					t.Fatalf("frame %d:\ngot  %x\nwant %x", i, got[i].Data, e)
