@@ -84,6 +84,9 @@ func equalBools(a, b []bool) bool {
 }
 
 func TestDedupNoAlloc(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
 	d := NewDedup(&nopSink{}, 50*time.Millisecond)
 	batch := pkts(ipv4(1500, [4]byte{10, 0, 0, 1}), ipv6(1500))
 	d.Send(batch)

@@ -188,3 +188,28 @@ func TestERSPANTsharkDecodes(t *testing.T) {
 		batch[0].Release()
 	}
 }
+
+func TestERSPANNoAlloc(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	e := fakeERSPAN(t, 3, func(fd int, h []unix.Mmsghdr) (int, error) { return len(h), nil }, "10.77.4.2", "fd77:4::2")
+	batch := pkts(ipv4(1500, [4]byte{10, 0, 0, 1}), ipv6(1500), flowPkt4(3))
+	e.Send(batch)
+	if n := testing.AllocsPerRun(100, func() { e.Send(batch) }); n != 0 {
+		t.Fatalf("%v allocations per batch", n)
+	}
+}
+
+func BenchmarkERSPANBuildBatch(b *testing.B) {
+	e := fakeERSPAN(b, 3, func(fd int, h []unix.Mmsghdr) (int, error) { return len(h), nil }, "10.77.4.2")
+	var datas [][]byte
+	for i := range 64 {
+		datas = append(datas, flowPkt4(i))
+	}
+	batch := pkts(datas...)
+	for b.Loop() {
+		e.Send(batch)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch)), "ns/copy")
+}

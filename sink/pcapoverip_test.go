@@ -181,3 +181,28 @@ func TestPcapOverIPTshark(t *testing.T) {
 		}
 	}
 }
+
+func TestPcapOverIPSendNoAlloc(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	s, err := NewPcapOverIP(PcapOverIPConfig{Listen: netip.MustParseAddrPort("127.0.0.1:0"), Format: "pcapng"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	conn, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	go io.Copy(io.Discard, conn)
+	for deadline := time.Now().Add(5 * time.Second); len(s.Clients()) < 1 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	batch := pkts(ipv4(1500, [4]byte{10, 0, 0, 1}), ipv6(1501))
+	s.Send(batch)
+	if n := testing.AllocsPerRun(100, func() { s.Send(batch) }); n != 0 {
+		t.Fatalf("%v allocations per batch", n)
+	}
+}
