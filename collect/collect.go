@@ -374,10 +374,22 @@ func (c *Collector) Run(ctx context.Context) error {
 		wg.Wait()
 	}()
 
+	// The kernel's time of receipt of each datagram (SO_TIMESTAMPNS)
+	// stamps its records; without it, the time the batch was read.
+	var tsErr error
+	if err := rc.Control(func(fd uintptr) {
+		tsErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
+	}); err != nil {
+		tsErr = err
+	}
 	bufs := make([][]byte, batchLen)
 	iovs := make([]unix.Iovec, batchLen)
 	names := make([]unix.RawSockaddrInet6, batchLen)
 	hdrs := make([]unix.Mmsghdr, batchLen)
+	oobs := make([][]byte, batchLen)
+	for i := range oobs {
+		oobs[i] = make([]byte, unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{}))))
+	}
 	for i := range bufs {
 		bufs[i] = make([]byte, bufLen)
 	}
@@ -390,6 +402,10 @@ func (c *Collector) Run(ctx context.Context) error {
 			hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 			hdrs[i].Hdr.Iov = &iovs[i]
 			hdrs[i].Hdr.SetIovlen(1)
+			if tsErr == nil {
+				hdrs[i].Hdr.Control = &oobs[i][0]
+				hdrs[i].Hdr.SetControllen(len(oobs[i]))
+			}
 		}
 		var n int
 		var rerr error
@@ -412,6 +428,10 @@ func (c *Collector) Run(ctx context.Context) error {
 		now := time.Now()
 		for i := range n {
 			from := sockaddrAddr(&names[i], hdrs[i].Hdr.Namelen)
+			ts := now
+			if k := kernelTime(oobs[i][:hdrs[i].Hdr.Controllen]); k != 0 {
+				ts = time.Unix(0, k)
+			}
 			b := bufs[i][:hdrs[i].Len]
 			if c.raw4 {
 				if b = stripIPv4(b); b == nil {
@@ -420,10 +440,32 @@ func (c *Collector) Run(ctx context.Context) error {
 					continue
 				}
 			}
-			c.Handle(now, from, b)
+			c.Handle(ts, from, b)
 		}
 		c.flush()
 	}
+}
+
+// kernelTime returns the SCM_TIMESTAMPNS time in a control message, in
+// nanoseconds (0 if there is none). It does not allocate.
+func kernelTime(oob []byte) int64 {
+	for len(oob) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		l := int(h.Len)
+		if l < unix.SizeofCmsghdr || l > len(oob) {
+			return 0
+		}
+		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_TIMESTAMPNS && l >= unix.CmsgLen(int(unsafe.Sizeof(unix.Timespec{}))) {
+			ts := (*unix.Timespec)(unsafe.Pointer(&oob[unix.CmsgLen(0)]))
+			return ts.Nano()
+		}
+		al := unix.CmsgSpace(l - unix.CmsgLen(0))
+		if al > len(oob) {
+			return 0
+		}
+		oob = oob[al:]
+	}
+	return 0
 }
 
 func recvmmsg(fd int, hdrs []unix.Mmsghdr) (int, error) {

@@ -20,6 +20,10 @@ type CaptureOptions struct {
 	Method     string // queue | log (default log)
 	Output     string // -w FILE or -
 	Format     string // pcap | pcapng
+	// Selectors (select.go).
+	FirstPackets int
+	Cgroup       string
+	User         string
 }
 
 // Capture builds the one-session config of a troubleshooting capture. The
@@ -59,7 +63,8 @@ func Capture(o CaptureOptions, pid int) (*Config, error) {
 		}
 	}
 	s := Session{Name: "capture", Method: method, HostOnly: o.HostOnly, Snaplen: o.Snaplen,
-		Targets: []Target{{Kind: KindPcap, Path: path, Format: o.Format}}}
+		Targets:      []Target{{Kind: KindPcap, Path: path, Format: o.Format}},
+		FirstPackets: o.FirstPackets, Cgroup: o.Cgroup, User: o.User}
 	for _, i := range o.Interfaces {
 		for _, n := range splitList(i) {
 			s.Sources = append(s.Sources, Source{Interface: n, Direction: o.Direction})
@@ -82,6 +87,7 @@ func flagPaths(errs Errors) Errors {
 		"protocol": "--proto", "source": "--src", "destination": "--dst", "source_ports": "--sport",
 		"destination_ports": "--dport", "snaplen": "-s/--snaplen", "direction": "--direction",
 		"interface": "-i/--interface", "format": "--format",
+		"first_packets": "--first-packets", "cgroup": "--cgroup", "user": "--user",
 	}
 	out := make(Errors, len(errs))
 	for i, p := range errs {

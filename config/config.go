@@ -3,6 +3,8 @@
 // each with its key path and the offending value.
 package config
 
+import "time"
+
 // Defaults, in one place. README.md documents the same values.
 const (
 	DefaultTable    = "nfclone"
@@ -94,10 +96,20 @@ type Session struct {
 	Sample   int      `mapstructure:"sample" json:"sample"`
 	Rate     string   `mapstructure:"rate" json:"rate"`
 	Snaplen  int      `mapstructure:"snaplen" json:"snaplen"`
+	Targets  []Target `mapstructure:"targets" json:"targets"`
 	// Dedup is the de-duplication window of queue/log sessions ("50ms";
 	// "" off): see outputs.go.
-	Dedup   string   `mapstructure:"dedup" json:"dedup,omitempty"`
-	Targets []Target `mapstructure:"targets" json:"targets"`
+	Dedup string `mapstructure:"dedup" json:"dedup,omitempty"`
+	// Selectors (select.go): which flows, and how much of each, are copied.
+	FirstPackets int    `mapstructure:"first_packets" json:"first_packets,omitempty"`
+	FirstBytes   string `mapstructure:"first_bytes" json:"first_bytes,omitempty"`
+	SampleFlows  int    `mapstructure:"sample_flows" json:"sample_flows,omitempty"`
+	FlowRate     string `mapstructure:"flow_rate" json:"flow_rate,omitempty"`
+	Cgroup       string `mapstructure:"cgroup" json:"cgroup,omitempty"`
+	User         string `mapstructure:"user" json:"user,omitempty"`
+	Priority     int    `mapstructure:"priority" json:"priority,omitempty"`
+	// Select is the typed form of the selector keys, filled by Validate.
+	Select Selectors `mapstructure:"-" json:"-"`
 }
 
 // Source is an interface and a direction to copy from.
@@ -151,6 +163,9 @@ type Target struct {
 	Format     string `mapstructure:"format" json:"format,omitempty"` // pcap | pcapng
 	RotateSize string `mapstructure:"rotate_size" json:"rotate_size,omitempty"`
 	RotateKeep int    `mapstructure:"rotate_keep" json:"rotate_keep,omitempty"`
+	// RotateEvery: a new file at every multiple of this duration ("1h": on
+	// the hour); path may hold strftime conversions (%Y%m%d-%H%M).
+	RotateEvery string `mapstructure:"rotate_every" json:"rotate_every,omitempty"`
 	// erspan (remote: the collector's address, no port)
 	Version   int  `mapstructure:"version" json:"version,omitempty"` // 2 (type II) | 3 (type III)
 	SessionID *int `mapstructure:"session_id" json:"session_id,omitempty"`
@@ -159,6 +174,12 @@ type Target struct {
 	// pcap-over-ip (format too)
 	Listen string   `mapstructure:"listen" json:"listen,omitempty"`
 	Allow  []string `mapstructure:"allow" json:"allow,omitempty"`
+}
+
+// RotateInterval is a validated pcap target's rotate_every (0: none).
+func (t Target) RotateInterval() time.Duration {
+	d, _ := time.ParseDuration(t.RotateEvery)
+	return d
 }
 
 // SourceDirections expands a direction (ingress|egress|both) into the list of

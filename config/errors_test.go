@@ -722,6 +722,25 @@ sessions:
 			`sessions[0].targets[0].rotate_size: "huge" is not a size like 100MB`,
 		},
 	},
+	{
+		name: "bad time rotation",
+		yaml: `
+sessions:
+  - name: s
+    method: log
+    sources: [{interface: e0}]
+    targets:
+      - {kind: pcap, path: "/var/lib/nfclone/web-%Y%m%d-%Q.pcap", rotate_every: 500ms}
+      - {kind: pcap, path: "-", rotate_every: 1h}
+      - {kind: vxlan, remote: "10.77.4.2:4789", vni: 1, rotate_every: 1h}
+`,
+		want: []string{
+			`sessions[0].targets[0].path: "/var/lib/nfclone/web-%Y%m%d-%Q.pcap": %Q is not supported (use %Y %y %m %d %H %M %S %j %s %%)`,
+			`sessions[0].targets[0].rotate_every: "500ms" is not a duration of at least 1s (like 10s, 15m, 1h)`,
+			`sessions[0].targets[1].rotate_every: standard output cannot be rotated`,
+			`sessions[0].targets[2].rotate_every: is not a field of vxlan targets (only pcap)`,
+		},
+	},
 }
 
 func TestParseBadConfigs(t *testing.T) {

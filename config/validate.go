@@ -8,6 +8,9 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
+
+	"github.com/nfclone/nfclone/internal/strftime"
 )
 
 var (
@@ -24,8 +27,10 @@ func (p *problems) add(path, format string, args ...any) {
 	p.list = append(p.list, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
-// Validate checks a decoded config without looking at the host, fills in
-// per-session defaults, and returns every problem found.
+// Validate checks a decoded config without looking at the host (but for a
+// session's user given by name, resolved to its uid through os/user), fills
+// in per-session defaults and the typed selectors, and returns every
+// problem found.
 func Validate(c *Config) Errors {
 	var p problems
 	if !reName.MatchString(c.Table) {
@@ -99,6 +104,7 @@ func Validate(c *Config) Errors {
 		names[s.Name] = i
 		validateSession(&p, path, s)
 	}
+	validatePriorities(&p, c)
 	return p.list
 }
 
@@ -229,6 +235,7 @@ func validateSession(p *problems, path string, s *Session) {
 	for i := range s.Targets {
 		validateTarget(p, fmt.Sprintf("%s.targets[%d]", path, i), s, &s.Targets[i])
 	}
+	validateSelectors(p, path, s, SystemUser)
 }
 
 func validateRules(p *problems, path string, s *Session, dirs map[string]bool, l2 bool) {
@@ -344,6 +351,7 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 	only("format", t.Format != "", KindPcap, KindPcapOverIP)
 	only("rotate_size", t.RotateSize != "", KindPcap)
 	only("rotate_keep", t.RotateKeep != 0, KindPcap)
+	only("rotate_every", t.RotateEvery != "", KindPcap)
 
 	validateOutputTarget(p, tp, s, t, only)
 	if t.Device != "" && !reIfname.MatchString(t.Device) {
@@ -429,6 +437,19 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 		}
 		if t.RotateKeep < 0 {
 			p.add(tp+".rotate_keep", "%d must not be negative", t.RotateKeep)
+		}
+		if t.RotateEvery != "" {
+			if d, err := time.ParseDuration(t.RotateEvery); err != nil || d < time.Second {
+				p.add(tp+".rotate_every", "%q is not a duration of at least 1s (like 10s, 15m, 1h)", t.RotateEvery)
+			}
+			if t.Path == "-" {
+				p.add(tp+".rotate_every", "standard output cannot be rotated")
+			}
+		}
+		if t.Path != "-" {
+			if err := strftime.Validate(t.Path); err != nil {
+				p.add(tp+".path", "%v", err)
+			}
 		}
 	}
 }

@@ -145,10 +145,12 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 	// 3. rules, in one batch. Indexes are read again: the plan may have
 	// created interfaces.
 	idx = interfaceIndexes(c)
+	cgroups := cgroupIDs(c, rt.cgroupRoot)
 	rs, err := rules.Compile(c, rules.Options{
 		NativeQueue: rt.feats.Has(rules.FeatNativeQueue),
 		IfIndex:     func(n string) uint32 { return uint32(idx[n]) },
 		SkipMissing: true, Queues: queues, Gateways: gws,
+		CgroupID: func(p string) uint64 { return cgroups[p] },
 	})
 	if err != nil {
 		undoAdded()
@@ -176,7 +178,7 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 	for _, s := range fresh {
 		rt.sessions[s.name] = s
 	}
-	rt.cfg, rt.rs, rt.gateways, rt.idx = c, rs, gws, idx
+	rt.cfg, rt.rs, rt.gateways, rt.idx, rt.cgroups = c, rs, gws, idx, cgroups
 	rt.created = createdLinks(append(append(route.Journal(nil), kept...), added...))
 	e.gen++
 	e.mu.Unlock()
@@ -205,6 +207,11 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 	for name, i := range idx {
 		if i == 0 {
 			log.Warn("interface missing: its part of the rules is left out until it comes back", "interface", name)
+		}
+	}
+	for p, id := range cgroups {
+		if id == 0 {
+			log.Warn("cgroup missing: its sessions copy nothing until it exists", "cgroup", p, "cgroup2", rt.cgroupRoot)
 		}
 	}
 	return nil

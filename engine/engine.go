@@ -154,6 +154,10 @@ type runtime struct {
 	tables   copyTables      // the tables of the routing plan (event filter)
 	drift    []route.Drift   // what the last reconcile could not put back (e.mu)
 	created  map[string]bool // interfaces nfclone created, from the journal (e.mu)
+	// cgroupRoot is the cgroup2 mount ("" when no session has a cgroup);
+	// cgroups the ids the rules were compiled with (0: missing).
+	cgroupRoot string
+	cgroups    map[string]uint64
 }
 
 // createdLinks are the interfaces a journal says nfclone created.
@@ -227,6 +231,7 @@ func addSnapshots(a, b nfq.Snapshot) nfq.Snapshot {
 	d.SocketOverrun += x.SocketOverrun
 	d.QueueOverflow += x.QueueOverflow
 	d.RateLimit += x.RateLimit
+	a.Skipped = a.Skipped.Add(b.Skipped)
 	d.Malformed += x.Malformed
 	d.SendError += x.SendError
 	d.TooBig += x.TooBig
@@ -266,7 +271,11 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	if err != nil {
 		return err
 	}
-	rt := &runtime{rk: rk, feats: feats, sessions: map[string]*session{},
+	cgRoot, err := cgroupRoot(c)
+	if err != nil {
+		return err
+	}
+	rt := &runtime{rk: rk, feats: feats, sessions: map[string]*session{}, cgroupRoot: cgRoot,
 		st: &State{PID: os.Getpid(), Started: time.Now().UTC(), Table: c.Table, NetNS: config.NetNS()}}
 	if e.Limit > 0 {
 		rt.limit = newLimit(e.Limit, cancel)
@@ -309,6 +318,8 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	}
 	tick := time.NewTicker(reconcileEvery)
 	defer tick.Stop()
+	cgTick := time.NewTicker(cgroupPoll)
+	defer cgTick.Stop()
 	for running := true; running; {
 		select {
 		case <-ctx.Done():
@@ -324,6 +335,8 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 		case <-tick.C:
 			e.reconcileRouting()
 			e.relink()
+		case <-cgTick.C:
+			e.recgroup()
 		}
 	}
 	svcCancel()
@@ -379,6 +392,13 @@ func (e *Engine) validateReload(c *config.Config) error {
 	}
 	if missing := Missing(c, e.rt.feats); len(missing) > 0 {
 		return hostErr("the kernel lacks: %v", missing)
+	}
+	if e.rt.cgroupRoot == "" {
+		root, err := cgroupRoot(c)
+		if err != nil {
+			return err
+		}
+		e.rt.cgroupRoot = root
 	}
 	return nil
 }
@@ -465,7 +485,7 @@ func interfaceIndexes(c *config.Config) map[string]int {
 		out[n] = int(ifIndex(n))
 	}
 	for _, s := range c.Sessions {
-		if s.Method == config.MethodDup {
+		if s.Method == config.MethodDup || annotates(s) {
 			for _, src := range s.Sources {
 				look(src.Interface)
 			}
@@ -537,6 +557,7 @@ func Missing(c *config.Config, f rules.Features) []string {
 		if s.Rate != "" {
 			need[rules.FeatLimit] = true
 		}
+		selectorNeeds(s.Select, need)
 		switch s.Method {
 		case config.MethodQueue:
 			if !f.Has(rules.FeatNativeQueue) {
@@ -652,6 +673,9 @@ func (e *Engine) Status() Status {
 			if s.Method == config.MethodDup {
 				ss.Seen = Counter{Packets: m[rules.CounterSeen].Packets, Bytes: m[rules.CounterSeen].Bytes}
 				ss.Copied = Counter{Packets: m[rules.CounterCopied].Packets, Bytes: m[rules.CounterCopied].Bytes}
+				if sk := skippedCounts(m); sk.Total() > 0 {
+					ss.Skipped = &sk
+				}
 			} else if ss.Ledger != nil {
 				// What only the kernel's counters know enters the ledger here.
 				l := withKernelCounts(*ss.Ledger, m)
@@ -666,6 +690,10 @@ func (e *Engine) Status() Status {
 				ss.State = "waiting"
 				ss.Missing = append(ss.Missing, name)
 			}
+		}
+		if p := s.Select.Cgroup; p != "" && rt.cgroups[p] == 0 {
+			ss.State = "waiting"
+			ss.Missing = append(ss.Missing, "cgroup "+p)
 		}
 		sort.Strings(ss.Missing)
 		if s.Method != config.MethodDup {

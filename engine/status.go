@@ -42,13 +42,16 @@ type SessionStatus struct {
 	// MissingRoutes are the gateway routes the session's copies need that
 	// are not in the kernel (copies to them fail, counted as send errors,
 	// until the route is back).
-	MissingRoutes []string       `json:"missing_routes,omitempty"`
-	Seen          Counter        `json:"seen"`
-	Copied        Counter        `json:"copied"`
-	Ledger        *nfq.Snapshot  `json:"ledger,omitempty"`
-	Queue         *QueueStatus   `json:"queue,omitempty"`
-	Readers       []ReaderStatus `json:"readers,omitempty"`
-	Targets       []TargetStatus `json:"targets"`
+	MissingRoutes []string `json:"missing_routes,omitempty"`
+	// Skipped: what the session's selectors kept from being copied (dup
+	// sessions; userspace sessions have it in their ledger).
+	Skipped *nfq.Skipped   `json:"skipped,omitempty"`
+	Seen    Counter        `json:"seen"`
+	Copied  Counter        `json:"copied"`
+	Ledger  *nfq.Snapshot  `json:"ledger,omitempty"`
+	Queue   *QueueStatus   `json:"queue,omitempty"`
+	Readers []ReaderStatus `json:"readers,omitempty"`
+	Targets []TargetStatus `json:"targets"`
 }
 
 // Counter is packets and bytes.

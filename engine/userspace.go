@@ -75,6 +75,12 @@ func sessionKey(c *config.Config, s config.Session, gws []rules.GatewayRoute, id
 			k.Devices[rules.DeviceTargetName(t)] = idx[rules.DeviceTargetName(t)]
 		}
 	}
+	if annotates(s) {
+		// Its pcapng records name source interfaces by index.
+		for _, src := range s.Sources {
+			k.Devices["source:"+src.Interface] = idx[src.Interface]
+		}
+	}
 	b, _ := json.Marshal(k)
 	return string(b)
 }
@@ -154,6 +160,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 	} else {
 		r, err := nfq.NewLogReader(nfq.LogConfig{
 			Group: uint16(first), Snaplen: uint32(sc.Snaplen), QThresh: rules.LogThreshold, Logger: slog,
+			RuleMask: rules.RuleMarks(c, i),
 		}, s.queue, s.ledger)
 		if err != nil {
 			return nil, hostErr("sessions[%d]: binding NFLOG group %d: %v", i, first, err)
@@ -346,7 +353,7 @@ func (s *session) stop(drain time.Duration, kernel map[string]rules.CounterValue
 	s.final = &snap
 	s.mu.Unlock()
 	s.log.Info("session ledger", "offered", snap.Offered, "copied", snap.Copied, "fail_open", snap.Drops.FailOpen,
-		"rate_limit", snap.Drops.RateLimit,
+		"rate_limit", snap.Drops.RateLimit, "skipped_by_selectors", snap.Skipped.Total(),
 		"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
 		"kernel_queue", snap.Drops.KernelQueue, "user", snap.Drops.User, "socket_overrun", snap.Drops.SocketOverrun,
 		"malformed", snap.Drops.Malformed, "too_big", snap.Drops.TooBig, "dedup", snap.Drops.Dedup, "in_flight", snap.InFlight, "balanced", snap.Balanced())
@@ -460,6 +467,51 @@ func (s *session) status() SessionStatus {
 // openExtraTarget opens the targets beyond gateway and device: tunnels and
 // pcap files. Their copies carry the configured mark (no policy route: the
 // tunnel's UDP is routed like any other traffic of the host).
+// annotates reports whether the session has an annotated (pcapng) target.
+func annotates(s config.Session) bool {
+	for _, t := range s.Targets {
+		if t.Kind == config.KindPcap && t.Format == "pcapng" {
+			return true
+		}
+	}
+	return false
+}
+
+// annotation is what a pcapng target of the session notes on its records:
+// the session, its source interfaces by index (as they are now; a
+// re-created source interface restarts the session, see sessionKey), the
+// interface of each direction when there is only one (queue clones do not
+// say), and the rules' numbers by ordinal.
+func annotation(sc config.Session) *sink.PcapAnnotation {
+	a := &sink.PcapAnnotation{Session: sc.Name, Names: map[uint32]string{}}
+	byDir := map[string]map[string]bool{}
+	for _, src := range sc.Sources {
+		if i := ifIndex(src.Interface); i != 0 {
+			a.Names[i] = src.Interface
+		}
+		for _, d := range config.SourceDirections(src.Direction) {
+			if byDir[d] == nil {
+				byDir[d] = map[string]bool{}
+			}
+			byDir[d][src.Interface] = true
+		}
+	}
+	only := func(set map[string]bool) string {
+		if len(set) != 1 {
+			return ""
+		}
+		for n := range set {
+			return n
+		}
+		return ""
+	}
+	a.In, a.Out = only(byDir[config.Ingress]), only(byDir[config.Egress])
+	for _, r := range config.SortedRules(sc.Rules) {
+		a.Rules = append(a.Rules, r.Number)
+	}
+	return a
+}
+
 func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name string, log *slog.Logger) (sink.Sink, error) {
 	switch t.Kind {
 	case config.KindVXLAN, config.KindGENEVE:
@@ -485,8 +537,12 @@ func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name 
 		if keep == 0 && t.RotateSize != "" {
 			keep = config.DefaultRotateKeep
 		}
-		return sink.NewPcap(sink.PcapConfig{Name: name, Logger: log, PcapWriterConfig: sink.PcapWriterConfig{
-			Path: t.Path, Format: t.Format, LinkType: sink.LinkTypeRaw, Snaplen: sc.Snaplen, RotateSize: size, RotateKeep: keep}})
+		var ann *sink.PcapAnnotation
+		if t.Format == "pcapng" {
+			ann = annotation(sc)
+		}
+		return sink.NewPcap(sink.PcapConfig{Name: name, Logger: log, Annotate: ann, PcapWriterConfig: sink.PcapWriterConfig{
+			Path: t.Path, Format: t.Format, LinkType: sink.LinkTypeRaw, Snaplen: sc.Snaplen, RotateSize: size, RotateKeep: keep, RotateEvery: t.RotateInterval()}})
 	}
 	return nil, fmt.Errorf("target kind %s is not available with method %s", t.Kind, sc.Method)
 }
@@ -507,7 +563,9 @@ func (s *session) snapshot() nfq.Snapshot {
 // counters know: packets the copy rule matched that never reached the
 // reader (fail_open) and packets the session's rate kept from it.
 func withKernelCounts(s nfq.Snapshot, m map[string]rules.CounterValue) nfq.Snapshot {
-	return s.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
+	s = s.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
+	s.Skipped = skippedCounts(m)
+	return s
 }
 
 // written is how many packets the session's targets sent (wire packets:

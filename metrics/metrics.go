@@ -85,6 +85,7 @@ type descs struct {
 
 	seenPackets, seenBytes, copiedPackets, copiedBytes *prometheus.Desc
 	offered, received, inFlight, dropped               *prometheus.Desc
+	skipped                                            *prometheus.Desc
 	enobufs, verdictErrors, state, missing             *prometheus.Desc
 	missingRoutes, drift                               *prometheus.Desc
 
@@ -119,6 +120,7 @@ func newDescs() *descs {
 		received:      d("session_received_packets_total", "Packets read from the kernel (userspace sessions).", sl()...),
 		inFlight:      d("session_in_flight_packets", "Copies received but not yet sent or dropped (userspace sessions).", sl()...),
 		dropped:       d("session_dropped_packets_total", "Copies lost, by reason (the session's ledger); originals are never dropped.", sl("reason")...),
+		skipped:       d("session_skipped_packets_total", "Packets a session's selectors kept from being copied, by selector (kernel rule counters; not losses).", sl("selector")...),
 		enobufs:       d("session_enobufs_events_total", "ENOBUFS receive errors on the session's netlink sockets (events, not packets).", sl()...),
 		verdictErrors: d("session_verdict_errors_total", "Verdict messages the kernel refused.", sl()...),
 		state:         d("session_state", "1 for the session's current state: running, or waiting for a missing interface or gateway route.", sl("state")...),
@@ -152,7 +154,7 @@ func (d *descs) all() []*prometheus.Desc {
 	return []*prometheus.Desc{
 		d.buildInfo, d.startTime, d.generation, d.reloadOK, d.reloadTime,
 		d.seenPackets, d.seenBytes, d.copiedPackets, d.copiedBytes,
-		d.offered, d.received, d.inFlight, d.dropped,
+		d.offered, d.received, d.inFlight, d.dropped, d.skipped,
 		d.enobufs, d.verdictErrors, d.state, d.missing, d.missingRoutes, d.drift,
 		d.queueDepth, d.queueCap, d.workers,
 		d.readerUp, d.readerPackets, d.readerDatagrams, d.readerENOBUFS,
@@ -259,6 +261,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(d.missing, float64(len(ss.Missing)), sl...)
 		gauge(d.missingRoutes, float64(len(ss.MissingRoutes)), sl...)
 
+		sk := ss.Skipped
+		if l := ss.Ledger; l != nil {
+			sk = &l.Skipped
+		}
+		if sk != nil {
+			for _, r := range sk.Reasons() {
+				counter(d.skipped, r.Packets, with(r.Name)...)
+			}
+		}
 		if l := ss.Ledger; l != nil {
 			counter(d.offered, l.Offered, sl...)
 			counter(d.received, l.Received, sl...)

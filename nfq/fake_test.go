@@ -42,6 +42,7 @@ type qpkt struct {
 	hw     []byte
 	mark   uint32 // 0: 7
 	info   uint32 // NFQA_SKB_INFO (0: none)
+	ts     []byte // NFQA_TIMESTAMP (nil: none)
 }
 
 func queuePacketMsg(p qpkt) []byte {
@@ -68,6 +69,9 @@ func queuePacketMsg(p qpkt) []byte {
 	}
 	if p.info != 0 {
 		a = appendAttr(a, nfqaSkbInfo, be32b(p.info))
+	}
+	if p.ts != nil {
+		a = appendAttr(a, nfqaTimestamp, p.ts)
 	}
 	a = appendAttr(a, nfqaPayload, p.data)
 	if p.capLen != 0 {

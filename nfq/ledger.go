@@ -104,6 +104,9 @@ type Snapshot struct {
 	ENOBUFS uint64 `json:"enobufs_events"`
 	// VerdictErrors counts verdict messages the kernel refused.
 	VerdictErrors uint64 `json:"verdict_errors"`
+	// Skipped: what the session's selectors kept from being copied
+	// (outside the invariant, like a filter's non-matches).
+	Skipped Skipped `json:"skipped"`
 }
 
 // Balanced reports whether Offered = Copied + Drops + InFlight.

@@ -40,6 +40,11 @@ type LogConfig struct {
 	Session       int
 	NetNS         int
 	Logger        *slog.Logger
+	// RuleMask, when set, is the part of the mark where the session's
+	// rules put the ordinal of the rule that accepted the packet
+	// (rules.RuleMarks): the reader moves it to Packet.Rule and clears it
+	// from Packet.Mark.
+	RuleMask uint32
 }
 
 func (c *LogConfig) defaults() {
@@ -123,6 +128,7 @@ func newLogReader(cfg LogConfig, sock nlSocket, q *CopyQueue, led *Ledger) (*Log
 	lr.r = newReader(kindLog, sock, q, led, cfg.Session, cfg.Group, 8, bufSize, 1, time.Millisecond, cfg.Logger)
 	lr.r.backpressure = true // NFLOG never holds an original
 	lr.r.whole = cfg.Snaplen >= MaxCopy
+	lr.r.ruleMask = cfg.RuleMask
 	if err := lr.bind(); err != nil {
 		return nil, err
 	}

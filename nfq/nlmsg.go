@@ -34,6 +34,7 @@ const (
 	nfqaPacketHdr  = 1
 	nfqaVerdictHdr = 2
 	nfqaMark       = 3
+	nfqaTimestamp  = 4
 	nfqaIfIndexIn  = 5
 	nfqaIfIndexOut = 6
 	nfqaHwAddr     = 9
@@ -65,12 +66,16 @@ const (
 	nfulnlMsgPacket = 0
 	nfulnlMsgConfig = 1
 
+	nfulaPacketHdr  = 1
 	nfulaMark       = 2
+	nfulaTimestamp  = 3
 	nfulaIfIndexIn  = 4
 	nfulaIfIndexOut = 5
 	nfulaHwAddr     = 8
 	nfulaPayload    = 9
 	nfulaSeq        = 12
+	nfulaUID        = 11
+	nfulaGID        = 14
 
 	nfulaCfgCmd      = 1
 	nfulaCfgMode     = 2
@@ -161,6 +166,28 @@ type pktInfo struct {
 	mark    uint32
 	hw      [8]byte
 	hwLen   uint8
+	// ts is the kernel's timestamp of the packet (NFQA_TIMESTAMP,
+	// NFULA_TIMESTAMP: skb->tstamp) in nanoseconds, 0 if it gave none.
+	ts int64
+	// hook is the netfilter hook (NFULA_PACKET_HDR; hasHook says it came).
+	hook    uint8
+	hasHook bool
+	// uid, gid of the packet's local socket (NFULA_UID/GID, hasUID).
+	uid, gid uint32
+	hasUID   bool
+}
+
+// parseTimestamp reads struct nfqnl_msg_packet_timestamp /
+// nfulnl_msg_packet_timestamp: __be64 sec; __be64 usec.
+func parseTimestamp(val []byte) int64 {
+	if len(val) < 16 {
+		return 0
+	}
+	sec, usec := binary.BigEndian.Uint64(val[0:8]), binary.BigEndian.Uint64(val[8:16])
+	if sec > 1<<33 || usec >= 1e6 {
+		return 0 // not a time this reader can use
+	}
+	return int64(sec)*1e9 + int64(usec)*1e3
 }
 
 func be32(b []byte) uint32 { return binary.BigEndian.Uint32(b) }
@@ -224,6 +251,8 @@ func parseQueuePacket(body []byte, pi *pktInfo) error {
 			}
 		case nfqaHwAddr:
 			parseHw(val, pi)
+		case nfqaTimestamp:
+			pi.ts = parseTimestamp(val)
 		}
 	}
 	if !pi.hasID {
@@ -270,6 +299,21 @@ func parseLogPacket(body []byte, pi *pktInfo) error {
 			}
 		case nfulaHwAddr:
 			parseHw(val, pi)
+		case nfulaTimestamp:
+			pi.ts = parseTimestamp(val)
+		case nfulaPacketHdr:
+			// struct nfulnl_msg_packet_hdr { __be16 hw_protocol; __u8 hook; __u8 _pad; }
+			if len(val) >= 3 {
+				pi.hook, pi.hasHook = val[2], true
+			}
+		case nfulaUID:
+			if len(val) >= 4 {
+				pi.uid, pi.hasUID = be32(val), true
+			}
+		case nfulaGID:
+			if len(val) >= 4 {
+				pi.gid = be32(val)
+			}
 		}
 	}
 	if pi.payload == nil {

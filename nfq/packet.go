@@ -36,6 +36,13 @@ const (
 	classLarge
 )
 
+// Directions of Packet.Dir.
+const (
+	DirUnknown uint8 = iota
+	DirIngress
+	DirEgress
+)
+
 // Packet is one copy in flight from a reader to the sinks. It lives in a
 // pooled buffer and must be released (Release) by whoever consumes it last —
 // the worker after sending.
@@ -73,6 +80,22 @@ type Packet struct {
 	// Dup says the copy was a duplicate within the session's dedup window
 	// and was not sent (counted as dedup).
 	Dup bool
+	// Time is when the kernel saw the packet, in nanoseconds since the Unix
+	// epoch (microsecond precision: the kernel's NFQA_TIMESTAMP /
+	// NFULA_TIMESTAMP), or, when it gave no usable time, when the reader
+	// received it. 0: unknown (a sink then uses the time it writes).
+	Time int64
+	// Dir is the direction the packet was copied in (DirIngress,
+	// DirEgress; DirUnknown when the kernel did not say).
+	Dir uint8
+	// Rule is the ordinal (1, 2, …, in number order) of the session rule
+	// that accepted the packet, when the session's rules mark it (log
+	// sessions with annotated pcapng targets); 0: unknown.
+	Rule uint8
+	// UID and GID own the packet's local socket, when HasUID (NFLOG gives
+	// them for the host's own packets).
+	UID, GID uint32
+	HasUID   bool
 	// Errs counts targets that failed to send this copy. Sinks increment it;
 	// the worker's accounting reads it (0 = copied everywhere).
 	Errs uint8

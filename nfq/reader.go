@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"net"
 	"os"
 	"sync/atomic"
@@ -63,6 +64,11 @@ type reader struct {
 	flushInterval time.Duration
 	now           func() time.Time
 
+	// clocks read once per received batch (nanoseconds): the wall clock
+	// and the monotonic one, for stamping copies (see stamp)
+	clock            func() (real, mono int64)
+	realNow, monoNow int64
+
 	// id / sequence gap tracking
 	haveLast bool
 	last     uint32
@@ -76,6 +82,10 @@ type reader struct {
 
 	// per-batch local counters, folded into the ledger once per batch
 	nRecv, nMalformed, nOverflow, nGaps, nTooBig uint64
+
+	// ruleMask: where the session's rules put a rule ordinal in the mark
+	// (log sessions that annotate; 0: none)
+	ruleMask uint32
 
 	// whole: the session copies whole packets (no snaplen), so a packet the
 	// kernel cut short is too big, not a truncated copy
@@ -94,7 +104,7 @@ func newReader(kind readerKind, sock nlSocket, q *CopyQueue, led *Ledger, sessio
 		log = slog.Default()
 	}
 	r := &reader{kind: kind, sock: sock, q: q, led: led, session: session, resID: resID, log: log,
-		batchSize: batch, flushInterval: flush, now: time.Now, verdict: nfAccept}
+		batchSize: batch, flushInterval: flush, now: time.Now, clock: clocks, verdict: nfAccept}
 	r.bufs = make([][]byte, vlen)
 	slab := make([]byte, vlen*bufSize)
 	for i := range r.bufs {
@@ -252,8 +262,41 @@ func (r *reader) warn(msg string, err error) {
 	r.log.Warn(msg, "resource", r.resID, "err", err)
 }
 
+// clocks reads the wall clock and the monotonic clock.
+func clocks() (real, mono int64) {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) == nil {
+		mono = ts.Nano()
+	}
+	return time.Now().UnixNano(), mono
+}
+
+// maxSkew is how far from the clock a kernel timestamp may be and still be
+// taken as a time of that clock.
+const maxSkew = int64(time.Minute)
+
+// stamp returns the time of a copy whose kernel timestamp is ts (0: none):
+// ts itself when it is a wall-clock time (the time of receipt: skb->tstamp,
+// which the kernel sets while any socket asks for timestamps, see
+// keepTimestamps); ts moved to the wall clock when it is a monotonic time
+// (the departure time TCP gives the packets this host sends); else the
+// time the reader received the batch (forwarded packets after the routing
+// decision carry none).
+func (r *reader) stamp(ts int64) int64 {
+	if ts != 0 {
+		if d := r.realNow - ts; d > -maxSkew && d < maxSkew {
+			return ts
+		}
+		if d := r.monoNow - ts; r.monoNow != 0 && d > -maxSkew && d < maxSkew {
+			return ts + r.realNow - r.monoNow
+		}
+	}
+	return r.realNow
+}
+
 // process handles n received datagrams.
 func (r *reader) process(n int) {
+	r.realNow, r.monoNow = r.clock()
 	r.datagrams.Add(uint64(n))
 	for i := 0; i < n; i++ {
 		if r.trunc[i] || r.lens[i] > len(r.bufs[i]) || r.lens[i] < 0 {
@@ -395,6 +438,7 @@ func (r *reader) handlePacket(body []byte) {
 		}
 	}
 	p.OrigLen = orig
+	p.Time = r.stamp(pi.ts)
 	p.Family = fam
 	p.InIf, p.OutIf, p.Mark = pi.inIf, pi.outIf, pi.mark
 	if c := r.clones; c != nil {
@@ -404,10 +448,30 @@ func (r *reader) handlePacket(body []byte) {
 		if c.DFClear != 0 && p.Mark&c.DFClear != 0 {
 			clearDF(p.Data)
 		}
+		// Clones of the ingress copy chains carry TTLDecremented (the
+		// kernel's dup took one off in prerouting/input).
+		p.Dir = DirEgress
+		if p.Mark&c.TTLDecremented != 0 {
+			p.Dir = DirIngress
+		}
 		p.Mark &^= c.Mask
 		p.OutIf = 0 // the clone's route to lo, not the original's
 	}
 	p.HwAddr, p.HwAddrLen = pi.hw, pi.hwLen
+	p.UID, p.GID, p.HasUID = pi.uid, pi.gid, pi.hasUID
+	if pi.hasHook {
+		// NF_INET_PRE_ROUTING and LOCAL_IN see packets coming in; FORWARD
+		// (where log sessions hook egress), LOCAL_OUT and POST_ROUTING
+		// going out.
+		p.Dir = DirEgress
+		if pi.hook <= 1 {
+			p.Dir = DirIngress
+		}
+	}
+	if m := r.ruleMask; m != 0 {
+		p.Rule = uint8((p.Mark & m) >> bits.TrailingZeros32(m))
+		p.Mark &^= m
+	}
 	p.Session = r.session
 	if !r.q.Push(p) {
 		r.nOverflow++

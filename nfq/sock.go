@@ -56,6 +56,7 @@ func newRawNL(c *netlink.Conn, rcvbuf int) (*rawNL, error) {
 	err = rc.Control(func(fd uintptr) {
 		s.fd = int(fd)
 		serr = s.setRcvBuf(rcvbuf)
+		s.keepTimestamps()
 	})
 	if err != nil {
 		return nil, err
@@ -144,6 +145,16 @@ func (s *mmsgSock) Send(b []byte) error {
 		}
 		return err
 	}
+}
+
+// keepTimestamps asks for receive timestamps on the socket. The kernel
+// stamps received packets (skb->tstamp, which NFQUEUE and NFLOG pass on as
+// NFQA_TIMESTAMP / NFULA_TIMESTAMP) only while some socket on the host
+// wants timestamps, so a reader keeps that on for as long as it is open.
+// nfclone never reads the socket's own timestamps (recvmmsg gets no control
+// buffer). Best effort: without it, copies get the time they were read.
+func (s *mmsgSock) keepTimestamps() {
+	_ = unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
 }
 
 // setRcvBuf sets the receive buffer: SO_RCVBUFFORCE, or without

@@ -29,33 +29,59 @@ func Queue(b Batch, rs *Ruleset) error {
 	for _, f := range Families {
 		b.DestroyTable(&nftables.Table{Name: rs.Name, Family: f})
 	}
-	for _, t := range rs.Tables {
+	for i := range rs.Tables {
+		t := &rs.Tables[i]
 		nt := b.AddTable(&nftables.Table{Name: rs.Name, Family: t.Family, Flags: nftables.TableFlagOwner})
-		chains := map[string]*nftables.Chain{}
-		for _, c := range t.Chains {
-			nc := &nftables.Chain{Name: c.Name, Table: nt}
-			if c.Hook != nil {
-				hook, prio, policy := c.Hook.Num, c.Hook.Priority, nftables.ChainPolicyAccept
-				nc.Type, nc.Hooknum, nc.Priority, nc.Policy, nc.Device = nftables.ChainTypeFilter, &hook, &prio, &policy, c.Hook.Device
-			}
-			chains[c.Name] = b.AddChain(nc)
+		if err := queueTable(b, t, nt); err != nil {
+			return err
 		}
-		for _, c := range t.Chains {
-			for _, r := range c.Rules {
-				exprs := append([]expr.Any(nil), r.Exprs...)
-				for _, s := range r.Sets {
-					set := &nftables.Set{
-						Table: nt, Anonymous: true, Constant: true, Interval: s.Interval, KeyType: s.KeyType,
-					}
-					if err := b.AddSet(set, s.Elements); err != nil {
-						return fmt.Errorf("adding anonymous set for chain %s: %w", c.Name, err)
-					}
-					lk := *(exprs[s.Lookup].(*expr.Lookup))
-					lk.SetName, lk.SetID = set.Name, set.ID
-					exprs[s.Lookup] = &lk
+	}
+	return nil
+}
+
+// queueTable adds t's sets, chains and rules to the table nt (already
+// added to b).
+func queueTable(b Batch, t *Table, nt *nftables.Table) error {
+	sets := map[string]*nftables.Set{}
+	for _, s := range t.Sets {
+		ns := &nftables.Set{Table: nt, Name: s.Name, KeyType: s.KeyType, Dynamic: true, HasTimeout: true,
+			Timeout: s.Timeout, Size: s.Size, Concatenation: len(nftables.ConcatSetTypeElements(s.KeyType)) > 1}
+		if err := b.AddSet(ns, nil); err != nil {
+			return fmt.Errorf("adding set %s: %w", s.Name, err)
+		}
+		sets[s.Name] = ns
+	}
+	chains := map[string]*nftables.Chain{}
+	for _, c := range t.Chains {
+		nc := &nftables.Chain{Name: c.Name, Table: nt}
+		if c.Hook != nil {
+			hook, prio, policy := c.Hook.Num, c.Hook.Priority, nftables.ChainPolicyAccept
+			nc.Type, nc.Hooknum, nc.Priority, nc.Policy, nc.Device = nftables.ChainTypeFilter, &hook, &prio, &policy, c.Hook.Device
+		}
+		chains[c.Name] = b.AddChain(nc)
+	}
+	for _, c := range t.Chains {
+		for _, r := range c.Rules {
+			exprs := append([]expr.Any(nil), r.Exprs...)
+			for i, e := range exprs {
+				if ds, ok := e.(*expr.Dynset); ok && sets[ds.SetName] != nil {
+					d := *ds
+					d.SetID = sets[ds.SetName].ID
+					exprs[i] = &d
 				}
-				b.AddRule(&nftables.Rule{Table: nt, Chain: chains[c.Name], Exprs: exprs})
 			}
+			for _, s := range r.Sets {
+				set := &nftables.Set{
+					Table: nt, Anonymous: true, Constant: true, Interval: s.Interval, KeyType: s.KeyType,
+				}
+				if err := b.AddSet(set, s.Elements); err != nil {
+					return fmt.Errorf("adding anonymous set for chain %s: %w", c.Name, err)
+				}
+				lk := *(exprs[s.Lookup].(*expr.Lookup))
+				lk.SetName, lk.SetID = set.Name, set.ID
+				exprs[s.Lookup] = &lk
+			}
+			b.AddRule(&nftables.Rule{Table: nt, Chain: chains[c.Name], Exprs: exprs})
 		}
 	}
 	return nil

@@ -31,6 +31,9 @@ type Options struct {
 	// Gateways are the policy routes of userspace gateway targets (stable
 	// across reloads); nil: GatewayRoutes(c).
 	Gateways []GatewayRoute
+	// CgroupID resolves a session's cgroup (a path below the cgroup2 root)
+	// to its id; 0 when it does not exist. Nil resolves everything to 0.
+	CgroupID func(path string) uint64
 }
 
 func (o *Options) queueNum(c *config.Config, i int) int {
@@ -129,12 +132,18 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 	userspace := false
 	clones := map[nftables.TableFamily][]Rule{} // queue sessions' catch rules, per family
 	slots := 0                                  // queue sessions so far
+	scs := make([]*sessionCompiler, len(c.Sessions))
 	for i := range c.Sessions {
-		s := &c.Sessions[i]
 		sc, err := newSessionCompiler(c, i, opt)
 		if err != nil {
 			return nil, err
 		}
+		scs[i] = sc
+	}
+	for i := range c.Sessions {
+		s := &c.Sessions[i]
+		sc := scs[i]
+		sc.all = scs
 		switch s.Method {
 		case config.MethodDup:
 			var devs []config.Target
@@ -270,6 +279,10 @@ type sessionCompiler struct {
 	opt   Options
 	rules []parsedRule
 	rate  *config.Rate
+	all   []*sessionCompiler // every session's, for priority claims
+	// ruleMarks: accepting rules put their ordinal in this part of the
+	// mark (RuleMarks; 0: they do not)
+	ruleMarks uint32
 }
 
 type parsedRule struct {
@@ -282,7 +295,7 @@ type parsedRule struct {
 
 func newSessionCompiler(c *config.Config, i int, opt Options) (*sessionCompiler, error) {
 	s := &c.Sessions[i]
-	sc := &sessionCompiler{cfg: c, s: s, opt: opt}
+	sc := &sessionCompiler{cfg: c, s: s, opt: opt, ruleMarks: RuleMarks(c, i)}
 	for _, r := range config.SortedRules(s.Rules) {
 		pr := parsedRule{Rule: r}
 		var err error
@@ -371,8 +384,9 @@ func (sc *sessionCompiler) netdev(t *Table, devs []config.Target) {
 				Rules: []Rule{b.rule()},
 			})
 		}
-		t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d, name+"_copy"))
+		t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d, name+"_copy")...)
 	}
+	sc.addFlowSets(t)
 	t.Chains = append(t.Chains, sc.copyChain(t.Family, name+"_copy", func(b *builder) {
 		for _, dv := range devs {
 			dev := DeviceTargetName(dv)
@@ -380,7 +394,7 @@ func (sc *sessionCompiler) netdev(t *Table, devs []config.Target) {
 				b.dupDevice(dev, idx)
 			}
 		}
-	}))
+	})...)
 }
 
 // l3 compiles the session into an ip or ip6 table; rules of the other family
@@ -391,50 +405,78 @@ func (sc *sessionCompiler) l3(t *Table, perDirection bool, action func(b *builde
 	name := sc.s.Name
 	dirs, ifaces := sc.directions()
 	for _, d := range dirs {
-		var hook *nftables.ChainHook
-		switch {
-		case d == config.Ingress && sc.s.HostOnly:
-			hook = nftables.ChainHookInput
-		case d == config.Ingress:
-			hook = nftables.ChainHookPrerouting
-		case sc.s.HostOnly:
-			hook = nftables.ChainHookOutput
-		default:
-			hook = nftables.ChainHookPostrouting
-		}
 		filter := fmt.Sprintf("%s_%s", name, dirShort(d))
-		base := Chain{Name: filter + "_hook", Hook: &Hook{Num: *hook, Priority: basePriority}}
-		for _, ifc := range ifaces[d] {
-			b := newBuilder(t.Family).ifaceName(d, ifc)
-			if perDirection {
-				// nfclone's field must be clear: the clone marker goes
-				// there and the copy rule clears it again (cloneToQueue).
-				// This also skips every copy (their marks are in the field).
-				b.markBits(sc.cfg.MarkMask, 0)
-			} else {
-				b.markGuard(sc.markGuardArgs())
+		var bases []Chain
+		for _, h := range sc.hooks(d) {
+			base := Chain{Name: filter + h.suffix, Hook: &Hook{Num: *h.hook, Priority: basePriority}}
+			for _, ifc := range ifaces[d] {
+				b := newBuilder(t.Family).ifaceName(d, ifc)
+				if perDirection {
+					// nfclone's field must be clear: the clone marker goes
+					// there and the copy rule clears it again (cloneToQueue).
+					// This also skips every copy (their marks are in the field).
+					b.markBits(sc.cfg.MarkMask, 0)
+				} else {
+					b.markGuard(sc.markGuardArgs())
+				}
+				b.count(sc.s.Name, CounterSeen).verdict(expr.VerdictJump, filter)
+				base.Rules = append(base.Rules, b.rule())
 			}
-			b.count(sc.s.Name, CounterSeen).verdict(expr.VerdictJump, filter)
-			base.Rules = append(base.Rules, b.rule())
+			if sc.ruleMarks != 0 {
+				base.Rules = append(base.Rules, newBuilder(t.Family).clearRuleMarks(sc.ruleMarks, len(sc.rules)).rule())
+			}
+			bases = append(bases, base)
 		}
 		if !perDirection {
-			t.Chains = append(t.Chains, base, sc.filterChain(t.Family, filter, d, name+"_copy"))
+			t.Chains = append(t.Chains, bases...)
+			t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d, name+"_copy")...)
 			continue
 		}
 		copyName := filter + "_copy"
 		dec := d == config.Ingress
-		t.Chains = append(t.Chains, base, sc.filterChain(t.Family, filter, d, copyName),
-			sc.copyChain(t.Family, copyName, func(b *builder) { action(b, dec) }))
+		t.Chains = append(t.Chains, bases...)
+		t.Chains = append(t.Chains, sc.filterChain(t.Family, filter, d, copyName)...)
+		t.Chains = append(t.Chains, sc.copyChain(t.Family, copyName, func(b *builder) { action(b, dec) })...)
 	}
+	sc.addFlowSets(t)
 	if !perDirection {
-		t.Chains = append(t.Chains, sc.copyChain(t.Family, name+"_copy", func(b *builder) { action(b, false) }))
+		t.Chains = append(t.Chains, sc.copyChain(t.Family, name+"_copy", func(b *builder) { action(b, false) })...)
+	}
+}
+
+// sessionHook is a base chain's hook and the suffix of its name.
+type sessionHook struct {
+	hook   *nftables.ChainHook
+	suffix string
+}
+
+// hooks returns where a direction of the session is hooked: ingress at
+// prerouting (input with host_only), egress at postrouting (output with
+// host_only). A log session's egress is hooked at forward and output
+// instead, which see the same packets leaving the interface — forwarded
+// ones and this host's own — before postrouting: NFLOG passes the
+// packet's kernel timestamp (its time of receipt) only up to the forward
+// hook (the forwarding path clears it after), so the copies of forwarded
+// packets carry the kernel's time in both directions.
+func (sc *sessionCompiler) hooks(d string) []sessionHook {
+	switch {
+	case d == config.Ingress && sc.s.HostOnly:
+		return []sessionHook{{nftables.ChainHookInput, "_hook"}}
+	case d == config.Ingress:
+		return []sessionHook{{nftables.ChainHookPrerouting, "_hook"}}
+	case sc.s.HostOnly:
+		return []sessionHook{{nftables.ChainHookOutput, "_hook"}}
+	case sc.s.Method == config.MethodLog:
+		return []sessionHook{{nftables.ChainHookForward, "_hook"}, {nftables.ChainHookOutput, "_local"}}
+	default:
+		return []sessionHook{{nftables.ChainHookPostrouting, "_hook"}}
 	}
 }
 
 // filterChain holds the session's numbered rules for one direction: the
 // first match decides (accept: goto the copy chain; reject: return). With no
 // rules, everything is copied; with rules, what no rule accepts is not.
-func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copyChain string) Chain {
+func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copyChain string) []Chain {
 	ch := Chain{Name: name}
 	// Tunnel traffic to nfclone's own collectors is never copied: the kernel
 	// VXLAN device's packets carry no mark, and a session on their egress
@@ -447,11 +489,13 @@ func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copy
 		b.l4proto(17, false).ports(17, "dport", []config.PortRange{{Lo: r.Port(), Hi: r.Port()}})
 		ch.Rules = append(ch.Rules, b.verdict(expr.VerdictReturn, "").rule())
 	}
+	claims, claimChains := sc.claims(fam, dir)
+	ch.Rules = append(ch.Rules, claims...)
 	if len(sc.rules) == 0 {
 		ch.Rules = append(ch.Rules, newBuilder(fam).verdict(expr.VerdictGoto, copyChain).rule())
-		return ch
+		return append([]Chain{ch}, claimChains...)
 	}
-	for _, r := range sc.rules {
+	for k, r := range sc.rules {
 		if r.Direction != "" && r.Direction != dir {
 			continue
 		}
@@ -460,13 +504,16 @@ func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copy
 			continue
 		}
 		if r.Action == "accept" {
+			if sc.ruleMarks != 0 {
+				b.markRule(sc.ruleMarks, k+1)
+			}
 			b.verdict(expr.VerdictGoto, copyChain)
 		} else {
 			b.verdict(expr.VerdictReturn, "")
 		}
 		ch.Rules = append(ch.Rules, b.rule())
 	}
-	return ch
+	return append([]Chain{ch}, claimChains...)
 }
 
 // match compiles one rule's matches for a family; ok=false when the rule can
@@ -515,9 +562,21 @@ func (sc *sessionCompiler) markGuardArgs() (mask, lo, hi uint32) {
 	return sc.cfg.MarkMask, lo, hi
 }
 
-// copyChain samples, rate-limits and copies.
-func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, action func(*builder)) Chain {
+// copyChain selects (select.go), samples, rate-limits and copies. A
+// session with a cgroup or user has two chains: the scope test, and the
+// rest in <name>_sel.
+func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, action func(*builder)) []Chain {
+	var out []Chain
+	if sc.s.Select.Scoped() {
+		sel := name + "_sel"
+		out = append(out, Chain{Name: name, Rules: []Rule{
+			newBuilder(fam).scope(sc.s.Select, sc.cgroupID()).verdict(expr.VerdictGoto, sel).rule(),
+			newBuilder(fam).count(sc.s.Name, CounterScope).verdict(expr.VerdictReturn, "").rule(),
+		}})
+		name = sel
+	}
 	ch := Chain{Name: name}
+	ch.Rules = append(ch.Rules, sc.selectorRules(fam)...)
 	if sc.s.Sample > 1 {
 		ch.Rules = append(ch.Rules, newBuilder(fam).sample(sc.s.Sample).verdict(expr.VerdictReturn, "").rule())
 	}
@@ -530,5 +589,5 @@ func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, acti
 	b := newBuilder(fam).count(sc.s.Name, CounterCopied)
 	action(b)
 	ch.Rules = append(ch.Rules, b.rule())
-	return ch
+	return append(out, ch)
 }

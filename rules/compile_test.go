@@ -419,7 +419,8 @@ func TestProbe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{FeatOwner, FeatNativeQueue, FeatCompatQueue, FeatLog, FeatNotrack, FeatFib, FeatNumgen, FeatLimit, FeatDupNetdev, FeatDupIP, FeatDupIP6}
+	want := []string{FeatOwner, FeatNativeQueue, FeatCompatQueue, FeatLog, FeatNotrack, FeatFib, FeatNumgen, FeatLimit,
+		FeatCtCount, FeatSymhash, FeatDynset, FeatSocket, FeatSkuid, FeatDupNetdev, FeatDupIP, FeatDupIP6}
 	var names []string
 	for _, x := range f.List {
 		names = append(names, x.Name)

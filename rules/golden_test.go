@@ -30,6 +30,15 @@ var ifIndexes = map[string]uint32{
 
 func fixedIfIndex(name string) uint32 { return ifIndexes[name] }
 
+// fixedCgroupID is the cgroup resolver of the golden tests: one cgroup
+// exists, the others do not (id 0).
+func fixedCgroupID(path string) uint64 {
+	if path == "system.slice/nginx.service" {
+		return 4242
+	}
+	return 0
+}
+
 // goldenCases: every testdata/NAME.yaml compiled with the options of the
 // case; NAME.nft holds Render() and NAME.exprs the expression dump.
 var goldenCases = []struct {
@@ -44,6 +53,10 @@ var goldenCases = []struct {
 	{golden: "single_compat", config: "single"},
 	{golden: "single_native", config: "single", native: true},
 	{golden: "userspace_gw", config: "userspace_gw"},
+	{golden: "select_l3", config: "select_l3"},
+	{golden: "select_netdev", config: "select_netdev"},
+	{golden: "select_scope", config: "select_scope"},
+	{golden: "annotate", config: "annotate"},
 }
 
 func loadConfig(t testing.TB, name string) *config.Config {
@@ -57,7 +70,7 @@ func loadConfig(t testing.TB, name string) *config.Config {
 
 func compileCase(t testing.TB, cfgName string, native bool) *Ruleset {
 	t.Helper()
-	rs, err := Compile(loadConfig(t, cfgName), Options{NativeQueue: native, IfIndex: fixedIfIndex})
+	rs, err := Compile(loadConfig(t, cfgName), Options{NativeQueue: native, IfIndex: fixedIfIndex, CgroupID: fixedCgroupID})
 	if err != nil {
 		t.Fatalf("Compile(%s): %v", cfgName, err)
 	}
@@ -222,6 +235,12 @@ var metaKeys = map[expr.MetaKey]string{
 	expr.MetaKeyIIF: "iif", expr.MetaKeyOIF: "oif", expr.MetaKeyIIFNAME: "iifname", expr.MetaKeyOIFNAME: "oifname",
 	expr.MetaKeyIIFTYPE: "iiftype", expr.MetaKeyOIFTYPE: "oiftype", expr.MetaKeyNFPROTO: "nfproto",
 	expr.MetaKeyL4PROTO: "l4proto", expr.MetaKeyPKTTYPE: "pkttype", expr.MetaKeyCPU: "cpu",
+	expr.MetaKeySKUID: "skuid",
+}
+
+var ctKeys = map[expr.CtKey]string{
+	expr.CtKeyDIRECTION: "direction", expr.CtKeyPKTS: "packets", expr.CtKeyBYTES: "bytes",
+	expr.CtKeySTATE: "state", expr.CtKeyMARK: "mark", expr.CtKeyLABELS: "label",
 }
 
 var cmpOps = map[expr.CmpOp]string{
@@ -371,6 +390,39 @@ func dumpExpr(t *testing.T, fam nftables.TableFamily, e expr.Any) string {
 		return "notrack"
 	case *expr.Counter:
 		return fmt.Sprintf("counter pkts %d bytes %d", e.Packets, e.Bytes)
+	case *expr.Ct:
+		if e.SourceRegister {
+			return fmt.Sprintf("ct set %s with reg %d", name(t, ctKeys, e.Key), e.Register)
+		}
+		s := fmt.Sprintf("ct load %s => reg %d", name(t, ctKeys, e.Key), e.Register)
+		if e.OptDirection {
+			s += fmt.Sprintf(" , dir %s", map[uint32]string{0: "original", 1: "reply"}[e.Direction])
+		}
+		return s
+	case *expr.Hash:
+		kind := "jhash"
+		if e.Type == expr.HashTypeSym {
+			kind = "symhash"
+		}
+		s := fmt.Sprintf("hash reg %d = %s() %% mod %d", e.DestRegister, kind, e.Modulus)
+		if e.Offset != 0 {
+			s += fmt.Sprintf(" offset %d", e.Offset)
+		}
+		return s
+	case *expr.Dynset:
+		op := map[uint32]string{unix.NFT_DYNSET_OP_ADD: "add", unix.NFT_DYNSET_OP_UPDATE: "update"}[e.Operation]
+		s := fmt.Sprintf("dynset %s reg_key %d set %s", op, e.SrcRegKey, e.SetName)
+		if e.Timeout != 0 {
+			s += fmt.Sprintf(" timeout %dms", e.Timeout.Milliseconds())
+		}
+		for _, x := range e.Exprs {
+			s += fmt.Sprintf(" expr [ %s ]", dumpExpr(t, fam, x))
+		}
+		return s
+	case *expr.Socket:
+		keys := map[expr.SocketKey]string{expr.SocketKeyCgroupv2: "cgroupv2", expr.SocketKeyMark: "mark",
+			expr.SocketKeyTransparent: "transparent", expr.SocketKeyWildcard: "wildcard"}
+		return fmt.Sprintf("socket load %s => reg %d , level %d", name(t, keys, e.Key), e.Register, e.Level)
 	case *expr.Byteorder:
 		op := map[expr.ByteorderOp]string{expr.ByteorderHton: "hton", expr.ByteorderNtoh: "ntoh"}[e.Op]
 		return fmt.Sprintf("byteorder reg %d = %s(reg %d, %d, %d)", e.DestRegister, op, e.SourceRegister, e.Size, e.Len)

@@ -3,6 +3,7 @@ package rules
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 )
@@ -26,6 +27,10 @@ func (rs *Ruleset) RenderTable(f nftables.TableFamily) string {
 	}
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "table %s %s {\n\tflags owner\n\n", FamilyName(t.Family), rs.Name)
+	for _, s := range t.Sets {
+		fmt.Fprintf(&sb, "\tset %s {\n\t\ttype %s\n\t\tsize %d\n\t\tflags dynamic,timeout\n\t\ttimeout %s\n\t}\n\n",
+			s.Name, s.KeyType.Name, s.Size, nftDuration(s.Timeout))
+	}
 	for i, c := range t.Chains {
 		if i > 0 {
 			sb.WriteString("\n")
@@ -98,4 +103,22 @@ func priorityName(f nftables.TableFamily, h nftables.ChainHook, p int) string {
 		}
 	}
 	return fmt.Sprint(p)
+}
+
+// nftDuration prints a duration the way nft does: "1m", "1h", "1d", "1m30s".
+func nftDuration(d time.Duration) string {
+	if d <= 0 {
+		return "0s"
+	}
+	var sb strings.Builder
+	for _, u := range []struct {
+		n string
+		d time.Duration
+	}{{"d", 24 * time.Hour}, {"h", time.Hour}, {"m", time.Minute}, {"s", time.Second}, {"ms", time.Millisecond}} {
+		if n := d / u.d; n > 0 {
+			fmt.Fprintf(&sb, "%d%s", n, u.n)
+			d -= n * u.d
+		}
+	}
+	return sb.String()
 }

@@ -4,6 +4,8 @@
 package rules
 
 import (
+	"time"
+
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 )
@@ -18,7 +20,19 @@ type Ruleset struct {
 // Table is one of nfclone's tables.
 type Table struct {
 	Family nftables.TableFamily
+	Sets   []Set
 	Chains []Chain
+}
+
+// Set is a named set a table holds: the dynamic sets of flow_rate, filled
+// by the packet path (`update @set { key limit rate over R }`), each
+// element forgotten Timeout after its flow's last packet.
+type Set struct {
+	Name string
+	// KeyType's name is the key type as nft prints it ("ipv4_addr . inet_proto").
+	KeyType nftables.SetDatatype
+	Size    uint32
+	Timeout time.Duration
 }
 
 // Chain is a base chain (Hook set) or a regular chain.
@@ -50,7 +64,19 @@ const (
 	CounterCopied = "copied" // packets reaching its copy statement
 	// CounterRateLimited: packets the session's rate kept from being copied.
 	CounterRateLimited = "rate_limited"
+	// Selector counters (select.go): packets each selector kept from being
+	// copied.
+	CounterFirstPackets = "first_packets"
+	CounterFirstBytes   = "first_bytes"
+	CounterSampleFlows  = "sample_flows"
+	CounterFlowRate     = "flow_rate"
+	CounterScope        = "scope"    // not a socket of the cgroup / user
+	CounterPriority     = "priority" // a session of lower priority number took it
 )
+
+// SelectorCounters are the counter kinds of the selectors, in the order
+// the copy chain tests them.
+var SelectorCounters = []string{CounterPriority, CounterScope, CounterFirstPackets, CounterFirstBytes, CounterSampleFlows, CounterFlowRate}
 
 // CounterRef ties a rule's counter to a session.
 type CounterRef struct {

@@ -1,14 +1,15 @@
 package sink
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net/netip"
 )
 
 // Flow hashing and the choice of a collector.
 //
-// FlowHash hashes the inner 5-tuple of a copy; the Tunnel sink uses it for
-// the outer UDP source port (receivers spread flows over cores by it, as
+// FlowHash hashes the inner 5-tuple of a copy, the same both ways; the
+// Tunnel sink uses it for the outer UDP source port (receivers spread flows over cores by it, as
 // RFC 7348 §5 and RFC 8926 §3.3 recommend) and, through Rendezvous, to
 // choose among several collectors so that a flow always goes to the same
 // one.
@@ -56,13 +57,15 @@ func hasPorts(proto byte) bool {
 }
 
 // FlowHash returns a hash of the flow of an IP packet: addresses, protocol
-// and, for TCP/UDP/SCTP packets that are not fragments, the ports. It is not
-// symmetric (the two directions of a connection hash differently). IPv6
-// extension headers (hop-by-hop, routing, fragment, destination options)
-// are skipped to find the transport protocol; every fragment (first or not)
-// hashes without ports so that all fragments of a packet stay together. A
-// packet too short or not IPv4/IPv6 hashes its first bytes. It never
-// allocates.
+// and, for TCP/UDP/SCTP packets that are not fragments, the ports. It is
+// symmetric, as a Gateway Load Balancer's flow hash is: the two directions
+// of a connection hash alike (the endpoints are put in order before they
+// are hashed), so both go to the same collector and leave from the same
+// outer source port. IPv6 extension headers (hop-by-hop, routing, fragment,
+// destination options) are skipped to find the transport protocol; every
+// fragment (first or not) hashes without ports so that all fragments of a
+// packet stay together. A packet too short or not IPv4/IPv6 hashes its
+// first bytes. It never allocates.
 func FlowHash(ip []byte) uint32 {
 	h := uint32(flowSeed)
 	if len(ip) == 0 {
@@ -75,18 +78,16 @@ func FlowHash(ip []byte) uint32 {
 			break
 		}
 		proto := ip[9]
-		h = addBytes(h, ip[12:20])
-		h = add(h, uint32(proto)|4<<8)
+		var ports uint32
 		frag := binary.BigEndian.Uint16(ip[6:8])&0x3fff != 0 // MF or offset
 		if !frag && hasPorts(proto) && len(ip) >= ihl+4 {
-			h = add(h, binary.BigEndian.Uint32(ip[ihl:ihl+4]))
+			ports = binary.BigEndian.Uint32(ip[ihl : ihl+4])
 		}
-		return mix32(h)
+		return mix32(endpoints(add(h, uint32(proto)|4<<8), ip[12:16], ip[16:20], ports))
 	case 6:
 		if len(ip) < 40 {
 			break
 		}
-		h = addBytes(h, ip[8:40])
 		proto := ip[6]
 		off := 40
 		frag := false
@@ -110,17 +111,32 @@ func FlowHash(ip []byte) uint32 {
 				break ext
 			}
 		}
-		h = add(h, uint32(proto)|6<<8)
+		var ports uint32
 		if !frag && hasPorts(proto) && len(ip) >= off+4 {
-			h = add(h, binary.BigEndian.Uint32(ip[off:off+4]))
+			ports = binary.BigEndian.Uint32(ip[off : off+4])
 		}
-		return mix32(h)
+		return mix32(endpoints(add(h, uint32(proto)|6<<8), ip[8:24], ip[24:40], ports))
 	}
 	n := len(ip)
 	if n > 40 {
 		n = 40
 	}
 	return mix32(addBytes(h^0xffff, ip[:n]))
+}
+
+// endpoints folds the two endpoints of a flow (addresses of equal length
+// and the source and destination ports packed as src<<16|dst) into h in a
+// fixed order — the lower (address, port) first — so that both directions
+// give the same hash.
+func endpoints(h uint32, src, dst []byte, ports uint32) uint32 {
+	sp, dp := ports>>16, ports&0xffff
+	c := bytes.Compare(src, dst)
+	if c > 0 || (c == 0 && sp > dp) {
+		src, dst, sp, dp = dst, src, dp, sp
+	}
+	h = addBytes(h, src)
+	h = addBytes(h, dst)
+	return add(h, sp<<16|dp)
 }
 
 // remoteKey hashes a collector address (the same address and port always

@@ -134,3 +134,63 @@ func BenchmarkFlowHash(b *testing.B) {
 		FlowHash(p)
 	}
 }
+
+// reverse swaps the addresses and ports of an IPv4 or IPv6 TCP/UDP packet
+// (no extension headers): the reply direction of the same connection.
+func reverse(b []byte) []byte {
+	r := append([]byte(nil), b...)
+	switch b[0] >> 4 {
+	case 4:
+		copy(r[12:16], b[16:20])
+		copy(r[16:20], b[12:16])
+		copy(r[20:22], b[22:24])
+		copy(r[22:24], b[20:22])
+	case 6:
+		copy(r[8:24], b[24:40])
+		copy(r[24:40], b[8:24])
+		copy(r[40:42], b[42:44])
+		copy(r[42:44], b[40:42])
+	}
+	return r
+}
+
+// Both directions of a connection go to the same collector and leave from
+// the same outer source port (issue: a `both` session split a connection's
+// directions over two collectors), and the two endpoints still count: a
+// connection is not confused with one whose ports are swapped on one side.
+func TestFlowHashSymmetric(t *testing.T) {
+	remotes := testRemotes(3)
+	hrw := NewRendezvous(remotes)
+	for i := range 2000 {
+		a := flowPkt4(i)
+		if FlowHash(a) != FlowHash(reverse(a)) {
+			t.Fatalf("flow %d: the two directions hash differently", i)
+		}
+		if hrw.Pick(FlowHash(a)) != hrw.Pick(FlowHash(reverse(a))) {
+			t.Fatalf("flow %d: the two directions go to different collectors", i)
+		}
+	}
+	v6 := ipv6(64)
+	v6[6] = 6
+	v6[23] = 1
+	v6[39] = 2
+	binary.BigEndian.PutUint16(v6[40:42], 40000)
+	binary.BigEndian.PutUint16(v6[42:44], 80)
+	if FlowHash(v6) != FlowHash(reverse(v6)) {
+		t.Fatal("IPv6: the two directions hash differently")
+	}
+	// Same addresses, ports crossed on one side: another connection.
+	a := flowPkt4(5)
+	b := append([]byte(nil), a...)
+	copy(b[20:22], a[22:24])
+	copy(b[22:24], a[20:22])
+	if FlowHash(a) == FlowHash(b) {
+		t.Fatal("ports crossed on one side hash like the connection itself")
+	}
+	// Two hosts talking to each other on the same port pair (a == b ports).
+	c := flowPkt4(6)
+	binary.BigEndian.PutUint16(c[20:22], 443)
+	if FlowHash(c) != FlowHash(reverse(c)) {
+		t.Fatal("equal ports: the two directions hash differently")
+	}
+}

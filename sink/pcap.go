@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/nfclone/nfclone/internal/strftime"
 	"github.com/nfclone/nfclone/nfq"
 )
 
@@ -46,9 +48,20 @@ type PcapWriterConfig struct {
 	// bytes, the file is rotated (0: never). Files only.
 	RotateSize int64
 	// RotateKeep is the number of rotated files kept: path.1 (newest) …
-	// path.N (oldest). 0 keeps none: the file is started anew (truncated)
-	// when it reaches RotateSize.
+	// path.N (oldest); 0 counts as 1 (a file is never emptied in place).
 	RotateKeep int
+	// RotateEvery starts a new file at every multiple of this interval
+	// since the Unix epoch (1h: on the hour), by the records' timestamps
+	// (0: never). Path may hold strftime conversions (%Y%m%d-%H%M…, see
+	// internal/strftime), expanded with the start of the interval in local
+	// time, as `tcpdump -G` names its files; without them the finished file
+	// is shifted to path.1 like a size rotation. Size rotation within an
+	// interval shifts the interval's file. Files only.
+	RotateEvery time.Duration
+	// Interfaces (pcapng) get an interface block each after the default
+	// one (id 0, "nfclone"), in this order, in every section: records name
+	// them with WriteAnnotated.
+	Interfaces []string
 }
 
 const (
@@ -85,8 +98,13 @@ type PcapWriter struct {
 	size    int64 // bytes of the current file known written
 	count   uint64
 	dropped uint64
-	hdrSize int  // size of the current file's header
-	repair  bool // the file must be cut back to size before the next write
+	hdrSize int       // size of the current file's header
+	cur     string    // the current file: Path with its strftime conversions expanded
+	until   time.Time // the end of the current RotateEvery interval
+	empty   bool      // the current file was created here and holds no record yet
+	dev     *os.File  // a character device or fifo written as a stream (then f is nil)
+	ifIDs   map[string]int // pcapng interface block of each of cfg.Interfaces
+	repair  bool      // the file must be cut back to size before the next write
 	closed  bool
 }
 
@@ -103,8 +121,10 @@ func (e *PcapWriteError) Error() string {
 
 func (e *PcapWriteError) Unwrap() error { return e.Err }
 
-// OpenPcapWriter creates the file (truncating an existing one) and writes
-// the file header. An unwritable path is an error that names it.
+// OpenPcapWriter opens the file and writes the file header. An existing
+// file is never emptied: it is appended to when its format allows, else
+// moved aside (see openPcapFile). An unwritable path is an error that names
+// it.
 func OpenPcapWriter(cfg PcapWriterConfig) (*PcapWriter, error) {
 	w := &PcapWriter{cfg: cfg}
 	switch cfg.Format {
@@ -132,11 +152,20 @@ func OpenPcapWriter(cfg PcapWriterConfig) (*PcapWriter, error) {
 	case cfg.Path == "":
 		return nil, errors.New("sink: pcap: no path")
 	default:
-		f, err := os.OpenFile(cfg.Path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		w.setPeriod(time.Now())
+		f, size, header, err := w.openPcapFile()
 		if err != nil {
-			return nil, fmt.Errorf("sink: pcap %s: cannot open for writing: %w", cfg.Path, err)
+			return nil, fmt.Errorf("sink: pcap %s: cannot open for writing: %w", w.cur, err)
 		}
-		w.f, w.out = f, f
+		w.f, w.out, w.size = f, f, size
+		if size < 0 {
+			w.f, w.dev, w.size = nil, f, 0
+		}
+		w.empty = size == 0
+		if !header {
+			w.pw = pcapgo.NewWriter(&w.rec) // records only: the file has its header
+			return w, nil
+		}
 	}
 	if err := w.header(); err != nil {
 		w.closeFile()
@@ -162,6 +191,17 @@ func (w *PcapWriter) header() error {
 		opts := pcapgo.DefaultNgWriterOptions
 		opts.SectionInfo.Application = "nfclone"
 		ngw, err := pcapgo.NewNgWriterInterface(&w.rec, intf, opts)
+		if len(w.cfg.Interfaces) > 0 {
+			w.ifIDs = make(map[string]int, len(w.cfg.Interfaces))
+		}
+		for _, name := range w.cfg.Interfaces {
+			if _, dup := w.ifIDs[name]; dup || err != nil {
+				continue
+			}
+			in := intf
+			in.Name = name
+			w.ifIDs[name], err = ngw.AddInterface(in)
+		}
 		if err == nil {
 			err = ngw.Flush()
 		}
@@ -234,6 +274,11 @@ func (w *PcapWriter) Close() error {
 }
 
 func (w *PcapWriter) closeFile() error {
+	if w.dev != nil {
+		err := w.dev.Close()
+		w.dev, w.out = nil, nil
+		return err
+	}
 	if w.f == nil {
 		return nil
 	}
@@ -254,6 +299,32 @@ func (w *PcapWriter) recordLen(n int) int64 {
 // not, it is counted as dropped); lost is the number of records added
 // earlier that a flush (before a rotation) dropped.
 func (w *PcapWriter) write(ts time.Time, data []byte, origLen int) (added bool, lost int, err error) {
+	return w.writeNote(ts, data, origLen, nil)
+}
+
+// Note annotates a pcapng record: the interface the copy was taken on (one
+// of PcapWriterConfig.Interfaces; others are written as interface 0), its
+// direction (the EPB flags: pcapgo.NgEpbFlagDirectionInbound/Outbound, 0
+// unknown) and a comment.
+type Note struct {
+	Interface string
+	Direction pcapgo.NgEpbFlag
+	Comment   string
+}
+
+// WriteAnnotated is WritePacket with a Note (pcapng; a pcap file ignores it).
+func (w *PcapWriter) WriteAnnotated(ts time.Time, data []byte, origLen int, n *Note) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, _, err := w.writeNote(ts, data, origLen, n)
+	if w.rec.Len() >= pcapFlushAt {
+		_, ferr := w.flush()
+		err = errors.Join(err, ferr)
+	}
+	return err
+}
+
+func (w *PcapWriter) writeNote(ts time.Time, data []byte, origLen int, note *Note) (added bool, lost int, err error) {
 	if w.out == nil && !w.closed {
 		err = w.reopen()
 	}
@@ -270,6 +341,13 @@ func (w *PcapWriter) write(ts time.Time, data []byte, origLen int) (added bool, 
 	if origLen < len(data) {
 		origLen = len(data)
 	}
+	if w.f != nil && w.cfg.RotateEvery > 0 && !ts.Before(w.until) {
+		lost, err = w.rotateTime(ts)
+		if w.out == nil {
+			w.dropped++
+			return false, lost, err
+		}
+	}
 	if w.f != nil && w.cfg.RotateSize > 0 {
 		pending := w.size + int64(w.rec.Len())
 		if pending > int64(w.hdrSize) && pending+w.recordLen(len(data)) > w.cfg.RotateSize {
@@ -283,7 +361,19 @@ func (w *PcapWriter) write(ts time.Time, data []byte, origLen int) (added bool, 
 	ci := gopacket.CaptureInfo{Timestamp: ts, CaptureLength: len(data), Length: origLen}
 	var werr error
 	if w.ng {
-		werr = w.ngw.WritePacket(ci, data)
+		if note == nil {
+			werr = w.ngw.WritePacket(ci, data)
+		} else {
+			ci.InterfaceIndex = w.ifIDs[note.Interface]
+			var opts pcapgo.NgPacketOptions
+			if note.Comment != "" {
+				opts.Comments = []string{note.Comment}
+			}
+			if note.Direction != 0 {
+				opts.Flags = &pcapgo.NgEpbFlags{Direction: note.Direction}
+			}
+			werr = w.ngw.WritePacketWithOptions(ci, data, opts)
+		}
 		if werr == nil {
 			werr = w.ngw.Flush()
 		}
@@ -303,13 +393,24 @@ func (w *PcapWriter) reopen() error {
 	if w.cfg.Writer != nil || w.cfg.Path == "-" {
 		return nil
 	}
-	f, err := os.OpenFile(w.cfg.Path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, size, header, err := w.openPcapFile()
 	if err != nil {
 		return err
 	}
 	w.f, w.out = f, f
-	w.size = 0
+	w.size = size
+	if size < 0 {
+		w.f, w.dev, w.size = nil, f, 0
+	}
+	w.empty = size == 0
 	w.repair = false
+	w.rec.Reset()
+	w.ends = w.ends[:0]
+	w.hdrLen, w.hdrSize = 0, 0
+	if !header {
+		w.pw = pcapgo.NewWriter(&w.rec) // records only: the file has its header
+		return nil
+	}
 	return w.header()
 }
 
@@ -346,6 +447,9 @@ func (w *PcapWriter) flush() (lost int, err error) {
 	if err == nil {
 		w.size += int64(n)
 		w.count += uint64(len(w.ends))
+		if len(w.ends) > 0 {
+			w.empty = false
+		}
 		w.hdrLen = 0
 		w.rec.Reset()
 		w.ends = w.ends[:0]
@@ -359,7 +463,13 @@ func (w *PcapWriter) flush() (lost int, err error) {
 	var hdr []byte
 	if w.f != nil {
 		// Cut the file back to its last complete record. A header cut
-		// short is written again with the next records.
+		// short is written again with the next records. The file is
+		// opened for appending (another writer of the same target may
+		// have appended during a reload), so the cut is measured back
+		// from its end: the n bytes this write put there.
+		if st, serr := w.f.Stat(); serr == nil && st.Size() >= int64(n) {
+			w.size = st.Size() - int64(n)
+		}
 		switch {
 		case n < w.hdrLen:
 			hdr = append(hdr, b[:w.hdrLen]...)
@@ -428,7 +538,7 @@ func (w *PcapWriter) truncate() error {
 }
 
 // rotate flushes and closes the current file, shifts path → path.1 → … →
-// path.keep (the oldest is deleted; keep 0: no copy is kept) and starts a
+// path.keep (the oldest is deleted; keep 0 counts as 1) and starts a
 // new file with a header. lost counts records the flush dropped. If the new
 // file cannot be created the writer has no output until a later write
 // manages to create it.
@@ -436,22 +546,62 @@ func (w *PcapWriter) rotate() (lost int, err error) {
 	lost, err = w.flush()
 	w.rec.Reset() // a pending header belongs to the old file
 	w.hdrLen = 0
-	p := w.cfg.Path
-	cerr := w.f.Close()
+	p := w.cur
+	w.f.Close()
 	w.f, w.out = nil, nil
-	if keep := w.cfg.RotateKeep; keep > 0 && cerr == nil {
-		os.Remove(p + "." + strconv.Itoa(keep))
-		for i := keep - 1; i >= 1; i-- {
-			os.Rename(p+"."+strconv.Itoa(i), p+"."+strconv.Itoa(i+1))
-		}
-		if rerr := os.Rename(p, p+".1"); rerr != nil {
-			err = errors.Join(err, fmt.Errorf("rotate %s: %w", p, rerr))
-		}
+	if rerr := shiftAside(p, max(w.cfg.RotateKeep, 1)); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("rotate %s: %w", p, rerr))
 	}
 	if oerr := w.reopen(); oerr != nil {
 		return lost, errors.Join(err, w.pendingError(0, fmt.Errorf("rotate: %w", oerr)))
 	}
 	return lost, err
+}
+
+// setPeriod sets the current file (and, with RotateEvery, the end of its
+// interval) for a record at t.
+func (w *PcapWriter) setPeriod(t time.Time) {
+	start := t
+	if e := w.cfg.RotateEvery; e > 0 {
+		start = t.Truncate(e)
+		w.until = start.Add(e)
+	}
+	w.cur = strftime.Format(w.cfg.Path, start.Local())
+}
+
+// rotateTime ends the current file at the end of its interval and starts
+// the file of the interval of ts.
+func (w *PcapWriter) rotateTime(ts time.Time) (lost int, err error) {
+	lost, err = w.flush()
+	w.rec.Reset()
+	w.hdrLen = 0
+	w.f.Close()
+	w.f, w.out = nil, nil
+	if w.empty {
+		// Only the header this writer put in a file it created (no
+		// record came in its interval): nothing to keep.
+		os.Remove(w.cur)
+	} else if !strftime.Has(w.cfg.Path) {
+		if rerr := shiftAside(w.cur, max(w.cfg.RotateKeep, 1)); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("rotate %s: %w", w.cur, rerr))
+		}
+	}
+	w.setPeriod(ts)
+	if oerr := w.reopen(); oerr != nil {
+		return lost, errors.Join(err, w.pendingError(0, fmt.Errorf("rotate: %w", oerr)))
+	}
+	return lost, err
+}
+
+// Current is the file being written (Path with its strftime conversions
+// expanded); Path for streams.
+func (w *PcapWriter) Current() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cur == "" {
+		return w.cfg.Path
+	}
+	return w.cur
 }
 
 // PcapConfig configures a Pcap sink: a PcapWriter plus a name and a logger.
@@ -464,10 +614,87 @@ type PcapConfig struct {
 	Name string
 	PcapWriterConfig
 	Logger *slog.Logger
+	// Annotate, with format pcapng, notes on every record where and how
+	// the copy was taken (see PcapAnnotation).
+	Annotate *PcapAnnotation
+}
+
+// PcapAnnotation makes a pcapng Pcap sink annotate its records: one
+// interface block per source interface, named as on the host, each record
+// on the block of the interface its packet was copied on, with its
+// direction in the EPB flags and a comment
+// `session=NAME rule=N dir=ingress|egress` (rule when the session's rules
+// marked it, uid= gid= when NFLOG gave the packet's local socket owner).
+type PcapAnnotation struct {
+	Session string
+	// Names names the interface indexes the kernel gives (Packet.InIf for
+	// ingress copies, OutIf for egress ones).
+	Names map[uint32]string
+	// In and Out name the interface of copies the kernel did not name
+	// (queue clones): the session's only source interface in that
+	// direction, or "" when it has several.
+	In, Out string
+	// Rules maps rule ordinals (Packet.Rule, from 1) to the rules' numbers.
+	Rules []int
+}
+
+// interfaces lists the interface blocks an annotation needs, sorted.
+func (a *PcapAnnotation) interfaces() []string {
+	set := map[string]bool{}
+	for _, n := range a.Names {
+		set[n] = true
+	}
+	for _, n := range []string{a.In, a.Out} {
+		if n != "" {
+			set[n] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for n := range set {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// note writes p's annotation into n.
+func (a *PcapAnnotation) note(p *nfq.Packet, n *Note, b []byte) []byte {
+	*n = Note{}
+	b = append(b[:0], "session="...)
+	b = append(b, a.Session...)
+	if p.Rule > 0 && int(p.Rule) <= len(a.Rules) {
+		b = append(b, " rule="...)
+		b = strconv.AppendInt(b, int64(a.Rules[p.Rule-1]), 10)
+	}
+	switch p.Dir {
+	case nfq.DirIngress:
+		n.Direction = pcapgo.NgEpbFlagDirectionInbound
+		n.Interface = a.Names[p.InIf]
+		if n.Interface == "" {
+			n.Interface = a.In
+		}
+		b = append(b, " dir=ingress"...)
+	case nfq.DirEgress:
+		n.Direction = pcapgo.NgEpbFlagDirectionOutbound
+		n.Interface = a.Names[p.OutIf]
+		if n.Interface == "" {
+			n.Interface = a.Out
+		}
+		b = append(b, " dir=egress"...)
+	}
+	if p.HasUID {
+		b = append(b, " uid="...)
+		b = strconv.AppendUint(b, uint64(p.UID), 10)
+		b = append(b, " gid="...)
+		b = strconv.AppendUint(b, uint64(p.GID), 10)
+	}
+	n.Comment = string(b)
+	return b
 }
 
 // Pcap is a Sink that writes copies into a pcap or pcapng file. Each copy
-// becomes one record: timestamp = the time of the Send, captured length =
+// becomes one record: timestamp = the packet's Time (the kernel's; the time
+// of the Send when it has none), captured length =
 // len(Data), original length = OrigLen. Every Send ends with a flush, so a
 // reader (tcpdump -r, tail -f | tshark) sees copies promptly. Copies lost to
 // a write error (ENOSPC, EIO) are counted (p.Errs++, the target's error
@@ -481,6 +708,9 @@ type Pcap struct {
 	dst   [6]byte
 	mu    sync.Mutex
 	added []int // batch indexes of the records not yet known written
+	ann   *PcapAnnotation
+	note  Note
+	nbuf  []byte
 }
 
 // NewPcap opens the output.
@@ -494,6 +724,9 @@ func NewPcap(cfg PcapConfig) (*Pcap, error) {
 	}
 	wc := cfg.PcapWriterConfig
 	wc.LinkType = lt
+	if cfg.Annotate != nil && wc.Format == "pcapng" {
+		wc.Interfaces = cfg.Annotate.interfaces()
+	}
 	w, err := OpenPcapWriter(wc)
 	if err != nil {
 		return nil, err
@@ -503,6 +736,9 @@ func NewPcap(cfg PcapConfig) (*Pcap, error) {
 		name = "pcap:" + w.Path()
 	}
 	s := &Pcap{w: w, eth: lt == LinkTypeEthernet}
+	if cfg.Annotate != nil && wc.Format == "pcapng" {
+		s.ann = cfg.Annotate
+	}
 	copy(s.src[:], DefaultTunnelSrcMAC)
 	copy(s.dst[:], DefaultTunnelDstMAC)
 	s.init(name, cfg.Logger)
@@ -517,7 +753,7 @@ func (s *Pcap) Writer() *PcapWriter { return s.w }
 
 // Send writes the batch and flushes.
 func (s *Pcap) Send(batch []*nfq.Packet) (int, error) {
-	ts := time.Now()
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w := s.w
@@ -557,7 +793,16 @@ func (s *Pcap) Send(batch []*nfq.Packet) (int, error) {
 			data = f
 			orig += EthHdrLen
 		}
-		added, lost, err := w.write(ts, data, orig)
+		ts := now
+		if p.Time != 0 {
+			ts = time.Unix(0, p.Time)
+		}
+		var note *Note
+		if s.ann != nil {
+			s.nbuf = s.ann.note(p, &s.note, s.nbuf)
+			note = &s.note
+		}
+		added, lost, err := w.writeNote(ts, data, orig, note)
 		if lost > 0 || err != nil {
 			drop(lost, err)
 		}

@@ -94,6 +94,11 @@ func writeTable(w io.Writer, s engine.Status, now time.Time) error {
 			}
 			drops = append(drops, fmt.Sprintf("  %s: %s", ss.Name, dropReasons(ss.Ledger.Drops)))
 		}
+		if sel := skippedLines(s.Sessions); len(sel) > 0 {
+			b.WriteString("\nnot copied, by selector:\n")
+			b.WriteString(strings.Join(sel, "\n"))
+			b.WriteString("\n")
+		}
 		if len(drops) > 0 {
 			b.WriteString("\ndrops by reason:\n")
 			b.WriteString(strings.Join(drops, "\n"))
@@ -213,4 +218,27 @@ func bytesIEC(n uint64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// skippedLines: per session, what each selector kept from being copied,
+// only where some are not zero.
+func skippedLines(sessions []engine.SessionStatus) []string {
+	var out []string
+	for _, ss := range sessions {
+		sk := ss.Skipped
+		if ss.Ledger != nil {
+			sk = &ss.Ledger.Skipped
+		}
+		if sk == nil || sk.Total() == 0 {
+			continue
+		}
+		var parts []string
+		for _, r := range sk.Reasons() {
+			if r.Packets > 0 {
+				parts = append(parts, fmt.Sprintf("%s %s", r.Name, num(r.Packets)))
+			}
+		}
+		out = append(out, fmt.Sprintf("  %s: %s", ss.Name, strings.Join(parts, ", ")))
+	}
+	return out
 }

@@ -50,6 +50,13 @@ func writeCaptureReport(w io.Writer, s nfq.Snapshot, limitCut, written uint64) {
 		fmt.Fprintf(w, "(%d packets as the kernel handed them over: super-packets were cut into wire packets; the counts below are in those)\n", s.Copied)
 	}
 	fmt.Fprintf(w, "%d packets received by filter\n", s.Offered)
+	if n := s.Skipped.Total(); n > 0 {
+		var sel []reason
+		for _, r := range s.Skipped.Reasons() {
+			sel = append(sel, reason{r.Name, r.Packets})
+		}
+		fmt.Fprintf(w, "%d packets not selected%s\n", n, reasons(sel))
+	}
 	fmt.Fprintf(w, "%d packets dropped by kernel%s\n", kTotal, reasons(kernel))
 	fmt.Fprintf(w, "%d packets dropped by nfclone%s\n", oTotal, reasons(own))
 	if limitCut > 0 {

@@ -305,6 +305,9 @@ In capture, -c is the packet count, as in tcpdump.`,
 	cf.StringVar(&capOpts.Method, "method", "log", "log (NFLOG) or queue (NFQUEUE of the kernel's clones); neither holds a packet")
 	cf.StringVarP(&capOpts.Output, "write", "w", "", "pcap file to write, or - for standard output")
 	cf.StringVar(&capOpts.Format, "format", "pcap", "pcap or pcapng")
+	cf.IntVar(&capOpts.FirstPackets, "first-packets", 0, "only the first N packets of each connection in each direction (0: all)")
+	cf.StringVar(&capOpts.Cgroup, "cgroup", "", "only this host's sockets in this cgroup v2 (a path below the cgroup2 mount; implies --host-only)")
+	cf.StringVar(&capOpts.User, "user", "", "only this host's sockets owned by this user (name or uid; implies --host-only)")
 
 	var colCfg collect.Config
 	var colAllow []string
@@ -665,6 +668,9 @@ func check(w io.Writer, c *config.Config) error {
 		return errs
 	}
 	fmt.Fprintln(w, "interfaces and gateways: ok")
+	if err := engine.CgroupCheck(w, c); err != nil {
+		return err
+	}
 	for _, warn := range config.ARPWarnings(c, config.SystemHost{}) {
 		fmt.Fprintf(w, "warning: %s\n", warn)
 	}

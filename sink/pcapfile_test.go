@@ -1,0 +1,340 @@
+package sink
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/nfclone/nfclone/nfq"
+)
+
+func writeRecords(t *testing.T, cfg PcapWriterConfig, first, n int) {
+	t.Helper()
+	w, err := OpenPcapWriter(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := first; i < first+n; i++ {
+		if err := w.WritePacket(time.Now(), udp4(100, uint16(i), 64, byte(i)), 100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func lastBytes(recs []pcapRec) []int {
+	var out []int
+	for _, r := range recs {
+		out = append(out, int(r.data[len(r.data)-1]))
+	}
+	return out
+}
+
+// tsharkCount is what tshark reads from a file (-1: no tshark here).
+func tsharkCount(t *testing.T, path string) int {
+	t.Helper()
+	if _, err := exec.LookPath("tshark"); err != nil {
+		return -1
+	}
+	out, err := exec.Command("tshark", "-r", path, "-T", "fields", "-e", "frame.number").Output()
+	if err != nil {
+		t.Fatalf("tshark -r %s: %v: %s", path, err, out)
+	}
+	return len(strings.Fields(string(out)))
+}
+
+// A restart, or a reload that re-opens a target, appends to the file it
+// left (issue: every restart cut a pcap target to its 24-byte header).
+func TestPcapReopenAppends(t *testing.T) {
+	for _, format := range []string{"pcap", "pcapng"} {
+		t.Run(format, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "a."+format)
+			cfg := PcapWriterConfig{Path: path, Format: format}
+			writeRecords(t, cfg, 0, 3)
+			writeRecords(t, cfg, 3, 2)
+			_, recs := readPcapFile(t, path)
+			if got := fmt.Sprint(lastBytes(recs)); got != "[0 1 2 3 4]" {
+				t.Fatalf("records after a re-open: %s, want [0 1 2 3 4]", got)
+			}
+			if n := tsharkCount(t, path); n >= 0 && n != 5 {
+				t.Fatalf("tshark reads %d records, want 5", n)
+			}
+			if ents, _ := os.ReadDir(filepath.Dir(path)); len(ents) != 1 {
+				t.Fatalf("%d files, want 1", len(ents))
+			}
+		})
+	}
+}
+
+// A file records cannot be appended to (another snaplen or link type, a
+// last record cut short, something else) is moved aside, whole.
+func TestPcapReopenMovesAside(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "m.pcap")
+	writeRecords(t, PcapWriterConfig{Path: path}, 0, 3)
+	before, _ := os.ReadFile(path)
+	writeRecords(t, PcapWriterConfig{Path: path, Snaplen: 128}, 3, 2)
+	aside, err := os.ReadFile(path + ".1")
+	if err != nil {
+		t.Fatalf("the old file was not moved aside: %v", err)
+	}
+	if string(aside) != string(before) {
+		t.Fatal("the file moved aside changed")
+	}
+	_, recs := readPcapFile(t, path)
+	if got := fmt.Sprint(lastBytes(recs)); got != "[3 4]" {
+		t.Fatalf("new file: %s", got)
+	}
+	// A last record cut short (a crash of another writer): moved aside too.
+	cut := filepath.Join(dir, "c.pcap")
+	writeRecords(t, PcapWriterConfig{Path: cut}, 0, 2)
+	b, _ := os.ReadFile(cut)
+	os.WriteFile(cut, b[:len(b)-7], 0o644)
+	writeRecords(t, PcapWriterConfig{Path: cut}, 2, 1)
+	if st, err := os.Stat(cut + ".1"); err != nil || st.Size() != int64(len(b)-7) {
+		t.Fatalf("cut file not moved aside whole: %v", err)
+	}
+	// Not a capture at all.
+	txt := filepath.Join(dir, "notes.pcap")
+	os.WriteFile(txt, []byte("keep me\n"), 0o644)
+	writeRecords(t, PcapWriterConfig{Path: txt, Format: "pcapng"}, 0, 1)
+	if b, _ := os.ReadFile(txt + ".1"); string(b) != "keep me\n" {
+		t.Fatalf("text file: %q", b)
+	}
+}
+
+// nfclone writes only regular files it owns: a symlink planted at the path
+// (a local user in /tmp) is neither followed nor touched, nor is a file of
+// another user.
+func TestPcapRefusesForeignFiles(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "victim")
+	os.WriteFile(victim, []byte("precious"), 0o644)
+	link := filepath.Join(dir, "l.pcap")
+	if err := os.Symlink(victim, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenPcapWriter(PcapWriterConfig{Path: link}); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Fatalf("symlink: err = %v", err)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "precious" {
+		t.Fatal("the symlink's target was written")
+	}
+	if _, err := os.Lstat(link + ".1"); err == nil {
+		t.Fatal("the symlink was moved")
+	}
+	if os.Geteuid() != 0 {
+		return
+	}
+	other := filepath.Join(dir, "o.pcap")
+	os.WriteFile(other, []byte("theirs"), 0o644)
+	if err := os.Chown(other, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenPcapWriter(PcapWriterConfig{Path: other}); err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
+		t.Fatalf("foreign file: err = %v", err)
+	}
+	if b, _ := os.ReadFile(other); string(b) != "theirs" {
+		t.Fatal("another user's file was written")
+	}
+}
+
+// Records carry the copy's time (the kernel's), at microsecond precision
+// in pcap and nanosecond in pcapng, not the time of the write.
+func TestPcapRecordsCopyTime(t *testing.T) {
+	for _, format := range []string{"pcap", "pcapng"} {
+		t.Run(format, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "t."+format)
+			s, err := NewPcap(PcapConfig{PcapWriterConfig: PcapWriterConfig{Path: path, Format: format}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			when := time.Date(2026, 12, 1, 18, 0, 0, 123456789, time.UTC)
+			p := nfq.GetPacket(100)
+			p.Data = p.Data[:copy(p.Data, udp4(100, 1, 64, 1))]
+			p.OrigLen, p.Family, p.Time = len(p.Data), 4, when.UnixNano()
+			if n, err := s.Send([]*nfq.Packet{p}); n != 1 || err != nil {
+				t.Fatalf("send: %d %v", n, err)
+			}
+			p.Release()
+			s.Close()
+			f, _ := os.Open(path)
+			defer f.Close()
+			var got time.Time
+			if format == "pcap" {
+				r, err := pcapgo.NewReader(f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, ci, err := r.ReadPacketData()
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = ci.Timestamp
+				if want := when.Truncate(time.Microsecond); !got.Equal(want) {
+					t.Fatalf("pcap time %v, want %v", got, want)
+				}
+				return
+			}
+			r, err := pcapgo.NewNgReader(f, pcapgo.DefaultNgReaderOptions)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, ci, err := r.ReadPacketData()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ci.Timestamp.Equal(when) {
+				t.Fatalf("pcapng time %v, want %v", ci.Timestamp, when)
+			}
+		})
+	}
+}
+
+// rotate_every cuts files at multiples of the interval by the records'
+// times, names them with strftime conversions (or shifts path.N without
+// them), and works together with size rotation.
+func TestPcapRotateEvery(t *testing.T) {
+	base := time.Now().Truncate(10 * time.Second).Add(10 * time.Second) // an interval start
+	times := []time.Duration{0, 3 * time.Second, 12 * time.Second, 19 * time.Second, 25 * time.Second}
+	write := func(t *testing.T, cfg PcapWriterConfig) {
+		w, err := OpenPcapWriter(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, d := range times {
+			if err := w.WritePacket(base.Add(d), udp4(100, uint16(i), 64, byte(i)), 100); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("strftime", func(t *testing.T) {
+		dir := t.TempDir()
+		write(t, PcapWriterConfig{Path: filepath.Join(dir, "r-%H%M%S.pcap"), RotateEvery: 10 * time.Second})
+		want := map[string]string{}
+		for _, c := range []struct {
+			at   time.Duration
+			recs string
+		}{{0, "[0 1]"}, {10 * time.Second, "[2 3]"}, {20 * time.Second, "[4]"}} {
+			want["r-"+base.Add(c.at).Local().Format("150405")+".pcap"] = c.recs
+		}
+		ents, _ := os.ReadDir(dir)
+		if len(ents) != len(want) {
+			t.Fatalf("%d files, want %d: %v", len(ents), len(want), ents)
+		}
+		for name, recs := range want {
+			_, got := readPcapFile(t, filepath.Join(dir, name))
+			if fmt.Sprint(lastBytes(got)) != recs {
+				t.Fatalf("%s holds %v, want %s", name, lastBytes(got), recs)
+			}
+		}
+	})
+	t.Run("shift", func(t *testing.T) {
+		dir := t.TempDir()
+		p := filepath.Join(dir, "r.pcap")
+		write(t, PcapWriterConfig{Path: p, RotateEvery: 10 * time.Second, RotateKeep: 5})
+		for name, recs := range map[string]string{"r.pcap.2": "[0 1]", "r.pcap.1": "[2 3]", "r.pcap": "[4]"} {
+			_, got := readPcapFile(t, filepath.Join(dir, name))
+			if fmt.Sprint(lastBytes(got)) != recs {
+				t.Fatalf("%s holds %v, want %s", name, lastBytes(got), recs)
+			}
+		}
+	})
+	t.Run("with size", func(t *testing.T) {
+		dir := t.TempDir()
+		// Two records of 116 bytes after the 24-byte header do not fit in 200.
+		write(t, PcapWriterConfig{Path: filepath.Join(dir, "s-%H%M%S.pcap"), RotateEvery: 10 * time.Second, RotateSize: 200, RotateKeep: 3})
+		first := "s-" + base.Local().Format("150405") + ".pcap"
+		for name, recs := range map[string]string{first + ".1": "[0]", first: "[1]"} {
+			_, got := readPcapFile(t, filepath.Join(dir, name))
+			if fmt.Sprint(lastBytes(got)) != recs {
+				t.Fatalf("%s holds %v, want %s", name, lastBytes(got), recs)
+			}
+		}
+	})
+}
+
+// /dev/null and a fifo are written as streams, as tcpdump -w does.
+func TestPcapDevices(t *testing.T) {
+	writeRecords(t, PcapWriterConfig{Path: os.DevNull}, 0, 3)
+	fifo := filepath.Join(t.TempDir(), "f")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte)
+	go func() {
+		b, _ := os.ReadFile(fifo)
+		got <- b
+	}()
+	writeRecords(t, PcapWriterConfig{Path: fifo}, 0, 2)
+	b := <-got
+	if want := 24 + 2*116; len(b) != want {
+		t.Fatalf("read %d bytes from the fifo, want %d", len(b), want)
+	}
+}
+
+// An annotated pcapng: one interface block per source interface, each
+// record on its interface with its direction and a comment naming the
+// session, the rule and the direction (uid/gid for the host's own) —
+// read back by tshark.
+func TestPcapAnnotated(t *testing.T) {
+	if _, err := exec.LookPath("tshark"); err != nil {
+		t.Skip("tshark is not installed")
+	}
+	path := filepath.Join(t.TempDir(), "a.pcapng")
+	s, err := NewPcap(PcapConfig{PcapWriterConfig: PcapWriterConfig{Path: path, Format: "pcapng"},
+		Annotate: &PcapAnnotation{Session: "ids", Names: map[uint32]string{2: "e0", 4: "e2"}, In: "", Out: "e2", Rules: []int{100, 200}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(dir uint8, in, out uint32, rule uint8, uid bool) *nfq.Packet {
+		p := nfq.GetPacket(100)
+		p.Data = p.Data[:copy(p.Data, udp4(100, 1, 64, 1))]
+		p.OrigLen, p.Family, p.Dir, p.InIf, p.OutIf, p.Rule = len(p.Data), 4, dir, in, out, rule
+		if uid {
+			p.UID, p.GID, p.HasUID = 1000, 100, true
+		}
+		return p
+	}
+	batch := []*nfq.Packet{
+		mk(nfq.DirIngress, 2, 0, 1, false), // log, ingress on e0, rule 100
+		mk(nfq.DirEgress, 0, 4, 2, true),   // log, egress on e2, rule 200, a local socket's
+		mk(nfq.DirEgress, 0, 0, 0, false),  // queue clone: egress, the only egress interface
+		mk(nfq.DirIngress, 0, 0, 0, false), // queue clone: ingress, several interfaces
+		mk(nfq.DirUnknown, 0, 0, 0, false), // nothing known
+	}
+	if n, err := s.Send(batch); n != len(batch) || err != nil {
+		t.Fatalf("send: %d %v", n, err)
+	}
+	for _, p := range batch {
+		p.Release()
+	}
+	s.Close()
+	out, err := exec.Command("tshark", "-r", path, "-T", "fields", "-E", "separator=|",
+		"-e", "frame.interface_name", "-e", "frame.comment", "-e", "frame.packet_flags_direction").Output()
+	if err != nil {
+		t.Fatalf("tshark: %v", err)
+	}
+	want := []string{
+		"e0|session=ids rule=100 dir=ingress|0x00000001",
+		"e2|session=ids rule=200 dir=egress uid=1000 gid=100|0x00000002",
+		"e2|session=ids dir=egress|0x00000002",
+		"nfclone|session=ids dir=ingress|0x00000001",
+		"nfclone|session=ids|",
+	}
+	got := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("tshark reads\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
