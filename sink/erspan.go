@@ -52,7 +52,9 @@ type ERSPANHeader struct {
 	Truncated bool   // T: the copy was cut (snaplen)
 	// Type III only: BSO (2 bits: 1 short frame, 2 oversized), the
 	// timestamp (units of 100 µs, granularity 00, the low 32 bits, as the
-	// kernel's erspan devices send it) and the direction D (0: ingress).
+	// kernel's erspan devices send it: when the kernel saw the packet, if
+	// it said, else when the batch is sent) and the direction D (1 for
+	// copies taken at egress).
 	BSO       uint8
 	Timestamp uint32
 	Egress    bool
@@ -293,9 +295,10 @@ func (e *ERSPAN) Send(batch []*nfq.Packet) (int, error) {
 		sc.h[f], sc.iov[f], sc.p[f] = grow(sc.h[f], len(batch)), grow(sc.iov[f], len(batch)), sc.p[f][:0]
 	}
 	x := ERSPANHeader{Version: 2, Session: e.session}
+	var batchTS uint32
 	if e.v3 {
 		x.Version = 3
-		x.Timestamp = uint32(e.now().UnixNano() / 100_000)
+		batchTS = uint32(e.now().UnixNano() / 100_000)
 	}
 	bad := 0
 	var last error
@@ -326,6 +329,14 @@ func (e *ERSPAN) Send(batch []*nfq.Packet) (int, error) {
 			continue
 		}
 		x.Seq = e.seq.Add(1)
+		if e.v3 {
+			if p.Time != 0 {
+				x.Timestamp = uint32(p.Time / 100_000) // when the kernel saw it
+			} else {
+				x.Timestamp = batchTS
+			}
+			x.Egress = p.Dir == nfq.DirEgress
+		}
 		x.COS = erspanCOS(p.Data)
 		x.Truncated = p.Truncated()
 		x.BSO = 0
@@ -334,7 +345,6 @@ func (e *ERSPAN) Send(batch []*nfq.Packet) (int, error) {
 		} else if n > 1514 {
 			x.BSO = 2
 		}
-		// D stays 0 (ingress): the copy's direction is not known here.
 		PutERSPAN(f, x)
 		PutEthernet(f[e.hdr-EthHdrLen:], e.dst, e.src, et)
 		i := len(sc.p[r.fam])

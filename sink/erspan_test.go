@@ -213,3 +213,24 @@ func BenchmarkERSPANBuildBatch(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch)), "ns/copy")
 }
+
+// Type III carries the kernel's time of the packet and its direction.
+func TestERSPAN3TimeAndDirection(t *testing.T) {
+	fs := &fakeSend{}
+	e := fakeERSPAN(t, 3, fs.fn, "10.77.4.2")
+	batch := pkts(ipv4(60, [4]byte{10, 77, 2, 2}), ipv4(60, [4]byte{10, 77, 2, 3}))
+	batch[0].Time, batch[0].Dir = time.Unix(1700000001, 0).UnixNano(), nfq.DirEgress
+	batch[1].Dir = nfq.DirIngress
+	if n, err := e.Send(batch); n != 2 || err != nil {
+		t.Fatal(n, err)
+	}
+	if ts := binary.BigEndian.Uint32(fs.got[0][12:16]); ts != uint32(uint64(17000000010000)&0xffffffff) || fs.got[0][19]&0x08 == 0 {
+		t.Fatalf("egress copy: timestamp %d, flags %#x", ts, fs.got[0][19])
+	}
+	if ts := binary.BigEndian.Uint32(fs.got[1][12:16]); ts != uint32(uint64(17000000001234)&0xffffffff) || fs.got[1][19]&0x08 != 0 {
+		t.Fatalf("ingress copy without a kernel time: timestamp %d, flags %#x", ts, fs.got[1][19])
+	}
+	for _, p := range batch {
+		p.Release()
+	}
+}

@@ -273,12 +273,16 @@ func (s *PcapOverIP) Send(batch []*nfq.Packet) (int, error) {
 		}
 		FixTruncated(p)
 		orig := max(p.OrigLen, len(p.Data))
+		t := ts // when the kernel saw the packet, if it said
+		if p.Time != 0 {
+			t = time.Unix(0, p.Time)
+		}
 		var h []byte
 		var pad int
 		if s.ng {
-			h, pad = pcapngEPBHeader(rec[:], ts, len(p.Data), orig)
+			h, pad = pcapngEPBHeader(rec[:], t, len(p.Data), orig)
 		} else {
-			h = pcapRecordHeader(rec[:16], ts, len(p.Data), orig)
+			h = pcapRecordHeader(rec[:16], t, len(p.Data), orig)
 		}
 		n := len(h) + len(p.Data) + pad
 		if s.ng {
