@@ -160,3 +160,33 @@ func isEchoRequestInside(p lab.Packet) bool {
 	}
 	return false
 }
+
+// ERSPAN type III says the copy's direction: tshark decodes D as ingress
+// for the copies of the echo requests that arrived on e0 and egress for
+// those of the replies that left it.
+func TestERSPANDirection(t *testing.T) {
+	l := lab.New(t)
+	d := startNfclone(t, l, `
+sessions:
+  - name: span
+    method: log
+    sources: [{interface: e0, direction: both}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets: [{kind: erspan, remote: 10.77.4.2, version: 3, session_id: 9}]
+`)
+	gre := l.StartCapture(t, l.Col2, "e0", "proto 47", lab.Direction("in"))
+	ping(t, l, l.Src, lab.EngE0IP, pings)
+	gre.WaitCount(2*pings, 5*time.Second)
+	gre.Finish()
+	d.stop(t)
+	out := l.MustExec(t, "", "tshark", "-r", gre.Path, "-n", "-T", "fields", "-E", "separator=|",
+		"-e", "erspan.spanid", "-e", "erspan.direction", "-e", "icmp.type")
+	count := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		count[line]++
+	}
+	// icmp.type 8 = request (arrived: ingress, D 0), 0 = reply (left: egress, D 1).
+	if count["9|0|8"] != pings || count["9|1|0"] != pings {
+		t.Fatalf("tshark's span id | direction | icmp type: %v, want %d of 9|0|8 and of 9|1|0", count, pings)
+	}
+}
