@@ -173,3 +173,31 @@ func ParseDedup(s string) (time.Duration, error) {
 	}
 	return d, nil
 }
+
+// validateListens refuses two pcap-over-ip targets on one address, or one
+// on the metrics address: the servers use SO_REUSEPORT (a reload opens the
+// new one before closing the old), so the kernel would not refuse them and
+// would split the clients between them.
+func validateListens(p *problems, c *Config) {
+	seen := map[netip.AddrPort]string{}
+	if ap, err := ParsePcapOverIPListen(c.Metrics.Listen); err == nil && c.Metrics.Listen != "" {
+		seen[ap] = "metrics.listen"
+	}
+	for i, s := range c.Sessions {
+		for j, t := range s.Targets {
+			if t.Kind != KindPcapOverIP {
+				continue
+			}
+			ap, err := ParsePcapOverIPListen(t.Listen)
+			if err != nil {
+				continue
+			}
+			key := fmt.Sprintf("sessions[%d].targets[%d].listen", i, j)
+			if other, dup := seen[ap]; dup {
+				p.add(key, "%s is already the address of %s", ap, other)
+				continue
+			}
+			seen[ap] = key
+		}
+	}
+}

@@ -75,3 +75,25 @@ sessions:
 		t.Errorf("problems:\n got: %q\nwant: %q", got, want)
 	}
 }
+
+func TestPcapOverIPListenTwice(t *testing.T) {
+	got := problemLines(t, `
+metrics: {listen: "127.0.0.1:9464"}
+sessions:
+  - name: a
+    method: log
+    sources: [{interface: e0}]
+    targets: [{kind: pcap-over-ip, listen: ":57012"}, {kind: pcap-over-ip, listen: ":9464"}]
+  - name: b
+    method: queue
+    sources: [{interface: e0}]
+    targets: [{kind: pcap-over-ip, listen: "127.0.0.1:57012"}]
+`, nil)
+	want := []string{
+		`sessions[0].targets[1].listen: 127.0.0.1:9464 is already the address of metrics.listen`,
+		`sessions[1].targets[0].listen: 127.0.0.1:57012 is already the address of sessions[0].targets[0].listen`,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("problems:\n got: %q\nwant: %q", got, want)
+	}
+}

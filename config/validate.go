@@ -94,6 +94,7 @@ func Validate(c *Config) Errors {
 	}
 	validateQueue(&p, c.Queue, len(c.Sessions))
 	validateLoops(&p, c)
+	validateListens(&p, c)
 	names := map[string]int{}
 	for i := range c.Sessions {
 		s := &c.Sessions[i]
