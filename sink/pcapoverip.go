@@ -40,7 +40,8 @@ type PcapOverIPConfig struct {
 
 // DefaultPcapOverIPBuffer is the default per-client buffer: 4 MiB of
 // records waiting (plus what the client's writer is writing, as much
-// again), on top of the kernel's socket buffers.
+// again), on top of the kernel's socket buffers. A client that keeps up
+// uses 64 KiB buffers; they grow only for one that falls behind.
 const DefaultPcapOverIPBuffer = 4 << 20
 
 // PcapOverIP is a TCP server that streams the copies as a pcap (LINKTYPE_RAW:
@@ -190,9 +191,12 @@ func (s *PcapOverIP) accept() {
 			continue
 		}
 		conn.SetNoDelay(false)
+		// The buffers start small and grow (by append, a few times) up to
+		// the limit only for a client that falls behind.
+		initial := min(s.cfg.ClientBuffer, 64<<10)
 		c := &poiClient{
 			id: s.nextID.Add(1), remote: remote, since: time.Now(), conn: conn, limit: s.cfg.ClientBuffer,
-			pending: make([]byte, 0, s.cfg.ClientBuffer), spare: make([]byte, 0, s.cfg.ClientBuffer),
+			pending: make([]byte, 0, initial), spare: make([]byte, 0, initial),
 			wake: make(chan struct{}, 1),
 		}
 		c.pending = append(c.pending, s.header...)
