@@ -49,7 +49,7 @@ type counters struct {
 }
 
 // warnEvery is the minimum interval between two warnings of one sink.
-var warnEvery = 10 * time.Second
+const warnEvery = 10 * time.Second
 
 func (c *counters) init(name string, log *slog.Logger) {
 	c.name = name

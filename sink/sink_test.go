@@ -132,7 +132,6 @@ func TestGatewayBatchAndErrors(t *testing.T) {
 		return nil
 	}}
 	g := newGateway("gw", 10, 11, fs.fn, nil)
-	warnEvery = 0
 	a := ipv4(100, [4]byte{10, 77, 2, 2})
 	bad := ipv4(60, [4]byte{10, 77, 2, 99})
 	batch := pkts(a, ipv6(80), bad, a, []byte{0x10, 1, 2})
