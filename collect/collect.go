@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -21,13 +22,20 @@ import (
 // Config configures a Collector.
 type Config struct {
 	// Listen is host:port (an IP literal or "localhost"; "" host or
-	// 0.0.0.0/:: = every address; port 0 = any free port).
+	// 0.0.0.0/:: = every address; port 0 = any free port). For kind
+	// "erspan" it is an IP address without a port (0.0.0.0: every IPv4
+	// address, ::, every IPv6 address).
 	Listen string
-	// Kind is "auto" (default: by header, see Decode), "vxlan" or
-	// "geneve".
+	// Kind is "auto" (default: by header, see Decode), "vxlan", "geneve"
+	// or "erspan" (GRE on a raw socket, CAP_NET_RAW).
 	Kind string
 	// VNIs keeps only these VNIs (empty: all).
 	VNIs []uint32
+	// Sessions keeps only these ERSPAN session ids (empty: all).
+	Sessions []uint32
+	// Dedup, when not 0, writes a frame seen again within this window
+	// once (several senders mirroring one flow): see dedupID.
+	Dedup time.Duration
 	// Allow restricts the senders. Without it the collector refuses to
 	// start unless it listens on loopback or AllowAny is set (Validate).
 	Allow    []netip.Prefix
@@ -50,6 +58,7 @@ type Stats struct {
 	FilteredVNI  uint64 `json:"filtered_vni"`
 	DeniedSender uint64 `json:"denied_sender"`
 	WriteErrors  uint64 `json:"write_errors"`
+	Duplicates   uint64 `json:"duplicates"`
 }
 
 // ParseAllow turns --allow values into prefixes: a CIDR or a bare address
@@ -75,8 +84,19 @@ func ParseAllow(values []string) (prefixes []netip.Prefix, any bool, err error) 
 }
 
 // listenAddr parses Listen; loopback reports whether only this host can
-// reach it.
-func listenAddr(s string) (addr netip.AddrPort, loopback bool, err error) {
+// reach it. For ERSPAN (raw GRE) it is an address without a port.
+func listenAddr(s, kind string) (addr netip.AddrPort, loopback bool, err error) {
+	if kind == KindERSPAN {
+		if s == "localhost" {
+			s = "127.0.0.1"
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.AddrPort{}, false, fmt.Errorf("--listen %q: ERSPAN is GRE, not UDP: want an IP address without a port (e.g. 10.77.4.2, 0.0.0.0, ::)", s)
+		}
+		a = a.Unmap()
+		return netip.AddrPortFrom(a, 0), a.IsLoopback(), nil
+	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
 		return netip.AddrPort{}, false, fmt.Errorf("--listen %q: want host:port (e.g. 127.0.0.1:4789, [::1]:6081, :4789)", s)
@@ -103,7 +123,7 @@ func listenAddr(s string) (addr netip.AddrPort, loopback bool, err error) {
 // a collector that anyone can reach must say whom it accepts frames from.
 func Validate(cfg Config) error {
 	var errs []error
-	_, loop, err := listenAddr(cfg.Listen)
+	_, loop, err := listenAddr(cfg.Listen, cfg.Kind)
 	if err != nil {
 		errs = append(errs, err)
 	} else if len(cfg.Allow) == 0 && !cfg.AllowAny && !loop {
@@ -112,9 +132,23 @@ func Validate(cfg Config) error {
 			"listen on loopback, or say --allow any", cfg.Listen))
 	}
 	switch cfg.Kind {
-	case "", KindAuto, KindVXLAN, KindGENEVE:
+	case "", KindAuto, KindVXLAN, KindGENEVE, KindERSPAN:
 	default:
-		errs = append(errs, fmt.Errorf("kind %q: want auto, vxlan or geneve", cfg.Kind))
+		errs = append(errs, fmt.Errorf("kind %q: want auto, vxlan, geneve or erspan", cfg.Kind))
+	}
+	if cfg.Kind == KindERSPAN && len(cfg.VNIs) > 0 {
+		errs = append(errs, errors.New("--vni is for VXLAN and GENEVE; ERSPAN sessions are chosen with --session"))
+	}
+	if cfg.Kind != KindERSPAN && len(cfg.Sessions) > 0 {
+		errs = append(errs, errors.New("--session is for --kind erspan"))
+	}
+	if cfg.Dedup < 0 || cfg.Dedup > 10*time.Second {
+		errs = append(errs, fmt.Errorf("--dedup %v is out of range 0-10s", cfg.Dedup))
+	}
+	for _, v := range cfg.Sessions {
+		if v > 1023 {
+			errs = append(errs, fmt.Errorf("--session %d does not fit in 10 bits (0-1023)", v))
+		}
 	}
 	for _, v := range cfg.VNIs {
 		if v > 0xffffff {
@@ -156,20 +190,54 @@ func Listen(network, addr string) (*net.UDPConn, error) {
 	return pc.(*net.UDPConn), nil
 }
 
+// packetConn is the collector's socket: UDP, or raw GRE for ERSPAN.
+type packetConn interface {
+	SyscallConn() (syscall.RawConn, error)
+	SetReadDeadline(time.Time) error
+	LocalAddr() net.Addr
+	Close() error
+}
+
+// ListenGRE opens a raw IPPROTO_GRE socket bound to addr (CAP_NET_RAW)
+// with a large receive buffer. IPv4 raw sockets hand over the IP header
+// with each packet; IPv6 ones do not.
+func ListenGRE(addr netip.Addr) (*net.IPConn, error) {
+	network := "ip4:gre"
+	if addr.Is6() {
+		network = "ip6:gre"
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) != nil {
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
+			}
+		})
+	}}
+	pc, err := lc.ListenPacket(context.Background(), network, addr.String())
+	if err != nil {
+		return nil, fmt.Errorf("collect: listen %s %s: %w", network, addr, err)
+	}
+	return pc.(*net.IPConn), nil
+}
+
 // Collector receives tunnelled frames and writes the inner frames out.
 type Collector struct {
 	cfg       Config
 	log       *slog.Logger
-	conn      *net.UDPConn
+	conn      packetConn
+	raw4      bool // an IPv4 raw socket: datagrams start with the IP header
 	allowAll  bool
 	vnis      map[uint32]bool
 	pcap      *sink.PcapWriter
 	tap       *tapDev
 	running   atomic.Bool
 	closeOnce sync.Once
+	synth     []byte // Handle's buffer for L3 packets given an Ethernet header
+	dedup     *sink.DedupTable
+	seed      maphash.Seed
 
-	received, decap, written, malformed, filtered, denied, writeErrs atomic.Uint64
-	lastWarn                                                         time.Time
+	received, decap, written, malformed, filtered, denied, writeErrs, dups atomic.Uint64
+	lastWarn                                                               time.Time
 
 	// The last denied sender and the last decode error, for the running
 	// report (set only on those paths, never for a frame that is written).
@@ -183,17 +251,29 @@ func New(cfg Config) (*Collector, error) {
 	if err := Validate(cfg); err != nil {
 		return nil, err
 	}
-	addr, loop, _ := listenAddr(cfg.Listen)
+	addr, loop, _ := listenAddr(cfg.Listen, cfg.Kind)
 	c := &Collector{cfg: cfg, log: cfg.Logger}
 	if c.log == nil {
 		c.log = slog.Default()
 	}
 	c.allowAll = cfg.AllowAny || (len(cfg.Allow) == 0 && loop)
-	if len(cfg.VNIs) > 0 {
-		c.vnis = make(map[uint32]bool, len(cfg.VNIs))
-		for _, v := range cfg.VNIs {
+	if cfg.Dedup > 0 {
+		c.dedup, c.seed = sink.NewDedupTable(cfg.Dedup), maphash.MakeSeed()
+	}
+	if ids := append(append([]uint32(nil), cfg.VNIs...), cfg.Sessions...); len(ids) > 0 {
+		// VNIs and ERSPAN session ids are both Frame.VNI.
+		c.vnis = make(map[uint32]bool, len(ids))
+		for _, v := range ids {
 			c.vnis[v] = true
 		}
+	}
+	if cfg.Kind == KindERSPAN {
+		conn, err := ListenGRE(addr.Addr())
+		if err != nil {
+			return nil, err
+		}
+		c.conn, c.raw4 = conn, addr.Addr().Is4()
+		return c, c.openOutputs()
 	}
 	network := "udp"
 	if addr.Addr().Is4() {
@@ -208,27 +288,41 @@ func New(cfg Config) (*Collector, error) {
 		return nil, err
 	}
 	c.conn = conn
+	return c, c.openOutputs()
+}
+
+// openOutputs opens the pcap writer and the TAP device; on failure it
+// closes everything.
+func (c *Collector) openOutputs() (err error) {
+	cfg := c.cfg
 	if cfg.PcapPath != "" {
 		c.pcap, err = sink.OpenPcapWriter(sink.PcapWriterConfig{Path: cfg.PcapPath, Format: cfg.PcapFormat,
 			LinkType: sink.LinkTypeEthernet})
 		if err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("collect: %w", err)
+			c.conn.Close()
+			return fmt.Errorf("collect: %w", err)
 		}
 	}
 	if cfg.TapName != "" {
 		c.tap, err = openTap(cfg.TapName)
 		if err != nil {
 			c.Close()
-			return nil, err
+			return err
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // Addr is the address the collector listens on.
 func (c *Collector) Addr() netip.AddrPort {
-	return c.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	switch a := c.conn.LocalAddr().(type) {
+	case *net.UDPAddr:
+		return a.AddrPort()
+	case *net.IPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return netip.AddrPortFrom(ip.Unmap(), 0)
+	}
+	return netip.AddrPort{}
 }
 
 // TapName is the name of the TAP device ("" without one).
@@ -257,6 +351,7 @@ func (c *Collector) Stats() Stats {
 		FilteredVNI:  c.filtered.Load(),
 		DeniedSender: c.denied.Load(),
 		WriteErrors:  c.writeErrs.Load(),
+		Duplicates:   c.dups.Load(),
 	}
 }
 
@@ -351,7 +446,15 @@ func (c *Collector) Run(ctx context.Context) error {
 			if k := kernelTime(oobs[i][:hdrs[i].Hdr.Controllen]); k != 0 {
 				ts = time.Unix(0, k)
 			}
-			c.Handle(ts, from, bufs[i][:hdrs[i].Len])
+			b := bufs[i][:hdrs[i].Len]
+			if c.raw4 {
+				if b = stripIPv4(b); b == nil {
+					c.received.Add(1)
+					c.malformed.Add(1)
+					continue
+				}
+			}
+			c.Handle(ts, from, b)
 		}
 		c.flush()
 	}
@@ -437,15 +540,31 @@ func (c *Collector) Handle(ts time.Time, from netip.Addr, b []byte) {
 		c.filtered.Add(1)
 		return
 	}
+	if c.dedup != nil && c.dedup.Seen(c.dedupID(f), ts.UnixNano()) {
+		c.dups.Add(1)
+		return
+	}
+	frame := f.Inner
+	if f.EtherType != 0 {
+		// An L3 packet (GENEVE protocol 0x0800/0x86dd): both outputs take
+		// Ethernet frames, so it gets the synthesized header nfclone's own
+		// tunnel targets give L3 copies.
+		if cap(c.synth) < 14+len(f.Inner) {
+			c.synth = make([]byte, 14+max(len(f.Inner), bufLen))
+		}
+		frame = c.synth[:14+len(f.Inner)]
+		PutEthernet(frame, f.EtherType)
+		copy(frame[14:], f.Inner)
+	}
 	ok := true
 	if c.pcap != nil {
-		if err := c.pcap.WritePacket(ts, f.Inner, len(f.Inner)); err != nil {
+		if err := c.pcap.WritePacket(ts, frame, len(frame)); err != nil {
 			ok = false
 			c.warn("pcap", err)
 		}
 	}
 	if c.tap != nil {
-		if err := c.tap.write(f.Inner); err != nil {
+		if err := c.tap.write(frame); err != nil {
 			ok = false
 			c.warn("tap", err)
 		}
@@ -455,6 +574,34 @@ func (c *Collector) Handle(ts time.Time, from netip.Addr, b []byte) {
 	} else {
 		c.writeErrs.Add(1)
 	}
+}
+
+// dedupID identifies a decapsulated frame for --dedup: its IP packet
+// without TTL / hop limit and IPv4 checksum (sink.PacketID), found behind
+// the Ethernet header and any 802.1Q/802.1ad tags, so copies that differ
+// only in those — or in their Ethernet addresses, or in which sender and
+// tunnel carried them — are one; a frame that is not IP counts whole,
+// tags aside.
+func (c *Collector) dedupID(f Frame) uint64 {
+	if f.EtherType != 0 {
+		return sink.PacketID(c.seed, f.Inner)
+	}
+	e := f.Inner
+	off := 12
+	for off+4 <= len(e) {
+		et := uint16(e[off])<<8 | uint16(e[off+1])
+		if et != 0x8100 && et != 0x88a8 {
+			break
+		}
+		off += 4
+	}
+	if off+2 <= len(e) {
+		et := uint16(e[off])<<8 | uint16(e[off+1])
+		if et == etherTypeIPv4 || et == etherTypeIPv6 {
+			return sink.PacketID(c.seed, e[off+2:])
+		}
+	}
+	return sink.PacketID(c.seed, e)
 }
 
 // Flush writes buffered pcap records.

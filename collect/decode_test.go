@@ -2,8 +2,11 @@ package collect
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"testing"
+
+	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/nfclone/nfclone/sink"
 )
@@ -78,7 +81,7 @@ func TestDecodeGENEVEBytes(t *testing.T) {
 		}
 	}
 	bad(func(b []byte) []byte { b[0] |= 0x40; return b }, ErrGENEVEVersion)
-	bad(func(b []byte) []byte { b[2], b[3] = 0x08, 0x00; return b }, ErrGENEVEProto) // IPv4 payload
+	bad(func(b []byte) []byte { b[2], b[3] = 0x88, 0xbe; return b }, ErrGENEVEProto) // not Ethernet or IP
 	bad(func(b []byte) []byte { b[1] = 0x80; return b }, ErrGENEVEOAM)
 	bad(func(b []byte) []byte { b[0] = 0x3f; return b }, ErrGENEVEOptions) // 252 bytes of options
 	bad(func(b []byte) []byte { return b[:16+13] }, ErrInnerShort)
@@ -117,13 +120,19 @@ func FuzzDecode(f *testing.F) {
 	f.Add(append([]byte{1, 0, 0x65, 0x58, 0, 0, 1, 0, 0, 1, 0, 0}, innerEth...))
 	f.Add([]byte{0x3f, 0, 0x65, 0x58, 0, 0, 0, 0})
 	f.Add([]byte{})
+	f.Add(append([]byte{0x10, 0, 0x88, 0xbe, 0, 0, 0, 1, 0x10, 0, 0, 42, 0, 0, 0, 0}, innerEth...))
+	f.Add(append([]byte{0x10, 0, 0x22, 0xeb, 0, 0, 0, 1, 0x20, 0, 0, 42, 1, 2, 3, 4, 0, 0, 0x80, 0x01, 1, 2, 3, 4, 5, 6, 7, 8}, innerEth...))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		for _, k := range []string{KindAuto, KindVXLAN, KindGENEVE} {
+		for _, k := range []string{KindAuto, KindVXLAN, KindGENEVE, KindERSPAN} {
 			fr, err := DecodeKind(b, k)
 			if err != nil {
 				continue
 			}
-			if len(fr.Inner) < 14 || fr.VNI > 0xffffff || len(fr.Inner) > len(b)-8 {
+			hdr := 8
+			if k == KindERSPAN {
+				hdr = 4
+			}
+			if len(fr.Inner) < 14 && fr.EtherType == 0 || fr.VNI > 0xffffff || len(fr.Inner) > len(b)-hdr {
 				t.Fatalf("bad frame %+v from %x", fr, b)
 			}
 			if &fr.Inner[len(fr.Inner)-1] != &b[len(b)-1] {
@@ -133,4 +142,143 @@ func FuzzDecode(f *testing.F) {
 		// The collector survives it.
 		fuzzCollector.Handle(fuzzTime, fuzzFrom, b)
 	})
+}
+
+// gwlbDatagram builds what a Gateway Load Balancer sends (the issue's
+// capture): GENEVE, VNI 0, 32 bytes of options, protocol IPv4, carrying
+// IP 10.10.0.4.65444 > 10.10.0.46.4789 VXLAN vni 9325541 carrying an
+// Ethernet frame with IP 52.94.225.236.443 > 10.10.0.4.58254 (TCP ACK).
+func gwlbDatagram(t testing.TB, proto uint16) (datagram, innermost []byte) {
+	tcp := []byte{
+		0x01, 0xbb, 0xe3, 0x8e, // 443 > 58254
+		0, 0, 0, 1, // seq
+		0xc2, 0xf2, 0x8a, 0x72, // ack 3271274354
+		0x50, 0x10, 0x7f, 0xda, // doff 5, ACK, win 32730
+		0, 0, 0, 0,
+	}
+	ip := ipv4(t, [4]byte{52, 94, 225, 236}, [4]byte{10, 10, 0, 4}, 6, tcp)
+	innermost = append([]byte{
+		0x02, 0, 0, 0, 0, 0x04, // dst
+		0x02, 0, 0, 0, 0, 0xfe, // src
+		0x08, 0x00,
+	}, ip...)
+	vx := make([]byte, 8, 8+len(innermost))
+	sink.PutVXLAN(vx, 9325541)
+	vx = append(vx, innermost...)
+	udp := append([]byte{0xff, 0xa4, 0x12, 0xb5, 0, 0, 0, 0}, vx...) // 65444 > 4789
+	binary.BigEndian.PutUint16(udp[4:6], uint16(len(udp)))
+	mid := ipv4(t, [4]byte{10, 10, 0, 4}, [4]byte{10, 10, 0, 46}, 17, udp)
+	if proto == etherTypeTEB {
+		mid = append([]byte{0x02, 0, 0, 0, 0, 0x46, 0x02, 0, 0, 0, 0, 0x04, 0x08, 0x00}, mid...)
+	}
+	g := []byte{
+		0x08,       // version 0, 8 words of options (32 bytes)
+		0x00,       // O=0 C=0
+		0x00, 0x00, // protocol (below)
+		0, 0, 0, // VNI 0
+		0,
+	}
+	binary.BigEndian.PutUint16(g[2:4], proto)
+	// AWS's TLVs: class 0x0108, types 1, 2, 3; 4+8, 4+8, 4+4 bytes.
+	g = append(g,
+		0x01, 0x08, 0x01, 0x02, 1, 2, 3, 4, 5, 6, 7, 8, // GWLBE/VPC endpoint id
+		0x01, 0x08, 0x02, 0x02, 8, 7, 6, 5, 4, 3, 2, 1, // attachment id
+		0x01, 0x08, 0x03, 0x01, 0xaa, 0xbb, 0xcc, 0xdd, // flow cookie
+	)
+	return append(g, mid...), innermost
+}
+
+// ipv4 builds an IPv4 header (DF, TTL 64, checksum) around payload.
+func ipv4(t testing.TB, src, dst [4]byte, proto byte, payload []byte) []byte {
+	h := make([]byte, 20, 20+len(payload))
+	h[0] = 0x45
+	binary.BigEndian.PutUint16(h[2:4], uint16(20+len(payload)))
+	h[6] = 0x40
+	h[8], h[9] = 64, proto
+	copy(h[12:16], src[:])
+	copy(h[16:20], dst[:])
+	binary.BigEndian.PutUint16(h[10:12], sink.IPv4Checksum(h))
+	return append(h, payload...)
+}
+
+// The capture: GENEVE (options, protocol IPv4) carrying VXLAN
+// carrying Ethernet/IP comes out as the innermost Ethernet frame, with the
+// inner VNI; the same with GENEVE carrying Ethernet.
+func TestDecodeGWLBNesting(t *testing.T) {
+	for _, proto := range []uint16{etherTypeIPv4, etherTypeTEB} {
+		d, want := gwlbDatagram(t, proto)
+		for _, kind := range []string{KindAuto, KindGENEVE} {
+			f, err := DecodeKind(d, kind)
+			if err != nil || f.Kind != KindGENEVE || !f.Nested || f.VNI != 9325541 || f.OuterVNI != 0 ||
+				f.EtherType != 0 || !bytes.Equal(f.Inner, want) {
+				t.Fatalf("%#x %s: %+v %v", proto, kind, f, err)
+			}
+		}
+	}
+	// Not VXLAN inside (another port): the L3 packet itself, to get an
+	// Ethernet header.
+	d, _ := gwlbDatagram(t, etherTypeIPv4)
+	mid := d[40:]
+	binary.BigEndian.PutUint16(mid[20+2:20+4], 4790)
+	f, err := Decode(d)
+	if err != nil || f.Nested || f.EtherType != etherTypeIPv4 || !bytes.Equal(f.Inner, mid) || f.VNI != 0 {
+		t.Fatalf("udp 4790: %+v %v", f, err)
+	}
+	// A UDP length that does not reach the end: not decoded as nested.
+	binary.BigEndian.PutUint16(mid[20+2:20+4], 4789)
+	binary.BigEndian.PutUint16(mid[20+4:20+6], 30)
+	if f, err := Decode(d); err != nil || f.Nested {
+		t.Fatalf("udp length: %+v %v", f, err)
+	}
+	// An IPv4 payload too short for its header.
+	g := append([]byte{0, 0, 0x08, 0x00, 0, 0, 1, 0}, 0x45, 0, 0, 20)
+	if _, err := Decode(g); !errors.Is(err, ErrInnerIPShort) {
+		t.Fatal(err)
+	}
+	// An IPv6 payload is accepted (Ethernet header synthesized later).
+	v6 := append([]byte{0, 0, 0x86, 0xdd, 0, 0, 2, 0, 0x60}, make([]byte, 39)...)
+	if f, err := Decode(v6); err != nil || f.EtherType != etherTypeIPv6 || len(f.Inner) != 40 || f.VNI != 2 {
+		t.Fatalf("v6: %+v %v", f, err)
+	}
+}
+
+// The collector writes L3 inner packets behind a synthesized Ethernet
+// header and matches --vni against the inner VXLAN VNI.
+func TestCollectorGWLB(t *testing.T) {
+	var buf bytes.Buffer
+	w, err := sink.OpenPcapWriter(sink.PcapWriterConfig{Writer: &buf, LinkType: sink.LinkTypeEthernet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Collector{cfg: Config{Kind: KindAuto}, allowAll: true, pcap: w, vnis: map[uint32]bool{9325541: true}}
+	d, want := gwlbDatagram(t, etherTypeIPv4)
+	c.Handle(fuzzTime, fuzzFrom, d)
+	// Outer VNI 0 is not the inner one: with --vni 0 it is filtered.
+	c2 := &Collector{cfg: Config{Kind: KindAuto}, allowAll: true, pcap: w, vnis: map[uint32]bool{0: true}}
+	c2.Handle(fuzzTime, fuzzFrom, d)
+	if s := c2.Stats(); s.FilteredVNI != 1 || s.Written != 0 {
+		t.Fatalf("%+v", s)
+	}
+	// Not nested: L3 with a synthesized header.
+	binary.BigEndian.PutUint16(d[40+22:40+24], 9999)
+	c.vnis = nil
+	c.Handle(fuzzTime, fuzzFrom, d)
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if s := c.Stats(); s.Written != 2 || s.Malformed != 0 {
+		t.Fatalf("%+v", s)
+	}
+	r, err := pcapgo.NewReader(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := r.ReadPacketData()
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("first: %x %v", got, err)
+	}
+	got, _, err = r.ReadPacketData()
+	if err != nil || !bytes.Equal(got[14:], d[40:]) || !bytes.Equal(got[:14], []byte{2, 0x4e, 0x43, 0, 0, 2, 2, 0x4e, 0x43, 0, 0, 1, 8, 0}) {
+		t.Fatalf("second: %x %v", got, err)
+	}
 }

@@ -100,6 +100,9 @@ type Session struct {
 	Rate    string   `mapstructure:"rate" json:"rate"`
 	Snaplen int      `mapstructure:"snaplen" json:"snaplen"`
 	Targets []Target `mapstructure:"targets" json:"targets"`
+	// Dedup is the de-duplication window of queue/log sessions ("50ms";
+	// "" off): see outputs.go.
+	Dedup string `mapstructure:"dedup" json:"dedup,omitempty"`
 	// Selectors (select.go): which flows, and how much of each, are copied.
 	FirstPackets int    `mapstructure:"first_packets" json:"first_packets,omitempty"`
 	FirstBytes   string `mapstructure:"first_bytes" json:"first_bytes,omitempty"`
@@ -138,6 +141,9 @@ const (
 	KindVXLAN   = "vxlan"
 	KindGENEVE  = "geneve"
 	KindPcap    = "pcap"
+	// KindERSPAN and KindPcapOverIP: see outputs.go.
+	KindERSPAN     = "erspan"
+	KindPcapOverIP = "pcap-over-ip"
 )
 
 // Target is where copies go.
@@ -163,6 +169,14 @@ type Target struct {
 	// RotateEvery: a new file at every multiple of this duration ("1h": on
 	// the hour); path may hold strftime conversions (%Y%m%d-%H%M).
 	RotateEvery string `mapstructure:"rotate_every" json:"rotate_every,omitempty"`
+	// erspan (remote: the collector's address, no port)
+	Version   int  `mapstructure:"version" json:"version,omitempty"` // 2 (type II) | 3 (type III)
+	SessionID *int `mapstructure:"session_id" json:"session_id,omitempty"`
+	// device: every copy leaves tagged 802.1Q VLAN
+	VLAN *int `mapstructure:"vlan" json:"vlan,omitempty"`
+	// pcap-over-ip (format too)
+	Listen string   `mapstructure:"listen" json:"listen,omitempty"`
+	Allow  []string `mapstructure:"allow" json:"allow,omitempty"`
 }
 
 // RotateInterval is a validated pcap target's rotate_every (0: none).

@@ -556,7 +556,7 @@ sessions:
 `,
 		want: []string{
 			"sessions[0].rules[0].action: is required (accept or reject)",
-			"sessions[0].targets[0].kind: is required (device, gateway, vxlan, geneve, pcap)",
+			"sessions[0].targets[0].kind: is required (device, gateway, vxlan, geneve, erspan, pcap, pcap-over-ip)",
 		},
 	},
 	{
@@ -614,7 +614,7 @@ sessions:
 			`sessions[0].name: "web-1" must start with a letter and hold at most 32 letters, digits or _`,
 			`sessions[0].sources[0].direction: "up" is not one of ingress, egress, both`,
 			`sessions[0].sources[0].interface: "an-interface-name-too-long" is not an interface name`,
-			`sessions[0].targets[0].kind: "mirror" is not one of device, gateway, vxlan, geneve, pcap`,
+			`sessions[0].targets[0].kind: "mirror" is not one of device, gateway, vxlan, geneve, erspan, pcap, pcap-over-ip`,
 			`state_dir: "run/nfclone" must be an absolute path`,
 			`table: "1nfc" must start with a letter and hold at most 32 letters, digits or _`,
 		},

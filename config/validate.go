@@ -94,6 +94,7 @@ func Validate(c *Config) Errors {
 	}
 	validateQueue(&p, c.Queue, len(c.Sessions))
 	validateLoops(&p, c)
+	validateListens(&p, c)
 	names := map[string]int{}
 	for i := range c.Sessions {
 		s := &c.Sessions[i]
@@ -230,6 +231,7 @@ func validateSession(p *problems, path string, s *Session) {
 	case s.Snaplen > 0 && s.Method == MethodDup:
 		p.add(path+".snaplen", "kernel dup copies whole packets; truncation needs method queue or log")
 	}
+	validateDedup(p, path, s)
 	if len(s.Targets) == 0 {
 		p.add(path+".targets", "at least one target is required")
 	}
@@ -317,12 +319,12 @@ func validateRules(p *problems, path string, s *Session, dirs map[string]bool, l
 
 func validateTarget(p *problems, tp string, s *Session, t *Target) {
 	switch t.Kind {
-	case KindDevice, KindGateway, KindVXLAN, KindGENEVE, KindPcap:
+	case KindDevice, KindGateway, KindVXLAN, KindGENEVE, KindPcap, KindERSPAN, KindPcapOverIP:
 	case "":
-		p.add(tp+".kind", "is required (device, gateway, vxlan, geneve, pcap)")
+		p.add(tp+".kind", "is required (device, gateway, vxlan, geneve, erspan, pcap, pcap-over-ip)")
 		return
 	default:
-		p.add(tp+".kind", "%q is not one of device, gateway, vxlan, geneve, pcap", t.Kind)
+		p.add(tp+".kind", "%q is not one of device, gateway, vxlan, geneve, erspan, pcap, pcap-over-ip", t.Kind)
 		return
 	}
 	if s.Method == MethodDup && (t.Kind == KindGENEVE || t.Kind == KindPcap) {
@@ -346,14 +348,15 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 	only("create", t.Create, KindDevice)
 	only("peer", t.Peer != "", KindDevice)
 	only("promisc", t.Promisc, KindDevice)
-	only("remote", len(t.Remote) > 0, KindVXLAN, KindGENEVE)
+	only("remote", len(t.Remote) > 0, KindVXLAN, KindGENEVE, KindERSPAN)
 	only("vni", t.VNI != nil, KindVXLAN, KindGENEVE)
 	only("path", t.Path != "", KindPcap)
-	only("format", t.Format != "", KindPcap)
+	only("format", t.Format != "", KindPcap, KindPcapOverIP)
 	only("rotate_size", t.RotateSize != "", KindPcap)
 	only("rotate_keep", t.RotateKeep != 0, KindPcap)
 	only("rotate_every", t.RotateEvery != "", KindPcap)
 
+	validateOutputTarget(p, tp, s, t, only)
 	if t.Device != "" && !reIfname.MatchString(t.Device) {
 		p.add(tp+".device", "%q is not an interface name", t.Device)
 	}

@@ -80,6 +80,8 @@ type TargetStatus struct {
 	Name  string      `json:"name"`
 	Kind  string      `json:"kind"`
 	Stats *sink.Stats `json:"stats,omitempty"` // userspace targets
+	// Clients are a pcap-over-ip target's connected clients.
+	Clients []sink.PcapClientStats `json:"clients,omitempty"`
 }
 
 // InterfaceStatus is an interface a session depends on.

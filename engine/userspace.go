@@ -123,7 +123,11 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 			if t.MAC != "" {
 				mac, _ = net.ParseMAC(t.MAC)
 			}
-			sk, err = sink.NewDevice(sink.DeviceConfig{Name: name, Device: dev, DstMAC: mac, Mark: c.Mark, Logger: slog})
+			var vlan uint16
+			if t.VLAN != nil {
+				vlan = uint16(*t.VLAN)
+			}
+			sk, err = sink.NewDevice(sink.DeviceConfig{Name: name, Device: dev, DstMAC: mac, Mark: c.Mark, VLAN: vlan, Logger: slog})
 		default:
 			sk, err = openExtraTarget(c, sc, t, name, slog)
 		}
@@ -135,6 +139,11 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 	}
 	s.mtu = sessionMTU(sc, c.Mark)
 	s.fanout = sink.NewWire(sink.NewFanout(s.targets...), s.mtu)
+	if sc.Dedup != "" {
+		// Before the cutter: duplicates are the kernel's packets.
+		w, _ := config.ParseDedup(sc.Dedup) // validated
+		s.fanout = sink.NewDedup(s.fanout, w)
+	}
 	if sc.Method == config.MethodQueue {
 		s.count = c.Queue.Count
 		for k := 0; k < c.Queue.Count; k++ {
@@ -208,6 +217,8 @@ func sessionMTU(sc config.Session, mark uint32) int {
 					limit(pm - tunnelOverhead(ap.Addr()))
 				}
 			}
+		case config.KindERSPAN:
+			limit(erspanMTU(t, mark))
 		}
 	}
 	return mtu
@@ -227,11 +238,11 @@ func tunnelOverhead(remote netip.Addr) int {
 // UDP socket carrying mark, IP_MTU / IPV6_MTU); 0 when it cannot say.
 func pathMTU(remote netip.AddrPort, mark uint32) int {
 	a := remote.Addr().Unmap()
-	fam, lvl, opt := unix.AF_INET, unix.IPPROTO_IP, unix.IP_MTU
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(remote.Port()), Addr: a.As4()}
-	if a.Is6() {
-		fam, lvl, opt = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_MTU
-		sa = &unix.SockaddrInet6{Port: int(remote.Port()), Addr: a.As16()}
+	fam, lvl, opt := unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_MTU
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(remote.Port()), Addr: a.As16()}
+	if a.Is4() {
+		fam, lvl, opt = unix.AF_INET, unix.IPPROTO_IP, unix.IP_MTU
+		sa = &unix.SockaddrInet4{Port: int(remote.Port()), Addr: a.As4()}
 	}
 	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -345,7 +356,7 @@ func (s *session) stop(drain time.Duration, kernel map[string]rules.CounterValue
 		"rate_limit", snap.Drops.RateLimit, "skipped_by_selectors", snap.Skipped.Total(),
 		"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
 		"kernel_queue", snap.Drops.KernelQueue, "user", snap.Drops.User, "socket_overrun", snap.Drops.SocketOverrun,
-		"malformed", snap.Drops.Malformed, "too_big", snap.Drops.TooBig, "in_flight", snap.InFlight, "balanced", snap.Balanced())
+		"malformed", snap.Drops.Malformed, "too_big", snap.Drops.TooBig, "dedup", snap.Drops.Dedup, "in_flight", snap.InFlight, "balanced", snap.Balanced())
 }
 
 // stopGrace is how long stop waits, after the drain deadline, for readers
@@ -445,6 +456,9 @@ func (s *session) status() SessionStatus {
 			x := sp.Stats()
 			ts.Stats = &x
 		}
+		if cp, ok := t.(interface{ Clients() []sink.PcapClientStats }); ok {
+			ts.Clients = cp.Clients()
+		}
 		st.Targets = append(st.Targets, ts)
 	}
 	return st
@@ -510,6 +524,10 @@ func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name 
 			remotes = append(remotes, ap)
 		}
 		return sink.NewTunnel(sink.TunnelConfig{Name: name, Kind: t.Kind, Remotes: remotes, VNI: uint32(*t.VNI), Mark: c.Mark, Logger: log})
+	case config.KindERSPAN:
+		return openERSPAN(c, t, name, log)
+	case config.KindPcapOverIP:
+		return openPcapOverIP(sc, t, name, log)
 	case config.KindPcap:
 		var size int64
 		if t.RotateSize != "" {

@@ -47,6 +47,7 @@ const (
 	ReasonSendError     = "send_error"
 	ReasonTooBig        = "too_big"
 	ReasonFailOpen      = "fail_open"
+	ReasonDedup         = "dedup"
 )
 
 // Session states, the values of nfclone_session_state's state label.
@@ -68,6 +69,7 @@ func dropsByReason(d nfq.Drops) []reasonValue {
 		{ReasonSendError, d.SendError},
 		{ReasonTooBig, d.TooBig},
 		{ReasonFailOpen, d.FailOpen},
+		{ReasonDedup, d.Dedup},
 	}
 }
 
@@ -93,6 +95,7 @@ type descs struct {
 	readerRecvErrors, readerVerdicts, readerVerdictErrors   *prometheus.Desc
 
 	targetPackets, targetBytes, targetErrors *prometheus.Desc
+	clientRecords, clientDropped             *prometheus.Desc
 
 	ifaceUp *prometheus.Desc
 }
@@ -140,6 +143,8 @@ func newDescs() *descs {
 		targetPackets: d("target_sent_packets_total", "Copies the target sent (userspace targets).", targetLabels...),
 		targetBytes:   d("target_sent_bytes_total", "Bytes the target sent.", targetLabels...),
 		targetErrors:  d("target_errors_total", "Copies the target failed to send.", targetLabels...),
+		clientRecords: d("target_client_records_total", "Copies streamed to one connected client of a pcap-over-ip target.", append(append([]string{}, targetLabels...), "client")...),
+		clientDropped: d("target_client_dropped_total", "Copies dropped for one client of a pcap-over-ip target (its buffer was full: a slow or stopped client).", append(append([]string{}, targetLabels...), "client")...),
 
 		ifaceUp: d("interface_up", "1 if the interface is present, 0 if it is missing (sessions using it wait).", "interface"),
 	}
@@ -154,7 +159,7 @@ func (d *descs) all() []*prometheus.Desc {
 		d.queueDepth, d.queueCap, d.workers,
 		d.readerUp, d.readerPackets, d.readerDatagrams, d.readerENOBUFS,
 		d.readerRecvErrors, d.readerVerdicts, d.readerVerdictErrors,
-		d.targetPackets, d.targetBytes, d.targetErrors,
+		d.targetPackets, d.targetBytes, d.targetErrors, d.clientRecords, d.clientDropped,
 		d.ifaceUp,
 	}
 }
@@ -307,6 +312,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			counter(d.targetPackets, t.Stats.Sent, tl...)
 			counter(d.targetBytes, t.Stats.Bytes, tl...)
 			counter(d.targetErrors, t.Stats.Errors, tl...)
+			for _, c := range t.Clients {
+				cl := append(append([]string{}, tl...), fmt.Sprintf("%d:%s", c.ID, c.Remote))
+				counter(d.clientRecords, c.Sent, cl...)
+				counter(d.clientDropped, c.Dropped, cl...)
+			}
 		}
 	}
 

@@ -58,6 +58,8 @@ func fakeStatus() engine.Status {
 				Targets: []engine.TargetStatus{
 					{Name: "gateway 10.77.2.2 dev e1", Kind: "gateway", Stats: &sink.Stats{Sent: 955, Bytes: 93590, Errors: 6, LastError: "no route"}},
 					{Name: "device e3", Kind: "device", Stats: &sink.Stats{Sent: 961, Bytes: 94178, Errors: 0}},
+					{Name: "ids/2:pcap-over-ip", Kind: "pcap-over-ip", Stats: &sink.Stats{Sent: 961},
+						Clients: []sink.PcapClientStats{{ID: 1, Remote: "10.77.2.2:40000", Sent: 900, Dropped: 61}, {ID: 2, Remote: "10.77.2.2:40002", Sent: 961}}},
 				},
 			},
 			{
@@ -252,8 +254,8 @@ func TestMetricsValues(t *testing.T) {
 		}
 	}
 	// Every drop reason is exported, zero or not (rates need the series).
-	if n := len(fams["nfclone_session_dropped_packets_total"].GetMetric()); n != 9 {
-		t.Errorf("dropped: %d series, want 9", n)
+	if n := len(fams["nfclone_session_dropped_packets_total"].GetMetric()); n != 10 {
+		t.Errorf("dropped: %d series, want 10", n)
 	}
 	// The Go and process collectors are in the registry.
 	for _, name := range []string{"go_goroutines", "process_start_time_seconds"} {
@@ -310,6 +312,12 @@ func TestMetricsEmptyAndDuplicates(t *testing.T) {
 	}
 	if v := value(t, fams, "nfclone_target_sent_packets_total", map[string]string{"session": "ids", "target": "gateway 10.77.2.2 dev e1#2"}); v != 955 {
 		t.Errorf("second target = %v", v)
+	}
+	if v := value(t, fams, "nfclone_target_client_dropped_total", map[string]string{"session": "ids", "target": "ids/2:pcap-over-ip", "client": "1:10.77.2.2:40000"}); v != 61 {
+		t.Errorf("client drops = %v", v)
+	}
+	if v := value(t, fams, "nfclone_target_client_records_total", map[string]string{"session": "ids", "client": "2:10.77.2.2:40002"}); v != 961 {
+		t.Errorf("client records = %v", v)
 	}
 	if v := value(t, fams, "nfclone_interface_up", map[string]string{"interface": "e0#2"}); v != 1 {
 		t.Errorf("second e0 = %v", v)

@@ -9,7 +9,7 @@ import "sync/atomic"
 // The invariant, exact once the copy queue and workers are drained:
 //
 //	Offered = Copied + KernelQueue + User + SocketOverrun + QueueOverflow
-//	          + RateLimit + Malformed + SendError + TooBig   (+ InFlight while running)
+//	          + RateLimit + Malformed + SendError + TooBig + Dedup   (+ InFlight while running)
 //
 // where Offered = Received + KernelQueue + User + SocketOverrun: every packet
 // the kernel tried to hand to nfclone.
@@ -25,6 +25,7 @@ type Ledger struct {
 	malformed     atomic.Uint64
 	sendError     atomic.Uint64
 	tooBig        atomic.Uint64
+	dedup         atomic.Uint64
 	enobufs       atomic.Uint64
 	verdictErrors atomic.Uint64
 }
@@ -58,11 +59,15 @@ type Drops struct {
 	// through without handing it to nfclone (no id, no kernel counter). The
 	// engine learns it from the rule's counter: matched − offered to the reader.
 	FailOpen uint64 `json:"fail_open"`
+	// Dedup: the session's dedup window had already seen the same packet
+	// (differing at most in TTL / hop limit and the IPv4 checksum): sent
+	// once, not twice.
+	Dedup uint64 `json:"dedup"`
 }
 
 // Total is the sum of all drops.
 func (d Drops) Total() uint64 {
-	return d.KernelQueue + d.User + d.SocketOverrun + d.QueueOverflow + d.RateLimit + d.Malformed + d.SendError + d.TooBig + d.FailOpen
+	return d.KernelQueue + d.User + d.SocketOverrun + d.QueueOverflow + d.RateLimit + d.Malformed + d.SendError + d.TooBig + d.FailOpen + d.Dedup
 }
 
 // WithMatched accounts the packets the rules matched (the kernel's rule
@@ -148,12 +153,18 @@ func (l *Ledger) AddTooBig(n uint64) { l.tooBig.Add(n) }
 // AddVerdictErrors counts n verdicts refused by the kernel.
 func (l *Ledger) AddVerdictErrors(n uint64) { l.verdictErrors.Add(n) }
 
+// AddDedup counts n copies not sent because they were duplicates.
+func (l *Ledger) AddDedup(n uint64) { l.dedup.Add(n) }
+
 // Account records the outcome of a sent batch: copies with Errs == 0 are
-// copied, those marked TooBig too big, the others send errors.
+// copied, those marked Dup duplicates, those marked TooBig too big, the
+// others send errors.
 func (l *Ledger) Account(batch []*Packet) {
-	var ok, b, bad, big uint64
+	var ok, b, bad, big, dup uint64
 	for _, p := range batch {
 		switch {
+		case p.Dup:
+			dup++
 		case p.TooBig:
 			big++
 		case p.Errs == 0:
@@ -172,6 +183,9 @@ func (l *Ledger) Account(batch []*Packet) {
 	if big > 0 {
 		l.AddTooBig(big)
 	}
+	if dup > 0 {
+		l.AddDedup(dup)
+	}
 }
 
 // Snapshot returns the current counters. Outcome counters are read before
@@ -186,13 +200,14 @@ func (l *Ledger) Snapshot() Snapshot {
 		Malformed:     l.malformed.Load(),
 		SendError:     l.sendError.Load(),
 		TooBig:        l.tooBig.Load(),
+		Dedup:         l.dedup.Load(),
 	}
 	s.Received = l.received.Load()
 	s.Drops.KernelQueue = l.kernelQueue.Load()
 	s.Drops.User, s.Drops.SocketOverrun = attributeLoss(l.overrun.Load(), l.user.Load())
 	s.ENOBUFS = l.enobufs.Load()
 	s.VerdictErrors = l.verdictErrors.Load()
-	done := s.Copied + s.Drops.QueueOverflow + s.Drops.RateLimit + s.Drops.Malformed + s.Drops.SendError + s.Drops.TooBig
+	done := s.Copied + s.Drops.QueueOverflow + s.Drops.RateLimit + s.Drops.Malformed + s.Drops.SendError + s.Drops.TooBig + s.Drops.Dedup
 	if s.Received > done {
 		s.InFlight = s.Received - done
 	} else {

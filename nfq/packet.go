@@ -77,6 +77,9 @@ type Packet struct {
 	// TooBig says the copy could not be made wire-sized and was not sent
 	// (counted as too_big, not as a send error).
 	TooBig bool
+	// Dup says the copy was a duplicate within the session's dedup window
+	// and was not sent (counted as dedup).
+	Dup bool
 	// Time is when the kernel saw the packet, in nanoseconds since the Unix
 	// epoch (microsecond precision: the kernel's NFQA_TIMESTAMP /
 	// NFULA_TIMESTAMP), or, when it gave no usable time, when the reader
@@ -157,7 +160,7 @@ func (p *Packet) Release() {
 }
 
 // CopyMeta gives p the metadata of from (interfaces, link address, mark,
-// session, family) for a segment cut from it: p.Data must hold the segment;
+// session, family, time, direction, rule, uid/gid) for a segment cut from it: p.Data must hold the segment;
 // OrigLen becomes its length and its offload state complete.
 func (p *Packet) CopyMeta(from *Packet) {
 	p.OrigLen = len(p.Data)
@@ -166,8 +169,12 @@ func (p *Packet) CopyMeta(from *Packet) {
 	p.HwAddr, p.HwAddrLen = from.HwAddr, from.HwAddrLen
 	p.Mark = from.Mark
 	p.Session = from.Session
+	// A segment was seen when and where its super-packet was.
+	p.Time, p.Dir, p.Rule = from.Time, from.Dir, from.Rule
+	p.UID, p.GID, p.HasUID = from.UID, from.GID, from.HasUID
 	p.Offload = gso.Known
 	p.TooBig = false
+	p.Dup = false
 	p.Errs = 0
 }
 

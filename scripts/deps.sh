@@ -32,6 +32,7 @@ declare -A PKG_FOR=(
 	[unshare]=util-linux
 	[nsenter]=util-linux
 	[socat]=socat
+	[nc]=netcat-openbsd
 	[tcpflow]=tcpflow
 	[sha256sum]=coreutils
 	[ss]=iproute2

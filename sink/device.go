@@ -33,6 +33,11 @@ type DeviceConfig struct {
 	// Mark is SO_MARK on the socket (default 0x80).
 	Mark   uint32
 	NoMark bool
+	// VLAN, when not 0, tags every frame 802.1Q with this id (a mirror
+	// VLAN, as Open vSwitch's output-vlan or a switch's RSPAN). Tagged
+	// frames are sent without a virtio-net header: TCP super-packets are
+	// cut by nfclone (sink.Wire), not the kernel.
+	VLAN   uint16
 	Logger *slog.Logger
 }
 
@@ -48,6 +53,7 @@ type Device struct {
 	scratch sync.Pool
 	to      atomic.Pointer[devDst] // the destination (a gateway's may change)
 	vnet    bool                   // the socket takes a virtio-net header: TCP super-packets go whole
+	vlan    uint16                 // 802.1Q tag of every frame (0: none)
 }
 
 // devDst is where a Device's frames go: the destination address and the
@@ -108,13 +114,18 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	// A virtio-net header in front of each frame lets the kernel cut TCP
 	// super-packets (and finish their checksums) on the way out, as for
 	// its own traffic: one send per 64 KiB instead of one per segment.
-	vnet := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1) == nil
+	// Not for tagged frames: the kernel would have to find the IP header
+	// behind the tag of a packet it takes for untagged IP.
+	vnet := cfg.VLAN == 0 && unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1) == nil
 	name := cfg.Name
 	if name == "" {
 		name = "device:" + ifi.Name
 	}
 	d := newDevice(name, fd, ifi.Index, dst, src, sendmmsg, cfg.Logger)
 	d.vnet = vnet
+	if cfg.VLAN != 0 {
+		d.setVLAN(cfg.VLAN)
+	}
 	return d, nil
 }
 
@@ -136,6 +147,9 @@ func (d *Device) setDst(to [6]byte) {
 		sa    *unix.RawSockaddrLinklayer
 		proto uint16
 	}{{&t.sa4, unix.ETH_P_IP}, {&t.sa6, unix.ETH_P_IPV6}} {
+		if d.vlan != 0 {
+			x.proto = unix.ETH_P_8021Q // the frames are tagged
+		}
 		*x.sa = unix.RawSockaddrLinklayer{Family: unix.AF_PACKET, Protocol: htons(x.proto), Ifindex: int32(d.ifindex), Halen: 6}
 		copy(x.sa.Addr[:], to[:])
 	}
@@ -175,6 +189,9 @@ func (d *Device) Send(batch []*nfq.Packet) (int, error) {
 		if d.vnet {
 			hdr += gso.VirtioNetHdrLen
 		}
+		if d.vlan != 0 {
+			hdr += VLANTagLen
+		}
 		f := p.Frame(hdr)
 		if sa == nil || f == nil || len(p.Data) == 0 {
 			p.Errs++
@@ -182,10 +199,13 @@ func (d *Device) Send(batch []*nfq.Packet) (int, error) {
 			continue
 		}
 		FixTruncated(p)
-		if d.vnet {
+		switch {
+		case d.vlan != 0:
+			PutEthernetVLAN(f, to.dst, d.src, d.vlan, et)
+		case d.vnet:
 			gso.PutVirtioNetHdr(f, p.GSO, EthHdrLen)
 			PutEthernet(f[gso.VirtioNetHdrLen:], to.dst, d.src, et)
-		} else {
+		default:
 			PutEthernet(f, to.dst, d.src, et)
 		}
 		i := len(sc.p)

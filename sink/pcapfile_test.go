@@ -2,6 +2,7 @@ package sink
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -272,13 +273,18 @@ func TestPcapDevices(t *testing.T) {
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan []byte)
-	go func() {
-		b, _ := os.ReadFile(fifo)
-		got <- b
-	}()
-	writeRecords(t, PcapWriterConfig{Path: fifo}, 0, 2)
-	b := <-got
+	// The reading end is opened first (not blocking): opened after the
+	// writer closed, it would wait for a writer forever.
+	r, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	writeRecords(t, PcapWriterConfig{Path: fifo}, 0, 2) // fits in the pipe's buffer
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if want := 24 + 2*116; len(b) != want {
 		t.Fatalf("read %d bytes from the fifo, want %d", len(b), want)
 	}

@@ -74,6 +74,8 @@ func fakeStatus() engine.Status {
 				},
 				Targets: []engine.TargetStatus{
 					{Name: "pcap /var/lib/nfclone/audit.pcap", Kind: "pcap", Stats: &sink.Stats{Sent: 20, Bytes: 2000}},
+					{Name: "audit/1:pcap-over-ip", Kind: "pcap-over-ip", Stats: &sink.Stats{Sent: 20, Bytes: 2000},
+						Clients: []sink.PcapClientStats{{ID: 1, Remote: "10.77.2.2:40000", Sent: 12, Bytes: 1392, Dropped: 8}}},
 				},
 			},
 			{

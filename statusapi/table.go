@@ -118,6 +118,12 @@ func writeTable(w io.Writer, s engine.Status, now time.Time) error {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, t.Kind, ss.Name,
 					num(t.Stats.Sent), bytesIEC(t.Stats.Bytes), num(t.Stats.Errors), t.Stats.LastError)
+				for _, c := range t.Clients {
+					// A pcap-over-ip client: what it was sent, what was
+					// dropped for it alone (its buffer was full).
+					fmt.Fprintf(tw, "  client %s\t\t\t%s\t%s\t%s dropped\t\t\n", c.Remote,
+						num(c.Sent), bytesIEC(c.Bytes), num(c.Dropped))
+				}
 			}
 		}
 		tw.Flush()
@@ -179,6 +185,7 @@ func dropReasons(d nfq.Drops) string {
 	add("malformed", d.Malformed)
 	add("send_error", d.SendError)
 	add("too_big", d.TooBig)
+	add("dedup", d.Dedup)
 	return strings.Join(parts, ", ")
 }
 

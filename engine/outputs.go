@@ -1,0 +1,72 @@
+package engine
+
+import (
+	"log/slog"
+	"net/netip"
+
+	"github.com/nfclone/nfclone/config"
+	"github.com/nfclone/nfclone/sink"
+)
+
+// openERSPAN opens an erspan target: ERSPAN type II or III over GRE, built
+// in userspace and sent from raw GRE sockets carrying the copy mark.
+func openERSPAN(c *config.Config, t config.Target, name string, log *slog.Logger) (sink.Sink, error) {
+	var remotes []netip.Addr
+	for _, r := range t.Remote {
+		a, err := config.ParseERSPANRemote(r)
+		if err != nil {
+			return nil, err
+		}
+		remotes = append(remotes, a)
+	}
+	return sink.NewERSPAN(sink.ERSPANConfig{Name: name, Remotes: remotes, Version: t.Version,
+		Session: uint16(*t.SessionID), Mark: c.Mark, Logger: log})
+}
+
+// erspanMTU is the largest copy an erspan target sends without the outer
+// packet being fragmented: the smallest path MTU to its remotes less the
+// outer IP header, GRE, ERSPAN and the inner Ethernet header (0: unknown).
+func erspanMTU(t config.Target, mark uint32) int {
+	mtu := 0
+	for _, r := range t.Remote {
+		a, err := config.ParseERSPANRemote(r)
+		if err != nil {
+			continue
+		}
+		// pathMTU asks with a UDP socket; the route, hence the MTU, is the
+		// same for GRE.
+		pm := pathMTU(netip.AddrPortFrom(a, 9), mark)
+		if pm == 0 {
+			continue
+		}
+		ip := 20
+		if a.Is6() {
+			ip = 40
+		}
+		if m := pm - ip - sink.ERSPANHdrLen(t.Version) - sink.EthHdrLen; mtu == 0 || m < mtu {
+			mtu = m
+		}
+	}
+	return mtu
+}
+
+// openPcapOverIP starts a pcap-over-ip target's TCP server.
+func openPcapOverIP(sc config.Session, t config.Target, name string, log *slog.Logger) (sink.Sink, error) {
+	ap, err := config.ParsePcapOverIPListen(t.Listen)
+	if err != nil {
+		return nil, err
+	}
+	cfg := sink.PcapOverIPConfig{Name: name, Listen: ap, Format: t.Format, Snaplen: sc.Snaplen, Logger: log}
+	for _, a := range t.Allow {
+		p, err := config.ParseAllowPrefix(a)
+		if err != nil {
+			return nil, err
+		}
+		if !p.IsValid() {
+			cfg.AllowAny = true
+			continue
+		}
+		cfg.Allow = append(cfg.Allow, p)
+	}
+	return sink.NewPcapOverIP(cfg)
+}
