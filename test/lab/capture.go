@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -107,7 +108,7 @@ func TcpdumpArgs(args ...string) CaptureOption {
 // StartCapture starts tcpdump on iface in namespace ns with a BPF filter ("" for all) and
 // returns once tcpdump reports that it is listening (its filter is installed), so every
 // packet sent after StartCapture returns is captured. tcpdump runs with -U -n
-// --immediate-mode -p -Z root -w FILE. The capture is stopped at cleanup if Stop was not
+// --immediate-mode -p -Z root -B 16384 -w FILE. The capture is stopped at cleanup if Stop was not
 // called.
 func (l *Lab) StartCapture(t testing.TB, ns, iface string, filter string, opts ...CaptureOption) *Capture {
 	t.Helper()
@@ -134,6 +135,12 @@ func (l *Lab) StartCapture(t testing.TB, ns, iface string, filter string, opts .
 		args = append(args, "-s", strconv.Itoa(cfg.snaplen))
 	}
 	args = append(args, cfg.extra...)
+	if !slices.Contains(cfg.extra, "-B") {
+		// 16 MiB of capture buffer unless the test says otherwise: with
+		// tcpdump's default (2 MiB) a burst of copies on a loaded machine
+		// was "dropped by kernel" and a test counted copies nfclone had sent.
+		args = append(args, "-B", "16384")
+	}
 	if filter != "" {
 		args = append(args, filter)
 	}
