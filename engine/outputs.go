@@ -57,6 +57,9 @@ func openPcapOverIP(sc config.Session, t config.Target, name string, log *slog.L
 		return nil, err
 	}
 	cfg := sink.PcapOverIPConfig{Name: name, Listen: ap, Format: t.Format, Snaplen: sc.Snaplen, Logger: log}
+	if t.Format == "pcapng" {
+		cfg.Annotate = annotation(sc)
+	}
 	for _, a := range t.Allow {
 		p, err := config.ParseAllowPrefix(a)
 		if err != nil {

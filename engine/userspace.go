@@ -470,7 +470,7 @@ func (s *session) status() SessionStatus {
 // annotates reports whether the session has an annotated (pcapng) target.
 func annotates(s config.Session) bool {
 	for _, t := range s.Targets {
-		if t.Kind == config.KindPcap && t.Format == "pcapng" {
+		if (t.Kind == config.KindPcap || t.Kind == config.KindPcapOverIP) && t.Format == "pcapng" {
 			return true
 		}
 	}

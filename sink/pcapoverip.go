@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/nfclone/nfclone/nfq"
 	"golang.org/x/sys/unix"
 )
@@ -36,6 +37,10 @@ type PcapOverIPConfig struct {
 	// client only and counted.
 	ClientBuffer int
 	Logger       *slog.Logger
+	// Annotate, with format pcapng, notes on every record where and how
+	// the copy was taken, as for a pcapng file (PcapAnnotation): the
+	// stream's header describes one interface per source interface.
+	Annotate *PcapAnnotation
 }
 
 // DefaultPcapOverIPBuffer is the default per-client buffer: 4 MiB of
@@ -62,6 +67,13 @@ type PcapOverIP struct {
 	ln     *net.TCPListener
 	ng     bool
 	header []byte // stream header every client gets first
+	// annotation (pcapng with Annotate): the interface block of each name,
+	// and scratch for one record's note and block (under mu)
+	ann   *PcapAnnotation
+	ifIDs map[string]uint32
+	note  Note
+	nbuf  []byte
+	blk   []byte
 	mu     sync.Mutex
 	cl     []*poiClient
 	closed bool
@@ -136,6 +148,14 @@ func newPcapOverIP(cfg PcapOverIPConfig) (*PcapOverIP, error) {
 	case "pcapng":
 		s.ng = true
 		s.header = pcapngHeader(cfg.Snaplen)
+		if a := cfg.Annotate; a != nil {
+			s.ann = a
+			s.ifIDs = map[string]uint32{}
+			for i, name := range a.interfaces() {
+				s.ifIDs[name] = uint32(i + 1)
+				s.header = appendIDB(s.header, name, cfg.Snaplen)
+			}
+		}
 	default:
 		return nil, fmt.Errorf("sink: pcap-over-ip format %q: want pcap or pcapng", cfg.Format)
 	}
@@ -283,6 +303,25 @@ func (s *PcapOverIP) Send(batch []*nfq.Packet) (int, error) {
 		}
 		var h []byte
 		var pad int
+		if s.ann != nil {
+			// An annotated block is built whole in s.blk (no allocation
+			// once it has grown), then appended to each client.
+			s.nbuf = s.ann.note(p, &s.note, s.nbuf)
+			s.blk = appendAnnotatedEPB(s.blk[:0], s.ifIDs[s.note.Interface], uint64(t.UnixMicro()), p.Data, orig, &s.note)
+			n := len(s.blk)
+			for _, c := range s.cl {
+				if c.done || len(c.pending)+n > c.limit {
+					c.dropped.Add(1)
+					continue
+				}
+				c.pending = append(c.pending, s.blk...)
+				c.sent.Add(1)
+				c.bytes.Add(uint64(n))
+			}
+			sent++
+			bytes += len(p.Data)
+			continue
+		}
 		if s.ng {
 			h, pad = pcapngEPBHeader(rec[:], t, len(p.Data), orig)
 		} else {
@@ -409,6 +448,64 @@ func pcapngHeader(snaplen int) []byte {
 	h = le.AppendUint32(h, uint32(snaplen))
 	h = le.AppendUint32(h, 20)
 	return h
+}
+
+// appendIDB appends an interface description block for an interface
+// named name (LINKTYPE_RAW, microsecond timestamps as the stream's first
+// interface).
+func appendIDB(b []byte, name string, snaplen int) []byte {
+	le := binary.LittleEndian
+	npad := (4 - len(name)%4) % 4
+	total := 20 + 4 + len(name) + npad + 4
+	b = le.AppendUint32(b, 1)
+	b = le.AppendUint32(b, uint32(total))
+	b = le.AppendUint16(b, uint16(LinkTypeRaw))
+	b = le.AppendUint16(b, 0)
+	b = le.AppendUint32(b, uint32(snaplen))
+	b = le.AppendUint16(b, 2) // if_name
+	b = le.AppendUint16(b, uint16(len(name)))
+	b = append(b, name...)
+	b = append(b, zeros[:npad]...)
+	b = le.AppendUint32(b, 0) // opt_endofopt
+	return le.AppendUint32(b, uint32(total))
+}
+
+// appendAnnotatedEPB appends an enhanced packet block on interface id at
+// us microseconds, with the note's direction (epb_flags) and comment.
+func appendAnnotatedEPB(b []byte, id uint32, us uint64, data []byte, origLen int, n *Note) []byte {
+	le := binary.LittleEndian
+	pad := (4 - len(data)%4) % 4
+	cpad := (4 - len(n.Comment)%4) % 4
+	opts := 4
+	if n.Direction != 0 {
+		opts += 8
+	}
+	if len(n.Comment) > 0 {
+		opts += 4 + len(n.Comment) + cpad
+	}
+	total := 28 + len(data) + pad + opts + 4
+	b = le.AppendUint32(b, 6)
+	b = le.AppendUint32(b, uint32(total))
+	b = le.AppendUint32(b, id)
+	b = le.AppendUint32(b, uint32(us>>32))
+	b = le.AppendUint32(b, uint32(us))
+	b = le.AppendUint32(b, uint32(len(data)))
+	b = le.AppendUint32(b, uint32(origLen))
+	b = append(b, data...)
+	b = append(b, zeros[:pad]...)
+	if n.Direction != 0 {
+		b = le.AppendUint16(b, 2) // epb_flags
+		b = le.AppendUint16(b, 4)
+		b = le.AppendUint32(b, uint32(n.Direction)&uint32(pcapgo.NgEpbFlagDirectionMask))
+	}
+	if len(n.Comment) > 0 {
+		b = le.AppendUint16(b, 1) // opt_comment
+		b = le.AppendUint16(b, uint16(len(n.Comment)))
+		b = append(b, n.Comment...)
+		b = append(b, zeros[:cpad]...)
+	}
+	b = le.AppendUint32(b, 0) // opt_endofopt
+	return le.AppendUint32(b, uint32(total))
 }
 
 // pcapngEPBHeader fills h[:28] with an enhanced packet block's header

@@ -208,3 +208,52 @@ func TestPcapOverIPSendNoAlloc(t *testing.T) {
 		t.Fatalf("%v allocations per batch", n)
 	}
 }
+
+// An annotated pcapng stream: tshark reads each record's interface (named
+// in the stream's header), direction and comment, as from an annotated
+// file.
+func TestPcapOverIPAnnotated(t *testing.T) {
+	if _, err := exec.LookPath("tshark"); err != nil {
+		t.Skip("tshark not installed")
+	}
+	s, err := NewPcapOverIP(PcapOverIPConfig{Listen: netip.MustParseAddrPort("127.0.0.1:0"), Format: "pcapng",
+		Annotate: &PcapAnnotation{Session: "ids", Names: map[uint32]string{2: "e0", 4: "e2"}, Rules: []int{100, 200}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); len(s.Clients()) < 1 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	batch := pkts(ipv4(61, [4]byte{10, 77, 2, 2}), ipv4(62, [4]byte{10, 77, 2, 3}))
+	batch[0].Dir, batch[0].InIf, batch[0].Rule = nfq.DirIngress, 2, 2
+	batch[1].Dir, batch[1].OutIf, batch[1].UID, batch[1].GID, batch[1].HasUID = nfq.DirEgress, 4, 1000, 100, true
+	if n, err := s.Send(batch); n != 2 || err != nil {
+		t.Fatal(n, err)
+	}
+	for _, p := range batch {
+		p.Release()
+	}
+	s.Close()
+	b, err := io.ReadAll(conn)
+	conn.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "stream.pcapng")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("tshark", "-r", path, "-n", "-T", "fields", "-E", "separator=|",
+		"-e", "frame.interface_name", "-e", "frame.packet_flags_direction", "-e", "frame.comment", "-e", "ip.dst").Output()
+	if err != nil {
+		t.Fatalf("tshark: %v\n%s", err, out)
+	}
+	want := "e0|0x00000001|session=ids rule=200 dir=ingress|10.77.2.2\ne2|0x00000002|session=ids dir=egress uid=1000 gid=100|10.77.2.3"
+	if got := strings.TrimSpace(string(out)); got != want {
+		t.Fatalf("tshark reads\n%s\nwant\n%s", got, want)
+	}
+}
