@@ -69,11 +69,11 @@ type PcapOverIP struct {
 	header []byte // stream header every client gets first
 	// annotation (pcapng with Annotate): the interface block of each name,
 	// and scratch for one record's note and block (under mu)
-	ann   *PcapAnnotation
-	ifIDs map[string]uint32
-	note  Note
-	nbuf  []byte
-	blk   []byte
+	ann    *PcapAnnotation
+	ifIDs  map[string]uint32
+	note   Note
+	nbuf   []byte
+	blk    []byte
 	mu     sync.Mutex
 	cl     []*poiClient
 	closed bool
