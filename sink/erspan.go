@@ -233,18 +233,10 @@ func newERSPAN(cfg ERSPANConfig, send sendmmsgFunc) (*ERSPAN, error) {
 	if len(cfg.Remotes) == 0 {
 		return nil, errors.New("sink: ERSPAN without a remote")
 	}
-	src, dst := cfg.SrcMAC, cfg.DstMAC
-	if src == nil {
-		src = DefaultTunnelSrcMAC
+	var err error
+	if e.src, e.dst, err = innerMACs(cfg.SrcMAC, cfg.DstMAC); err != nil {
+		return nil, err
 	}
-	if dst == nil {
-		dst = DefaultTunnelDstMAC
-	}
-	if len(src) != 6 || len(dst) != 6 {
-		return nil, errors.New("sink: inner Ethernet addresses must have 6 bytes")
-	}
-	copy(e.src[:], src)
-	copy(e.dst[:], dst)
 	aps := make([]netip.AddrPort, len(cfg.Remotes))
 	e.remotes = make([]tunRemote, len(cfg.Remotes))
 	for i, r := range cfg.Remotes {

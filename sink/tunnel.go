@@ -255,18 +255,10 @@ func newTunnel(cfg TunnelConfig, send sendmmsgFunc) (*Tunnel, error) {
 	if len(cfg.Remotes) == 0 {
 		return nil, errors.New("sink: tunnel without a remote")
 	}
-	src, dst := cfg.SrcMAC, cfg.DstMAC
-	if src == nil {
-		src = DefaultTunnelSrcMAC
+	var err error
+	if t.src, t.dst, err = innerMACs(cfg.SrcMAC, cfg.DstMAC); err != nil {
+		return nil, err
 	}
-	if dst == nil {
-		dst = DefaultTunnelDstMAC
-	}
-	if len(src) != 6 || len(dst) != 6 {
-		return nil, errors.New("sink: inner Ethernet addresses must have 6 bytes")
-	}
-	copy(t.src[:], src)
-	copy(t.dst[:], dst)
 	remotes := make([]netip.AddrPort, len(cfg.Remotes))
 	t.remotes = make([]tunRemote, len(cfg.Remotes))
 	for i, r := range cfg.Remotes {
@@ -440,4 +432,22 @@ func (t *Tunnel) Close() error {
 		t.fds[fam] = nil
 	}
 	return err
+}
+
+// innerMACs are the addresses of the synthesized inner Ethernet header of
+// tunnelled L3 copies: src and dst, or DefaultTunnelSrcMAC and
+// DefaultTunnelDstMAC where nil.
+func innerMACs(src, dst net.HardwareAddr) (s, d [6]byte, err error) {
+	if src == nil {
+		src = DefaultTunnelSrcMAC
+	}
+	if dst == nil {
+		dst = DefaultTunnelDstMAC
+	}
+	if len(src) != 6 || len(dst) != 6 {
+		return s, d, errors.New("sink: inner Ethernet addresses must have 6 bytes")
+	}
+	copy(s[:], src)
+	copy(d[:], dst)
+	return s, d, nil
 }
