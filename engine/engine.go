@@ -42,8 +42,26 @@ func (h hostProblems) Unwrap() []error { return []error{ErrHost, h.Errors} }
 var ErrHost = errors.New("the host cannot do it")
 
 func hostErr(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrHost, fmt.Sprintf(format, args...))
+	e := &hostError{msg: fmt.Sprintf(format, args...)}
+	for _, a := range args {
+		if err, ok := a.(error); ok {
+			e.causes = append(e.causes, err)
+		}
+	}
+	return e
 }
+
+// hostError is an ErrHost whose message names the operation; the errors
+// among its arguments stay its causes (errors.Is(err, unix.EPERM) works at
+// any height).
+type hostError struct {
+	msg    string
+	causes []error
+}
+
+func (e *hostError) Error() string { return ErrHost.Error() + ": " + e.msg }
+
+func (e *hostError) Unwrap() []error { return append([]error{ErrHost}, e.causes...) }
 
 // RoutePlan is the pure routing/link plan of a config (docs/architecture.md): links
 // nfclone creates, ARP handling on the egress of gateway targets and, for
