@@ -22,6 +22,7 @@ import (
 	"github.com/nfclone/nfclone/route"
 	"github.com/nfclone/nfclone/rules"
 	"github.com/nfclone/nfclone/sink"
+	"github.com/nfclone/nfclone/status"
 )
 
 // HostProblems wraps problems of a valid config on this host (a missing
@@ -153,7 +154,7 @@ type Engine struct {
 	rt       *runtime
 	started  time.Time
 	gen      uint64
-	lastLoad *ReloadStatus
+	lastLoad *status.ReloadStatus
 }
 
 func (e *Engine) init() {
@@ -379,7 +380,7 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 // its errors logged and the old one keeps running.
 func (e *Engine) doReload() {
 	log := e.Log
-	st := &ReloadStatus{Time: time.Now().UTC()}
+	st := &status.ReloadStatus{Time: time.Now().UTC()}
 	defer func() {
 		e.mu.Lock()
 		e.lastLoad = st
@@ -684,10 +685,10 @@ func reconcile(c *config.Config, rk route.Kernel, log *slog.Logger) error {
 }
 
 // Status is a snapshot for metrics and `nfclone status`.
-func (e *Engine) Status() Status {
+func (e *Engine) Status() status.Status {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	st := Status{PID: os.Getpid(), Version: e.Version, Started: e.started, Config: e.ConfigPath,
+	st := status.Status{PID: os.Getpid(), Version: e.Version, Started: e.started, Config: e.ConfigPath,
 		Generation: e.gen, LastReload: e.lastLoad}
 	rt := e.rt
 	if rt == nil || rt.cfg == nil {
@@ -704,19 +705,19 @@ func (e *Engine) Status() Status {
 		st.Drift = append(st.Drift, d.String())
 	}
 	for _, s := range rt.cfg.Sessions {
-		var ss SessionStatus
+		var ss status.SessionStatus
 		if run, ok := rt.sessions[s.Name]; ok {
 			ss = run.status()
 		} else {
-			ss = SessionStatus{Name: s.Name, Method: s.Method, State: "running"}
+			ss = status.SessionStatus{Name: s.Name, Method: s.Method, State: "running"}
 			for i, t := range s.Targets {
-				ss.Targets = append(ss.Targets, TargetStatus{Name: fmt.Sprintf("%s/%d:%s", s.Name, i, t.Kind), Kind: t.Kind})
+				ss.Targets = append(ss.Targets, status.TargetStatus{Name: fmt.Sprintf("%s/%d:%s", s.Name, i, t.Kind), Kind: t.Kind})
 			}
 		}
 		if m, ok := counters[s.Name]; ok {
 			if s.Method == config.MethodDup {
-				ss.Seen = Counter{Packets: m[rules.CounterSeen].Packets, Bytes: m[rules.CounterSeen].Bytes}
-				ss.Copied = Counter{Packets: m[rules.CounterCopied].Packets, Bytes: m[rules.CounterCopied].Bytes}
+				ss.Seen = status.Counter{Packets: m[rules.CounterSeen].Packets, Bytes: m[rules.CounterSeen].Bytes}
+				ss.Copied = status.Counter{Packets: m[rules.CounterCopied].Packets, Bytes: m[rules.CounterCopied].Bytes}
 				if sk := skippedCounts(m); sk.Total() > 0 {
 					ss.Skipped = &sk
 				}
@@ -724,7 +725,7 @@ func (e *Engine) Status() Status {
 				// What only the kernel's counters know enters the ledger here.
 				l := withKernelCounts(*ss.Ledger, m)
 				ss.Ledger = &l
-				ss.Seen = Counter{Packets: l.Offered}
+				ss.Seen = status.Counter{Packets: l.Offered}
 			}
 		}
 		for name := range sessionInterfaces(s) {
@@ -764,7 +765,7 @@ func (e *Engine) Status() Status {
 			i = int(ifIndex(name))
 		}
 		sort.Strings(users)
-		st.Interfaces = append(st.Interfaces, InterfaceStatus{Name: name, Present: i != 0, Index: i, UsedBy: users, Created: created[name]})
+		st.Interfaces = append(st.Interfaces, status.InterfaceStatus{Name: name, Present: i != 0, Index: i, UsedBy: users, Created: created[name]})
 	}
 	sort.Slice(st.Interfaces, func(i, j int) bool { return st.Interfaces[i].Name < st.Interfaces[j].Name })
 	return st

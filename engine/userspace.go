@@ -15,6 +15,7 @@ import (
 	"github.com/nfclone/nfclone/nfq"
 	"github.com/nfclone/nfclone/rules"
 	"github.com/nfclone/nfclone/sink"
+	"github.com/nfclone/nfclone/status"
 	"golang.org/x/sys/unix"
 )
 
@@ -429,14 +430,14 @@ func (s *session) close() {
 }
 
 // status reports the session for Status.
-func (s *session) status() SessionStatus {
+func (s *session) status() status.SessionStatus {
 	snap := s.ledger.Snapshot()
-	st := SessionStatus{
+	st := status.SessionStatus{
 		Name: s.name, Method: s.method, State: "running", Missing: s.missing,
-		Seen:   Counter{Packets: snap.Offered},
-		Copied: Counter{Packets: snap.Copied, Bytes: snap.Bytes},
+		Seen:   status.Counter{Packets: snap.Offered},
+		Copied: status.Counter{Packets: snap.Copied, Bytes: snap.Bytes},
 		Ledger: &snap,
-		Queue:  &QueueStatus{Depth: s.queue.Len(), Cap: s.queue.Cap(), Workers: s.workers},
+		Queue:  &status.QueueStatus{Depth: s.queue.Len(), Cap: s.queue.Cap(), Workers: s.workers},
 	}
 	if len(s.missing) > 0 {
 		st.State = "waiting"
@@ -448,10 +449,10 @@ func (s *session) status() SessionStatus {
 		if s.method == config.MethodQueue {
 			kind = "nfqueue"
 		}
-		st.Readers = append(st.Readers, ReaderStatus{Kind: kind, Num: s.first + i, Running: i < len(s.running) && s.running[i], Stats: r.Stats()})
+		st.Readers = append(st.Readers, status.ReaderStatus{Kind: kind, Num: s.first + i, Running: i < len(s.running) && s.running[i], Stats: r.Stats()})
 	}
 	for i, t := range s.targets {
-		ts := TargetStatus{Name: t.Name(), Kind: s.kinds[i]}
+		ts := status.TargetStatus{Name: t.Name(), Kind: s.kinds[i]}
 		if sp, ok := t.(interface{ Stats() sink.Stats }); ok {
 			x := sp.Stats()
 			ts.Stats = &x

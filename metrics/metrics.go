@@ -1,6 +1,6 @@
 // Package metrics exports the daemon's Status as Prometheus metrics.
 //
-// The Collector reads one engine.Status snapshot per scrape and turns it into
+// The Collector reads one status.Status snapshot per scrape and turns it into
 // const metrics, so a scrape always shows one consistent view and nothing is
 // kept between scrapes. It has its own registry (never the global one), with
 // the Go runtime and process collectors of client_golang next to it.
@@ -26,8 +26,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/nfclone/nfclone/engine"
 	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/status"
 )
 
 // Path is where Serve answers with the metrics.
@@ -167,7 +167,7 @@ func (d *descs) all() []*prometheus.Desc {
 // Collector is a prometheus.Collector over the daemon's Status. Create it
 // with New; it is safe for concurrent scrapes (source must be too).
 type Collector struct {
-	source func() engine.Status
+	source func() status.Status
 	d      *descs
 	reg    *prometheus.Registry
 }
@@ -175,7 +175,7 @@ type Collector struct {
 // New returns a Collector that calls source once per scrape. The Collector
 // is registered, with the Go and process collectors, in a registry of its
 // own, served by Handler.
-func New(source func() engine.Status) *Collector {
+func New(source func() status.Status) *Collector {
 	c := &Collector{source: source, d: newDescs(), reg: prometheus.NewRegistry()}
 	c.reg.MustRegister(
 		c,

@@ -20,29 +20,29 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/nfclone/nfclone/engine"
 	"github.com/nfclone/nfclone/nfq"
 	"github.com/nfclone/nfclone/sink"
+	"github.com/nfclone/nfclone/status"
 )
 
 var started = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
-func fakeStatus() engine.Status {
-	return engine.Status{
+func fakeStatus() status.Status {
+	return status.Status{
 		PID:        4242,
 		Version:    "v1.2.3",
 		Started:    started,
 		Config:     "/etc/nfclone/nfclone.yaml",
 		Table:      "nfclone",
 		Generation: 3,
-		LastReload: &engine.ReloadStatus{Time: started.Add(time.Hour), OK: false, Error: "sessions[0].name: bad"},
-		Sessions: []engine.SessionStatus{
+		LastReload: &status.ReloadStatus{Time: started.Add(time.Hour), OK: false, Error: "sessions[0].name: bad"},
+		Sessions: []status.SessionStatus{
 			{
 				Name:   "ids",
 				Method: "queue",
 				State:  "running",
-				Seen:   engine.Counter{Packets: 1000, Bytes: 98000},
-				Copied: engine.Counter{Packets: 950, Bytes: 93100},
+				Seen:   status.Counter{Packets: 1000, Bytes: 98000},
+				Copied: status.Counter{Packets: 950, Bytes: 93100},
 				Ledger: &nfq.Snapshot{
 					Offered: 1010, Received: 1000, Copied: 950, Bytes: 93100, InFlight: 5,
 					Drops: nfq.Drops{KernelQueue: 1, User: 2, SocketOverrun: 7, QueueOverflow: 30,
@@ -50,12 +50,12 @@ func fakeStatus() engine.Status {
 					ENOBUFS: 2, VerdictErrors: 1,
 					Skipped: nfq.Skipped{FirstPackets: 300, Priority: 12},
 				},
-				Queue: &engine.QueueStatus{Depth: 17, Cap: 8192, Workers: 2},
-				Readers: []engine.ReaderStatus{
+				Queue: &status.QueueStatus{Depth: 17, Cap: 8192, Workers: 2},
+				Readers: []status.ReaderStatus{
 					{Kind: "nfqueue", Num: 0, Running: true, Stats: nfq.ReaderStats{Datagrams: 40, Packets: 600, Verdicts: 12, ENOBUFS: 1}},
 					{Kind: "nfqueue", Num: 1, Running: false, Stats: nfq.ReaderStats{Datagrams: 30, Packets: 400, Verdicts: 9, ENOBUFS: 1, RecvErrors: 3, VerdictErrors: 1}},
 				},
-				Targets: []engine.TargetStatus{
+				Targets: []status.TargetStatus{
 					{Name: "gateway 10.77.2.2 dev e1", Kind: "gateway", Stats: &sink.Stats{Sent: 955, Bytes: 93590, Errors: 6, LastError: "no route"}},
 					{Name: "device e3", Kind: "device", Stats: &sink.Stats{Sent: 961, Bytes: 94178, Errors: 0}},
 					{Name: "ids/2:pcap-over-ip", Kind: "pcap-over-ip", Stats: &sink.Stats{Sent: 961},
@@ -69,14 +69,14 @@ func fakeStatus() engine.Status {
 				Missing: []string{"e9"},
 				// Not a combination a dup session has; the collector does not care.
 				MissingRoutes: []string{"default via 10.77.2.2 dev e1 table 20036 (device e1 is down)"},
-				Seen:          engine.Counter{Packets: 77, Bytes: 7700},
-				Copied:        engine.Counter{Packets: 70, Bytes: 7000},
+				Seen:          status.Counter{Packets: 77, Bytes: 7700},
+				Copied:        status.Counter{Packets: 70, Bytes: 7000},
 				Skipped:       &nfq.Skipped{SampleFlows: 7},
-				Targets:       []engine.TargetStatus{{Name: "device e9", Kind: "device"}},
+				Targets:       []status.TargetStatus{{Name: "device e9", Kind: "device"}},
 			},
 		},
 		Drift: []string{"inet route default via 10.77.2.2 dev e1 table 20036: device e1 is down"},
-		Interfaces: []engine.InterfaceStatus{
+		Interfaces: []status.InterfaceStatus{
 			{Name: "e0", Present: true, Index: 2, UsedBy: []string{"ids"}},
 			{Name: "e9", Present: false, UsedBy: []string{"tap"}},
 		},
@@ -269,7 +269,7 @@ func TestMetricsValues(t *testing.T) {
 // source says at that moment.
 func TestMetricsFollowSource(t *testing.T) {
 	var n atomic.Uint64
-	src := func() engine.Status {
+	src := func() status.Status {
 		s := fakeStatus()
 		v := n.Load()
 		s.Sessions[0].Copied.Packets = v
@@ -290,7 +290,7 @@ func TestMetricsFollowSource(t *testing.T) {
 // TestMetricsEmptyAndDuplicates: an empty status scrapes cleanly, and
 // repeated names never break a scrape.
 func TestMetricsEmptyAndDuplicates(t *testing.T) {
-	fams := parse(t, scrape(t, New(func() engine.Status { return engine.Status{} })))
+	fams := parse(t, scrape(t, New(func() status.Status { return status.Status{} })))
 	if v := value(t, fams, "nfclone_build_info", map[string]string{"version": "unknown"}); v != 1 {
 		t.Errorf("build_info = %v", v)
 	}
@@ -298,7 +298,7 @@ func TestMetricsEmptyAndDuplicates(t *testing.T) {
 		t.Errorf("last_reload_success before any reload = %v, want 1", v)
 	}
 
-	dup := func() engine.Status {
+	dup := func() status.Status {
 		s := fakeStatus()
 		s.Sessions = append(s.Sessions, s.Sessions[0])
 		s.Sessions[0].Targets = append(s.Sessions[0].Targets, s.Sessions[0].Targets[0])

@@ -3,7 +3,7 @@
 // it as a table.
 //
 // The protocol is as small as it gets: the client connects to
-// STATE_DIR/nfclone.sock, the daemon writes one JSON-encoded engine.Status
+// STATE_DIR/nfclone.sock, the daemon writes one JSON-encoded status.Status
 // (followed by a newline) and closes the connection. The client sends
 // nothing. Anyone who can connect can read the status, so the socket is
 // mode 0600 (the daemon's user; root) in a directory created 0700.
@@ -24,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nfclone/nfclone/engine"
+	"github.com/nfclone/nfclone/status"
 )
 
 // SocketName is the socket's file name in the state directory.
@@ -54,7 +54,7 @@ func SocketPath(stateDir string) string { return filepath.Join(stateDir, SocketN
 // killed daemon is removed first; a socket that still answers belongs to
 // another running daemon and is an error, as is any other file in its
 // place. Setup errors are returned at once, before anything is served.
-func Serve(ctx context.Context, stateDir string, source func() engine.Status, log *slog.Logger) error {
+func Serve(ctx context.Context, stateDir string, source func() status.Status, log *slog.Logger) error {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -99,7 +99,7 @@ func Serve(ctx context.Context, stateDir string, source func() engine.Status, lo
 }
 
 // answer writes one Status to conn and closes it.
-func answer(conn net.Conn, source func() engine.Status, log *slog.Logger) {
+func answer(conn net.Conn, source func() status.Status, log *slog.Logger) {
 	defer conn.Close()
 	conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 	if err := json.NewEncoder(conn).Encode(source()); err != nil && !errors.Is(err, syscall.EPIPE) {
@@ -184,7 +184,7 @@ func removeStale(ctx context.Context, path string) error {
 // Fetch reads the Status of the daemon whose state directory is stateDir.
 // When no daemon answers, the error wraps ErrNotRunning and says where it
 // looked.
-func Fetch(ctx context.Context, stateDir string) (engine.Status, error) {
+func Fetch(ctx context.Context, stateDir string) (status.Status, error) {
 	path := SocketPath(stateDir)
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -196,12 +196,12 @@ func Fetch(ctx context.Context, stateDir string) (engine.Status, error) {
 	if err != nil {
 		switch {
 		case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOTDIR):
-			return engine.Status{}, fmt.Errorf("%w in %s (socket %s): is it running? is state_dir the same?",
+			return status.Status{}, fmt.Errorf("%w in %s (socket %s): is it running? is state_dir the same?",
 				ErrNotRunning, stateDir, path)
 		case errors.Is(err, fs.ErrPermission):
-			return engine.Status{}, fmt.Errorf("status: no access to %s (mode 0600): run as root or as the daemon's user", path)
+			return status.Status{}, fmt.Errorf("status: no access to %s (mode 0600): run as root or as the daemon's user", path)
 		}
-		return engine.Status{}, fmt.Errorf("status: connect to %s: %w", path, err)
+		return status.Status{}, fmt.Errorf("status: connect to %s: %w", path, err)
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
@@ -209,7 +209,7 @@ func Fetch(ctx context.Context, stateDir string) (engine.Status, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
-	var s engine.Status
+	var s status.Status
 	dec := json.NewDecoder(io.LimitReader(conn, maxStatus))
 	if err := dec.Decode(&s); err != nil {
 		// The socket's deadline is ctx's: report it as ctx's error, also
@@ -220,9 +220,9 @@ func Fetch(ctx context.Context, stateDir string) (engine.Status, error) {
 			err = context.DeadlineExceeded
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
-			return engine.Status{}, fmt.Errorf("status: the daemon did not answer on %s in time: %w", path, err)
+			return status.Status{}, fmt.Errorf("status: the daemon did not answer on %s in time: %w", path, err)
 		}
-		return engine.Status{}, fmt.Errorf("status: read from %s: %w", path, err)
+		return status.Status{}, fmt.Errorf("status: read from %s: %w", path, err)
 	}
 	return s, nil
 }

@@ -17,44 +17,44 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfclone/nfclone/engine"
 	"github.com/nfclone/nfclone/nfq"
 	"github.com/nfclone/nfclone/sink"
+	"github.com/nfclone/nfclone/status"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
 
 var started = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
-func fakeStatus() engine.Status {
-	return engine.Status{
+func fakeStatus() status.Status {
+	return status.Status{
 		PID:        4242,
 		Version:    "v1.2.3",
 		Started:    started,
 		Config:     "/etc/nfclone/nfclone.yaml",
 		Table:      "nfclone",
 		Generation: 3,
-		LastReload: &engine.ReloadStatus{Time: started.Add(time.Hour), OK: false,
+		LastReload: &status.ReloadStatus{Time: started.Add(time.Hour), OK: false,
 			Error: `sessions[0].targets[1].remote: "10.77.4.2" has no port`},
-		Sessions: []engine.SessionStatus{
+		Sessions: []status.SessionStatus{
 			{
 				Name:   "ids",
 				Method: "queue",
 				State:  "running",
-				Seen:   engine.Counter{Packets: 1000, Bytes: 98000},
-				Copied: engine.Counter{Packets: 950, Bytes: 93100},
+				Seen:   status.Counter{Packets: 1000, Bytes: 98000},
+				Copied: status.Counter{Packets: 950, Bytes: 93100},
 				Ledger: &nfq.Snapshot{
 					Offered: 1010, Received: 1000, Copied: 950, Bytes: 93100, InFlight: 5,
 					Drops: nfq.Drops{KernelQueue: 1, User: 2, SocketOverrun: 7, QueueOverflow: 30,
 						Malformed: 4, SendError: 11},
 					ENOBUFS: 2, VerdictErrors: 1,
 				},
-				Queue: &engine.QueueStatus{Depth: 17, Cap: 8192, Workers: 2},
-				Readers: []engine.ReaderStatus{
+				Queue: &status.QueueStatus{Depth: 17, Cap: 8192, Workers: 2},
+				Readers: []status.ReaderStatus{
 					{Kind: "nfqueue", Num: 0, Running: true, Stats: nfq.ReaderStats{Datagrams: 40, Packets: 600}},
 					{Kind: "nfqueue", Num: 1, Running: false, Stats: nfq.ReaderStats{Datagrams: 30, Packets: 400}},
 				},
-				Targets: []engine.TargetStatus{
+				Targets: []status.TargetStatus{
 					{Name: "gateway 10.77.2.2 dev e1", Kind: "gateway", Stats: &sink.Stats{Sent: 955, Bytes: 93590, Errors: 6,
 						LastError: "sendmmsg: network is unreachable"}},
 					{Name: "device e3", Kind: "device", Stats: &sink.Stats{Sent: 961, Bytes: 3 << 30}},
@@ -65,14 +65,14 @@ func fakeStatus() engine.Status {
 				Method:        "log",
 				State:         "waiting",
 				MissingRoutes: []string{"default via 10.77.2.2 dev e1 table 20036 (device e1 is down)"},
-				Seen:          engine.Counter{Packets: 20, Bytes: 2000},
-				Copied:        engine.Counter{Packets: 20, Bytes: 2000},
+				Seen:          status.Counter{Packets: 20, Bytes: 2000},
+				Copied:        status.Counter{Packets: 20, Bytes: 2000},
 				Ledger:        &nfq.Snapshot{Offered: 20, Received: 20, Copied: 20, Bytes: 2000},
-				Queue:         &engine.QueueStatus{Depth: 0, Cap: 8192, Workers: 1},
-				Readers: []engine.ReaderStatus{
+				Queue:         &status.QueueStatus{Depth: 0, Cap: 8192, Workers: 1},
+				Readers: []status.ReaderStatus{
 					{Kind: "nflog", Num: 2, Running: true},
 				},
-				Targets: []engine.TargetStatus{
+				Targets: []status.TargetStatus{
 					{Name: "pcap /var/lib/nfclone/audit.pcap", Kind: "pcap", Stats: &sink.Stats{Sent: 20, Bytes: 2000}},
 					{Name: "audit/1:pcap-over-ip", Kind: "pcap-over-ip", Stats: &sink.Stats{Sent: 20, Bytes: 2000},
 						Clients: []sink.PcapClientStats{{ID: 1, Remote: "10.77.2.2:40000", Sent: 12, Bytes: 1392, Dropped: 8}}},
@@ -83,12 +83,12 @@ func fakeStatus() engine.Status {
 				Method:  "dup",
 				State:   "waiting",
 				Missing: []string{"e9"},
-				Seen:    engine.Counter{Packets: 77, Bytes: 7700},
-				Copied:  engine.Counter{Packets: 70, Bytes: 7000},
-				Targets: []engine.TargetStatus{{Name: "device e9", Kind: "device"}},
+				Seen:    status.Counter{Packets: 77, Bytes: 7700},
+				Copied:  status.Counter{Packets: 70, Bytes: 7000},
+				Targets: []status.TargetStatus{{Name: "device e9", Kind: "device"}},
 			},
 		},
-		Interfaces: []engine.InterfaceStatus{
+		Interfaces: []status.InterfaceStatus{
 			{Name: "e0", Present: true, Index: 2, UsedBy: []string{"ids", "audit"}},
 			{Name: "e9", Present: false, UsedBy: []string{"tap"}},
 			{Name: "agg0", Present: true, Index: 7, UsedBy: []string{"tap"}, Created: true},
@@ -126,7 +126,7 @@ func waitGoroutines(t *testing.T, base int) {
 }
 
 // serve starts Serve on dir and waits until the socket answers.
-func serve(t *testing.T, ctx context.Context, dir string, src func() engine.Status) <-chan error {
+func serve(t *testing.T, ctx context.Context, dir string, src func() status.Status) <-chan error {
 	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- Serve(ctx, dir, src, quiet()) }()
@@ -336,7 +336,7 @@ func TestFetchContext(t *testing.T) {
 
 func TestWriteTableGolden(t *testing.T) {
 	now := started.Add(26*time.Hour + 3*time.Minute + 4*time.Second)
-	cases := map[string]engine.Status{
+	cases := map[string]status.Status{
 		"table.golden": fakeStatus(),
 		"empty.golden": {PID: 7, Version: "dev", Started: now.Add(-90 * time.Second), Generation: 1, Table: "nfclone"},
 	}

@@ -8,18 +8,18 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nfclone/nfclone/engine"
 	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/status"
 )
 
 // WriteTable prints s as a readable table: a header (pid, uptime, rule
 // generation, config, last reload), one row per session, the drops by
 // reason that are not zero, one row per target and the missing interfaces.
-func WriteTable(w io.Writer, s engine.Status) error {
+func WriteTable(w io.Writer, s status.Status) error {
 	return writeTable(w, s, time.Now())
 }
 
-func writeTable(w io.Writer, s engine.Status, now time.Time) error {
+func writeTable(w io.Writer, s status.Status, now time.Time) error {
 	var b strings.Builder
 
 	version := s.Version
@@ -223,7 +223,7 @@ func bytesIEC(n uint64) string {
 
 // skippedLines: per session, what each selector kept from being copied,
 // only where some are not zero.
-func skippedLines(sessions []engine.SessionStatus) []string {
+func skippedLines(sessions []status.SessionStatus) []string {
 	var out []string
 	for _, ss := range sessions {
 		sk := ss.Skipped

@@ -8,16 +8,16 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nfclone/nfclone/engine"
 	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/status"
 )
 
 // TopFrame is one screen of `nfclone top`: the status now and the one
 // before it (for the rates), or the error fetching it.
 type TopFrame struct {
-	Prev   *engine.Status // nil: no rates yet
+	Prev   *status.Status // nil: no rates yet
 	PrevAt time.Time
-	Cur    engine.Status
+	Cur    status.Status
 	CurAt  time.Time
 	Err    error  // the daemon did not answer: shown instead of Cur
 	Width  int    // truncate lines to this many columns (0: no limit)
@@ -56,7 +56,7 @@ func WriteTop(w io.Writer, f TopFrame) error {
 	}
 
 	secs := f.CurAt.Sub(f.PrevAt).Seconds()
-	prevSessions := map[string]*engine.SessionStatus{}
+	prevSessions := map[string]*status.SessionStatus{}
 	if f.Prev != nil && f.Prev.PID == s.PID && secs > 0 {
 		for i := range f.Prev.Sessions {
 			prevSessions[f.Prev.Sessions[i].Name] = &f.Prev.Sessions[i]

@@ -9,13 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfclone/nfclone/engine"
+	"github.com/nfclone/nfclone/status"
 )
 
 // later is fakeStatus two seconds on: ids copied 200 more (40 bytes
 // each... ~98 B), dropped 10 more queue_overflow and 2 send_error; its
 // gateway target sent 190 more with 2 errors; the dup session copied 14.
-func later() engine.Status {
+func later() status.Status {
 	s := fakeStatus()
 	ids := &s.Sessions[0]
 	ids.Seen.Packets += 220
@@ -25,7 +25,7 @@ func later() engine.Status {
 	l.Drops.QueueOverflow += 10
 	l.Drops.SendError += 2
 	ids.Ledger = &l
-	ids.Queue = &engine.QueueStatus{Depth: 4000, Cap: 8192, Workers: 2}
+	ids.Queue = &status.QueueStatus{Depth: 4000, Cap: 8192, Workers: 2}
 	gw := *ids.Targets[0].Stats
 	gw.Sent += 190
 	gw.Errors += 2
@@ -41,7 +41,7 @@ func TestWriteTopGolden(t *testing.T) {
 	cases := map[string]TopFrame{
 		"top.golden":        {Prev: &prev, PrevAt: t0, Cur: later(), CurAt: t0.Add(2 * time.Second), Hint: "(every 1s; q quits)"},
 		"top-first.golden":  {Cur: fakeStatus(), CurAt: t0},
-		"top-error.golden":  {Cur: engine.Status{}, CurAt: t0, Err: errors.New("no running nfclone found in /run/nfclone")},
+		"top-error.golden":  {Cur: status.Status{}, CurAt: t0, Err: errors.New("no running nfclone found in /run/nfclone")},
 		"top-narrow.golden": {Prev: &prev, PrevAt: t0, Cur: later(), CurAt: t0.Add(2 * time.Second), Width: 60},
 	}
 	for name, f := range cases {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/engine"
+	"github.com/nfclone/nfclone/status"
 	"github.com/nfclone/nfclone/statusapi"
 )
 
@@ -17,7 +18,7 @@ import (
 // started; its reload was refused) does not stop status: its state_dir is
 // read leniently, and the file's problems are only a note on stderr — the
 // daemon's own account of the refused reload is in the status.
-func fetchStatus(ctx context.Context, g *globals, stateDirFlag string) (engine.Status, error) {
+func fetchStatus(ctx context.Context, g *globals, stateDirFlag string) (status.Status, error) {
 	dir, fileErr := statusStateDir(g.configPath, stateDirFlag)
 	st, err := statusapi.Fetch(ctx, dir)
 	if err != nil {

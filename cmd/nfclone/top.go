@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nfclone/nfclone/engine"
+	"github.com/nfclone/nfclone/status"
 	"github.com/nfclone/nfclone/statusapi"
 )
 
@@ -74,7 +75,7 @@ type top struct {
 	stateDir string
 	interval time.Duration
 	out      io.Writer
-	prev     *engine.Status
+	prev     *status.Status
 	prevAt   time.Time
 }
 

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfclone/nfclone/engine"
+	"github.com/nfclone/nfclone/status"
 	"github.com/nfclone/nfclone/statusapi"
 )
 
@@ -25,13 +25,13 @@ func fakeDaemon(t *testing.T) string {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	var mu sync.Mutex
 	var copied uint64
-	src := func() engine.Status {
+	src := func() status.Status {
 		mu.Lock()
 		defer mu.Unlock()
 		copied += 50
-		return engine.Status{PID: 99, Version: "test", Started: time.Now().Add(-time.Minute), Generation: 1,
-			Sessions: []engine.SessionStatus{{Name: "q", Method: "queue", State: "running",
-				Copied: engine.Counter{Packets: copied, Bytes: copied * 100}, Seen: engine.Counter{Packets: copied}}}}
+		return status.Status{PID: 99, Version: "test", Started: time.Now().Add(-time.Minute), Generation: 1,
+			Sessions: []status.SessionStatus{{Name: "q", Method: "queue", State: "running",
+				Copied: status.Counter{Packets: copied, Bytes: copied * 100}, Seen: status.Counter{Packets: copied}}}}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -1,4 +1,7 @@
-package engine
+// Package status holds the wire types of a running daemon's snapshot: what
+// `nfclone status` and `top` show and metrics export. The engine fills
+// them; statusapi and metrics read them without depending on the engine.
+package status
 
 import (
 	"time"
