@@ -3,6 +3,7 @@ package collect
 import (
 	"bytes"
 	"context"
+	"github.com/nfclone/nfclone/packet"
 	"io"
 	"net"
 	"net/netip"
@@ -14,7 +15,6 @@ import (
 	"time"
 
 	"github.com/gopacket/gopacket/pcapgo"
-	"github.com/nfclone/nfclone/nfq"
 	"github.com/nfclone/nfclone/sink"
 )
 
@@ -175,9 +175,9 @@ func TestTunnelToCollectorLoopback(t *testing.T) {
 			for i := range 20 {
 				datas = append(datas, testIPv4(100+i, byte(i)))
 			}
-			batch := make([]*nfq.Packet, len(datas))
+			batch := make([]*packet.Packet, len(datas))
 			for i, d := range datas {
-				batch[i] = nfq.NewPacket(d)
+				batch[i] = packet.New(d)
 			}
 			if n, err := tu.Send(batch); n != len(batch) || err != nil {
 				t.Fatalf("send %d %v", n, err)

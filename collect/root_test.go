@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"github.com/nfclone/nfclone/internal/netnstest"
+	"github.com/nfclone/nfclone/packet"
 	"net"
 	"net/netip"
 	"os"
@@ -14,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfclone/nfclone/nfq"
 	"github.com/nfclone/nfclone/sink"
 	"golang.org/x/sys/unix"
 )
@@ -55,9 +55,9 @@ func sendBatch(t *testing.T, ns *colNS, kind string, to netip.AddrPort, vni uint
 		t.Fatal(err)
 	}
 	defer tu.Close()
-	batch := make([]*nfq.Packet, len(datas))
+	batch := make([]*packet.Packet, len(datas))
 	for i, d := range datas {
-		batch[i] = nfq.NewPacket(d)
+		batch[i] = packet.New(d)
 	}
 	if n, err := tu.Send(batch); n != len(batch) || err != nil {
 		t.Fatalf("send %d %v", n, err)

@@ -2,9 +2,9 @@ package engine
 
 import (
 	"context"
+	"github.com/nfclone/nfclone/packet"
 	"sync"
 
-	"github.com/nfclone/nfclone/nfq"
 	"github.com/nfclone/nfclone/sink"
 )
 
@@ -52,7 +52,7 @@ type limitSink struct {
 
 // Send passes the first copies the limit allows; the rest are not sent and
 // count as not delivered.
-func (s *limitSink) Send(batch []*nfq.Packet) (int, error) {
+func (s *limitSink) Send(batch []*packet.Packet) (int, error) {
 	k := s.l.take(len(batch))
 	for _, p := range batch[k:] {
 		p.Errs++

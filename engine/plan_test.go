@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"github.com/nfclone/nfclone/packet"
 	"strings"
 	"testing"
 
@@ -72,7 +73,7 @@ sessions:
 type countSink struct{ n int }
 
 func (s *countSink) Name() string { return "count" }
-func (s *countSink) Send(b []*nfq.Packet) (int, error) {
+func (s *countSink) Send(b []*packet.Packet) (int, error) {
 	s.n += len(b)
 	return len(b), nil
 }
@@ -85,10 +86,10 @@ func TestLimit(t *testing.T) {
 	l := newLimit(5, cancel)
 	inner := &countSink{}
 	s := l.wrap(inner)
-	batch := func(n int) []*nfq.Packet {
-		b := make([]*nfq.Packet, n)
+	batch := func(n int) []*packet.Packet {
+		b := make([]*packet.Packet, n)
 		for i := range b {
-			b[i] = &nfq.Packet{}
+			b[i] = &packet.Packet{}
 		}
 		return b
 	}

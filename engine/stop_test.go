@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"github.com/nfclone/nfclone/packet"
 	"sync"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func newBlockedSink() *blockedSink {
 }
 
 func (b *blockedSink) Name() string { return "blocked" }
-func (b *blockedSink) Send(batch []*nfq.Packet) (int, error) {
+func (b *blockedSink) Send(batch []*packet.Packet) (int, error) {
 	b.once.Do(func() { close(b.entered) })
 	<-b.release
 	return len(batch), nil
@@ -41,7 +42,7 @@ func blockedSession(t *testing.T, held, queued int) (*session, *blockedSink) {
 	push := func(n int) {
 		for i := 0; i < n; i++ {
 			s.ledger.AddReceived(1)
-			s.queue.Push(nfq.NewPacket([]byte{0x45, 0, 0, 20}))
+			s.queue.Push(packet.New([]byte{0x45, 0, 0, 20}))
 		}
 	}
 	push(held)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nfclone/nfclone/packet"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -299,7 +300,7 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 	s.workerWG.Add(1)
 	go func() {
 		defer s.workerWG.Done()
-		nfq.RunWorkers(wctx, s.queue, s.workers, sink.Deliver(s.fanout, s.ledger))
+		nfq.RunWorkers(wctx, s.queue, s.workers, nfq.Deliver(s.fanout, s.ledger))
 	}()
 }
 
@@ -367,7 +368,7 @@ const stopGrace = 100 * time.Millisecond
 // discardQueued takes every copy still in the queue out, releases it and
 // counts it as dropped (queue_overflow: the queue could not be drained).
 func (s *session) discardQueued() uint64 {
-	var arr [nfq.WorkerBatch]*nfq.Packet
+	var arr [nfq.WorkerBatch]*packet.Packet
 	var n uint64
 	for {
 		k := s.queue.TryPopBatch(arr[:])

@@ -2,6 +2,7 @@ package nfq
 
 import (
 	"context"
+	"github.com/nfclone/nfclone/packet"
 	"testing"
 )
 
@@ -35,7 +36,7 @@ func BenchmarkReaderProcess(b *testing.B) {
 				copy(r.bufs[i], msg)
 				r.lens[i] = len(msg)
 			}
-			dst := make([]*Packet, 64)
+			dst := make([]*packet.Packet, 64)
 			id := uint32(1)
 			b.ReportAllocs()
 			b.SetBytes(int64(size))
@@ -57,8 +58,8 @@ func BenchmarkReaderProcess(b *testing.B) {
 
 func BenchmarkCopyQueuePushPop(b *testing.B) {
 	q := NewCopyQueue(1024, 0)
-	p := NewPacket(ipv4(64, [4]byte{}))
-	dst := make([]*Packet, 64)
+	p := packet.New(ipv4(64, [4]byte{}))
+	dst := make([]*packet.Packet, 64)
 	ctx := context.Background()
 	b.ReportAllocs()
 	for i := 0; i < b.N; i += 64 {
@@ -72,6 +73,6 @@ func BenchmarkCopyQueuePushPop(b *testing.B) {
 func BenchmarkPacketGetRelease(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		GetPacket(128).Release()
+		packet.Get(128).Release()
 	}
 }

@@ -2,6 +2,7 @@ package nfq
 
 import (
 	"fmt"
+	"github.com/nfclone/nfclone/packet"
 	"os"
 	"path/filepath"
 	"testing"
@@ -41,7 +42,7 @@ func FuzzParseMessages(f *testing.F) {
 		if s.Received != uint64(q.Len())+s.Drops.Malformed+s.Drops.QueueOverflow {
 			t.Fatalf("unbalanced: %+v, queued %d", s, q.Len())
 		}
-		dst := make([]*Packet, 8)
+		dst := make([]*packet.Packet, 8)
 		for _, p := range dst[:q.TryPopBatch(dst)] {
 			if p.Family != 4 && p.Family != 6 || p.OrigLen < len(p.Data) {
 				t.Fatalf("bad packet %+v", p)

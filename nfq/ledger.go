@@ -1,6 +1,9 @@
 package nfq
 
-import "sync/atomic"
+import (
+	"github.com/nfclone/nfclone/packet"
+	"sync/atomic"
+)
 
 // Ledger counts what happened to the copies of one session. All methods are
 // safe for concurrent use. Readers add what they receive and what the kernel
@@ -159,7 +162,7 @@ func (l *Ledger) AddDedup(n uint64) { l.dedup.Add(n) }
 // Account records the outcome of a sent batch: copies with Errs == 0 are
 // copied, those marked Dup duplicates, those marked TooBig too big, the
 // others send errors.
-func (l *Ledger) Account(batch []*Packet) {
+func (l *Ledger) Account(batch []*packet.Packet) {
 	var ok, b, bad, big, dup uint64
 	for _, p := range batch {
 		switch {

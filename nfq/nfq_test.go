@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"github.com/nfclone/nfclone/gso"
+	"github.com/nfclone/nfclone/packet"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -108,7 +109,7 @@ func TestIPInfo(t *testing.T) {
 		{[]byte{0x20, 0, 0, 0}, 0, 4, false, "bad version"},
 		{nil, 0, 0, false, "empty"},
 	} {
-		f, o, ok := IPInfo(c.b)
+		f, o, ok := packet.IPInfo(c.b)
 		if f != c.fam || o != c.orig || ok != c.ok {
 			t.Errorf("%s: got %d %d %v", c.comment, f, o, ok)
 		}
@@ -175,12 +176,12 @@ func TestLedgerArithmetic(t *testing.T) {
 func TestCopyQueue(t *testing.T) {
 	q := NewCopyQueue(4, 0)
 	for i := 0; i < 6; i++ {
-		q.Push(NewPacket(ipv4(40, [4]byte{})))
+		q.Push(packet.New(ipv4(40, [4]byte{})))
 	}
 	if q.Len() != 4 || q.Dropped() != 2 || q.Pushed() != 4 || !q.Full() {
 		t.Fatalf("len %d dropped %d", q.Len(), q.Dropped())
 	}
-	dst := make([]*Packet, 3)
+	dst := make([]*packet.Packet, 3)
 	if n := q.PopBatch(context.Background(), dst); n != 3 {
 		t.Fatalf("pop %d", n)
 	}
@@ -203,16 +204,16 @@ func TestCopyQueue(t *testing.T) {
 }
 
 func TestPacketHeadroom(t *testing.T) {
-	p := NewPacket(ipv4(100, [4]byte{1, 2, 3, 4}))
+	p := packet.New(ipv4(100, [4]byte{1, 2, 3, 4}))
 	defer p.Release()
 	f := p.Frame(14)
 	if len(f) != 114 || &f[14] != &p.Data[0] {
 		t.Fatal("frame does not end at data")
 	}
-	if p.Frame(Headroom+1) != nil {
+	if p.Frame(packet.Headroom+1) != nil {
 		t.Fatal("frame beyond headroom")
 	}
-	big := NewPacket(ipv4(9000, [4]byte{}))
+	big := packet.New(ipv4(9000, [4]byte{}))
 	if len(big.Data) != 9000 || big.OrigLen != 9000 || big.Family != 4 {
 		t.Fatal("large packet")
 	}
@@ -225,10 +226,10 @@ type recorder struct {
 	marks   []uint32
 	offload []gso.Flags
 	n       atomic.Int64
-	fail    func(p *Packet) bool
+	fail    func(p *packet.Packet) bool
 }
 
-func (r *recorder) send(batch []*Packet) {
+func (r *recorder) send(batch []*packet.Packet) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, p := range batch {
@@ -267,7 +268,7 @@ func runPathCfg(t *testing.T, sock *fakeSock, cfg QueueConfig, qcap int, rec *re
 	}()
 	go func() {
 		defer wg.Done()
-		RunWorkers(ctx, q, 2, func(b []*Packet) {
+		RunWorkers(ctx, q, 2, func(b []*packet.Packet) {
 			rec.send(b)
 			led.Account(b)
 		})
@@ -338,7 +339,7 @@ func TestQueueMalformedAndOverflow(t *testing.T) {
 	checkNoLeak(t)
 	sock := newFakeSock()
 	var led Ledger
-	rec := &recorder{fail: func(p *Packet) bool { return len(p.Data) == 99 }}
+	rec := &recorder{fail: func(p *packet.Packet) bool { return len(p.Data) == 99 }}
 	_, stop := runPath(t, sock, 1024, rec, &led)
 	garbage := []byte{1, 2, 3}
 	notIP := queuePacketMsg(qpkt{id: 2, data: []byte{0x20, 1, 2, 3}})
@@ -458,7 +459,7 @@ func TestLogReaderSeqGaps(t *testing.T) {
 	var n atomic.Int64
 	go func() {
 		defer wg.Done()
-		RunWorkers(ctx, q, 1, func(b []*Packet) {
+		RunWorkers(ctx, q, 1, func(b []*packet.Packet) {
 			for _, p := range b {
 				if p.Family == 6 && p.OrigLen != 60 {
 					t.Errorf("v6 origlen %d", p.OrigLen)
@@ -485,12 +486,12 @@ func TestRunWorkersJoin(t *testing.T) {
 	checkNoLeak(t)
 	q := NewCopyQueue(100, 0)
 	for i := 0; i < 50; i++ {
-		q.Push(NewPacket(ipv4(40, [4]byte{})))
+		q.Push(packet.New(ipv4(40, [4]byte{})))
 	}
 	var n atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); RunWorkers(ctx, q, 4, func(b []*Packet) { n.Add(int64(len(b))) }) }()
+	go func() { defer close(done); RunWorkers(ctx, q, 4, func(b []*packet.Packet) { n.Add(int64(len(b))) }) }()
 	waitFor(t, "all", func() bool { return n.Load() == 50 })
 	cancel()
 	<-done
@@ -514,7 +515,7 @@ func TestHotPathAllocs(t *testing.T) {
 	msg := queuePacketMsg(qpkt{id: 1, data: ipv4(100, [4]byte{10, 77, 0, 2})})
 	copy(r.bufs[0], msg)
 	r.lens[0] = len(msg)
-	dst := make([]*Packet, 1)
+	dst := make([]*packet.Packet, 1)
 	id := uint32(1)
 	// warm the pool
 	for i := 0; i < 10; i++ {
@@ -625,22 +626,22 @@ func ipChecksum(h []byte) uint16 {
 // The copy queue is bounded in buffer bytes too: large buffers fill it long
 // before its count does, and popping gives the room back.
 func TestCopyQueueBytes(t *testing.T) {
-	q := NewCopyQueue(1000, 4*(Headroom+largePayload)+4096)
+	q := NewCopyQueue(1000, 4*(packet.MaxBuf)+4096)
 	for i := 0; i < 4; i++ {
-		if !q.Push(GetPacket(30000)) {
+		if !q.Push(packet.Get(30000)) {
 			t.Fatalf("push %d refused", i)
 		}
 	}
 	if !q.Full() {
 		t.Error("not full at its byte bound")
 	}
-	if q.Push(GetPacket(30000)) || q.Dropped() != 1 {
+	if q.Push(packet.Get(30000)) || q.Dropped() != 1 {
 		t.Errorf("a fifth large copy was queued (dropped %d)", q.Dropped())
 	}
-	if !q.Push(GetPacket(100)) {
+	if !q.Push(packet.Get(100)) {
 		t.Error("a small copy that fits was refused")
 	}
-	dst := make([]*Packet, 10)
+	dst := make([]*packet.Packet, 10)
 	n := q.TryPopBatch(dst)
 	if n != 5 || q.Bytes() != 0 {
 		t.Errorf("popped %d, %d bytes left", n, q.Bytes())
@@ -739,7 +740,7 @@ func TestFlowLanes(t *testing.T) {
 	// One flow through a 2-lane queue and 2 workers keeps its order.
 	q := NewLaneQueue(1024, 0, 2)
 	for i := 0; i < 500; i++ {
-		p := NewPacket(tcp(a, b, 40000, 80))
+		p := packet.New(tcp(a, b, 40000, 80))
 		binary.BigEndian.PutUint32(p.Data[24:], uint32(i))
 		q.Push(p)
 	}
@@ -747,7 +748,7 @@ func TestFlowLanes(t *testing.T) {
 	var seqs []uint32
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // drain what is queued, then stop
-	RunWorkers(ctx, q, 2, func(batch []*Packet) {
+	RunWorkers(ctx, q, 2, func(batch []*packet.Packet) {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, p := range batch {

@@ -3,6 +3,7 @@ package nfq
 import (
 	"context"
 	"encoding/binary"
+	"github.com/nfclone/nfclone/packet"
 	"sync/atomic"
 )
 
@@ -18,7 +19,7 @@ import (
 // (two workers sharing one FIFO sent a later super-packet's segments before
 // an earlier one's, and a stream reassembler lost its start).
 type CopyQueue struct {
-	lanes    []chan *Packet
+	lanes    []chan *packet.Packet
 	capacity int64
 	maxBytes int64
 	count    atomic.Int64 // copies queued in all lanes
@@ -44,9 +45,9 @@ func NewLaneQueue(capacity int, maxBytes int64, lanes int) *CopyQueue {
 	if lanes < 1 {
 		lanes = 1
 	}
-	q := &CopyQueue{lanes: make([]chan *Packet, lanes), capacity: int64(capacity), maxBytes: maxBytes}
+	q := &CopyQueue{lanes: make([]chan *packet.Packet, lanes), capacity: int64(capacity), maxBytes: maxBytes}
 	for i := range q.lanes {
-		q.lanes[i] = make(chan *Packet, capacity)
+		q.lanes[i] = make(chan *packet.Packet, capacity)
 	}
 	return q
 }
@@ -57,8 +58,8 @@ func (q *CopyQueue) Lanes() int { return len(q.lanes) }
 // Push enqueues p in its flow's lane and reports true, or, if the queue is
 // full (in copies or in bytes), releases p, counts the drop and reports
 // false. It never blocks.
-func (q *CopyQueue) Push(p *Packet) bool {
-	n := int64(len(p.buf))
+func (q *CopyQueue) Push(p *packet.Packet) bool {
+	n := int64(p.BufLen())
 	over := q.count.Add(1) > q.capacity
 	if b := q.bytes.Add(n); q.maxBytes > 0 && b > q.maxBytes {
 		over = true
@@ -80,9 +81,9 @@ func (q *CopyQueue) Push(p *Packet) bool {
 }
 
 // popped accounts a copy taken off the queue.
-func (q *CopyQueue) popped(p *Packet) *Packet {
+func (q *CopyQueue) popped(p *packet.Packet) *packet.Packet {
 	q.count.Add(-1)
-	q.bytes.Add(-int64(len(p.buf)))
+	q.bytes.Add(-int64(p.BufLen()))
 	return p
 }
 
@@ -90,14 +91,14 @@ func (q *CopyQueue) popped(p *Packet) *Packet {
 // bytes (with room for one more large buffer): a cheap pre-check for
 // producers that can skip copying a packet that would be dropped.
 func (q *CopyQueue) Full() bool {
-	return q.count.Load() >= q.capacity || (q.maxBytes > 0 && q.bytes.Load()+Headroom+largePayload > q.maxBytes)
+	return q.count.Load() >= q.capacity || (q.maxBytes > 0 && q.bytes.Load()+packet.MaxBuf > q.maxBytes)
 }
 
 // Bytes is the buffer bytes of the queued copies.
 func (q *CopyQueue) Bytes() int64 { return q.bytes.Load() }
 
 // PopBatch takes from lane 0; see PopLane.
-func (q *CopyQueue) PopBatch(ctx context.Context, dst []*Packet) int {
+func (q *CopyQueue) PopBatch(ctx context.Context, dst []*packet.Packet) int {
 	return q.PopLane(ctx, 0, dst)
 }
 
@@ -105,7 +106,7 @@ func (q *CopyQueue) PopBatch(ctx context.Context, dst []*Packet) int {
 // number of lanes) or ctx is done, then fills dst with as many of the
 // lane's queued copies as are available without blocking. It returns the
 // number of copies written; 0 means ctx is done and the lane was empty.
-func (q *CopyQueue) PopLane(ctx context.Context, lane int, dst []*Packet) int {
+func (q *CopyQueue) PopLane(ctx context.Context, lane int, dst []*packet.Packet) int {
 	if len(dst) == 0 {
 		return 0
 	}
@@ -141,7 +142,7 @@ func (q *CopyQueue) PopLane(ctx context.Context, lane int, dst []*Packet) int {
 }
 
 // TryPopBatch takes what is queued in any lane, without blocking.
-func (q *CopyQueue) TryPopBatch(dst []*Packet) int {
+func (q *CopyQueue) TryPopBatch(dst []*packet.Packet) int {
 	n := 0
 	for _, ch := range q.lanes {
 		for n < len(dst) {

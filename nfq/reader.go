@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/nfclone/nfclone/packet"
 	"log/slog"
 	"math/bits"
 	"net"
@@ -400,7 +401,7 @@ func (r *reader) handlePacket(body []byte) {
 		r.nMalformed++
 		return
 	}
-	fam, orig, ok := IPInfo(pi.payload)
+	fam, orig, ok := packet.IPInfo(pi.payload)
 	if !ok {
 		r.nMalformed++
 		return
@@ -423,7 +424,7 @@ func (r *reader) handlePacket(body []byte) {
 		r.nOverflow++
 		return
 	}
-	p := GetPacket(len(pi.payload))
+	p := packet.Get(len(pi.payload))
 	p.Data = p.Data[:copy(p.Data, pi.payload)]
 	if r.kind == kindQueue {
 		// With NFQA_CFG_F_GSO the kernel says what it knows (no attribute:
@@ -450,9 +451,9 @@ func (r *reader) handlePacket(body []byte) {
 		}
 		// Clones of the ingress copy chains carry TTLDecremented (the
 		// kernel's dup took one off in prerouting/input).
-		p.Dir = DirEgress
+		p.Dir = packet.DirEgress
 		if p.Mark&c.TTLDecremented != 0 {
-			p.Dir = DirIngress
+			p.Dir = packet.DirIngress
 		}
 		p.Mark &^= c.Mask
 		p.OutIf = 0 // the clone's route to lo, not the original's
@@ -463,9 +464,9 @@ func (r *reader) handlePacket(body []byte) {
 		// NF_INET_PRE_ROUTING and LOCAL_IN see packets coming in; FORWARD
 		// (where log sessions hook egress), LOCAL_OUT and POST_ROUTING
 		// going out.
-		p.Dir = DirEgress
+		p.Dir = packet.DirEgress
 		if pi.hook <= 1 {
-			p.Dir = DirIngress
+			p.Dir = packet.DirIngress
 		}
 	}
 	if m := r.ruleMask; m != 0 {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"github.com/nfclone/nfclone/internal/netnstest"
+	"github.com/nfclone/nfclone/packet"
 	"os"
 	"os/exec"
 	"strings"
@@ -55,7 +56,7 @@ type countSink struct {
 	led      *Ledger
 }
 
-func (c *countSink) send(b []*Packet) {
+func (c *countSink) send(b []*packet.Packet) {
 	var by uint64
 	for _, p := range b {
 		by += uint64(len(p.Data))
@@ -176,7 +177,7 @@ func TestRootLogReader(t *testing.T) {
 	go func() { defer wg.Done(); lr.Run(ctx) }()
 	go func() {
 		defer wg.Done()
-		RunWorkers(ctx, q, 1, func(b []*Packet) {
+		RunWorkers(ctx, q, 1, func(b []*packet.Packet) {
 			for _, p := range b {
 				if p.Family == 4 && p.Data[9] == 1 {
 					fam4.Add(1)

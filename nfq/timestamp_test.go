@@ -2,6 +2,7 @@ package nfq
 
 import (
 	"encoding/binary"
+	"github.com/nfclone/nfclone/packet"
 	"testing"
 	"time"
 )
@@ -92,7 +93,7 @@ func TestReaderStampsCopies(t *testing.T) {
 	if calls != 1 {
 		t.Fatalf("clocks read %d times for one batch", calls)
 	}
-	var got [2]*Packet
+	var got [2]*packet.Packet
 	if n := q.TryPopBatch(got[:]); n != 2 {
 		t.Fatalf("%d copies queued, want 2", n)
 	}

@@ -2,6 +2,7 @@ package nfq
 
 import (
 	"context"
+	"github.com/nfclone/nfclone/packet"
 	"sync"
 )
 
@@ -13,7 +14,7 @@ const WorkerBatch = 64
 // releases every packet of the batch (send must not keep them). When ctx is
 // done the workers send what is still queued and exit; RunWorkers returns
 // after every worker has exited.
-func RunWorkers(ctx context.Context, q *CopyQueue, n int, send func(batch []*Packet)) {
+func RunWorkers(ctx context.Context, q *CopyQueue, n int, send func(batch []*packet.Packet)) {
 	if n < 1 {
 		n = 1
 	}
@@ -30,8 +31,8 @@ func RunWorkers(ctx context.Context, q *CopyQueue, n int, send func(batch []*Pac
 
 // worker i takes from lane i (a queue with as many lanes as workers keeps
 // each flow on one worker, in order).
-func worker(ctx context.Context, q *CopyQueue, lane int, send func(batch []*Packet)) {
-	var arr [WorkerBatch]*Packet
+func worker(ctx context.Context, q *CopyQueue, lane int, send func(batch []*packet.Packet)) {
+	var arr [WorkerBatch]*packet.Packet
 	for {
 		k := q.PopLane(ctx, lane, arr[:])
 		if k == 0 {
@@ -41,7 +42,7 @@ func worker(ctx context.Context, q *CopyQueue, lane int, send func(batch []*Pack
 	}
 }
 
-func deliver(batch []*Packet, send func(batch []*Packet)) {
+func deliver(batch []*packet.Packet, send func(batch []*packet.Packet)) {
 	send(batch)
 	for i, p := range batch {
 		p.Release()

@@ -1,22 +1,22 @@
 package sink
 
 import (
+	"github.com/nfclone/nfclone/packet"
 	"net"
 	"testing"
 
-	"github.com/nfclone/nfclone/nfq"
 	"golang.org/x/sys/unix"
 )
 
 func nopSend(fd int, hdrs []unix.Mmsghdr) (int, error) { return len(hdrs), nil }
 
-func benchBatch(n, size int) []*nfq.Packet {
-	b := make([]*nfq.Packet, n)
+func benchBatch(n, size int) []*packet.Packet {
+	b := make([]*packet.Packet, n)
 	for i := range b {
 		if i%4 == 3 {
-			b[i] = nfq.NewPacket(ipv6(size))
+			b[i] = packet.New(ipv6(size))
 		} else {
-			b[i] = nfq.NewPacket(ipv4(size, [4]byte{10, 77, 2, 2}))
+			b[i] = packet.New(ipv4(size, [4]byte{10, 77, 2, 2}))
 		}
 	}
 	return b
@@ -43,7 +43,7 @@ func BenchmarkDeviceBuildBatch(b *testing.B) {
 
 func BenchmarkFixTruncatedV4(b *testing.B) {
 	full := ipv4(1500, [4]byte{10, 77, 2, 2})
-	p := nfq.NewPacket(full[:128])
+	p := packet.New(full[:128])
 	p.OrigLen = 1500
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
@@ -52,7 +52,7 @@ func BenchmarkFixTruncatedV4(b *testing.B) {
 }
 
 func BenchmarkPutEthernet(b *testing.B) {
-	p := nfq.NewPacket(ipv4(64, [4]byte{}))
+	p := packet.New(ipv4(64, [4]byte{}))
 	var dst, src [6]byte
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {

@@ -1,12 +1,11 @@
 package sink
 
 import (
+	"github.com/nfclone/nfclone/packet"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/nfclone/nfclone/nfq"
 )
 
 // dedupSlots is the size of a Dedup's table (a power of two): 64 Ki
@@ -40,7 +39,7 @@ type dedupSlot struct {
 	t int64
 }
 
-type dedupScratch struct{ out []*nfq.Packet }
+type dedupScratch struct{ out []*packet.Packet }
 
 // NewDedup returns inner behind a Dedup with the given window.
 func NewDedup(inner Sink, window time.Duration) *Dedup {
@@ -104,7 +103,7 @@ func (t *DedupTable) Seen(id uint64, now int64) bool {
 
 // Send marks the batch's duplicates and sends the rest to the inner sink.
 // It returns the number of copies the inner sink sent.
-func (d *Dedup) Send(batch []*nfq.Packet) (int, error) {
+func (d *Dedup) Send(batch []*packet.Packet) (int, error) {
 	x := d.pool.Get().(*dedupScratch)
 	defer d.pool.Put(x)
 	now := d.now().UnixNano()

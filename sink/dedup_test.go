@@ -2,6 +2,7 @@ package sink
 
 import (
 	"encoding/binary"
+	"github.com/nfclone/nfclone/packet"
 	"testing"
 	"time"
 
@@ -11,7 +12,7 @@ import (
 type countSink struct{ got [][]byte }
 
 func (c *countSink) Name() string { return "count" }
-func (c *countSink) Send(b []*nfq.Packet) (int, error) {
+func (c *countSink) Send(b []*packet.Packet) (int, error) {
 	for _, p := range b {
 		c.got = append(c.got, append([]byte(nil), p.Data...))
 	}

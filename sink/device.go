@@ -3,6 +3,7 @@ package sink
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/nfclone/nfclone/packet"
 	"log/slog"
 	"net"
 	"sync"
@@ -10,7 +11,6 @@ import (
 	"unsafe"
 
 	"github.com/nfclone/nfclone/gso"
-	"github.com/nfclone/nfclone/nfq"
 	"golang.org/x/sys/unix"
 )
 
@@ -66,7 +66,7 @@ type devDst struct {
 type devScratch struct {
 	h   []unix.Mmsghdr
 	iov []unix.Iovec
-	p   []*nfq.Packet
+	p   []*packet.Packet
 }
 
 // NewDevice opens the packet socket on the device.
@@ -169,7 +169,7 @@ func PutEthernet(h []byte, dst, src [6]byte, ethertype uint16) {
 }
 
 // Send writes the batch as frames with one sendmmsg.
-func (d *Device) Send(batch []*nfq.Packet) (int, error) {
+func (d *Device) Send(batch []*packet.Packet) (int, error) {
 	sc := d.scratch.Get().(*devScratch)
 	defer d.scratch.Put(sc)
 	n := len(batch)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/nfclone/nfclone/packet"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -12,7 +13,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/nfclone/nfclone/nfq"
 	"golang.org/x/sys/unix"
 )
 
@@ -158,7 +158,7 @@ type ERSPAN struct {
 type erspanScratch struct {
 	h   [2][]unix.Mmsghdr
 	iov [2][]unix.Iovec
-	p   [2][]*nfq.Packet
+	p   [2][]*packet.Packet
 }
 
 // NewERSPAN opens the raw GRE sockets (one per address family the remotes
@@ -280,7 +280,7 @@ func (e *ERSPAN) Overhead() int { return e.hdr }
 
 // Send encapsulates the batch and sends it with one sendmmsg per address
 // family.
-func (e *ERSPAN) Send(batch []*nfq.Packet) (int, error) {
+func (e *ERSPAN) Send(batch []*packet.Packet) (int, error) {
 	sc := e.scratch.Get().(*erspanScratch)
 	defer e.scratch.Put(sc)
 	for f := range 2 {
@@ -327,7 +327,7 @@ func (e *ERSPAN) Send(batch []*nfq.Packet) (int, error) {
 			} else {
 				x.Timestamp = batchTS
 			}
-			x.Egress = p.Dir == nfq.DirEgress
+			x.Egress = p.Dir == packet.DirEgress
 		}
 		x.COS = erspanCOS(p.Data)
 		x.Truncated = p.Truncated()

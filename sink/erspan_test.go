@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"github.com/nfclone/nfclone/packet"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -12,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfclone/nfclone/nfq"
 	"golang.org/x/sys/unix"
 )
 
@@ -78,7 +78,7 @@ func TestERSPANSend(t *testing.T) {
 			}
 		}
 		batch := pkts(datas...)
-		bad := nfq.NewPacket([]byte{0x10, 1, 2})
+		bad := packet.New([]byte{0x10, 1, 2})
 		n, err := e.Send(append(batch, bad))
 		if n != 20 || !errors.Is(err, errUnsendable) || bad.Errs != 1 {
 			t.Fatalf("v%d: sent %d, %v, bad errs %d", v, n, err, bad.Errs)
@@ -219,8 +219,8 @@ func TestERSPAN3TimeAndDirection(t *testing.T) {
 	fs := &fakeSend{}
 	e := fakeERSPAN(t, 3, fs.fn, "10.77.4.2")
 	batch := pkts(ipv4(60, [4]byte{10, 77, 2, 2}), ipv4(60, [4]byte{10, 77, 2, 3}))
-	batch[0].Time, batch[0].Dir = time.Unix(1700000001, 0).UnixNano(), nfq.DirEgress
-	batch[1].Dir = nfq.DirIngress
+	batch[0].Time, batch[0].Dir = time.Unix(1700000001, 0).UnixNano(), packet.DirEgress
+	batch[1].Dir = packet.DirIngress
 	if n, err := e.Send(batch); n != 2 || err != nil {
 		t.Fatal(n, err)
 	}

@@ -1,9 +1,8 @@
 package sink
 
 import (
+	"github.com/nfclone/nfclone/packet"
 	"testing"
-
-	"github.com/nfclone/nfclone/nfq"
 )
 
 // FuzzPacket feeds arbitrary bytes, as a copy from the kernel, to the
@@ -23,11 +22,11 @@ func FuzzPacket(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte, cut int) {
 		_ = FlowHash(b)
-		fam, origLen, ok := nfq.IPInfo(b)
+		fam, origLen, ok := packet.IPInfo(b)
 		if !ok {
 			return
 		}
-		p := nfq.NewPacket(b)
+		p := packet.New(b)
 		p.Family, p.OrigLen = fam, origLen
 		if cut > 0 && cut < len(p.Data) {
 			p.Data = p.Data[:len(p.Data)-cut] // a snaplen-truncated copy

@@ -3,12 +3,12 @@ package sink
 import (
 	"errors"
 	"fmt"
+	"github.com/nfclone/nfclone/packet"
 	"log/slog"
 	"net/netip"
 	"sync"
 	"unsafe"
 
-	"github.com/nfclone/nfclone/nfq"
 	"golang.org/x/sys/unix"
 )
 
@@ -64,7 +64,7 @@ type gwScratch struct {
 	iov4, iov6 []unix.Iovec
 	sa4        []unix.RawSockaddrInet4
 	sa6        []unix.RawSockaddrInet6
-	p4, p6     []*nfq.Packet
+	p4, p6     []*packet.Packet
 }
 
 // NewGateway opens the raw sockets.
@@ -172,7 +172,7 @@ func grow[T any](s []T, n int) []T {
 // Send sends the batch: straight to the gateway's link-layer address when
 // it is known (gwDirect), else with one sendmmsg per address family
 // through the raw sockets.
-func (g *Gateway) Send(batch []*nfq.Packet) (int, error) {
+func (g *Gateway) Send(batch []*packet.Packet) (int, error) {
 	if g.direct != nil && g.direct.use(batch) {
 		n, err := g.direct.send(batch, g.only)
 		return n, err

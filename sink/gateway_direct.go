@@ -2,6 +2,7 @@ package sink
 
 import (
 	"fmt"
+	"github.com/nfclone/nfclone/packet"
 	"net"
 	"net/netip"
 	"sync"
@@ -9,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jsimonetti/rtnetlink/v2"
-	"github.com/nfclone/nfclone/nfq"
 	"golang.org/x/sys/unix"
 )
 
@@ -43,12 +43,12 @@ type gwDirect struct {
 	nextRaw  atomic.Int64
 	have     atomic.Bool
 	now      func() time.Time
-	pd       sync.Pool // []*nfq.Packet scratch for the family filter
+	pd       sync.Pool // []*packet.Packet scratch for the family filter
 }
 
 func newGwDirect(dev *Device, lookup neighbourFunc) *gwDirect {
 	d := &gwDirect{dev: dev, lookup: lookup, now: time.Now}
-	d.pd.New = func() any { s := make([]*nfq.Packet, 0, 64); return &s }
+	d.pd.New = func() any { s := make([]*packet.Packet, 0, 64); return &s }
 	return d
 }
 
@@ -71,7 +71,7 @@ func (d *gwDirect) refresh(now int64) {
 }
 
 // use reports whether this batch goes through the packet socket.
-func (d *gwDirect) use(batch []*nfq.Packet) bool {
+func (d *gwDirect) use(batch []*packet.Packet) bool {
 	now := d.now().UnixNano()
 	d.refresh(now)
 	if !d.have.Load() {
@@ -90,11 +90,11 @@ func (d *gwDirect) use(batch []*nfq.Packet) bool {
 }
 
 // send sends the copies of family only (0: all) through the packet socket.
-func (d *gwDirect) send(batch []*nfq.Packet, only uint8) (int, error) {
+func (d *gwDirect) send(batch []*packet.Packet, only uint8) (int, error) {
 	if only == 0 {
 		return d.dev.Send(batch)
 	}
-	sp := d.pd.Get().(*[]*nfq.Packet)
+	sp := d.pd.Get().(*[]*packet.Packet)
 	defer d.pd.Put(sp)
 	s := (*sp)[:0]
 	for _, p := range batch {

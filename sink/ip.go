@@ -2,8 +2,7 @@ package sink
 
 import (
 	"encoding/binary"
-
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/packet"
 )
 
 // IPv4Checksum computes the header checksum of an IPv4 header (the checksum
@@ -33,7 +32,7 @@ func IPv4Checksum(h []byte) uint16 {
 // itself, but raw IPv6 and AF_PACKET send the header as given, and a frame
 // whose header claims more bytes than it carries is dropped by most
 // receivers.
-func FixTruncated(p *nfq.Packet) {
+func FixTruncated(p *packet.Packet) {
 	if !p.Truncated() {
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/nfclone/nfclone/packet"
 	"io"
 	"log/slog"
 	"os"
@@ -16,7 +17,6 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/nfclone/nfclone/internal/strftime"
-	"github.com/nfclone/nfclone/nfq"
 )
 
 // Link types for pcap files. L3 copies (what NFQUEUE and NFLOG give) are
@@ -655,7 +655,7 @@ func (a *PcapAnnotation) interfaces() []string {
 
 // note writes p's annotation into n (its comment into b, returned for
 // reuse: no allocation per packet).
-func (a *PcapAnnotation) note(p *nfq.Packet, n *Note, b []byte) []byte {
+func (a *PcapAnnotation) note(p *packet.Packet, n *Note, b []byte) []byte {
 	*n = Note{}
 	b = append(b[:0], "session="...)
 	b = append(b, a.Session...)
@@ -664,14 +664,14 @@ func (a *PcapAnnotation) note(p *nfq.Packet, n *Note, b []byte) []byte {
 		b = strconv.AppendInt(b, int64(a.Rules[p.Rule-1]), 10)
 	}
 	switch p.Dir {
-	case nfq.DirIngress:
+	case packet.DirIngress:
 		n.Direction = pcapgo.NgEpbFlagDirectionInbound
 		n.Interface = a.Names[p.InIf]
 		if n.Interface == "" {
 			n.Interface = a.In
 		}
 		b = append(b, " dir=ingress"...)
-	case nfq.DirEgress:
+	case packet.DirEgress:
 		n.Direction = pcapgo.NgEpbFlagDirectionOutbound
 		n.Interface = a.Names[p.OutIf]
 		if n.Interface == "" {
@@ -749,7 +749,7 @@ func (s *Pcap) Name() string { return s.name }
 func (s *Pcap) Writer() *PcapWriter { return s.w }
 
 // Send writes the batch and flushes.
-func (s *Pcap) Send(batch []*nfq.Packet) (int, error) {
+func (s *Pcap) Send(batch []*packet.Packet) (int, error) {
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/nfclone/nfclone/packet"
 	"io"
 	"os"
 	"os/exec"
@@ -15,7 +16,6 @@ import (
 
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
-	"github.com/nfclone/nfclone/nfq"
 	"golang.org/x/sys/unix"
 )
 
@@ -99,7 +99,7 @@ func TestPcapRoundTrip(t *testing.T) {
 			p4 := icmp4Echo()
 			p6 := udp6(60, 64, 0x66)
 			full := udp4(300, 1, 64, 0x44)
-			tr := nfq.NewPacket(full[:100]) // truncated: OrigLen 300
+			tr := packet.New(full[:100]) // truncated: OrigLen 300
 			batch := append(pkts(p4, p6), tr)
 			if n, err := s.Send(batch); n != 3 || err != nil {
 				t.Fatalf("send %d %v", n, err)

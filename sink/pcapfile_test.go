@@ -2,6 +2,7 @@ package sink
 
 import (
 	"fmt"
+	"github.com/nfclone/nfclone/packet"
 	"io"
 	"os"
 	"os/exec"
@@ -12,7 +13,6 @@ import (
 	"time"
 
 	"github.com/gopacket/gopacket/pcapgo"
-	"github.com/nfclone/nfclone/nfq"
 )
 
 func writeRecords(t *testing.T, cfg PcapWriterConfig, first, n int) {
@@ -159,10 +159,10 @@ func TestPcapRecordsCopyTime(t *testing.T) {
 				t.Fatal(err)
 			}
 			when := time.Date(2026, 12, 1, 18, 0, 0, 123456789, time.UTC)
-			p := nfq.GetPacket(100)
+			p := packet.Get(100)
 			p.Data = p.Data[:copy(p.Data, udp4(100, 1, 64, 1))]
 			p.OrigLen, p.Family, p.Time = len(p.Data), 4, when.UnixNano()
-			if n, err := s.Send([]*nfq.Packet{p}); n != 1 || err != nil {
+			if n, err := s.Send([]*packet.Packet{p}); n != 1 || err != nil {
 				t.Fatalf("send: %d %v", n, err)
 			}
 			p.Release()
@@ -304,8 +304,8 @@ func TestPcapAnnotated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mk := func(dir uint8, in, out uint32, rule uint8, uid bool) *nfq.Packet {
-		p := nfq.GetPacket(100)
+	mk := func(dir uint8, in, out uint32, rule uint8, uid bool) *packet.Packet {
+		p := packet.Get(100)
 		p.Data = p.Data[:copy(p.Data, udp4(100, 1, 64, 1))]
 		p.OrigLen, p.Family, p.Dir, p.InIf, p.OutIf, p.Rule = len(p.Data), 4, dir, in, out, rule
 		if uid {
@@ -313,12 +313,12 @@ func TestPcapAnnotated(t *testing.T) {
 		}
 		return p
 	}
-	batch := []*nfq.Packet{
-		mk(nfq.DirIngress, 2, 0, 1, false), // log, ingress on e0, rule 100
-		mk(nfq.DirEgress, 0, 4, 2, true),   // log, egress on e2, rule 200, a local socket's
-		mk(nfq.DirEgress, 0, 0, 0, false),  // queue clone: egress, the only egress interface
-		mk(nfq.DirIngress, 0, 0, 0, false), // queue clone: ingress, several interfaces
-		mk(nfq.DirUnknown, 0, 0, 0, false), // nothing known
+	batch := []*packet.Packet{
+		mk(packet.DirIngress, 2, 0, 1, false), // log, ingress on e0, rule 100
+		mk(packet.DirEgress, 0, 4, 2, true),   // log, egress on e2, rule 200, a local socket's
+		mk(packet.DirEgress, 0, 0, 0, false),  // queue clone: egress, the only egress interface
+		mk(packet.DirIngress, 0, 0, 0, false), // queue clone: ingress, several interfaces
+		mk(packet.DirUnknown, 0, 0, 0, false), // nothing known
 	}
 	if n, err := s.Send(batch); n != len(batch) || err != nil {
 		t.Fatalf("send: %d %v", n, err)

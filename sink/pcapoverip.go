@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/nfclone/nfclone/packet"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -14,7 +15,6 @@ import (
 	"time"
 
 	"github.com/gopacket/gopacket/pcapgo"
-	"github.com/nfclone/nfclone/nfq"
 	"golang.org/x/sys/unix"
 )
 
@@ -280,7 +280,7 @@ func (s *PcapOverIP) write(c *poiClient) {
 }
 
 // Send appends every copy as a record to each client's buffer.
-func (s *PcapOverIP) Send(batch []*nfq.Packet) (int, error) {
+func (s *PcapOverIP) Send(batch []*packet.Packet) (int, error) {
 	ts := time.Now()
 	var rec [28]byte
 	bad, sent, bytes := 0, 0, 0

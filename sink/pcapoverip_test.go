@@ -2,6 +2,7 @@ package sink
 
 import (
 	"bytes"
+	"github.com/nfclone/nfclone/packet"
 	"io"
 	"net"
 	"net/netip"
@@ -15,7 +16,6 @@ import (
 	"time"
 
 	"github.com/gopacket/gopacket/pcapgo"
-	"github.com/nfclone/nfclone/nfq"
 )
 
 // Two reading clients get every record while a third never reads: its
@@ -89,9 +89,9 @@ func TestPcapOverIPSlowClient(t *testing.T) {
 			}
 			data := ipv4(1000, [4]byte{10, 77, 2, 2})
 			for sent := 0; sent < n; sent += 64 {
-				batch := make([]*nfq.Packet, 64)
+				batch := make([]*packet.Packet, 64)
 				for j := range batch {
-					batch[j] = nfq.NewPacket(data)
+					batch[j] = packet.New(data)
 				}
 				if k, err := s.Send(batch); k != 64 || err != nil {
 					t.Fatal(k, err)
@@ -229,8 +229,8 @@ func TestPcapOverIPAnnotated(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	batch := pkts(ipv4(61, [4]byte{10, 77, 2, 2}), ipv4(62, [4]byte{10, 77, 2, 3}))
-	batch[0].Dir, batch[0].InIf, batch[0].Rule = nfq.DirIngress, 2, 2
-	batch[1].Dir, batch[1].OutIf, batch[1].UID, batch[1].GID, batch[1].HasUID = nfq.DirEgress, 4, 1000, 100, true
+	batch[0].Dir, batch[0].InIf, batch[0].Rule = packet.DirIngress, 2, 2
+	batch[1].Dir, batch[1].OutIf, batch[1].UID, batch[1].GID, batch[1].HasUID = packet.DirEgress, 4, 1000, 100, true
 	if n, err := s.Send(batch); n != 2 || err != nil {
 		t.Fatal(n, err)
 	}

@@ -5,11 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"github.com/nfclone/nfclone/internal/netnstest"
+	"github.com/nfclone/nfclone/packet"
 	"net"
 	"testing"
 	"time"
 
-	"github.com/nfclone/nfclone/nfq"
 	"golang.org/x/sys/unix"
 )
 
@@ -147,7 +147,7 @@ func TestRootGatewaySink(t *testing.T) {
 	// IPv4 and IPv6, TTL / hop limit 1: a userspace copy is sent as is.
 	p4 := udp4(100, 0x1234, 1, 0xa4)
 	p6 := udp6(120, 1, 0xa6)
-	batch := []*nfq.Packet{nfq.NewPacket(p4), nfq.NewPacket(p6)}
+	batch := []*packet.Packet{packet.New(p4), packet.New(p6)}
 	if n, err := g.Send(batch); n != 2 || err != nil {
 		t.Fatalf("send: %d %v", n, err)
 	}
@@ -162,11 +162,11 @@ func TestRootGatewaySink(t *testing.T) {
 
 	// A truncated copy leaves with consistent lengths.
 	full := udp4(300, 0x4321, 64, 0xa5)
-	tp := nfq.NewPacket(full[:80])
+	tp := packet.New(full[:80])
 	if !tp.Truncated() {
 		t.Fatal("not truncated")
 	}
-	if n, err := g.Send([]*nfq.Packet{tp}); n != 1 || err != nil {
+	if n, err := g.Send([]*packet.Packet{tp}); n != 1 || err != nil {
 		t.Fatalf("send truncated: %d %v", n, err)
 	}
 	ft := capt.next(t, func(f []byte) bool { return isUDPMarker(f, 0xa5) })
@@ -180,7 +180,7 @@ func TestRootGatewaySink(t *testing.T) {
 	copy(un[16:20], []byte{10, 77, 250, 1})
 	binary.BigEndian.PutUint16(un[10:12], 0)
 	binary.BigEndian.PutUint16(un[10:12], IPv4Checksum(un[:20]))
-	ub := []*nfq.Packet{nfq.NewPacket(un)}
+	ub := []*packet.Packet{packet.New(un)}
 	if n, err := g.Send(ub); n != 0 || !(errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.EHOSTUNREACH)) {
 		t.Fatalf("unreachable: %d %v", n, err)
 	}
@@ -218,7 +218,7 @@ func TestRootDeviceSink(t *testing.T) {
 	defer d.Close()
 	p4 := udp4(90, 7, 1, 0xd4)
 	p6 := udp6(90, 1, 0xd6)
-	batch := []*nfq.Packet{nfq.NewPacket(p4), nfq.NewPacket(p6)}
+	batch := []*packet.Packet{packet.New(p4), packet.New(p6)}
 	if n, err := d.Send(batch); n != 2 || err != nil {
 		t.Fatalf("send: %d %v", n, err)
 	}
@@ -234,7 +234,7 @@ func TestRootDeviceSink(t *testing.T) {
 	}
 	// The device goes away: errors are counted per target, nothing panics.
 	a.Sh(t, "ip link del va")
-	gone := []*nfq.Packet{nfq.NewPacket(p4)}
+	gone := []*packet.Packet{packet.New(p4)}
 	n, err := d.Send(gone)
 	if n != 0 || err == nil || d.Stats().Errors != 1 {
 		t.Fatalf("device gone: %d %v %+v", n, err, d.Stats())

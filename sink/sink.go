@@ -6,6 +6,7 @@ package sink
 import (
 	"errors"
 	"fmt"
+	"github.com/nfclone/nfclone/packet"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -13,7 +14,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/nfclone/nfclone/nfq"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,7 +23,7 @@ import (
 // sent and the last error, if any.
 type Sink interface {
 	Name() string
-	Send(batch []*nfq.Packet) (sent int, err error)
+	Send(batch []*packet.Packet) (sent int, err error)
 	Close() error
 }
 
@@ -127,7 +127,7 @@ func sendmmsg(fd int, hdrs []unix.Mmsghdr) (int, error) {
 // sendAll sends hdrs (built for pkts, same order) with as few syscalls as
 // possible. A copy the kernel refuses is counted as failed (p.Errs++) and
 // skipped; the rest of the batch is still sent.
-func sendAll(fn sendmmsgFunc, fd int, hdrs []unix.Mmsghdr, pkts []*nfq.Packet, c *counters) (sent int, last error) {
+func sendAll(fn sendmmsgFunc, fd int, hdrs []unix.Mmsghdr, pkts []*packet.Packet, c *counters) (sent int, last error) {
 	i := 0
 	bytes := 0
 	for i < len(hdrs) {
@@ -200,7 +200,7 @@ func (f *Fanout) Name() string {
 
 // Send sends batch to every sink; one failing target does not stop the
 // others. sent is the number of copies that every sink sent.
-func (f *Fanout) Send(batch []*nfq.Packet) (int, error) {
+func (f *Fanout) Send(batch []*packet.Packet) (int, error) {
 	var errs []error
 	for _, s := range f.sinks {
 		if _, err := s.Send(batch); err != nil {
@@ -237,31 +237,4 @@ func (f *Fanout) Close() error {
 		errs = append(errs, s.Close())
 	}
 	return errors.Join(errs...)
-}
-
-// Deliver returns a worker send function: it sends each batch to s and
-// accounts the outcome in the ledger of each copy's session (ledgers is
-// indexed by Packet.Session; a session out of range goes to ledgers[0]).
-func Deliver(s Sink, ledgers ...*nfq.Ledger) func(batch []*nfq.Packet) {
-	return func(batch []*nfq.Packet) {
-		s.Send(batch)
-		if len(ledgers) == 0 {
-			return
-		}
-		if len(ledgers) == 1 {
-			ledgers[0].Account(batch)
-			return
-		}
-		start := 0
-		for i := 1; i <= len(batch); i++ {
-			if i == len(batch) || batch[i].Session != batch[start].Session {
-				l := ledgers[0]
-				if s := batch[start].Session; s >= 0 && s < len(ledgers) {
-					l = ledgers[s]
-				}
-				l.Account(batch[start:i])
-				start = i
-			}
-		}
-	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"github.com/nfclone/nfclone/packet"
 	"net"
 	"sync"
 	"testing"
@@ -73,10 +74,10 @@ func (f *fakeSend) fn(fd int, hdrs []unix.Mmsghdr) (int, error) {
 	return len(hdrs), nil
 }
 
-func pkts(datas ...[]byte) []*nfq.Packet {
-	out := make([]*nfq.Packet, len(datas))
+func pkts(datas ...[]byte) []*packet.Packet {
+	out := make([]*packet.Packet, len(datas))
 	for i, d := range datas {
-		out[i] = nfq.NewPacket(d)
+		out[i] = packet.New(d)
 	}
 	return out
 }
@@ -96,7 +97,7 @@ func TestIPv4Checksum(t *testing.T) {
 
 func TestFixTruncated(t *testing.T) {
 	full := ipv4(200, [4]byte{10, 77, 2, 2})
-	p := nfq.NewPacket(full[:64])
+	p := packet.New(full[:64])
 	p.OrigLen = 200
 	FixTruncated(p)
 	if binary.BigEndian.Uint16(p.Data[2:4]) != 64 || IPv4Checksum(p.Data[:20]) != 0 {
@@ -109,7 +110,7 @@ func TestFixTruncated(t *testing.T) {
 	if binary.BigEndian.Uint16(p.Data[2:4]) != 64 || IPv4Checksum(p.Data[:20]) != 0 {
 		t.Fatal("not idempotent")
 	}
-	p6 := nfq.NewPacket(ipv6(300)[:100])
+	p6 := packet.New(ipv6(300)[:100])
 	if p6.OrigLen != 300 || !p6.Truncated() {
 		t.Fatal("v6 origlen")
 	}
@@ -117,7 +118,7 @@ func TestFixTruncated(t *testing.T) {
 	if binary.BigEndian.Uint16(p6.Data[4:6]) != 60 {
 		t.Fatal("v6 payload length")
 	}
-	whole := nfq.NewPacket(full)
+	whole := packet.New(full)
 	FixTruncated(whole)
 	if !bytes.Equal(whole.Data, full) {
 		t.Fatal("untruncated copy must stay byte-identical")
@@ -215,7 +216,7 @@ func TestFanoutKeepsOtherTargets(t *testing.T) {
 	f := NewFanout(g1, g2)
 	var led nfq.Ledger
 	led.AddReceived(2)
-	send := Deliver(f, &led)
+	send := nfq.Deliver(f, &led)
 	batch := pkts(ipv4(40, [4]byte{10, 77, 2, 2}), ipv4(40, [4]byte{10, 77, 2, 3}))
 	send(batch)
 	if len(ok.got) != 2 || g1.Stats().Sent != 2 || g2.Stats().Errors != 2 {
@@ -236,7 +237,7 @@ func TestDeliverPerSession(t *testing.T) {
 	var l0, l1 nfq.Ledger
 	batch := pkts(ipv4(40, [4]byte{}), ipv4(40, [4]byte{}), ipv4(40, [4]byte{}))
 	batch[1].Session, batch[2].Session = 1, 1
-	Deliver(g, &l0, &l1)(batch)
+	nfq.Deliver(g, &l0, &l1)(batch)
 	if l0.Snapshot().Copied != 1 || l1.Snapshot().Copied != 2 {
 		t.Fatal("per-session accounting")
 	}

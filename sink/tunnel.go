@@ -4,13 +4,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/nfclone/nfclone/packet"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
 	"unsafe"
 
-	"github.com/nfclone/nfclone/nfq"
 	"golang.org/x/sys/unix"
 )
 
@@ -143,7 +143,7 @@ type tunRemote struct {
 type tunScratch struct {
 	h    []unix.Mmsghdr
 	iov  []unix.Iovec
-	p    []*nfq.Packet
+	p    []*packet.Packet
 	sock []uint8 // per copy: socket slot (fam*maxTunnelSockets + index); 0xff: skipped
 	ent  []tunEnt
 	cnt  [2 * maxTunnelSockets]int
@@ -319,7 +319,7 @@ func (t *Tunnel) SourcePorts() (v4, v6 []uint16) {
 const skipSock = 0xff
 
 // Send encapsulates and sends the batch: one sendmmsg per socket used.
-func (t *Tunnel) Send(batch []*nfq.Packet) (int, error) {
+func (t *Tunnel) Send(batch []*packet.Packet) (int, error) {
 	sc := t.scratch.Get().(*tunScratch)
 	defer t.scratch.Put(sc)
 	n := len(batch)

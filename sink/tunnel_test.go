@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"github.com/nfclone/nfclone/packet"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
-	"github.com/nfclone/nfclone/nfq"
 	"golang.org/x/sys/unix"
 )
 
@@ -74,7 +74,7 @@ func TestTunnelSendFrames(t *testing.T) {
 		}
 	}
 	batch := pkts(datas...)
-	bad := nfq.NewPacket([]byte{0x10, 1, 2}) // not IP
+	bad := packet.New([]byte{0x10, 1, 2}) // not IP
 	batch = append(batch, bad)
 	n, err := tu.Send(batch)
 	if n != 40 || !errors.Is(err, errUnsendable) || bad.Errs != 1 {
@@ -201,9 +201,9 @@ func TestTunnelAllocs(t *testing.T) {
 // One op = one copy (batches of 64, 64 different flows; syscall faked).
 func BenchmarkTunnelBuildBatch(b *testing.B) {
 	tu := fakeTunnel(b, "vxlan", nopSend, "10.77.4.2:4789", "10.77.4.3:4789")
-	batch := make([]*nfq.Packet, 64)
+	batch := make([]*packet.Packet, 64)
 	for i := range batch {
-		batch[i] = nfq.NewPacket(flowPkt4(i))
+		batch[i] = packet.New(flowPkt4(i))
 	}
 	b.ReportAllocs()
 	for i := 0; i < b.N; i += 64 {
@@ -233,7 +233,7 @@ func TestRootTunnelSink(t *testing.T) {
 		}
 	}
 	p4 := udp4(100, 5, 64, 0xb4)
-	batch := []*nfq.Packet{nfq.NewPacket(p4)}
+	batch := []*packet.Packet{packet.New(p4)}
 	if n, err := tu.Send(batch); n != 1 || err != nil {
 		t.Fatalf("send %d %v", n, err)
 	}
@@ -259,7 +259,7 @@ func TestRootTunnelSink(t *testing.T) {
 	// make later sends fail (unconnected sockets).
 	time.Sleep(100 * time.Millisecond)
 	for range 3 {
-		again := []*nfq.Packet{nfq.NewPacket(p4)}
+		again := []*packet.Packet{packet.New(p4)}
 		if n, err := tu.Send(again); n != 1 || err != nil {
 			t.Fatalf("send after ICMP error: %d %v", n, err)
 		}
@@ -275,7 +275,7 @@ func TestRootTunnelSink(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tu2.Close()
-	un := []*nfq.Packet{nfq.NewPacket(p4)}
+	un := []*packet.Packet{packet.New(p4)}
 	if n, err := tu2.Send(un); n != 0 || !(errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.EHOSTUNREACH)) || un[0].Errs != 1 {
 		t.Fatalf("unreachable: %d %v", n, err)
 	}
@@ -301,9 +301,9 @@ func BenchmarkTunnelLoopback(b *testing.B) {
 				b.Skip(err)
 			}
 			defer tu.Close()
-			batch := make([]*nfq.Packet, 64)
+			batch := make([]*packet.Packet, 64)
 			for i := range batch {
-				batch[i] = nfq.NewPacket(flowPkt4(i))
+				batch[i] = packet.New(flowPkt4(i))
 			}
 			b.ReportAllocs()
 			for i := 0; i < b.N; i += 64 {

@@ -2,11 +2,11 @@ package sink
 
 import (
 	"errors"
+	"github.com/nfclone/nfclone/packet"
 	"sync"
 	"sync/atomic"
 
 	"github.com/nfclone/nfclone/gso"
-	"github.com/nfclone/nfclone/nfq"
 )
 
 // Wire makes copies what a wire would carry before they reach the targets:
@@ -39,9 +39,9 @@ const wireChunk = 256
 // wireScratch is one Send's working set: the chunk being built, the copies
 // the chunk's segments came from, and segment buffers owned by the scratch.
 type wireScratch struct {
-	out    []*nfq.Packet
-	parent []*nfq.Packet // parent[i] of out[i]: the copy it is, or was cut from
-	segs   []*nfq.Packet // owned segment packets, reused
+	out    []*packet.Packet
+	parent []*packet.Packet // parent[i] of out[i]: the copy it is, or was cut from
+	segs   []*packet.Packet // owned segment packets, reused
 	bufs   [][]byte
 	used   int
 }
@@ -59,13 +59,13 @@ func NewWire(inner Sink, mtu int) *Wire {
 	_, w.gso = inner.(gsoSink)
 	w.pool.New = func() any {
 		x := &wireScratch{
-			out:    make([]*nfq.Packet, 0, wireChunk+w.maxSeg),
-			parent: make([]*nfq.Packet, 0, wireChunk+w.maxSeg),
-			segs:   make([]*nfq.Packet, wireChunk+w.maxSeg),
+			out:    make([]*packet.Packet, 0, wireChunk+w.maxSeg),
+			parent: make([]*packet.Packet, 0, wireChunk+w.maxSeg),
+			segs:   make([]*packet.Packet, wireChunk+w.maxSeg),
 			bufs:   make([][]byte, w.maxSeg),
 		}
 		for i := range x.segs {
-			x.segs[i] = nfq.GetPacket(mtu)
+			x.segs[i] = packet.Get(mtu)
 		}
 		return x
 	}
@@ -99,7 +99,7 @@ var errTooBig = errors.New("copy cannot be cut to the target MTU")
 
 // Send makes batch wire-sized and sends it. It returns the number of
 // copies of batch that were sent whole.
-func (w *Wire) Send(batch []*nfq.Packet) (int, error) {
+func (w *Wire) Send(batch []*packet.Packet) (int, error) {
 	x := w.pool.Get().(*wireScratch)
 	defer w.pool.Put(x)
 	var last error
@@ -170,7 +170,7 @@ func (w *Wire) Send(batch []*nfq.Packet) (int, error) {
 
 // add puts s (a copy, or a segment cut from copy p) in the chunk and sends
 // the chunk when it is full.
-func (w *Wire) add(x *wireScratch, s, p *nfq.Packet, last error) error {
+func (w *Wire) add(x *wireScratch, s, p *packet.Packet, last error) error {
 	x.out = append(x.out, s)
 	x.parent = append(x.parent, p)
 	if len(x.out) >= wireChunk {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"github.com/nfclone/nfclone/packet"
 	"net"
 	"testing"
 
@@ -22,7 +23,7 @@ type recSink struct {
 
 func (r *recSink) Name() string { return "rec" }
 func (r *recSink) Close() error { return nil }
-func (r *recSink) Send(batch []*nfq.Packet) (int, error) {
+func (r *recSink) Send(batch []*packet.Packet) (int, error) {
 	r.calls++
 	sent := 0
 	var err error
@@ -84,11 +85,11 @@ func TestWireSegmentsSuperPackets(t *testing.T) {
 	w := NewWire(rec, 1500)
 	super := tcpSuper(t, 60000)
 	small := tcpSuper(t, 100)
-	p1, p2 := nfq.NewPacket(super), nfq.NewPacket(small)
+	p1, p2 := packet.New(super), packet.New(small)
 	p1.Offload, p2.Offload = gso.Known|gso.GSO|gso.CsumPartial, gso.Known|gso.CsumPartial
 	defer p1.Release()
 	defer p2.Release()
-	sent, err := w.Send([]*nfq.Packet{p1, p2})
+	sent, err := w.Send([]*packet.Packet{p1, p2})
 	if err != nil || sent != 2 {
 		t.Fatalf("sent %d, %v", sent, err)
 	}
@@ -123,7 +124,7 @@ func TestWireErrors(t *testing.T) {
 	udp := make([]byte, 3000) // IPv4 UDP with DF set, no GSO: cannot be cut
 	udp[0], udp[6], udp[8], udp[9] = 0x45, 0x40, 64, 17
 	binary.BigEndian.PutUint16(udp[2:4], 3000)
-	batch := []*nfq.Packet{nfq.NewPacket(tcpSuper(t, 20000)), nfq.NewPacket(udp), nfq.NewPacket(tcpSuper(t, 200))}
+	batch := []*packet.Packet{packet.New(tcpSuper(t, 20000)), packet.New(udp), packet.New(tcpSuper(t, 200))}
 	batch[0].Offload = gso.Known | gso.GSO
 	sent, err := w.Send(batch)
 	if sent != 1 || err == nil {
@@ -156,10 +157,10 @@ func TestWireNoAllocs(t *testing.T) {
 		t.Skip("allocations are counted without -race")
 	}
 	w := NewWire(nopSink{}, 1500)
-	p := nfq.NewPacket(tcpSuper(t, 64000))
+	p := packet.New(tcpSuper(t, 64000))
 	p.Offload = gso.Known | gso.GSO | gso.CsumPartial
 	defer p.Release()
-	batch := []*nfq.Packet{p}
+	batch := []*packet.Packet{p}
 	w.Send(batch)
 	if a := testing.AllocsPerRun(100, func() { w.Send(batch) }); a > 0 {
 		t.Errorf("%.1f allocations per Send", a)
@@ -168,18 +169,18 @@ func TestWireNoAllocs(t *testing.T) {
 
 type nopSink struct{}
 
-func (nopSink) Name() string                      { return "nop" }
-func (nopSink) Close() error                      { return nil }
-func (nopSink) Send(b []*nfq.Packet) (int, error) { return len(b), nil }
+func (nopSink) Name() string                         { return "nop" }
+func (nopSink) Close() error                         { return nil }
+func (nopSink) Send(b []*packet.Packet) (int, error) { return len(b), nil }
 
 // BenchmarkWireTCP64K: one 64 KiB super-packet cut into 1500-byte segments
 // with their checksums (the sink itself does nothing).
 func BenchmarkWireTCP64K(b *testing.B) {
 	w := NewWire(nopSink{}, 1500)
-	p := nfq.NewPacket(tcpSuper(b, 64000))
+	p := packet.New(tcpSuper(b, 64000))
 	p.Offload = gso.Known | gso.GSO | gso.CsumPartial
 	defer p.Release()
-	batch := []*nfq.Packet{p}
+	batch := []*packet.Packet{p}
 	b.SetBytes(int64(len(p.Data)))
 	b.ReportAllocs()
 	for b.Loop() {

@@ -1,11 +1,9 @@
-// Package nfq is nfclone's userspace data path: NFQUEUE and NFLOG readers,
-// the bounded copy queue between readers and workers, the per-session ledger
-// of offered/copied/dropped copies, and the worker pool that hands copies to
-// sinks.
-package nfq
+// Package packet is one copy in flight from a reader to the sinks: its
+// pooled buffer (with headroom for the headers sinks put in front), the IP
+// packet, and what the kernel said of it.
+package packet
 
 import (
-	"encoding/binary"
 	"sync"
 
 	"github.com/nfclone/nfclone/gso"
@@ -116,9 +114,9 @@ var (
 	}}
 )
 
-// GetPacket returns a pooled packet whose Data has length n (n is clamped to
+// Get returns a pooled packet whose Data has length n (n is clamped to
 // the largest buffer class, 64 KiB). The contents of Data are undefined.
-func GetPacket(n int) *Packet {
+func Get(n int) *Packet {
 	var p *Packet
 	switch {
 	case n <= smallPayload:
@@ -135,10 +133,10 @@ func GetPacket(n int) *Packet {
 	return p
 }
 
-// NewPacket returns a pooled packet holding a copy of data, with Family and
+// New returns a pooled packet holding a copy of data, with Family and
 // OrigLen derived from the IP header (see IPInfo).
-func NewPacket(data []byte) *Packet {
-	p := GetPacket(len(data))
+func New(data []byte) *Packet {
+	p := Get(len(data))
 	n := copy(p.Data, data)
 	p.Data = p.Data[:n]
 	p.Family, p.OrigLen, _ = IPInfo(p.Data)
@@ -227,48 +225,9 @@ func IPInfo(b []byte) (family uint8, origLen int, ok bool) {
 	return 0, len(b), false
 }
 
-// restoreTTL adds one to the TTL (IPv4, with the header checksum updated)
-// or the hop limit (IPv6) of b: the kernel's dup took one off the clone
-// of a packet it copied in prerouting or input.
-func restoreTTL(b []byte) {
-	if len(b) < 1 {
-		return
-	}
-	switch b[0] >> 4 {
-	case 4:
-		if len(b) < 20 {
-			return
-		}
-		b[8]++
-		// RFC 1624: HC' = ~(~HC + ~m + m'), m the 16-bit word holding the TTL.
-		old := uint32(b[8]-1)<<8 | uint32(b[9])
-		cur := uint32(b[8])<<8 | uint32(b[9])
-		sum := uint32(^binary.BigEndian.Uint16(b[10:12])) + (^old & 0xffff) + cur
-		for sum > 0xffff {
-			sum = sum&0xffff + sum>>16
-		}
-		binary.BigEndian.PutUint16(b[10:12], ^uint16(sum))
-	case 6:
-		if len(b) < 40 {
-			return
-		}
-		b[7]++
-	}
-}
+// BufLen is the size of the packet's pooled buffer (the copy queue bounds
+// its bytes by it).
+func (p *Packet) BufLen() int { return len(p.buf) }
 
-// clearDF clears the DF bit of an IPv4 header and updates its checksum
-// (RFC 1624): the kernel's dup set it on the clone of a packet that had it
-// clear.
-func clearDF(b []byte) {
-	if len(b) < 20 || b[0]>>4 != 4 || b[6]&0x40 == 0 {
-		return
-	}
-	old := uint32(b[6])<<8 | uint32(b[7])
-	b[6] &^= 0x40
-	cur := uint32(b[6])<<8 | uint32(b[7])
-	sum := uint32(^binary.BigEndian.Uint16(b[10:12])) + (^old & 0xffff) + cur
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	binary.BigEndian.PutUint16(b[10:12], ^uint16(sum))
-}
+// MaxBuf is the largest buffer a packet can have.
+const MaxBuf = Headroom + largePayload
