@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/nfclone/nfclone/dedup"
+	"github.com/nfclone/nfclone/pcapfile"
 	"hash/maphash"
 	"log/slog"
 	"net"
@@ -15,7 +17,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/nfclone/nfclone/sink"
 	"golang.org/x/sys/unix"
 )
 
@@ -228,12 +229,12 @@ type Collector struct {
 	raw4      bool // an IPv4 raw socket: datagrams start with the IP header
 	allowAll  bool
 	vnis      map[uint32]bool
-	pcap      *sink.PcapWriter
+	pcap      *pcapfile.Writer
 	tap       *tapDev
 	running   atomic.Bool
 	closeOnce sync.Once
 	synth     []byte // Handle's buffer for L3 packets given an Ethernet header
-	dedup     *sink.DedupTable
+	dedup     *dedup.Table
 	seed      maphash.Seed
 
 	received, decap, written, malformed, filtered, denied, writeErrs, dups atomic.Uint64
@@ -258,7 +259,7 @@ func New(cfg Config) (*Collector, error) {
 	}
 	c.allowAll = cfg.AllowAny || (len(cfg.Allow) == 0 && loop)
 	if cfg.Dedup > 0 {
-		c.dedup, c.seed = sink.NewDedupTable(cfg.Dedup), maphash.MakeSeed()
+		c.dedup, c.seed = dedup.NewTable(cfg.Dedup), maphash.MakeSeed()
 	}
 	if ids := append(append([]uint32(nil), cfg.VNIs...), cfg.Sessions...); len(ids) > 0 {
 		// VNIs and ERSPAN session ids are both Frame.VNI.
@@ -296,8 +297,8 @@ func New(cfg Config) (*Collector, error) {
 func (c *Collector) openOutputs() (err error) {
 	cfg := c.cfg
 	if cfg.PcapPath != "" {
-		c.pcap, err = sink.OpenPcapWriter(sink.PcapWriterConfig{Path: cfg.PcapPath, Format: cfg.PcapFormat,
-			LinkType: sink.LinkTypeEthernet})
+		c.pcap, err = pcapfile.Open(pcapfile.Config{Path: cfg.PcapPath, Format: cfg.PcapFormat,
+			LinkType: pcapfile.LinkTypeEthernet})
 		if err != nil {
 			c.conn.Close()
 			return fmt.Errorf("collect: %w", err)
@@ -577,14 +578,14 @@ func (c *Collector) Handle(ts time.Time, from netip.Addr, b []byte) {
 }
 
 // dedupID identifies a decapsulated frame for --dedup: its IP packet
-// without TTL / hop limit and IPv4 checksum (sink.PacketID), found behind
+// without TTL / hop limit and IPv4 checksum (dedup.ID), found behind
 // the Ethernet header and any 802.1Q/802.1ad tags, so copies that differ
 // only in those — or in their Ethernet addresses, or in which sender and
 // tunnel carried them — are one; a frame that is not IP counts whole,
 // tags aside.
 func (c *Collector) dedupID(f Frame) uint64 {
 	if f.EtherType != 0 {
-		return sink.PacketID(c.seed, f.Inner)
+		return dedup.ID(c.seed, f.Inner)
 	}
 	e := f.Inner
 	off := 12
@@ -598,10 +599,10 @@ func (c *Collector) dedupID(f Frame) uint64 {
 	if off+2 <= len(e) {
 		et := uint16(e[off])<<8 | uint16(e[off+1])
 		if et == etherTypeIPv4 || et == etherTypeIPv6 {
-			return sink.PacketID(c.seed, e[off+2:])
+			return dedup.ID(c.seed, e[off+2:])
 		}
 	}
-	return sink.PacketID(c.seed, e)
+	return dedup.ID(c.seed, e)
 }
 
 // Flush writes buffered pcap records.
@@ -612,7 +613,7 @@ func (c *Collector) flush() error {
 		return nil
 	}
 	if err := c.pcap.Flush(); err != nil {
-		var pe *sink.PcapWriteError
+		var pe *pcapfile.WriteError
 		if errors.As(err, &pe) && pe.Lost > 0 {
 			// Those frames were counted written when buffered.
 			c.written.Add(^uint64(pe.Lost - 1))

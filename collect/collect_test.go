@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pcapfile"
 	"io"
 	"net"
 	"net/netip"
@@ -22,7 +23,7 @@ var (
 	fuzzTime      = time.Unix(1700000000, 0)
 	fuzzFrom      = netip.MustParseAddr("127.0.0.1")
 	fuzzCollector = func() *Collector {
-		w, err := sink.OpenPcapWriter(sink.PcapWriterConfig{Writer: io.Discard, LinkType: sink.LinkTypeEthernet})
+		w, err := pcapfile.Open(pcapfile.Config{Writer: io.Discard, LinkType: sink.LinkTypeEthernet})
 		if err != nil {
 			panic(err)
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"github.com/nfclone/nfclone/pcapfile"
 	"testing"
 
 	"github.com/gopacket/gopacket/pcapgo"
@@ -246,7 +247,7 @@ func TestDecodeGWLBNesting(t *testing.T) {
 // header and matches --vni against the inner VXLAN VNI.
 func TestCollectorGWLB(t *testing.T) {
 	var buf bytes.Buffer
-	w, err := sink.OpenPcapWriter(sink.PcapWriterConfig{Writer: &buf, LinkType: sink.LinkTypeEthernet})
+	w, err := pcapfile.Open(pcapfile.Config{Writer: &buf, LinkType: sink.LinkTypeEthernet})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,8 @@ package collect
 import (
 	"bytes"
 	"errors"
+	"github.com/nfclone/nfclone/dedup"
+	"github.com/nfclone/nfclone/pcapfile"
 	"hash/maphash"
 	"testing"
 	"time"
@@ -92,12 +94,12 @@ func TestValidateERSPAN(t *testing.T) {
 // once within the window, again after it.
 func TestCollectorDedup(t *testing.T) {
 	var buf bytes.Buffer
-	w, err := sink.OpenPcapWriter(sink.PcapWriterConfig{Writer: &buf, LinkType: sink.LinkTypeEthernet})
+	w, err := pcapfile.Open(pcapfile.Config{Writer: &buf, LinkType: sink.LinkTypeEthernet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &Collector{cfg: Config{Kind: KindAuto}, allowAll: true, pcap: w,
-		dedup: sink.NewDedupTable(50 * time.Millisecond), seed: maphash.MakeSeed()}
+		dedup: dedup.NewTable(50 * time.Millisecond), seed: maphash.MakeSeed()}
 	ip := ipv4(t, [4]byte{10, 0, 0, 1}, [4]byte{10, 0, 0, 2}, 17, make([]byte, 30))
 	eth := append([]byte{2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0}, ip...)
 	ip2 := append([]byte(nil), ip...)

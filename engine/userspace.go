@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pcapfile"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -543,7 +544,7 @@ func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name 
 		if t.Format == "pcapng" {
 			ann = annotation(sc)
 		}
-		return sink.NewPcap(sink.PcapConfig{Name: name, Logger: log, Annotate: ann, PcapWriterConfig: sink.PcapWriterConfig{
+		return sink.NewPcap(sink.PcapConfig{Name: name, Logger: log, Annotate: ann, Config: pcapfile.Config{
 			Path: t.Path, Format: t.Format, LinkType: sink.LinkTypeRaw, Snaplen: sc.Snaplen, RotateSize: size, RotateKeep: keep, RotateEvery: t.RotateInterval()}})
 	}
 	return nil, fmt.Errorf("target kind %s is not available with method %s", t.Kind, sc.Method)

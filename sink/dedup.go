@@ -1,16 +1,13 @@
 package sink
 
 import (
+	"github.com/nfclone/nfclone/dedup"
 	"github.com/nfclone/nfclone/packet"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
 )
-
-// dedupSlots is the size of a Dedup's table (a power of two): 64 Ki
-// packets, 1 MiB; at 300 000 copies/s a 50 ms window holds 15 000.
-const dedupSlots = 1 << 16
 
 // Dedup passes a copy on to its inner sink unless the same packet passed
 // within the window — a forwarded packet copied at ingress on one source
@@ -29,21 +26,16 @@ type Dedup struct {
 	seed  maphash.Seed
 	now   func() time.Time
 	mu    sync.Mutex
-	table *DedupTable
+	table *dedup.Table
 	pool  sync.Pool
 	dups  atomic.Uint64
-}
-
-type dedupSlot struct {
-	h uint64
-	t int64
 }
 
 type dedupScratch struct{ out []*packet.Packet }
 
 // NewDedup returns inner behind a Dedup with the given window.
 func NewDedup(inner Sink, window time.Duration) *Dedup {
-	d := &Dedup{inner: inner, seed: maphash.MakeSeed(), now: time.Now, table: NewDedupTable(window)}
+	d := &Dedup{inner: inner, seed: maphash.MakeSeed(), now: time.Now, table: dedup.NewTable(window)}
 	d.pool.New = func() any { return new(dedupScratch) }
 	return d
 }
@@ -57,50 +49,6 @@ func (d *Dedup) Inner() Sink { return d.inner }
 // Duplicates is how many copies were not sent as duplicates.
 func (d *Dedup) Duplicates() uint64 { return d.dups.Load() }
 
-// PacketID hashes an IP packet (or anything else, whole) with seed,
-// leaving out its TTL / hop limit and IPv4 header checksum: two copies of
-// one packet taken on both sides of a router get the same id.
-func PacketID(seed maphash.Seed, b []byte) uint64 {
-	var h maphash.Hash
-	h.SetSeed(seed)
-	switch {
-	case len(b) >= 20 && b[0]>>4 == 4:
-		h.Write(b[:8])
-		h.WriteByte(b[9])
-		h.Write(b[12:])
-	case len(b) >= 40 && b[0]>>4 == 6:
-		h.Write(b[:7])
-		h.Write(b[8:])
-	default:
-		h.Write(b)
-	}
-	return h.Sum64()
-}
-
-// DedupTable remembers packet ids for a window: a direct-mapped table of
-// 64 Ki slots, the window counted from an id's first sighting. Not safe
-// for concurrent use.
-type DedupTable struct {
-	window int64
-	slots  []dedupSlot
-}
-
-// NewDedupTable returns an empty table for window.
-func NewDedupTable(window time.Duration) *DedupTable {
-	return &DedupTable{window: int64(window), slots: make([]dedupSlot, dedupSlots)}
-}
-
-// Seen reports whether id was recorded within the window before now (Unix
-// nanoseconds); if not, it records id at now.
-func (t *DedupTable) Seen(id uint64, now int64) bool {
-	s := &t.slots[id&(dedupSlots-1)]
-	if s.h == id && now-s.t <= t.window {
-		return true
-	}
-	s.h, s.t = id, now
-	return false
-}
-
 // Send marks the batch's duplicates and sends the rest to the inner sink.
 // It returns the number of copies the inner sink sent.
 func (d *Dedup) Send(batch []*packet.Packet) (int, error) {
@@ -110,7 +58,7 @@ func (d *Dedup) Send(batch []*packet.Packet) (int, error) {
 	var dups uint64
 	d.mu.Lock()
 	for _, p := range batch {
-		if d.table.Seen(PacketID(d.seed, p.Data), now) {
+		if d.table.Seen(dedup.ID(d.seed, p.Data), now) {
 			p.Dup = true
 			dups++
 			continue

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pcapfile"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -160,7 +161,7 @@ func TestERSPANTsharkDecodes(t *testing.T) {
 		outer[10], outer[11] = 0, 0
 		binary.BigEndian.PutUint16(outer[10:12], IPv4Checksum(outer))
 		path := filepath.Join(t.TempDir(), "erspan.pcap")
-		w, err := OpenPcapWriter(PcapWriterConfig{Path: path, LinkType: LinkTypeRaw})
+		w, err := pcapfile.Open(pcapfile.Config{Path: path, LinkType: LinkTypeRaw})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pcapfile"
 	"io"
 	"os"
 	"os/exec"
@@ -92,7 +93,7 @@ func TestPcapRoundTrip(t *testing.T) {
 	for _, format := range []string{"pcap", "pcapng"} {
 		t.Run(format, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "x."+format)
-			s, err := NewPcap(PcapConfig{PcapWriterConfig: PcapWriterConfig{Path: path, Format: format}})
+			s, err := NewPcap(PcapConfig{Config: pcapfile.Config{Path: path, Format: format}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -143,7 +144,7 @@ func TestPcapRoundTrip(t *testing.T) {
 
 func TestPcapEthernetAndStdoutWriter(t *testing.T) {
 	var buf bytes.Buffer
-	s, err := NewPcap(PcapConfig{PcapWriterConfig: PcapWriterConfig{Writer: &buf, LinkType: LinkTypeEthernet, Snaplen: 50}})
+	s, err := NewPcap(PcapConfig{Config: pcapfile.Config{Writer: &buf, LinkType: LinkTypeEthernet, Snaplen: 50}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,18 +161,18 @@ func TestPcapEthernetAndStdoutWriter(t *testing.T) {
 	if len(r.data) != 50 || r.origLen != 94 || r.data[12] != 0x86 || r.data[13] != 0xdd || !bytes.Equal(r.data[14:], p6[:36]) {
 		t.Fatalf("record %x orig %d", r.data, r.origLen)
 	}
-	if _, err := NewPcap(PcapConfig{PcapWriterConfig: PcapWriterConfig{Path: "x", LinkType: layers.LinkTypeLinuxSLL}}); err == nil {
+	if _, err := NewPcap(PcapConfig{Config: pcapfile.Config{Path: "x", LinkType: layers.LinkTypeLinuxSLL}}); err == nil {
 		t.Fatal("link type accepted")
 	}
 }
 
 func TestPcapUnwritablePath(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "no", "such", "dir", "x.pcap")
-	_, err := NewPcap(PcapConfig{PcapWriterConfig: PcapWriterConfig{Path: path}})
+	_, err := NewPcap(PcapConfig{Config: pcapfile.Config{Path: path}})
 	if err == nil || !strings.Contains(err.Error(), path) {
 		t.Fatalf("error %v does not name %s", err, path)
 	}
-	if _, err := OpenPcapWriter(PcapWriterConfig{Path: "x", Format: "erf"}); err == nil {
+	if _, err := pcapfile.Open(pcapfile.Config{Path: "x", Format: "erf"}); err == nil {
 		t.Fatal("format accepted")
 	}
 }
@@ -182,7 +183,7 @@ func TestPcapRotation(t *testing.T) {
 			dir := t.TempDir()
 			path := filepath.Join(dir, "r.pcap")
 			// Header 24 + records of 16+100: 3 records fit in 400 bytes.
-			w, err := OpenPcapWriter(PcapWriterConfig{Path: path, RotateSize: 400, RotateKeep: keep})
+			w, err := pcapfile.Open(pcapfile.Config{Path: path, RotateSize: 400, RotateKeep: keep})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -249,7 +250,7 @@ func (f *failWriter) Write(b []byte) (int, error) {
 
 func TestPcapStreamWriteErrorStaysWellFormed(t *testing.T) {
 	fw := &failWriter{limit: 24 + 116 + 50, err: syscall.ENOSPC}
-	s, err := NewPcap(PcapConfig{Name: "p", PcapWriterConfig: PcapWriterConfig{Writer: fw}})
+	s, err := NewPcap(PcapConfig{Name: "p", Config: pcapfile.Config{Writer: fw}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +297,7 @@ func TestRootPcapENOSPC(t *testing.T) {
 	if err := os.WriteFile(filler, make([]byte, 16<<10), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewPcap(PcapConfig{PcapWriterConfig: PcapWriterConfig{Path: path}})
+	s, err := NewPcap(PcapConfig{Config: pcapfile.Config{Path: path}})
 	if err != nil {
 		t.Fatal(err)
 	}

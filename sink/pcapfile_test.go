@@ -3,6 +3,7 @@ package sink
 import (
 	"fmt"
 	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pcapfile"
 	"io"
 	"os"
 	"os/exec"
@@ -15,9 +16,9 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 )
 
-func writeRecords(t *testing.T, cfg PcapWriterConfig, first, n int) {
+func writeRecords(t *testing.T, cfg pcapfile.Config, first, n int) {
 	t.Helper()
-	w, err := OpenPcapWriter(cfg)
+	w, err := pcapfile.Open(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +59,7 @@ func TestPcapReopenAppends(t *testing.T) {
 	for _, format := range []string{"pcap", "pcapng"} {
 		t.Run(format, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "a."+format)
-			cfg := PcapWriterConfig{Path: path, Format: format}
+			cfg := pcapfile.Config{Path: path, Format: format}
 			writeRecords(t, cfg, 0, 3)
 			writeRecords(t, cfg, 3, 2)
 			_, recs := readPcapFile(t, path)
@@ -80,9 +81,9 @@ func TestPcapReopenAppends(t *testing.T) {
 func TestPcapReopenMovesAside(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "m.pcap")
-	writeRecords(t, PcapWriterConfig{Path: path}, 0, 3)
+	writeRecords(t, pcapfile.Config{Path: path}, 0, 3)
 	before, _ := os.ReadFile(path)
-	writeRecords(t, PcapWriterConfig{Path: path, Snaplen: 128}, 3, 2)
+	writeRecords(t, pcapfile.Config{Path: path, Snaplen: 128}, 3, 2)
 	aside, err := os.ReadFile(path + ".1")
 	if err != nil {
 		t.Fatalf("the old file was not moved aside: %v", err)
@@ -96,17 +97,17 @@ func TestPcapReopenMovesAside(t *testing.T) {
 	}
 	// A last record cut short (a crash of another writer): moved aside too.
 	cut := filepath.Join(dir, "c.pcap")
-	writeRecords(t, PcapWriterConfig{Path: cut}, 0, 2)
+	writeRecords(t, pcapfile.Config{Path: cut}, 0, 2)
 	b, _ := os.ReadFile(cut)
 	os.WriteFile(cut, b[:len(b)-7], 0o644)
-	writeRecords(t, PcapWriterConfig{Path: cut}, 2, 1)
+	writeRecords(t, pcapfile.Config{Path: cut}, 2, 1)
 	if st, err := os.Stat(cut + ".1"); err != nil || st.Size() != int64(len(b)-7) {
 		t.Fatalf("cut file not moved aside whole: %v", err)
 	}
 	// Not a capture at all.
 	txt := filepath.Join(dir, "notes.pcap")
 	os.WriteFile(txt, []byte("keep me\n"), 0o644)
-	writeRecords(t, PcapWriterConfig{Path: txt, Format: "pcapng"}, 0, 1)
+	writeRecords(t, pcapfile.Config{Path: txt, Format: "pcapng"}, 0, 1)
 	if b, _ := os.ReadFile(txt + ".1"); string(b) != "keep me\n" {
 		t.Fatalf("text file: %q", b)
 	}
@@ -123,7 +124,7 @@ func TestPcapRefusesForeignFiles(t *testing.T) {
 	if err := os.Symlink(victim, link); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenPcapWriter(PcapWriterConfig{Path: link}); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+	if _, err := pcapfile.Open(pcapfile.Config{Path: link}); err == nil || !strings.Contains(err.Error(), "symbolic link") {
 		t.Fatalf("symlink: err = %v", err)
 	}
 	if b, _ := os.ReadFile(victim); string(b) != "precious" {
@@ -140,7 +141,7 @@ func TestPcapRefusesForeignFiles(t *testing.T) {
 	if err := os.Chown(other, 65534, 65534); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenPcapWriter(PcapWriterConfig{Path: other}); err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
+	if _, err := pcapfile.Open(pcapfile.Config{Path: other}); err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
 		t.Fatalf("foreign file: err = %v", err)
 	}
 	if b, _ := os.ReadFile(other); string(b) != "theirs" {
@@ -154,7 +155,7 @@ func TestPcapRecordsCopyTime(t *testing.T) {
 	for _, format := range []string{"pcap", "pcapng"} {
 		t.Run(format, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "t."+format)
-			s, err := NewPcap(PcapConfig{PcapWriterConfig: PcapWriterConfig{Path: path, Format: format}})
+			s, err := NewPcap(PcapConfig{Config: pcapfile.Config{Path: path, Format: format}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -206,8 +207,8 @@ func TestPcapRecordsCopyTime(t *testing.T) {
 func TestPcapRotateEvery(t *testing.T) {
 	base := time.Now().Truncate(10 * time.Second).Add(10 * time.Second) // an interval start
 	times := []time.Duration{0, 3 * time.Second, 12 * time.Second, 19 * time.Second, 25 * time.Second}
-	write := func(t *testing.T, cfg PcapWriterConfig) {
-		w, err := OpenPcapWriter(cfg)
+	write := func(t *testing.T, cfg pcapfile.Config) {
+		w, err := pcapfile.Open(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -222,7 +223,7 @@ func TestPcapRotateEvery(t *testing.T) {
 	}
 	t.Run("strftime", func(t *testing.T) {
 		dir := t.TempDir()
-		write(t, PcapWriterConfig{Path: filepath.Join(dir, "r-%H%M%S.pcap"), RotateEvery: 10 * time.Second})
+		write(t, pcapfile.Config{Path: filepath.Join(dir, "r-%H%M%S.pcap"), RotateEvery: 10 * time.Second})
 		want := map[string]string{}
 		for _, c := range []struct {
 			at   time.Duration
@@ -244,7 +245,7 @@ func TestPcapRotateEvery(t *testing.T) {
 	t.Run("shift", func(t *testing.T) {
 		dir := t.TempDir()
 		p := filepath.Join(dir, "r.pcap")
-		write(t, PcapWriterConfig{Path: p, RotateEvery: 10 * time.Second, RotateKeep: 5})
+		write(t, pcapfile.Config{Path: p, RotateEvery: 10 * time.Second, RotateKeep: 5})
 		for name, recs := range map[string]string{"r.pcap.2": "[0 1]", "r.pcap.1": "[2 3]", "r.pcap": "[4]"} {
 			_, got := readPcapFile(t, filepath.Join(dir, name))
 			if fmt.Sprint(lastBytes(got)) != recs {
@@ -255,7 +256,7 @@ func TestPcapRotateEvery(t *testing.T) {
 	t.Run("with size", func(t *testing.T) {
 		dir := t.TempDir()
 		// Two records of 116 bytes after the 24-byte header do not fit in 200.
-		write(t, PcapWriterConfig{Path: filepath.Join(dir, "s-%H%M%S.pcap"), RotateEvery: 10 * time.Second, RotateSize: 200, RotateKeep: 3})
+		write(t, pcapfile.Config{Path: filepath.Join(dir, "s-%H%M%S.pcap"), RotateEvery: 10 * time.Second, RotateSize: 200, RotateKeep: 3})
 		first := "s-" + base.Local().Format("150405") + ".pcap"
 		for name, recs := range map[string]string{first + ".1": "[0]", first: "[1]"} {
 			_, got := readPcapFile(t, filepath.Join(dir, name))
@@ -268,7 +269,7 @@ func TestPcapRotateEvery(t *testing.T) {
 
 // /dev/null and a fifo are written as streams, as tcpdump -w does.
 func TestPcapDevices(t *testing.T) {
-	writeRecords(t, PcapWriterConfig{Path: os.DevNull}, 0, 3)
+	writeRecords(t, pcapfile.Config{Path: os.DevNull}, 0, 3)
 	fifo := filepath.Join(t.TempDir(), "f")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
@@ -280,7 +281,7 @@ func TestPcapDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	writeRecords(t, PcapWriterConfig{Path: fifo}, 0, 2) // fits in the pipe's buffer
+	writeRecords(t, pcapfile.Config{Path: fifo}, 0, 2) // fits in the pipe's buffer
 	b, err := io.ReadAll(r)
 	if err != nil {
 		t.Fatal(err)
@@ -299,7 +300,7 @@ func TestPcapAnnotated(t *testing.T) {
 		t.Skip("tshark is not installed")
 	}
 	path := filepath.Join(t.TempDir(), "a.pcapng")
-	s, err := NewPcap(PcapConfig{PcapWriterConfig: PcapWriterConfig{Path: path, Format: "pcapng"},
+	s, err := NewPcap(PcapConfig{Config: pcapfile.Config{Path: path, Format: "pcapng"},
 		Annotate: &PcapAnnotation{Session: "ids", Names: map[uint32]string{2: "e0", 4: "e2"}, In: "", Out: "e2", Rules: []int{100, 200}}})
 	if err != nil {
 		t.Fatal(err)

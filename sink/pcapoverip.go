@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pcapfile"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -71,7 +72,7 @@ type PcapOverIP struct {
 	// and scratch for one record's note and block (under mu)
 	ann    *PcapAnnotation
 	ifIDs  map[string]uint32
-	note   Note
+	note   pcapfile.Note
 	nbuf   []byte
 	blk    []byte
 	mu     sync.Mutex
@@ -139,7 +140,7 @@ func newPcapOverIP(cfg PcapOverIPConfig) (*PcapOverIP, error) {
 		cfg.ClientBuffer = DefaultPcapOverIPBuffer
 	}
 	if cfg.Snaplen <= 0 {
-		cfg.Snaplen = defaultPcapSnaplen
+		cfg.Snaplen = pcapfile.DefaultSnaplen
 	}
 	s := &PcapOverIP{cfg: cfg}
 	switch cfg.Format {
@@ -472,7 +473,7 @@ func appendIDB(b []byte, name string, snaplen int) []byte {
 
 // appendAnnotatedEPB appends an enhanced packet block on interface id at
 // us microseconds, with the note's direction (epb_flags) and comment.
-func appendAnnotatedEPB(b []byte, id uint32, us uint64, data []byte, origLen int, n *Note) []byte {
+func appendAnnotatedEPB(b []byte, id uint32, us uint64, data []byte, origLen int, n *pcapfile.Note) []byte {
 	le := binary.LittleEndian
 	pad := (4 - len(data)%4) % 4
 	cpad := (4 - len(n.Comment)%4) % 4

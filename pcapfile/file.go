@@ -1,4 +1,4 @@
-package sink
+package pcapfile
 
 import (
 	"bufio"
@@ -29,7 +29,7 @@ import (
 // character device or fifo of nfclone's user, written as a stream), and
 // whether the writer must start with a header (a new file, or a new pcapng
 // section).
-func (w *PcapWriter) openPcapFile() (f *os.File, size int64, header bool, err error) {
+func (w *Writer) openPcapFile() (f *os.File, size int64, header bool, err error) {
 	p := w.cur
 	f, err = os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_APPEND|unix.O_NOFOLLOW, 0o644)
 	if err != nil {
@@ -87,7 +87,7 @@ func shiftAside(p string, keep int) error {
 // appendable reports whether records in w's format can go at the end of
 // the existing file f of size bytes, and a reader still reads every record
 // before them.
-func (w *PcapWriter) appendable(f *os.File, size int64) bool {
+func (w *Writer) appendable(f *os.File, size int64) bool {
 	r := bufio.NewReaderSize(io.NewSectionReader(f, 0, size), 64<<10)
 	var hdr [24]byte
 	if w.ng {
@@ -155,7 +155,7 @@ func pcapngWhole(r *bufio.Reader, size int64) bool {
 // writeEPB appends an enhanced packet block on interface id with the
 // note's direction (epb_flags) and comment (opt_comment). It is written
 // here rather than by pcapgo, whose per-packet options allocate.
-func (w *PcapWriter) writeEPB(ci gopacket.CaptureInfo, data []byte, id int, n *Note) error {
+func (w *Writer) writeEPB(ci gopacket.CaptureInfo, data []byte, id int, n *Note) error {
 	le := binary.LittleEndian
 	pad := (4 - len(data)&3) & 3
 	opts := 4 // opt_endofopt
