@@ -3,7 +3,11 @@
 // each with its key path and the offending value.
 package config
 
-import "time"
+import (
+	"net"
+	"net/netip"
+	"time"
+)
 
 // Defaults, in one place. docs/configuration.md documents the same values.
 const (
@@ -70,6 +74,8 @@ type Queue struct {
 	// Nice is the niceness of every nfclone thread while it runs (-20..19;
 	// below 0 needs CAP_SYS_NICE).
 	Nice int `mapstructure:"nice" json:"nice"`
+	// CapByteCount is cap_bytes in bytes, filled by Validate.
+	CapByteCount int64 `mapstructure:"-" json:"-"`
 }
 
 // Method names.
@@ -169,6 +175,16 @@ type Target struct {
 	// RotateEvery: a new file at every multiple of this duration ("1h": on
 	// the hour); path may hold strftime conversions (%Y%m%d-%H%M).
 	RotateEvery string `mapstructure:"rotate_every" json:"rotate_every,omitempty"`
+
+	// The typed forms of the keys above, filled by Validate: nothing
+	// downstream parses the strings again.
+	GatewayIP      netip.Addr       `mapstructure:"-" json:"-"` // gateway
+	HWAddr         net.HardwareAddr `mapstructure:"-" json:"-"` // mac
+	RemoteAddrs    []netip.AddrPort `mapstructure:"-" json:"-"` // remote (erspan: port 0)
+	RotateBytes    int64            `mapstructure:"-" json:"-"` // rotate_size
+	RotateInterval time.Duration    `mapstructure:"-" json:"-"` // rotate_every
+	ListenAddr     netip.AddrPort   `mapstructure:"-" json:"-"` // listen (pcap-over-ip)
+	AllowPrefixes  []netip.Prefix   `mapstructure:"-" json:"-"` // allow; an invalid prefix stands for "any"
 	// erspan (remote: the collector's address, no port)
 	Version   int  `mapstructure:"version" json:"version,omitempty"` // 2 (type II) | 3 (type III)
 	SessionID *int `mapstructure:"session_id" json:"session_id,omitempty"`
@@ -177,12 +193,6 @@ type Target struct {
 	// pcap-over-ip (format too)
 	Listen string   `mapstructure:"listen" json:"listen,omitempty"`
 	Allow  []string `mapstructure:"allow" json:"allow,omitempty"`
-}
-
-// RotateInterval is a validated pcap target's rotate_every (0: none).
-func (t Target) RotateInterval() time.Duration {
-	d, _ := time.ParseDuration(t.RotateEvery)
-	return d
 }
 
 // SourceDirections expands a direction (ingress|egress|both) into the list of

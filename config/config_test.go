@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -61,7 +62,7 @@ func TestParseDesignExample(t *testing.T) {
 	want := &Config{
 		Table: "nfclone", StateDir: "/run/nfclone", Mark: 0x80, MarkMask: 0xff, RouteTable: 0x4e43, RulePref: 100,
 		Metrics: Metrics{Listen: "127.0.0.1:9464"},
-		Queue:   Queue{Num: 0, Count: 1, MaxLen: 4096, Cap: 8192, CapBytes: "16MiB", Workers: 2, Nice: 10},
+		Queue:   Queue{Num: 0, Count: 1, MaxLen: 4096, Cap: 8192, CapBytes: "16MiB", Workers: 2, Nice: 10, CapByteCount: 16 << 20},
 		Sessions: []Session{
 			{
 				Name: "web", Method: "queue",
@@ -73,12 +74,16 @@ func TestParseDesignExample(t *testing.T) {
 				},
 				Sample: 1,
 				Targets: []Target{
-					{Kind: "gateway", Gateway: "10.77.2.2", Device: "e1", ARP: "off"},
+					// Validate fills the typed forms (GatewayIP, RemoteAddrs,
+					// RotateBytes): nothing downstream parses the strings.
+					{Kind: "gateway", Gateway: "10.77.2.2", Device: "e1", ARP: "off", GatewayIP: netip.MustParseAddr("10.77.2.2")},
 					{Kind: "device", Device: "e3"},
 					{Kind: "device", Device: "agg0", Create: true},
-					{Kind: "vxlan", Remote: []string{"10.77.4.2:4789"}, VNI: intp(123)},
-					{Kind: "geneve", Remote: []string{"10.77.4.2:6081", "[fd77:4::2]:6081"}, VNI: intp(124)},
-					{Kind: "pcap", Path: "/var/lib/nfclone/web.pcap", RotateSize: "100MB", RotateKeep: 5},
+					{Kind: "vxlan", Remote: []string{"10.77.4.2:4789"}, VNI: intp(123),
+						RemoteAddrs: []netip.AddrPort{netip.MustParseAddrPort("10.77.4.2:4789")}},
+					{Kind: "geneve", Remote: []string{"10.77.4.2:6081", "[fd77:4::2]:6081"}, VNI: intp(124),
+						RemoteAddrs: []netip.AddrPort{netip.MustParseAddrPort("10.77.4.2:6081"), netip.MustParseAddrPort("[fd77:4::2]:6081")}},
+					{Kind: "pcap", Path: "/var/lib/nfclone/web.pcap", RotateSize: "100MB", RotateKeep: 5, RotateBytes: 100_000_000},
 				},
 			},
 			{

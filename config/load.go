@@ -33,7 +33,7 @@ func Default() Config {
 		Metrics:    Metrics{Listen: DefaultMetrics},
 		Queue: Queue{
 			Num: DefaultQueueNum, Count: DefaultQueueCount, MaxLen: DefaultQueueMax,
-			Cap: DefaultQueueCap, CapBytes: DefaultQueueCapBytes, Workers: DefaultWorkers, Nice: DefaultNice,
+			Cap: DefaultQueueCap, CapBytes: DefaultQueueCapBytes, CapByteCount: 16 << 20 /* DefaultQueueCapBytes */, Workers: DefaultWorkers, Nice: DefaultNice,
 		},
 	}
 }

@@ -47,8 +47,10 @@ func validateOutputTarget(p *problems, tp string, s *Session, t *Target, only fu
 			if len(t.Remote) > 1 {
 				key = fmt.Sprintf("%s[%d]", key, i)
 			}
-			if _, err := ParseERSPANRemote(r); err != nil {
+			if a, err := ParseERSPANRemote(r); err != nil {
 				p.add(key, "%v", err)
+			} else {
+				t.RemoteAddrs = append(t.RemoteAddrs, netip.AddrPortFrom(a, 0))
 			}
 		}
 		switch t.Version {
@@ -69,12 +71,16 @@ func validateOutputTarget(p *problems, tp string, s *Session, t *Target, only fu
 		}
 		if t.Listen == "" {
 			p.add(tp+".listen", "is required (ADDR:PORT, or :PORT for %s)", DefaultPcapOverIPHost)
-		} else if _, err := ParsePcapOverIPListen(t.Listen); err != nil {
+		} else if ap, err := ParsePcapOverIPListen(t.Listen); err != nil {
 			p.add(tp+".listen", "%v", err)
+		} else {
+			t.ListenAddr = ap
 		}
 		for i, a := range t.Allow {
-			if _, err := ParseAllowPrefix(a); err != nil {
+			if pf, err := ParseAllowPrefix(a); err != nil {
 				p.add(fmt.Sprintf("%s.allow[%d]", tp, i), "%v", err)
+			} else {
+				t.AllowPrefixes = append(t.AllowPrefixes, pf) // the invalid prefix: any
 			}
 		}
 		switch t.Format {

@@ -92,7 +92,7 @@ func Validate(c *Config) Errors {
 			p.add("metrics.listen", "%q is not host:port (\"\" disables metrics)", c.Metrics.Listen)
 		}
 	}
-	validateQueue(&p, c.Queue, len(c.Sessions))
+	validateQueue(&p, &c.Queue, len(c.Sessions))
 	validateLoops(&p, c)
 	validateListens(&p, c)
 	names := map[string]int{}
@@ -136,7 +136,7 @@ func validateLoops(p *problems, c *Config) {
 	}
 }
 
-func validateQueue(p *problems, q Queue, sessions int) {
+func validateQueue(p *problems, q *Queue, sessions int) {
 	if q.Num < 0 || q.Num > 65535 {
 		p.add("queue.num", "%d is out of range 0-65535", q.Num)
 	}
@@ -155,6 +155,8 @@ func validateQueue(p *problems, q Queue, sessions int) {
 		p.add("queue.cap_bytes", "%v", err)
 	} else if n < 1<<20 || n > 1<<32 {
 		p.add("queue.cap_bytes", "%q is out of range 1MiB-4GiB", q.CapBytes)
+	} else {
+		q.CapByteCount = n
 	}
 	if q.Workers < 1 || q.Workers > 256 {
 		p.add("queue.workers", "%d is out of range 1-256", q.Workers)
@@ -363,6 +365,8 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 	if t.MAC != "" {
 		if hw, err := net.ParseMAC(t.MAC); err != nil || len(hw) != 6 {
 			p.add(tp+".mac", "%q is not an Ethernet address like 02:00:00:00:00:01", t.MAC)
+		} else {
+			t.HWAddr = hw
 		}
 	}
 	switch t.Kind {
@@ -389,6 +393,8 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 			p.add(tp+".gateway", "is required")
 		} else if a, err := netip.ParseAddr(t.Gateway); err != nil || a.Zone() != "" {
 			p.add(tp+".gateway", "%q is not an IP address", t.Gateway)
+		} else {
+			t.GatewayIP = a
 		}
 		switch t.ARP {
 		case "", "on", "off":
@@ -407,8 +413,10 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 			if len(t.Remote) > 1 {
 				key = fmt.Sprintf("%s[%d]", key, i)
 			}
-			if _, err := ParseRemote(r); err != nil {
+			if ap, err := ParseRemote(r); err != nil {
 				p.add(key, "%v", err)
+			} else {
+				t.RemoteAddrs = append(t.RemoteAddrs, ap)
 			}
 		}
 		if s.Method == MethodDup && len(t.Remote) > 1 {
@@ -431,8 +439,10 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 			p.add(tp+".format", "%q is not pcap or pcapng", t.Format)
 		}
 		if t.RotateSize != "" {
-			if _, err := ParseSize(t.RotateSize); err != nil {
+			if n, err := ParseSize(t.RotateSize); err != nil {
 				p.add(tp+".rotate_size", "%v", err)
+			} else {
+				t.RotateBytes = n
 			}
 			if t.Path == "-" {
 				p.add(tp+".rotate_size", "standard output cannot be rotated")
@@ -444,6 +454,8 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 		if t.RotateEvery != "" {
 			if d, err := time.ParseDuration(t.RotateEvery); err != nil || d < time.Second {
 				p.add(tp+".rotate_every", "%q is not a duration of at least 1s (like 10s, 15m, 1h)", t.RotateEvery)
+			} else {
+				t.RotateInterval = d
 			}
 			if t.Path == "-" {
 				p.add(tp+".rotate_every", "standard output cannot be rotated")

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -79,7 +78,8 @@ func routePlan(c *config.Config, gws []rules.GatewayRoute) route.Plan {
 			if t.Kind == config.KindVXLAN && s.Method == config.MethodDup && len(t.Remote) == 1 && t.VNI != nil && !created[rules.VXLANDevice(t)] {
 				// The kernel encapsulates: nfclone owns a VXLAN device fed by netdev dup.
 				created[rules.VXLANDevice(t)] = true
-				if ap, err := config.ParseRemote(t.Remote[0]); err == nil {
+				if len(t.RemoteAddrs) == 1 {
+					ap := t.RemoteAddrs[0]
 					p.VXLANs = append(p.VXLANs, route.VXLAN{Name: rules.VXLANDevice(t), VNI: uint32(*t.VNI), Remote: ap.Addr(), Port: ap.Port()})
 				}
 			}
@@ -112,17 +112,16 @@ func routePlan(c *config.Config, gws []rules.GatewayRoute) route.Plan {
 			if t.Kind != config.KindGateway {
 				continue
 			}
-			gw, err := netip.ParseAddr(t.Gateway)
-			if err != nil {
+			gw := t.GatewayIP
+			if !gw.IsValid() {
 				continue
 			}
 			if t.ARP == "off" && !flags[t.Device] {
 				flags[t.Device] = true
 				p.Flags = append(p.Flags, route.LinkFlag{Device: t.Device, NoARP: true})
 			}
-			if t.MAC != "" {
-				mac, _ := net.ParseMAC(t.MAC)
-				p.Neighbours = append(p.Neighbours, route.Neighbour{Device: t.Device, Addr: gw.Unmap(), MAC: mac})
+			if t.HWAddr != nil {
+				p.Neighbours = append(p.Neighbours, route.Neighbour{Device: t.Device, Addr: gw.Unmap(), MAC: t.HWAddr})
 			}
 		}
 	}
@@ -618,7 +617,7 @@ func Missing(c *config.Config, f rules.Features) []string {
 				case config.KindDevice, config.KindVXLAN:
 					need[rules.FeatDupNetdev] = true
 				case config.KindGateway:
-					if a, err := netip.ParseAddr(t.Gateway); err == nil && a.Unmap().Is6() {
+					if t.GatewayIP.Unmap().Is6() {
 						need[rules.FeatDupIP6] = true
 					} else {
 						need[rules.FeatDupIP] = true
@@ -746,7 +745,7 @@ func (e *Engine) Status() status.Status {
 				if t.Kind != config.KindGateway {
 					continue
 				}
-				gw, _ := netip.ParseAddr(t.Gateway)
+				gw := t.GatewayIP
 				for _, gr := range rt.gateways {
 					r := route.Route{Family: route.FamilyOf(gr.Gateway), Table: gr.Table, Gateway: gr.Gateway.Unmap(), Device: gr.Device}
 					if gr.Gateway == gw.Unmap() && gr.Device == t.Device && missing[r] != "" {

@@ -12,12 +12,8 @@ import (
 // in userspace and sent from raw GRE sockets carrying the copy mark.
 func openERSPAN(c *config.Config, t config.Target, name string, log *slog.Logger) (sink.Sink, error) {
 	var remotes []netip.Addr
-	for _, r := range t.Remote {
-		a, err := config.ParseERSPANRemote(r)
-		if err != nil {
-			return nil, err
-		}
-		remotes = append(remotes, a)
+	for _, ap := range t.RemoteAddrs {
+		remotes = append(remotes, ap.Addr())
 	}
 	return sink.NewERSPAN(sink.ERSPANConfig{Name: name, Remotes: remotes, Version: t.Version,
 		Session: uint16(*t.SessionID), Mark: c.Mark, Logger: log})
@@ -28,11 +24,8 @@ func openERSPAN(c *config.Config, t config.Target, name string, log *slog.Logger
 // outer IP header, GRE, ERSPAN and the inner Ethernet header (0: unknown).
 func erspanMTU(t config.Target, mark uint32) int {
 	mtu := 0
-	for _, r := range t.Remote {
-		a, err := config.ParseERSPANRemote(r)
-		if err != nil {
-			continue
-		}
+	for _, ap := range t.RemoteAddrs {
+		a := ap.Addr()
 		// pathMTU asks with a UDP socket; the route, hence the MTU, is the
 		// same for GRE.
 		pm := pathMTU(netip.AddrPortFrom(a, 9), mark)
@@ -52,19 +45,11 @@ func erspanMTU(t config.Target, mark uint32) int {
 
 // openPcapOverIP starts a pcap-over-ip target's TCP server.
 func openPcapOverIP(sc config.Session, t config.Target, name string, log *slog.Logger) (sink.Sink, error) {
-	ap, err := config.ParsePcapOverIPListen(t.Listen)
-	if err != nil {
-		return nil, err
-	}
-	cfg := sink.PcapOverIPConfig{Name: name, Listen: ap, Format: t.Format, Snaplen: sc.Snaplen, Logger: log}
+	cfg := sink.PcapOverIPConfig{Name: name, Listen: t.ListenAddr, Format: t.Format, Snaplen: sc.Snaplen, Logger: log}
 	if t.Format == "pcapng" {
 		cfg.Annotate = annotation(sc)
 	}
-	for _, a := range t.Allow {
-		p, err := config.ParseAllowPrefix(a)
-		if err != nil {
-			return nil, err
-		}
+	for _, p := range t.AllowPrefixes {
 		if !p.IsValid() {
 			cfg.AllowAny = true
 			continue

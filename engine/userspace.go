@@ -71,8 +71,7 @@ func sessionKey(c *config.Config, s config.Session, gws []rules.GatewayRoute, id
 	for _, t := range s.Targets {
 		switch t.Kind {
 		case config.KindGateway:
-			gw, _ := netip.ParseAddr(t.Gateway)
-			m, _ := rules.GatewayMark(gws, gw, t.Device)
+			m, _ := rules.GatewayMark(gws, t.GatewayIP, t.Device)
 			k.Marks = append(k.Marks, m)
 		case config.KindDevice:
 			k.Devices[rules.DeviceTargetName(t)] = idx[rules.DeviceTargetName(t)]
@@ -93,10 +92,9 @@ func sessionKey(c *config.Config, s config.Session, gws []rules.GatewayRoute, id
 func openSession(c *config.Config, i int, first int, key string, gws []rules.GatewayRoute, idx map[string]int, log *slog.Logger) (_ *session, err error) {
 	sc := c.Sessions[i]
 	slog := log.With("session", sc.Name)
-	capBytes, _ := config.ParseSize(c.Queue.CapBytes) // validated
 	s := &session{
 		name: sc.Name, method: sc.Method, key: key, first: first, count: 1,
-		queue: nfq.NewLaneQueue(c.Queue.Cap, capBytes, c.Queue.Workers), ledger: &nfq.Ledger{}, workers: c.Queue.Workers, log: slog,
+		queue: nfq.NewLaneQueue(c.Queue.Cap, c.Queue.CapByteCount, c.Queue.Workers), ledger: &nfq.Ledger{}, workers: c.Queue.Workers, log: slog,
 	}
 	defer func() {
 		if err != nil {
@@ -108,7 +106,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 		var sk sink.Sink
 		switch t.Kind {
 		case config.KindGateway:
-			gw, _ := netip.ParseAddr(t.Gateway)
+			gw := t.GatewayIP
 			mark, _ := rules.GatewayMark(gws, gw, t.Device)
 			fam := uint8(4)
 			if gw.Unmap().Is6() {
@@ -122,10 +120,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 				slog.Warn("target interface is missing; the session goes on without it", "target", name, "interface", dev)
 				continue
 			}
-			var mac net.HardwareAddr
-			if t.MAC != "" {
-				mac, _ = net.ParseMAC(t.MAC)
-			}
+			mac := t.HWAddr
 			var vlan uint16
 			if t.VLAN != nil {
 				vlan = uint16(*t.VLAN)
@@ -211,11 +206,7 @@ func sessionMTU(sc config.Session, mark uint32) int {
 				limit(ifc.MTU)
 			}
 		case config.KindVXLAN, config.KindGENEVE:
-			for _, r := range t.Remote {
-				ap, err := config.ParseRemote(r)
-				if err != nil {
-					continue
-				}
+			for _, ap := range t.RemoteAddrs {
 				if pm := pathMTU(ap, mark); pm > 0 {
 					limit(pm - tunnelOverhead(ap.Addr()))
 				}
@@ -518,24 +509,12 @@ func annotation(sc config.Session) *sink.PcapAnnotation {
 func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name string, log *slog.Logger) (sink.Sink, error) {
 	switch t.Kind {
 	case config.KindVXLAN, config.KindGENEVE:
-		var remotes []netip.AddrPort
-		for _, r := range t.Remote {
-			ap, err := config.ParseRemote(r)
-			if err != nil {
-				return nil, err
-			}
-			remotes = append(remotes, ap)
-		}
-		return sink.NewTunnel(sink.TunnelConfig{Name: name, Kind: t.Kind, Remotes: remotes, VNI: uint32(*t.VNI), Mark: c.Mark, Logger: log})
+		return sink.NewTunnel(sink.TunnelConfig{Name: name, Kind: t.Kind, Remotes: t.RemoteAddrs, VNI: uint32(*t.VNI), Mark: c.Mark, Logger: log})
 	case config.KindERSPAN:
 		return openERSPAN(c, t, name, log)
 	case config.KindPcapOverIP:
 		return openPcapOverIP(sc, t, name, log)
 	case config.KindPcap:
-		var size int64
-		if t.RotateSize != "" {
-			size, _ = config.ParseSize(t.RotateSize)
-		}
 		keep := t.RotateKeep
 		if keep == 0 && t.RotateSize != "" {
 			keep = config.DefaultRotateKeep
@@ -545,7 +524,7 @@ func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name 
 			ann = annotation(sc)
 		}
 		return sink.NewPcap(sink.PcapConfig{Name: name, Logger: log, Annotate: ann, Config: pcapfile.Config{
-			Path: t.Path, Format: t.Format, LinkType: sink.LinkTypeRaw, Snaplen: sc.Snaplen, RotateSize: size, RotateKeep: keep, RotateEvery: t.RotateInterval()}})
+			Path: t.Path, Format: t.Format, LinkType: sink.LinkTypeRaw, Snaplen: sc.Snaplen, RotateSize: t.RotateBytes, RotateKeep: keep, RotateEvery: t.RotateInterval}})
 	}
 	return nil, fmt.Errorf("target kind %s is not available with method %s", t.Kind, sc.Method)
 }

@@ -156,9 +156,8 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 				case config.KindVXLAN:
 					devs = append(devs, config.Target{Kind: config.KindDevice, Device: VXLANDevice(t)})
 				case config.KindGateway:
-					gw, _ := netip.ParseAddr(t.Gateway)
 					f := nftables.TableFamilyIPv4
-					if gw.Unmap().Is6() {
+					if t.GatewayIP.Unmap().Is6() {
 						f = nftables.TableFamilyIPv6
 					}
 					gws[f] = append(gws[f], t)
@@ -171,9 +170,8 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 				if len(gws[f]) > 0 {
 					sc.l3(tbl(f), false, func(b *builder, _ bool) {
 						for _, t := range gws[f] {
-							gw, _ := netip.ParseAddr(t.Gateway)
 							if idx := opt.IfIndex(t.Device); idx != 0 || !opt.SkipMissing {
-								b.dupGateway(gw.Unmap(), t.Device, idx)
+								b.dupGateway(t.GatewayIP.Unmap(), t.Device, idx)
 							}
 						}
 					})
@@ -237,8 +235,8 @@ func tunnelRemotes(c *config.Config) []netip.AddrPort {
 			if t.Kind != config.KindVXLAN && t.Kind != config.KindGENEVE {
 				continue
 			}
-			for _, r := range t.Remote {
-				if ap, err := config.ParseRemote(r); err == nil && !seen[ap] {
+			for _, ap := range t.RemoteAddrs {
+				if !seen[ap] {
 					seen[ap] = true
 					out = append(out, ap)
 				}
@@ -257,7 +255,7 @@ func userspaceFamilies(s *config.Session) []nftables.TableFamily {
 			v4, v6 = true, true
 			continue
 		}
-		if gw, err := netip.ParseAddr(t.Gateway); err == nil && gw.Unmap().Is6() {
+		if t.GatewayIP.Unmap().Is6() {
 			v6 = true
 		} else {
 			v4 = true

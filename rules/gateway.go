@@ -35,8 +35,8 @@ func GatewayRoutes(c *config.Config) []GatewayRoute {
 			if t.Kind != config.KindGateway {
 				continue
 			}
-			gw, err := netip.ParseAddr(t.Gateway)
-			if err != nil {
+			gw := t.GatewayIP
+			if !gw.IsValid() {
 				continue
 			}
 			key := gw.Unmap().String() + "%" + t.Device

@@ -2,7 +2,6 @@ package rules
 
 import (
 	"fmt"
-	"net/netip"
 	"time"
 
 	"github.com/google/nftables"
@@ -270,7 +269,7 @@ func familiesOf(s *config.Session) sessionFamilies {
 		case config.KindDevice, config.KindVXLAN:
 			f.l2 = true
 		case config.KindGateway:
-			if gw, err := netip.ParseAddr(t.Gateway); err == nil && gw.Unmap().Is6() {
+			if t.GatewayIP.Unmap().Is6() {
 				f.v6 = true
 			} else {
 				f.v4 = true
