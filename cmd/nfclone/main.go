@@ -340,6 +340,9 @@ outside --allow and VNIs outside --vni are counted and dropped.`,
   nfclone collect --kind erspan --listen 10.77.4.2 --allow 10.77.0.0/16 --session 7 -w erspan.pcap`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if colCfg.Listen == "" {
+				return usageError{errors.New(`required flag(s) "listen" not set`)}
+			}
 			log, err := g.logger()
 			if err != nil {
 				return err
@@ -395,7 +398,6 @@ outside --allow and VNIs outside --vni are counted and dropped.`,
 	colf.StringVarP(&colCfg.PcapPath, "write", "w", "", "pcap file for the inner frames, or - for standard output")
 	colf.StringVar(&colCfg.PcapFormat, "format", "pcap", "pcap or pcapng")
 	colf.StringVar(&colCfg.TapName, "tap", "", "create this TAP device and write the inner frames to it")
-	_ = collectCmd.MarkFlagRequired("listen")
 
 	var statusJSON bool
 	var statusStateDir string
@@ -437,6 +439,11 @@ default. The daemon needs nothing else: status shows the last reload and its err
 	}
 	root.AddCommand(runCmd, renderCmd, checkCmd, flushCmd, statusCmd, tapCmd, captureCmd, collectCmd, versionCmd)
 	root.AddCommand(shipCommands(g)...)
+	// An unknown command is bad input, and so are the arguments a command's
+	// validator refuses: usage errors (exit 1), never recognised by their text.
+	root.Args = cobra.NoArgs
+	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	usageArgs(root)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -445,13 +452,6 @@ default. The daemon needs nothing else: status shows the last reload and its err
 		g.stopProfile()
 	}
 	if err != nil {
-		// cobra's own argument and flag checks are bad input too.
-		for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "required flag", "accepts ", "requires at least", "invalid argument", "flag needs"} {
-			if strings.HasPrefix(err.Error(), p) {
-				err = usageError{err}
-				break
-			}
-		}
 		withLines(err, g.configPath)
 		report(stderr, g.logFormat, err)
 	}
@@ -668,5 +668,21 @@ func markCheck(w io.Writer, c *config.Config) {
 	fmt.Fprintf(w, "packet mark: nfclone uses mark_mask 0x%08x (copies 0x%08x); %d uses of the mark by other rules, %d overlapping\n", c.MarkMask, c.Mark, others, len(over))
 	for _, u := range over {
 		fmt.Fprintf(w, "warning: mark overlaps mark_mask 0x%08x: %s\n", c.MarkMask, u)
+	}
+}
+
+// usageArgs makes every command's argument validator return usage errors
+// (flags are covered by the root's flag error function).
+func usageArgs(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		usageArgs(sub)
+	}
+	if check := c.Args; check != nil {
+		c.Args = func(cmd *cobra.Command, args []string) error {
+			if err := check(cmd, args); err != nil {
+				return usageError{err}
+			}
+			return nil
+		}
 	}
 }
