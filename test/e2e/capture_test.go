@@ -181,7 +181,7 @@ func parseCaptureReport(t *testing.T, stderr string) captureReport {
 	for _, m := range reportLine.FindAllStringSubmatch(stderr, -1) {
 		n, _ := strconv.Atoi(m[1])
 		reasons := 0
-		if m[3] != "" {
+		if m[3] != "" && strings.HasPrefix(m[2], "dropped by") { // "(not written)" after the -c count is no reason list
 			for _, part := range strings.Split(m[3], ", ") {
 				rm := reasonPart.FindStringSubmatch(part)
 				if rm == nil {
