@@ -60,7 +60,7 @@ type Config struct {
 	RotateEvery time.Duration
 	// Interfaces (pcapng) get an interface block each after the default
 	// one (id 0, "nfclone"), in this order, in every section: records name
-	// them with WriteAnnotated.
+	// them through Batch with a Note.
 	Interfaces []string
 }
 
@@ -315,18 +315,6 @@ type Note struct {
 	Interface string
 	Direction pcapgo.NgEpbFlag
 	Comment   []byte
-}
-
-// WriteAnnotated is WritePacket with a Note (pcapng; a pcap file ignores it).
-func (w *Writer) WriteAnnotated(ts time.Time, data []byte, origLen int, n *Note) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	_, _, err := w.writeNote(ts, data, origLen, n)
-	if w.rec.Len() >= pcapFlushAt {
-		_, ferr := w.flush()
-		err = errors.Join(err, ferr)
-	}
-	return err
 }
 
 func (w *Writer) writeNote(ts time.Time, data []byte, origLen int, note *Note) (added bool, lost int, err error) {
@@ -588,17 +576,6 @@ func (w *Writer) rotateTime(ts time.Time) (lost int, err error) {
 		return lost, errors.Join(err, w.pendingError(0, fmt.Errorf("rotate: %w", oerr)))
 	}
 	return lost, err
-}
-
-// Current is the file being written (Path with its strftime conversions
-// expanded); Path for streams.
-func (w *Writer) Current() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.cur == "" {
-		return w.cfg.Path
-	}
-	return w.cur
 }
 
 // Batch writes records under the writer's lock: f calls add for each
