@@ -17,31 +17,54 @@ import (
 const killHook = "NFCLONE_TEST_KILL_BEFORE_CONFIRM"
 
 // apply makes config c the running one, as one step that either happens or
-// leaves the previous config running:
+// leaves the previous config running: planApply decides (pure), execute
+// does.
+func (e *Engine) apply(c *config.Config, reload bool) error {
+	rt := e.rt
+	idx := interfaceIndexes(c, rt.h.links)
+	p, err := planApply(c, rt.running(), rt.gateways, rt.st.Journal, idx)
+	if err != nil {
+		return err
+	}
+	return e.execute(c, p, idx, reload)
+}
+
+// running is what the planner knows of the running sessions.
+func (rt *runtime) running() []sessionIdent {
+	out := make([]sessionIdent, 0, len(rt.sessions))
+	for _, s := range rt.sessions {
+		out = append(out, s.ident())
+	}
+	return out
+}
+
+// writeState keeps the state file in step with the journal; a failure is
+// logged (the journal in memory is still right, and the next change
+// writes it again).
+func (e *Engine) writeState() {
+	if err := e.rt.h.state.Write(e.rt.st); err != nil {
+		e.Log.Error("writing state file", "err", err)
+	}
+}
+
+// execute carries out plan p of config c:
 //
-//  1. sessions whose key is unchanged keep their queues, readers, workers
-//     and counters; new or changed ones bind fresh queue numbers (never one
-//     in use) and open their targets;
+//  1. the new sessions open, on queue numbers no running session holds
+//     (kept sessions keep their queues, readers, workers and counters);
 //  2. the routing plan is applied on top of what is kept (nothing applied
 //     twice, nothing undone yet);
 //  3. the whole ruleset replaces nfclone's tables in one netlink batch
 //     (originals never see a gap);
-//  4. sessions that are gone stop (the rules no longer feed them), and the
+//  4. the retired sessions stop (the rules no longer feed them), and the
 //     routing changes no longer wanted are undone.
-func (e *Engine) apply(c *config.Config, reload bool) (err error) {
+//
+// A failure in 1–3 undoes what this apply did (sessions closed, routing
+// changes undone) and leaves the previous config running.
+func (e *Engine) execute(c *config.Config, p applyPlan, idx map[string]int, reload bool) (err error) {
 	rt, log := e.rt, e.Log
-	idx := interfaceIndexes(c)
-	gws := rules.StableGatewayRoutes(c, rt.gateways)
 
 	// 1. sessions
-	inUse := map[int]bool{}
-	for _, s := range rt.sessions {
-		for k := 0; k < s.count; k++ {
-			inUse[s.first+k] = true
-		}
-	}
-	keep := map[string]*session{}
-	var fresh []*session
+	var fresh []userSession
 	defer func() {
 		if err != nil {
 			for _, s := range fresh {
@@ -49,66 +72,22 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 			}
 		}
 	}()
-	queues := map[string]int{}
-	next := c.Queue.Num
-	alloc := func(n int) int {
-		for {
-			free := true
-			for k := 0; k < n; k++ {
-				if inUse[next+k] {
-					free = false
-					next += k + 1
-					break
-				}
-			}
-			if free {
-				first := next
-				for k := 0; k < n; k++ {
-					inUse[first+k] = true
-				}
-				next += n
-				return first
-			}
-		}
-	}
-	for i, sc := range c.Sessions {
-		if sc.Method != config.MethodQueue && sc.Method != config.MethodLog {
-			continue
-		}
-		key := sessionKey(c, sc, gws, idx)
-		if old, ok := rt.sessions[sc.Name]; ok && old.key == key {
-			keep[sc.Name] = old
-			queues[sc.Name] = old.first
-			continue
-		}
-		n := 1
-		if sc.Method == config.MethodQueue {
-			n = c.Queue.Count
-		}
-		first := alloc(n)
-		if first+n-1 > 65535 {
-			return hostErr("sessions[%d]: no free queue numbers", i)
-		}
-		s, err := openSession(c, i, first, key, gws, idx, log)
+	for _, o := range p.Open {
+		s, err := rt.h.sessions.Open(sessionSpec{Cfg: c, Index: o.Index, First: o.First, Key: o.Key, Gateways: p.Gateways, Idx: idx, Log: log})
 		if err != nil {
 			return err
 		}
 		fresh = append(fresh, s)
-		queues[sc.Name] = first
 	}
 
-	// 2. routing: keep what is still wanted, apply the rest.
-	plan := routePlan(c, gws)
-	kept, unwanted := route.Split(plan, rt.st.Journal)
-	// The state file follows every single change, so a run killed halfway
-	// through (after the local rule moved, say) is still undone by flush.
+	// 2. routing. The state file follows every single change, so a run
+	// killed halfway through (after the local rule moved, say) is still
+	// undone by flush.
 	before := rt.st.Journal
-	ra := route.NewApplier(rt.rk, log)
+	ra := route.NewApplier(rt.h.routes, log)
 	ra.OnChange = func(j route.Journal) {
 		rt.st.Journal = append(append(route.Journal(nil), before...), j...)
-		if err := WriteState(c.StateDir, rt.st); err != nil {
-			log.Error("writing state file", "err", err)
-		}
+		e.writeState()
 	}
 	if op := os.Getenv(killHook); op != "" {
 		ra.BeforeConfirm = func(ch route.Change) {
@@ -119,37 +98,35 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 			}
 		}
 	}
-	added, err := ra.Apply(route.Subtract(plan, kept))
+	added, err := ra.Apply(p.Add)
 	rt.st.Journal = before
 	if err != nil {
 		// Rolled back (added is nil), or what the failed rollback left.
 		rt.st.Journal = append(rt.st.Journal, added...)
-		_ = WriteState(c.StateDir, rt.st)
+		_ = rt.h.state.Write(rt.st)
 		return hostErr("applying routing plan: %v", err)
 	}
 	// The state file holds everything in place now (old and new) until the
 	// unwanted part is undone.
 	rt.st.Journal = append(rt.st.Journal, added...)
-	if err := WriteState(c.StateDir, rt.st); err != nil {
-		log.Error("writing state file", "err", err)
-	}
+	e.writeState()
 	undoAdded := func() {
-		if uerr := route.Undo(rt.rk, added, log); uerr != nil {
+		if uerr := route.Undo(rt.h.routes, added, log); uerr != nil {
 			log.Error("undoing routing changes of a failed apply", "err", uerr)
 			return
 		}
 		rt.st.Journal = rt.st.Journal[:len(rt.st.Journal)-len(added)]
-		_ = WriteState(c.StateDir, rt.st)
+		_ = rt.h.state.Write(rt.st)
 	}
 
 	// 3. rules, in one batch. Indexes are read again: the plan may have
 	// created interfaces.
-	idx = interfaceIndexes(c)
-	cgroups := cgroupIDs(c, rt.cgroupRoot)
+	idx = interfaceIndexes(c, rt.h.links)
+	cgroups := rt.h.cgroups(c, rt.cgroupRoot)
 	rs, err := rules.Compile(c, rules.Options{
 		NativeQueue: rt.feats.Has(rules.FeatNativeQueue),
 		IfIndex:     func(n string) uint32 { return uint32(idx[n]) },
-		SkipMissing: true, Queues: queues, Gateways: gws,
+		SkipMissing: true, Queues: p.Queues, Gateways: p.Gateways,
 		CgroupID: func(p string) uint64 { return cgroups[p] },
 	})
 	if err != nil {
@@ -159,7 +136,7 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 	for _, s := range fresh {
 		s.start(rt.wrapLimit())
 	}
-	if err := rt.ap.Apply(rs); err != nil {
+	if err := rt.h.rules.Apply(rs); err != nil {
 		for _, s := range fresh {
 			s.stop(0, nil)
 		}
@@ -170,39 +147,31 @@ func (e *Engine) apply(c *config.Config, reload bool) (err error) {
 
 	// 4. retire what the new config does not have.
 	e.mu.Lock()
-	old := rt.sessions
-	rt.sessions = map[string]*session{}
-	for name, s := range keep {
-		rt.sessions[name] = s
+	retired := map[string]userSession{}
+	for _, name := range p.Retire {
+		retired[name] = rt.sessions[name]
+		delete(rt.sessions, name)
 	}
 	for _, s := range fresh {
-		rt.sessions[s.name] = s
+		rt.sessions[s.ident().Name] = s
 	}
-	rt.cfg, rt.rs, rt.gateways, rt.idx, rt.cgroups = c, rs, gws, idx, cgroups
-	rt.created = createdLinks(append(append(route.Journal(nil), kept...), added...))
+	rt.cfg, rt.rs, rt.gateways, rt.idx, rt.cgroups = c, rs, p.Gateways, idx, cgroups
+	rt.created = createdLinks(append(append(route.Journal(nil), p.Kept...), added...))
 	e.gen++
 	e.mu.Unlock()
-	rt.tables.set(plan)
+	rt.tables.set(p.Routes)
 	fresh = nil
-	retired := map[string]*session{}
-	for name, s := range old {
-		if keep[name] != s {
-			retired[name] = s
-		}
-	}
 	stopSessions(retired, drainTimeout, nil)
-	if len(unwanted) > 0 {
-		if err := route.Undo(rt.rk, unwanted, log); err != nil {
+	if len(p.Unwanted) > 0 {
+		if err := route.Undo(rt.h.routes, p.Unwanted, log); err != nil {
 			log.Error("undoing routing changes the new config no longer wants", "err", err)
 		}
 	}
-	rt.st.Journal = append(append(route.Journal(nil), kept...), added...)
-	if err := WriteState(c.StateDir, rt.st); err != nil {
-		log.Error("writing state file", "err", err)
-	}
+	rt.st.Journal = append(append(route.Journal(nil), p.Kept...), added...)
+	e.writeState()
 	if reload {
-		log.Info("applied", "generation", e.generation(), "kept_sessions", len(keep), "new_sessions", len(rt.sessions)-len(keep),
-			"routing_added", len(added), "routing_undone", len(unwanted))
+		log.Info("applied", "generation", e.generation(), "kept_sessions", len(p.Keep), "new_sessions", len(p.Open),
+			"routing_added", len(added), "routing_undone", len(p.Unwanted))
 	}
 	for name, i := range idx {
 		if i == 0 {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -172,13 +171,12 @@ func (e *Engine) Reload() {
 
 // runtime is the state of a running engine.
 type runtime struct {
-	rk       route.Kernel
-	ap       *rules.Applier
+	h        *host
 	st       *State
 	cfg      *config.Config
 	feats    rules.Features
 	rs       *rules.Ruleset
-	sessions map[string]*session
+	sessions map[string]userSession
 	gateways []rules.GatewayRoute
 	idx      map[string]int // interfaces the config uses → ifindex (0: missing)
 	limit    *limit
@@ -207,15 +205,15 @@ func createdLinks(j route.Journal) map[string]bool {
 
 // Copied is the number of copies delivered so far (all userspace sessions).
 func (e *Engine) Copied() uint64 {
-	return e.sumSessions(func(s *session) uint64 { return s.ledger.Snapshot().Copied })
+	return e.sumSessions(func(s userSession) uint64 { return s.snapshot().Copied })
 }
 
 // Written is the number of packets the userspace sessions' targets sent
 // (wire packets: super-packets count once per segment).
-func (e *Engine) Written() uint64 { return e.sumSessions((*session).written) }
+func (e *Engine) Written() uint64 { return e.sumSessions(userSession.written) }
 
 // sumSessions adds f over the running userspace sessions.
-func (e *Engine) sumSessions(f func(*session) uint64) uint64 {
+func (e *Engine) sumSessions(f func(userSession) uint64) uint64 {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var n uint64
@@ -276,8 +274,6 @@ func addSnapshots(a, b nfq.Snapshot) nfq.Snapshot {
 func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	e.init()
 	c, log := e.Cfg, e.Log
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	// One nfclone per state_dir, for the life of the process.
 	sd, err := OpenStateDir(c.StateDir, true)
 	if err != nil {
@@ -292,7 +288,8 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	if err := reconcile(c, rk, log); err != nil {
 		return err
 	}
-	if errs := append(config.CheckHost(c, config.SystemHost{}, nil), config.CheckFiles(c)...); len(errs) > 0 {
+	h := systemHost(c.StateDir, rk, nil)
+	if errs := h.check(c, nil); len(errs) > 0 {
 		return HostProblems(errs)
 	}
 	for _, w := range append(config.Warnings(c), config.ARPWarnings(c, config.SystemHost{})...) {
@@ -306,20 +303,32 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	if err != nil {
 		return err
 	}
-	rt := &runtime{rk: rk, feats: feats, sessions: map[string]*session{}, cgroupRoot: cgRoot,
-		st: &State{PID: os.Getpid(), Started: time.Now().UTC(), Table: c.Table, NetNS: config.NetNS()}}
+	ap, err := rules.NewApplier(c.Table)
+	if err != nil {
+		return hostErr("%v", err)
+	}
+	h.rules = ap
+	return e.run(ctx, h, feats, cgRoot, ready)
+}
+
+// run is Run on host parts h, past the checks: the kernel has feats, the
+// config's cgroups are below cgRoot. It owns h.rules (closed at the end).
+func (e *Engine) run(ctx context.Context, h *host, feats rules.Features, cgRoot string, ready func()) error {
+	e.init()
+	c, log := e.Cfg, e.Log
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rt := &runtime{h: h, feats: feats, sessions: map[string]userSession{}, cgroupRoot: cgRoot,
+		st: &State{PID: os.Getpid(), Started: h.now().UTC(), Table: c.Table, NetNS: config.NetNS()}}
 	if e.Limit > 0 {
 		rt.limit = newLimit(e.Limit, cancel)
 	}
-	if err := WriteState(c.StateDir, rt.st); err != nil {
-		return hostErr("%v", err)
-	}
-	if rt.ap, err = rules.NewApplier(c.Table); err != nil {
-		_ = RemoveState(c.StateDir)
+	if err := h.state.Write(rt.st); err != nil {
+		_ = h.rules.Close()
 		return hostErr("%v", err)
 	}
 	e.mu.Lock()
-	e.rt, e.started = rt, time.Now()
+	e.rt, e.started = rt, h.now()
 	e.mu.Unlock()
 	if err := e.apply(c, false); err != nil {
 		_ = e.shutdown(false)
@@ -333,7 +342,7 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		watchLinks(svcCtx, log, &rt.tables, links)
+		h.watch(svcCtx, log, &rt.tables, links)
 	}()
 	for _, svc := range e.Services {
 		wg.Add(1)
@@ -425,7 +434,7 @@ func (e *Engine) validateReload(c *config.Config) error {
 	if len(errs) > 0 {
 		return errs
 	}
-	if errs := append(config.CheckHost(c, config.SystemHost{}, e.ownedLinks()), config.CheckFiles(c)...); len(errs) > 0 {
+	if errs := e.rt.h.check(c, e.ownedLinks()); len(errs) > 0 {
 		return HostProblems(errs)
 	}
 	if missing := Missing(c, e.rt.feats); len(missing) > 0 {
@@ -456,7 +465,7 @@ func (e *Engine) ownedLinks() map[string]bool {
 // chains bind interface indexes, so a re-created interface needs the rules
 // loaded again; a missing one is left out until it comes back.
 func (e *Engine) relink() {
-	idx := interfaceIndexes(e.rt.cfg)
+	idx := interfaceIndexes(e.rt.cfg, e.rt.h.links)
 	if equalIdx(idx, e.rt.idx) {
 		return
 	}
@@ -485,26 +494,22 @@ func (e *Engine) shutdown(started bool) error {
 	log.Info("stopping: removing rules")
 	var counters map[string]map[string]rules.CounterValue
 	if rt.rs != nil {
-		counters, _ = rt.ap.Counters(rt.rs) // for the ledgers' fail-open count
+		counters, _ = rt.h.rules.Counters(rt.rs) // for the ledgers' fail-open count
 	}
 	var errs []error
-	if err := rt.ap.Close(); err != nil {
+	if err := rt.h.rules.Close(); err != nil {
 		errs = append(errs, err)
 	}
 	stopSessions(rt.sessions, drainTimeout, counters)
 	log.Info("undoing routing changes", "changes", len(rt.st.Journal))
-	if err := route.Undo(rt.rk, rt.st.Journal, log); err != nil {
+	if err := route.Undo(rt.h.routes, rt.st.Journal, log); err != nil {
 		errs = append(errs, fmt.Errorf("undoing routing changes: %w", err))
 	}
-	stateDir := e.Cfg.StateDir
-	if rt.cfg != nil {
-		stateDir = rt.cfg.StateDir
-	}
 	if len(errs) == 0 {
-		if err := RemoveState(stateDir); err != nil {
+		if err := rt.h.state.Remove(); err != nil {
 			errs = append(errs, err)
 		}
-	} else if err := WriteState(stateDir, rt.st); err != nil {
+	} else if err := rt.h.state.Write(rt.st); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -520,13 +525,13 @@ func (e *Engine) shutdown(started bool) error {
 
 // interfaceIndexes looks up every interface the config's rules and targets
 // bind (0: missing).
-func interfaceIndexes(c *config.Config) map[string]int {
+func interfaceIndexes(c *config.Config, l links) map[string]int {
 	out := map[string]int{}
 	look := func(n string) {
 		if _, ok := out[n]; ok {
 			return
 		}
-		out[n] = int(ifIndex(n))
+		out[n] = l.Index(n)
 	}
 	for _, s := range c.Sessions {
 		if s.Method == config.MethodDup || annotates(s) {
@@ -560,14 +565,6 @@ func equalIdx(a, b map[string]int) bool {
 		}
 	}
 	return true
-}
-
-func ifIndex(name string) uint32 {
-	ifi, err := net.InterfaceByName(name)
-	if err != nil {
-		return 0
-	}
-	return uint32(ifi.Index)
 }
 
 // probe checks that the kernel has what the config needs.
@@ -694,7 +691,7 @@ func (e *Engine) Status() status.Status {
 		return st
 	}
 	st.Table = rt.cfg.Table
-	counters, err := rt.ap.Counters(rt.rs)
+	counters, err := rt.h.rules.Counters(rt.rs)
 	if err != nil {
 		e.Log.Debug("reading rule counters", "err", err)
 	}
@@ -761,7 +758,7 @@ func (e *Engine) Status() status.Status {
 	for name, users := range used {
 		i, ok := rt.idx[name]
 		if !ok {
-			i = int(ifIndex(name))
+			i = rt.h.links.Index(name)
 		}
 		sort.Strings(users)
 		st.Interfaces = append(st.Interfaces, status.InterfaceStatus{Name: name, Present: i != 0, Index: i, UsedBy: users, Created: created[name]})

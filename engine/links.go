@@ -181,12 +181,10 @@ func (e *Engine) reconcileRouting() {
 	if rt.cfg == nil {
 		return
 	}
-	j, left, changed, err := repairRouting(rt.rk, routePlan(rt.cfg, rt.gateways), rt.st.Journal, log)
+	j, left, changed, err := repairRouting(rt.h.routes, routePlan(rt.cfg, rt.gateways), rt.st.Journal, log)
 	if changed {
 		rt.st.Journal = j
-		if werr := WriteState(rt.cfg.StateDir, rt.st); werr != nil {
-			log.Error("writing state file", "err", werr)
-		}
+		e.writeState()
 	}
 	if err != nil {
 		log.Error("reconciling routing with the kernel", "err", err)

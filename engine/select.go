@@ -179,7 +179,7 @@ func (e *Engine) recgroup() {
 	if rt.cfg == nil || len(rt.cgroups) == 0 {
 		return
 	}
-	ids := cgroupIDs(rt.cfg, rt.cgroupRoot)
+	ids := rt.h.cgroups(rt.cfg, rt.cgroupRoot)
 	changed := false
 	for p, id := range ids {
 		if old := rt.cgroups[p]; old != id {

@@ -86,7 +86,7 @@ func TestStopBoundedByBlockedSink(t *testing.T) {
 // Sessions stop in parallel: three blocked sessions take about one
 // deadline, not three.
 func TestSessionsStopInParallel(t *testing.T) {
-	ss := map[string]*session{}
+	ss := map[string]userSession{}
 	for _, n := range []string{"a", "b", "c"} {
 		ss[n], _ = blockedSession(t, 1, 3)
 	}

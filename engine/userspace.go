@@ -397,7 +397,7 @@ func waitUntil(wg *sync.WaitGroup, deadline time.Time) bool {
 }
 
 // stopSessions stops sessions in parallel (each within its own bound).
-func stopSessions(ss map[string]*session, drain time.Duration, counters map[string]map[string]rules.CounterValue) {
+func stopSessions(ss map[string]userSession, drain time.Duration, counters map[string]map[string]rules.CounterValue) {
 	var wg sync.WaitGroup
 	for name, s := range ss {
 		wg.Add(1)
@@ -527,6 +527,10 @@ func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name 
 			Path: t.Path, Format: t.Format, LinkType: sink.LinkTypeRaw, Snaplen: sc.Snaplen, RotateSize: t.RotateBytes, RotateKeep: keep, RotateEvery: t.RotateInterval}})
 	}
 	return nil, fmt.Errorf("target kind %s is not available with method %s", t.Kind, sc.Method)
+}
+
+func (s *session) ident() sessionIdent {
+	return sessionIdent{Name: s.name, Key: s.key, First: s.first, Count: s.count}
 }
 
 // snapshot is the session's ledger: the final one once stopped, else the
