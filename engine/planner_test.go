@@ -1,0 +1,104 @@
+package engine
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nfclone/nfclone/route"
+)
+
+// planApply is pure: the same inputs give the same plan, and it decides
+// which sessions stay, which open on which queues and what routing
+// changes, without touching anything.
+func TestPlanApplyQueues(t *testing.T) {
+	c := mustParse(t, `
+queue: {num: 10, count: 2}
+sessions:
+  - {name: a, method: queue, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}
+  - {name: b, method: log, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}
+  - {name: d, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}
+`)
+	idx := map[string]int{"e0": 2, "e1": 3}
+	p, err := planApply(c, nil, nil, nil, idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Keep) != 0 || len(p.Retire) != 0 || len(p.Open) != 2 ||
+		p.Open[0].Name != "a" || p.Open[0].First != 10 || p.Open[0].Count != 2 ||
+		p.Open[1].Name != "b" || p.Open[1].First != 12 || p.Open[1].Count != 1 {
+		t.Fatalf("first plan: %+v", p)
+	}
+	if p.Queues["a"] != 10 || p.Queues["b"] != 12 || len(p.Queues) != 2 {
+		t.Fatalf("queues %v: the dup session has none", p.Queues)
+	}
+	again, _ := planApply(c, nil, nil, nil, idx)
+	if !slices.EqualFunc(p.Open, again.Open, func(x, y sessionStep) bool { return x == y }) {
+		t.Fatal("the same inputs gave another plan")
+	}
+
+	// Running: a as planned, b on 12 under an older key. a stays, b
+	// reopens on numbers nobody holds (13: b's old 12 is held until it
+	// stops), the old b retires.
+	running := []sessionIdent{p.Open[0].sessionIdent, {Name: "b", Key: "older", First: 12, Count: 1}, {Name: "x", Key: "k", First: 14, Count: 1}}
+	q, err := planApply(c, running, nil, nil, idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(q.Keep, []string{"a"}) || len(q.Open) != 1 || q.Open[0].Name != "b" || q.Open[0].First != 13 {
+		t.Fatalf("reload plan: keep %v open %+v", q.Keep, q.Open)
+	}
+	if slices.Sort(q.Retire); !slices.Equal(q.Retire, []string{"b", "x"}) {
+		t.Fatalf("retire %v, want the old b and x", q.Retire)
+	}
+	// A device target's interface re-created: a's key changes, it reopens.
+	r, _ := planApply(c, running, nil, nil, map[string]int{"e0": 2, "e1": 9})
+	if len(r.Keep) != 0 {
+		t.Fatalf("keep %v after e1 changed index", r.Keep)
+	}
+
+	// No free numbers: an error naming the session, nothing planned.
+	full := mustParse(t, `
+queue: {num: 65532, count: 2}
+sessions:
+  - {name: a, method: queue, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}
+`)
+	held := []sessionIdent{{Name: "old", Key: "k", First: 65532, Count: 2}, {Name: "older", Key: "k", First: 65534, Count: 1}}
+	if _, err := planApply(full, held, nil, nil, idx); err == nil || !strings.Contains(err.Error(), "sessions[0]: no free queue numbers") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+// The routing part: what the journal already holds is kept, the rest is
+// added, and what the journal holds that the config no longer wants is to
+// be undone.
+func TestPlanApplyRouting(t *testing.T) {
+	c := mustParse(t, `
+sessions:
+  - {name: a, method: queue, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
+`)
+	p, err := planApply(c, nil, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Add.Render() != p.Routes.Render() || len(p.Kept) != 0 || len(p.Unwanted) != 0 {
+		t.Fatalf("first plan must add everything:\n%s", p.Add.Render())
+	}
+	// Apply it to a fake kernel and plan again with its journal: nothing
+	// to add. Then a config without the gateway: all of it is unwanted.
+	k := route.NewFake()
+	k.AddLink("e1", nil)
+	j, err := route.NewApplier(k, discard()).Apply(p.Add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := planApply(c, nil, p.Gateways, j, nil)
+	if !q.Add.Empty() || len(q.Kept) != len(j) {
+		t.Fatalf("second plan adds:\n%s\nkeeps %d of %d", q.Add.Render(), len(q.Kept), len(j))
+	}
+	none := mustParse(t, "sessions: [{name: d, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}]")
+	r, _ := planApply(none, nil, p.Gateways, j, nil)
+	if len(r.Unwanted) != len(j) || !r.Add.Empty() {
+		t.Fatalf("plan without the gateway: %d unwanted of %d, adds:\n%s", len(r.Unwanted), len(j), r.Add.Render())
+	}
+}
