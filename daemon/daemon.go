@@ -78,7 +78,8 @@ type Daemon struct {
 // Run runs the engine until it returns: after SIGTERM or SIGINT, after ctx
 // ends, or on its own (an error at start, capture's limit). It returns the
 // engine's error. Every goroutine it starts has returned when it returns,
-// except a service that ignored its context for longer than StopTimeout.
+// except a service that ignored its context for longer than StopTimeout
+// (and the one waiting for it, which ends with it).
 func (d *Daemon) Run(ctx context.Context) error {
 	log := d.log()
 	sigs := d.Signals
