@@ -4,10 +4,32 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/spf13/cobra"
+
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/engine"
 	"github.com/nfclone/nfclone/rules"
 )
+
+// checkCommand is `nfclone check`: the config against this host and kernel.
+func checkCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "check -c FILE",
+		Short: "Validate the config against this host and its kernel",
+		Example: `  nfclone check -c mirror.yaml && echo ok
+  ip netns exec eng nfclone check -c mirror.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.load()
+			if err != nil {
+				return err
+			}
+			return check(g.stdout, c)
+		},
+	}
+	g.configFlag(cmd)
+	return cmd
+}
 
 // check validates a loaded config against this host and its kernel. Every
 // problem is collected first; warnings and what was found are printed, and
@@ -50,4 +72,26 @@ func check(w io.Writer, c *config.Config) error {
 	fmt.Fprintln(w, "interfaces and gateways: ok")
 	fmt.Fprintln(w, "check: ok")
 	return nil
+}
+
+// markCheck reads the host's ruleset and warns about every rule that reads
+// or changes bits of the packet mark in nfclone's field (mark_mask): those
+// packets are not copied (queue sessions copy only packets whose field is
+// clear) or the other user sees nfclone's marks on copies.
+func markCheck(w io.Writer, c *config.Config) {
+	uses, err := rules.HostMarkUses()
+	if err != nil {
+		fmt.Fprintf(w, "warning: cannot read the host's ruleset for other users of the packet mark: %v\n", err)
+		return
+	}
+	over, others := rules.MarkOverlaps(uses, c.MarkMask, c.Table), 0
+	for _, u := range uses {
+		if u.Table != c.Table {
+			others++
+		}
+	}
+	fmt.Fprintf(w, "packet mark: nfclone uses mark_mask 0x%08x (copies 0x%08x); %d uses of the mark by other rules, %d overlapping\n", c.MarkMask, c.Mark, others, len(over))
+	for _, u := range over {
+		fmt.Fprintf(w, "warning: mark overlaps mark_mask 0x%08x: %s\n", c.MarkMask, u)
+	}
 }

@@ -2,15 +2,52 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+
+	"github.com/spf13/cobra"
 
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/engine"
 	"github.com/nfclone/nfclone/status"
 	"github.com/nfclone/nfclone/statusapi"
 )
+
+// statusCommand is `nfclone status`: the running daemon's counters.
+func statusCommand(g *globals) *cobra.Command {
+	var asJSON bool
+	var stateDir string
+	cmd := &cobra.Command{
+		Use:   "status [-c FILE] [--json]",
+		Short: "Live per-session counters of the running daemon (through its unix socket in state_dir)",
+		Long: `Reads the running daemon through state_dir/nfclone.sock: the state directory is
+--state-dir, else NFCLONE_STATE_DIR, else the config file's state_dir (read leniently:
+a file that no longer validates, after a refused reload, still gives it), else the
+default. The daemon needs nothing else: status shows the last reload and its error.`,
+		Example: `  nfclone status
+  nfclone status -c /etc/nfclone/nfclone.yaml --json | jq '.sessions[].copied'
+  nfclone status --state-dir /run/nfclone-lab`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := fetchStatus(cmd.Context(), g, stateDir)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(g.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			return statusapi.WriteTable(g.stdout, st)
+		},
+	}
+	g.configFlag(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	cmd.Flags().StringVar(&stateDir, "state-dir", "", "state directory (overrides the config's state_dir)")
+	return cmd
+}
 
 // fetchStatus reads the running daemon's status. It needs only the state
 // directory: --state-dir, NFCLONE_STATE_DIR, the config file's state_dir or
