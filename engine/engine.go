@@ -141,9 +141,6 @@ type Engine struct {
 	ConfigPath string
 	// Load reads the config again for a reload; nil disables Reload.
 	Load func() (*config.Config, error)
-	// Services run beside the engine once the rules are in (metrics, status
-	// socket); they get a context that ends at shutdown and must return then.
-	Services []func(ctx context.Context) error
 
 	reload chan struct{}
 	once   sync.Once
@@ -337,22 +334,13 @@ func (e *Engine) run(ctx context.Context, h *host, feats rules.Features, cgRoot 
 	log.Info("rules installed", "table", c.Table, "tables", len(rt.rs.Tables), "sessions", len(c.Sessions))
 
 	var wg sync.WaitGroup
-	svcCtx, svcCancel := context.WithCancel(ctx)
+	watchCtx, watchCancel := context.WithCancel(ctx)
 	links := make(chan struct{}, 1)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		h.watch(svcCtx, log, &rt.tables, links)
+		h.watch(watchCtx, log, &rt.tables, links)
 	}()
-	for _, svc := range e.Services {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := svc(svcCtx); err != nil {
-				log.Error("service stopped", "err", err)
-			}
-		}()
-	}
 	if ready != nil {
 		ready()
 	}
@@ -379,7 +367,7 @@ func (e *Engine) run(ctx context.Context, h *host, feats rules.Features, cgRoot 
 			e.recgroup()
 		}
 	}
-	svcCancel()
+	watchCancel()
 	wg.Wait()
 	return e.shutdown(true)
 }
