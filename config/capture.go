@@ -48,7 +48,7 @@ func Capture(o CaptureOptions, pid int) (*Config, error) {
 	if o.Output == "" {
 		errs = append(errs, Problem{Path: "-w", Msg: "an output file (or - for standard output) is required"})
 	}
-	method := o.Method
+	method := Method(o.Method)
 	if method == "" {
 		method = MethodLog
 	}
@@ -73,7 +73,7 @@ func Capture(o CaptureOptions, pid int) (*Config, error) {
 		FirstPackets: o.FirstPackets, Cgroup: o.Cgroup, User: o.User}
 	for _, i := range o.Interfaces {
 		for _, n := range splitList(i) {
-			s.Sources = append(s.Sources, Source{Interface: n, Direction: o.Direction})
+			s.Sources = append(s.Sources, Source{Interface: n, Direction: Direction(o.Direction)})
 		}
 	}
 	if o.Proto != "" || o.Src != "" || o.Dst != "" || o.SPort != "" || o.DPort != "" {

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"time"
+
+	"github.com/nfclone/nfclone/filter"
 )
 
 // Defaults, in one place. docs/configuration.md documents the same values.
@@ -78,24 +80,35 @@ type Queue struct {
 	CapByteCount int64 `mapstructure:"-" json:"-"`
 }
 
+// Method is how a session copies: in the kernel (dup) or in userspace
+// (queue, log). YAML and JSON spell it as its string.
+type Method string
+
 // Method names.
 const (
-	MethodDup   = "dup"
-	MethodQueue = "queue"
-	MethodLog   = "log"
+	MethodDup   Method = "dup"
+	MethodQueue Method = "queue"
+	MethodLog   Method = "log"
 )
+
+// Userspace reports whether the method copies in userspace (queue, log).
+func (m Method) Userspace() bool { return m == MethodQueue || m == MethodLog }
+
+// Direction is the direction of traffic at an interface: a source's
+// ingress, egress or both, a rule's ingress or egress ("" any).
+type Direction string
 
 // Directions.
 const (
-	Ingress = "ingress"
-	Egress  = "egress"
-	Both    = "both"
+	Ingress Direction = "ingress"
+	Egress  Direction = "egress"
+	Both    Direction = "both"
 )
 
 // Session is one mirroring session: sources, filter, targets.
 type Session struct {
 	Name     string   `mapstructure:"name" json:"name"`
-	Method   string   `mapstructure:"method" json:"method"`
+	Method   Method   `mapstructure:"method" json:"method"`
 	Sources  []Source `mapstructure:"sources" json:"sources"`
 	HostOnly bool     `mapstructure:"host_only" json:"host_only"`
 	Rules    []Rule   `mapstructure:"rules" json:"rules"`
@@ -119,42 +132,67 @@ type Session struct {
 	Priority     int    `mapstructure:"priority" json:"priority,omitempty"`
 	// Select is the typed form of the selector keys, filled by Validate.
 	Select Selectors `mapstructure:"-" json:"-"`
+	// The typed forms of rate, dedup and filter, filled by Validate:
+	// RateLimit nil without a rate, DedupWindow 0 without dedup,
+	// FilterExpr nil without a filter (or a blank one).
+	RateLimit   *Rate         `mapstructure:"-" json:"-"`
+	DedupWindow time.Duration `mapstructure:"-" json:"-"`
+	FilterExpr  *filter.Expr  `mapstructure:"-" json:"-"`
 }
 
 // Source is an interface and a direction to copy from.
 type Source struct {
-	Interface string `mapstructure:"interface" json:"interface"`
-	Direction string `mapstructure:"direction" json:"direction"`
+	Interface string    `mapstructure:"interface" json:"interface"`
+	Direction Direction `mapstructure:"direction" json:"direction"`
 }
 
 // Rule is one numbered filter rule; the lowest number matches first.
 type Rule struct {
-	Number           int    `mapstructure:"number" json:"number"`
-	Action           string `mapstructure:"action" json:"action"`
-	Protocol         string `mapstructure:"protocol" json:"protocol"`
-	Source           string `mapstructure:"source" json:"source"`
-	Destination      string `mapstructure:"destination" json:"destination"`
-	SourcePorts      string `mapstructure:"source_ports" json:"source_ports"`
-	DestinationPorts string `mapstructure:"destination_ports" json:"destination_ports"`
-	Direction        string `mapstructure:"direction" json:"direction"`
-	VLAN             *int   `mapstructure:"vlan" json:"vlan,omitempty"`
+	Number           int       `mapstructure:"number" json:"number"`
+	Action           string    `mapstructure:"action" json:"action"`
+	Protocol         string    `mapstructure:"protocol" json:"protocol"`
+	Source           string    `mapstructure:"source" json:"source"`
+	Destination      string    `mapstructure:"destination" json:"destination"`
+	SourcePorts      string    `mapstructure:"source_ports" json:"source_ports"`
+	DestinationPorts string    `mapstructure:"destination_ports" json:"destination_ports"`
+	Direction        Direction `mapstructure:"direction" json:"direction"`
+	VLAN             *int      `mapstructure:"vlan" json:"vlan,omitempty"`
+	// Match is the typed form of protocol, source, destination and the
+	// ports, filled by Validate; nil until then (or when one of them is
+	// invalid), and the rules compiler refuses a rule without it.
+	Match *RuleMatch `mapstructure:"-" json:"-"`
 }
+
+// RuleMatch is what a rule matches, typed.
+type RuleMatch struct {
+	// Proto is the IP protocol number when HasProto ("" and any: none).
+	Proto    uint8
+	HasProto bool
+	// Src and Dst are masked prefixes (a bare address: a host prefix);
+	// the invalid prefix matches any address.
+	Src, Dst netip.Prefix
+	// SrcPorts and DstPorts: nil matches any port.
+	SrcPorts, DstPorts []PortRange
+}
+
+// Kind is a target's kind. YAML and JSON spell it as its string.
+type Kind string
 
 // Target kinds.
 const (
-	KindDevice  = "device"
-	KindGateway = "gateway"
-	KindVXLAN   = "vxlan"
-	KindGENEVE  = "geneve"
-	KindPcap    = "pcap"
+	KindDevice  Kind = "device"
+	KindGateway Kind = "gateway"
+	KindVXLAN   Kind = "vxlan"
+	KindGENEVE  Kind = "geneve"
+	KindPcap    Kind = "pcap"
 	// KindERSPAN and KindPcapOverIP: see outputs.go.
-	KindERSPAN     = "erspan"
-	KindPcapOverIP = "pcap-over-ip"
+	KindERSPAN     Kind = "erspan"
+	KindPcapOverIP Kind = "pcap-over-ip"
 )
 
 // Target is where copies go.
 type Target struct {
-	Kind string `mapstructure:"kind" json:"kind"`
+	Kind Kind `mapstructure:"kind" json:"kind"`
 	// device, gateway
 	Device  string `mapstructure:"device" json:"device,omitempty"`
 	Gateway string `mapstructure:"gateway" json:"gateway,omitempty"`
@@ -195,23 +233,28 @@ type Target struct {
 	Allow  []string `mapstructure:"allow" json:"allow,omitempty"`
 }
 
+// GatewayIs6 reports whether a gateway target's gateway is an IPv6
+// address (an IPv4-mapped one is IPv4): the one place that decides which
+// family a gateway target copies.
+func (t Target) GatewayIs6() bool { return t.GatewayIP.Unmap().Is6() }
+
 // SourceDirections expands a direction (ingress|egress|both) into the list of
 // single directions it covers.
-func SourceDirections(d string) []string {
+func SourceDirections(d Direction) []Direction {
 	switch d {
 	case Both:
-		return []string{Ingress, Egress}
+		return []Direction{Ingress, Egress}
 	case Egress:
-		return []string{Egress}
+		return []Direction{Egress}
 	default:
-		return []string{Ingress}
+		return []Direction{Ingress}
 	}
 }
 
 // UsesUserspace reports whether any session uses the queue or log method.
 func (c *Config) UsesUserspace() bool {
 	for _, s := range c.Sessions {
-		if s.Method == MethodQueue || s.Method == MethodLog {
+		if s.Method.Userspace() {
 			return true
 		}
 	}

@@ -67,10 +67,14 @@ func TestParseDesignExample(t *testing.T) {
 			{
 				Name: "web", Method: "queue",
 				Sources: []Source{{Interface: "e0", Direction: "ingress"}},
+				// Validate fills each rule's typed match.
 				Rules: []Rule{
-					{Number: 100, Action: "accept", Protocol: "tcp", DestinationPorts: "80,443"},
-					{Number: 200, Action: "accept", Protocol: "icmp", Source: "10.0.0.0/8"},
-					{Number: 300, Action: "reject", Protocol: "udp", Destination: "fd00::/8", SourcePorts: "1024-65535"},
+					{Number: 100, Action: "accept", Protocol: "tcp", DestinationPorts: "80,443",
+						Match: &RuleMatch{Proto: 6, HasProto: true, DstPorts: []PortRange{{80, 80}, {443, 443}}}},
+					{Number: 200, Action: "accept", Protocol: "icmp", Source: "10.0.0.0/8",
+						Match: &RuleMatch{Proto: 1, HasProto: true, Src: netip.MustParsePrefix("10.0.0.0/8")}},
+					{Number: 300, Action: "reject", Protocol: "udp", Destination: "fd00::/8", SourcePorts: "1024-65535",
+						Match: &RuleMatch{Proto: 17, HasProto: true, Dst: netip.MustParsePrefix("fd00::/8"), SrcPorts: []PortRange{{1024, 65535}}}},
 				},
 				Sample: 1,
 				Targets: []Target{
@@ -91,7 +95,7 @@ func TestParseDesignExample(t *testing.T) {
 				// arp and rate empty, snaplen 0.
 				Name: "tap", Method: "dup",
 				Sources: []Source{{Interface: "e4", Direction: "both"}},
-				Rules:   []Rule{{Number: 7, Action: "accept", VLAN: intp(0)}},
+				Rules:   []Rule{{Number: 7, Action: "accept", VLAN: intp(0), Match: &RuleMatch{}}},
 				Sample:  1,
 				Targets: []Target{{Kind: "device", Device: "e5"}},
 			},

@@ -20,7 +20,7 @@ const (
 // validateOutputTarget checks the keys of the erspan and pcap-over-ip
 // kinds and the device targets' vlan; only reports a key set on a kind
 // that has no such field.
-func validateOutputTarget(p *problems, tp string, s *Session, t *Target, only func(key string, set bool, kinds ...string)) {
+func validateOutputTarget(p *problems, tp string, s *Session, t *Target, only func(key string, set bool, kinds ...Kind)) {
 	only("version", t.Version != 0, KindERSPAN)
 	only("session_id", t.SessionID != nil, KindERSPAN)
 	only("vlan", t.VLAN != nil, KindDevice)
@@ -168,6 +168,8 @@ func validateDedup(p *problems, path string, s *Session) {
 		p.add(path+".dedup", "%q is out of range %v-%v", s.Dedup, MinDedup, MaxDedup)
 	case s.Method == MethodDup:
 		p.add(path+".dedup", "method dup copies in the kernel, which cannot de-duplicate; use method queue or log")
+	default:
+		s.DedupWindow = d
 	}
 }
 

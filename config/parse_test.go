@@ -263,7 +263,7 @@ func TestParseProtocol(t *testing.T) {
 }
 
 func TestSourceDirections(t *testing.T) {
-	for in, want := range map[string][]string{
+	for in, want := range map[Direction][]Direction{
 		"both": {"ingress", "egress"}, "ingress": {"ingress"}, "egress": {"egress"}, "": {"ingress"},
 	} {
 		if got := SourceDirections(in); !reflect.DeepEqual(got, want) {

@@ -139,7 +139,7 @@ func schemaKeys() map[string]keyInfo {
 // targetKinds: for each kind, the keys it takes and those it requires
 // (validateTarget's rules, for editors).
 var targetKinds = []struct {
-	kind     string
+	kind     Kind
 	allowed  []string
 	required []string
 }{

@@ -32,7 +32,7 @@ func Tap(maps []string, o TapOptions) (*Config, error) {
 	if len(maps) == 0 {
 		return nil, Errors{{Path: "tap", Msg: "give at least one map, e.g. 'e0,e2>agg0'"}}
 	}
-	dir := o.Direction
+	dir := Direction(o.Direction)
 	if dir == "" {
 		dir = Both
 	}

@@ -210,6 +210,9 @@ func validateFilter(p *problems, path string, s *Session) {
 	if err == nil {
 		_, err = e.Terms(0) // refused if it expands to too many rules
 	}
+	if err == nil {
+		s.FilterExpr = e
+	}
 	if err != nil {
 		var fe *filter.Error
 		if errors.As(err, &fe) && fe.Token != "" {

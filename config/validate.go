@@ -181,7 +181,7 @@ func validateSession(p *problems, path string, s *Session) {
 	if len(s.Sources) == 0 {
 		p.add(path+".sources", "at least one source is required")
 	}
-	dirs := map[string]bool{}
+	dirs := map[Direction]bool{}
 	seen := map[string]int{}
 	for i := range s.Sources {
 		src := &s.Sources[i]
@@ -221,8 +221,10 @@ func validateSession(p *problems, path string, s *Session) {
 		p.add(path+".sample", "%d is out of range 1-1048576 (copy 1 packet in N)", s.Sample)
 	}
 	if s.Rate != "" {
-		if _, err := ParseRate(s.Rate); err != nil {
+		if r, err := ParseRate(s.Rate); err != nil {
 			p.add(path+".rate", "%v", err)
+		} else {
+			s.RateLimit = &r
 		}
 	}
 	switch {
@@ -243,7 +245,7 @@ func validateSession(p *problems, path string, s *Session) {
 	validateSelectors(p, path, s, SystemUser)
 }
 
-func validateRules(p *problems, path string, s *Session, dirs map[string]bool, l2 bool) {
+func validateRules(p *problems, path string, s *Session, dirs map[Direction]bool, l2 bool) {
 	numbers := map[int]int{}
 	for i := range s.Rules {
 		r := &s.Rules[i]
@@ -261,12 +263,18 @@ func validateRules(p *problems, path string, s *Session, dirs map[string]bool, l
 		default:
 			p.add(rp+".action", "%q is not accept or reject", r.Action)
 		}
+		before := len(p.list)
+		var m RuleMatch
 		proto, hasProto, err := ParseProtocol(r.Protocol)
 		if err != nil {
 			p.add(rp+".protocol", "%v", err)
 		}
+		m.Proto, m.HasProto = proto, hasProto
 		fam := 0
-		for _, f := range []struct{ key, val string }{{"source", r.Source}, {"destination", r.Destination}} {
+		for _, f := range []struct {
+			key, val string
+			dst      *netip.Prefix
+		}{{"source", r.Source, &m.Src}, {"destination", r.Destination, &m.Dst}} {
 			if f.val == "" {
 				continue
 			}
@@ -275,6 +283,7 @@ func validateRules(p *problems, path string, s *Session, dirs map[string]bool, l
 				p.add(rp+"."+f.key, "%v", err)
 				continue
 			}
+			*f.dst = pfx
 			pf := 4
 			if pfx.Addr().Is6() {
 				pf = 6
@@ -290,14 +299,19 @@ func validateRules(p *problems, path string, s *Session, dirs map[string]bool, l
 		if hasProto && proto == 58 && fam == 4 {
 			p.add(rp+".protocol", "icmpv6 does not exist in IPv4 (use icmp)")
 		}
-		for _, f := range []struct{ key, val string }{{"source_ports", r.SourcePorts}, {"destination_ports", r.DestinationPorts}} {
+		for _, f := range []struct {
+			key, val string
+			dst      *[]PortRange
+		}{{"source_ports", r.SourcePorts, &m.SrcPorts}, {"destination_ports", r.DestinationPorts, &m.DstPorts}} {
 			if f.val == "" {
 				continue
 			}
-			if _, err := ParsePorts(f.val); err != nil {
+			if prs, err := ParsePorts(f.val); err != nil {
 				p.add(rp+"."+f.key, "%v", err)
 			} else if !hasProto || (proto != 6 && proto != 17 && proto != 132) {
 				p.add(rp+"."+f.key, "ports need protocol tcp, udp or sctp")
+			} else {
+				*f.dst = prs
 			}
 		}
 		switch r.Direction {
@@ -316,6 +330,9 @@ func validateRules(p *problems, path string, s *Session, dirs map[string]bool, l
 				p.add(rp+".vlan", "VLAN ids are only seen in L2 frames: needs method dup with device or vxlan targets only")
 			}
 		}
+		if len(p.list) == before {
+			r.Match = &m
+		}
 	}
 }
 
@@ -332,16 +349,18 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 	if s.Method == MethodDup && (t.Kind == KindGENEVE || t.Kind == KindPcap) {
 		p.add(tp+".kind", "%s is not available with method dup (the kernel cannot write it); use method queue or log", t.Kind)
 	}
-	only := func(key string, set bool, kinds ...string) {
+	only := func(key string, set bool, kinds ...Kind) {
 		if !set {
 			return
 		}
-		for _, k := range kinds {
+		names := make([]string, len(kinds))
+		for i, k := range kinds {
 			if k == t.Kind {
 				return
 			}
+			names[i] = string(k)
 		}
-		p.add(tp+"."+key, "is not a field of %s targets (only %s)", t.Kind, strings.Join(kinds, ", "))
+		p.add(tp+"."+key, "is not a field of %s targets (only %s)", t.Kind, strings.Join(names, ", "))
 	}
 	only("device", t.Device != "", KindDevice, KindGateway, KindVXLAN, KindGENEVE)
 	only("gateway", t.Gateway != "", KindGateway)

@@ -602,7 +602,7 @@ func Missing(c *config.Config, f rules.Features) []string {
 				case config.KindDevice, config.KindVXLAN:
 					need[rules.FeatDupNetdev] = true
 				case config.KindGateway:
-					if t.GatewayIP.Unmap().Is6() {
+					if t.GatewayIs6() {
 						need[rules.FeatDupIP6] = true
 					} else {
 						need[rules.FeatDupIP] = true
@@ -693,9 +693,9 @@ func (e *Engine) Status() status.Status {
 		if run, ok := rt.sessions[s.Name]; ok {
 			ss = run.status()
 		} else {
-			ss = status.SessionStatus{Name: s.Name, Method: s.Method, State: "running"}
+			ss = status.SessionStatus{Name: s.Name, Method: string(s.Method), State: "running"}
 			for i, t := range s.Targets {
-				ss.Targets = append(ss.Targets, status.TargetStatus{Name: fmt.Sprintf("%s/%d:%s", s.Name, i, t.Kind), Kind: t.Kind})
+				ss.Targets = append(ss.Targets, status.TargetStatus{Name: fmt.Sprintf("%s/%d:%s", s.Name, i, t.Kind), Kind: string(t.Kind)})
 			}
 		}
 		if m, ok := counters[s.Name]; ok {

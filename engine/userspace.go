@@ -32,7 +32,7 @@ type reader interface {
 // → sinks. It lives across reloads as long as its key does not change.
 type session struct {
 	name    string
-	method  string
+	method  config.Method
 	key     string // what the session is: a reload with the same key keeps it
 	first   int    // first queue number / log group
 	count   int
@@ -40,7 +40,7 @@ type session struct {
 	ledger  *nfq.Ledger
 	readers []reader
 	targets []sink.Sink
-	kinds   []string
+	kinds   []config.Kind
 	missing []string // device targets whose interface is gone
 	fanout  sink.Sink
 	workers int
@@ -109,7 +109,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 			gw := t.GatewayIP
 			mark, _ := rules.GatewayMark(gws, gw, t.Device)
 			fam := uint8(4)
-			if gw.Unmap().Is6() {
+			if t.GatewayIs6() {
 				fam = 6
 			}
 			sk, err = sink.NewGateway(sink.GatewayConfig{Name: name, Mark: mark, Family: fam, Device: t.Device, Gateway: gw, Logger: slog})
@@ -137,10 +137,9 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 	}
 	s.mtu = sessionMTU(sc, c.Mark)
 	s.fanout = sink.NewWire(sink.NewFanout(s.targets...), s.mtu)
-	if sc.Dedup != "" {
+	if sc.DedupWindow > 0 {
 		// Before the cutter: duplicates are the kernel's packets.
-		w, _ := config.ParseDedup(sc.Dedup) // validated
-		s.fanout = sink.NewDedup(s.fanout, w)
+		s.fanout = sink.NewDedup(s.fanout, sc.DedupWindow)
 	}
 	if sc.Method == config.MethodQueue {
 		s.count = c.Queue.Count
@@ -426,7 +425,7 @@ func (s *session) close() {
 func (s *session) status() status.SessionStatus {
 	snap := s.ledger.Snapshot()
 	st := status.SessionStatus{
-		Name: s.name, Method: s.method, State: "running", Missing: s.missing,
+		Name: s.name, Method: string(s.method), State: "running", Missing: s.missing,
 		Seen:   status.Counter{Packets: snap.Offered},
 		Copied: status.Counter{Packets: snap.Copied, Bytes: snap.Bytes},
 		Ledger: &snap,
@@ -445,7 +444,7 @@ func (s *session) status() status.SessionStatus {
 		st.Readers = append(st.Readers, status.ReaderStatus{Kind: kind, Num: s.first + i, Running: i < len(s.running) && s.running[i], Stats: r.Stats()})
 	}
 	for i, t := range s.targets {
-		ts := status.TargetStatus{Name: t.Name(), Kind: s.kinds[i]}
+		ts := status.TargetStatus{Name: t.Name(), Kind: string(s.kinds[i])}
 		if sp, ok := t.(interface{ Stats() sink.Stats }); ok {
 			x := sp.Stats()
 			ts.Stats = &x
@@ -478,7 +477,7 @@ func annotates(s config.Session) bool {
 // say), and the rules' numbers by ordinal.
 func annotation(sc config.Session) *sink.PcapAnnotation {
 	a := &sink.PcapAnnotation{Session: sc.Name, Names: map[uint32]string{}}
-	byDir := map[string]map[string]bool{}
+	byDir := map[config.Direction]map[string]bool{}
 	for _, src := range sc.Sources {
 		if i := ifIndex(src.Interface); i != 0 {
 			a.Names[i] = src.Interface
@@ -509,7 +508,7 @@ func annotation(sc config.Session) *sink.PcapAnnotation {
 func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name string, log *slog.Logger) (sink.Sink, error) {
 	switch t.Kind {
 	case config.KindVXLAN, config.KindGENEVE:
-		return sink.NewTunnel(sink.TunnelConfig{Name: name, Kind: t.Kind, Remotes: t.RemoteAddrs, VNI: uint32(*t.VNI), Mark: c.Mark, Logger: log})
+		return sink.NewTunnel(sink.TunnelConfig{Name: name, Kind: string(t.Kind), Remotes: t.RemoteAddrs, VNI: uint32(*t.VNI), Mark: c.Mark, Logger: log})
 	case config.KindERSPAN:
 		return openERSPAN(c, t, name, log)
 	case config.KindPcapOverIP:

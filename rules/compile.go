@@ -157,7 +157,7 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 					devs = append(devs, config.Target{Kind: config.KindDevice, Device: VXLANDevice(t)})
 				case config.KindGateway:
 					f := nftables.TableFamilyIPv4
-					if t.GatewayIP.Unmap().Is6() {
+					if t.GatewayIs6() {
 						f = nftables.TableFamilyIPv6
 					}
 					gws[f] = append(gws[f], t)
@@ -255,7 +255,7 @@ func userspaceFamilies(s *config.Session) []nftables.TableFamily {
 			v4, v6 = true, true
 			continue
 		}
-		if t.GatewayIP.Unmap().Is6() {
+		if t.GatewayIs6() {
 			v6 = true
 		} else {
 			v4 = true
@@ -276,7 +276,7 @@ type sessionCompiler struct {
 	cfg   *config.Config
 	s     *config.Session
 	opt   Options
-	rules []parsedRule
+	rules []config.Rule // in number order, each with its Match
 	rate  *config.Rate
 	all   []*sessionCompiler // every session's, for priority claims
 	// ruleMarks: accepting rules put their ordinal in this part of the
@@ -285,63 +285,29 @@ type sessionCompiler struct {
 	expr      *filter.Expr // the session's filter expression (instead of rules)
 }
 
-type parsedRule struct {
-	config.Rule
-	proto         uint8
-	hasProto      bool
-	src, dst      netip.Prefix
-	sports, dport []config.PortRange
-}
-
 func newSessionCompiler(c *config.Config, i int, opt Options) (*sessionCompiler, error) {
 	s := &c.Sessions[i]
 	sc := &sessionCompiler{cfg: c, s: s, opt: opt, ruleMarks: RuleMarks(c, i)}
+	// Validate fills the typed forms the compiler reads; a config that did
+	// not pass it is refused rather than compiled as if its keys were empty.
 	for _, r := range config.SortedRules(s.Rules) {
-		pr := parsedRule{Rule: r}
-		var err error
-		if pr.proto, pr.hasProto, err = config.ParseProtocol(r.Protocol); err != nil {
-			return nil, fmt.Errorf("sessions[%d] rule %d: %w", i, r.Number, err)
+		if r.Match == nil {
+			return nil, fmt.Errorf("sessions[%d] rule %d: not validated (config.Validate types its match)", i, r.Number)
 		}
-		for _, f := range []struct {
-			val string
-			dst *netip.Prefix
-		}{{r.Source, &pr.src}, {r.Destination, &pr.dst}} {
-			if f.val != "" {
-				if *f.dst, err = config.ParsePrefix(f.val); err != nil {
-					return nil, fmt.Errorf("sessions[%d] rule %d: %w", i, r.Number, err)
-				}
-			}
-		}
-		for _, f := range []struct {
-			val string
-			dst *[]config.PortRange
-		}{{r.SourcePorts, &pr.sports}, {r.DestinationPorts, &pr.dport}} {
-			if f.val != "" {
-				if *f.dst, err = config.ParsePorts(f.val); err != nil {
-					return nil, fmt.Errorf("sessions[%d] rule %d: %w", i, r.Number, err)
-				}
-			}
-		}
-		sc.rules = append(sc.rules, pr)
+		sc.rules = append(sc.rules, r)
 	}
-	if s.Filter != "" {
-		e, err := filter.Parse(s.Filter)
-		if err != nil {
-			return nil, fmt.Errorf("sessions[%d].filter: %w", i, err)
-		}
-		sc.expr = e
+	if strings.TrimSpace(s.Filter) != "" && s.FilterExpr == nil {
+		return nil, fmt.Errorf("sessions[%d].filter: not validated (config.Validate parses it)", i)
 	}
-	if s.Rate != "" {
-		r, err := config.ParseRate(s.Rate)
-		if err != nil {
-			return nil, fmt.Errorf("sessions[%d].rate: %w", i, err)
-		}
-		sc.rate = &r
+	sc.expr = s.FilterExpr
+	if s.Rate != "" && s.RateLimit == nil {
+		return nil, fmt.Errorf("sessions[%d].rate: not validated (config.Validate parses it)", i)
 	}
+	sc.rate = s.RateLimit
 	return sc, nil
 }
 
-func dirShort(d string) string {
+func dirShort(d config.Direction) string {
 	if d == config.Egress {
 		return "out"
 	}
@@ -350,14 +316,14 @@ func dirShort(d string) string {
 
 // directions returns the session's source interfaces per direction, in
 // config order.
-func (sc *sessionCompiler) directions() (dirs []string, ifaces map[string][]string) {
-	ifaces = map[string][]string{}
+func (sc *sessionCompiler) directions() (dirs []config.Direction, ifaces map[config.Direction][]string) {
+	ifaces = map[config.Direction][]string{}
 	for _, src := range sc.s.Sources {
 		for _, d := range config.SourceDirections(src.Direction) {
 			ifaces[d] = append(ifaces[d], src.Interface)
 		}
 	}
-	for _, d := range []string{config.Ingress, config.Egress} {
+	for _, d := range []config.Direction{config.Ingress, config.Egress} {
 		if len(ifaces[d]) > 0 {
 			dirs = append(dirs, d)
 		}
@@ -465,7 +431,7 @@ type sessionHook struct {
 // packet's kernel timestamp (its time of receipt) only up to the forward
 // hook (the forwarding path clears it after), so the copies of forwarded
 // packets carry the kernel's time in both directions.
-func (sc *sessionCompiler) hooks(d string) []sessionHook {
+func (sc *sessionCompiler) hooks(d config.Direction) []sessionHook {
 	switch {
 	case d == config.Ingress && sc.s.HostOnly:
 		return []sessionHook{{nftables.ChainHookInput, "_hook"}}
@@ -483,7 +449,7 @@ func (sc *sessionCompiler) hooks(d string) []sessionHook {
 // filterChain holds the session's numbered rules for one direction: the
 // first match decides (accept: goto the copy chain; reject: return). With no
 // rules, everything is copied; with rules, what no rule accepts is not.
-func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copyChain string) []Chain {
+func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name string, dir config.Direction, copyChain string) []Chain {
 	ch := Chain{Name: name}
 	// Tunnel traffic to nfclone's own collectors is never copied: the kernel
 	// VXLAN device's packets carry no mark, and a session on their egress
@@ -534,14 +500,15 @@ func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name, dir, copy
 
 // match compiles one rule's matches for a family; ok=false when the rule can
 // never match in that family (a v6 CIDR in an ip table).
-func (sc *sessionCompiler) match(fam nftables.TableFamily, r parsedRule, dir string) (*builder, bool) {
+func (sc *sessionCompiler) match(fam nftables.TableFamily, r config.Rule, dir config.Direction) (*builder, bool) {
 	b := newBuilder(fam)
-	v4, v6 := r.src.IsValid() && r.src.Addr().Is4() || r.dst.IsValid() && r.dst.Addr().Is4(),
-		r.src.IsValid() && r.src.Addr().Is6() || r.dst.IsValid() && r.dst.Addr().Is6()
-	if r.hasProto && r.proto == 1 {
+	m := r.Match
+	v4, v6 := m.Src.IsValid() && m.Src.Addr().Is4() || m.Dst.IsValid() && m.Dst.Addr().Is4(),
+		m.Src.IsValid() && m.Src.Addr().Is6() || m.Dst.IsValid() && m.Dst.Addr().Is6()
+	if m.HasProto && m.Proto == 1 {
 		v4 = true
 	}
-	if r.hasProto && r.proto == 58 {
+	if m.HasProto && m.Proto == 58 {
 		v6 = true
 	}
 	switch {
@@ -554,19 +521,19 @@ func (sc *sessionCompiler) match(fam nftables.TableFamily, r parsedRule, dir str
 	if v4 || v6 {
 		b.ipFamily(v6)
 	}
-	if r.src.IsValid() {
-		b.addr("saddr", r.src)
+	if m.Src.IsValid() {
+		b.addr("saddr", m.Src)
 	}
-	if r.dst.IsValid() {
-		b.addr("daddr", r.dst)
+	if m.Dst.IsValid() {
+		b.addr("daddr", m.Dst)
 	}
-	if r.hasProto {
-		b.l4proto(r.proto, len(r.sports) == 0 && len(r.dport) == 0)
-		if len(r.sports) > 0 {
-			b.ports(r.proto, "sport", r.sports)
+	if m.HasProto {
+		b.l4proto(m.Proto, len(m.SrcPorts) == 0 && len(m.DstPorts) == 0)
+		if len(m.SrcPorts) > 0 {
+			b.ports(m.Proto, "sport", m.SrcPorts)
 		}
-		if len(r.dport) > 0 {
-			b.ports(r.proto, "dport", r.dport)
+		if len(m.DstPorts) > 0 {
+			b.ports(m.Proto, "dport", m.DstPorts)
 		}
 	}
 	return b, true

@@ -60,7 +60,7 @@ func ifname(n string) []byte {
 }
 
 // iifname / oifname: `iifname "e0"`.
-func (b *builder) ifaceName(dir, name string) *builder {
+func (b *builder) ifaceName(dir config.Direction, name string) *builder {
 	key, kw := expr.MetaKeyIIFNAME, "iifname"
 	if dir == config.Egress {
 		key, kw = expr.MetaKeyOIFNAME, "oifname"
@@ -224,7 +224,7 @@ func intervalElements(rs []config.PortRange) []nftables.SetElement {
 // vlanID: `vlan id 100` (netdev only). nft puts a link-type check on the
 // input device first; the egress hook has no input device (the check would
 // never match there), so egress rules go without it.
-func (b *builder) vlanID(id int, dir string) *builder {
+func (b *builder) vlanID(id int, dir config.Direction) *builder {
 	var es []expr.Any
 	if dir != config.Egress {
 		es = append(es, &expr.Meta{Key: expr.MetaKeyIIFTYPE, Register: reg}, cmpEq(binaryutil.NativeEndian.PutUint16(unix.ARPHRD_ETHER)))
@@ -245,7 +245,7 @@ func (b *builder) vlanID(id int, dir string) *builder {
 }
 
 // fibLocal: `fib daddr type local` (ingress) or `fib saddr type local` (egress).
-func (b *builder) fibLocal(dir string) *builder {
+func (b *builder) fibLocal(dir config.Direction) *builder {
 	f := &expr.Fib{Register: reg, ResultADDRTYPE: true, FlagDADDR: true}
 	text := "fib daddr type local"
 	if dir == config.Egress {

@@ -269,7 +269,7 @@ func familiesOf(s *config.Session) sessionFamilies {
 		case config.KindDevice, config.KindVXLAN:
 			f.l2 = true
 		case config.KindGateway:
-			if t.GatewayIP.Unmap().Is6() {
+			if t.GatewayIs6() {
 				f.v6 = true
 			} else {
 				f.v4 = true
@@ -287,7 +287,7 @@ func familiesOf(s *config.Session) sessionFamilies {
 // (`accept` there ends this session's part of the hook: the packet goes on,
 // uncopied by it). Its selectors (first_packets, sample, rate, ...) are not
 // consulted: a packet the earlier session's rules accept is that session's.
-func (sc *sessionCompiler) claims(fam nftables.TableFamily, dir string) (rules []Rule, chains []Chain) {
+func (sc *sessionCompiler) claims(fam nftables.TableFamily, dir config.Direction) (rules []Rule, chains []Chain) {
 	p := sc.s.Select.Priority
 	if p == 0 {
 		return nil, nil

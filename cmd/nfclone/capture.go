@@ -238,7 +238,7 @@ func sourcesOf(c *config.Config) string {
 	var parts []string
 	for _, s := range c.Sessions {
 		for _, src := range s.Sources {
-			parts = append(parts, src.Interface+" ("+src.Direction+")")
+			parts = append(parts, src.Interface+" ("+string(src.Direction)+")")
 		}
 	}
 	return strings.Join(parts, ", ")
