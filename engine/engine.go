@@ -229,7 +229,7 @@ func (e *Engine) sumSessions(f func(*session) uint64) uint64 {
 
 // Ledger is the sum of the userspace sessions' ledgers. After Run returned
 // it is the final account — the readers' counts plus what only the kernel's
-// rule counters know (fail_open, rate_limit) — which `capture` reports;
+// rule counters know (kernel_lost, rate_limit) — which `capture` reports;
 // while running, the counts so far. LimitCut is the part of SendError that
 // were copies refused because the Limit was reached (not losses).
 func (e *Engine) Ledger() (total nfq.Snapshot, limitCut uint64) {
@@ -266,7 +266,7 @@ func addSnapshots(a, b nfq.Snapshot) nfq.Snapshot {
 	d.Malformed += x.Malformed
 	d.SendError += x.SendError
 	d.TooBig += x.TooBig
-	d.FailOpen += x.FailOpen
+	d.KernelLost += x.KernelLost
 	return a
 }
 
@@ -485,7 +485,7 @@ func (e *Engine) shutdown(started bool) error {
 	log.Info("stopping: removing rules")
 	var counters map[string]map[string]rules.CounterValue
 	if rt.rs != nil {
-		counters, _ = rt.ap.Counters(rt.rs) // for the ledgers' fail-open count
+		counters, _ = rt.ap.Counters(rt.rs) // for the ledgers' kernel_lost count
 	}
 	var errs []error
 	if err := rt.ap.Close(); err != nil {

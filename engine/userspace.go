@@ -148,7 +148,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 			r, err := nfq.NewQueueReader(nfq.QueueConfig{
 				Num: uint16(first + k), Snaplen: uint32(sc.Snaplen), MaxLen: uint32(c.Queue.MaxLen), Logger: slog,
 				BufBudget: (8 << 20) / c.Queue.Count, // the session's receive slabs stay within 8 MiB (126 whole 64 KiB messages)
-				Clones:    &nfq.CloneMarks{Mask: c.MarkMask, TTLDecremented: c.Marks().TTLDecremented(), DFClear: c.Marks().DFClear()},
+				Clones:    nfq.CloneMarks{Mask: c.MarkMask, TTLDecremented: c.Marks().TTLDecremented(), DFClear: c.Marks().DFClear()},
 			}, s.queue, s.ledger)
 			if err != nil {
 				return nil, hostErr("sessions[%d]: binding NFQUEUE %d: %v", i, first+k, err)
@@ -346,7 +346,7 @@ func (s *session) stop(drain time.Duration, kernel map[string]rules.CounterValue
 	s.mu.Lock()
 	s.final = &snap
 	s.mu.Unlock()
-	s.log.Info("session ledger", "offered", snap.Offered, "copied", snap.Copied, "fail_open", snap.Drops.FailOpen,
+	s.log.Info("session ledger", "offered", snap.Offered, "copied", snap.Copied, "kernel_lost", snap.Drops.KernelLost,
 		"rate_limit", snap.Drops.RateLimit, "skipped_by_selectors", snap.Skipped.Total(),
 		"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
 		"kernel_queue", snap.Drops.KernelQueue, "user", snap.Drops.User, "socket_overrun", snap.Drops.SocketOverrun,
@@ -543,7 +543,8 @@ func (s *session) snapshot() nfq.Snapshot {
 
 // withKernelCounts adds to a session's ledger what only the kernel's rule
 // counters know: packets the copy rule matched that never reached the
-// reader (fail_open) and packets the session's rate kept from it.
+// reader, counted by no other kernel counter (kernel_lost), and packets the
+// session's rate kept from it.
 func withKernelCounts(s nfq.Snapshot, m map[string]rules.CounterValue) nfq.Snapshot {
 	s = s.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
 	s.Skipped = skippedCounts(m)

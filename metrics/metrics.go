@@ -46,7 +46,7 @@ const (
 	ReasonMalformed     = "malformed"
 	ReasonSendError     = "send_error"
 	ReasonTooBig        = "too_big"
-	ReasonFailOpen      = "fail_open"
+	ReasonKernelLost    = "kernel_lost"
 	ReasonDedup         = "dedup"
 )
 
@@ -68,7 +68,7 @@ func dropsByReason(d nfq.Drops) []reasonValue {
 		{ReasonMalformed, d.Malformed},
 		{ReasonSendError, d.SendError},
 		{ReasonTooBig, d.TooBig},
-		{ReasonFailOpen, d.FailOpen},
+		{ReasonKernelLost, d.KernelLost},
 		{ReasonDedup, d.Dedup},
 	}
 }

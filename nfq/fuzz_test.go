@@ -35,7 +35,7 @@ func FuzzParseMessages(f *testing.F) {
 		if log {
 			kind = kindLog
 		}
-		r := newReader(kind, newFakeSock(), q, &led, 0, 0, 1, 64, 64, 1, nil)
+		r := newReader(kind, newFakeSock(), q, &led, 0, 0, 1, 64, 64, nil)
 		r.walk(b)
 		r.fold()
 		s := led.Snapshot()

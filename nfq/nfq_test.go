@@ -76,7 +76,7 @@ func TestParseMalformed(t *testing.T) {
 
 func TestVerdictBatchMessage(t *testing.T) {
 	var b [verdictBatchLen]byte
-	msg := putVerdictBatch(b[:], 3, nfAccept, 0x01020304)
+	msg := putVerdictBatch(b[:], 3, nfDrop, 0x01020304)
 	m, rest, err := nextMsg(msg)
 	if err != nil || len(rest) != 0 {
 		t.Fatal(err)
@@ -88,7 +88,7 @@ func TestVerdictBatchMessage(t *testing.T) {
 		t.Fatalf("res id %v", m.body[:4])
 	}
 	typ, val, _, err := nextAttr(m.body[4:])
-	if err != nil || typ != nfqaVerdictHdr || be32(val) != nfAccept || be32(val[4:]) != 0x01020304 {
+	if err != nil || typ != nfqaVerdictHdr || be32(val) != nfDrop || be32(val[4:]) != 0x01020304 {
 		t.Fatalf("attr %d %x %v", typ, val, err)
 	}
 }
@@ -144,7 +144,7 @@ func TestLedgerArithmetic(t *testing.T) {
 	l.AddMalformed(3)
 	l.AddQueueOverflow(7)
 	l.AddOverruns(5)       // id gaps
-	l.AddKernelDrops(2, 0) // queue full (no fail-open)
+	l.AddKernelDrops(2, 0) // queue full
 	l.AddSendErrors(4)
 	l.AddCopied(80, 8000)
 	s := l.Snapshot()
@@ -286,7 +286,7 @@ func TestQueuePathWithFakes(t *testing.T) {
 	var led Ledger
 	rec := &recorder{}
 	_, stop := runPath(t, sock, 1024, rec, &led)
-	// A single packet is released at once (drained socket → flush).
+	// A single clone is dropped at once (drained socket → flush).
 	sock.feedDgrams(queuePacketMsg(qpkt{id: 1, data: ipv4(64, [4]byte{10, 77, 0, 2})}))
 	waitFor(t, "first verdict", func() bool { v := sock.verdictList(); return len(v) == 1 && v[0] == 1 })
 	// A burst of 10 with Batch=4: verdicts at 5, 9 (full recvmmsg batches),
@@ -576,7 +576,7 @@ func TestQueueClonesWithFakes(t *testing.T) {
 	sock := newFakeSock()
 	var led Ledger
 	rec := &recorder{}
-	cfg := QueueConfig{Num: 0, Batch: 4, Snaplen: 2048, Clones: &CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000}}
+	cfg := QueueConfig{Num: 0, Batch: 4, Snaplen: 2048, Clones: CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000}}
 	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
 	orig := ipv4(64, [4]byte{10, 77, 0, 2})
 	binary.BigEndian.PutUint16(orig[10:], ipChecksum(orig[:20]))
@@ -660,7 +660,7 @@ func TestQueueCloneOffloadAndDF(t *testing.T) {
 	sock := newFakeSock()
 	var led Ledger
 	rec := &recorder{}
-	cfg := QueueConfig{Num: 0, Batch: 4, Clones: &CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000, DFClear: 0x02000000}}
+	cfg := QueueConfig{Num: 0, Batch: 4, Clones: CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000, DFClear: 0x02000000}}
 	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
 	// Two packets told apart by their IP ID (two workers may reorder).
 	mk := func(id uint16, df bool) []byte {

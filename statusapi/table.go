@@ -185,6 +185,7 @@ func dropReasons(d nfq.Drops) string {
 	add("malformed", d.Malformed)
 	add("send_error", d.SendError)
 	add("too_big", d.TooBig)
+	add("kernel_lost", d.KernelLost)
 	add("dedup", d.Dedup)
 	return strings.Join(parts, ", ")
 }

@@ -179,7 +179,7 @@ func reasonRates(d nfq.Drops, prev *nfq.Snapshot, secs float64) string {
 		{"malformed", d.Malformed, p.Malformed},
 		{"send_error", d.SendError, p.SendError},
 		{"too_big", d.TooBig, p.TooBig},
-		{"fail_open", d.FailOpen, p.FailOpen},
+		{"kernel_lost", d.KernelLost, p.KernelLost},
 	} {
 		switch {
 		case r.cur == 0:

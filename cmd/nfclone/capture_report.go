@@ -35,7 +35,7 @@ func writeCaptureReport(w io.Writer, s nfq.Snapshot, limitCut, written uint64) {
 		{"socket_overrun", s.Drops.SocketOverrun},
 		{"kernel_queue", s.Drops.KernelQueue},
 		{"user", s.Drops.User},
-		{"fail_open", s.Drops.FailOpen},
+		{"kernel_lost", s.Drops.KernelLost},
 		{"rate_limit", s.Drops.RateLimit},
 	}
 	own := []reason{

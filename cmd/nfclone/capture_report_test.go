@@ -37,12 +37,12 @@ func TestCaptureReport(t *testing.T) {
 				"nfclone: warning: 124587 of 124613 packets received by filter (99.98 %) are not in the capture\n",
 		},
 		{
-			name: "fail_open, rate and copies left at exit",
+			name: "kernel_lost, rate and copies left at exit",
 			snap: nfq.Snapshot{Offered: 1000, Received: 900, Copied: 890, InFlight: 5, Drops: nfq.Drops{
-				FailOpen: 40, RateLimit: 60, Malformed: 5}},
+				KernelLost: 40, RateLimit: 60, Malformed: 5}},
 			want: "890 packets captured\n" +
 				"1000 packets received by filter\n" +
-				"100 packets dropped by kernel (fail_open 40, rate_limit 60)\n" +
+				"100 packets dropped by kernel (kernel_lost 40, rate_limit 60)\n" +
 				"10 packets dropped by nfclone (malformed 5, unsent_at_exit 5)\n" +
 				"nfclone: warning: 110 of 1000 packets received by filter (11.00 %) are not in the capture\n",
 		},
