@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nfclone/nfclone/internal/mmsg"
 	"golang.org/x/sys/unix"
 )
 
@@ -33,30 +34,12 @@ func isENOBUFS(err error) bool { return errors.Is(err, unix.ENOBUFS) }
 // mmsgSock is the descriptor of a netlink socket and the recvmmsg headers
 // over the reader's buffers.
 type mmsgSock struct {
-	fd   int
-	hdrs []unix.Mmsghdr
-	iovs []unix.Iovec
+	fd int
+	mmsg.RecvBatch
 }
 
 // Prepare points one recvmmsg header at each buffer.
-func (s *mmsgSock) Prepare(bufs [][]byte) {
-	s.hdrs = make([]unix.Mmsghdr, len(bufs))
-	s.iovs = make([]unix.Iovec, len(bufs))
-	for i := range bufs {
-		s.iovs[i].Base = &bufs[i][0]
-		s.iovs[i].SetLen(len(bufs[i]))
-		s.hdrs[i].Hdr.Iov = &s.iovs[i]
-		s.hdrs[i].Hdr.SetIovlen(1)
-	}
-}
-
-// results copies the lengths and truncation flags of n received datagrams.
-func (s *mmsgSock) results(n int, lens []int, trunc []bool) {
-	for i := 0; i < n; i++ {
-		lens[i] = int(s.hdrs[i].Len)
-		trunc[i] = s.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0
-	}
-}
+func (s *mmsgSock) Prepare(bufs [][]byte) { s.RecvBatch = mmsg.NewRecvBatch(bufs) }
 
 // Send writes one netlink message.
 func (s *mmsgSock) Send(b []byte) error {
