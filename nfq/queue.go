@@ -3,14 +3,16 @@ package nfq
 import (
 	"context"
 	"encoding/binary"
-	"github.com/nfclone/nfclone/packet"
+	"sync"
 	"sync/atomic"
+
+	"github.com/nfclone/nfclone/packet"
 )
 
 // CopyQueue is the bounded queue of copies between readers (producers) and
-// workers (consumers). Push never blocks: when the queue is full the copy is
-// dropped (released) and counted. It is safe for any number of producers and
-// consumers.
+// workers (consumers). Pushing never blocks: when the queue is full the copy
+// is dropped (released) and counted. It is safe for any number of producers
+// and consumers.
 //
 // The queue has lanes, one per worker: a copy goes to the lane of its flow
 // (FlowLane: both directions of a connection, and every fragment of a
@@ -18,14 +20,28 @@ import (
 // so the copies of a flow leave in the order the kernel handed them over
 // (two workers sharing one FIFO sent a later super-packet's segments before
 // an earlier one's, and a stream reassembler lost its start).
+//
+// A reader pushes what one read brought (PushBatch): one lock and at most
+// one wake-up per lane for the whole batch, not one channel send per copy.
 type CopyQueue struct {
-	lanes    []chan *packet.Packet
+	lanes    []*lane
 	capacity int64
 	maxBytes int64
 	count    atomic.Int64 // copies queued in all lanes
 	bytes    atomic.Int64 // buffer bytes of the queued copies
 	dropped  atomic.Uint64
 	pushed   atomic.Uint64
+}
+
+// lane is a ring of copies under a lock; wake (capacity 1) holds a token
+// when copies arrived in the empty lane, for a worker waiting on it.
+type lane struct {
+	mu   sync.Mutex
+	ring []*packet.Packet
+	head int // index of the oldest copy
+	n    int // copies in the ring
+	wake chan struct{}
+	_    [64]byte // keep the lanes' locks off each other's cache lines
 }
 
 // NewCopyQueue returns a one-lane queue that holds at most capacity copies
@@ -45,9 +61,9 @@ func NewLaneQueue(capacity int, maxBytes int64, lanes int) *CopyQueue {
 	if lanes < 1 {
 		lanes = 1
 	}
-	q := &CopyQueue{lanes: make([]chan *packet.Packet, lanes), capacity: int64(capacity), maxBytes: maxBytes}
+	q := &CopyQueue{lanes: make([]*lane, lanes), capacity: int64(capacity), maxBytes: maxBytes}
 	for i := range q.lanes {
-		q.lanes[i] = make(chan *packet.Packet, capacity)
+		q.lanes[i] = &lane{ring: make([]*packet.Packet, capacity), wake: make(chan struct{}, 1)}
 	}
 	return q
 }
@@ -59,32 +75,162 @@ func (q *CopyQueue) Lanes() int { return len(q.lanes) }
 // full (in copies or in bytes), releases p, counts the drop and reports
 // false. It never blocks.
 func (q *CopyQueue) Push(p *packet.Packet) bool {
-	n := int64(p.BufLen())
-	over := q.count.Add(1) > q.capacity
-	if b := q.bytes.Add(n); q.maxBytes > 0 && b > q.maxBytes {
-		over = true
-	}
-	if over {
-		q.count.Add(-1)
-		q.bytes.Add(-n)
-		q.dropped.Add(1)
-		p.Release()
-		return false
-	}
-	lane := 0
-	if len(q.lanes) > 1 {
-		lane = int(FlowLane(p.Data) % uint32(len(q.lanes)))
-	}
-	q.lanes[lane] <- p // cannot block: the lane holds capacity copies, the count bounds all lanes
-	q.pushed.Add(1)
-	return true
+	one := [1]*packet.Packet{p}
+	return q.PushBatch(one[:]) == 1
 }
 
-// popped accounts a copy taken off the queue.
-func (q *CopyQueue) popped(p *packet.Packet) *packet.Packet {
-	q.count.Add(-1)
-	q.bytes.Add(-int64(p.BufLen()))
-	return p
+// pushChunk is the most copies PushBatch admits at once.
+const pushChunk = 64
+
+// PushBatch enqueues the copies of batch, each in its flow's lane, and
+// reports how many were queued. When the queue cannot take them all (in
+// copies or in bytes), the batch's tail is released and counted as dropped.
+// It never blocks, and clears batch's slots.
+func (q *CopyQueue) PushBatch(batch []*packet.Packet) int {
+	queued := 0
+	for len(batch) > 0 {
+		k := min(len(batch), pushChunk)
+		queued += q.pushChunk(batch[:k])
+		clear(batch[:k])
+		batch = batch[k:]
+	}
+	return queued
+}
+
+func (q *CopyQueue) pushChunk(batch []*packet.Packet) int {
+	k := len(batch)
+	var total int64
+	for _, p := range batch {
+		total += int64(p.BufLen())
+	}
+	// Reserve room for the whole batch, then give back what does not fit.
+	c := q.count.Add(int64(k))
+	b := q.bytes.Add(total)
+	keep := k
+	if over := c - q.capacity; over > 0 {
+		keep = k - int(min(over, int64(k)))
+	}
+	var dropBytes int64
+	for _, p := range batch[keep:] {
+		dropBytes += int64(p.BufLen())
+	}
+	if q.maxBytes > 0 {
+		for keep > 0 && b-dropBytes > q.maxBytes {
+			keep--
+			dropBytes += int64(batch[keep].BufLen())
+		}
+	}
+	q.drop(batch[keep:], dropBytes)
+	batch = batch[:keep]
+	if len(q.lanes) == 1 {
+		return q.lanes[0].put(q, batch, nil, 0)
+	}
+	var laneOf [pushChunk]uint8
+	var used uint64 // bit i: some copy goes to lane i (lanes past 64 are looked at always)
+	for i, p := range batch {
+		l := FlowLane(p.Data) % uint32(len(q.lanes))
+		laneOf[i] = uint8(l)
+		used |= 1 << (l & 63)
+	}
+	n := 0
+	for i, ln := range q.lanes {
+		if i < 64 && used&(1<<i) == 0 {
+			continue
+		}
+		n += ln.put(q, batch, laneOf[:len(batch)], i)
+	}
+	return n
+}
+
+// drop releases copies the queue could not take and gives their reserved
+// room back.
+func (q *CopyQueue) drop(ps []*packet.Packet, bytes int64) {
+	if len(ps) == 0 {
+		return
+	}
+	q.count.Add(-int64(len(ps)))
+	q.bytes.Add(-bytes)
+	q.dropped.Add(uint64(len(ps)))
+	for _, p := range ps {
+		p.Release()
+	}
+}
+
+// put appends to the lane the copies of batch whose laneOf is idx (all of
+// them when laneOf is nil), in order, and wakes a waiting worker if the lane
+// was empty. Copies the ring has no room for (concurrent pushers may
+// reserve more than a lane holds) are dropped.
+func (l *lane) put(q *CopyQueue, batch []*packet.Packet, laneOf []uint8, idx int) int {
+	var rejected [pushChunk]*packet.Packet
+	nrej := 0
+	n := 0
+	l.mu.Lock()
+	wasEmpty := l.n == 0
+	for i, p := range batch {
+		if laneOf != nil && int(laneOf[i]) != idx {
+			continue
+		}
+		if l.n == len(l.ring) {
+			rejected[nrej] = p
+			nrej++
+			continue
+		}
+		j := l.head + l.n
+		if j >= len(l.ring) {
+			j -= len(l.ring)
+		}
+		l.ring[j] = p
+		l.n++
+		n++
+	}
+	l.mu.Unlock()
+	if n > 0 {
+		q.pushed.Add(uint64(n))
+		if wasEmpty {
+			select {
+			case l.wake <- struct{}{}:
+			default:
+			}
+		}
+	}
+	if nrej > 0 {
+		var b int64
+		for _, p := range rejected[:nrej] {
+			b += int64(p.BufLen())
+		}
+		q.drop(rejected[:nrej], b)
+	}
+	return n
+}
+
+// take moves up to len(dst) of the lane's oldest copies to dst.
+func (l *lane) take(dst []*packet.Packet) int {
+	l.mu.Lock()
+	k := min(l.n, len(dst))
+	for i := 0; i < k; i++ {
+		dst[i] = l.ring[l.head]
+		l.ring[l.head] = nil
+		l.head++
+		if l.head == len(l.ring) {
+			l.head = 0
+		}
+	}
+	l.n -= k
+	l.mu.Unlock()
+	return k
+}
+
+// popped accounts copies taken off the queue.
+func (q *CopyQueue) popped(ps []*packet.Packet) {
+	if len(ps) == 0 {
+		return
+	}
+	var b int64
+	for _, p := range ps {
+		b += int64(p.BufLen())
+	}
+	q.count.Add(-int64(len(ps)))
+	q.bytes.Add(-b)
 }
 
 // Full reports whether the queue is at capacity right now, in copies or in
@@ -110,52 +256,30 @@ func (q *CopyQueue) PopLane(ctx context.Context, lane int, dst []*packet.Packet)
 	if len(dst) == 0 {
 		return 0
 	}
-	ch := q.lanes[lane%len(q.lanes)]
-	select {
-	case p := <-ch:
-		dst[0] = q.popped(p)
-	default:
+	l := q.lanes[lane%len(q.lanes)]
+	for {
+		if n := l.take(dst); n > 0 {
+			q.popped(dst[:n])
+			return n
+		}
 		select {
-		case p := <-ch:
-			dst[0] = q.popped(p)
+		case <-l.wake:
 		case <-ctx.Done():
 			// Prefer delivering what is already queued.
-			select {
-			case p := <-ch:
-				dst[0] = q.popped(p)
-			default:
-				return 0
-			}
-		}
-	}
-	n := 1
-	for n < len(dst) {
-		select {
-		case p := <-ch:
-			dst[n] = q.popped(p)
-			n++
-		default:
+			n := l.take(dst)
+			q.popped(dst[:n])
 			return n
 		}
 	}
-	return n
 }
 
 // TryPopBatch takes what is queued in any lane, without blocking.
 func (q *CopyQueue) TryPopBatch(dst []*packet.Packet) int {
 	n := 0
-	for _, ch := range q.lanes {
-		for n < len(dst) {
-			select {
-			case p := <-ch:
-				dst[n] = q.popped(p)
-				n++
-				continue
-			default:
-			}
-			break
-		}
+	for _, l := range q.lanes {
+		n += l.take(dst[n:])
 	}
+	q.popped(dst[:n])
 	return n
 }
 

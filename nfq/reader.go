@@ -76,6 +76,10 @@ type reader struct {
 	// per-batch local counters, folded into the ledger once per batch
 	nRecv, nMalformed, nOverflow, nGaps, nTooBig uint64
 
+	// copies of the current read, pushed to the copy queue together
+	pend  [pushChunk]*packet.Packet
+	npend int
+
 	// ruleMask: where the session's rules put a rule ordinal in the mark
 	// (log sessions that annotate; 0: none)
 	ruleMask uint32
@@ -465,13 +469,26 @@ func (r *reader) handlePacket(body []byte) {
 		p.Mark &^= m
 	}
 	p.Session = r.session
-	if !r.q.Push(p) {
-		r.nOverflow++
+	r.pend[r.npend] = p
+	r.npend++
+	if r.npend == len(r.pend) {
+		r.push()
 	}
 }
 
-// fold adds the batch's local counters to the ledger.
+// push hands the copies of the read so far to the copy queue in one batch.
+func (r *reader) push() {
+	if r.npend == 0 {
+		return
+	}
+	k := r.npend
+	r.npend = 0
+	r.nOverflow += uint64(k - r.q.PushBatch(r.pend[:k]))
+}
+
+// fold pushes the batch's copies and adds its local counters to the ledger.
 func (r *reader) fold() {
+	r.push()
 	if r.nRecv > 0 {
 		r.packets.Add(r.nRecv)
 		r.led.AddReceived(r.nRecv)
