@@ -17,7 +17,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/nfclone/nfclone/config"
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/route"
 	"github.com/nfclone/nfclone/rules"
 	"github.com/nfclone/nfclone/sink"
@@ -232,7 +232,7 @@ func (e *Engine) sumSessions(f func(*session) uint64) uint64 {
 // rule counters know (kernel_lost, rate_limit) — which `capture` reports;
 // while running, the counts so far. LimitCut is the part of SendError that
 // were copies refused because the Limit was reached (not losses).
-func (e *Engine) Ledger() (total nfq.Snapshot, limitCut uint64) {
+func (e *Engine) Ledger() (total pipeline.Snapshot, limitCut uint64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.rt == nil {
@@ -248,7 +248,7 @@ func (e *Engine) Ledger() (total nfq.Snapshot, limitCut uint64) {
 }
 
 // addSnapshots sums two ledgers field by field.
-func addSnapshots(a, b nfq.Snapshot) nfq.Snapshot {
+func addSnapshots(a, b pipeline.Snapshot) pipeline.Snapshot {
 	a.Offered += b.Offered
 	a.Received += b.Received
 	a.Copied += b.Copied

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/nfclone/nfclone/config"
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 )
 
 func mustParse(t *testing.T, y string) *config.Config {
@@ -118,11 +118,11 @@ func TestLimit(t *testing.T) {
 
 // The capture's report sums the sessions' ledgers field by field.
 func TestAddSnapshots(t *testing.T) {
-	a := nfq.Snapshot{Offered: 10, Received: 8, Copied: 7, Bytes: 700, InFlight: 1, ENOBUFS: 1, VerdictErrors: 1,
-		Drops: nfq.Drops{KernelQueue: 1, User: 1, SocketOverrun: 1, QueueOverflow: 1, RateLimit: 1, Malformed: 1, SendError: 1, KernelLost: 1}}
-	got := addSnapshots(addSnapshots(nfq.Snapshot{}, a), a)
-	want := nfq.Snapshot{Offered: 20, Received: 16, Copied: 14, Bytes: 1400, InFlight: 2, ENOBUFS: 2, VerdictErrors: 2,
-		Drops: nfq.Drops{KernelQueue: 2, User: 2, SocketOverrun: 2, QueueOverflow: 2, RateLimit: 2, Malformed: 2, SendError: 2, KernelLost: 2}}
+	a := pipeline.Snapshot{Offered: 10, Received: 8, Copied: 7, Bytes: 700, InFlight: 1, ENOBUFS: 1, VerdictErrors: 1,
+		Drops: pipeline.Drops{KernelQueue: 1, User: 1, SocketOverrun: 1, QueueOverflow: 1, RateLimit: 1, Malformed: 1, SendError: 1, KernelLost: 1}}
+	got := addSnapshots(addSnapshots(pipeline.Snapshot{}, a), a)
+	want := pipeline.Snapshot{Offered: 20, Received: 16, Copied: 14, Bytes: 1400, InFlight: 2, ENOBUFS: 2, VerdictErrors: 2,
+		Drops: pipeline.Drops{KernelQueue: 2, User: 2, SocketOverrun: 2, QueueOverflow: 2, RateLimit: 2, Malformed: 2, SendError: 2, KernelLost: 2}}
 	if got != want {
 		t.Fatalf("got %+v\nwant %+v", got, want)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/rules"
 	"github.com/nfclone/nfclone/sink"
 	"github.com/nfclone/nfclone/status"
@@ -36,8 +37,8 @@ type session struct {
 	key     string // what the session is: a reload with the same key keeps it
 	first   int    // first queue number / log group
 	count   int
-	queue   *nfq.CopyQueue
-	ledger  *nfq.Ledger
+	queue   *pipeline.CopyQueue
+	ledger  *pipeline.Ledger
 	readers []reader
 	targets []sink.Sink
 	kinds   []string
@@ -51,8 +52,8 @@ type session struct {
 	readerWG     sync.WaitGroup
 	workerCancel context.CancelFunc
 	workerWG     sync.WaitGroup
-	running      []bool        // per reader
-	final        *nfq.Snapshot // the ledger at stop, with the kernel's counts
+	running      []bool             // per reader
+	final        *pipeline.Snapshot // the ledger at stop, with the kernel's counts
 	mu           sync.Mutex
 }
 
@@ -94,7 +95,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 	slog := log.With("session", sc.Name)
 	s := &session{
 		name: sc.Name, method: sc.Method, key: key, first: first, count: 1,
-		queue: nfq.NewLaneQueue(c.Queue.Cap, c.Queue.CapByteCount, c.Queue.Workers), ledger: &nfq.Ledger{}, workers: c.Queue.Workers, log: slog,
+		queue: pipeline.NewLaneQueue(c.Queue.Cap, c.Queue.CapByteCount, c.Queue.Workers), ledger: &pipeline.Ledger{}, workers: c.Queue.Workers, log: slog,
 	}
 	defer func() {
 		if err != nil {
@@ -292,7 +293,7 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 	s.workerWG.Add(1)
 	go func() {
 		defer s.workerWG.Done()
-		nfq.RunWorkers(wctx, s.queue, s.workers, nfq.Deliver(s.fanout, s.ledger))
+		pipeline.RunWorkers(wctx, s.queue, s.workers, pipeline.Deliver(s.fanout, s.ledger))
 	}()
 }
 
@@ -360,7 +361,7 @@ const stopGrace = 100 * time.Millisecond
 // discardQueued takes every copy still in the queue out, releases it and
 // counts it as dropped (queue_overflow: the queue could not be drained).
 func (s *session) discardQueued() uint64 {
-	var arr [nfq.WorkerBatch]*packet.Packet
+	var arr [pipeline.WorkerBatch]*packet.Packet
 	var n uint64
 	for {
 		k := s.queue.TryPopBatch(arr[:])
@@ -531,7 +532,7 @@ func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name 
 
 // snapshot is the session's ledger: the final one once stopped, else the
 // readers' and workers' counts so far.
-func (s *session) snapshot() nfq.Snapshot {
+func (s *session) snapshot() pipeline.Snapshot {
 	s.mu.Lock()
 	f := s.final
 	s.mu.Unlock()
@@ -545,7 +546,7 @@ func (s *session) snapshot() nfq.Snapshot {
 // counters know: packets the copy rule matched that never reached the
 // reader, counted by no other kernel counter (kernel_lost), and packets the
 // session's rate kept from it.
-func withKernelCounts(s nfq.Snapshot, m map[string]rules.CounterValue) nfq.Snapshot {
+func withKernelCounts(s pipeline.Snapshot, m map[string]rules.CounterValue) pipeline.Snapshot {
 	s = s.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
 	s.Skipped = skippedCounts(m)
 	return s

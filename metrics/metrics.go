@@ -26,7 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/status"
 )
 
@@ -58,7 +58,7 @@ type reasonValue struct {
 	value  uint64
 }
 
-func dropsByReason(d nfq.Drops) []reasonValue {
+func dropsByReason(d pipeline.Drops) []reasonValue {
 	return []reasonValue{
 		{ReasonKernelQueue, d.KernelQueue},
 		{ReasonUser, d.User},

@@ -3,6 +3,7 @@ package nfq
 import (
 	"fmt"
 	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pipeline"
 	"os"
 	"path/filepath"
 	"testing"
@@ -29,8 +30,8 @@ func FuzzParseMessages(f *testing.F) {
 		f.Add(s, true)
 	}
 	f.Fuzz(func(t *testing.T, b []byte, log bool) {
-		var led Ledger
-		q := NewCopyQueue(8, 0)
+		var led pipeline.Ledger
+		q := pipeline.NewCopyQueue(8, 0)
 		kind := kindQueue
 		if log {
 			kind = kindLog

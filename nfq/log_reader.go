@@ -11,6 +11,8 @@ import (
 	nflog "github.com/florianl/go-nflog/v2"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nfclone/nfclone/pipeline"
 )
 
 // LogConfig configures a LogReader.
@@ -67,7 +69,7 @@ func (c *LogConfig) defaults() {
 }
 
 // LogReader reads one NFLOG group (with NFULNL_CFG_F_SEQ, so losses are
-// counted from sequence gaps) and pushes copies into a CopyQueue.
+// counted from sequence gaps) and pushes copies into a pipeline.CopyQueue.
 type LogReader struct {
 	cfg  LogConfig
 	r    *reader
@@ -75,7 +77,7 @@ type LogReader struct {
 }
 
 // NewLogReader opens and binds NFLOG group cfg.Group.
-func NewLogReader(cfg LogConfig, q *CopyQueue, led *Ledger) (*LogReader, error) {
+func NewLogReader(cfg LogConfig, q *pipeline.CopyQueue, led *pipeline.Ledger) (*LogReader, error) {
 	cfg.defaults()
 	nl, err := nflog.Open(&nflog.Config{
 		Group:    cfg.Group,
@@ -109,7 +111,7 @@ func NewLogReader(cfg LogConfig, q *CopyQueue, led *Ledger) (*LogReader, error) 
 	return lr, nil
 }
 
-func newLogReader(cfg LogConfig, sock nlSocket, q *CopyQueue, led *Ledger) (*LogReader, error) {
+func newLogReader(cfg LogConfig, sock nlSocket, q *pipeline.CopyQueue, led *pipeline.Ledger) (*LogReader, error) {
 	cfg.defaults()
 	// One datagram carries what fits in the kernel's buffer of
 	// max(NlBufSize, one message): the allocation is rounded up to a power

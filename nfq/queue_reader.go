@@ -12,6 +12,8 @@ import (
 	nfqueue "github.com/florianl/go-nfqueue/v2"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nfclone/nfclone/pipeline"
 )
 
 // QueueConfig configures a QueueReader.
@@ -71,11 +73,11 @@ type CloneMarks struct {
 }
 
 // QueueReader reads one NFQUEUE queue of clones: it pushes copies of their
-// bytes into a CopyQueue and drops the clones with batch verdicts.
+// bytes into a pipeline.CopyQueue and drops the clones with batch verdicts.
 type QueueReader struct {
 	cfg  QueueConfig
 	r    *reader
-	led  *Ledger
+	led  *pipeline.Ledger
 	mu   sync.Mutex
 	base *QueueStats // kernel counters seen last
 	once sync.Once
@@ -116,7 +118,7 @@ func (c *QueueConfig) defaults() {
 // NewQueueReader opens and binds NFQUEUE cfg.Num (packet copy mode, copy
 // range = snaplen, GSO packets whole, never fail-open) and returns a reader
 // that pushes copies to q and counts into led. Call Run, then Close.
-func NewQueueReader(cfg QueueConfig, q *CopyQueue, led *Ledger) (*QueueReader, error) {
+func NewQueueReader(cfg QueueConfig, q *pipeline.CopyQueue, led *pipeline.Ledger) (*QueueReader, error) {
 	cfg.defaults()
 	nf, err := nfqueue.Open(&nfqueue.Config{
 		NfQueue:      cfg.Num,
@@ -152,7 +154,7 @@ func NewQueueReader(cfg QueueConfig, q *CopyQueue, led *Ledger) (*QueueReader, e
 	return qr, nil
 }
 
-func newQueueReader(cfg QueueConfig, sock nlSocket, q *CopyQueue, led *Ledger) (*QueueReader, error) {
+func newQueueReader(cfg QueueConfig, sock nlSocket, q *pipeline.CopyQueue, led *pipeline.Ledger) (*QueueReader, error) {
 	cfg.defaults()
 	bufSize := nlAlign(int(cfg.Snaplen) + nlOverhead)
 	nbufs := min(cfg.Batch, max(16, cfg.BufBudget/bufSize))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pipeline"
 	"log/slog"
 	"math/bits"
 	"net"
@@ -24,7 +25,7 @@ const (
 	kindLog
 )
 
-// ReaderStats are a reader's own counters (the session's are in its Ledger).
+// ReaderStats are a reader's own counters (the session's are in its pipeline.Ledger).
 type ReaderStats struct {
 	Datagrams     uint64 `json:"datagrams"`
 	Packets       uint64 `json:"packets"`
@@ -38,8 +39,8 @@ type ReaderStats struct {
 type reader struct {
 	kind    readerKind
 	sock    nlSocket
-	q       *CopyQueue
-	led     *Ledger
+	q       *pipeline.CopyQueue
+	led     *pipeline.Ledger
 	session int
 	resID   uint16 // queue number or log group
 	log     *slog.Logger
@@ -77,7 +78,7 @@ type reader struct {
 	nRecv, nMalformed, nOverflow, nGaps, nTooBig uint64
 
 	// copies of the current read, pushed to the copy queue together
-	pend  [pushChunk]*packet.Packet
+	pend  [pipeline.PushChunk]*packet.Packet
 	npend int
 
 	// ruleMask: where the session's rules put a rule ordinal in the mark
@@ -92,7 +93,7 @@ type reader struct {
 	lastWarn                                                     time.Time
 }
 
-func newReader(kind readerKind, sock nlSocket, q *CopyQueue, led *Ledger, session int, resID uint16,
+func newReader(kind readerKind, sock nlSocket, q *pipeline.CopyQueue, led *pipeline.Ledger, session int, resID uint16,
 	vlen, bufSize, batch int, log *slog.Logger) *reader {
 	if vlen < 1 {
 		vlen = 1
@@ -416,7 +417,7 @@ func (r *reader) handlePacket(body []byte) {
 		return
 	}
 	if r.q.Full() {
-		r.q.dropped.Add(1)
+		r.q.AddDropped(1)
 		r.nOverflow++
 		return
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/nfclone/nfclone/internal/netnstest"
 	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pipeline"
 	"os"
 	"os/exec"
 	"strings"
@@ -75,7 +76,7 @@ func addCloneRules(t *testing.T, ns *testNS, num uint16) {
 
 type countSink struct {
 	n, bytes atomic.Uint64
-	led      *Ledger
+	led      *pipeline.Ledger
 }
 
 func (c *countSink) send(b []*packet.Packet) {
@@ -97,8 +98,8 @@ func TestRootQueueReader(t *testing.T) {
 	// With no reader bound, the clones are dropped; the originals flow.
 	ns.Sh(t, "ping -c 1 -W 2 127.0.0.1")
 
-	var led Ledger
-	q := NewCopyQueue(8192, 0)
+	var led pipeline.Ledger
+	q := pipeline.NewCopyQueue(8192, 0)
 	qr, err := NewQueueReader(QueueConfig{
 		Num: 0, NetNS: ns.FD, Snaplen: 128,
 		Clones:    CloneMarks{Mask: testMarkMask, TTLDecremented: testMarkTTLDec},
@@ -121,7 +122,7 @@ func TestRootQueueReader(t *testing.T) {
 		}
 	}()
 	wwg.Add(1)
-	go func() { defer wwg.Done(); RunWorkers(wctx, q, 2, cs.send) }()
+	go func() { defer wwg.Done(); pipeline.RunWorkers(wctx, q, 2, cs.send) }()
 	stop := func() {
 		cancelReader()
 		rwg.Wait()
@@ -184,8 +185,8 @@ func TestRootLogReader(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("nft: %v %s", err, out)
 	}
-	var led Ledger
-	q := NewCopyQueue(1024, 0)
+	var led pipeline.Ledger
+	q := pipeline.NewCopyQueue(1024, 0)
 	lr, err := NewLogReader(LogConfig{Group: 5, NetNS: ns.FD}, q, &led)
 	if err != nil {
 		t.Fatal(err)
@@ -198,7 +199,7 @@ func TestRootLogReader(t *testing.T) {
 	go func() { defer wg.Done(); lr.Run(ctx) }()
 	go func() {
 		defer wg.Done()
-		RunWorkers(ctx, q, 1, func(b []*packet.Packet) {
+		pipeline.RunWorkers(ctx, q, 1, func(b []*packet.Packet) {
 			for _, p := range b {
 				if p.Family == 4 && p.Data[9] == 1 {
 					fam4.Add(1)

@@ -1,4 +1,4 @@
-package nfq
+package pipeline
 
 import (
 	"context"
@@ -79,8 +79,9 @@ func (q *CopyQueue) Push(p *packet.Packet) bool {
 	return q.PushBatch(one[:]) == 1
 }
 
-// pushChunk is the most copies PushBatch admits at once.
-const pushChunk = 64
+// PushChunk is the most copies PushBatch admits at once (a producer that
+// collects a batch need collect no more).
+const PushChunk = 64
 
 // PushBatch enqueues the copies of batch, each in its flow's lane, and
 // reports how many were queued. When the queue cannot take them all (in
@@ -89,7 +90,7 @@ const pushChunk = 64
 func (q *CopyQueue) PushBatch(batch []*packet.Packet) int {
 	queued := 0
 	for len(batch) > 0 {
-		k := min(len(batch), pushChunk)
+		k := min(len(batch), PushChunk)
 		queued += q.pushChunk(batch[:k])
 		clear(batch[:k])
 		batch = batch[k:]
@@ -125,7 +126,7 @@ func (q *CopyQueue) pushChunk(batch []*packet.Packet) int {
 	if len(q.lanes) == 1 {
 		return q.lanes[0].put(q, batch, nil, 0)
 	}
-	var laneOf [pushChunk]uint8
+	var laneOf [PushChunk]uint8
 	var used uint64 // bit i: some copy goes to lane i (lanes past 64 are looked at always)
 	for i, p := range batch {
 		l := FlowLane(p.Data) % uint32(len(q.lanes))
@@ -161,7 +162,7 @@ func (q *CopyQueue) drop(ps []*packet.Packet, bytes int64) {
 // was empty. Copies the ring has no room for (concurrent pushers may
 // reserve more than a lane holds) are dropped.
 func (l *lane) put(q *CopyQueue, batch []*packet.Packet, laneOf []uint8, idx int) int {
-	var rejected [pushChunk]*packet.Packet
+	var rejected [PushChunk]*packet.Packet
 	nrej := 0
 	n := 0
 	l.mu.Lock()
@@ -239,6 +240,10 @@ func (q *CopyQueue) popped(ps []*packet.Packet) {
 func (q *CopyQueue) Full() bool {
 	return q.count.Load() >= q.capacity || (q.maxBytes > 0 && q.bytes.Load()+packet.MaxBuf > q.maxBytes)
 }
+
+// AddDropped counts n copies a producer did not make because the queue was
+// Full.
+func (q *CopyQueue) AddDropped(n uint64) { q.dropped.Add(n) }
 
 // Bytes is the buffer bytes of the queued copies.
 func (q *CopyQueue) Bytes() int64 { return q.bytes.Load() }

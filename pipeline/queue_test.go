@@ -1,4 +1,4 @@
-package nfq
+package pipeline
 
 import (
 	"context"
@@ -53,7 +53,7 @@ func TestCopyQueuePushBatch(t *testing.T) {
 
 	// Batches longer than a chunk are pushed chunk by chunk.
 	ql := NewCopyQueue(1000, 0)
-	long := make([]*packet.Packet, 3*pushChunk+5)
+	long := make([]*packet.Packet, 3*PushChunk+5)
 	for i := range long {
 		long[i] = packet.New(ipv4(40, [4]byte{}))
 	}
