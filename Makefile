@@ -39,7 +39,7 @@ test: deps lint build
 # under -race, which instruments allocations: they run here without it.
 ALLOC_TESTS := Allocs|NoAlloc
 allocs:
-	@out=$$($(GO) test -count=1 -run '$(ALLOC_TESTS)' -v ./nfq ./sink ./gso 2>&1); st=$$?; \
+	@out=$$($(GO) test -count=1 -run '$(ALLOC_TESTS)' -v ./nfq ./sink ./gso ./internal/mmsg 2>&1); st=$$?; \
 	  echo "$$out" | grep -E '^(--- |ok|FAIL)|allocat'; exit $$st
 
 # A short run of every fuzz target (seed corpora in each package's testdata/fuzz).

@@ -17,6 +17,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/nfclone/nfclone/internal/mmsg"
 	"golang.org/x/sys/unix"
 )
 
@@ -410,23 +411,23 @@ func (c *Collector) Run(ctx context.Context) error {
 	}
 	for {
 		for i := range hdrs {
-			iovs[i].Base = &bufs[i][0]
-			iovs[i].SetLen(bufLen)
-			hdrs[i] = unix.Mmsghdr{}
-			hdrs[i].Hdr.Name = (*byte)(unsafe.Pointer(&names[i]))
-			hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
-			hdrs[i].Hdr.Iov = &iovs[i]
-			hdrs[i].Hdr.SetIovlen(1)
+			// Afresh each time: recvmmsg rewrites the lengths.
+			mmsg.Point(&hdrs[i], &iovs[i], bufs[i])
+			mmsg.Inet6(&hdrs[i], &names[i])
 			if tsErr == nil {
-				hdrs[i].Hdr.Control = &oobs[i][0]
-				hdrs[i].Hdr.SetControllen(len(oobs[i]))
+				mmsg.Control(&hdrs[i], oobs[i])
 			}
 		}
 		var n int
 		var rerr error
 		err := rc.Read(func(fd uintptr) bool {
-			n, rerr = recvmmsg(int(fd), hdrs)
-			return rerr != unix.EAGAIN
+			var e unix.Errno
+			n, e = mmsg.Recv(int(fd), hdrs, unix.MSG_DONTWAIT)
+			rerr = nil
+			if e != 0 {
+				rerr = e
+			}
+			return e != unix.EAGAIN
 		})
 		if err == nil {
 			err = rerr
@@ -481,15 +482,6 @@ func kernelTime(oob []byte) int64 {
 		oob = oob[al:]
 	}
 	return 0
-}
-
-func recvmmsg(fd int, hdrs []unix.Mmsghdr) (int, error) {
-	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])),
-		uintptr(len(hdrs)), unix.MSG_DONTWAIT, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
 }
 
 func sockaddrAddr(sa *unix.RawSockaddrInet6, n uint32) netip.Addr {

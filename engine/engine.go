@@ -16,7 +16,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/nfclone/nfclone/config"
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/route"
 	"github.com/nfclone/nfclone/rules"
 	"github.com/nfclone/nfclone/sink"
@@ -224,10 +224,10 @@ func (e *Engine) sumSessions(f func(userSession) uint64) uint64 {
 
 // Ledger is the sum of the userspace sessions' ledgers. After Run returned
 // it is the final account — the readers' counts plus what only the kernel's
-// rule counters know (fail_open, rate_limit) — which `capture` reports;
+// rule counters know (kernel_lost, rate_limit) — which `capture` reports;
 // while running, the counts so far. LimitCut is the part of SendError that
 // were copies refused because the Limit was reached (not losses).
-func (e *Engine) Ledger() (total nfq.Snapshot, limitCut uint64) {
+func (e *Engine) Ledger() (total pipeline.Snapshot, limitCut uint64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.rt == nil {
@@ -243,7 +243,7 @@ func (e *Engine) Ledger() (total nfq.Snapshot, limitCut uint64) {
 }
 
 // addSnapshots sums two ledgers field by field.
-func addSnapshots(a, b nfq.Snapshot) nfq.Snapshot {
+func addSnapshots(a, b pipeline.Snapshot) pipeline.Snapshot {
 	a.Offered += b.Offered
 	a.Received += b.Received
 	a.Copied += b.Copied
@@ -261,7 +261,8 @@ func addSnapshots(a, b nfq.Snapshot) nfq.Snapshot {
 	d.Malformed += x.Malformed
 	d.SendError += x.SendError
 	d.TooBig += x.TooBig
-	d.FailOpen += x.FailOpen
+	d.KernelLost += x.KernelLost
+	d.Dedup += x.Dedup
 	return a
 }
 
@@ -482,7 +483,7 @@ func (e *Engine) shutdown(started bool) error {
 	log.Info("stopping: removing rules")
 	var counters map[string]map[string]rules.CounterValue
 	if rt.rs != nil {
-		counters, _ = rt.h.rules.Counters(rt.rs) // for the ledgers' fail-open count
+		counters, _ = rt.h.rules.Counters(rt.rs) // for the ledgers' kernel_lost count
 	}
 	var errs []error
 	if err := rt.h.rules.Close(); err != nil {

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/nfclone/nfclone/config"
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/route"
 	"github.com/nfclone/nfclone/rules"
 	"github.com/nfclone/nfclone/sink"
@@ -80,7 +80,7 @@ type userSession interface {
 	// close releases what open took, for a session never started.
 	close()
 	status() status.SessionStatus
-	snapshot() nfq.Snapshot
+	snapshot() pipeline.Snapshot
 	written() uint64
 }
 

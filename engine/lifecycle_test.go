@@ -16,8 +16,9 @@ import (
 	"time"
 
 	"github.com/nfclone/nfclone/config"
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/route"
+	"github.com/nfclone/nfclone/route/routetest"
 	"github.com/nfclone/nfclone/rules"
 	"github.com/nfclone/nfclone/sink"
 	"github.com/nfclone/nfclone/status"
@@ -201,8 +202,8 @@ func (s *fakeSession) close() {
 func (s *fakeSession) status() status.SessionStatus {
 	return status.SessionStatus{Name: s.id.Name, State: "running"}
 }
-func (s *fakeSession) snapshot() nfq.Snapshot { return nfq.Snapshot{} }
-func (s *fakeSession) written() uint64        { return 0 }
+func (s *fakeSession) snapshot() pipeline.Snapshot { return pipeline.Snapshot{} }
+func (s *fakeSession) written() uint64             { return 0 }
 
 func (s *fakeSession) state() (started, stopped, closed bool) {
 	s.mu.Lock()
@@ -243,7 +244,7 @@ type lifecycle struct {
 	t        *testing.T
 	ev       *events
 	rules    *fakeRules
-	kernel   *route.Fake
+	kernel   *routetest.Fake
 	links    *fakeLinks
 	sessions *fakeSessions
 	state    *fakeState
@@ -258,7 +259,7 @@ type lifecycle struct {
 
 func newLifecycle(t *testing.T) *lifecycle {
 	ev := &events{}
-	k := route.NewFake()
+	k := routetest.NewFake()
 	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
 	i0 := k.AddLink("e0", mac("02:00:00:00:00:10"), netip.MustParsePrefix("10.77.1.1/24"))
 	i1 := k.AddLink("e1", mac("02:00:00:00:00:11"), netip.MustParsePrefix("10.77.2.1/24"), netip.MustParsePrefix("fd77:2::1/64"))

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/nfclone/nfclone/route"
+	"github.com/nfclone/nfclone/route/routetest"
 )
 
 // planApply is pure: the same inputs give the same plan, and it decides
@@ -86,7 +87,7 @@ sessions:
 	}
 	// Apply it to a fake kernel and plan again with its journal: nothing
 	// to add. Then a config without the gateway: all of it is unwanted.
-	k := route.NewFake()
+	k := routetest.NewFake()
 	k.AddLink("e1", nil)
 	j, err := route.NewApplier(k, discard()).Apply(p.Add)
 	if err != nil {

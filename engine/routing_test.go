@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nfclone/nfclone/route"
+	"github.com/nfclone/nfclone/route/routetest"
 )
 
 // A link flap on a gateway target's device (issue 11): while the link is
@@ -21,7 +22,7 @@ sessions:
     sources: [{interface: e0}]
     targets: [{kind: gateway, gateway: 10.77.2.2, device: e1, mac: "02:00:00:00:77:22"}]
 `)
-	k := route.NewFake()
+	k := routetest.NewFake()
 	k.AddLink("e0", nil, netip.MustParsePrefix("10.77.1.1/24"))
 	e1 := k.AddLink("e1", nil, netip.MustParsePrefix("10.77.2.1/24"))
 	e3 := k.AddLink("e3", nil, netip.MustParsePrefix("10.77.4.1/24"))

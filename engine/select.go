@@ -14,14 +14,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nfclone/nfclone/config"
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/rules"
 )
 
 // skippedCounts reads what each selector kept from being copied out of a
 // session's rule counters.
-func skippedCounts(m map[string]rules.CounterValue) nfq.Skipped {
-	return nfq.Skipped{
+func skippedCounts(m map[string]rules.CounterValue) pipeline.Skipped {
+	return pipeline.Skipped{
 		Priority:     m[rules.CounterPriority].Packets,
 		Scope:        m[rules.CounterScope].Packets,
 		FirstPackets: m[rules.CounterFirstPackets].Packets,

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/route"
+	"github.com/nfclone/nfclone/route/routetest"
 )
 
 const nobody = 65534
@@ -34,8 +35,8 @@ func plant(t *testing.T, dir string) {
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // A fake kernel with a victim rule; refusing must leave it as it was.
-func victimKernel() *route.Fake {
-	k := route.NewFake()
+func victimKernel() *routetest.Fake {
+	k := routetest.NewFake()
 	k.AddLink("e0", nil)
 	k.AddRawRule(route.RuleInfo{PolicyRule: route.PolicyRule{Family: route.FamilyOf(netip.MustParseAddr("10.0.0.1")), Pref: 50, Mark: 7, Table: 77}, Mask: 0xffffffff, Action: unix.FR_ACT_TO_TBL})
 	return k
@@ -184,7 +185,7 @@ func TestStateDirLock(t *testing.T) {
 	}
 	c := config.Default()
 	c.StateDir = dir
-	if err := Reconcile(&c, route.NewFake(), discard()); !errors.Is(err, ErrRunning) {
+	if err := Reconcile(&c, routetest.NewFake(), discard()); !errors.Is(err, ErrRunning) {
 		t.Fatalf("flush while locked: %v; want ErrRunning", err)
 	}
 	a.Close()

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/nfclone/nfclone/config"
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/sink"
 )
 
@@ -36,7 +36,7 @@ func (b *blockedSink) Close() error { return nil }
 func blockedSession(t *testing.T, held, queued int) (*session, *blockedSink) {
 	t.Helper()
 	b := newBlockedSink()
-	s := &session{name: "t", method: config.MethodQueue, queue: nfq.NewCopyQueue(1024, 0), ledger: &nfq.Ledger{},
+	s := &session{name: "t", method: config.MethodQueue, queue: pipeline.NewCopyQueue(1024, 0), ledger: &pipeline.Ledger{},
 		fanout: b, targets: []sink.Sink{b}, workers: 1, log: discard()}
 	s.start(nil)
 	push := func(n int) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/rules"
 	"github.com/nfclone/nfclone/sink"
 	"github.com/nfclone/nfclone/status"
@@ -36,8 +37,8 @@ type session struct {
 	key     string // what the session is: a reload with the same key keeps it
 	first   int    // first queue number / log group
 	count   int
-	queue   *nfq.CopyQueue
-	ledger  *nfq.Ledger
+	queue   *pipeline.CopyQueue
+	ledger  *pipeline.Ledger
 	readers []reader
 	targets []sink.Sink
 	kinds   []config.Kind
@@ -51,8 +52,8 @@ type session struct {
 	readerWG     sync.WaitGroup
 	workerCancel context.CancelFunc
 	workerWG     sync.WaitGroup
-	running      []bool        // per reader
-	final        *nfq.Snapshot // the ledger at stop, with the kernel's counts
+	running      []bool             // per reader
+	final        *pipeline.Snapshot // the ledger at stop, with the kernel's counts
 	mu           sync.Mutex
 }
 
@@ -94,7 +95,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 	slog := log.With("session", sc.Name)
 	s := &session{
 		name: sc.Name, method: sc.Method, key: key, first: first, count: 1,
-		queue: nfq.NewLaneQueue(c.Queue.Cap, c.Queue.CapByteCount, c.Queue.Workers), ledger: &nfq.Ledger{}, workers: c.Queue.Workers, log: slog,
+		queue: pipeline.NewLaneQueue(c.Queue.Cap, c.Queue.CapByteCount, c.Queue.Workers), ledger: &pipeline.Ledger{}, workers: c.Queue.Workers, log: slog,
 	}
 	defer func() {
 		if err != nil {
@@ -147,7 +148,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 			r, err := nfq.NewQueueReader(nfq.QueueConfig{
 				Num: uint16(first + k), Snaplen: uint32(sc.Snaplen), MaxLen: uint32(c.Queue.MaxLen), Logger: slog,
 				BufBudget: (8 << 20) / c.Queue.Count, // the session's receive slabs stay within 8 MiB (126 whole 64 KiB messages)
-				Clones:    &nfq.CloneMarks{Mask: c.MarkMask, TTLDecremented: c.Marks().TTLDecremented(), DFClear: c.Marks().DFClear()},
+				Clones:    nfq.CloneMarks{Mask: c.MarkMask, TTLDecremented: c.Marks().TTLDecremented(), DFClear: c.Marks().DFClear()},
 			}, s.queue, s.ledger)
 			if err != nil {
 				return nil, hostErr("sessions[%d]: binding NFQUEUE %d: %v", i, first+k, err)
@@ -291,7 +292,7 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 	s.workerWG.Add(1)
 	go func() {
 		defer s.workerWG.Done()
-		nfq.RunWorkers(wctx, s.queue, s.workers, nfq.Deliver(s.fanout, s.ledger))
+		pipeline.RunWorkers(wctx, s.queue, s.workers, pipeline.Deliver(s.fanout, s.ledger))
 	}()
 }
 
@@ -345,7 +346,7 @@ func (s *session) stop(drain time.Duration, kernel map[string]rules.CounterValue
 	s.mu.Lock()
 	s.final = &snap
 	s.mu.Unlock()
-	s.log.Info("session ledger", "offered", snap.Offered, "copied", snap.Copied, "fail_open", snap.Drops.FailOpen,
+	s.log.Info("session ledger", "offered", snap.Offered, "copied", snap.Copied, "kernel_lost", snap.Drops.KernelLost,
 		"rate_limit", snap.Drops.RateLimit, "skipped_by_selectors", snap.Skipped.Total(),
 		"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
 		"kernel_queue", snap.Drops.KernelQueue, "user", snap.Drops.User, "socket_overrun", snap.Drops.SocketOverrun,
@@ -359,7 +360,7 @@ const stopGrace = 100 * time.Millisecond
 // discardQueued takes every copy still in the queue out, releases it and
 // counts it as dropped (queue_overflow: the queue could not be drained).
 func (s *session) discardQueued() uint64 {
-	var arr [nfq.WorkerBatch]*packet.Packet
+	var arr [pipeline.WorkerBatch]*packet.Packet
 	var n uint64
 	for {
 		k := s.queue.TryPopBatch(arr[:])
@@ -534,7 +535,7 @@ func (s *session) ident() sessionIdent {
 
 // snapshot is the session's ledger: the final one once stopped, else the
 // readers' and workers' counts so far.
-func (s *session) snapshot() nfq.Snapshot {
+func (s *session) snapshot() pipeline.Snapshot {
 	s.mu.Lock()
 	f := s.final
 	s.mu.Unlock()
@@ -546,8 +547,9 @@ func (s *session) snapshot() nfq.Snapshot {
 
 // withKernelCounts adds to a session's ledger what only the kernel's rule
 // counters know: packets the copy rule matched that never reached the
-// reader (fail_open) and packets the session's rate kept from it.
-func withKernelCounts(s nfq.Snapshot, m map[string]rules.CounterValue) nfq.Snapshot {
+// reader, counted by no other kernel counter (kernel_lost), and packets the
+// session's rate kept from it.
+func withKernelCounts(s pipeline.Snapshot, m map[string]rules.CounterValue) pipeline.Snapshot {
 	s = s.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
 	s.Skipped = skippedCounts(m)
 	return s

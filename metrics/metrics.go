@@ -26,7 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/status"
 )
 
@@ -46,7 +46,7 @@ const (
 	ReasonMalformed     = "malformed"
 	ReasonSendError     = "send_error"
 	ReasonTooBig        = "too_big"
-	ReasonFailOpen      = "fail_open"
+	ReasonKernelLost    = "kernel_lost"
 	ReasonDedup         = "dedup"
 )
 
@@ -58,7 +58,7 @@ type reasonValue struct {
 	value  uint64
 }
 
-func dropsByReason(d nfq.Drops) []reasonValue {
+func dropsByReason(d pipeline.Drops) []reasonValue {
 	return []reasonValue{
 		{ReasonKernelQueue, d.KernelQueue},
 		{ReasonUser, d.User},
@@ -68,7 +68,7 @@ func dropsByReason(d nfq.Drops) []reasonValue {
 		{ReasonMalformed, d.Malformed},
 		{ReasonSendError, d.SendError},
 		{ReasonTooBig, d.TooBig},
-		{ReasonFailOpen, d.FailOpen},
+		{ReasonKernelLost, d.KernelLost},
 		{ReasonDedup, d.Dedup},
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/sink"
 	"github.com/nfclone/nfclone/status"
 )
@@ -43,12 +44,12 @@ func fakeStatus() status.Status {
 				State:  "running",
 				Seen:   status.Counter{Packets: 1000, Bytes: 98000},
 				Copied: status.Counter{Packets: 950, Bytes: 93100},
-				Ledger: &nfq.Snapshot{
+				Ledger: &pipeline.Snapshot{
 					Offered: 1010, Received: 1000, Copied: 950, Bytes: 93100, InFlight: 5,
-					Drops: nfq.Drops{KernelQueue: 1, User: 2, SocketOverrun: 7, QueueOverflow: 30,
+					Drops: pipeline.Drops{KernelQueue: 1, User: 2, SocketOverrun: 7, QueueOverflow: 30,
 						RateLimit: 0, Malformed: 4, SendError: 11},
 					ENOBUFS: 2, VerdictErrors: 1,
-					Skipped: nfq.Skipped{FirstPackets: 300, Priority: 12},
+					Skipped: pipeline.Skipped{FirstPackets: 300, Priority: 12},
 				},
 				Queue: &status.QueueStatus{Depth: 17, Cap: 8192, Workers: 2},
 				Readers: []status.ReaderStatus{
@@ -71,7 +72,7 @@ func fakeStatus() status.Status {
 				MissingRoutes: []string{"default via 10.77.2.2 dev e1 table 20036 (device e1 is down)"},
 				Seen:          status.Counter{Packets: 77, Bytes: 7700},
 				Copied:        status.Counter{Packets: 70, Bytes: 7000},
-				Skipped:       &nfq.Skipped{SampleFlows: 7},
+				Skipped:       &pipeline.Skipped{SampleFlows: 7},
 				Targets:       []status.TargetStatus{{Name: "device e9", Kind: "device"}},
 			},
 		},

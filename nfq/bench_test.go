@@ -1,9 +1,10 @@
 package nfq
 
 import (
-	"context"
-	"github.com/nfclone/nfclone/packet"
 	"testing"
+
+	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pipeline"
 )
 
 func BenchmarkParseQueuePacket(b *testing.B) {
@@ -25,8 +26,8 @@ func BenchmarkReaderProcess(b *testing.B) {
 	for _, size := range []int{64, 1500} {
 		b.Run(map[int]string{64: "64B", 1500: "1500B"}[size], func(b *testing.B) {
 			sock := newFakeSock()
-			q := NewCopyQueue(4096, 0)
-			qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64, Snaplen: 2048}, sock, q, &Ledger{})
+			q := pipeline.NewCopyQueue(4096, 0)
+			qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64, Snaplen: 2048}, sock, q, &pipeline.Ledger{})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -53,20 +54,6 @@ func BenchmarkReaderProcess(b *testing.B) {
 				}
 			}
 		})
-	}
-}
-
-func BenchmarkCopyQueuePushPop(b *testing.B) {
-	q := NewCopyQueue(1024, 0)
-	p := packet.New(ipv4(64, [4]byte{}))
-	dst := make([]*packet.Packet, 64)
-	ctx := context.Background()
-	b.ReportAllocs()
-	for i := 0; i < b.N; i += 64 {
-		for j := 0; j < 64; j++ {
-			q.Push(p)
-		}
-		q.PopBatch(ctx, dst)
 	}
 }
 

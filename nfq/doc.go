@@ -1,5 +1,5 @@
-// Package nfq is nfclone's userspace data path: NFQUEUE and NFLOG readers,
-// the bounded copy queue between readers and workers, the per-session ledger
-// of offered/copied/dropped copies, and the worker pool that hands copies to
-// sinks.
+// Package nfq holds nfclone's NFQUEUE and NFLOG readers: they bind a queue
+// of clones or a log group, read it in batches, parse the kernel's messages
+// in place and push copies into a pipeline.CopyQueue, counting what the
+// kernel and they lost in the session's pipeline.Ledger.
 package nfq

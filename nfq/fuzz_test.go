@@ -3,6 +3,7 @@ package nfq
 import (
 	"fmt"
 	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pipeline"
 	"os"
 	"path/filepath"
 	"testing"
@@ -29,13 +30,13 @@ func FuzzParseMessages(f *testing.F) {
 		f.Add(s, true)
 	}
 	f.Fuzz(func(t *testing.T, b []byte, log bool) {
-		var led Ledger
-		q := NewCopyQueue(8, 0)
+		var led pipeline.Ledger
+		q := pipeline.NewCopyQueue(8, 0)
 		kind := kindQueue
 		if log {
 			kind = kindLog
 		}
-		r := newReader(kind, newFakeSock(), q, &led, 0, 0, 1, 64, 64, 1, nil)
+		r := newReader(kind, newFakeSock(), q, &led, 0, 0, 1, 64, 64, nil)
 		r.walk(b)
 		r.fold()
 		s := led.Snapshot()

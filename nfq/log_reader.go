@@ -11,6 +11,8 @@ import (
 	nflog "github.com/florianl/go-nflog/v2"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nfclone/nfclone/pipeline"
 )
 
 // LogConfig configures a LogReader.
@@ -34,12 +36,10 @@ type LogConfig struct {
 	// order 6, which failed under load: copies lost without a trace).
 	NlBufSize uint32
 	// RcvBuf is the netlink receive buffer (0 = 16 MiB, SO_RCVBUFFORCE).
-	RcvBuf int
-	// ReportENOBUFS leaves NETLINK_NO_ENOBUFS off (see QueueConfig).
-	ReportENOBUFS bool
-	Session       int
-	NetNS         int
-	Logger        *slog.Logger
+	RcvBuf  int
+	Session int
+	NetNS   int
+	Logger  *slog.Logger
 	// RuleMask, when set, is the part of the mark where the session's
 	// rules put the ordinal of the rule that accepted the packet
 	// (rules.RuleMarks): the reader moves it to Packet.Rule and clears it
@@ -69,16 +69,15 @@ func (c *LogConfig) defaults() {
 }
 
 // LogReader reads one NFLOG group (with NFULNL_CFG_F_SEQ, so losses are
-// counted from sequence gaps) and pushes copies into a CopyQueue.
+// counted from sequence gaps) and pushes copies into a pipeline.CopyQueue.
 type LogReader struct {
 	cfg  LogConfig
-	nl   *nflog.Nflog
 	r    *reader
 	once sync.Once
 }
 
 // NewLogReader opens and binds NFLOG group cfg.Group.
-func NewLogReader(cfg LogConfig, q *CopyQueue, led *Ledger) (*LogReader, error) {
+func NewLogReader(cfg LogConfig, q *pipeline.CopyQueue, led *pipeline.Ledger) (*LogReader, error) {
 	cfg.defaults()
 	nl, err := nflog.Open(&nflog.Config{
 		Group:    cfg.Group,
@@ -92,11 +91,10 @@ func NewLogReader(cfg LogConfig, q *CopyQueue, led *Ledger) (*LogReader, error) 
 	if err != nil {
 		return nil, wrapErr("open nflog", err)
 	}
-	if !cfg.ReportENOBUFS {
-		if err := nl.SetOption(netlink.NoENOBUFS, true); err != nil {
-			nl.Close()
-			return nil, wrapErr("set NETLINK_NO_ENOBUFS", err)
-		}
+	// NETLINK_NO_ENOBUFS: overruns are counted from sequence gaps.
+	if err := nl.SetOption(netlink.NoENOBUFS, true); err != nil {
+		nl.Close()
+		return nil, wrapErr("set NETLINK_NO_ENOBUFS", err)
 	}
 	// NFLOG never holds originals: read in coalesced batches from a socket
 	// outside the netpoller (pollNL), like a queue of clones.
@@ -113,7 +111,7 @@ func NewLogReader(cfg LogConfig, q *CopyQueue, led *Ledger) (*LogReader, error) 
 	return lr, nil
 }
 
-func newLogReader(cfg LogConfig, sock nlSocket, q *CopyQueue, led *Ledger) (*LogReader, error) {
+func newLogReader(cfg LogConfig, sock nlSocket, q *pipeline.CopyQueue, led *pipeline.Ledger) (*LogReader, error) {
 	cfg.defaults()
 	// One datagram carries what fits in the kernel's buffer of
 	// max(NlBufSize, one message): the allocation is rounded up to a power
@@ -125,8 +123,7 @@ func newLogReader(cfg LogConfig, sock nlSocket, q *CopyQueue, led *Ledger) (*Log
 	}
 	bufSize = nlAlign(2*bufSize + nlOverhead)
 	lr := &LogReader{cfg: cfg}
-	lr.r = newReader(kindLog, sock, q, led, cfg.Session, cfg.Group, 8, bufSize, 1, time.Millisecond, cfg.Logger)
-	lr.r.backpressure = true // NFLOG never holds an original
+	lr.r = newReader(kindLog, sock, q, led, cfg.Session, cfg.Group, 8, bufSize, 1, cfg.Logger)
 	lr.r.whole = cfg.Snaplen >= MaxCopy
 	lr.r.ruleMask = cfg.RuleMask
 	if err := lr.bind(); err != nil {
@@ -167,12 +164,6 @@ func (lr *LogReader) Stats() ReaderStats { return lr.r.stats() }
 // has returned.
 func (lr *LogReader) Close() error {
 	var err error
-	lr.once.Do(func() {
-		if lr.nl != nil {
-			err = lr.nl.Close()
-		} else {
-			err = lr.r.sock.Close()
-		}
-	})
+	lr.once.Do(func() { err = lr.r.sock.Close() })
 	return err
 }

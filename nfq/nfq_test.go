@@ -7,6 +7,7 @@ import (
 	"errors"
 	"github.com/nfclone/nfclone/gso"
 	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pipeline"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -76,7 +77,7 @@ func TestParseMalformed(t *testing.T) {
 
 func TestVerdictBatchMessage(t *testing.T) {
 	var b [verdictBatchLen]byte
-	msg := putVerdictBatch(b[:], 3, nfAccept, 0x01020304)
+	msg := putVerdictBatch(b[:], 3, nfDrop, 0x01020304)
 	m, rest, err := nextMsg(msg)
 	if err != nil || len(rest) != 0 {
 		t.Fatal(err)
@@ -88,7 +89,7 @@ func TestVerdictBatchMessage(t *testing.T) {
 		t.Fatalf("res id %v", m.body[:4])
 	}
 	typ, val, _, err := nextAttr(m.body[4:])
-	if err != nil || typ != nfqaVerdictHdr || be32(val) != nfAccept || be32(val[4:]) != 0x01020304 {
+	if err != nil || typ != nfqaVerdictHdr || be32(val) != nfDrop || be32(val[4:]) != 0x01020304 {
 		t.Fatalf("attr %d %x %v", typ, val, err)
 	}
 }
@@ -138,71 +139,6 @@ func TestParseQueueStats(t *testing.T) {
 	}
 }
 
-func TestLedgerArithmetic(t *testing.T) {
-	var l Ledger
-	l.AddReceived(100)
-	l.AddMalformed(3)
-	l.AddQueueOverflow(7)
-	l.AddOverruns(5)       // id gaps
-	l.AddKernelDrops(2, 0) // queue full (no fail-open)
-	l.AddSendErrors(4)
-	l.AddCopied(80, 8000)
-	s := l.Snapshot()
-	if s.Offered != 107 || s.InFlight != 6 || s.Drops.SocketOverrun != 5 || s.Drops.KernelQueue != 2 {
-		t.Fatalf("%+v", s)
-	}
-	if !s.Balanced() {
-		t.Fatalf("not balanced: %+v", s)
-	}
-	l.AddCopied(6, 600)
-	s = l.Snapshot()
-	if s.InFlight != 0 || !s.Balanced() || s.Copied != 86 || s.Bytes != 8600 || s.Drops.Total() != 21 {
-		t.Fatalf("%+v", s)
-	}
-	// user_dropped and id gaps count the same lost packets: not added twice.
-	l.AddKernelDrops(0, 3)
-	s = l.Snapshot()
-	if s.Drops.User != 3 || s.Drops.SocketOverrun != 2 || s.Offered != 107 || !s.Balanced() {
-		t.Fatalf("%+v", s)
-	}
-	for _, c := range [][4]uint64{{0, 0, 0, 0}, {5, 0, 0, 5}, {5, 3, 3, 2}, {3, 5, 5, 0}} {
-		u, o := attributeLoss(c[0], c[1])
-		if u != c[2] || o != c[3] {
-			t.Errorf("attributeLoss(%d,%d) = %d,%d", c[0], c[1], u, o)
-		}
-	}
-}
-
-func TestCopyQueue(t *testing.T) {
-	q := NewCopyQueue(4, 0)
-	for i := 0; i < 6; i++ {
-		q.Push(packet.New(ipv4(40, [4]byte{})))
-	}
-	if q.Len() != 4 || q.Dropped() != 2 || q.Pushed() != 4 || !q.Full() {
-		t.Fatalf("len %d dropped %d", q.Len(), q.Dropped())
-	}
-	dst := make([]*packet.Packet, 3)
-	if n := q.PopBatch(context.Background(), dst); n != 3 {
-		t.Fatalf("pop %d", n)
-	}
-	if n := q.TryPopBatch(dst); n != 1 {
-		t.Fatalf("trypop %d", n)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan int)
-	go func() { done <- q.PopBatch(ctx, dst) }()
-	time.Sleep(10 * time.Millisecond)
-	cancel()
-	select {
-	case n := <-done:
-		if n != 0 {
-			t.Fatalf("pop after cancel %d", n)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("PopBatch not unblocked by cancel")
-	}
-}
-
 func TestPacketHeadroom(t *testing.T) {
 	p := packet.New(ipv4(100, [4]byte{1, 2, 3, 4}))
 	defer p.Release()
@@ -245,14 +181,14 @@ func (r *recorder) send(batch []*packet.Packet) {
 }
 
 // runPath runs reader → queue → workers until cancelled.
-func runPath(t *testing.T, sock *fakeSock, qcap int, rec *recorder, led *Ledger) (qr *QueueReader, stop func()) {
+func runPath(t *testing.T, sock *fakeSock, qcap int, rec *recorder, led *pipeline.Ledger) (qr *QueueReader, stop func()) {
 	t.Helper()
 	return runPathCfg(t, sock, QueueConfig{Num: 0, Batch: 4, Snaplen: 2048}, qcap, rec, led)
 }
 
-func runPathCfg(t *testing.T, sock *fakeSock, cfg QueueConfig, qcap int, rec *recorder, led *Ledger) (qr *QueueReader, stop func()) {
+func runPathCfg(t *testing.T, sock *fakeSock, cfg QueueConfig, qcap int, rec *recorder, led *pipeline.Ledger) (qr *QueueReader, stop func()) {
 	t.Helper()
-	q := NewCopyQueue(qcap, 0)
+	q := pipeline.NewCopyQueue(qcap, 0)
 	qr, err := newQueueReader(cfg, sock, q, led)
 	if err != nil {
 		t.Fatal(err)
@@ -268,7 +204,7 @@ func runPathCfg(t *testing.T, sock *fakeSock, cfg QueueConfig, qcap int, rec *re
 	}()
 	go func() {
 		defer wg.Done()
-		RunWorkers(ctx, q, 2, func(b []*packet.Packet) {
+		pipeline.RunWorkers(ctx, q, 2, func(b []*packet.Packet) {
 			rec.send(b)
 			led.Account(b)
 		})
@@ -283,10 +219,10 @@ func runPathCfg(t *testing.T, sock *fakeSock, cfg QueueConfig, qcap int, rec *re
 func TestQueuePathWithFakes(t *testing.T) {
 	checkNoLeak(t)
 	sock := newFakeSock()
-	var led Ledger
+	var led pipeline.Ledger
 	rec := &recorder{}
 	_, stop := runPath(t, sock, 1024, rec, &led)
-	// A single packet is released at once (drained socket → flush).
+	// A single clone is dropped at once (drained socket → flush).
 	sock.feedDgrams(queuePacketMsg(qpkt{id: 1, data: ipv4(64, [4]byte{10, 77, 0, 2})}))
 	waitFor(t, "first verdict", func() bool { v := sock.verdictList(); return len(v) == 1 && v[0] == 1 })
 	// A burst of 10 with Batch=4: verdicts at 5, 9 (full recvmmsg batches),
@@ -315,7 +251,7 @@ func TestQueuePathWithFakes(t *testing.T) {
 func TestQueueENOBUFSAttributed(t *testing.T) {
 	checkNoLeak(t)
 	sock := newFakeSock()
-	var led Ledger
+	var led pipeline.Ledger
 	rec := &recorder{}
 	qr, stop := runPath(t, sock, 1024, rec, &led)
 	p := func(id uint32) fakeItem {
@@ -338,7 +274,7 @@ func TestQueueENOBUFSAttributed(t *testing.T) {
 func TestQueueMalformedAndOverflow(t *testing.T) {
 	checkNoLeak(t)
 	sock := newFakeSock()
-	var led Ledger
+	var led pipeline.Ledger
 	rec := &recorder{fail: func(p *packet.Packet) bool { return len(p.Data) == 99 }}
 	_, stop := runPath(t, sock, 1024, rec, &led)
 	garbage := []byte{1, 2, 3}
@@ -357,8 +293,8 @@ func TestQueueMalformedAndOverflow(t *testing.T) {
 
 func TestQueueOverflowCounted(t *testing.T) {
 	sock := newFakeSock()
-	var led Ledger
-	q := NewCopyQueue(2, 0)
+	var led pipeline.Ledger
+	q := pipeline.NewCopyQueue(2, 0)
 	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64}, sock, q, &led)
 	if err != nil {
 		t.Fatal(err)
@@ -378,7 +314,7 @@ func TestQueueOverflowCounted(t *testing.T) {
 	if s.Drops.QueueOverflow != 3 || s.InFlight != 2 || !s.Balanced() || q.Dropped() != 3 {
 		t.Fatalf("ledger %+v dropped %d", s, q.Dropped())
 	}
-	RunWorkers(ctx, q, 1, led.Account) // drains after cancel
+	pipeline.RunWorkers(ctx, q, 1, led.Account) // drains after cancel
 	if s := led.Snapshot(); s.InFlight != 0 || s.Copied != 2 || !s.Balanced() {
 		t.Fatalf("after drain %+v", s)
 	}
@@ -387,7 +323,7 @@ func TestQueueOverflowCounted(t *testing.T) {
 func TestQueueBindError(t *testing.T) {
 	sock := newFakeSock()
 	sock.ackErr = -int32(unix.EBUSY)
-	_, err := newQueueReader(QueueConfig{Num: 1}, sock, NewCopyQueue(1, 0), &Ledger{})
+	_, err := newQueueReader(QueueConfig{Num: 1}, sock, pipeline.NewCopyQueue(1, 0), &pipeline.Ledger{})
 	if !errors.Is(err, unix.EBUSY) {
 		t.Fatalf("err %v", err)
 	}
@@ -395,8 +331,8 @@ func TestQueueBindError(t *testing.T) {
 
 func TestVerdictRetriedAfterSendError(t *testing.T) {
 	sock := newFakeSock()
-	var led Ledger
-	qr, err := newQueueReader(QueueConfig{Num: 1}, sock, NewCopyQueue(16, 0), &led)
+	var led pipeline.Ledger
+	qr, err := newQueueReader(QueueConfig{Num: 1}, sock, pipeline.NewCopyQueue(16, 0), &led)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +355,7 @@ func TestVerdictRetriedAfterSendError(t *testing.T) {
 func TestCancelUnblocksRead(t *testing.T) {
 	checkNoLeak(t)
 	sock := newFakeSock()
-	qr, err := newQueueReader(QueueConfig{Num: 1}, sock, NewCopyQueue(16, 0), &Ledger{})
+	qr, err := newQueueReader(QueueConfig{Num: 1}, sock, pipeline.NewCopyQueue(16, 0), &pipeline.Ledger{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -442,8 +378,8 @@ func TestCancelUnblocksRead(t *testing.T) {
 func TestLogReaderSeqGaps(t *testing.T) {
 	checkNoLeak(t)
 	sock := newFakeSock()
-	var led Ledger
-	q := NewCopyQueue(64, 0)
+	var led pipeline.Ledger
+	q := pipeline.NewCopyQueue(64, 0)
 	lr, err := newLogReader(LogConfig{Group: 5}, sock, q, &led)
 	if err != nil {
 		t.Fatal(err)
@@ -459,7 +395,7 @@ func TestLogReaderSeqGaps(t *testing.T) {
 	var n atomic.Int64
 	go func() {
 		defer wg.Done()
-		RunWorkers(ctx, q, 1, func(b []*packet.Packet) {
+		pipeline.RunWorkers(ctx, q, 1, func(b []*packet.Packet) {
 			for _, p := range b {
 				if p.Family == 6 && p.OrigLen != 60 {
 					t.Errorf("v6 origlen %d", p.OrigLen)
@@ -482,31 +418,13 @@ func TestLogReaderSeqGaps(t *testing.T) {
 	}
 }
 
-func TestRunWorkersJoin(t *testing.T) {
-	checkNoLeak(t)
-	q := NewCopyQueue(100, 0)
-	for i := 0; i < 50; i++ {
-		q.Push(packet.New(ipv4(40, [4]byte{})))
-	}
-	var n atomic.Int64
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); RunWorkers(ctx, q, 4, func(b []*packet.Packet) { n.Add(int64(len(b))) }) }()
-	waitFor(t, "all", func() bool { return n.Load() == 50 })
-	cancel()
-	<-done
-	if q.Len() != 0 {
-		t.Fatal("queue not drained")
-	}
-}
-
 func TestHotPathAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("sync.Pool drops items at random under -race")
 	}
 	sock := newFakeSock()
-	var led Ledger
-	q := NewCopyQueue(1024, 0)
+	var led pipeline.Ledger
+	q := pipeline.NewCopyQueue(1024, 0)
 	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64, Snaplen: 2048}, sock, q, &led)
 	if err != nil {
 		t.Fatal(err)
@@ -574,9 +492,9 @@ func TestRestoreTTL(t *testing.T) {
 func TestQueueClonesWithFakes(t *testing.T) {
 	checkNoLeak(t)
 	sock := newFakeSock()
-	var led Ledger
+	var led pipeline.Ledger
 	rec := &recorder{}
-	cfg := QueueConfig{Num: 0, Batch: 4, Snaplen: 2048, Clones: &CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000}}
+	cfg := QueueConfig{Num: 0, Batch: 4, Snaplen: 2048, Clones: CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000}}
 	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
 	orig := ipv4(64, [4]byte{10, 77, 0, 2})
 	binary.BigEndian.PutUint16(orig[10:], ipChecksum(orig[:20]))
@@ -623,34 +541,6 @@ func ipChecksum(h []byte) uint16 {
 	return ^uint16(s)
 }
 
-// The copy queue is bounded in buffer bytes too: large buffers fill it long
-// before its count does, and popping gives the room back.
-func TestCopyQueueBytes(t *testing.T) {
-	q := NewCopyQueue(1000, 4*(packet.MaxBuf)+4096)
-	for i := 0; i < 4; i++ {
-		if !q.Push(packet.Get(30000)) {
-			t.Fatalf("push %d refused", i)
-		}
-	}
-	if !q.Full() {
-		t.Error("not full at its byte bound")
-	}
-	if q.Push(packet.Get(30000)) || q.Dropped() != 1 {
-		t.Errorf("a fifth large copy was queued (dropped %d)", q.Dropped())
-	}
-	if !q.Push(packet.Get(100)) {
-		t.Error("a small copy that fits was refused")
-	}
-	dst := make([]*packet.Packet, 10)
-	n := q.TryPopBatch(dst)
-	if n != 5 || q.Bytes() != 0 {
-		t.Errorf("popped %d, %d bytes left", n, q.Bytes())
-	}
-	for _, p := range dst[:n] {
-		p.Release()
-	}
-}
-
 // What the kernel says of a clone reaches the workers: NFQA_SKB_INFO's GSO
 // and checksum-not-ready flags, DF cleared again where the marker says the
 // original had it clear, and a packet the kernel cut short (NFQA_CAP_LEN)
@@ -658,9 +548,9 @@ func TestCopyQueueBytes(t *testing.T) {
 func TestQueueCloneOffloadAndDF(t *testing.T) {
 	checkNoLeak(t)
 	sock := newFakeSock()
-	var led Ledger
+	var led pipeline.Ledger
 	rec := &recorder{}
-	cfg := QueueConfig{Num: 0, Batch: 4, Clones: &CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000, DFClear: 0x02000000}}
+	cfg := QueueConfig{Num: 0, Batch: 4, Clones: CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000, DFClear: 0x02000000}}
 	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
 	// Two packets told apart by their IP ID (two workers may reorder).
 	mk := func(id uint16, df bool) []byte {
@@ -704,63 +594,5 @@ func TestQueueCloneOffloadAndDF(t *testing.T) {
 	}
 	if s := led.Snapshot(); s.Drops.TooBig != 1 || s.Copied != 2 || !s.Balanced() {
 		t.Errorf("ledger %+v, want 2 copied and 1 too big", s)
-	}
-}
-
-// Both directions of a flow, and every fragment of a datagram, take one
-// lane; each worker takes its own lane, so a flow's copies stay in order.
-func TestFlowLanes(t *testing.T) {
-	tcp := func(src, dst [4]byte, sport, dport uint16) []byte {
-		b := ipv4(60, dst)
-		b[9] = 6
-		copy(b[12:16], src[:])
-		binary.BigEndian.PutUint16(b[20:], sport)
-		binary.BigEndian.PutUint16(b[22:], dport)
-		return b
-	}
-	a, b := [4]byte{10, 77, 1, 2}, [4]byte{10, 77, 4, 2}
-	if FlowLane(tcp(a, b, 40000, 80)) != FlowLane(tcp(b, a, 80, 40000)) {
-		t.Error("the two directions of a connection hash apart")
-	}
-	first, later := ipv4(1500, b), ipv4(500, b)
-	copy(first[12:16], a[:])
-	copy(later[12:16], a[:])
-	first[6] = 0x20                            // MF
-	binary.BigEndian.PutUint16(later[6:], 185) // offset
-	if FlowLane(first) != FlowLane(later) {
-		t.Error("fragments of one datagram hash apart")
-	}
-	lanes := map[uint32]bool{}
-	for p := uint16(0); p < 64; p++ {
-		lanes[FlowLane(tcp(a, b, 40000+p, 80))%4] = true
-	}
-	if len(lanes) != 4 {
-		t.Errorf("64 flows over 4 lanes used %d", len(lanes))
-	}
-	// One flow through a 2-lane queue and 2 workers keeps its order.
-	q := NewLaneQueue(1024, 0, 2)
-	for i := 0; i < 500; i++ {
-		p := packet.New(tcp(a, b, 40000, 80))
-		binary.BigEndian.PutUint32(p.Data[24:], uint32(i))
-		q.Push(p)
-	}
-	var mu sync.Mutex
-	var seqs []uint32
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // drain what is queued, then stop
-	RunWorkers(ctx, q, 2, func(batch []*packet.Packet) {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, p := range batch {
-			seqs = append(seqs, binary.BigEndian.Uint32(p.Data[24:]))
-		}
-	})
-	if len(seqs) != 500 {
-		t.Fatalf("%d copies came out of 500", len(seqs))
-	}
-	for i, s := range seqs {
-		if s != uint32(i) {
-			t.Fatalf("copy %d has seq %d: the flow was reordered", i, s)
-		}
 	}
 }

@@ -57,10 +57,9 @@ const (
 	nfqnlCfgCmdUnbind = 2
 	nfqnlCopyPacket   = 2
 
-	// NFQA_CFG_F_* flags
-	CfgFlagFailOpen  = 0x01
-	CfgFlagConntrack = 0x02
-	CfgFlagGSO       = 0x04
+	// NFQA_CFG_F_GSO: GSO packets are queued whole (nfclone sets no other
+	// NFQA_CFG_F_* flag: never FAIL_OPEN, see QueueReader.bind)
+	cfgFlagGSO = 0x04
 
 	// NFLOG message types and attributes
 	nfulnlMsgPacket = 0
@@ -89,8 +88,7 @@ const (
 	nfulnlCopyPacket   = 2
 	nfulnlCfgFSeq      = 0x1
 
-	nfDrop   = 0
-	nfAccept = 1
+	nfDrop = 0
 )
 
 var (

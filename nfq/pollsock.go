@@ -6,7 +6,6 @@ import (
 	"os"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -90,11 +89,7 @@ func (s *pollNL) expired() bool {
 	return d != 0 && time.Now().UnixNano() >= d
 }
 
-func (s *pollNL) recv() (int, unix.Errno) {
-	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&s.hdrs[0])),
-		uintptr(len(s.hdrs)), unix.MSG_DONTWAIT, 0, 0)
-	return int(r), e
-}
+func (s *pollNL) recv() (int, unix.Errno) { return s.Recv(s.fd, unix.MSG_DONTWAIT) }
 
 // park waits in the netpoller until the socket is readable or parkMax has
 // passed, on a duplicate descriptor registered for this wait only.
@@ -174,8 +169,8 @@ func (s *pollNL) RecvBatch(lens []int, trunc []bool, block bool) (int, error) {
 			return 0, e
 		}
 		s.idle = time.Time{}
-		s.results(n, lens, trunc)
-		s.short = n < len(s.hdrs)
+		s.Results(n, lens, trunc)
+		s.short = n < len(s.Hdrs)
 		return n, nil
 	}
 }

@@ -12,6 +12,8 @@ import (
 	nfqueue "github.com/florianl/go-nfqueue/v2"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nfclone/nfclone/pipeline"
 )
 
 // QueueConfig configures a QueueReader.
@@ -35,24 +37,17 @@ type QueueConfig struct {
 	// BufBudget bounds the receive slab in bytes (0 = 16 MiB): with whole
 	// packets (snaplen 0) a buffer is ~66 KiB.
 	BufBudget int
-	// FlushInterval bounds how long an original is held when the socket is
-	// busy (0 = 1 ms). A drained socket always flushes at once.
-	FlushInterval time.Duration
-	// Clones, if set, says the queue receives the kernel's clones of the
-	// originals (marked in mark_mask, config.MarkLayout), not the originals (nfclone's rules always
-	// queue clones; without it the queue holds originals, fail-open, as in
-	// the root tests): every packet gets a drop verdict (its original went on in the kernel), the queue is never
-	// fail-open (an accepted clone would be delivered to lo), the marker is
+	// Clones describes the marker nfclone's rules put on the kernel's
+	// clones of the originals (`dup to 127.0.0.1 device "lo"`, caught in
+	// output by `queue num N` without bypass; mark_mask,
+	// config.MarkLayout). The queue only ever holds clones: every packet gets
+	// a drop verdict (its original went on in the kernel), the marker is
 	// cleared from Packet.Mark and the TTL restored where it says so.
-	Clones *CloneMarks
-	// Coalesce is, for a queue of clones, how long the reader waits after a
+	Clones CloneMarks
+	// Coalesce is how long the reader waits after a
 	// read that did not fill its batch before reading again (0 = 250 µs):
 	// the kernel queues meanwhile without waking it. It delays copies only.
 	Coalesce time.Duration
-	// ReportENOBUFS leaves NETLINK_NO_ENOBUFS off. By default it is set:
-	// the socket never enters the congested state, and overruns are
-	// counted exactly from gaps in packet ids instead.
-	ReportENOBUFS bool
 	// Session is stamped on every Packet and selects nothing else.
 	Session int
 	// NetNS is a network namespace fd to open the socket in (0 = current).
@@ -64,8 +59,6 @@ type QueueConfig struct {
 	Logger *slog.Logger
 }
 
-// QueueReader reads one NFQUEUE queue: it accepts originals with batch
-// verdicts and pushes copies of their bytes into a CopyQueue.
 // CloneMarks describes the marker the rules put on clones.
 type CloneMarks struct {
 	// Mask is the part of the mark holding the marker (mark_mask): the
@@ -79,11 +72,12 @@ type CloneMarks struct {
 	DFClear uint32
 }
 
+// QueueReader reads one NFQUEUE queue of clones: it pushes copies of their
+// bytes into a pipeline.CopyQueue and drops the clones with batch verdicts.
 type QueueReader struct {
 	cfg  QueueConfig
-	nf   *nfqueue.Nfqueue
 	r    *reader
-	led  *Ledger
+	led  *pipeline.Ledger
 	mu   sync.Mutex
 	base *QueueStats // kernel counters seen last
 	once sync.Once
@@ -113,9 +107,6 @@ func (c *QueueConfig) defaults() {
 	if c.BufBudget <= 0 {
 		c.BufBudget = 16 << 20
 	}
-	if c.FlushInterval <= 0 {
-		c.FlushInterval = time.Millisecond
-	}
 	if c.Coalesce == 0 {
 		c.Coalesce = 250 * time.Microsecond
 	}
@@ -125,16 +116,16 @@ func (c *QueueConfig) defaults() {
 }
 
 // NewQueueReader opens and binds NFQUEUE cfg.Num (packet copy mode, copy
-// range = snaplen; fail-open unless it holds clones) and returns a reader
+// range = snaplen, GSO packets whole, never fail-open) and returns a reader
 // that pushes copies to q and counts into led. Call Run, then Close.
-func NewQueueReader(cfg QueueConfig, q *CopyQueue, led *Ledger) (*QueueReader, error) {
+func NewQueueReader(cfg QueueConfig, q *pipeline.CopyQueue, led *pipeline.Ledger) (*QueueReader, error) {
 	cfg.defaults()
 	nf, err := nfqueue.Open(&nfqueue.Config{
 		NfQueue:      cfg.Num,
 		MaxQueueLen:  cfg.MaxLen,
 		MaxPacketLen: cfg.Snaplen,
 		Copymode:     nfqueue.NfQnlCopyPacket,
-		Flags:        0, // fail-open (or not) is set by bind
+		Flags:        0, // the flags are set by bind
 		AfFamily:     unix.AF_UNSPEC,
 		NetNS:        cfg.NetNS,
 		Logger:       nil,
@@ -142,50 +133,34 @@ func NewQueueReader(cfg QueueConfig, q *CopyQueue, led *Ledger) (*QueueReader, e
 	if err != nil {
 		return nil, wrapErr("open nfqueue", err)
 	}
-	if !cfg.ReportENOBUFS {
-		if err := nf.SetOption(netlink.NoENOBUFS, true); err != nil {
-			nf.Close()
-			return nil, wrapErr("set NETLINK_NO_ENOBUFS", err)
-		}
-	}
-	if cfg.Clones != nil {
-		// Clones: read in coalesced batches from a socket outside the
-		// netpoller (pollNL); go-nfqueue's connection is closed at once.
-		sock, err := newPollNL(nf.Con, cfg.RcvBuf, cfg.Coalesce)
+	// NETLINK_NO_ENOBUFS: the socket never enters the congested state;
+	// overruns are counted exactly from gaps in packet ids instead.
+	if err := nf.SetOption(netlink.NoENOBUFS, true); err != nil {
 		nf.Close()
-		if err != nil {
-			return nil, err
-		}
-		qr, err := newQueueReader(cfg, sock, q, led)
-		if err != nil {
-			sock.Close()
-			return nil, err
-		}
-		return qr, nil
+		return nil, wrapErr("set NETLINK_NO_ENOBUFS", err)
 	}
-	sock, err := newRawNL(nf.Con, cfg.RcvBuf)
+	// Read in coalesced batches from a socket outside the netpoller
+	// (pollNL); go-nfqueue's connection is closed at once.
+	sock, err := newPollNL(nf.Con, cfg.RcvBuf, cfg.Coalesce)
+	nf.Close()
 	if err != nil {
-		nf.Close()
 		return nil, err
 	}
 	qr, err := newQueueReader(cfg, sock, q, led)
 	if err != nil {
-		nf.Close()
+		sock.Close()
 		return nil, err
 	}
-	qr.nf = nf
 	return qr, nil
 }
 
-func newQueueReader(cfg QueueConfig, sock nlSocket, q *CopyQueue, led *Ledger) (*QueueReader, error) {
+func newQueueReader(cfg QueueConfig, sock nlSocket, q *pipeline.CopyQueue, led *pipeline.Ledger) (*QueueReader, error) {
 	cfg.defaults()
 	bufSize := nlAlign(int(cfg.Snaplen) + nlOverhead)
 	nbufs := min(cfg.Batch, max(16, cfg.BufBudget/bufSize))
 	qr := &QueueReader{cfg: cfg, led: led}
-	qr.r = newReader(kindQueue, sock, q, led, cfg.Session, cfg.Num, nbufs, bufSize, cfg.Batch, cfg.FlushInterval, cfg.Logger)
-	if cfg.Clones != nil {
-		qr.r.clones, qr.r.verdict, qr.r.backpressure = cfg.Clones, nfDrop, true
-	}
+	qr.r = newReader(kindQueue, sock, q, led, cfg.Session, cfg.Num, nbufs, bufSize, cfg.Batch, cfg.Logger)
+	qr.r.clones = &qr.cfg.Clones
 	qr.r.whole = cfg.Snaplen >= MaxCopy
 	if err := qr.bind(); err != nil {
 		return nil, err
@@ -208,19 +183,17 @@ func (qr *QueueReader) bind() error {
 	params[4] = nfqnlCopyPacket
 	mb.attr(nfqaCfgParams, params)
 	mb.be32(nfqaCfgQueueMaxLen, qr.cfg.MaxLen)
-	var flags uint32
-	if qr.cfg.Clones == nil { // originals: a full queue accepts rather than drops
-		flags |= CfgFlagFailOpen
-	} else {
-		// Clones: GSO super-packets come whole, in one message, flagged
-		// (NFQA_SKB_GSO), and unfinished checksums stay unfinished, flagged
-		// (NFQA_SKB_CSUMNOTREADY): the workers segment and complete them.
-		// Without it the kernel cuts every super-packet into MTU segments in
-		// the forwarding path, one message each.
-		flags |= CfgFlagGSO
-	}
-	mb.be32(nfqaCfgMask, CfgFlagFailOpen|CfgFlagConntrack|CfgFlagGSO)
-	mb.be32(nfqaCfgFlags, flags)
+	// GSO super-packets come whole, in one message, flagged (NFQA_SKB_GSO),
+	// and unfinished checksums stay unfinished, flagged
+	// (NFQA_SKB_CSUMNOTREADY): the workers segment and complete them.
+	// Without it the kernel cuts every super-packet into MTU segments in the
+	// forwarding path, one message each. Never NFQA_CFG_F_FAIL_OPEN: a clone
+	// the full queue accepted would go on to lo and be routed like its
+	// original (a second original on the wire); without it the kernel drops
+	// the clone and counts it (queue_dropped: Drops.KernelQueue). A new
+	// queue instance starts with no flag set, so the mask names GSO only.
+	mb.be32(nfqaCfgMask, cfgFlagGSO)
+	mb.be32(nfqaCfgFlags, cfgFlagGSO)
 	msg := append([]byte(nil), mb.finish()...)
 	if err := r.execute(msg, seq, 5*time.Second); err != nil {
 		return fmt.Errorf("nfq: bind queue %d: %w", qr.cfg.Num, err)
@@ -228,7 +201,7 @@ func (qr *QueueReader) bind() error {
 	return nil
 }
 
-// Run reads until ctx is done, then releases every original still held and
+// Run reads until ctx is done, then drops every clone still held and
 // returns nil. It returns an error only if the socket was closed under it.
 // Kernel counters are polled every second while it runs.
 func (qr *QueueReader) Run(ctx context.Context) error {
@@ -295,12 +268,6 @@ func (qr *QueueReader) Stats() ReaderStats { return qr.r.stats() }
 // has returned.
 func (qr *QueueReader) Close() error {
 	var err error
-	qr.once.Do(func() {
-		if qr.nf != nil {
-			err = qr.nf.Close()
-		} else {
-			err = qr.r.sock.Close()
-		}
-	})
+	qr.once.Do(func() { err = qr.r.sock.Close() })
 	return err
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pipeline"
 	"log/slog"
 	"math/bits"
 	"net"
@@ -24,7 +25,7 @@ const (
 	kindLog
 )
 
-// ReaderStats are a reader's own counters (the session's are in its Ledger).
+// ReaderStats are a reader's own counters (the session's are in its pipeline.Ledger).
 type ReaderStats struct {
 	Datagrams     uint64 `json:"datagrams"`
 	Packets       uint64 `json:"packets"`
@@ -38,8 +39,8 @@ type ReaderStats struct {
 type reader struct {
 	kind    readerKind
 	sock    nlSocket
-	q       *CopyQueue
-	led     *Ledger
+	q       *pipeline.CopyQueue
+	led     *pipeline.Ledger
 	session int
 	resID   uint16 // queue number or log group
 	log     *slog.Logger
@@ -50,20 +51,12 @@ type reader struct {
 	pi    pktInfo
 	mb    msgBuilder
 
-	// backpressure: stop reading while the copy queue is full (only where
-	// no original waits for the reader: clones and NFLOG)
-	backpressure bool
-
-	// batch verdicts (NFQUEUE)
-	verdict       uint32      // nfAccept (originals) or nfDrop (clones)
-	clones        *CloneMarks // non-nil: the queue holds clones
-	vbuf          [verdictBatchLen]byte
-	pending       int
-	maxID         uint32
-	firstPending  time.Time
-	batchSize     int
-	flushInterval time.Duration
-	now           func() time.Time
+	// batch drop verdicts (NFQUEUE)
+	clones    *CloneMarks // the marker of the queue's clones (nil: NFLOG)
+	vbuf      [verdictBatchLen]byte
+	pending   int
+	maxID     uint32
+	batchSize int
 
 	// clocks read once per received batch (nanoseconds): the wall clock
 	// and the monotonic one, for stamping copies (see stamp)
@@ -84,6 +77,10 @@ type reader struct {
 	// per-batch local counters, folded into the ledger once per batch
 	nRecv, nMalformed, nOverflow, nGaps, nTooBig uint64
 
+	// copies of the current read, pushed to the copy queue together
+	pend  [pipeline.PushChunk]*packet.Packet
+	npend int
+
 	// ruleMask: where the session's rules put a rule ordinal in the mark
 	// (log sessions that annotate; 0: none)
 	ruleMask uint32
@@ -96,8 +93,8 @@ type reader struct {
 	lastWarn                                                     time.Time
 }
 
-func newReader(kind readerKind, sock nlSocket, q *CopyQueue, led *Ledger, session int, resID uint16,
-	vlen, bufSize, batch int, flush time.Duration, log *slog.Logger) *reader {
+func newReader(kind readerKind, sock nlSocket, q *pipeline.CopyQueue, led *pipeline.Ledger, session int, resID uint16,
+	vlen, bufSize, batch int, log *slog.Logger) *reader {
 	if vlen < 1 {
 		vlen = 1
 	}
@@ -105,7 +102,7 @@ func newReader(kind readerKind, sock nlSocket, q *CopyQueue, led *Ledger, sessio
 		log = slog.Default()
 	}
 	r := &reader{kind: kind, sock: sock, q: q, led: led, session: session, resID: resID, log: log,
-		batchSize: batch, flushInterval: flush, now: time.Now, clock: clocks, verdict: nfAccept}
+		batchSize: batch, clock: clocks}
 	r.bufs = make([][]byte, vlen)
 	slab := make([]byte, vlen*bufSize)
 	for i := range r.bufs {
@@ -175,7 +172,7 @@ func (r *reader) execute(msg []byte, seq uint32, timeout time.Duration) error {
 const backpressureWait = 250 * time.Microsecond
 
 // run is the receive loop. It returns when ctx is done (after draining what
-// the socket still holds and releasing every original) or when the socket is
+// the socket still holds and dropping every clone) or when the socket is
 // closed. Receive errors (ENOBUFS included) are counted and reading goes on.
 func (r *reader) run(ctx context.Context) error {
 	interrupted := make(chan struct{})
@@ -186,11 +183,12 @@ func (r *reader) run(ctx context.Context) error {
 	defer stop()
 	var consecutive int
 	for {
-		if r.backpressure && r.q.Full() {
+		if r.q.Full() {
 			// Nothing read now could be queued: leave it to the kernel,
 			// which drops and counts (kernel_queue, socket_overrun), instead
 			// of spending the CPU the host needs on reading it and throwing
-			// it away. Originals never wait for this reader.
+			// it away. Originals never wait for this reader (it reads
+			// clones and NFLOG copies).
 			r.flush()
 			if ctx.Err() != nil {
 				break
@@ -202,8 +200,7 @@ func (r *reader) run(ctx context.Context) error {
 		if n > 0 {
 			consecutive = 0
 			r.process(n)
-			if n < len(r.bufs) || r.pending >= r.batchSize ||
-				(r.pending > 0 && r.now().Sub(r.firstPending) >= r.flushInterval) {
+			if n < len(r.bufs) || r.pending >= r.batchSize {
 				r.flush()
 			}
 		}
@@ -213,7 +210,8 @@ func (r *reader) run(ctx context.Context) error {
 			}
 			continue
 		}
-		// Whatever happened, never hold originals while not reading.
+		// Whatever happened, never hold clones while not reading (a full
+		// kernel queue drops the next ones).
 		r.flush()
 		if ctx.Err() != nil {
 			break
@@ -236,7 +234,7 @@ func (r *reader) run(ctx context.Context) error {
 			time.Sleep(time.Millisecond)
 		}
 	}
-	// Drain: release every original the kernel already handed to us.
+	// Drain: copy and drop every clone the kernel already handed to us.
 	if !stop() {
 		<-interrupted
 	}
@@ -302,7 +300,7 @@ func (r *reader) process(n int) {
 	for i := 0; i < n; i++ {
 		if r.trunc[i] || r.lens[i] > len(r.bufs[i]) || r.lens[i] < 0 {
 			// Cannot happen with buffers sized for copy_range, but never
-			// trust it: count it and, for NFQUEUE, still release the original.
+			// trust it: count it and, for NFQUEUE, still drop the clone.
 			r.nMalformed++
 			r.nRecv++
 			if m, _, err := nextMsgLenient(r.bufs[i]); err == nil {
@@ -375,7 +373,6 @@ func (r *reader) noteID(id uint32) {
 	r.noteSeq(id)
 	if r.pending == 0 {
 		r.maxID = id
-		r.firstPending = r.now()
 	} else if d := id - r.maxID; d != 0 && d < 1<<31 {
 		r.maxID = id
 	}
@@ -420,7 +417,7 @@ func (r *reader) handlePacket(body []byte) {
 		return
 	}
 	if r.q.Full() {
-		r.q.dropped.Add(1)
+		r.q.AddDropped(1)
 		r.nOverflow++
 		return
 	}
@@ -428,8 +425,7 @@ func (r *reader) handlePacket(body []byte) {
 	p.Data = p.Data[:copy(p.Data, pi.payload)]
 	if r.kind == kindQueue {
 		// With NFQA_CFG_F_GSO the kernel says what it knows (no attribute:
-		// no flags); without it (queues of originals) it segmented and
-		// completed everything itself.
+		// no flags).
 		p.Offload = gso.Known
 		if pi.skbInfo&skbGSO != 0 {
 			p.Offload |= gso.GSO
@@ -474,13 +470,26 @@ func (r *reader) handlePacket(body []byte) {
 		p.Mark &^= m
 	}
 	p.Session = r.session
-	if !r.q.Push(p) {
-		r.nOverflow++
+	r.pend[r.npend] = p
+	r.npend++
+	if r.npend == len(r.pend) {
+		r.push()
 	}
 }
 
-// fold adds the batch's local counters to the ledger.
+// push hands the copies of the read so far to the copy queue in one batch.
+func (r *reader) push() {
+	if r.npend == 0 {
+		return
+	}
+	k := r.npend
+	r.npend = 0
+	r.nOverflow += uint64(k - r.q.PushBatch(r.pend[:k]))
+}
+
+// fold pushes the batch's copies and adds its local counters to the ledger.
 func (r *reader) fold() {
+	r.push()
 	if r.nRecv > 0 {
 		r.packets.Add(r.nRecv)
 		r.led.AddReceived(r.nRecv)
@@ -500,16 +509,17 @@ func (r *reader) fold() {
 	r.nRecv, r.nMalformed, r.nOverflow, r.nGaps, r.nTooBig = 0, 0, 0, 0, 0
 }
 
-// flush sends the pending batch verdict (NFQUEUE): accept (or, for clones,
-// drop) every id <= maxID.
+// flush sends the pending batch verdict (NFQUEUE): drop every clone with an
+// id <= maxID (its original went on in the kernel).
 func (r *reader) flush() {
 	if r.kind != kindQueue || r.pending == 0 {
 		return
 	}
-	msg := putVerdictBatch(r.vbuf[:], r.resID, r.verdict, r.maxID)
+	msg := putVerdictBatch(r.vbuf[:], r.resID, nfDrop, r.maxID)
 	if err := r.sock.Send(msg); err != nil {
 		// Keep the batch pending; it is retried on the next flush. The
-		// kernel holds the originals meanwhile, so say so.
+		// kernel holds the clones meanwhile (room its queue lacks), so say
+		// so.
 		r.verdictErrs.Add(1)
 		r.led.AddVerdictErrors(1)
 		r.warn("nfq: verdict send failed", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/nfclone/nfclone/internal/netnstest"
 	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pipeline"
 	"os"
 	"os/exec"
 	"strings"
@@ -14,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	nfqueue "github.com/florianl/go-nfqueue/v2"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
@@ -27,23 +27,46 @@ type testNS = netnstest.NS
 
 func newTestNS(t *testing.T, prefix string) *testNS { return netnstest.New(t, prefix) }
 
-// addQueueRule installs "ip nfqt out: queue num N bypass" through the xt
-// NFQUEUE compat target (this kernel has no native nft queue).
-func addQueueRule(t *testing.T, ns *testNS, num uint16) {
+// Test marks: the marker byte of clones, and the marker of this test's one
+// session (nfclone's layout is config.MarkLayout; any will do here).
+const (
+	testMarkMask   = 0xff000000
+	testMarkTTLDec = 0x01000000
+	testMarker     = 0x02000000
+)
+
+// addCloneRules installs what nfclone's rules do for a queue session, for
+// every IPv4 packet sent in ns: `meta mark set meta mark | M dup to
+// 127.0.0.1 device "lo"` (the mark restored after), and the clones caught in
+// output by `queue num N` without bypass, through the xt NFQUEUE compat
+// target (this kernel has no native nft queue).
+func addCloneRules(t *testing.T, ns *testNS, num uint16) {
 	t.Helper()
+	script := "add table ip nfqt\n" +
+		"add chain ip nfqt copy { type filter hook output priority 0; }\n" +
+		fmt.Sprintf("add rule ip nfqt copy meta mark and 0x%08x == 0 meta mark set meta mark or 0x%08x dup to 127.0.0.1 device \"lo\" meta mark set meta mark and 0x%08x\n",
+			testMarkMask, testMarker, ^uint32(testMarkMask))
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v %s", err, out)
+	}
 	c, err := nftables.New(nftables.WithNetNSFd(ns.FD))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tbl := c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "nfqt"})
-	ch := c.AddChain(&nftables.Chain{Name: "out", Table: tbl, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter})
+	tbl := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: "nfqt"}
+	ch := c.AddChain(&nftables.Chain{Name: "clones", Table: tbl, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRef(-300)})
 	info := make([]byte, 8) // struct xt_NFQ_info_v3, host byte order, padded
 	binary.NativeEndian.PutUint16(info[0:2], num)
-	binary.NativeEndian.PutUint16(info[2:4], 1)   // queues_total
-	binary.NativeEndian.PutUint16(info[4:6], 0x1) // NFQ_FLAG_BYPASS
+	binary.NativeEndian.PutUint16(info[2:4], 1) // queues_total; flags 0: no bypass
 	u := xt.Unknown(info)
 	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binary.NativeEndian.AppendUint32(nil, testMarkMask), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, testMarker)},
 		&expr.Target{Name: "NFQUEUE", Rev: 3, Info: &u},
 	}})
 	if err := c.Flush(); err != nil {
@@ -53,7 +76,7 @@ func addQueueRule(t *testing.T, ns *testNS, num uint16) {
 
 type countSink struct {
 	n, bytes atomic.Uint64
-	led      *Ledger
+	led      *pipeline.Ledger
 }
 
 func (c *countSink) send(b []*packet.Packet) {
@@ -70,15 +93,16 @@ func TestRootQueueReader(t *testing.T) {
 	requireRoot(t)
 	checkNoLeak(t)
 	ns := newTestNS(t, "nfq")
-	addQueueRule(t, ns, 0)
+	addCloneRules(t, ns, 0)
 
-	// Bypass: with no reader bound, traffic flows.
+	// With no reader bound, the clones are dropped; the originals flow.
 	ns.Sh(t, "ping -c 1 -W 2 127.0.0.1")
 
-	var led Ledger
-	q := NewCopyQueue(8192, 0)
+	var led pipeline.Ledger
+	q := pipeline.NewCopyQueue(8192, 0)
 	qr, err := NewQueueReader(QueueConfig{
 		Num: 0, NetNS: ns.FD, Snaplen: 128,
+		Clones:    CloneMarks{Mask: testMarkMask, TTLDecremented: testMarkTTLDec},
 		StatsPath: fmt.Sprintf("/proc/%d/net/netfilter/nfnetlink_queue", ns.TID),
 	}, q, &led)
 	if err != nil {
@@ -98,7 +122,7 @@ func TestRootQueueReader(t *testing.T) {
 		}
 	}()
 	wwg.Add(1)
-	go func() { defer wwg.Done(); RunWorkers(wctx, q, 2, cs.send) }()
+	go func() { defer wwg.Done(); pipeline.RunWorkers(wctx, q, 2, cs.send) }()
 	stop := func() {
 		cancelReader()
 		rwg.Wait()
@@ -107,8 +131,8 @@ func TestRootQueueReader(t *testing.T) {
 	}
 	defer func() { stop(); qr.Close() }()
 
-	// Originals are accepted: ping gets its replies (request + reply are
-	// both queued in output on lo).
+	// Every original is cloned: ping's request and reply (both sent in
+	// output on lo) give 6 copies.
 	ns.Sh(t, "ping -c 3 -i 0.2 -W 2 127.0.0.1")
 	waitFor(t, "6 copies", func() bool { return cs.n.Load() >= 6 })
 	b, err := os.ReadFile(qr.cfg.StatsPath)
@@ -121,7 +145,7 @@ func TestRootQueueReader(t *testing.T) {
 	}
 
 	// Throughput: a UDP flood of 64-byte IP packets to a bound (never read)
-	// socket on 127.0.0.1 for ~1 s; every datagram is queued in output.
+	// socket on 127.0.0.1 for ~1 s; every datagram is cloned in output.
 	var sent int
 	var floodTime time.Duration
 	copiesBefore := cs.n.Load()
@@ -142,12 +166,10 @@ func TestRootQueueReader(t *testing.T) {
 	if !s.Balanced() || s.InFlight != 0 {
 		t.Fatalf("ledger does not balance: %+v", s)
 	}
-	// Losses must be attributed; what is not, is invisible to nfclone:
-	// queue-full with fail-open is not counted by the kernel.
 	if s.Offered < 6 {
 		t.Fatalf("offered %d", s.Offered)
 	}
-	// Traffic still flows after the reader is gone (bypass).
+	// Traffic still flows after the reader is gone.
 	qr.Close()
 	ns.Sh(t, "ping -c 1 -W 2 127.0.0.1")
 }
@@ -163,8 +185,8 @@ func TestRootLogReader(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("nft: %v %s", err, out)
 	}
-	var led Ledger
-	q := NewCopyQueue(1024, 0)
+	var led pipeline.Ledger
+	q := pipeline.NewCopyQueue(1024, 0)
 	lr, err := NewLogReader(LogConfig{Group: 5, NetNS: ns.FD}, q, &led)
 	if err != nil {
 		t.Fatal(err)
@@ -177,7 +199,7 @@ func TestRootLogReader(t *testing.T) {
 	go func() { defer wg.Done(); lr.Run(ctx) }()
 	go func() {
 		defer wg.Done()
-		RunWorkers(ctx, q, 1, func(b []*packet.Packet) {
+		pipeline.RunWorkers(ctx, q, 1, func(b []*packet.Packet) {
 			for _, p := range b {
 				if p.Family == 4 && p.Data[9] == 1 {
 					fam4.Add(1)
@@ -232,70 +254,4 @@ func flood(t *testing.T, ns *testNS, d time.Duration) (sent int, took time.Durat
 		took = time.Since(start)
 	})
 	return sent, took
-}
-
-// TestRootCompareNaive (NFQ_COMPARE=1) measures, in one run, the same flood
-// with: the rule and no reader (bypass), a naive go-nfqueue loop (library
-// callback, one verdict per packet, payload copied), and QueueReader.
-func TestRootCompareNaive(t *testing.T) {
-	if os.Getenv("NFQ_COMPARE") != "1" {
-		t.Skip("set NFQ_COMPARE=1 to run the throughput comparison")
-	}
-	requireRoot(t)
-	ns := newTestNS(t, "nfqc")
-	addQueueRule(t, ns, 0)
-	const d = 2 * time.Second
-	for round := 0; round < 2; round++ {
-		sent, took := flood(t, ns, d)
-		t.Logf("bypass (no reader): %.0f pps", float64(sent)/took.Seconds())
-
-		// naive
-		nf, err := nfqueue.Open(&nfqueue.Config{NfQueue: 0, MaxPacketLen: 0xffff, MaxQueueLen: 4096,
-			Copymode: nfqueue.NfQnlCopyPacket, Flags: nfqueue.NfQaCfgFlagFailOpen, NetNS: ns.FD})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var naive atomic.Uint64
-		ctx, cancel := context.WithCancel(context.Background())
-		err = nf.RegisterWithErrorFunc(ctx, func(a nfqueue.Attribute) int {
-			if a.Payload != nil {
-				_ = append([]byte(nil), (*a.Payload)...)
-				naive.Add(1)
-			}
-			nf.SetVerdict(*a.PacketID, nfqueue.NfAccept)
-			return 0
-		}, func(error) int { return 0 })
-		if err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(50 * time.Millisecond)
-		sent, took = flood(t, ns, d)
-		time.Sleep(200 * time.Millisecond)
-		t.Logf("naive go-nfqueue: sent %.0f pps, copies %.0f/s (%.0f%% of sent)", float64(sent)/took.Seconds(),
-			float64(naive.Load())/took.Seconds(), 100*float64(naive.Load())/float64(sent))
-		cancel()
-		nf.Close()
-
-		var led Ledger
-		q := NewCopyQueue(8192, 0)
-		qr, err := NewQueueReader(QueueConfig{Num: 0, NetNS: ns.FD}, q, &led)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs := &countSink{led: &led}
-		ctx, cancel = context.WithCancel(context.Background())
-		var wg sync.WaitGroup
-		wg.Add(2)
-		go func() { defer wg.Done(); qr.Run(ctx) }()
-		go func() { defer wg.Done(); RunWorkers(ctx, q, 1, cs.send) }()
-		sent, took = flood(t, ns, d)
-		time.Sleep(200 * time.Millisecond)
-		cancel()
-		wg.Wait()
-		qr.Close()
-		s := led.Snapshot()
-		t.Logf("QueueReader: sent %.0f pps, copies %.0f/s (%.0f%% of sent), %.1f packets/verdict, ledger %+v",
-			float64(sent)/took.Seconds(), float64(cs.n.Load())/took.Seconds(), 100*float64(cs.n.Load())/float64(sent),
-			float64(qr.Stats().Packets)/float64(qr.Stats().Verdicts), s)
-	}
 }

@@ -3,6 +3,7 @@ package nfq
 import (
 	"encoding/binary"
 	"github.com/nfclone/nfclone/packet"
+	"github.com/nfclone/nfclone/pipeline"
 	"testing"
 	"time"
 )
@@ -76,10 +77,10 @@ func TestStamp(t *testing.T) {
 // The reader stamps every copy of a batch, reading the clocks once per
 // batch.
 func TestReaderStampsCopies(t *testing.T) {
-	q := NewCopyQueue(16, 0)
-	var led Ledger
+	q := pipeline.NewCopyQueue(16, 0)
+	var led pipeline.Ledger
 	sock := newFakeSock()
-	r := newReader(kindQueue, sock, q, &led, 0, 0, 4, 4096, 64, time.Millisecond, nil)
+	r := newReader(kindQueue, sock, q, &led, 0, 0, 4, 4096, 64, nil)
 	calls := 0
 	now := time.Date(2026, 12, 1, 18, 0, 0, 0, time.UTC).UnixNano()
 	r.clock = func() (int64, int64) { calls++; return now, 1e12 }

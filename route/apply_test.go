@@ -1,7 +1,9 @@
-package route
+package route_test
 
 import (
 	"errors"
+	"github.com/nfclone/nfclone/route"
+	"github.com/nfclone/nfclone/route/routetest"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -11,14 +13,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func newTestFake(t testing.TB) *Fake {
-	f := NewFake()
-	f.AddLink("e1", mustMAC(t, "02:00:00:77:02:01"), netip.MustParsePrefix("10.77.2.1/24"), netip.MustParsePrefix("fd77::1/64"))
-	f.AddLink("e2", mustMAC(t, "02:00:00:77:03:01"), netip.MustParsePrefix("10.77.3.1/24"))
+func newTestFake(t testing.TB) *routetest.Fake {
+	f := routetest.NewFake()
+	f.AddLink("e1", route.MustMAC(t, "02:00:00:77:02:01"), netip.MustParsePrefix("10.77.2.1/24"), netip.MustParsePrefix("fd77::1/64"))
+	f.AddLink("e2", route.MustMAC(t, "02:00:00:77:03:01"), netip.MustParsePrefix("10.77.3.1/24"))
 	return f
 }
 
-func assertSame(t *testing.T, what string, got, want FakeState) {
+func assertSame(t *testing.T, what string, got, want routetest.FakeState) {
 	t.Helper()
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("%s: state differs\ngot:\n%s\nwant:\n%s", what, got, want)
@@ -28,11 +30,11 @@ func assertSame(t *testing.T, what string, got, want FakeState) {
 func TestApplyUndoRestoresFake(t *testing.T) {
 	f := newTestFake(t)
 	before := f.Snapshot()
-	a := NewApplier(f, nil)
+	a := route.NewApplier(f, nil)
 	var progress []int
-	a.OnChange = func(j Journal) { progress = append(progress, len(j)) }
+	a.OnChange = func(j route.Journal) { progress = append(progress, len(j)) }
 
-	p := samplePlan(t)
+	p := route.SamplePlan(t)
 	j, err := a.Apply(p)
 	if err != nil {
 		t.Fatalf("Apply: %v", err)
@@ -45,8 +47,8 @@ func TestApplyUndoRestoresFake(t *testing.T) {
 	if len(progress) != 24 || progress[23] != 12 {
 		t.Errorf("OnChange calls: %v", progress)
 	}
-	wantOps := []Op{OpLinkCreated, OpLinkCreated, OpLinkFlags, OpLinkFlags, OpNeighbour, OpNeighbour,
-		OpRouteAdded, OpRouteAdded, OpRuleAdded, OpRuleAdded, OpLocalMoved, OpLocalMoved}
+	wantOps := []route.Op{route.OpLinkCreated, route.OpLinkCreated, route.OpLinkFlags, route.OpLinkFlags, route.OpNeighbour, route.OpNeighbour,
+		route.OpRouteAdded, route.OpRouteAdded, route.OpRuleAdded, route.OpRuleAdded, route.OpLocalMoved, route.OpLocalMoved}
 	for i, c := range j {
 		if c.Op != wantOps[i] {
 			t.Errorf("journal[%d].Op = %s, want %s", i, c.Op, wantOps[i])
@@ -54,33 +56,33 @@ func TestApplyUndoRestoresFake(t *testing.T) {
 	}
 
 	// The kernel has it all.
-	for _, fam := range []Family{IPv4, IPv6} {
+	for _, fam := range []route.Family{route.IPv4, route.IPv6} {
 		rules, _ := f.Rules(fam)
-		if hasRule(rules, localRule(fam, 0)) || !hasRule(rules, localRule(fam, LocalPref)) {
+		if route.HasRule(rules, route.LocalRule(fam, 0)) || !route.HasRule(rules, route.LocalRule(fam, route.LocalPref)) {
 			t.Errorf("%s local rule not moved: %v", fam, rules)
 		}
-		if !hasRule(rules, PolicyRule{Family: fam, Pref: 100, Mark: 0x4e43, Table: 20035}) {
+		if !route.HasRule(rules, route.PolicyRule{Family: fam, Pref: 100, Mark: 0x4e43, Table: 20035}) {
 			t.Errorf("%s fwmark rule missing", fam)
 		}
 		if rs, _ := f.DefaultRoutes(fam, 20035); len(rs) != 1 {
 			t.Errorf("%s routes in 20035: %v", fam, rs)
 		}
 	}
-	e1, err := LinkByName(f, "e1")
+	e1, err := route.LinkByName(f, "e1")
 	if err != nil || !e1.NoARP() || e1.Promisc() {
 		t.Errorf("e1 = %+v, %v", e1, err)
 	}
-	e2, _ := LinkByName(f, "e2")
+	e2, _ := route.LinkByName(f, "e2")
 	if !e2.NoARP() || !e2.Promisc() {
 		t.Errorf("e2 = %+v", e2)
 	}
 	for _, n := range []string{"agg0", "agg0-rx"} {
-		l, err := LinkByName(f, n)
+		l, err := route.LinkByName(f, n)
 		if err != nil || l.Kind != "veth" || !l.Up() || !l.Promisc() {
 			t.Errorf("%s = %+v, %v", n, l, err)
 		}
 	}
-	if vx, err := LinkByName(f, "nfc-vx0"); err != nil || vx.Kind != "vxlan" || !vx.Up() {
+	if vx, err := route.LinkByName(f, "nfc-vx0"); err != nil || vx.Kind != "vxlan" || !vx.Up() {
 		t.Errorf("vxlan = %+v, %v", vx, err)
 	}
 	ns, _ := f.Neighbours(e1.Index)
@@ -96,11 +98,11 @@ func TestApplyUndoRestoresFake(t *testing.T) {
 	}
 	assertSame(t, "after refused second apply", f.Snapshot(), applied)
 
-	if err := Undo(f, j, nil); err != nil {
+	if err := route.Undo(f, j, nil); err != nil {
 		t.Fatalf("Undo: %v", err)
 	}
 	assertSame(t, "after undo", f.Snapshot(), before)
-	if err := Undo(f, j, nil); err != nil {
+	if err := route.Undo(f, j, nil); err != nil {
 		t.Fatalf("second Undo: %v", err)
 	}
 	assertSame(t, "after second undo", f.Snapshot(), before)
@@ -137,7 +139,7 @@ func TestApplyFailureRollsBack(t *testing.T) {
 	count := &failNth{n: -1, sel: func(op string) bool { return true }}
 	f := newTestFake(t)
 	f.FailOn(count.fn)
-	if _, err := NewApplier(f, nil).Apply(samplePlan(t)); err != nil {
+	if _, err := route.NewApplier(f, nil).Apply(route.SamplePlan(t)); err != nil {
 		t.Fatal(err)
 	}
 	total := count.calls
@@ -149,7 +151,7 @@ func TestApplyFailureRollsBack(t *testing.T) {
 		before := f.Snapshot()
 		inj := &failNth{n: n, sel: func(string) bool { return true }}
 		f.FailOn(inj.fn)
-		j, err := NewApplier(f, nil).Apply(samplePlan(t))
+		j, err := route.NewApplier(f, nil).Apply(route.SamplePlan(t))
 		op := inj.seen[n-1]
 		if !errors.Is(err, errInjected) {
 			t.Fatalf("failing call %d (%s): Apply error = %v", n, op, err)
@@ -172,7 +174,7 @@ func TestApplyRollbackFailureReturnsJournal(t *testing.T) {
 		}
 		return nil
 	})
-	j, err := NewApplier(f, nil).Apply(samplePlan(t))
+	j, err := route.NewApplier(f, nil).Apply(route.SamplePlan(t))
 	if err == nil || !strings.Contains(err.Error(), "rolling back failed too") {
 		t.Fatalf("Apply = %v", err)
 	}
@@ -183,7 +185,7 @@ func TestApplyRollbackFailureReturnsJournal(t *testing.T) {
 		t.Errorf("Undo stopped at first error? %v", err)
 	}
 	f.FailOn(nil)
-	if err := Undo(f, j, nil); err != nil {
+	if err := route.Undo(f, j, nil); err != nil {
 		t.Fatal(err)
 	}
 	assertSame(t, "after later undo", f.Snapshot(), before)
@@ -192,7 +194,7 @@ func TestApplyRollbackFailureReturnsJournal(t *testing.T) {
 func TestUndoCollectsErrors(t *testing.T) {
 	f := newTestFake(t)
 	before := f.Snapshot()
-	j, err := NewApplier(f, nil).Apply(samplePlan(t))
+	j, err := route.NewApplier(f, nil).Apply(route.SamplePlan(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,20 +204,20 @@ func TestUndoCollectsErrors(t *testing.T) {
 		}
 		return nil
 	})
-	err = Undo(f, j, nil)
+	err = route.Undo(f, j, nil)
 	if !errors.Is(err, errInjected) || strings.Count(err.Error(), "injected failure") != 2 {
 		t.Fatalf("Undo = %v", err)
 	}
 	// Everything else was undone: links are gone, rules back.
-	if _, err := LinkByName(f, "agg0"); !IsNotFound(err) {
+	if _, err := route.LinkByName(f, "agg0"); !route.IsNotFound(err) {
 		t.Errorf("agg0 still there: %v", err)
 	}
-	rules, _ := f.Rules(IPv4)
-	if !hasRule(rules, localRule(IPv4, 0)) {
+	rules, _ := f.Rules(route.IPv4)
+	if !route.HasRule(rules, route.LocalRule(route.IPv4, 0)) {
 		t.Error("local rule not restored")
 	}
 	f.FailOn(nil)
-	if err := Undo(f, j, nil); err != nil {
+	if err := route.Undo(f, j, nil); err != nil {
 		t.Fatal(err)
 	}
 	assertSame(t, "after retry", f.Snapshot(), before)
@@ -223,35 +225,35 @@ func TestUndoCollectsErrors(t *testing.T) {
 
 func TestLocalAlreadyMoved(t *testing.T) {
 	f := newTestFake(t)
-	if err := f.DeleteRule(localRule(IPv4, 0)); err != nil {
+	if err := f.DeleteRule(route.LocalRule(route.IPv4, 0)); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.AddRule(localRule(IPv4, LocalPref)); err != nil {
+	if err := f.AddRule(route.LocalRule(route.IPv4, route.LocalPref)); err != nil {
 		t.Fatal(err)
 	}
 	moved := f.Snapshot()
-	j, err := NewApplier(f, nil).Apply(Plan{MoveLocal: []Family{IPv4}})
+	j, err := route.NewApplier(f, nil).Apply(route.Plan{MoveLocal: []route.Family{route.IPv4}})
 	if err != nil || len(j) != 0 {
 		t.Fatalf("Apply = %v, %v", j, err)
 	}
 	assertSame(t, "already moved", f.Snapshot(), moved)
 
 	// No local rule at all: refuse.
-	_ = f.DeleteRule(localRule(IPv6, 0))
-	if _, err := NewApplier(f, nil).Apply(Plan{MoveLocal: []Family{IPv6}}); err == nil {
+	_ = f.DeleteRule(route.LocalRule(route.IPv6, 0))
+	if _, err := route.NewApplier(f, nil).Apply(route.Plan{MoveLocal: []route.Family{route.IPv6}}); err == nil {
 		t.Error("moving a missing local rule succeeded")
 	}
 }
 
 func TestLocalBothPresentKeepsExisting(t *testing.T) {
 	f := newTestFake(t)
-	_ = f.AddRule(localRule(IPv4, LocalPref))
+	_ = f.AddRule(route.LocalRule(route.IPv4, route.LocalPref))
 	before := f.Snapshot()
-	j, err := NewApplier(f, nil).Apply(Plan{MoveLocal: []Family{IPv4}})
+	j, err := route.NewApplier(f, nil).Apply(route.Plan{MoveLocal: []route.Family{route.IPv4}})
 	if err != nil || len(j) != 1 || j[0].Local.AddedPref {
 		t.Fatalf("Apply = %+v, %v", j, err)
 	}
-	if err := Undo(f, j, nil); err != nil {
+	if err := route.Undo(f, j, nil); err != nil {
 		t.Fatal(err)
 	}
 	assertSame(t, "undo", f.Snapshot(), before)
@@ -268,16 +270,16 @@ func TestNeighbourPreviousEntryRestored(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := newTestFake(t)
-			idx, _ := LinkIndex(f, "e1")
-			old := NeighInfo{Index: idx, Addr: netip.MustParseAddr("10.77.2.2"), MAC: mustMAC(t, "02:00:00:00:00:99"), State: c.state}
+			idx, _ := route.LinkIndex(f, "e1")
+			old := route.NeighInfo{Index: idx, Addr: netip.MustParseAddr("10.77.2.2"), MAC: route.MustMAC(t, "02:00:00:00:00:99"), State: c.state}
 			f.AddNeighbourEntry(old)
-			p := Plan{Neighbours: []Neighbour{{Device: "e1", Addr: old.Addr, MAC: mustMAC(t, "02:00:00:00:00:01")}}}
-			j, err := NewApplier(f, nil).Apply(p)
+			p := route.Plan{Neighbours: []route.Neighbour{{Device: "e1", Addr: old.Addr, MAC: route.MustMAC(t, "02:00:00:00:00:01")}}}
+			j, err := route.NewApplier(f, nil).Apply(p)
 			if err != nil || len(j) != 1 || j[0].Neighbour.Before == nil || j[0].Neighbour.Before.MAC != "02:00:00:00:00:99" {
 				t.Fatalf("Apply = %+v, %v", j, err)
 			}
 			for range 2 {
-				if err := Undo(f, j, nil); err != nil {
+				if err := route.Undo(f, j, nil); err != nil {
 					t.Fatal(err)
 				}
 				ns, _ := f.Neighbours(idx)
@@ -291,45 +293,45 @@ func TestNeighbourPreviousEntryRestored(t *testing.T) {
 	}
 	// An entry changed by someone else after Apply is left alone.
 	f := newTestFake(t)
-	idx, _ := LinkIndex(f, "e1")
-	p := Plan{Neighbours: []Neighbour{{Device: "e1", Addr: netip.MustParseAddr("10.77.2.2"), MAC: mustMAC(t, "02:00:00:00:00:01")}}}
-	j, err := NewApplier(f, nil).Apply(p)
+	idx, _ := route.LinkIndex(f, "e1")
+	p := route.Plan{Neighbours: []route.Neighbour{{Device: "e1", Addr: netip.MustParseAddr("10.77.2.2"), MAC: route.MustMAC(t, "02:00:00:00:00:01")}}}
+	j, err := route.NewApplier(f, nil).Apply(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other := NeighInfo{Index: idx, Addr: netip.MustParseAddr("10.77.2.2"), MAC: mustMAC(t, "02:00:00:00:00:55"), State: unix.NUD_PERMANENT}
+	other := route.NeighInfo{Index: idx, Addr: netip.MustParseAddr("10.77.2.2"), MAC: route.MustMAC(t, "02:00:00:00:00:55"), State: unix.NUD_PERMANENT}
 	f.AddNeighbourEntry(other)
-	if err := Undo(f, j, nil); err != nil {
+	if err := route.Undo(f, j, nil); err != nil {
 		t.Fatal(err)
 	}
 	if ns, _ := f.Neighbours(idx); len(ns) != 1 || !reflect.DeepEqual(ns[0], other) {
 		t.Errorf("foreign entry touched: %+v", ns)
 	}
 	// An identical entry is not journaled.
-	if j, err := NewApplier(f, nil).Apply(Plan{Neighbours: []Neighbour{{Device: "e1", Addr: other.Addr, MAC: other.MAC}}}); err != nil || len(j) != 0 {
+	if j, err := route.NewApplier(f, nil).Apply(route.Plan{Neighbours: []route.Neighbour{{Device: "e1", Addr: other.Addr, MAC: other.MAC}}}); err != nil || len(j) != 0 {
 		t.Errorf("identical neighbour: %v, %v", j, err)
 	}
 }
 
 func TestFlagsOnlyChangedBits(t *testing.T) {
 	f := newTestFake(t)
-	e2, _ := LinkByName(f, "e2")
+	e2, _ := route.LinkByName(f, "e2")
 	_ = f.SetLinkFlags(e2.Index, unix.IFF_PROMISC, unix.IFF_PROMISC)
 	before := f.Snapshot()
-	j, err := NewApplier(f, nil).Apply(Plan{Flags: []LinkFlag{{Device: "e2", NoARP: true, Promisc: true}}})
+	j, err := route.NewApplier(f, nil).Apply(route.Plan{Flags: []route.LinkFlag{{Device: "e2", NoARP: true, Promisc: true}}})
 	if err != nil || len(j) != 1 || j[0].Flags.Mask != unix.IFF_NOARP {
 		t.Fatalf("Apply = %+v, %v", j, err)
 	}
-	if err := Undo(f, j, nil); err != nil {
+	if err := route.Undo(f, j, nil); err != nil {
 		t.Fatal(err)
 	}
 	assertSame(t, "undo keeps promisc", f.Snapshot(), before)
 	// Nothing to change: nothing journaled.
-	if j, err := NewApplier(f, nil).Apply(Plan{Flags: []LinkFlag{{Device: "e2", Promisc: true}}}); err != nil || len(j) != 0 {
+	if j, err := route.NewApplier(f, nil).Apply(route.Plan{Flags: []route.LinkFlag{{Device: "e2", Promisc: true}}}); err != nil || len(j) != 0 {
 		t.Errorf("Apply = %v, %v", j, err)
 	}
 	// Missing device.
-	if _, err := NewApplier(f, nil).Apply(Plan{Flags: []LinkFlag{{Device: "nope", NoARP: true}}}); err == nil || !strings.Contains(err.Error(), "setting flags 0x80 on nope") {
+	if _, err := route.NewApplier(f, nil).Apply(route.Plan{Flags: []route.LinkFlag{{Device: "nope", NoARP: true}}}); err == nil || !strings.Contains(err.Error(), "setting flags 0x80 on nope") {
 		t.Errorf("missing device: %v", err)
 	}
 }
@@ -338,13 +340,13 @@ func TestUndoLinkOnlyIfOurs(t *testing.T) {
 	f := newTestFake(t)
 	f.AddLink("agg0", nil) // not a veth, not ours
 	before := f.Snapshot()
-	idx, _ := LinkIndex(f, "agg0")
-	j := Journal{
-		{Op: OpLinkCreated, Link: &CreatedLink{Name: "agg0", Index: idx + 100, Kind: "veth"}},
-		{Op: OpLinkCreated, Link: &CreatedLink{Name: "agg0", Index: idx, Kind: "veth"}},
-		{Op: OpLinkCreated, Link: &CreatedLink{Name: "gone0", Index: 42, Kind: "vxlan"}},
+	idx, _ := route.LinkIndex(f, "agg0")
+	j := route.Journal{
+		{Op: route.OpLinkCreated, Link: &route.CreatedLink{Name: "agg0", Index: idx + 100, Kind: "veth"}},
+		{Op: route.OpLinkCreated, Link: &route.CreatedLink{Name: "agg0", Index: idx, Kind: "veth"}},
+		{Op: route.OpLinkCreated, Link: &route.CreatedLink{Name: "gone0", Index: 42, Kind: "vxlan"}},
 	}
-	if err := Undo(f, j, nil); err != nil {
+	if err := route.Undo(f, j, nil); err != nil {
 		t.Fatal(err)
 	}
 	assertSame(t, "foreign link kept", f.Snapshot(), before)
@@ -352,26 +354,26 @@ func TestUndoLinkOnlyIfOurs(t *testing.T) {
 
 func TestExistingRuleAndRouteNotJournaled(t *testing.T) {
 	f := newTestFake(t)
-	idx, _ := LinkIndex(f, "e1")
-	rule := PolicyRule{Family: IPv4, Pref: 100, Mark: 0x4e43, Table: 20035}
+	idx, _ := route.LinkIndex(f, "e1")
+	rule := route.PolicyRule{Family: route.IPv4, Pref: 100, Mark: 0x4e43, Table: 20035}
 	_ = f.AddRule(rule)
-	_ = f.AddDefaultRoute(RouteInfo{Family: IPv4, Table: 20035, Gateway: netip.MustParseAddr("10.77.2.2"), Index: idx})
-	j, err := NewApplier(f, nil).Apply(Plan{
-		Rules:  []PolicyRule{rule},
-		Routes: []Route{{Family: IPv4, Table: 20035, Gateway: netip.MustParseAddr("10.77.2.2"), Device: "e1"}},
+	_ = f.AddDefaultRoute(route.RouteInfo{Family: route.IPv4, Table: 20035, Gateway: netip.MustParseAddr("10.77.2.2"), Index: idx})
+	j, err := route.NewApplier(f, nil).Apply(route.Plan{
+		Rules:  []route.PolicyRule{rule},
+		Routes: []route.Route{{Family: route.IPv4, Table: 20035, Gateway: netip.MustParseAddr("10.77.2.2"), Device: "e1"}},
 	})
 	if err != nil || len(j) != 0 {
 		t.Fatalf("Apply = %v, %v", j, err)
 	}
 	// A different default route in the table is a conflict.
-	_, err = NewApplier(f, nil).Apply(Plan{Routes: []Route{{Family: IPv4, Table: 20035, Gateway: netip.MustParseAddr("10.77.3.2"), Device: "e2"}}})
+	_, err = route.NewApplier(f, nil).Apply(route.Plan{Routes: []route.Route{{Family: route.IPv4, Table: 20035, Gateway: netip.MustParseAddr("10.77.3.2"), Device: "e2"}}})
 	if err == nil || !strings.Contains(err.Error(), "already has a default route") {
 		t.Errorf("conflicting route: %v", err)
 	}
 	// A rule with extra selectors does not count as ours.
 	f2 := newTestFake(t)
-	f2.AddRawRule(RuleInfo{PolicyRule: rule, Mask: 0xffffffff, Action: unix.FR_ACT_TO_TBL, Other: true})
-	j, err = NewApplier(f2, nil).Apply(Plan{Rules: []PolicyRule{rule}})
+	f2.AddRawRule(route.RuleInfo{PolicyRule: rule, Mask: 0xffffffff, Action: unix.FR_ACT_TO_TBL, Other: true})
+	j, err = route.NewApplier(f2, nil).Apply(route.Plan{Rules: []route.PolicyRule{rule}})
 	if err != nil || len(j) != 1 {
 		t.Errorf("Apply beside a foreign rule = %v, %v", j, err)
 	}
@@ -379,14 +381,14 @@ func TestExistingRuleAndRouteNotJournaled(t *testing.T) {
 
 func TestHelpers(t *testing.T) {
 	f := newTestFake(t)
-	if l, err := LinkByName(f, "e1"); err != nil || l.MAC.String() != "02:00:00:77:02:01" || l.Index == 0 {
+	if l, err := route.LinkByName(f, "e1"); err != nil || l.MAC.String() != "02:00:00:77:02:01" || l.Index == 0 {
 		t.Errorf("LinkByName = %+v %v", l, err)
 	}
-	ps, err := Addrs(f, "e1")
+	ps, err := route.Addrs(f, "e1")
 	if err != nil || len(ps) != 2 {
 		t.Errorf("Addrs = %v %v", ps, err)
 	}
-	if _, err := LinkIndex(f, "nope"); !IsNotFound(err) {
+	if _, err := route.LinkIndex(f, "nope"); !route.IsNotFound(err) {
 		t.Errorf("LinkIndex(nope) = %v", err)
 	}
 }
@@ -394,9 +396,9 @@ func TestHelpers(t *testing.T) {
 func TestApplyInvalidPlanTouchesNothing(t *testing.T) {
 	f := newTestFake(t)
 	before := f.Snapshot()
-	_, err := NewApplier(f, nil).Apply(Plan{
-		Veths: []VethPair{{Name: "agg0", Peer: "agg0-rx"}},
-		Rules: []PolicyRule{{Family: IPv4, Pref: 2000, Mark: 1, Table: 100}}, MoveLocal: []Family{IPv4},
+	_, err := route.NewApplier(f, nil).Apply(route.Plan{
+		Veths: []route.VethPair{{Name: "agg0", Peer: "agg0-rx"}},
+		Rules: []route.PolicyRule{{Family: route.IPv4, Pref: 2000, Mark: 1, Table: 100}}, MoveLocal: []route.Family{route.IPv4},
 	})
 	if err == nil || !strings.Contains(err.Error(), "invalid routing plan") {
 		t.Fatalf("Apply = %v", err)

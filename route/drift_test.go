@@ -1,6 +1,8 @@
-package route
+package route_test
 
 import (
+	"github.com/nfclone/nfclone/route"
+	"github.com/nfclone/nfclone/route/routetest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -9,18 +11,18 @@ import (
 )
 
 // backstopPlan is samplePlan with the backstop route in its copy table.
-func backstopPlan(t testing.TB) Plan {
-	p := samplePlan(t)
-	p.Routes = append([]Route{
-		{Family: IPv4, Table: 20035, Unreachable: true},
-		{Family: IPv6, Table: 20035, Unreachable: true},
+func backstopPlan(t testing.TB) route.Plan {
+	p := route.SamplePlan(t)
+	p.Routes = append([]route.Route{
+		{Family: route.IPv4, Table: 20035, Unreachable: true},
+		{Family: route.IPv6, Table: 20035, Unreachable: true},
 	}, p.Routes...)
 	return p
 }
 
-func flap(t *testing.T, f *Fake, dev string) {
+func flap(t *testing.T, f *routetest.Fake, dev string) {
 	t.Helper()
-	l, err := LinkByName(f, dev)
+	l, err := route.LinkByName(f, dev)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +34,7 @@ func flap(t *testing.T, f *Fake, dev string) {
 	}
 }
 
-func driftStrings(ds []Drift) string {
+func driftStrings(ds []route.Drift) string {
 	var s []string
 	for _, d := range ds {
 		s = append(s, d.String())
@@ -47,22 +49,22 @@ func TestDiffRepairAfterLinkFlap(t *testing.T) {
 	f := newTestFake(t)
 	before := f.Snapshot()
 	p := backstopPlan(t)
-	j, err := NewApplier(f, nil).Apply(p)
+	j, err := route.NewApplier(f, nil).Apply(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	applied := f.Snapshot()
-	o, err := Observe(f, p)
+	o, err := route.Observe(f, p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ds := Diff(p, o); len(ds) != 0 {
+	if ds := route.Diff(p, o); len(ds) != 0 {
 		t.Fatalf("drift right after apply:\n%s", driftStrings(ds))
 	}
 
 	flap(t, f, "e1")
-	o, _ = Observe(f, p)
-	ds := Diff(p, o)
+	o, _ = route.Observe(f, p)
+	ds := route.Diff(p, o)
 	want := `neighbour 10.77.2.2 lladdr 02:00:00:77:02:02 dev e1: missing
 neighbour fd77::2 lladdr 02:00:00:77:02:02 dev e1: missing
 inet route default via 10.77.2.2 dev e1 table 20035: missing
@@ -70,10 +72,10 @@ inet6 route default via fd77::2 dev e1 table 20035: missing`
 	if got := driftStrings(ds); got != want {
 		t.Fatalf("drift after the flap:\n%s\nwant:\n%s", got, want)
 	}
-	if len(MissingRoutes(ds)) != 2 {
-		t.Errorf("missing routes: %v", MissingRoutes(ds))
+	if len(route.MissingRoutes(ds)) != 2 {
+		t.Errorf("missing routes: %v", route.MissingRoutes(ds))
 	}
-	added, err := Repair(f, ds, nil)
+	added, err := route.Repair(f, ds, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,11 +83,11 @@ inet6 route default via fd77::2 dev e1 table 20035: missing`
 		t.Errorf("repair journal: %v", added)
 	}
 	assertSame(t, "after the repair", f.Snapshot(), applied)
-	j = Merge(j, added)
+	j = route.Merge(j, added)
 	if len(j) != 14 {
 		t.Errorf("merged journal has %d entries, want the 14 of the apply: %v", len(j), j)
 	}
-	if err := Undo(f, j, nil); err != nil {
+	if err := route.Undo(f, j, nil); err != nil {
 		t.Fatal(err)
 	}
 	assertSame(t, "after undo", f.Snapshot(), before)
@@ -96,24 +98,24 @@ inet6 route default via fd77::2 dev e1 table 20035: missing`
 func TestDiffBlockedWhileDown(t *testing.T) {
 	f := newTestFake(t)
 	p := backstopPlan(t)
-	if _, err := NewApplier(f, nil).Apply(p); err != nil {
+	if _, err := route.NewApplier(f, nil).Apply(p); err != nil {
 		t.Fatal(err)
 	}
-	e1, _ := LinkByName(f, "e1")
+	e1, _ := route.LinkByName(f, "e1")
 	if err := f.SetLinkFlags(e1.Index, 0, unix.IFF_UP); err != nil {
 		t.Fatal(err)
 	}
-	o, _ := Observe(f, p)
-	ds := Diff(p, o)
-	if _, err := Repair(f, ds, nil); err != nil {
+	o, _ := route.Observe(f, p)
+	ds := route.Diff(p, o)
+	if _, err := route.Repair(f, ds, nil); err != nil {
 		t.Fatalf("repair of blocked drifts: %v", err)
 	}
-	miss := MissingRoutes(ds)
-	r := Route{Family: IPv4, Table: 20035, Gateway: netip.MustParseAddr("10.77.2.2"), Device: "e1"}
+	miss := route.MissingRoutes(ds)
+	r := route.Route{Family: route.IPv4, Table: 20035, Gateway: netip.MustParseAddr("10.77.2.2"), Device: "e1"}
 	if miss[r] != "device e1 is down" {
 		t.Fatalf("missing routes: %v", miss)
 	}
-	if rt, ok := f.Snapshot().Lookup(IPv4, 0x4e43); !ok || !rt.Unreachable {
+	if rt, ok := f.Snapshot().Lookup(route.IPv4, 0x4e43); !ok || !rt.Unreachable {
 		t.Fatalf("a copy's lookup with e1 down: %+v %v, want the unreachable backstop", rt, ok)
 	}
 }
@@ -123,32 +125,32 @@ func TestDiffBlockedWhileDown(t *testing.T) {
 func TestDiffRepairsEverything(t *testing.T) {
 	f := newTestFake(t)
 	p := backstopPlan(t)
-	j, err := NewApplier(f, nil).Apply(p)
+	j, err := route.NewApplier(f, nil).Apply(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	applied := f.Snapshot()
-	if err := f.DeleteRule(PolicyRule{Family: IPv4, Pref: 100, Mark: 0x4e43, Table: 20035}); err != nil {
+	if err := f.DeleteRule(route.PolicyRule{Family: route.IPv4, Pref: 100, Mark: 0x4e43, Table: 20035}); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.AddRule(localRule(IPv6, 0)); err != nil {
+	if err := f.AddRule(route.LocalRule(route.IPv6, 0)); err != nil {
 		t.Fatal(err)
 	}
-	e2, _ := LinkByName(f, "e2")
+	e2, _ := route.LinkByName(f, "e2")
 	if err := f.SetLinkFlags(e2.Index, 0, unix.IFF_NOARP); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.DeleteDefaultRoute(RouteInfo{Family: IPv6, Table: 20035, Unreachable: true, Metric: BackstopMetric}); err != nil {
+	if err := f.DeleteDefaultRoute(route.RouteInfo{Family: route.IPv6, Table: 20035, Unreachable: true, Metric: route.BackstopMetric}); err != nil {
 		t.Fatal(err)
 	}
-	agg, _ := LinkByName(f, "agg0")
-	vx, _ := LinkByName(f, "nfc-vx0")
-	rx, _ := LinkByName(f, "agg0-rx")
+	agg, _ := route.LinkByName(f, "agg0")
+	vx, _ := route.LinkByName(f, "nfc-vx0")
+	rx, _ := route.LinkByName(f, "agg0-rx")
 	if err := f.SetLinkFlags(rx.Index, 0, unix.IFF_UP); err != nil {
 		t.Fatal(err)
 	}
-	o, _ := Observe(f, p)
-	if got := driftStrings(Diff(p, o)); !strings.HasPrefix(got, "created interface agg0-rx: down\n") {
+	o, _ := route.Observe(f, p)
+	if got := driftStrings(route.Diff(p, o)); !strings.HasPrefix(got, "created interface agg0-rx: down\n") {
 		t.Fatalf("drift with agg0-rx down:\n%s", got)
 	}
 	for _, i := range []int{agg.Index, vx.Index} {
@@ -156,8 +158,8 @@ func TestDiffRepairsEverything(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	o, _ = Observe(f, p)
-	ds := Diff(p, o)
+	o, _ = route.Observe(f, p)
+	ds := route.Diff(p, o)
 	want := `veth agg0 peer agg0-rx: missing
 vxlan nfc-vx0: missing
 flags of e2: flags 0x80 cleared
@@ -167,30 +169,30 @@ inet6 local rule at pref 1000: the local rule is back at pref 0 (host-bound copi
 	if got := driftStrings(ds); got != want {
 		t.Fatalf("drift:\n%s\nwant:\n%s", got, want)
 	}
-	added, err := Repair(f, ds, nil)
+	added, err := route.Repair(f, ds, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, _ = Observe(f, p)
-	if ds := Diff(p, o); len(ds) != 0 {
+	o, _ = route.Observe(f, p)
+	if ds := route.Diff(p, o); len(ds) != 0 {
 		t.Fatalf("drift after repair:\n%s", driftStrings(ds))
 	}
 	// Equal but for the indexes (and derived MACs) of the re-created links.
 	if got, w := len(f.Snapshot().Links), len(applied.Links); got != w {
 		t.Fatalf("%d links after repair, want %d", got, w)
 	}
-	j = Merge(j, added)
-	agg, _ = LinkByName(f, "agg0")
+	j = route.Merge(j, added)
+	agg, _ = route.LinkByName(f, "agg0")
 	for _, c := range j {
-		if c.Op == OpLinkCreated && c.Link.Name == "agg0" && c.Link.Index != agg.Index {
+		if c.Op == route.OpLinkCreated && c.Link.Name == "agg0" && c.Link.Index != agg.Index {
 			t.Fatalf("journal keeps the old ifindex of agg0: %+v (now %d)", c.Link, agg.Index)
 		}
 	}
-	if err := Undo(f, j, nil); err != nil {
+	if err := route.Undo(f, j, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []string{"agg0", "agg0-rx", "nfc-vx0"} {
-		if _, err := LinkByName(f, n); err == nil {
+		if _, err := route.LinkByName(f, n); err == nil {
 			t.Errorf("%s left after undo", n)
 		}
 	}
@@ -202,23 +204,23 @@ inet6 local rule at pref 1000: the local rule is back at pref 0 (host-bound copi
 func TestFakeLookupBackstop(t *testing.T) {
 	for _, backstop := range []bool{true, false} {
 		f := newTestFake(t)
-		e2, _ := LinkByName(f, "e2")
-		mainRoute := RouteInfo{Family: IPv4, Table: TableMain, Gateway: netip.MustParseAddr("10.77.3.2"), Index: e2.Index}
+		e2, _ := route.LinkByName(f, "e2")
+		mainRoute := route.RouteInfo{Family: route.IPv4, Table: route.TableMain, Gateway: netip.MustParseAddr("10.77.3.2"), Index: e2.Index}
 		if err := f.AddDefaultRoute(mainRoute); err != nil {
 			t.Fatal(err)
 		}
-		p := samplePlan(t)
+		p := route.SamplePlan(t)
 		if backstop {
 			p = backstopPlan(t)
 		}
-		if _, err := NewApplier(f, nil).Apply(p); err != nil {
+		if _, err := route.NewApplier(f, nil).Apply(p); err != nil {
 			t.Fatal(err)
 		}
-		if rt, ok := f.Snapshot().Lookup(IPv4, 0x4e43); !ok || rt.Gateway != netip.MustParseAddr("10.77.2.2") {
+		if rt, ok := f.Snapshot().Lookup(route.IPv4, 0x4e43); !ok || rt.Gateway != netip.MustParseAddr("10.77.2.2") {
 			t.Fatalf("backstop %v: lookup %+v %v, want via 10.77.2.2", backstop, rt, ok)
 		}
 		flap(t, f, "e1")
-		rt, ok := f.Snapshot().Lookup(IPv4, 0x4e43)
+		rt, ok := f.Snapshot().Lookup(route.IPv4, 0x4e43)
 		if backstop && (!ok || !rt.Unreachable) {
 			t.Fatalf("after a flap: lookup %+v %v, want the backstop", rt, ok)
 		}
@@ -232,30 +234,30 @@ func TestFakeLookupBackstop(t *testing.T) {
 func TestDiffRepairsCreatedLinkDown(t *testing.T) {
 	f := newTestFake(t)
 	p := backstopPlan(t)
-	j, err := NewApplier(f, nil).Apply(p)
+	j, err := route.NewApplier(f, nil).Apply(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []string{"agg0-rx", "nfc-vx0"} {
-		l, _ := LinkByName(f, n)
+		l, _ := route.LinkByName(f, n)
 		if err := f.SetLinkFlags(l.Index, 0, unix.IFF_UP); err != nil {
 			t.Fatal(err)
 		}
 	}
-	o, _ := Observe(f, p)
-	ds := Diff(p, o)
+	o, _ := route.Observe(f, p)
+	ds := route.Diff(p, o)
 	if got := driftStrings(ds); got != "created interface agg0-rx: down\ncreated interface nfc-vx0: down" {
 		t.Fatalf("drift:\n%s", got)
 	}
-	added, err := Repair(f, ds, nil)
+	added, err := route.Repair(f, ds, nil)
 	if err != nil || len(added) != 0 {
 		t.Fatalf("repair: %v, journal %v", err, added)
 	}
-	o, _ = Observe(f, p)
-	if ds := Diff(p, o); len(ds) != 0 {
+	o, _ = route.Observe(f, p)
+	if ds := route.Diff(p, o); len(ds) != 0 {
 		t.Fatalf("drift after repair:\n%s", driftStrings(ds))
 	}
-	if err := Undo(f, j, nil); err != nil {
+	if err := route.Undo(f, j, nil); err != nil {
 		t.Fatal(err)
 	}
 }

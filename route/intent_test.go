@@ -1,7 +1,9 @@
-package route
+package route_test
 
 import (
 	"fmt"
+	"github.com/nfclone/nfclone/route"
+	"github.com/nfclone/nfclone/route/routetest"
 	"testing"
 )
 
@@ -11,12 +13,12 @@ type crash struct{}
 // (a panic, as kill -9 stops everything) at the n-th point that hook
 // selects; it returns the fake, its state before, the journal last
 // persisted and whether the crash happened.
-func applyUntilCrash(t *testing.T, n int, atKernelOp bool) (*Fake, FakeState, Journal, bool) {
+func applyUntilCrash(t *testing.T, n int, atKernelOp bool) (*routetest.Fake, routetest.FakeState, route.Journal, bool) {
 	f := newTestFake(t)
 	before := f.Snapshot()
-	a := NewApplier(f, nil)
-	var persisted Journal
-	a.OnChange = func(j Journal) { persisted = j }
+	a := route.NewApplier(f, nil)
+	var persisted route.Journal
+	a.OnChange = func(j route.Journal) { persisted = j }
 	seen := 0
 	if atKernelOp {
 		f.FailOn(func(op string) error {
@@ -30,7 +32,7 @@ func applyUntilCrash(t *testing.T, n int, atKernelOp bool) (*Fake, FakeState, Jo
 			return nil
 		})
 	} else {
-		a.BeforeConfirm = func(Change) {
+		a.BeforeConfirm = func(route.Change) {
 			if seen == n {
 				panic(crash{})
 			}
@@ -46,7 +48,7 @@ func applyUntilCrash(t *testing.T, n int, atKernelOp bool) (*Fake, FakeState, Jo
 				crashed = true
 			}
 		}()
-		if _, err := a.Apply(samplePlan(t)); err != nil {
+		if _, err := a.Apply(route.SamplePlan(t)); err != nil {
 			t.Fatalf("Apply: %v", err)
 		}
 		return false
@@ -74,11 +76,11 @@ func TestKilledBetweenJournalSteps(t *testing.T) {
 			if len(persisted) == 0 || !persisted[len(persisted)-1].Pending {
 				t.Fatalf("%s: the last persisted journal has no intent: %v", name, persisted)
 			}
-			if err := Undo(f, persisted, nil); err != nil {
+			if err := route.Undo(f, persisted, nil); err != nil {
 				t.Fatalf("%s: Undo: %v", name, err)
 			}
 			assertSame(t, name+": after Undo of the persisted journal", f.Snapshot(), before)
-			if err := Undo(f, persisted, nil); err != nil {
+			if err := route.Undo(f, persisted, nil); err != nil {
 				t.Fatalf("%s: second Undo: %v", name, err)
 			}
 			assertSame(t, name+": after a second Undo", f.Snapshot(), before)
@@ -91,12 +93,12 @@ func TestKilledBetweenJournalSteps(t *testing.T) {
 func TestUndoIntendedLinkOnlyIfItMatches(t *testing.T) {
 	f := newTestFake(t)
 	before := f.Snapshot()
-	j := Journal{
-		{Op: OpLinkCreated, Pending: true, Link: &CreatedLink{Name: "e1", Kind: "veth", Peer: "e1-rx"}},
-		{Op: OpLinkCreated, Pending: true, Link: &CreatedLink{Name: "e2", Kind: "vxlan"}},
-		{Op: OpLinkCreated, Pending: true, Link: &CreatedLink{Name: "absent", Kind: "vxlan"}},
+	j := route.Journal{
+		{Op: route.OpLinkCreated, Pending: true, Link: &route.CreatedLink{Name: "e1", Kind: "veth", Peer: "e1-rx"}},
+		{Op: route.OpLinkCreated, Pending: true, Link: &route.CreatedLink{Name: "e2", Kind: "vxlan"}},
+		{Op: route.OpLinkCreated, Pending: true, Link: &route.CreatedLink{Name: "absent", Kind: "vxlan"}},
 	}
-	if err := Undo(f, j, nil); err != nil {
+	if err := route.Undo(f, j, nil); err != nil {
 		t.Fatal(err)
 	}
 	assertSame(t, "pending entries naming existing plain devices", f.Snapshot(), before)

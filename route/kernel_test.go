@@ -411,3 +411,11 @@ func rulesOf(snap, fam string) string {
 	}
 	return rest
 }
+
+func driftStrings(ds []Drift) string {
+	var s []string
+	for _, d := range ds {
+		s = append(s, d.String())
+	}
+	return strings.Join(s, "\n")
+}

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 )
 
 type countSink struct{ got [][]byte }
@@ -61,7 +61,7 @@ func TestDedup(t *testing.T) {
 		t.Fatalf("inner got %d, dups %d", len(inner.got), d.Duplicates())
 	}
 	// The ledger counts them as dedup.
-	var l nfq.Ledger
+	var l pipeline.Ledger
 	clock = clock.Add(time.Second)
 	batch := pkts(a, a)
 	l.AddReceived(2)

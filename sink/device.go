@@ -8,9 +8,9 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/nfclone/nfclone/gso"
+	"github.com/nfclone/nfclone/internal/mmsg"
 	"golang.org/x/sys/unix"
 )
 
@@ -121,7 +121,7 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	if name == "" {
 		name = "device:" + ifi.Name
 	}
-	d := newDevice(name, fd, ifi.Index, dst, src, sendmmsg, cfg.Logger)
+	d := newDevice(name, fd, ifi.Index, dst, src, mmsg.Send, cfg.Logger)
 	d.vnet = vnet
 	if cfg.VLAN != 0 {
 		d.setVLAN(cfg.VLAN)
@@ -209,12 +209,8 @@ func (d *Device) Send(batch []*packet.Packet) (int, error) {
 			PutEthernet(f, to.dst, d.src, et)
 		}
 		i := len(sc.p)
-		setIov(&sc.iov[i], f)
-		sc.h[i] = unix.Mmsghdr{}
-		sc.h[i].Hdr.Name = (*byte)(unsafe.Pointer(sa))
-		sc.h[i].Hdr.Namelen = unix.SizeofSockaddrLinklayer
-		sc.h[i].Hdr.Iov = &sc.iov[i]
-		sc.h[i].Hdr.SetIovlen(1)
+		mmsg.Point(&sc.h[i], &sc.iov[i], f)
+		mmsg.Linklayer(&sc.h[i], sa)
 		sc.p = append(sc.p, p)
 	}
 	var last error

@@ -11,8 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
+	"github.com/nfclone/nfclone/internal/mmsg"
 	"golang.org/x/sys/unix"
 )
 
@@ -164,7 +164,7 @@ type erspanScratch struct {
 // NewERSPAN opens the raw GRE sockets (one per address family the remotes
 // use; CAP_NET_RAW).
 func NewERSPAN(cfg ERSPANConfig) (*ERSPAN, error) {
-	e, err := newERSPAN(cfg, sendmmsg)
+	e, err := newERSPAN(cfg, mmsg.Send)
 	if err != nil {
 		return nil, err
 	}
@@ -340,18 +340,13 @@ func (e *ERSPAN) Send(batch []*packet.Packet) (int, error) {
 		PutERSPAN(f, x)
 		PutEthernet(f[e.hdr-EthHdrLen:], e.dst, e.src, et)
 		i := len(sc.p[r.fam])
-		setIov(&sc.iov[r.fam][i], f)
 		h := &sc.h[r.fam][i]
-		*h = unix.Mmsghdr{}
+		mmsg.Point(h, &sc.iov[r.fam][i], f)
 		if r.fam == 0 {
-			h.Hdr.Name = (*byte)(unsafe.Pointer(&r.sa4))
-			h.Hdr.Namelen = unix.SizeofSockaddrInet4
+			mmsg.Inet4(h, &r.sa4)
 		} else {
-			h.Hdr.Name = (*byte)(unsafe.Pointer(&r.sa6))
-			h.Hdr.Namelen = unix.SizeofSockaddrInet6
+			mmsg.Inet6(h, &r.sa6)
 		}
-		h.Hdr.Iov = &sc.iov[r.fam][i]
-		h.Hdr.SetIovlen(1)
 		sc.p[r.fam] = append(sc.p[r.fam], p)
 	}
 	if bad > 0 {

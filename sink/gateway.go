@@ -7,8 +7,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
-	"unsafe"
 
+	"github.com/nfclone/nfclone/internal/mmsg"
 	"golang.org/x/sys/unix"
 )
 
@@ -108,7 +108,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 			return nil, fmt.Errorf("sink: raw IPv6 socket: %w", err)
 		}
 	}
-	g := newGateway(cfg.Name, fd4, fd6, sendmmsg, cfg.Logger)
+	g := newGateway(cfg.Name, fd4, fd6, mmsg.Send, cfg.Logger)
 	g.only = cfg.Family
 	if cfg.Device != "" && cfg.Gateway.IsValid() {
 		// Without the packet socket (the device is gone, no virtio-net
@@ -201,24 +201,16 @@ func (g *Gateway) Send(batch []*packet.Packet) (int, error) {
 			sa := &sc.sa4[i]
 			*sa = unix.RawSockaddrInet4{Family: unix.AF_INET}
 			copy(sa.Addr[:], d[16:20])
-			setIov(&sc.iov4[i], d)
-			sc.h4[i] = unix.Mmsghdr{}
-			sc.h4[i].Hdr.Name = (*byte)(unsafe.Pointer(sa))
-			sc.h4[i].Hdr.Namelen = unix.SizeofSockaddrInet4
-			sc.h4[i].Hdr.Iov = &sc.iov4[i]
-			sc.h4[i].Hdr.SetIovlen(1)
+			mmsg.Point(&sc.h4[i], &sc.iov4[i], d)
+			mmsg.Inet4(&sc.h4[i], sa)
 			sc.p4 = append(sc.p4, p)
 		case p.Family == 6 && len(d) >= 40 && g.fd6 >= 0:
 			i := len(sc.p6)
 			sa := &sc.sa6[i]
 			*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6}
 			copy(sa.Addr[:], d[24:40])
-			setIov(&sc.iov6[i], d)
-			sc.h6[i] = unix.Mmsghdr{}
-			sc.h6[i].Hdr.Name = (*byte)(unsafe.Pointer(sa))
-			sc.h6[i].Hdr.Namelen = unix.SizeofSockaddrInet6
-			sc.h6[i].Hdr.Iov = &sc.iov6[i]
-			sc.h6[i].Hdr.SetIovlen(1)
+			mmsg.Point(&sc.h6[i], &sc.iov6[i], d)
+			mmsg.Inet6(&sc.h6[i], sa)
 			sc.p6 = append(sc.p6, p)
 		default:
 			p.Errs++

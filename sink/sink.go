@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -107,22 +106,8 @@ func (c *counters) Stats() Stats {
 	return s
 }
 
-// sendmmsgFunc is the send syscall, replaceable in tests.
+// sendmmsgFunc is the send syscall (mmsg.Send), replaceable in tests.
 type sendmmsgFunc func(fd int, hdrs []unix.Mmsghdr) (int, error)
-
-func sendmmsg(fd int, hdrs []unix.Mmsghdr) (int, error) {
-	for {
-		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])),
-			uintptr(len(hdrs)), 0, 0, 0)
-		if e == unix.EINTR {
-			continue
-		}
-		if e != 0 {
-			return int(r), e
-		}
-		return int(r), nil
-	}
-}
 
 // sendAll sends hdrs (built for pkts, same order) with as few syscalls as
 // possible. A copy the kernel refuses is counted as failed (p.Errs++) and
@@ -159,12 +144,6 @@ func sendAll(fn sendmmsgFunc, fd int, hdrs []unix.Mmsghdr, pkts []*packet.Packet
 	}
 	c.ok(sent, bytes)
 	return sent, last
-}
-
-// iov returns an Iovec for b.
-func setIov(v *unix.Iovec, b []byte) {
-	v.Base = &b[0]
-	v.SetLen(len(b))
 }
 
 func setMark(fd int, mark uint32) error {

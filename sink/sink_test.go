@@ -10,7 +10,7 @@ import (
 	"testing"
 	"unsafe"
 
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"golang.org/x/sys/unix"
 )
 
@@ -214,9 +214,9 @@ func TestFanoutKeepsOtherTargets(t *testing.T) {
 	g1 := newGateway("good", 1, 2, ok.fn, nil)
 	g2 := newGateway("bad", 3, 4, broken.fn, nil)
 	f := NewFanout(g1, g2)
-	var led nfq.Ledger
+	var led pipeline.Ledger
 	led.AddReceived(2)
-	send := nfq.Deliver(f, &led)
+	send := pipeline.Deliver(f, &led)
 	batch := pkts(ipv4(40, [4]byte{10, 77, 2, 2}), ipv4(40, [4]byte{10, 77, 2, 3}))
 	send(batch)
 	if len(ok.got) != 2 || g1.Stats().Sent != 2 || g2.Stats().Errors != 2 {
@@ -234,10 +234,10 @@ func TestFanoutKeepsOtherTargets(t *testing.T) {
 func TestDeliverPerSession(t *testing.T) {
 	fs := &fakeSend{}
 	g := newGateway("gw", 1, 2, fs.fn, nil)
-	var l0, l1 nfq.Ledger
+	var l0, l1 pipeline.Ledger
 	batch := pkts(ipv4(40, [4]byte{}), ipv4(40, [4]byte{}), ipv4(40, [4]byte{}))
 	batch[1].Session, batch[2].Session = 1, 1
-	nfq.Deliver(g, &l0, &l1)(batch)
+	pipeline.Deliver(g, &l0, &l1)(batch)
 	if l0.Snapshot().Copied != 1 || l1.Snapshot().Copied != 2 {
 		t.Fatal("per-session accounting")
 	}

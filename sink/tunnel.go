@@ -9,8 +9,8 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"unsafe"
 
+	"github.com/nfclone/nfclone/internal/mmsg"
 	"golang.org/x/sys/unix"
 )
 
@@ -158,7 +158,7 @@ type tunEnt struct {
 // NewTunnel opens the socket pools (one per address family the remotes
 // use).
 func NewTunnel(cfg TunnelConfig) (*Tunnel, error) {
-	t, err := newTunnel(cfg, sendmmsg)
+	t, err := newTunnel(cfg, mmsg.Send)
 	if err != nil {
 		return nil, err
 	}
@@ -385,18 +385,13 @@ func (t *Tunnel) Send(batch []*packet.Packet) (int, error) {
 		sc.pos[s]++
 		e := &sc.ent[i]
 		sc.p[j] = p
-		setIov(&sc.iov[j], e.f)
 		h := &sc.h[j]
-		*h = unix.Mmsghdr{}
+		mmsg.Point(h, &sc.iov[j], e.f)
 		if e.r.fam == 0 {
-			h.Hdr.Name = (*byte)(unsafe.Pointer(&e.r.sa4))
-			h.Hdr.Namelen = unix.SizeofSockaddrInet4
+			mmsg.Inet4(h, &e.r.sa4)
 		} else {
-			h.Hdr.Name = (*byte)(unsafe.Pointer(&e.r.sa6))
-			h.Hdr.Namelen = unix.SizeofSockaddrInet6
+			mmsg.Inet6(h, &e.r.sa6)
 		}
-		h.Hdr.Iov = &sc.iov[j]
-		h.Hdr.SetIovlen(1)
 		*e = tunEnt{}
 	}
 	sent := 0

@@ -11,7 +11,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/nfclone/nfclone/gso"
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 )
 
 // recSink records copies of what it is given and fails those fail says.
@@ -139,7 +139,7 @@ func TestWireErrors(t *testing.T) {
 	if batch[2].Errs != 0 || batch[2].TooBig {
 		t.Error("the last copy failed too")
 	}
-	var led nfq.Ledger
+	var led pipeline.Ledger
 	led.AddReceived(3)
 	led.Account(batch)
 	s := led.Snapshot()

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/sink"
 )
 
@@ -48,13 +49,13 @@ type SessionStatus struct {
 	MissingRoutes []string `json:"missing_routes,omitempty"`
 	// Skipped: what the session's selectors kept from being copied (dup
 	// sessions; userspace sessions have it in their ledger).
-	Skipped *nfq.Skipped   `json:"skipped,omitempty"`
-	Seen    Counter        `json:"seen"`
-	Copied  Counter        `json:"copied"`
-	Ledger  *nfq.Snapshot  `json:"ledger,omitempty"`
-	Queue   *QueueStatus   `json:"queue,omitempty"`
-	Readers []ReaderStatus `json:"readers,omitempty"`
-	Targets []TargetStatus `json:"targets"`
+	Skipped *pipeline.Skipped  `json:"skipped,omitempty"`
+	Seen    Counter            `json:"seen"`
+	Copied  Counter            `json:"copied"`
+	Ledger  *pipeline.Snapshot `json:"ledger,omitempty"`
+	Queue   *QueueStatus       `json:"queue,omitempty"`
+	Readers []ReaderStatus     `json:"readers,omitempty"`
+	Targets []TargetStatus     `json:"targets"`
 }
 
 // Counter is packets and bytes.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/sink"
 	"github.com/nfclone/nfclone/status"
 )
@@ -43,9 +44,9 @@ func fakeStatus() status.Status {
 				State:  "running",
 				Seen:   status.Counter{Packets: 1000, Bytes: 98000},
 				Copied: status.Counter{Packets: 950, Bytes: 93100},
-				Ledger: &nfq.Snapshot{
+				Ledger: &pipeline.Snapshot{
 					Offered: 1010, Received: 1000, Copied: 950, Bytes: 93100, InFlight: 5,
-					Drops: nfq.Drops{KernelQueue: 1, User: 2, SocketOverrun: 7, QueueOverflow: 30,
+					Drops: pipeline.Drops{KernelQueue: 1, User: 2, SocketOverrun: 7, QueueOverflow: 30,
 						Malformed: 4, SendError: 11},
 					ENOBUFS: 2, VerdictErrors: 1,
 				},
@@ -67,7 +68,7 @@ func fakeStatus() status.Status {
 				MissingRoutes: []string{"default via 10.77.2.2 dev e1 table 20036 (device e1 is down)"},
 				Seen:          status.Counter{Packets: 20, Bytes: 2000},
 				Copied:        status.Counter{Packets: 20, Bytes: 2000},
-				Ledger:        &nfq.Snapshot{Offered: 20, Received: 20, Copied: 20, Bytes: 2000},
+				Ledger:        &pipeline.Snapshot{Offered: 20, Received: 20, Copied: 20, Bytes: 2000},
 				Queue:         &status.QueueStatus{Depth: 0, Cap: 8192, Workers: 1},
 				Readers: []status.ReaderStatus{
 					{Kind: "nflog", Num: 2, Running: true},

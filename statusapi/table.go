@@ -8,7 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/status"
 )
 
@@ -170,7 +170,7 @@ func writeTable(w io.Writer, s status.Status, now time.Time) error {
 }
 
 // dropReasons lists the non-zero drops, with the ledger's reason names.
-func dropReasons(d nfq.Drops) string {
+func dropReasons(d pipeline.Drops) string {
 	var parts []string
 	add := func(name string, v uint64) {
 		if v > 0 {
@@ -185,6 +185,7 @@ func dropReasons(d nfq.Drops) string {
 	add("malformed", d.Malformed)
 	add("send_error", d.SendError)
 	add("too_big", d.TooBig)
+	add("kernel_lost", d.KernelLost)
 	add("dedup", d.Dedup)
 	return strings.Join(parts, ", ")
 }

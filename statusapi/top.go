@@ -8,7 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/status"
 )
 
@@ -79,7 +79,7 @@ func WriteTop(w io.Writer, f TopFrame) error {
 		for _, ss := range s.Sessions {
 			p := prevSessions[ss.Name]
 			var pCopied, pBytes, pSeen, pDrops *uint64
-			var pLedger *nfq.Snapshot
+			var pLedger *pipeline.Snapshot
 			if p != nil {
 				pCopied, pBytes, pSeen = &p.Copied.Packets, &p.Copied.Bytes, &p.Seen.Packets
 				if p.Ledger != nil {
@@ -161,9 +161,9 @@ func WriteTop(w io.Writer, f TopFrame) error {
 
 // reasonRates lists the reasons with drops, as "reason N/s" (or the total
 // when there is no previous snapshot).
-func reasonRates(d nfq.Drops, prev *nfq.Snapshot, secs float64) string {
+func reasonRates(d pipeline.Drops, prev *pipeline.Snapshot, secs float64) string {
 	var parts []string
-	var p nfq.Drops
+	var p pipeline.Drops
 	if prev != nil {
 		p = prev.Drops
 	}
@@ -179,7 +179,7 @@ func reasonRates(d nfq.Drops, prev *nfq.Snapshot, secs float64) string {
 		{"malformed", d.Malformed, p.Malformed},
 		{"send_error", d.SendError, p.SendError},
 		{"too_big", d.TooBig, p.TooBig},
-		{"fail_open", d.FailOpen, p.FailOpen},
+		{"kernel_lost", d.KernelLost, p.KernelLost},
 	} {
 		switch {
 		case r.cur == 0:

@@ -5,7 +5,7 @@ import (
 	"io"
 	"strings"
 
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 )
 
 // reason is one named count of a loss line.
@@ -25,7 +25,7 @@ type reason struct {
 // GSO/GRO super-packets, which are written as the wire packets they stand
 // for, so it can exceed the ledger's count (which is in the kernel's
 // packets); then a line says so.
-func writeCaptureReport(w io.Writer, s nfq.Snapshot, limitCut, written uint64) {
+func writeCaptureReport(w io.Writer, s pipeline.Snapshot, limitCut, written uint64) {
 	sendErr := s.Drops.SendError
 	if limitCut > sendErr { // the limit's refusals are counted as send errors
 		limitCut = sendErr
@@ -35,7 +35,7 @@ func writeCaptureReport(w io.Writer, s nfq.Snapshot, limitCut, written uint64) {
 		{"socket_overrun", s.Drops.SocketOverrun},
 		{"kernel_queue", s.Drops.KernelQueue},
 		{"user", s.Drops.User},
-		{"fail_open", s.Drops.FailOpen},
+		{"kernel_lost", s.Drops.KernelLost},
 		{"rate_limit", s.Drops.RateLimit},
 	}
 	own := []reason{

@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"testing"
 
-	"github.com/nfclone/nfclone/nfq"
+	"github.com/nfclone/nfclone/pipeline"
 )
 
 func TestCaptureReport(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		snap nfq.Snapshot
+		snap pipeline.Snapshot
 		// written: packets in the file (0: as many as copied)
 		written uint64
 		cut     uint64
@@ -18,7 +18,7 @@ func TestCaptureReport(t *testing.T) {
 	}{
 		{
 			name: "nothing lost",
-			snap: nfq.Snapshot{Offered: 20, Received: 20, Copied: 20},
+			snap: pipeline.Snapshot{Offered: 20, Received: 20, Copied: 20},
 			want: "20 packets captured\n" +
 				"20 packets received by filter\n" +
 				"0 packets dropped by kernel\n" +
@@ -28,7 +28,7 @@ func TestCaptureReport(t *testing.T) {
 			// The run of issue 10: the file held 26 packets and the command
 			// said nothing else.
 			name: "heavy loss on both sides",
-			snap: nfq.Snapshot{Offered: 124613, Received: 60026, Copied: 26, Drops: nfq.Drops{
+			snap: pipeline.Snapshot{Offered: 124613, Received: 60026, Copied: 26, Drops: pipeline.Drops{
 				SocketOverrun: 64000, KernelQueue: 587, SendError: 59990, QueueOverflow: 10}},
 			want: "26 packets captured\n" +
 				"124613 packets received by filter\n" +
@@ -37,12 +37,12 @@ func TestCaptureReport(t *testing.T) {
 				"nfclone: warning: 124587 of 124613 packets received by filter (99.98 %) are not in the capture\n",
 		},
 		{
-			name: "fail_open, rate and copies left at exit",
-			snap: nfq.Snapshot{Offered: 1000, Received: 900, Copied: 890, InFlight: 5, Drops: nfq.Drops{
-				FailOpen: 40, RateLimit: 60, Malformed: 5}},
+			name: "kernel_lost, rate and copies left at exit",
+			snap: pipeline.Snapshot{Offered: 1000, Received: 900, Copied: 890, InFlight: 5, Drops: pipeline.Drops{
+				KernelLost: 40, RateLimit: 60, Malformed: 5}},
 			want: "890 packets captured\n" +
 				"1000 packets received by filter\n" +
-				"100 packets dropped by kernel (fail_open 40, rate_limit 60)\n" +
+				"100 packets dropped by kernel (kernel_lost 40, rate_limit 60)\n" +
 				"10 packets dropped by nfclone (malformed 5, unsent_at_exit 5)\n" +
 				"nfclone: warning: 110 of 1000 packets received by filter (11.00 %) are not in the capture\n",
 		},
@@ -50,7 +50,7 @@ func TestCaptureReport(t *testing.T) {
 			// -c 20: what matched after the count is not a loss (tcpdump does
 			// not count it either), but it is said.
 			name: "count reached",
-			snap: nfq.Snapshot{Offered: 24, Received: 24, Copied: 20, Drops: nfq.Drops{SendError: 4}},
+			snap: pipeline.Snapshot{Offered: 24, Received: 24, Copied: 20, Drops: pipeline.Drops{SendError: 4}},
 			cut:  4,
 			want: "20 packets captured\n" +
 				"24 packets received by filter\n" +
@@ -60,7 +60,7 @@ func TestCaptureReport(t *testing.T) {
 		},
 		{
 			name: "count reached and a real send error",
-			snap: nfq.Snapshot{Offered: 25, Received: 25, Copied: 20, Drops: nfq.Drops{SendError: 5}},
+			snap: pipeline.Snapshot{Offered: 25, Received: 25, Copied: 20, Drops: pipeline.Drops{SendError: 5}},
 			cut:  4,
 			want: "20 packets captured\n" +
 				"25 packets received by filter\n" +
@@ -71,7 +71,7 @@ func TestCaptureReport(t *testing.T) {
 		},
 		{
 			name: "one in a million is not 0 %",
-			snap: nfq.Snapshot{Offered: 1000000, Received: 1000000, Copied: 999999, Drops: nfq.Drops{SendError: 1}},
+			snap: pipeline.Snapshot{Offered: 1000000, Received: 1000000, Copied: 999999, Drops: pipeline.Drops{SendError: 1}},
 			want: "999999 packets captured\n" +
 				"1000000 packets received by filter\n" +
 				"0 packets dropped by kernel\n" +
@@ -80,7 +80,7 @@ func TestCaptureReport(t *testing.T) {
 		},
 		{
 			name: "all but one is not 100 %",
-			snap: nfq.Snapshot{Offered: 1000000, Received: 1, Copied: 1, Drops: nfq.Drops{SocketOverrun: 999999}},
+			snap: pipeline.Snapshot{Offered: 1000000, Received: 1, Copied: 1, Drops: pipeline.Drops{SocketOverrun: 999999}},
 			want: "1 packets captured\n" +
 				"1000000 packets received by filter\n" +
 				"999999 packets dropped by kernel (socket_overrun 999999)\n" +
@@ -89,7 +89,7 @@ func TestCaptureReport(t *testing.T) {
 		},
 		{
 			name: "a ledger that does not balance is said",
-			snap: nfq.Snapshot{Offered: 10, Received: 8, Copied: 8},
+			snap: pipeline.Snapshot{Offered: 10, Received: 8, Copied: 8},
 			want: "8 packets captured\n" +
 				"10 packets received by filter\n" +
 				"0 packets dropped by kernel\n" +
@@ -98,7 +98,7 @@ func TestCaptureReport(t *testing.T) {
 		},
 		{
 			name:    "super-packets cut into wire packets",
-			snap:    nfq.Snapshot{Offered: 3, Received: 3, Copied: 3},
+			snap:    pipeline.Snapshot{Offered: 3, Received: 3, Copied: 3},
 			written: 130,
 			want: "130 packets captured\n" +
 				"(3 packets as the kernel handed them over: super-packets were cut into wire packets; the counts below are in those)\n" +

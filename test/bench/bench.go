@@ -741,7 +741,7 @@ func (h *harness) derive(r *Results) {
 			r.Problems = append(r.Problems, fmt.Sprintf("%s: ledger does not balance: offered %d != copied %d + drops %d", lr.Phase, l.Offered, l.Copied, l.Drops))
 		}
 		if lr.MatchedTotal > 0 && lr.UnledgeredLoss > int64(lr.MatchedTotal/1000)+16 {
-			r.Problems = append(r.Problems, fmt.Sprintf("%s: %d of %d matched packets (%.1f%%) are not in the ledger (offered %d): copies lost without being counted (NFQUEUE fail-open bypass when the kernel queue is full is invisible to id gaps)",
+			r.Problems = append(r.Problems, fmt.Sprintf("%s: %d of %d matched packets (%.1f%%) are not in the ledger (offered %d): copies lost without being counted (not even by the copy rule's counter, which kernel_lost comes from)",
 				lr.Phase, lr.UnledgeredLoss, lr.MatchedTotal, 100*float64(lr.UnledgeredLoss)/float64(lr.MatchedTotal), l.Offered))
 		}
 		if lr.ColVsCopied < -int64(l.Copied/1000)-16 {

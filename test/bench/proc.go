@@ -222,7 +222,7 @@ type Ledger struct {
 	KernelQueue   uint64 `json:"kernel_queue"`
 	SocketOverrun uint64 `json:"socket_overrun"`
 	RateLimit     uint64 `json:"rate_limit"`
-	// Other is drops not broken down above (user, malformed, fail_open).
+	// Other is drops not broken down above (user, malformed, kernel_lost).
 	Other    uint64 `json:"other"`
 	Balanced bool   `json:"balanced"`
 }

@@ -154,7 +154,7 @@ func TestUserspaceSIGTERMRestoresRouting(t *testing.T) {
 	}
 }
 
-// kill -9 under load: the originals keep flowing (bypass, fail-open), and
+// kill -9 under load: the originals keep flowing (they never wait for nfclone), and
 // flush restores the routing state.
 func TestUserspaceKill9UnderLoad(t *testing.T) {
 	for _, method := range []string{"queue", "log"} {

@@ -1,21 +1,21 @@
-package nfq
+package pipeline
 
 import "testing"
 
-// Packets the rule matched that never reached the reader (fail-open with a
-// full kernel queue) enter the ledger as FailOpen drops; it still balances.
+// Packets the copy rule matched that never reached the reader, counted by no
+// kernel counter, enter the ledger as KernelLost drops; it still balances.
 func TestWithMatched(t *testing.T) {
 	var l Ledger
 	l.AddReceived(10)
 	l.AddCopied(8, 800)
 	l.AddQueueOverflow(2)
 	s := l.Snapshot().WithMatched(25)
-	if s.Offered != 25 || s.Drops.FailOpen != 15 || !s.Balanced() {
-		t.Fatalf("offered %d fail-open %d balanced %v", s.Offered, s.Drops.FailOpen, s.Balanced())
+	if s.Offered != 25 || s.Drops.KernelLost != 15 || !s.Balanced() {
+		t.Fatalf("offered %d kernel lost %d balanced %v", s.Offered, s.Drops.KernelLost, s.Balanced())
 	}
 	// A counter read before the reader caught up changes nothing.
-	if s := l.Snapshot().WithMatched(5); s.Offered != 10 || s.Drops.FailOpen != 0 {
-		t.Fatalf("offered %d fail-open %d", s.Offered, s.Drops.FailOpen)
+	if s := l.Snapshot().WithMatched(5); s.Offered != 10 || s.Drops.KernelLost != 0 {
+		t.Fatalf("offered %d kernel lost %d", s.Offered, s.Drops.KernelLost)
 	}
 }
 

@@ -1,4 +1,5 @@
-package route
+// Package routetest holds an in-memory route.Kernel for tests.
+package routetest
 
 import (
 	"fmt"
@@ -9,10 +10,11 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/nfclone/nfclone/route"
 	"golang.org/x/sys/unix"
 )
 
-// Fake is an in-memory Kernel for unit tests (also other packages'). It
+// Fake is an in-memory route.Kernel for unit tests. It
 // starts like a fresh network namespace: lo, and the default rules
 // (0 local, 32766 main, 32767 default for IPv4; 0 local, 32766 main for
 // IPv6). It answers with the kernel's errnos (EEXIST, ENOENT, ESRCH,
@@ -27,17 +29,17 @@ type Fake struct {
 // FakeState is a snapshot of a Fake, comparable with reflect.DeepEqual.
 type FakeState struct {
 	Links  []FakeLink
-	Rules  []RuleInfo
-	Routes []RouteInfo
-	Neighs []NeighInfo
+	Rules  []route.RuleInfo
+	Routes []route.RouteInfo
+	Neighs []route.NeighInfo
 }
 
 // FakeLink is a link of a Fake.
 type FakeLink struct {
-	Link
+	route.Link
 	Peer  int // veth peer ifindex
 	Addrs []netip.Prefix
-	VXLAN *VXLAN // for vxlan links: how it was created (Device is the underlay name)
+	VXLAN *route.VXLAN // for vxlan links: how it was created (Device is the underlay name)
 }
 
 // NewFake returns a Fake holding lo and the default rules.
@@ -47,14 +49,14 @@ func NewFake() *Fake {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.st.Links[0].Flags = unix.IFF_UP | unix.IFF_LOOPBACK
-	for _, r := range []PolicyRule{
-		{Family: IPv4, Pref: 0, Table: TableLocal},
-		{Family: IPv4, Pref: 32766, Table: TableMain},
-		{Family: IPv4, Pref: 32767, Table: TableDefault},
-		{Family: IPv6, Pref: 0, Table: TableLocal},
-		{Family: IPv6, Pref: 32766, Table: TableMain},
+	for _, r := range []route.PolicyRule{
+		{Family: route.IPv4, Pref: 0, Table: route.TableLocal},
+		{Family: route.IPv4, Pref: 32766, Table: route.TableMain},
+		{Family: route.IPv4, Pref: 32767, Table: route.TableDefault},
+		{Family: route.IPv6, Pref: 0, Table: route.TableLocal},
+		{Family: route.IPv6, Pref: 32766, Table: route.TableMain},
 	} {
-		f.st.Rules = append(f.st.Rules, RuleInfo{PolicyRule: r, Action: unix.FR_ACT_TO_TBL})
+		f.st.Rules = append(f.st.Rules, route.RuleInfo{PolicyRule: r, Action: unix.FR_ACT_TO_TBL})
 	}
 	return f
 }
@@ -64,10 +66,10 @@ func NewFake() *Fake {
 func (f *Fake) AddLink(name string, mac net.HardwareAddr, addrs ...netip.Prefix) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.addLinkLocked(Link{Name: name, MAC: mac, Flags: unix.IFF_UP | unix.IFF_BROADCAST | unix.IFF_MULTICAST}, addrs...)
+	return f.addLinkLocked(route.Link{Name: name, MAC: mac, Flags: unix.IFF_UP | unix.IFF_BROADCAST | unix.IFF_MULTICAST}, addrs...)
 }
 
-func (f *Fake) addLinkLocked(l Link, addrs ...netip.Prefix) int {
+func (f *Fake) addLinkLocked(l route.Link, addrs ...netip.Prefix) int {
 	l.Index = f.nextIndex
 	f.nextIndex++
 	if l.MAC == nil && l.Name != "lo" {
@@ -79,7 +81,7 @@ func (f *Fake) addLinkLocked(l Link, addrs ...netip.Prefix) int {
 
 // AddRawRule inserts a rule as the kernel would list it (e.g. one with
 // Other selectors) — for tests.
-func (f *Fake) AddRawRule(r RuleInfo) {
+func (f *Fake) AddRawRule(r route.RuleInfo) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.st.Rules = append(f.st.Rules, r)
@@ -87,7 +89,7 @@ func (f *Fake) AddRawRule(r RuleInfo) {
 }
 
 // AddNeighbourEntry inserts a neighbour entry — for tests.
-func (f *Fake) AddNeighbourEntry(n NeighInfo) {
+func (f *Fake) AddNeighbourEntry(n route.NeighInfo) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.setNeighLocked(n)
@@ -180,13 +182,13 @@ func (f *Fake) nameTaken(names ...string) error {
 }
 
 // Links implements Kernel.
-func (f *Fake) Links() ([]Link, error) {
+func (f *Fake) Links() ([]route.Link, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.check("Links"); err != nil {
 		return nil, err
 	}
-	out := make([]Link, 0, len(f.st.Links))
+	out := make([]route.Link, 0, len(f.st.Links))
 	for _, l := range f.st.Links {
 		c := l.Link
 		c.MAC = slices.Clone(c.MAC)
@@ -225,14 +227,14 @@ func (f *Fake) SetLinkFlags(index int, flags, mask uint32) error {
 	if wasUp && !l.Up() {
 		// Like the kernel: a link going down takes its routes and its
 		// neighbour entries (permanent ones too) with it.
-		f.st.Routes = slices.DeleteFunc(f.st.Routes, func(r RouteInfo) bool { return !r.Unreachable && r.Index == index })
-		f.st.Neighs = slices.DeleteFunc(f.st.Neighs, func(n NeighInfo) bool { return n.Index == index })
+		f.st.Routes = slices.DeleteFunc(f.st.Routes, func(r route.RouteInfo) bool { return !r.Unreachable && r.Index == index })
+		f.st.Neighs = slices.DeleteFunc(f.st.Neighs, func(n route.NeighInfo) bool { return n.Index == index })
 	}
 	return nil
 }
 
 // CreateVeth implements Kernel.
-func (f *Fake) CreateVeth(v VethPair) error {
+func (f *Fake) CreateVeth(v route.VethPair) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.check("CreateVeth"); err != nil {
@@ -248,8 +250,8 @@ func (f *Fake) CreateVeth(v VethPair) error {
 	if v.Promisc {
 		flags |= unix.IFF_PROMISC
 	}
-	a := f.addLinkLocked(Link{Name: v.Name, Kind: "veth", Flags: flags})
-	b := f.addLinkLocked(Link{Name: v.Peer, Kind: "veth", Flags: flags})
+	a := f.addLinkLocked(route.Link{Name: v.Name, Kind: "veth", Flags: flags})
+	b := f.addLinkLocked(route.Link{Name: v.Peer, Kind: "veth", Flags: flags})
 	la, _ := f.link(a)
 	la.Peer = b
 	lb, _ := f.link(b)
@@ -258,7 +260,7 @@ func (f *Fake) CreateVeth(v VethPair) error {
 }
 
 // CreateVXLAN implements Kernel.
-func (f *Fake) CreateVXLAN(v VXLAN, underlay int) error {
+func (f *Fake) CreateVXLAN(v route.VXLAN, underlay int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.check("CreateVXLAN"); err != nil {
@@ -272,8 +274,10 @@ func (f *Fake) CreateVXLAN(v VXLAN, underlay int) error {
 			return err
 		}
 	}
-	v.Port = v.port()
-	idx := f.addLinkLocked(Link{Name: v.Name, Kind: "vxlan", Flags: unix.IFF_UP | unix.IFF_BROADCAST | unix.IFF_MULTICAST})
+	if v.Port == 0 {
+		v.Port = route.DefaultVXLANPort
+	}
+	idx := f.addLinkLocked(route.Link{Name: v.Name, Kind: "vxlan", Flags: unix.IFF_UP | unix.IFF_BROADCAST | unix.IFF_MULTICAST})
 	l, _ := f.link(idx)
 	l.VXLAN = &v
 	return nil
@@ -296,8 +300,8 @@ func (f *Fake) DeleteLink(index int) error {
 		gone = append(gone, l.Peer)
 	}
 	f.st.Links = slices.DeleteFunc(f.st.Links, func(l FakeLink) bool { return slices.Contains(gone, l.Index) })
-	f.st.Routes = slices.DeleteFunc(f.st.Routes, func(r RouteInfo) bool { return !r.Unreachable && slices.Contains(gone, r.Index) })
-	f.st.Neighs = slices.DeleteFunc(f.st.Neighs, func(n NeighInfo) bool { return slices.Contains(gone, n.Index) })
+	f.st.Routes = slices.DeleteFunc(f.st.Routes, func(r route.RouteInfo) bool { return !r.Unreachable && slices.Contains(gone, r.Index) })
+	f.st.Neighs = slices.DeleteFunc(f.st.Neighs, func(n route.NeighInfo) bool { return slices.Contains(gone, n.Index) })
 	return nil
 }
 
@@ -312,13 +316,13 @@ func (f *Fake) sortRules() {
 }
 
 // Rules implements Kernel.
-func (f *Fake) Rules(fam Family) ([]RuleInfo, error) {
+func (f *Fake) Rules(fam route.Family) ([]route.RuleInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.check("Rules"); err != nil {
 		return nil, err
 	}
-	var out []RuleInfo
+	var out []route.RuleInfo
 	for _, r := range f.st.Rules {
 		if r.Family == fam {
 			out = append(out, r)
@@ -327,14 +331,14 @@ func (f *Fake) Rules(fam Family) ([]RuleInfo, error) {
 	return out, nil
 }
 
-func ruleInfoOf(r PolicyRule) RuleInfo {
-	ri := RuleInfo{PolicyRule: r, Action: unix.FR_ACT_TO_TBL}
+func ruleInfoOf(r route.PolicyRule) route.RuleInfo {
+	ri := route.RuleInfo{PolicyRule: r, Action: unix.FR_ACT_TO_TBL}
 	ri.Mask = r.FwMask()
 	return ri
 }
 
 // AddRule implements Kernel.
-func (f *Fake) AddRule(r PolicyRule) error {
+func (f *Fake) AddRule(r route.PolicyRule) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.check("AddRule"); err != nil {
@@ -353,7 +357,7 @@ func (f *Fake) AddRule(r PolicyRule) error {
 }
 
 // DeleteRule implements Kernel.
-func (f *Fake) DeleteRule(r PolicyRule) error {
+func (f *Fake) DeleteRule(r route.PolicyRule) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.check("DeleteRule"); err != nil {
@@ -368,13 +372,13 @@ func (f *Fake) DeleteRule(r PolicyRule) error {
 }
 
 // DefaultRoutes implements Kernel.
-func (f *Fake) DefaultRoutes(fam Family, table uint32) ([]RouteInfo, error) {
+func (f *Fake) DefaultRoutes(fam route.Family, table uint32) ([]route.RouteInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.check("DefaultRoutes"); err != nil {
 		return nil, err
 	}
-	var out []RouteInfo
+	var out []route.RouteInfo
 	for _, r := range f.st.Routes {
 		if r.Family == fam && r.Table == table {
 			out = append(out, r)
@@ -386,7 +390,7 @@ func (f *Fake) DefaultRoutes(fam Family, table uint32) ([]RouteInfo, error) {
 // AddDefaultRoute implements Kernel. Like the kernel, it refuses a unicast
 // route through a link that is down (ENETDOWN) and a second route of the
 // same type and metric in one table (EEXIST).
-func (f *Fake) AddDefaultRoute(r RouteInfo) error {
+func (f *Fake) AddDefaultRoute(r route.RouteInfo) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.check("AddDefaultRoute"); err != nil {
@@ -411,7 +415,7 @@ func (f *Fake) AddDefaultRoute(r RouteInfo) error {
 }
 
 // DeleteDefaultRoute implements Kernel.
-func (f *Fake) DeleteDefaultRoute(r RouteInfo) error {
+func (f *Fake) DeleteDefaultRoute(r route.RouteInfo) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.check("DeleteDefaultRoute"); err != nil {
@@ -426,13 +430,13 @@ func (f *Fake) DeleteDefaultRoute(r RouteInfo) error {
 }
 
 // Neighbours implements Kernel.
-func (f *Fake) Neighbours(index int) ([]NeighInfo, error) {
+func (f *Fake) Neighbours(index int) ([]route.NeighInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.check("Neighbours"); err != nil {
 		return nil, err
 	}
-	var out []NeighInfo
+	var out []route.NeighInfo
 	for _, n := range f.st.Neighs {
 		if n.Index == index {
 			n.MAC = slices.Clone(n.MAC)
@@ -442,7 +446,7 @@ func (f *Fake) Neighbours(index int) ([]NeighInfo, error) {
 	return out, nil
 }
 
-func (f *Fake) setNeighLocked(n NeighInfo) {
+func (f *Fake) setNeighLocked(n route.NeighInfo) {
 	n.MAC = slices.Clone(n.MAC)
 	n.Addr = n.Addr.Unmap()
 	for i, e := range f.st.Neighs {
@@ -455,7 +459,7 @@ func (f *Fake) setNeighLocked(n NeighInfo) {
 }
 
 // SetNeighbour implements Kernel.
-func (f *Fake) SetNeighbour(n NeighInfo) error {
+func (f *Fake) SetNeighbour(n route.NeighInfo) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.check("SetNeighbour"); err != nil {
@@ -475,7 +479,7 @@ func (f *Fake) DeleteNeighbour(index int, addr netip.Addr) error {
 	if err := f.check("DeleteNeighbour"); err != nil {
 		return err
 	}
-	i := slices.IndexFunc(f.st.Neighs, func(n NeighInfo) bool { return n.Index == index && n.Addr == addr.Unmap() })
+	i := slices.IndexFunc(f.st.Neighs, func(n route.NeighInfo) bool { return n.Index == index && n.Addr == addr.Unmap() })
 	if i < 0 {
 		return fmt.Errorf("neighbour %s: %w", addr, unix.ENOENT)
 	}
@@ -486,7 +490,7 @@ func (f *Fake) DeleteNeighbour(index int, addr netip.Addr) error {
 // Close implements Kernel.
 func (f *Fake) Close() error { return nil }
 
-var _ Kernel = (*Fake)(nil)
+var _ route.Kernel = (*Fake)(nil)
 
 // Lookup walks the state's policy rules the way the kernel does for a
 // packet of family f carrying mark, and returns the default route the
@@ -495,7 +499,7 @@ var _ Kernel = (*Fake)(nil)
 // the lookup too, as in the kernel. ok is false when no table has a route
 // (the kernel answers ENETUNREACH). The local table is taken as empty (only
 // default routes are modelled).
-func (s FakeState) Lookup(f Family, mark uint32) (route RouteInfo, ok bool) {
+func (s FakeState) Lookup(f route.Family, mark uint32) (found route.RouteInfo, ok bool) {
 	up := map[int]bool{}
 	for _, l := range s.Links {
 		up[l.Index] = l.Up()
@@ -507,7 +511,7 @@ func (s FakeState) Lookup(f Family, mark uint32) (route RouteInfo, ok bool) {
 		if r.Mark != 0 && mark&r.Mask != r.Mark {
 			continue
 		}
-		var best *RouteInfo
+		var best *route.RouteInfo
 		for i, rt := range s.Routes {
 			if rt.Family != f || rt.Table != r.Table || (!rt.Unreachable && !up[rt.Index]) {
 				continue
@@ -520,5 +524,5 @@ func (s FakeState) Lookup(f Family, mark uint32) (route RouteInfo, ok bool) {
 			return *best, true
 		}
 	}
-	return RouteInfo{}, false
+	return route.RouteInfo{}, false
 }

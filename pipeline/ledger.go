@@ -1,4 +1,4 @@
-package nfq
+package pipeline
 
 import (
 	"github.com/nfclone/nfclone/packet"
@@ -12,10 +12,12 @@ import (
 // The invariant, exact once the copy queue and workers are drained:
 //
 //	Offered = Copied + KernelQueue + User + SocketOverrun + QueueOverflow
-//	          + RateLimit + Malformed + SendError + TooBig + Dedup   (+ InFlight while running)
+//	          + Malformed + SendError + TooBig + Dedup   (+ InFlight while running)
 //
 // where Offered = Received + KernelQueue + User + SocketOverrun: every packet
-// the kernel tried to hand to nfclone.
+// the kernel tried to hand to nfclone. The engine's final account adds what
+// only the rules' counters know (Snapshot.WithMatched, WithRateLimited):
+// KernelLost and RateLimit, to Offered and to the drops alike.
 type Ledger struct {
 	received      atomic.Uint64
 	copied        atomic.Uint64
@@ -24,7 +26,6 @@ type Ledger struct {
 	user          atomic.Uint64
 	overrun       atomic.Uint64
 	queueOverflow atomic.Uint64
-	rateLimit     atomic.Uint64
 	malformed     atomic.Uint64
 	sendError     atomic.Uint64
 	tooBig        atomic.Uint64
@@ -35,11 +36,11 @@ type Ledger struct {
 
 // Drops are the lost copies by reason.
 type Drops struct {
-	// KernelQueue: the kernel queue was full (nfnetlink_queue queue_dropped;
-	// never counted by the kernel when the queue is fail-open).
+	// KernelQueue: the kernel queue was full (nfnetlink_queue
+	// queue_dropped).
 	KernelQueue uint64 `json:"kernel_queue"`
 	// User: the kernel could not hand the packet to the socket
-	// (nfnetlink_queue user_dropped, without fail-open).
+	// (nfnetlink_queue user_dropped).
 	User uint64 `json:"user"`
 	// SocketOverrun: lost to a full netlink receive buffer (ENOBUFS), counted
 	// from gaps in NFQUEUE packet ids or NFLOG sequence numbers.
@@ -58,10 +59,13 @@ type Drops struct {
 	// be cut to the target's MTU (IPv4 with DF set that is no TCP or UDP
 	// GSO packet). Never sent half.
 	TooBig uint64 `json:"too_big"`
-	// FailOpen: the kernel queue was full and fail-open let the original
-	// through without handing it to nfclone (no id, no kernel counter). The
-	// engine learns it from the rule's counter: matched − offered to the reader.
-	FailOpen uint64 `json:"fail_open"`
+	// KernelLost: the copy rule matched the packet, but the kernel never
+	// handed it to nfclone and no kernel counter says why: it could not
+	// allocate the clone (dup) or the netlink message (NFQUEUE's -ENOMEM,
+	// NFLOG's buffer), or no reader was bound to the queue or group. The
+	// engine learns it from the rule's counter, read when the session stops:
+	// matched − offered to the reader.
+	KernelLost uint64 `json:"kernel_lost"`
 	// Dedup: the session's dedup window had already seen the same packet
 	// (differing at most in TTL / hop limit and the IPv4 checksum): sent
 	// once, not twice.
@@ -70,16 +74,16 @@ type Drops struct {
 
 // Total is the sum of all drops.
 func (d Drops) Total() uint64 {
-	return d.KernelQueue + d.User + d.SocketOverrun + d.QueueOverflow + d.RateLimit + d.Malformed + d.SendError + d.TooBig + d.FailOpen + d.Dedup
+	return d.KernelQueue + d.User + d.SocketOverrun + d.QueueOverflow + d.RateLimit + d.Malformed + d.SendError + d.TooBig + d.KernelLost + d.Dedup
 }
 
-// WithMatched accounts the packets the rules matched (the kernel's rule
-// counter) that never reached the reader: with fail-open the kernel lets
-// them through uncounted. matched below what the reader saw (counters read
-// at different moments) changes nothing.
+// WithMatched accounts the packets the copy rule matched (the kernel's rule
+// counter) that never reached the reader and no kernel counter counted
+// (Drops.KernelLost). matched below what the reader saw (counters read at
+// different moments) changes nothing.
 func (s Snapshot) WithMatched(matched uint64) Snapshot {
 	if matched > s.Offered {
-		s.Drops.FailOpen = matched - s.Offered
+		s.Drops.KernelLost = matched - s.Offered
 		s.Offered = matched
 	}
 	return s
@@ -141,9 +145,6 @@ func (l *Ledger) AddENOBUFS() { l.enobufs.Add(1) }
 // AddQueueOverflow counts n copies dropped because the copy queue was full.
 func (l *Ledger) AddQueueOverflow(n uint64) { l.queueOverflow.Add(n) }
 
-// AddRateLimit counts n copies dropped by a userspace rate limit (reserved).
-func (l *Ledger) AddRateLimit(n uint64) { l.rateLimit.Add(n) }
-
 // AddMalformed counts n packets that failed to parse.
 func (l *Ledger) AddMalformed(n uint64) { l.malformed.Add(n) }
 
@@ -199,7 +200,6 @@ func (l *Ledger) Snapshot() Snapshot {
 	s.Bytes = l.bytes.Load()
 	s.Drops = Drops{
 		QueueOverflow: l.queueOverflow.Load(),
-		RateLimit:     l.rateLimit.Load(),
 		Malformed:     l.malformed.Load(),
 		SendError:     l.sendError.Load(),
 		TooBig:        l.tooBig.Load(),
@@ -210,7 +210,7 @@ func (l *Ledger) Snapshot() Snapshot {
 	s.Drops.User, s.Drops.SocketOverrun = attributeLoss(l.overrun.Load(), l.user.Load())
 	s.ENOBUFS = l.enobufs.Load()
 	s.VerdictErrors = l.verdictErrors.Load()
-	done := s.Copied + s.Drops.QueueOverflow + s.Drops.RateLimit + s.Drops.Malformed + s.Drops.SendError + s.Drops.TooBig + s.Drops.Dedup
+	done := s.Copied + s.Drops.QueueOverflow + s.Drops.Malformed + s.Drops.SendError + s.Drops.TooBig + s.Drops.Dedup
 	if s.Received > done {
 		s.InFlight = s.Received - done
 	} else {
@@ -225,11 +225,10 @@ func (l *Ledger) Snapshot() Snapshot {
 // attributeLoss splits packets the kernel numbered but never delivered.
 // gaps is what the reader saw missing from the NFQUEUE id (or NFLOG
 // sequence) stream; userDropped is the kernel's own count of failed
-// deliveries (nfnetlink_queue user_dropped, only counted without fail-open).
-// Both count the same losses, seen from two sides and at different times,
-// so they are not added: the kernel's count is attributed to User and the
-// gaps beyond it to SocketOverrun (ENOBUFS with fail-open, which the kernel
-// does not count at all).
+// deliveries (nfnetlink_queue user_dropped). Both count the same losses,
+// seen from two sides and at different times, so they are not added: the
+// kernel's count is attributed to User and the gaps beyond it to
+// SocketOverrun (NFLOG's losses, which the kernel does not count at all).
 func attributeLoss(gaps, userDropped uint64) (user, overrun uint64) {
 	if gaps > userDropped {
 		return userDropped, gaps - userDropped

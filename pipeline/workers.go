@@ -1,4 +1,4 @@
-package nfq
+package pipeline
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package nfq
+package pipeline
 
 // Skipped are the packets a session's selectors kept from being copied
 // (docs/configuration.md, "Selecting flows"), from the kernel's counters on the selector
