@@ -1,0 +1,193 @@
+package sink
+
+import (
+	"errors"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// UDP GSO for tunnel copies.
+//
+// Wire cuts a TCP super-packet into ~45 MTU-sized segments, and each, inside
+// its own VXLAN/GENEVE datagram, used to be one message of the socket's
+// sendmmsg: 45 trips through the kernel's UDP, IP, netfilter and routing
+// code per 64 KiB. With UDP GSO (Linux 4.18+) one sendmsg carries many
+// datagrams of one size, back to back, with a UDP_SEGMENT control message
+// saying the size; the kernel builds one GSO packet and cuts it just before
+// the device (or the device does), so the stack is crossed once per run.
+//
+// The sink keeps sendmmsg: a message is a run of copies that leave through
+// the same socket to the same remote, all of one frame size but the last,
+// which may be shorter; at most udpMaxSegments datagrams and
+// udpGSOMaxBytes bytes of UDP payload. The run's frames are its iovecs, in
+// order — the kernel reads them back to back into one buffer, so they need
+// not be contiguous here and nothing is copied in userspace. A run of one
+// copy is an ordinary message without a control message. The segments of
+// one super-packet are consecutive in a batch and share a flow, hence a
+// socket and a remote, so each super-packet leaves in one or two messages.
+//
+// Wire cuts copies so that each datagram fits the path MTU to its remote
+// (engine.sessionMTU); the kernel refuses a GSO message whose segments do
+// not (EINVAL), and one it cannot send as GSO (EIO: e.g. an IPsec route).
+// Then the run, and the rest of that send, goes one datagram per message —
+// today's path — and so does every later send of the sink: the fallback
+// happens once and is logged once. Other errors (no route, a firewall) fail
+// the run's copies one by one as they would have failed alone.
+
+const (
+	// udpMaxSegments is the kernel's UDP_MAX_SEGMENTS before Linux 6.x
+	// raised it to 128: the most datagrams in one GSO message.
+	udpMaxSegments = 64
+	// udpGSOMaxBytes bounds a GSO message's UDP payload: an IP datagram of
+	// at most 65535 bytes with a 40-byte IPv6 (or smaller IPv4) header and
+	// the UDP header.
+	udpGSOMaxBytes = 0xffff - 40 - 8
+)
+
+// segCmsg is a control message carrying UDP_SEGMENT: a struct cmsghdr and
+// the 16-bit segment size, padded to CMSG_SPACE(2) bytes.
+type segCmsg struct {
+	hdr  unix.Cmsghdr
+	size uint16
+	_    [6]byte
+}
+
+// segCmsgSpace is CMSG_SPACE(sizeof(uint16)).
+var segCmsgSpace = unix.CmsgSpace(2)
+
+func init() {
+	if int(unsafe.Sizeof(segCmsg{})) != segCmsgSpace {
+		panic("sink: segCmsg does not have the size of CMSG_SPACE(2)")
+	}
+}
+
+// put makes c the control message for segments of size bytes.
+func (c *segCmsg) put(size int) {
+	*c = segCmsg{size: uint16(size)}
+	c.hdr.Level = unix.SOL_UDP
+	c.hdr.Type = unix.UDP_SEGMENT
+	c.hdr.SetLen(unix.CmsgLen(2))
+}
+
+// tunMsg is one message of a GSO send: copies sc.p[first:first+n].
+type tunMsg struct {
+	first, n int32
+}
+
+// probeGSO reports whether the kernel knows UDP_SEGMENT on the sink's
+// sockets (a kernel without it ignores the control message and would send
+// a run as one big datagram).
+func (t *Tunnel) probeGSO() bool {
+	any := false
+	for fam := range t.fds {
+		for _, fd := range t.fds[fam] {
+			if _, err := unix.GetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT); err != nil {
+				return false
+			}
+			any = true
+		}
+	}
+	return any
+}
+
+// planGSO groups the copies sc.p[from:to] (one socket's) into messages,
+// written to sc.h, sc.msg and sc.ctl from index from on; it returns the
+// index after the last message.
+func planGSO(sc *tunScratch, from, to int) int {
+	m := from
+	for j := from; j < to; {
+		r := sc.r[j]
+		size := int(sc.iov[j].Len)
+		total := size
+		k := 1
+		for j+k < to && k < udpMaxSegments && sc.r[j+k] == r {
+			l := int(sc.iov[j+k].Len)
+			if l > size || total+l > udpGSOMaxBytes {
+				break
+			}
+			total += l
+			k++
+			if l < size {
+				break // a shorter one ends the run
+			}
+		}
+		setTunMsg(&sc.h[m], r, &sc.iov[j], k)
+		if k > 1 {
+			sc.ctl[m].put(size)
+			sc.h[m].Hdr.Control = (*byte)(unsafe.Pointer(&sc.ctl[m]))
+			sc.h[m].Hdr.SetControllen(segCmsgSpace)
+		}
+		sc.msg[m] = tunMsg{first: int32(j), n: int32(k)}
+		m++
+		j += k
+	}
+	return m
+}
+
+// sendGSO sends the copies sc.p[from:to] through fd with runs of
+// equal-sized copies as one message each.
+func (t *Tunnel) sendGSO(fd int, sc *tunScratch, from, to int) (sent int, last error) {
+	end := planGSO(sc, from, to)
+	bytes, whole := 0, 0 // sent in GSO messages (sendEach counts its own)
+	i := from
+	for i < end {
+		n, err := t.send(fd, sc.h[i:end])
+		if n > 0 {
+			for _, m := range sc.msg[i : i+n] {
+				for _, p := range sc.p[m.first : m.first+m.n] {
+					bytes += len(p.Data)
+				}
+				whole += int(m.n)
+			}
+			i += n
+			continue
+		}
+		if err == nil {
+			err = unix.EIO // 0 sent and no error: should not happen
+		}
+		m := sc.msg[i]
+		first := int(m.first)
+		if errors.Is(err, unix.EAGAIN) {
+			// As sendAll: drop the rest rather than spin.
+			for _, p := range sc.p[first:to] {
+				p.Errs++
+			}
+			t.fail(to-first, err)
+			last = err
+			break
+		}
+		if m.n == 1 {
+			sc.p[first].Errs++
+			t.fail(1, err)
+			last = err
+			i++
+			continue
+		}
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EIO) {
+			// The kernel takes no GSO message here: this run and the
+			// rest go one datagram each, and so do later sends.
+			t.gso.Store(false)
+			t.gsoOff.Do(func() {
+				t.log.Info("sink: UDP GSO refused, tunnel copies go one datagram per message",
+					"target", t.name, "err", err)
+			})
+			s, err := t.sendEach(fd, sc, first, to)
+			sent += s
+			if err != nil {
+				last = err
+			}
+			break
+		}
+		// Another error (no route, a firewall): the run's copies one by
+		// one, as they would have failed without GSO.
+		s, err := t.sendEach(fd, sc, first, first+int(m.n))
+		sent += s
+		if err != nil {
+			last = err
+		}
+		i++
+	}
+	t.ok(whole, bytes)
+	return sent + whole, last
+}
