@@ -32,8 +32,10 @@ import (
 // not (EINVAL), and one it cannot send as GSO (EIO: e.g. an IPsec route).
 // Then the run, and the rest of that send, goes one datagram per message —
 // today's path — and so does every later send of the sink: the fallback
-// happens once and is logged once. Other errors (no route, a firewall) fail
-// the run's copies one by one as they would have failed alone.
+// happens once and is logged once. Another error (no route, a firewall,
+// ENOBUFS) fails the run's copies, all of them: the run crossed the stack as
+// one packet, and retrying each copy alone would add syscalls just when the
+// host is short of buffers.
 
 const (
 	// udpMaxSegments is the kernel's UDP_MAX_SEGMENTS before Linux 6.x
@@ -179,13 +181,14 @@ func (t *Tunnel) sendGSO(fd int, sc *tunScratch, from, to int) (sent int, last e
 			}
 			break
 		}
-		// Another error (no route, a firewall): the run's copies one by
-		// one, as they would have failed without GSO.
-		s, err := t.sendEach(fd, sc, first, first+int(m.n))
-		sent += s
-		if err != nil {
-			last = err
+		// Another error (no route, a firewall, ENOBUFS): the run went
+		// through the stack as one packet and failed as one; its copies
+		// are counted as failed, the rest is still sent.
+		for _, p := range sc.p[first : first+int(m.n)] {
+			p.Errs++
 		}
+		t.fail(int(m.n), err)
+		last = err
 		i++
 	}
 	t.ok(whole, bytes)

@@ -6,8 +6,10 @@ import (
 	"github.com/nfclone/nfclone/internal/netnstest"
 	"github.com/nfclone/nfclone/packet"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,6 +32,19 @@ func gsoLab(t testing.TB) (a, b *netnstest.NS, rx [2]int) {
 	b.Sh(t, "ethtool -K vb gro off")
 	a.Sh(t, "ip link set va up")
 	b.Sh(t, "ip link set vb up")
+	// Both addresses answer (IPv6 takes a moment after the link comes up)
+	// and the neighbours are known before the first burst.
+	for _, dst := range []string{"10.77.9.2", "fd77:9::2"} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if _, err := exec.Command("ip", "netns", "exec", a.Name, "ping", "-c1", "-W1", dst).CombinedOutput(); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s does not answer pings from a", dst)
+			}
+		}
+	}
 	rx = [2]int{-1, -1}
 	b.Run(func() {
 		for fam, sa := range []unix.Sockaddr{
