@@ -29,7 +29,9 @@ import (
 //
 // Wire cuts copies so that each datagram fits the path MTU to its remote
 // (engine.sessionMTU); the kernel refuses a GSO message whose segments do
-// not (EINVAL), and one it cannot send as GSO (EIO: e.g. an IPsec route).
+// not (EMSGSIZE on Linux 6.18, EINVAL on older kernels; one datagram alone
+// would be fragmented instead), and one it cannot send as GSO (EIO: e.g. an IPsec
+// route; EINVAL: e.g. a checksum-less socket).
 // Then the run, and the rest of that send, goes one datagram per message —
 // today's path — and so does every later send of the sink: the fallback
 // happens once and is logged once. Another error (no route, a firewall,
@@ -166,7 +168,7 @@ func (t *Tunnel) sendGSO(fd int, sc *tunScratch, from, to int) (sent int, last e
 			i++
 			continue
 		}
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EIO) {
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EMSGSIZE) || errors.Is(err, unix.EIO) {
 			// The kernel takes no GSO message here: this run and the
 			// rest go one datagram each, and so do later sends.
 			t.gso.Store(false)

@@ -236,3 +236,48 @@ func BenchmarkRootTunnelVeth(b *testing.B) {
 		})
 	}
 }
+
+// TestRootTunnelGSOFallback: copies cut for a larger MTU than the path's
+// (1500-byte inner packets in 1550-byte datagrams on a 1500-byte link):
+// the kernel refuses the GSO message (EINVAL), the sink sends the copies
+// one datagram each, which the kernel fragments, as without GSO, and stays
+// so.
+func TestRootTunnelGSOFallback(t *testing.T) {
+	a, _, rx := gsoLab(t)
+	var got [2][][]byte
+	for i, gso := range []bool{false, true} {
+		var tu *Tunnel
+		var err error
+		a.Run(func() {
+			tu, err = NewTunnel(TunnelConfig{Remotes: []netip.AddrPort{netip.MustParseAddrPort("10.77.9.2:4789")},
+				SourcePorts: 1, NoMark: true, NoGSO: !gso})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		batch := gsoBatch(t)
+		w := NewWire(tu, 1500)
+		if n, err := w.Send(batch); n != len(batch) || err != nil {
+			t.Fatalf("gso %v: sent %d of %d: %v", gso, n, len(batch), err)
+		}
+		if tu.gso.Load() {
+			t.Fatal("GSO still on after the kernel refused it")
+		}
+		if s := tu.Stats(); s.Errors != 0 {
+			t.Fatalf("gso %v: stats %+v", gso, s)
+		}
+		got[i] = recvAll(rx[0])
+		for _, p := range batch {
+			p.Release()
+		}
+		tu.Close()
+	}
+	if len(got[0]) < 100 || len(got[1]) != len(got[0]) {
+		t.Fatalf("%d datagrams after the fallback, %d without GSO", len(got[1]), len(got[0]))
+	}
+	for i := range got[0] {
+		if !bytes.Equal(got[0][i], got[1][i]) {
+			t.Fatalf("datagram %d differs", i)
+		}
+	}
+}

@@ -257,7 +257,7 @@ func TestTunnelGSOSameDatagrams(t *testing.T) {
 }
 
 func TestTunnelGSOFallback(t *testing.T) {
-	for _, e := range []error{unix.EINVAL, unix.EIO} {
+	for _, e := range []error{unix.EINVAL, unix.EMSGSIZE, unix.EIO} {
 		var each gsoKernel
 		sendThroughWire(t, &each, false)
 		k := gsoKernel{fail: func(size int, _ []byte) error {
