@@ -1,7 +1,9 @@
 package sink
 
 import (
+	"encoding/binary"
 	"errors"
+	"github.com/nfclone/nfclone/packet"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -20,7 +22,15 @@ import (
 // The sink keeps sendmmsg: a message is a run of copies that leave through
 // the same socket to the same remote, all of one frame size but the last,
 // which may be shorter; at most udpMaxSegments datagrams and
-// udpGSOMaxBytes bytes of UDP payload. The run's frames are its iovecs, in
+// udpGSOMaxBytes bytes of UDP payload; and consecutive segments of one TCP
+// stream: same addresses and ports, each one's sequence number where the
+// one before ends — what Wire cut from one super-packet, or what GRO would
+// have merged. Nothing else is packed: a GSO packet that meets a virtual
+// device (a veth to a container, a tap) is not cut before the peer's stack,
+// and a capture there shows it as one frame, so pings or small packets that
+// happen to be of one size stay one datagram per message, exactly as the
+// collector saw them before; TCP bulk arrives there as the originals do,
+// and as gateway and device targets send it (whole super-packets). The run's frames are its iovecs, in
 // order — the kernel reads them back to back into one buffer, so they need
 // not be contiguous here and nothing is copied in userspace. A run of one
 // copy is an ordinary message without a control message. The segments of
@@ -107,7 +117,7 @@ func planGSO(sc *tunScratch, from, to int) int {
 		k := 1
 		for j+k < to && k < udpMaxSegments && sc.r[j+k] == r {
 			l := int(sc.iov[j+k].Len)
-			if l > size || total+l > udpGSOMaxBytes {
+			if l > size || total+l > udpGSOMaxBytes || !tcpFollows(sc.p[j+k-1], sc.p[j+k]) {
 				break
 			}
 			total += l
@@ -195,4 +205,60 @@ func (t *Tunnel) sendGSO(fd int, sc *tunScratch, from, to int) (sent int, last e
 	}
 	t.ok(whole, bytes)
 	return sent + whole, last
+}
+
+// tcpFollows reports whether b is the TCP segment that comes right after a
+// in the same stream: both complete (not cut by a snaplen) IPv4 or IPv6 TCP
+// packets, not fragments, with the same addresses and ports, a carrying
+// data and b's sequence number where a's data ends.
+func tcpFollows(a, b *packet.Packet) bool {
+	if a.Truncated() || b.Truncated() {
+		return false
+	}
+	ao, aseq, aend, ok := tcpSpan(a.Data)
+	if !ok || aend == aseq {
+		return false
+	}
+	bo, bseq, _, ok := tcpSpan(b.Data)
+	if !ok || ao != bo || bseq != aend {
+		return false
+	}
+	x, y := a.Data, b.Data
+	if x[0]>>4 == 4 {
+		// addresses, then the ports
+		return string(x[12:20]) == string(y[12:20]) && string(x[ao:ao+4]) == string(y[bo:bo+4])
+	}
+	return string(x[8:40]) == string(y[8:40]) && string(x[ao:ao+4]) == string(y[bo:bo+4])
+}
+
+// tcpSpan parses an IPv4 packet (not a fragment) or an IPv6 packet whose
+// first next header is TCP: the TCP header's offset, the sequence number
+// and where the segment's data ends in sequence space.
+func tcpSpan(b []byte) (off int, seq, end uint32, ok bool) {
+	var ipLen int
+	switch {
+	case len(b) >= 20 && b[0]>>4 == 4:
+		off = int(b[0]&0x0f) * 4
+		if b[9] != unix.IPPROTO_TCP || binary.BigEndian.Uint16(b[6:8])&0x3fff != 0 || off < 20 {
+			return 0, 0, 0, false
+		}
+		ipLen = int(binary.BigEndian.Uint16(b[2:4]))
+	case len(b) >= 40 && b[0]>>4 == 6:
+		if b[6] != unix.IPPROTO_TCP {
+			return 0, 0, 0, false
+		}
+		off = 40
+		ipLen = 40 + int(binary.BigEndian.Uint16(b[4:6]))
+	default:
+		return 0, 0, 0, false
+	}
+	if ipLen > len(b) || off+20 > ipLen {
+		return 0, 0, 0, false
+	}
+	hl := int(b[off+12]>>4) * 4
+	if hl < 20 || off+hl > ipLen {
+		return 0, 0, 0, false
+	}
+	seq = binary.BigEndian.Uint32(b[off+4 : off+8])
+	return off, seq, seq + uint32(ipLen-off-hl), true
 }

@@ -41,21 +41,80 @@ func TestSegCmsgBytes(t *testing.T) {
 	}
 }
 
-// planCase runs planGSO on copies of the given frame lengths, to remote
-// ra, or rb where the length is negative.
-func planCase(lens ...int) (runs []int, sizes []int) {
+// tcpSeg4 is an IPv4 TCP packet of n bytes (20-byte TCP header) from
+// 10.77.1.2:sport to 10.77.4.2:5201 with sequence number seq.
+func tcpSeg4(sport uint16, seq uint32, n int) []byte {
+	b := ipv4(n, [4]byte{10, 77, 4, 2})
+	b[9] = 6
+	binary.BigEndian.PutUint16(b[20:22], sport)
+	binary.BigEndian.PutUint16(b[22:24], 5201)
+	binary.BigEndian.PutUint32(b[24:28], seq)
+	b[32] = 5 << 4
+	return b
+}
+
+// seg is one copy of a planGSO case: its frame length (tunnel header
+// included), and how it relates to the copy before: 0 the next segment of
+// the same TCP stream, 'g' a gap in the sequence, 'o' another stream, 'u'
+// UDP, 't' cut by a snaplen, 'r' the same stream to another remote.
+type seg struct {
+	l    int
+	kind byte
+}
+
+func segs(l, n int) []seg {
+	s := make([]seg, n)
+	for i := range s {
+		s[i] = seg{l: l}
+	}
+	return s
+}
+
+func cat(s ...[]seg) []seg {
+	var out []seg
+	for _, x := range s {
+		out = append(out, x...)
+	}
+	return out
+}
+
+// planCase runs planGSO on copies described by ss and returns the runs'
+// lengths and segment sizes (0: no control message).
+func planCase(ss []seg) (runs []int, sizes []int) {
 	var ra, rb tunRemote
 	sc := &tunScratch{}
-	n := len(lens)
-	sc.h, sc.iov, sc.r, sc.msg, sc.ctl = make([]unix.Mmsghdr, n), make([]unix.Iovec, n), make([]*tunRemote, n),
-		make([]tunMsg, n), make([]segCmsg, n)
-	buf := make([]byte, 70000)
-	for i, l := range lens {
-		sc.r[i] = &ra
-		if l < 0 {
-			l, sc.r[i] = -l, &rb
+	n := len(ss)
+	sc.h, sc.iov, sc.r, sc.msg, sc.ctl, sc.p = make([]unix.Mmsghdr, n), make([]unix.Iovec, n), make([]*tunRemote, n),
+		make([]tunMsg, n), make([]segCmsg, n), make([]*packet.Packet, n)
+	seq, sport := uint32(1000), uint16(40000)
+	r := &ra
+	for i, x := range ss {
+		l := x.l - tunnelFrameHdr
+		switch x.kind {
+		case 'g':
+			seq += 7
+		case 'o':
+			sport++
+		case 'r':
+			if r == &ra {
+				r = &rb
+			} else {
+				r = &ra
+			}
 		}
-		setIov(&sc.iov[i], buf[:l])
+		var d []byte
+		if x.kind == 'u' {
+			d = udp4(l, 1, 64, 0xee)
+		} else {
+			d = tcpSeg4(sport, seq, l)
+			seq += uint32(l - 40)
+		}
+		p := packet.New(d)
+		if x.kind == 't' {
+			p.OrigLen = l + 100
+		}
+		sc.p[i], sc.r[i] = p, r
+		setIov(&sc.iov[i], p.Frame(tunnelFrameHdr))
 	}
 	end := planGSO(sc, 0, n)
 	next := 0
@@ -76,49 +135,84 @@ func planCase(lens ...int) (runs []int, sizes []int) {
 	if next != n {
 		panic("copies left out")
 	}
+	for _, p := range sc.p {
+		p.Release()
+	}
 	return runs, sizes
-}
-
-func rep(l, n int) []int {
-	s := make([]int, n)
-	for i := range s {
-		s[i] = l
-	}
-	return s
-}
-
-func cat(s ...[]int) []int {
-	var out []int
-	for _, x := range s {
-		out = append(out, x...)
-	}
-	return out
 }
 
 func TestPlanGSO(t *testing.T) {
 	for _, c := range []struct {
 		name        string
-		lens        []int
+		segs        []seg
 		runs, sizes []int
 	}{
-		{"one", []int{100}, []int{1}, []int{0}},
-		{"equal", rep(1472, 5), []int{5}, []int{1472}},
-		{"shorter last", cat(rep(1472, 3), []int{500}), []int{4}, []int{1472}},
-		{"shorter ends the run", cat(rep(1472, 3), []int{500}, rep(1472, 2)), []int{4, 2}, []int{1472, 1472}},
-		{"longer starts a run", cat([]int{500}, rep(1472, 2)), []int{1, 2}, []int{0, 1472}},
-		{"small then equal small", []int{80, 80, 80}, []int{3}, []int{80}},
-		{"remote change", cat(rep(1000, 2), []int{-1000, -1000}, []int{1000}), []int{2, 2, 1}, []int{1000, 1000, 0}},
-		{"64 at most", rep(100, 130), []int{64, 64, 2}, []int{100, 100, 100}},
+		{"one", segs(100, 1), []int{1}, []int{0}},
+		{"equal", segs(1472, 5), []int{5}, []int{1472}},
+		{"shorter last", cat(segs(1472, 3), segs(500, 1)), []int{4}, []int{1472}},
+		{"shorter ends the run", cat(segs(1472, 3), segs(500, 1), segs(1472, 2)), []int{4, 2}, []int{1472, 1472}},
+		{"longer starts a run", cat(segs(500, 1), segs(1472, 2)), []int{1, 2}, []int{0, 1472}},
+		{"small segments", segs(80, 3), []int{3}, []int{80}},
+		{"no data", segs(62, 3), []int{1, 1, 1}, []int{0, 0, 0}},
+		{"remote change", cat(segs(1000, 2), []seg{{1000, 'r'}, {1000, 0}}, []seg{{1000, 'r'}}), []int{2, 2, 1}, []int{1000, 1000, 0}},
+		{"gap", cat(segs(1000, 2), []seg{{1000, 'g'}, {1000, 0}}), []int{2, 2}, []int{1000, 1000}},
+		{"other stream", cat(segs(1000, 2), []seg{{1000, 'o'}}), []int{2, 1}, []int{1000, 0}},
+		{"UDP", []seg{{1000, 'u'}, {1000, 'u'}, {1000, 'u'}}, []int{1, 1, 1}, []int{0, 0, 0}},
+		{"snaplen", cat(segs(1000, 2), []seg{{1000, 't'}}), []int{2, 1}, []int{1000, 0}},
+		{"64 at most", segs(100, 130), []int{64, 64, 2}, []int{100, 100, 100}},
 		// 44 × 1472 = 64768 fits in 65487 bytes, 45 do not.
-		{"bytes at most", rep(1472, 47), []int{44, 3}, []int{1472, 1472}},
-		{"shorter last over the byte limit", cat(rep(1472, 44), []int{900}), []int{44, 1}, []int{1472, 0}},
-		{"big single", []int{9000, 9000}, []int{2}, []int{9000}},
-		{"too big for two", []int{40000, 40000}, []int{1, 1}, []int{0, 0}},
+		{"bytes at most", segs(1472, 47), []int{44, 3}, []int{1472, 1472}},
+		{"shorter last over the byte limit", cat(segs(1472, 44), segs(900, 1)), []int{44, 1}, []int{1472, 0}},
+		{"big segments", segs(9000, 2), []int{2}, []int{9000}},
+		{"too big for two", segs(40000, 2), []int{1, 1}, []int{0, 0}},
 	} {
-		runs, sizes := planCase(c.lens...)
+		runs, sizes := planCase(c.segs)
 		if fmt.Sprint(runs) != fmt.Sprint(c.runs) || fmt.Sprint(sizes) != fmt.Sprint(c.sizes) {
 			t.Errorf("%s: runs %v sizes %v, want %v %v", c.name, runs, sizes, c.runs, c.sizes)
 		}
+	}
+}
+
+func TestTCPSpan(t *testing.T) {
+	b := tcpSeg4(40000, 0xfffffff0, 100) // 60 bytes of data, wrapping
+	off, seq, end, ok := tcpSpan(b)
+	if !ok || off != 20 || seq != 0xfffffff0 || end != 0x2c {
+		t.Fatalf("v4: %d %#x %#x %v", off, seq, end, ok)
+	}
+	frag := append([]byte(nil), b...)
+	frag[6] = 0x20 // MF
+	if _, _, _, ok := tcpSpan(frag); ok {
+		t.Fatal("a fragment parsed as a segment")
+	}
+	v6 := ipv6(100)
+	v6[6] = 6
+	binary.BigEndian.PutUint32(v6[44:48], 7)
+	v6[52] = 8 << 4 // 32-byte TCP header
+	if off, seq, end, ok := tcpSpan(v6); !ok || off != 40 || seq != 7 || end != 7+100-40-32 {
+		t.Fatalf("v6: %d %d %d %v", off, seq, end, ok)
+	}
+	for _, bad := range [][]byte{b[:30], ipv6(50), {0x45}, udp4(100, 1, 64, 0)} {
+		if _, _, _, ok := tcpSpan(bad); ok {
+			t.Fatalf("parsed %x", bad)
+		}
+	}
+}
+
+// Pings of one size in a row (a reader that was stopped hands them over in
+// one batch) leave one datagram each, as the collector saw them before.
+func TestTunnelGSONotForPings(t *testing.T) {
+	var k gsoKernel
+	tu := fakeTunnel(t, "vxlan", k.fn, "10.77.4.2:4789")
+	tu.gso.Store(true)
+	var batch []*packet.Packet
+	for range 20 {
+		batch = append(batch, packet.New(icmp4Echo()))
+	}
+	if n, err := tu.Send(batch); n != 20 || err != nil {
+		t.Fatalf("sent %d: %v", n, err)
+	}
+	if k.gsoMsgs != 0 || k.msgs != 20 || len(k.dgrams) != 20 {
+		t.Fatalf("%d messages (%d GSO), %d datagrams", k.msgs, k.gsoMsgs, len(k.dgrams))
 	}
 }
 
