@@ -20,7 +20,11 @@ import (
 // their checksums, so vb receives wire datagrams. A UDP socket in b on
 // port 4789 of both addresses receives them (the kernel drops datagrams
 // with bad checksums, counted in InCsumErrors).
-func gsoLab(t testing.TB) (a, b *netnstest.NS, rx [2]int) {
+func gsoLab(t testing.TB) (a, b *netnstest.NS, rx [2]int) { return gsoLabOffloads(t, false) }
+
+// gsoLabOffloads is gsoLab, with va's offloads left on when on is true: the
+// veth then passes GSO packets to vb whole, and b's stack cuts them.
+func gsoLabOffloads(t testing.TB, on bool) (a, b *netnstest.NS, rx [2]int) {
 	netnstest.RequireRoot(t, "network namespaces, UDP GSO on a veth")
 	a, b = netnstest.New(t, "gsoa"), netnstest.New(t, "gsob")
 	a.Sh(t, "ip link add va type veth peer name vb netns "+b.Name)
@@ -28,7 +32,9 @@ func gsoLab(t testing.TB) (a, b *netnstest.NS, rx [2]int) {
 	a.Sh(t, "ip addr add fd77:9::1/64 dev va nodad")
 	b.Sh(t, "ip addr add 10.77.9.2/24 dev vb")
 	b.Sh(t, "ip addr add fd77:9::2/64 dev vb nodad")
-	a.Sh(t, "ethtool -K va tso off gso off tx off")
+	if !on {
+		a.Sh(t, "ethtool -K va tso off gso off tx off")
+	}
 	b.Sh(t, "ethtool -K vb gro off")
 	a.Sh(t, "ip link set va up")
 	b.Sh(t, "ip link set vb up")
@@ -98,11 +104,24 @@ func recvAll(fd int) [][]byte {
 }
 
 // TestRootTunnelGSO: copies cut by Wire leave the sink with UDP GSO and
-// reach a UDP socket behind a veth without offloads as the same datagrams,
-// in the same order, as without GSO, every one no larger than the MTU and
-// with a good checksum; IPv4 and IPv6 remotes.
+// reach a UDP socket behind a veth as the same datagrams, in the same
+// order, as without GSO, every one no larger than the MTU and with a good
+// checksum; IPv4 and IPv6 remotes; the veth's offloads off (the sender's
+// kernel cuts the GSO packets) and on (the receiver's does).
 func TestRootTunnelGSO(t *testing.T) {
-	a, b, rx := gsoLab(t)
+	for _, on := range []bool{false, true} {
+		name := "offloads off"
+		if on {
+			// GSO packets cross the veth whole; b's UDP stack cuts them
+			// for the socket, which sees the same datagrams.
+			name = "offloads on"
+		}
+		t.Run(name, func(t *testing.T) { testRootTunnelGSO(t, on) })
+	}
+}
+
+func testRootTunnelGSO(t *testing.T, offloads bool) {
+	a, b, rx := gsoLabOffloads(t, offloads)
 	for fam, remote := range []string{"10.77.9.2:4789", "[fd77:9::2]:4789"} {
 		var got [2][][]byte
 		for i, gso := range []bool{false, true} {
