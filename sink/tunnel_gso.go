@@ -139,8 +139,8 @@ func planGSO(sc *tunScratch, from, to int) int {
 	return m
 }
 
-// sendGSO sends the copies sc.p[from:to] through fd with runs of
-// equal-sized copies as one message each.
+// sendGSO sends the copies sc.p[from:to] through fd, each run planGSO
+// found (consecutive segments of one TCP stream) as one message.
 func (t *Tunnel) sendGSO(fd int, sc *tunScratch, from, to int) (sent int, last error) {
 	end := planGSO(sc, from, to)
 	bytes, whole := 0, 0 // sent in GSO messages (sendEach counts its own)
