@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nfclone/nfclone/internal/mmsg"
 	"golang.org/x/sys/unix"
@@ -80,7 +81,10 @@ type TunnelConfig struct {
 	// per address family the flows are spread over (default 8, at most
 	// 64).
 	SourcePorts int
-	Logger      *slog.Logger
+	// NoGSO sends one datagram per message even where the kernel has UDP
+	// GSO (benchmarks and tests).
+	NoGSO  bool
+	Logger *slog.Logger
 }
 
 // DefaultTunnelSourcePorts is the default number of outer source ports.
@@ -94,7 +98,10 @@ const maxTunnelSockets = 64
 // tunnel header, both written into the packet's headroom (no copy of the
 // payload), and leaves through an ordinary UDP socket: the kernel builds the
 // outer IP/UDP headers, computes the UDP checksum, routes by the socket's
-// mark and fragments when needed.
+// mark and fragments when needed. Where the kernel has UDP GSO, each run of
+// equal-sized copies to one remote (the segments Wire cut from one
+// super-packet) leaves as one message with a UDP_SEGMENT control message,
+// and crosses the kernel's stack once (tunnel_gso.go).
 //
 // Outer source port. RFC 7348/8926 ask for a source port derived from the
 // inner flow so that receivers spread flows over cores (RSS). A UDP socket
@@ -131,6 +138,8 @@ type Tunnel struct {
 	ports   [2][]uint16 // the pool's local ports
 	send    sendmmsgFunc
 	scratch sync.Pool
+	gso     atomic.Bool // UDP GSO: runs of equal-sized copies leave as one message
+	gsoOff  sync.Once   // logs the fallback to one datagram per message
 }
 
 type tunRemote struct {
@@ -141,10 +150,14 @@ type tunRemote struct {
 }
 
 type tunScratch struct {
-	h    []unix.Mmsghdr
-	iov  []unix.Iovec
+	h    []unix.Mmsghdr // GSO messages
+	h1   []unix.Mmsghdr // one message per copy
+	iov  []unix.Iovec   // per copy, in sending order (grouped by socket)
 	p    []*packet.Packet
-	sock []uint8 // per copy: socket slot (fam*maxTunnelSockets + index); 0xff: skipped
+	r    []*tunRemote // per copy, in sending order
+	msg  []tunMsg     // per message: which copies (UDP GSO)
+	ctl  []segCmsg    // per message: its UDP_SEGMENT control message
+	sock []uint8      // per copy: socket slot (fam*maxTunnelSockets + index); 0xff: skipped
 	ent  []tunEnt
 	cnt  [2 * maxTunnelSockets]int
 	pos  [2 * maxTunnelSockets]int
@@ -194,6 +207,7 @@ func NewTunnel(cfg TunnelConfig) (*Tunnel, error) {
 			t.ports[fam] = append(t.ports[fam], port)
 		}
 	}
+	t.gso.Store(!cfg.NoGSO && t.probeGSO())
 	return t, nil
 }
 
@@ -318,13 +332,16 @@ func (t *Tunnel) SourcePorts() (v4, v6 []uint16) {
 
 const skipSock = 0xff
 
-// Send encapsulates and sends the batch: one sendmmsg per socket used.
+// Send encapsulates and sends the batch: one sendmmsg per socket used. With
+// UDP GSO (see tunnel_gso.go) each run of equal-sized copies to one remote
+// is one message of that sendmmsg.
 func (t *Tunnel) Send(batch []*packet.Packet) (int, error) {
 	sc := t.scratch.Get().(*tunScratch)
 	defer t.scratch.Put(sc)
 	n := len(batch)
-	sc.h, sc.iov, sc.p = grow(sc.h, n), grow(sc.iov, n), grow(sc.p, n)
-	sc.sock, sc.ent = grow(sc.sock, n), grow(sc.ent, n)
+	sc.h, sc.h1, sc.iov, sc.p = grow(sc.h, n), grow(sc.h1, n), grow(sc.iov, n), grow(sc.p, n)
+	sc.sock, sc.ent, sc.r = grow(sc.sock, n), grow(sc.ent, n), grow(sc.r, n)
+	sc.msg, sc.ctl = grow(sc.msg, n), grow(sc.ctl, n)
 	clear(sc.cnt[:])
 	bad := 0
 	var last error
@@ -370,7 +387,8 @@ func (t *Tunnel) Send(batch []*packet.Packet) (int, error) {
 	if bad > 0 {
 		t.fail(bad, last)
 	}
-	// Pass 2: place the copies grouped by socket (a stable counting sort).
+	// Pass 2: place the copies grouped by socket (a stable counting sort):
+	// sc.p, sc.iov and sc.r in sending order.
 	off := 0
 	for s := range sc.cnt {
 		sc.pos[s] = off
@@ -385,15 +403,12 @@ func (t *Tunnel) Send(batch []*packet.Packet) (int, error) {
 		sc.pos[s]++
 		e := &sc.ent[i]
 		sc.p[j] = p
-		h := &sc.h[j]
-		mmsg.Point(h, &sc.iov[j], e.f)
-		if e.r.fam == 0 {
-			mmsg.Inet4(h, &e.r.sa4)
-		} else {
-			mmsg.Inet6(h, &e.r.sa6)
-		}
+		sc.r[j] = e.r
+		mmsg.Iov(&sc.iov[j], e.f)
 		*e = tunEnt{}
 	}
+	// Pass 3: per socket, the messages (one per copy, or one per run of
+	// copies with UDP GSO) and one sendmmsg for them.
 	sent := 0
 	start := 0
 	for s := range sc.cnt {
@@ -402,7 +417,13 @@ func (t *Tunnel) Send(batch []*packet.Packet) (int, error) {
 			continue
 		}
 		fd := t.fds[s/maxTunnelSockets][s%maxTunnelSockets]
-		m, err := sendAll(t.send, fd, sc.h[start:start+k], sc.p[start:start+k], &t.counters)
+		var m int
+		var err error
+		if t.gso.Load() {
+			m, err = t.sendGSO(fd, sc, start, start+k)
+		} else {
+			m, err = t.sendEach(fd, sc, start, start+k)
+		}
 		sent += m
 		if err != nil {
 			last = err
@@ -410,7 +431,28 @@ func (t *Tunnel) Send(batch []*packet.Packet) (int, error) {
 		start += k
 	}
 	clear(sc.p)
+	clear(sc.r)
 	return sent, last
+}
+
+// sendEach sends the copies sc.p[from:to] one datagram each.
+func (t *Tunnel) sendEach(fd int, sc *tunScratch, from, to int) (int, error) {
+	for j := from; j < to; j++ {
+		setTunMsg(&sc.h1[j], sc.r[j], &sc.iov[j], 1)
+	}
+	return sendAll(t.send, fd, sc.h1[from:to], sc.p[from:to], &t.counters)
+}
+
+// setTunMsg makes h a message of n iovecs from iov to remote r.
+func setTunMsg(h *unix.Mmsghdr, r *tunRemote, iov *unix.Iovec, n int) {
+	*h = unix.Mmsghdr{}
+	if r.fam == 0 {
+		mmsg.Inet4(h, &r.sa4)
+	} else {
+		mmsg.Inet6(h, &r.sa6)
+	}
+	h.Hdr.Iov = iov
+	h.Hdr.SetIovlen(n)
 }
 
 var errNoSocket = errors.New("sink: no socket for the remote's address family")

@@ -40,11 +40,16 @@ func Send(fd int, hdrs []unix.Mmsghdr) (int, error) {
 	}
 }
 
+// Iov points iov at the buffer b (not empty).
+func Iov(iov *unix.Iovec, b []byte) {
+	iov.Base = &b[0]
+	iov.SetLen(len(b))
+}
+
 // Point makes h a message of the one buffer b (not empty), through iov:
 // no address, no control data.
 func Point(h *unix.Mmsghdr, iov *unix.Iovec, b []byte) {
-	iov.Base = &b[0]
-	iov.SetLen(len(b))
+	Iov(iov, b)
 	*h = unix.Mmsghdr{}
 	h.Hdr.Iov = iov
 	h.Hdr.SetIovlen(1)

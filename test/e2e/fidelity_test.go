@@ -234,6 +234,13 @@ sessions:
       - {number: 3, action: accept, protocol: icmp}
     targets: [{kind: vxlan, remote: ["10.77.2.2:4789", "10.77.4.2:4789"], vni: 12}]
 `, method))
+			// The collector links carry wire frames: copies of a TCP stream's
+			// segments leave in UDP GSO messages, which a veth with its
+			// offloads on passes to the collector whole, where a capture
+			// shows one frame for several datagrams.
+			for _, x := range [][2]string{{l.Eng, lab.EngToCol}, {l.Col, lab.Iface}, {l.Eng, lab.EngToCol2}, {l.Col2, lab.Iface}} {
+				l.WireOffloads(t, x[0], x[1])
+			}
 			c1 := l.StartCapture(t, l.Col, "e0", "udp port 4789", lab.Direction("in"), lab.TcpdumpArgs("-B", "65536"))
 			c2 := l.StartCapture(t, l.Col2, "e0", "udp port 4789", lab.Direction("in"), lab.TcpdumpArgs("-B", "65536"))
 			orig := l.StartCapture(t, l.Eng, "e0", "tcp port 7000", lab.Direction("inout"), lab.TcpdumpArgs("-B", "65536"))
