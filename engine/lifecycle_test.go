@@ -436,15 +436,8 @@ func TestEngineStartAndShutdown(t *testing.T) {
 	}
 }
 
-// Reload: an unchanged session keeps its queues, readers and counters (it
-// is not opened again), a new one gets queue numbers no running session
-// holds, a removed one stops only after the new rules are in, and the
-// routing changes only it needed are undone.
-func TestEngineReload(t *testing.T) {
-	l := newLifecycle(t)
-	l.start(lifecycleConfig)
-	gone := l.eng.rt.gateways
-	st := l.reload(`
+// reloadedConfig is lifecycleConfig with "gone" replaced by "new".
+const reloadedConfig = `
 queue: {count: 2}
 sessions:
   - name: keep
@@ -458,7 +451,17 @@ sessions:
   - name: tap
     sources: [{interface: e0}]
     targets: [{kind: device, device: e3}]
-`)
+`
+
+// Reload: an unchanged session keeps its queues, readers and counters (it
+// is not opened again), a new one gets queue numbers no running session
+// holds, a removed one stops only after the new rules are in, and the
+// routing changes only it needed are undone.
+func TestEngineReload(t *testing.T) {
+	l := newLifecycle(t)
+	l.start(lifecycleConfig)
+	gone := l.eng.rt.gateways
+	st := l.reload(reloadedConfig)
 	if !st.OK {
 		t.Fatalf("reload refused: %s", st.Error)
 	}
@@ -504,21 +507,7 @@ sessions:
 	}
 	// A reload of the same config changes nothing.
 	before := l.rules.count()
-	l.reload(`
-queue: {count: 2}
-sessions:
-  - name: keep
-    method: queue
-    sources: [{interface: e0}]
-    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
-  - name: new
-    method: queue
-    sources: [{interface: e0}]
-    targets: [{kind: gateway, gateway: "fd77:2::2", device: e1}]
-  - name: tap
-    sources: [{interface: e0}]
-    targets: [{kind: device, device: e3}]
-`)
+	l.reload(reloadedConfig)
 	if len(l.sessions.byName("new")) != 1 || len(l.sessions.byName("keep")) != 1 || l.rules.count() != before+1 {
 		t.Fatalf("an identical reload reopened sessions: %q", l.ev.list())
 	}

@@ -3,7 +3,6 @@ package nfq
 import (
 	"encoding/binary"
 	"os"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -273,29 +272,6 @@ func (f *fakeSock) verdictList() []uint32 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]uint32(nil), f.verdicts...)
-}
-
-// --- goroutine leak check ---
-
-func checkNoLeak(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(3 * time.Second)
-		for {
-			n := runtime.NumGoroutine()
-			if n <= before {
-				return
-			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<16)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("goroutine leak: %d before, %d after\n%s", before, n, buf)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
 }
 
 // waitFor polls cond for up to 3 s.

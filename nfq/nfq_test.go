@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"github.com/nfclone/nfclone/gso"
+	"github.com/nfclone/nfclone/internal/leaktest"
 	"github.com/nfclone/nfclone/packet"
 	"github.com/nfclone/nfclone/pipeline"
 	"sync"
@@ -217,7 +218,7 @@ func runPathCfg(t *testing.T, sock *fakeSock, cfg QueueConfig, qcap int, rec *re
 }
 
 func TestQueuePathWithFakes(t *testing.T) {
-	checkNoLeak(t)
+	leaktest.Check(t)
 	sock := newFakeSock()
 	var led pipeline.Ledger
 	rec := &recorder{}
@@ -249,7 +250,7 @@ func TestQueuePathWithFakes(t *testing.T) {
 }
 
 func TestQueueENOBUFSAttributed(t *testing.T) {
-	checkNoLeak(t)
+	leaktest.Check(t)
 	sock := newFakeSock()
 	var led pipeline.Ledger
 	rec := &recorder{}
@@ -272,7 +273,7 @@ func TestQueueENOBUFSAttributed(t *testing.T) {
 }
 
 func TestQueueMalformedAndOverflow(t *testing.T) {
-	checkNoLeak(t)
+	leaktest.Check(t)
 	sock := newFakeSock()
 	var led pipeline.Ledger
 	rec := &recorder{fail: func(p *packet.Packet) bool { return len(p.Data) == 99 }}
@@ -353,7 +354,7 @@ func TestVerdictRetriedAfterSendError(t *testing.T) {
 }
 
 func TestCancelUnblocksRead(t *testing.T) {
-	checkNoLeak(t)
+	leaktest.Check(t)
 	sock := newFakeSock()
 	qr, err := newQueueReader(QueueConfig{Num: 1}, sock, pipeline.NewCopyQueue(16, 0), &pipeline.Ledger{})
 	if err != nil {
@@ -376,7 +377,7 @@ func TestCancelUnblocksRead(t *testing.T) {
 }
 
 func TestLogReaderSeqGaps(t *testing.T) {
-	checkNoLeak(t)
+	leaktest.Check(t)
 	sock := newFakeSock()
 	var led pipeline.Ledger
 	q := pipeline.NewCopyQueue(64, 0)
@@ -490,7 +491,7 @@ func TestRestoreTTL(t *testing.T) {
 // in the kernel), the marker leaves the mark, and a clone whose marker says
 // the kernel's dup decremented its TTL gets it back, checksum included.
 func TestQueueClonesWithFakes(t *testing.T) {
-	checkNoLeak(t)
+	leaktest.Check(t)
 	sock := newFakeSock()
 	var led pipeline.Ledger
 	rec := &recorder{}
@@ -546,7 +547,7 @@ func ipChecksum(h []byte) uint16 {
 // original had it clear, and a packet the kernel cut short (NFQA_CAP_LEN)
 // is too big, never a copy.
 func TestQueueCloneOffloadAndDF(t *testing.T) {
-	checkNoLeak(t)
+	leaktest.Check(t)
 	sock := newFakeSock()
 	var led pipeline.Ledger
 	rec := &recorder{}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"github.com/nfclone/nfclone/internal/leaktest"
 	"github.com/nfclone/nfclone/internal/netnstest"
 	"github.com/nfclone/nfclone/packet"
 	"github.com/nfclone/nfclone/pipeline"
@@ -91,7 +92,7 @@ func (c *countSink) send(b []*packet.Packet) {
 
 func TestRootQueueReader(t *testing.T) {
 	requireRoot(t)
-	checkNoLeak(t)
+	leaktest.Check(t)
 	ns := newTestNS(t, "nfq")
 	addCloneRules(t, ns, 0)
 
@@ -176,7 +177,7 @@ func TestRootQueueReader(t *testing.T) {
 
 func TestRootLogReader(t *testing.T) {
 	requireRoot(t)
-	checkNoLeak(t)
+	leaktest.Check(t)
 	ns := newTestNS(t, "nfl")
 	script := "add table ip t\nadd chain ip t c { type filter hook output priority 0; }\n" +
 		"add rule ip t c meta l4proto icmp log group 5 snaplen 256 queue-threshold 4\n"

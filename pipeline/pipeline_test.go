@@ -3,7 +3,7 @@ package pipeline
 import (
 	"context"
 	"encoding/binary"
-	"runtime"
+	"github.com/nfclone/nfclone/internal/leaktest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -78,7 +78,7 @@ func TestCopyQueue(t *testing.T) {
 }
 
 func TestRunWorkersJoin(t *testing.T) {
-	checkNoLeak(t)
+	leaktest.Check(t)
 	q := NewCopyQueue(100, 0)
 	for i := 0; i < 50; i++ {
 		q.Push(packet.New(ipv4(40, [4]byte{})))
@@ -206,24 +206,4 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-}
-func checkNoLeak(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(3 * time.Second)
-		for {
-			n := runtime.NumGoroutine()
-			if n <= before {
-				return
-			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<16)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("goroutine leak: %d before, %d after\n%s", before, n, buf)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
 }
