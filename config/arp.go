@@ -66,7 +66,7 @@ func ARPWarnings(c *Config, h UseHost) Errors {
 	}
 	for i, s := range c.Sessions {
 		for j, t := range s.Targets {
-			if t.Kind != KindGateway || t.ARP != "off" || warned[t.Device] {
+			if t.Kind != KindGateway || t.ARP != ARPOff || warned[t.Device] {
 				continue
 			}
 			path := fmt.Sprintf("sessions[%d].targets[%d].arp", i, j)

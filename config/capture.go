@@ -69,7 +69,7 @@ func Capture(o CaptureOptions, pid int) (*Config, error) {
 		}
 	}
 	s := Session{Name: "capture", Method: method, HostOnly: o.HostOnly, Snaplen: o.Snaplen, Filter: strings.TrimSpace(o.Filter),
-		Targets:      []Target{{Kind: KindPcap, Path: path, Format: o.Format}},
+		Targets:      []Target{{Kind: KindPcap, Path: path, Format: Format(o.Format)}},
 		FirstPackets: o.FirstPackets, Cgroup: o.Cgroup, User: o.User}
 	for _, i := range o.Interfaces {
 		for _, n := range splitList(i) {
@@ -77,7 +77,7 @@ func Capture(o CaptureOptions, pid int) (*Config, error) {
 		}
 	}
 	if o.Proto != "" || o.Src != "" || o.Dst != "" || o.SPort != "" || o.DPort != "" {
-		r := Rule{Number: 1, Action: "accept", Protocol: o.Proto, Source: o.Src, Destination: o.Dst,
+		r := Rule{Number: 1, Action: ActionAccept, Protocol: o.Proto, Source: o.Src, Destination: o.Dst,
 			SourcePorts: o.SPort, DestinationPorts: o.DPort}
 		s.Rules = []Rule{r}
 		if o.Proto == "" && (o.SPort != "" || o.DPort != "") {

@@ -146,10 +146,39 @@ type Source struct {
 	Direction Direction `mapstructure:"direction" json:"direction"`
 }
 
+// Action is what a rule does with the packets it matches.
+type Action string
+
+// Rule actions.
+const (
+	ActionAccept Action = "accept" // copy
+	ActionReject Action = "reject" // do not copy
+)
+
+// ARP is how a gateway target's link-layer address is found: "" and on
+// resolve it with ARP/ND, off does not (mac gives it, or the neighbour
+// table has it).
+type ARP string
+
+// ARP modes.
+const (
+	ARPOn  ARP = "on"
+	ARPOff ARP = "off"
+)
+
+// Format is a pcap target's file format ("" is pcap).
+type Format string
+
+// File formats.
+const (
+	FormatPcap   Format = "pcap"
+	FormatPcapng Format = "pcapng"
+)
+
 // Rule is one numbered filter rule; the lowest number matches first.
 type Rule struct {
 	Number           int       `mapstructure:"number" json:"number"`
-	Action           string    `mapstructure:"action" json:"action"`
+	Action           Action    `mapstructure:"action" json:"action"`
 	Protocol         string    `mapstructure:"protocol" json:"protocol"`
 	Source           string    `mapstructure:"source" json:"source"`
 	Destination      string    `mapstructure:"destination" json:"destination"`
@@ -197,7 +226,7 @@ type Target struct {
 	Device  string `mapstructure:"device" json:"device,omitempty"`
 	Gateway string `mapstructure:"gateway" json:"gateway,omitempty"`
 	MAC     string `mapstructure:"mac" json:"mac,omitempty"`
-	ARP     string `mapstructure:"arp" json:"arp,omitempty"` // on | off
+	ARP     ARP    `mapstructure:"arp" json:"arp,omitempty"`
 	// device targets nfclone creates (a veth pair; copies can be read on Peer)
 	Create  bool   `mapstructure:"create" json:"create,omitempty"`
 	Peer    string `mapstructure:"peer" json:"peer,omitempty"`
@@ -207,7 +236,7 @@ type Target struct {
 	VNI    *int     `mapstructure:"vni" json:"vni,omitempty"`
 	// pcap
 	Path       string `mapstructure:"path" json:"path,omitempty"`
-	Format     string `mapstructure:"format" json:"format,omitempty"` // pcap | pcapng
+	Format     Format `mapstructure:"format" json:"format,omitempty"`
 	RotateSize string `mapstructure:"rotate_size" json:"rotate_size,omitempty"`
 	RotateKeep int    `mapstructure:"rotate_keep" json:"rotate_keep,omitempty"`
 	// RotateEvery: a new file at every multiple of this duration ("1h": on

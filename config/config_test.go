@@ -148,7 +148,7 @@ sessions:
 	if s.Sources[0].Direction != Both || s.Sources[1].Direction != Egress {
 		t.Errorf("directions: %+v", s.Sources)
 	}
-	for i, want := range []string{"", "off", "on", "on"} {
+	for i, want := range []ARP{"", ARPOff, ARPOn, ARPOn} {
 		if got := s.Targets[i].ARP; got != want {
 			t.Errorf("targets[%d].arp = %q, want %q", i, got, want)
 		}

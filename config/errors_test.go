@@ -361,6 +361,24 @@ sessions:
 		},
 	},
 	{
+		name: "enums of the wrong type are strings to the user",
+		bug:  "the typed enums made mapstructure say \"expected type 'config.Method'\", a Go name the YAML author never wrote",
+		yaml: `
+sessions:
+  - name: s
+    method: [queue]
+    sources: [{interface: e0, direction: [in]}]
+    targets: [{kind: [pcap], path: /tmp/x.pcap, format: [pcapng]}, {kind: gateway, gateway: 10.77.2.2, device: e1, arp: [off]}]
+`,
+		want: []string{
+			`sessions[0].method: expected type 'string', got unconvertible type '[]interface {}'`,
+			`sessions[0].sources[0].direction: expected type 'string', got unconvertible type '[]interface {}'`,
+			`sessions[0].targets[0].format: expected type 'string', got unconvertible type '[]interface {}'`,
+			`sessions[0].targets[0].kind: expected type 'string', got unconvertible type '[]interface {}'`,
+			`sessions[0].targets[1].arp: expected type 'string', got unconvertible type '[]interface {}'`,
+		},
+	},
+	{
 		name: "empty key",
 		bug:  "mapstructure's \"'sessions[0]' has invalid keys: \" loses its trailing space, reUnused does not match and the problem reads \"sessions[0]: has invalid keys:\" (at top level the path is empty)",
 		yaml: `

@@ -272,6 +272,12 @@ var (
 	reYAMLLine = regexp.MustCompile(`yaml: (line \d+: )?`)
 )
 
+// enumTypeNames are the config's named string types as mapstructure names
+// them in a decode error, and what a YAML author knows them as.
+var enumTypeNames = strings.NewReplacer(
+	"'config.Method'", "'string'", "'config.Kind'", "'string'", "'config.Direction'", "'string'",
+	"'config.Action'", "'string'", "'config.ARP'", "'string'", "'config.Format'", "'string'")
+
 // decodeProblems turns mapstructure's errors into key-path problems.
 func decodeProblems(err error) Errors {
 	var out Errors
@@ -286,6 +292,7 @@ func decodeProblems(err error) Errors {
 	}
 	for _, m := range msgs {
 		m = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(m), "* "))
+		m = enumTypeNames.Replace(m) // the user wrote YAML: they are strings there
 		if m == "" || strings.HasSuffix(m, "error(s) decoding:") || strings.HasPrefix(m, "decoding failed") {
 			continue
 		}

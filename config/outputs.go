@@ -84,7 +84,7 @@ func validateOutputTarget(p *problems, tp string, s *Session, t *Target, only fu
 			}
 		}
 		switch t.Format {
-		case "", "pcap", "pcapng":
+		case "", FormatPcap, FormatPcapng:
 		default:
 			p.add(tp+".format", "%q is not pcap or pcapng", t.Format)
 		}

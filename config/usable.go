@@ -100,7 +100,7 @@ func validateFamilies(p *problems, path string, s *Session) {
 	}
 	can := map[int]bool{}
 	for _, r := range s.Rules {
-		if r.Action == "accept" {
+		if r.Action == ActionAccept {
 			for _, f := range ruleFamilies(r) {
 				can[f] = true
 			}

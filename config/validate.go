@@ -257,7 +257,7 @@ func validateRules(p *problems, path string, s *Session, dirs map[Direction]bool
 		}
 		numbers[r.Number] = i
 		switch r.Action {
-		case "accept", "reject":
+		case ActionAccept, ActionReject:
 		case "":
 			p.add(rp+".action", "is required (accept or reject)")
 		default:
@@ -416,11 +416,11 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 			t.GatewayIP = a
 		}
 		switch t.ARP {
-		case "", "on", "off":
+		case "", ARPOn, ARPOff:
 		default:
 			p.add(tp+".arp", "%q is not on or off", t.ARP)
 		}
-		if t.ARP == "off" && t.MAC != "" {
+		if t.ARP == ARPOff && t.MAC != "" {
 			p.add(tp+".mac", "mac and arp: off exclude each other (mac installs a neighbour entry)")
 		}
 	case KindVXLAN, KindGENEVE:
@@ -453,7 +453,7 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 			p.add(tp+".path", "%q must be an absolute path or -", t.Path)
 		}
 		switch t.Format {
-		case "", "pcap", "pcapng":
+		case "", FormatPcap, FormatPcapng:
 		default:
 			p.add(tp+".format", "%q is not pcap or pcapng", t.Format)
 		}

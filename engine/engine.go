@@ -115,7 +115,7 @@ func routePlan(c *config.Config, gws []rules.GatewayRoute) route.Plan {
 			if !gw.IsValid() {
 				continue
 			}
-			if t.ARP == "off" && !flags[t.Device] {
+			if t.ARP == config.ARPOff && !flags[t.Device] {
 				flags[t.Device] = true
 				p.Flags = append(p.Flags, route.LinkFlag{Device: t.Device, NoARP: true})
 			}

@@ -45,8 +45,8 @@ func erspanMTU(t config.Target, mark uint32) int {
 
 // openPcapOverIP starts a pcap-over-ip target's TCP server.
 func openPcapOverIP(sc config.Session, t config.Target, name string, log *slog.Logger) (sink.Sink, error) {
-	cfg := sink.PcapOverIPConfig{Name: name, Listen: t.ListenAddr, Format: t.Format, Snaplen: sc.Snaplen, Logger: log}
-	if t.Format == "pcapng" {
+	cfg := sink.PcapOverIPConfig{Name: name, Listen: t.ListenAddr, Format: string(t.Format), Snaplen: sc.Snaplen, Logger: log}
+	if t.Format == config.FormatPcapng {
 		cfg.Annotate = annotation(sc)
 	}
 	for _, p := range t.AllowPrefixes {

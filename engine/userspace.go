@@ -464,7 +464,7 @@ func (s *session) status() status.SessionStatus {
 // annotates reports whether the session has an annotated (pcapng) target.
 func annotates(s config.Session) bool {
 	for _, t := range s.Targets {
-		if (t.Kind == config.KindPcap || t.Kind == config.KindPcapOverIP) && t.Format == "pcapng" {
+		if (t.Kind == config.KindPcap || t.Kind == config.KindPcapOverIP) && t.Format == config.FormatPcapng {
 			return true
 		}
 	}
@@ -520,11 +520,11 @@ func openExtraTarget(c *config.Config, sc config.Session, t config.Target, name 
 			keep = config.DefaultRotateKeep
 		}
 		var ann *sink.PcapAnnotation
-		if t.Format == "pcapng" {
+		if t.Format == config.FormatPcapng {
 			ann = annotation(sc)
 		}
 		return sink.NewPcap(sink.PcapConfig{Name: name, Logger: log, Annotate: ann, Config: pcapfile.Config{
-			Path: t.Path, Format: t.Format, LinkType: sink.LinkTypeRaw, Snaplen: sc.Snaplen, RotateSize: t.RotateBytes, RotateKeep: keep, RotateEvery: t.RotateInterval}})
+			Path: t.Path, Format: string(t.Format), LinkType: sink.LinkTypeRaw, Snaplen: sc.Snaplen, RotateSize: t.RotateBytes, RotateKeep: keep, RotateEvery: t.RotateInterval}})
 	}
 	return nil, fmt.Errorf("target kind %s is not available with method %s", t.Kind, sc.Method)
 }

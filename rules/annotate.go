@@ -30,7 +30,7 @@ func RuleMarks(c *config.Config, i int) uint32 {
 	}
 	pcapng := false
 	for _, t := range s.Targets {
-		if (t.Kind == config.KindPcap || t.Kind == config.KindPcapOverIP) && t.Format == "pcapng" {
+		if (t.Kind == config.KindPcap || t.Kind == config.KindPcapOverIP) && t.Format == config.FormatPcapng {
 			pcapng = true
 		}
 	}

@@ -485,7 +485,7 @@ func (sc *sessionCompiler) filterChain(fam nftables.TableFamily, name string, di
 		if !ok {
 			continue
 		}
-		if r.Action == "accept" {
+		if r.Action == config.ActionAccept {
 			if sc.ruleMarks != 0 {
 				b.markRule(sc.ruleMarks, k+1)
 			}

@@ -327,7 +327,7 @@ func (sc *sessionCompiler) claims(fam nftables.TableFamily, dir config.Direction
 				if !ok {
 					continue
 				}
-				if r.Action == "accept" {
+				if r.Action == config.ActionAccept {
 					b.count(sc.s.Name, CounterPriority).verdict(expr.VerdictAccept, "")
 				} else {
 					b.verdict(expr.VerdictReturn, "")
