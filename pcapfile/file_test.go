@@ -1,8 +1,8 @@
 package pcapfile
 
 import (
-	"bytes"
 	"fmt"
+	"github.com/nfclone/nfclone/internal/pcaptest"
 	"io"
 	"os"
 	"os/exec"
@@ -11,8 +11,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/gopacket/gopacket/pcapgo"
 )
 
 // record is an IPv4 header of n bytes whose last byte is marker.
@@ -22,51 +20,6 @@ func record(n int, marker byte) []byte {
 	b[2], b[3] = byte(n>>8), byte(n)
 	b[n-1] = marker
 	return b
-}
-
-type pcapRec struct {
-	data    []byte
-	origLen int
-}
-
-// readPcapFile reads every record of a pcap or pcapng file.
-func readPcapFile(t *testing.T, path string) (int, []pcapRec) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []pcapRec
-	if len(b) >= 4 && bytes.Equal(b[:4], []byte{0x0a, 0x0d, 0x0d, 0x0a}) {
-		r, err := pcapgo.NewNgReader(bytes.NewReader(b), pcapgo.DefaultNgReaderOptions)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for {
-			d, ci, err := r.ReadPacketData()
-			if err == io.EOF {
-				return int(r.LinkType()), out
-			}
-			if err != nil {
-				t.Fatalf("%s: record %d: %v", path, len(out), err)
-			}
-			out = append(out, pcapRec{d, ci.Length})
-		}
-	}
-	r, err := pcapgo.NewReader(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		d, ci, err := r.ReadPacketData()
-		if err == io.EOF {
-			return int(r.LinkType()), out
-		}
-		if err != nil {
-			t.Fatalf("%s: record %d: %v", path, len(out), err)
-		}
-		out = append(out, pcapRec{d, ci.Length})
-	}
 }
 
 func writeRecords(t *testing.T, cfg Config, first, n int) {
@@ -85,10 +38,10 @@ func writeRecords(t *testing.T, cfg Config, first, n int) {
 	}
 }
 
-func lastBytes(recs []pcapRec) []int {
+func lastBytes(recs []pcaptest.Record) []int {
 	var out []int
 	for _, r := range recs {
-		out = append(out, int(r.data[len(r.data)-1]))
+		out = append(out, int(r.Data[len(r.Data)-1]))
 	}
 	return out
 }
@@ -115,7 +68,7 @@ func TestPcapReopenAppends(t *testing.T) {
 			cfg := Config{Path: path, Format: format}
 			writeRecords(t, cfg, 0, 3)
 			writeRecords(t, cfg, 3, 2)
-			_, recs := readPcapFile(t, path)
+			_, recs := pcaptest.ReadFile(t, path)
 			if got := fmt.Sprint(lastBytes(recs)); got != "[0 1 2 3 4]" {
 				t.Fatalf("records after a re-open: %s, want [0 1 2 3 4]", got)
 			}
@@ -144,7 +97,7 @@ func TestPcapReopenMovesAside(t *testing.T) {
 	if string(aside) != string(before) {
 		t.Fatal("the file moved aside changed")
 	}
-	_, recs := readPcapFile(t, path)
+	_, recs := pcaptest.ReadFile(t, path)
 	if got := fmt.Sprint(lastBytes(recs)); got != "[3 4]" {
 		t.Fatalf("new file: %s", got)
 	}
@@ -237,7 +190,7 @@ func TestPcapRotateEvery(t *testing.T) {
 			t.Fatalf("%d files, want %d: %v", len(ents), len(want), ents)
 		}
 		for name, recs := range want {
-			_, got := readPcapFile(t, filepath.Join(dir, name))
+			_, got := pcaptest.ReadFile(t, filepath.Join(dir, name))
 			if fmt.Sprint(lastBytes(got)) != recs {
 				t.Fatalf("%s holds %v, want %s", name, lastBytes(got), recs)
 			}
@@ -248,7 +201,7 @@ func TestPcapRotateEvery(t *testing.T) {
 		p := filepath.Join(dir, "r.pcap")
 		write(t, Config{Path: p, RotateEvery: 10 * time.Second, RotateKeep: 5})
 		for name, recs := range map[string]string{"r.pcap.2": "[0 1]", "r.pcap.1": "[2 3]", "r.pcap": "[4]"} {
-			_, got := readPcapFile(t, filepath.Join(dir, name))
+			_, got := pcaptest.ReadFile(t, filepath.Join(dir, name))
 			if fmt.Sprint(lastBytes(got)) != recs {
 				t.Fatalf("%s holds %v, want %s", name, lastBytes(got), recs)
 			}
@@ -260,7 +213,7 @@ func TestPcapRotateEvery(t *testing.T) {
 		write(t, Config{Path: filepath.Join(dir, "s-%H%M%S.pcap"), RotateEvery: 10 * time.Second, RotateSize: 200, RotateKeep: 3})
 		first := "s-" + base.Local().Format("150405") + ".pcap"
 		for name, recs := range map[string]string{first + ".1": "[0]", first: "[1]"} {
-			_, got := readPcapFile(t, filepath.Join(dir, name))
+			_, got := pcaptest.ReadFile(t, filepath.Join(dir, name))
 			if fmt.Sprint(lastBytes(got)) != recs {
 				t.Fatalf("%s holds %v, want %s", name, lastBytes(got), recs)
 			}

@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/nfclone/nfclone/internal/pcaptest"
 	"github.com/nfclone/nfclone/packet"
 	"github.com/nfclone/nfclone/pcapfile"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,63 +16,8 @@ import (
 	"time"
 
 	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
 	"golang.org/x/sys/unix"
 )
-
-type pcapRec struct {
-	data    []byte
-	origLen int
-}
-
-func readPcap(t *testing.T, r io.Reader) (layers.LinkType, []pcapRec) {
-	t.Helper()
-	b, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []pcapRec
-	if len(b) >= 4 && bytes.Equal(b[:4], []byte{0x0a, 0x0d, 0x0d, 0x0a}) {
-		ng, err := pcapgo.NewNgReader(bytes.NewReader(b), pcapgo.DefaultNgReaderOptions)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for {
-			d, ci, err := ng.ReadPacketData()
-			if err == io.EOF {
-				return ng.LinkType(), out
-			}
-			if err != nil {
-				t.Fatalf("pcapng record %d: %v", len(out), err)
-			}
-			out = append(out, pcapRec{d, ci.Length})
-		}
-	}
-	rd, err := pcapgo.NewReader(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		d, ci, err := rd.ReadPacketData()
-		if err == io.EOF {
-			return rd.LinkType(), out
-		}
-		if err != nil {
-			t.Fatalf("pcap record %d: %v", len(out), err)
-		}
-		out = append(out, pcapRec{d, ci.Length})
-	}
-}
-
-func readPcapFile(t *testing.T, path string) (layers.LinkType, []pcapRec) {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	return readPcap(t, f)
-}
 
 // icmp4 and udp/v6 packets with valid checksums for tshark.
 func icmp4Echo() []byte {
@@ -106,15 +51,15 @@ func TestPcapRoundTrip(t *testing.T) {
 				t.Fatalf("send %d %v", n, err)
 			}
 			// Visible before Close: every Send flushes.
-			lt, recs := readPcapFile(t, path)
+			lt, recs := pcaptest.ReadFile(t, path)
 			if lt != layers.LinkTypeRaw || len(recs) != 3 {
 				t.Fatalf("link type %v, %d records", lt, len(recs))
 			}
-			if !bytes.Equal(recs[0].data, p4) || !bytes.Equal(recs[1].data, p6) || !bytes.Equal(recs[2].data, full[:100]) {
+			if !bytes.Equal(recs[0].Data, p4) || !bytes.Equal(recs[1].Data, p6) || !bytes.Equal(recs[2].Data, full[:100]) {
 				t.Fatal("records differ")
 			}
-			if recs[2].origLen != 300 || recs[0].origLen != len(p4) {
-				t.Fatalf("original lengths %d %d", recs[2].origLen, recs[0].origLen)
+			if recs[2].OrigLen != 300 || recs[0].OrigLen != len(p4) {
+				t.Fatalf("original lengths %d %d", recs[2].OrigLen, recs[0].OrigLen)
 			}
 			if err := s.Close(); err != nil {
 				t.Fatal(err)
@@ -153,13 +98,13 @@ func TestPcapEthernetAndStdoutWriter(t *testing.T) {
 	if n, err := s.Send(batch); n != 1 || err != nil {
 		t.Fatal(n, err)
 	}
-	lt, recs := readPcap(t, bytes.NewReader(buf.Bytes()))
+	lt, recs := pcaptest.Read(t, bytes.NewReader(buf.Bytes()))
 	if lt != layers.LinkTypeEthernet || len(recs) != 1 {
 		t.Fatalf("%v %d", lt, len(recs))
 	}
 	r := recs[0]
-	if len(r.data) != 50 || r.origLen != 94 || r.data[12] != 0x86 || r.data[13] != 0xdd || !bytes.Equal(r.data[14:], p6[:36]) {
-		t.Fatalf("record %x orig %d", r.data, r.origLen)
+	if len(r.Data) != 50 || r.OrigLen != 94 || r.Data[12] != 0x86 || r.Data[13] != 0xdd || !bytes.Equal(r.Data[14:], p6[:36]) {
+		t.Fatalf("record %x orig %d", r.Data, r.OrigLen)
 	}
 	if _, err := NewPcap(PcapConfig{Config: pcapfile.Config{Path: "x", LinkType: layers.LinkTypeLinuxSLL}}); err == nil {
 		t.Fatal("link type accepted")
@@ -202,8 +147,8 @@ func TestPcapRotation(t *testing.T) {
 				t.Fatalf("count %d", w.Count())
 			}
 			// 10 records: files of 3,3,3,1; the current file holds record 9.
-			_, cur := readPcapFile(t, path)
-			if len(cur) != 1 || cur[0].data[len(cur[0].data)-1] != 9 {
+			_, cur := pcaptest.ReadFile(t, path)
+			if len(cur) != 1 || cur[0].Data[len(cur[0].Data)-1] != 9 {
 				t.Fatalf("current file: %d records", len(cur))
 			}
 			kept := max(keep, 1) // a file is never emptied in place: keep 0 keeps one
@@ -215,9 +160,9 @@ func TestPcapRotation(t *testing.T) {
 				if st.Size() != 24+3*116 || st.Size() > 400 {
 					t.Fatalf("%s.%d: %d bytes", path, i, st.Size())
 				}
-				_, recs := readPcapFile(t, fmt.Sprintf("%s.%d", path, i))
+				_, recs := pcaptest.ReadFile(t, fmt.Sprintf("%s.%d", path, i))
 				// .1 has records 6-8, .2 has 3-5.
-				if first := recs[0].data[len(recs[0].data)-1]; int(first) != 9-3*i {
+				if first := recs[0].Data[len(recs[0].Data)-1]; int(first) != 9-3*i {
 					t.Fatalf(".%d starts with record %d", i, first)
 				}
 			}
@@ -269,8 +214,8 @@ func TestPcapStreamWriteErrorStaysWellFormed(t *testing.T) {
 	if n, err := s.Send(b2); n != 1 || err != nil {
 		t.Fatal(n, err)
 	}
-	_, recs := readPcap(t, bytes.NewReader(fw.buf.Bytes()))
-	if len(recs) != 3 || recs[1].data[99] != 2 || recs[2].data[99] != 4 {
+	_, recs := pcaptest.Read(t, bytes.NewReader(fw.buf.Bytes()))
+	if len(recs) != 3 || recs[1].Data[99] != 2 || recs[2].Data[99] != 4 {
 		t.Fatalf("%d records after recovery", len(recs))
 	}
 }
@@ -317,7 +262,7 @@ func TestRootPcapENOSPC(t *testing.T) {
 	if st.Errors == 0 {
 		t.Fatalf("stats %+v", st)
 	}
-	_, recs := readPcapFile(t, path)
+	_, recs := pcaptest.ReadFile(t, path)
 	if uint64(len(recs)) != st.Sent {
 		t.Fatalf("%d records in the file, %d sent", len(recs), st.Sent)
 	}
@@ -325,7 +270,7 @@ func TestRootPcapENOSPC(t *testing.T) {
 	for range 3 {
 		s.Send(batch)
 	}
-	_, recs = readPcapFile(t, path)
+	_, recs = pcaptest.ReadFile(t, path)
 	if uint64(len(recs)) != s.Stats().Sent {
 		t.Fatal("file not well-formed after repeated ENOSPC")
 	}
@@ -338,7 +283,7 @@ func TestRootPcapENOSPC(t *testing.T) {
 	if n, err := s.Send(batch); n != len(batch) || err != nil {
 		t.Fatalf("after freeing space: %d %v", n, err)
 	}
-	_, recs = readPcapFile(t, path)
+	_, recs = pcaptest.ReadFile(t, path)
 	if uint64(len(recs)) != before+uint64(len(batch)) {
 		t.Fatalf("%d records, want %d", len(recs), before+uint64(len(batch)))
 	}
