@@ -152,6 +152,7 @@ type fakeSock struct {
 	verdicts     []uint32
 	verdictKinds []uint32 // NF_ACCEPT, NF_DROP of each batch verdict
 	sends        int
+	rebufs       int // receive buffers replaced (packets kept in place)
 	closed       bool
 	ackErr       int32
 	sendErr      error
@@ -160,6 +161,13 @@ type fakeSock struct {
 func newFakeSock() *fakeSock { return &fakeSock{wake: make(chan struct{}, 1)} }
 
 func (f *fakeSock) Prepare(bufs [][]byte) { f.bufs = bufs }
+
+func (f *fakeSock) Rebuf(i int, b []byte) {
+	f.mu.Lock()
+	f.bufs[i] = b
+	f.rebufs++
+	f.mu.Unlock()
+}
 
 func (f *fakeSock) feed(items ...fakeItem) {
 	f.mu.Lock()

@@ -597,3 +597,119 @@ func TestQueueCloneOffloadAndDF(t *testing.T) {
 		t.Errorf("ledger %+v, want 2 copied and 1 too big", s)
 	}
 }
+
+// keepReader is an NFQUEUE reader of whole packets over a fake socket, and
+// its copy queue.
+func keepReader(t *testing.T) (*reader, *fakeSock, *pipeline.CopyQueue) {
+	t.Helper()
+	sock := newFakeSock()
+	q := pipeline.NewCopyQueue(1024, 0)
+	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 4}, sock, q, &pipeline.Ledger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qr.r.slots == nil {
+		t.Fatal("a reader of whole packets has no receive slots")
+	}
+	return qr.r, sock, q
+}
+
+// receive puts the datagram d into slot i as if recvmmsg had.
+func receive(r *reader, i int, d []byte) {
+	r.lens[i] = copy(r.bufs[i], d)
+	r.trunc[i] = false
+}
+
+// A large packet is handed on in the buffer it was received into: the
+// copy is its payload, with headroom for a sink's headers, and the slot
+// gets a fresh buffer, so the next datagram cannot overwrite the copy.
+// Small packets, and a large one followed by another message in its
+// datagram, are copied out and leave the slot as it was.
+func TestQueueKeepsLargePacketsInPlace(t *testing.T) {
+	r, sock, q := keepReader(t)
+	big := ipv4(40000, [4]byte{10, 77, 0, 2})
+	small := ipv4(300, [4]byte{10, 77, 0, 2})
+	pop := func() *packet.Packet {
+		t.Helper()
+		dst := make([]*packet.Packet, 1)
+		if q.TryPopBatch(dst) != 1 {
+			t.Fatal("no copy queued")
+		}
+		return dst[0]
+	}
+
+	slot0 := &r.bufs[0][0]
+	receive(r, 0, queuePacketMsg(qpkt{id: 1, data: big}))
+	r.process(1)
+	kept := pop()
+	if sock.rebufs != 1 || &r.bufs[0][0] == slot0 {
+		t.Fatalf("large packet: %d buffers replaced, slot moved %v; want 1, true", sock.rebufs, &r.bufs[0][0] != slot0)
+	}
+	if whole := kept.Frame(len(queuePacketMsg(qpkt{id: 1, data: big})) - len(big)); whole == nil || &whole[0] != slot0 {
+		t.Fatal("the copy is not the payload where it was received")
+	}
+	if !bytes.Equal(kept.Data, big) || kept.OrigLen != len(big) || kept.Family != 4 {
+		t.Fatalf("kept copy: %d bytes, orig %d, family %d", len(kept.Data), kept.OrigLen, kept.Family)
+	}
+	f := kept.Frame(packet.Headroom)
+	if f == nil || &f[packet.Headroom] != &kept.Data[0] || len(f) != packet.Headroom+len(big) {
+		t.Fatal("kept copy has no headroom for a sink's headers")
+	}
+	if cap(kept.Data) != len(kept.Data) {
+		t.Fatal("kept copy can grow into the rest of its receive buffer")
+	}
+
+	// The next datagram in slot 0 lands in the fresh buffer.
+	other := ipv4(40000, [4]byte{10, 77, 0, 3})
+	receive(r, 0, queuePacketMsg(qpkt{id: 2, data: other}))
+	r.process(1)
+	second := pop()
+	if !bytes.Equal(kept.Data, big) || !bytes.Equal(second.Data, other) {
+		t.Fatal("a later datagram overwrote a kept copy")
+	}
+	kept.Release()
+	second.Release()
+
+	// Copied out: a small packet, and a large one not last in its datagram.
+	n := sock.rebufs
+	receive(r, 0, queuePacketMsg(qpkt{id: 3, data: small}))
+	receive(r, 1, append(queuePacketMsg(qpkt{id: 4, data: big}), queuePacketMsg(qpkt{id: 5, data: small})...))
+	r.process(2)
+	for _, want := range [][]byte{small, big, small} {
+		p := pop()
+		if !bytes.Equal(p.Data, want) {
+			t.Fatalf("copied-out packet: %d bytes, want %d", len(p.Data), len(want))
+		}
+		p.Release()
+	}
+	if sock.rebufs != n {
+		t.Fatalf("%d buffers replaced for copied-out packets", sock.rebufs-n)
+	}
+}
+
+// Keeping a packet in place allocates nothing once the pool is warm.
+func TestKeepAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops items at random under -race")
+	}
+	r, _, q := keepReader(t)
+	msg := queuePacketMsg(qpkt{id: 1, data: ipv4(60000, [4]byte{10, 77, 0, 2})})
+	dst := make([]*packet.Packet, 1)
+	id := uint32(1)
+	step := func() {
+		receive(r, 0, msg)
+		binaryPutID(r.bufs[0], id)
+		id++
+		r.process(1)
+		r.flush()
+		if q.TryPopBatch(dst) == 1 {
+			dst[0].Release()
+		}
+	}
+	for i := 0; i < 10; i++ {
+		step()
+	}
+	if allocs := testing.AllocsPerRun(500, step); allocs > 0 {
+		t.Errorf("keeping a packet allocates %.1f per packet", allocs)
+	}
+}

@@ -16,6 +16,9 @@ import (
 type nlSocket interface {
 	// Prepare is called once with the receive buffers RecvBatch fills.
 	Prepare(bufs [][]byte)
+	// Rebuf makes b the receive buffer of slot i from the next RecvBatch
+	// on (the reader kept the old one's packet).
+	Rebuf(i int, b []byte)
 	// RecvBatch receives up to len(bufs) datagrams into the prepared
 	// buffers, setting lens[i] and trunc[i] (datagram longer than its
 	// buffer). With block it waits until at least one datagram is available
@@ -40,6 +43,9 @@ type mmsgSock struct {
 
 // Prepare points one recvmmsg header at each buffer.
 func (s *mmsgSock) Prepare(bufs [][]byte) { s.RecvBatch = mmsg.NewRecvBatch(bufs) }
+
+// Rebuf points header i at b.
+func (s *mmsgSock) Rebuf(i int, b []byte) { s.RecvBatch.Repoint(i, b) }
 
 // Send writes one netlink message.
 func (s *mmsgSock) Send(b []byte) error {

@@ -17,15 +17,21 @@ const Headroom = 64
 
 // Buffer size classes. A copy of at most smallPayload bytes uses a small
 // buffer, one of at most mediumPayload a medium one, anything larger (lo
-// has an MTU of 64 KiB, snaplen 0 means 0xffff) a large one. The medium
+// has an MTU of 64 KiB, snaplen 0 means 0xffff) a large one. A large
+// buffer also holds a whole NFQUEUE message of the largest copy (65531
+// bytes and the netlink headers before it), so that a reader can receive
+// into it and hand the payload on where it lies (Recv, Keep). The medium
 // class is for super-packets of a few segments (a TSO sender's packets
 // averaged 13 KB in the lab): the copy queue is bounded in buffer bytes,
 // and four times as many of them fit in it as in 64 KiB buffers.
 const (
 	smallPayload  = 2048
 	mediumPayload = 16 << 10
-	largePayload  = 0x10000
+	largePayload  = 65 << 10
 )
+
+// RecvSize is the length of a receive buffer (Recv).
+const RecvSize = largePayload
 
 // buffer classes (Packet.class)
 const (
@@ -98,7 +104,8 @@ type Packet struct {
 	// the worker's accounting reads it (0 = copied everywhere).
 	Errs uint8
 
-	buf   []byte // whole pooled buffer; Data == buf[Headroom:Headroom+n]
+	buf   []byte // whole pooled buffer; Data == buf[head:head+n]
+	head  int    // where Data starts in buf: Headroom, or more after Keep
 	class uint8
 }
 
@@ -115,7 +122,7 @@ var (
 )
 
 // Get returns a pooled packet whose Data has length n (n is clamped to
-// the largest buffer class, 64 KiB). The contents of Data are undefined.
+// the largest buffer class, 65 KiB). The contents of Data are undefined.
 func Get(n int) *Packet {
 	var p *Packet
 	switch {
@@ -130,7 +137,22 @@ func Get(n int) *Packet {
 		p = largePool.Get().(*Packet)
 	}
 	p.Data = p.buf[Headroom : Headroom+n]
+	p.head = Headroom
 	return p
+}
+
+// Recv returns a pooled packet whose Data is a receive buffer of RecvSize
+// bytes: a reader receives a datagram into it and, when the datagram holds
+// one large packet, keeps the packet where it lies (Keep) instead of
+// copying it out.
+func Recv() *Packet { return Get(RecvSize) }
+
+// Keep makes Data the part of it from off to end — the payload of the
+// message received into it — so that the bytes before are headroom for the
+// sinks' headers. It panics if the range is outside Data (a caller's bug).
+func (p *Packet) Keep(off, end int) {
+	p.Data = p.Data[off:end:end]
+	p.head += off
 }
 
 // New returns a pooled packet holding a copy of data, with Family and
@@ -181,12 +203,12 @@ func (p *Packet) Truncated() bool { return len(p.Data) < p.OrigLen }
 
 // Frame returns a slice that starts hdrLen bytes before Data and ends where
 // Data ends; the caller writes its header into the first hdrLen bytes. It
-// returns nil if hdrLen exceeds the headroom.
+// returns nil if hdrLen exceeds the headroom (at least Headroom bytes).
 func (p *Packet) Frame(hdrLen int) []byte {
-	if hdrLen < 0 || hdrLen > Headroom || len(p.buf) < Headroom+len(p.Data) {
+	if hdrLen < 0 || hdrLen > p.head || len(p.buf) < p.head+len(p.Data) {
 		return nil
 	}
-	return p.buf[Headroom-hdrLen : Headroom+len(p.Data)]
+	return p.buf[p.head-hdrLen : p.head+len(p.Data)]
 }
 
 // IPInfo returns the IP version (4 or 6) of an L3 packet and the original

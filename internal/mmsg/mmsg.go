@@ -97,6 +97,9 @@ func NewRecvBatch(bufs [][]byte) RecvBatch {
 	return b
 }
 
+// Repoint makes buf (not empty) the buffer of message i.
+func (b *RecvBatch) Repoint(i int, buf []byte) { Iov(&b.iovs[i], buf) }
+
 // Recv receives into the batch's buffers (see Recv).
 func (b *RecvBatch) Recv(fd int, flags int) (int, unix.Errno) { return Recv(fd, b.Hdrs, flags) }
 
