@@ -373,7 +373,6 @@ func (r *reader) keep(payload []byte) *packet.Packet {
 	return p
 }
 
-
 // walk handles every netlink message of one datagram.
 func (r *reader) walk(b []byte) {
 	pktType := uint16(subsysQueue<<8 | nfqnlMsgPacket)
