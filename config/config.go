@@ -76,6 +76,10 @@ type Queue struct {
 	// Nice is the niceness of every nfclone thread while it runs (-20..19;
 	// below 0 needs CAP_SYS_NICE).
 	Nice int `mapstructure:"nice" json:"nice"`
+	// CPUs is how many CPUs nfclone's Go code runs on at once while it
+	// runs (GOMAXPROCS; 0: all, Go's default). The GOMAXPROCS environment
+	// variable wins.
+	CPUs int `mapstructure:"cpus" json:"cpus"`
 	// CapByteCount is cap_bytes in bytes, filled by Validate.
 	CapByteCount int64 `mapstructure:"-" json:"-"`
 }

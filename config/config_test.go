@@ -161,6 +161,7 @@ sessions:
 func TestParseEnvOverrides(t *testing.T) {
 	cfg, err := Parse([]byte("queue: {cap: 5, workers: 3}\ntable: fromfile\n"), env(map[string]string{
 		"NFCLONE_QUEUE_CAP":      "100",
+		"NFCLONE_QUEUE_CPUS":     "1",
 		"NFCLONE_WATCH":          "true",
 		"NFCLONE_MARK":           "0x9000",
 		"NFCLONE_MARK_MASK":      "0xff00",
@@ -176,6 +177,7 @@ func TestParseEnvOverrides(t *testing.T) {
 	want.Table = "fromfile"
 	want.Queue.Cap = 100 // env wins over the file
 	want.Queue.Workers = 3
+	want.Queue.CPUs = 1
 	want.Watch = true
 	want.Mark = 0x9000
 	want.MarkMask = 0xff00
@@ -209,7 +211,7 @@ func TestLoadMissingFile(t *testing.T) {
 // sessions[10]).
 func TestAllProblemsAtOnce(t *testing.T) {
 	var b strings.Builder
-	b.WriteString("table: \"\"\nqueue: {workers: 0}\nmark: 0\nsessions:\n")
+	b.WriteString("table: \"\"\nqueue: {workers: 0, cpus: -1}\nmark: 0\nsessions:\n")
 	for i := 0; i < 12; i++ {
 		switch i {
 		case 2:
@@ -225,6 +227,7 @@ func TestAllProblemsAtOnce(t *testing.T) {
 	got := problemLines(t, b.String(), nil)
 	want := []string{
 		"mark: must not be 0 (copies are recognised by their mark)",
+		"queue.cpus: -1 is out of range 0-1024 (0: all)",
 		"queue.workers: 0 is out of range 1-256",
 		`sessions[2].method: "sideways" is not one of queue, log, dup`,
 		"sessions[10].targets[0].vni: is not a field of device targets (only vxlan, geneve)",

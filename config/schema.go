@@ -69,6 +69,7 @@ func schemaKeys() map[string]keyInfo {
 		"queue.cap_bytes": {desc: "Userspace copy queue bound in bytes of buffers (1MiB-4GiB), a size like 16MiB.", pattern: patSize},
 		"queue.workers":   ranged("Goroutines sending copies, per session.", 1, 256),
 		"queue.nice":      ranged("Niceness of nfclone's threads (below 0 needs CAP_SYS_NICE).", -20, 19),
+		"queue.cpus":      ranged("CPUs nfclone's Go code runs on at once (GOMAXPROCS); 0: all.", 0, 1024),
 		"sessions":        {desc: "Mirroring sessions: sources, filter, targets.", required: true},
 		"sessions[]":      {desc: "One mirroring session."},
 

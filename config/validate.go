@@ -164,6 +164,9 @@ func validateQueue(p *problems, q *Queue, sessions int) {
 	if q.Nice < -20 || q.Nice > 19 {
 		p.add("queue.nice", "%d is out of range -20-19", q.Nice)
 	}
+	if q.CPUs < 0 || q.CPUs > 1024 {
+		p.add("queue.cpus", "%d is out of range 0-1024 (0: all)", q.CPUs)
+	}
 }
 
 func validateSession(p *problems, path string, s *Session) {

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"os"
+	goruntime "runtime"
 	"runtime/debug"
 )
 
@@ -11,6 +12,15 @@ import (
 // near it instead of letting the heap grow to twice what is live after a
 // burst of 64 KiB super-packets. GOMEMLIMIT in the environment wins.
 const MemoryLimit = 48 << 20
+
+// SetCPUs lets nfclone's Go code run on at most n CPUs at once (n > 0;
+// queue.cpus) unless GOMAXPROCS is set in the environment.
+func SetCPUs(n int) {
+	if n <= 0 || os.Getenv("GOMAXPROCS") != "" {
+		return
+	}
+	goruntime.GOMAXPROCS(n)
+}
 
 // SetMemoryLimit applies MemoryLimit unless GOMEMLIMIT is set.
 func SetMemoryLimit() {

@@ -3,6 +3,7 @@ package engine
 import (
 	"os"
 	"os/exec"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -37,5 +38,28 @@ func TestSetNice(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "PASS") {
 		t.Fatalf("child: %v\n%s", err, out)
+	}
+}
+
+// SetCPUs sets GOMAXPROCS from queue.cpus; 0 and an explicit GOMAXPROCS in
+// the environment leave it alone.
+func TestSetCPUs(t *testing.T) {
+	before := goruntime.GOMAXPROCS(0)
+	defer goruntime.GOMAXPROCS(before)
+	t.Setenv("GOMAXPROCS", "")
+	os.Unsetenv("GOMAXPROCS")
+	SetCPUs(0)
+	if n := goruntime.GOMAXPROCS(0); n != before {
+		t.Fatalf("cpus 0 changed GOMAXPROCS to %d", n)
+	}
+	SetCPUs(1)
+	if n := goruntime.GOMAXPROCS(0); n != 1 {
+		t.Fatalf("cpus 1: GOMAXPROCS %d", n)
+	}
+	goruntime.GOMAXPROCS(before)
+	t.Setenv("GOMAXPROCS", strconv.Itoa(before))
+	SetCPUs(1)
+	if n := goruntime.GOMAXPROCS(0); n != before {
+		t.Fatalf("GOMAXPROCS=%d in the environment, yet cpus 1 set %d", before, n)
 	}
 }

@@ -48,6 +48,7 @@ func runDaemon(ctx context.Context, e *engine.Engine, log *slog.Logger, watch bo
 	if err := engine.SetNice(e.Cfg.Queue.Nice); err != nil {
 		return err
 	}
+	engine.SetCPUs(e.Cfg.Queue.CPUs)
 	engine.SetMemoryLimit()
 	d := &daemon.Daemon{Engine: e, Log: log}
 	if listen := e.Cfg.Metrics.Listen; listen != "" {
