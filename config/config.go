@@ -30,8 +30,8 @@ const (
 	DefaultQueueMax   = 4096
 	DefaultQueueCap   = 8192
 	// DefaultQueueCapBytes bounds a session's copy queue in buffer bytes: a
-	// copy of more than 2 KiB (a GSO super-packet) takes a 64 KiB buffer,
-	// so 8192 of them would be 512 MiB; 16 MiB holds about 8000 small copies
+	// copy of more than 16 KiB (a GSO super-packet) takes a 65 KiB buffer,
+	// so 8192 of them would be 520 MiB; 16 MiB holds about 8000 small copies
 	// (2 KiB buffers) or 250 super-packets.
 	DefaultQueueCapBytes = "16MiB"
 	DefaultWorkers       = 2
