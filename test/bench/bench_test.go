@@ -200,12 +200,13 @@ func TestParseLedgers(t *testing.T) {
 	in := `{"time":"x","level":"INFO","msg":"rules installed"}
 {"time":"2026","level":"INFO","msg":"session ledger","session":"bench","offered":822528,"copied":814227,"drops":8301,"queue_overflow":8301,"send_errors":0,"kernel_queue":0,"socket_overrun":0}
 {"time":"2026","level":"INFO","msg":"session ledger","session":"b2","offered":10,"copied":5,"drops":4,"queue_overflow":1,"send_errors":0,"kernel_queue":0,"socket_overrun":0}
+{"time":"2026","level":"INFO","msg":"session ledger","session":"b3","offered":100,"copied":60,"drops":40,"queue_overflow":10,"user":25,"malformed":5}
 `
 	ls, err := parseLedgers(in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ls) != 2 {
+	if len(ls) != 3 {
 		t.Fatalf("%d ledgers", len(ls))
 	}
 	if !ls[0].Balanced || ls[0].QueueOverflow != 8301 || ls[0].Session != "bench" {
@@ -213,6 +214,9 @@ func TestParseLedgers(t *testing.T) {
 	}
 	if ls[1].Balanced || ls[1].Other != 3 {
 		t.Errorf("%+v", ls[1])
+	}
+	if !ls[2].Balanced || ls[2].User != 25 || ls[2].Other != 5 || !strings.Contains(ledgerCell(&ls[2]), "user 25, other 5") {
+		t.Errorf("%+v: %s", ls[2], ledgerCell(&ls[2]))
 	}
 }
 

@@ -222,7 +222,10 @@ type Ledger struct {
 	KernelQueue   uint64 `json:"kernel_queue"`
 	SocketOverrun uint64 `json:"socket_overrun"`
 	RateLimit     uint64 `json:"rate_limit"`
-	// Other is drops not broken down above (user, malformed, kernel_lost).
+	// User: the kernel's NFQUEUE queue_user_dropped (the netlink socket was
+	// full: the reader did not keep up).
+	User uint64 `json:"user"`
+	// Other is drops not broken down above (malformed, kernel_lost, …).
 	Other    uint64 `json:"other"`
 	Balanced bool   `json:"balanced"`
 }
@@ -245,7 +248,7 @@ func parseLedgers(stderr string) ([]Ledger, error) {
 			continue
 		}
 		l := raw.Ledger
-		listed := l.QueueOverflow + l.SendErrors + l.KernelQueue + l.SocketOverrun + l.RateLimit
+		listed := l.QueueOverflow + l.SendErrors + l.KernelQueue + l.SocketOverrun + l.RateLimit + l.User
 		if l.Drops >= listed {
 			l.Other = l.Drops - listed
 		}

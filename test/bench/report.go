@@ -28,7 +28,7 @@ func ledgerCell(l *Ledger) string {
 	for _, d := range []struct {
 		n string
 		v uint64
-	}{{"overflow", l.QueueOverflow}, {"send", l.SendErrors}, {"kq", l.KernelQueue}, {"overrun", l.SocketOverrun}, {"rate", l.RateLimit}, {"other", l.Other}} {
+	}{{"overflow", l.QueueOverflow}, {"send", l.SendErrors}, {"kq", l.KernelQueue}, {"overrun", l.SocketOverrun}, {"user", l.User}, {"rate", l.RateLimit}, {"other", l.Other}} {
 		if d.v > 0 {
 			why = append(why, fmt.Sprintf("%s %d", d.n, d.v))
 		}
