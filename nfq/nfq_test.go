@@ -424,27 +424,23 @@ func TestHotPathAllocs(t *testing.T) {
 		t.Skip("sync.Pool drops items at random under -race")
 	}
 	sock := newFakeSock()
-	var led pipeline.Ledger
 	q := pipeline.NewCopyQueue(1024, 0)
-	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64, Snaplen: 2048}, sock, q, &led)
+	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64, Snaplen: 2048}, sock, q, &pipeline.Ledger{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := qr.r
-	msg := queuePacketMsg(qpkt{id: 1, data: ipv4(100, [4]byte{10, 77, 0, 2})})
-	copy(r.bufs[0], msg)
-	r.lens[0] = len(msg)
+	if allocs := readerAllocs(qr.r, q, queuePacketMsg(qpkt{id: 1, data: ipv4(100, [4]byte{10, 77, 0, 2})})); allocs > 0 {
+		t.Errorf("hot path allocates %.1f per packet", allocs)
+	}
+}
+
+// readerAllocs is the allocations per packet of reader r receiving msg (a
+// queue packet message) again and again, once the pools are warm.
+func readerAllocs(r *reader, q *pipeline.CopyQueue, msg []byte) float64 {
 	dst := make([]*packet.Packet, 1)
 	id := uint32(1)
-	// warm the pool
-	for i := 0; i < 10; i++ {
-		binaryPutID(r.bufs[0], id)
-		id++
-		r.process(1)
-		q.TryPopBatch(dst)
-		dst[0].Release()
-	}
-	allocs := testing.AllocsPerRun(1000, func() {
+	step := func() {
+		receive(r, 0, msg)
 		binaryPutID(r.bufs[0], id)
 		id++
 		r.process(1)
@@ -452,10 +448,11 @@ func TestHotPathAllocs(t *testing.T) {
 		if q.TryPopBatch(dst) == 1 {
 			dst[0].Release()
 		}
-	})
-	if allocs > 0 {
-		t.Errorf("hot path allocates %.1f per packet", allocs)
 	}
+	for i := 0; i < 10; i++ {
+		step()
+	}
+	return testing.AllocsPerRun(1000, step)
 }
 
 // binaryPutID rewrites the packet id of a canned queue packet message.
@@ -693,23 +690,7 @@ func TestKeepAllocs(t *testing.T) {
 		t.Skip("sync.Pool drops items at random under -race")
 	}
 	r, _, q := keepReader(t)
-	msg := queuePacketMsg(qpkt{id: 1, data: ipv4(60000, [4]byte{10, 77, 0, 2})})
-	dst := make([]*packet.Packet, 1)
-	id := uint32(1)
-	step := func() {
-		receive(r, 0, msg)
-		binaryPutID(r.bufs[0], id)
-		id++
-		r.process(1)
-		r.flush()
-		if q.TryPopBatch(dst) == 1 {
-			dst[0].Release()
-		}
-	}
-	for i := 0; i < 10; i++ {
-		step()
-	}
-	if allocs := testing.AllocsPerRun(500, step); allocs > 0 {
+	if allocs := readerAllocs(r, q, queuePacketMsg(qpkt{id: 1, data: ipv4(60000, [4]byte{10, 77, 0, 2})})); allocs > 0 {
 		t.Errorf("keeping a packet allocates %.1f per packet", allocs)
 	}
 }
