@@ -1,6 +1,7 @@
 package nfq
 
 import (
+	"github.com/nfclone/nfclone/internal/testpkt"
 	"testing"
 
 	"github.com/nfclone/nfclone/packet"
@@ -8,7 +9,7 @@ import (
 )
 
 func BenchmarkParseQueuePacket(b *testing.B) {
-	msg := queuePacketMsg(qpkt{id: 1, data: ipv4(64, [4]byte{10, 77, 0, 2}), inIf: 2, hw: []byte{2, 0, 0, 0, 0, 1}})
+	msg := queuePacketMsg(qpkt{id: 1, data: testpkt.IPv4(64, [4]byte{10, 77, 0, 2}), inIf: 2, hw: []byte{2, 0, 0, 0, 0, 1}})
 	var pi pktInfo
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
@@ -32,7 +33,7 @@ func BenchmarkReaderProcess(b *testing.B) {
 				b.Fatal(err)
 			}
 			r := qr.r
-			msg := queuePacketMsg(qpkt{id: 1, data: ipv4(size, [4]byte{10, 77, 0, 2})})
+			msg := queuePacketMsg(qpkt{id: 1, data: testpkt.IPv4(size, [4]byte{10, 77, 0, 2})})
 			for i := range r.bufs {
 				copy(r.bufs[i], msg)
 				r.lens[i] = len(msg)

@@ -107,21 +107,6 @@ func doneMsg() []byte {
 	return ne.AppendUint32(b, 0)
 }
 
-// ipv4 returns an IPv4/UDP packet of total length n (>= 28).
-func ipv4(n int, dst [4]byte) []byte {
-	b := make([]byte, n)
-	b[0] = 0x45
-	binary.BigEndian.PutUint16(b[2:4], uint16(n))
-	b[8] = 64
-	b[9] = 17
-	copy(b[12:16], []byte{10, 77, 0, 1})
-	copy(b[16:20], dst[:])
-	for i := 28; i < n; i++ {
-		b[i] = byte(i)
-	}
-	return b
-}
-
 func ipv6(n int) []byte {
 	b := make([]byte, n)
 	b[0] = 0x60

@@ -2,6 +2,7 @@ package nfq
 
 import (
 	"fmt"
+	"github.com/nfclone/nfclone/internal/testpkt"
 	"github.com/nfclone/nfclone/packet"
 	"github.com/nfclone/nfclone/pipeline"
 	"os"
@@ -10,7 +11,7 @@ import (
 )
 
 func fuzzSeeds() [][]byte {
-	v4 := ipv4(60, [4]byte{10, 77, 0, 2})
+	v4 := testpkt.IPv4(60, [4]byte{10, 77, 0, 2})
 	return [][]byte{
 		queuePacketMsg(qpkt{id: 1, data: v4}),
 		queuePacketMsg(qpkt{id: 2, data: v4[:28], capLen: 60, inIf: 2, hw: []byte{2, 0, 0, 0, 0, 1}}),

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"github.com/nfclone/nfclone/gso"
 	"github.com/nfclone/nfclone/internal/leaktest"
+	"github.com/nfclone/nfclone/internal/testpkt"
 	"github.com/nfclone/nfclone/packet"
 	"github.com/nfclone/nfclone/pipeline"
 	"sync"
@@ -18,7 +19,7 @@ import (
 )
 
 func TestParseQueuePacket(t *testing.T) {
-	data := ipv4(60, [4]byte{10, 77, 0, 2})
+	data := testpkt.IPv4(60, [4]byte{10, 77, 0, 2})
 	msg := queuePacketMsg(qpkt{id: 42, data: data[:40], capLen: 60, inIf: 3, hw: []byte{2, 0, 0, 0, 0, 9}})
 	m, rest, err := nextMsg(msg)
 	if err != nil || len(rest) != 0 {
@@ -52,7 +53,7 @@ func TestParseLogPacket(t *testing.T) {
 }
 
 func TestParseMalformed(t *testing.T) {
-	good := queuePacketMsg(qpkt{id: 1, data: ipv4(40, [4]byte{})})
+	good := queuePacketMsg(qpkt{id: 1, data: testpkt.IPv4(40, [4]byte{})})
 	var pi pktInfo
 	for name, b := range map[string][]byte{
 		"empty":      nil,
@@ -103,8 +104,8 @@ func TestIPInfo(t *testing.T) {
 		ok      bool
 		comment string
 	}{
-		{ipv4(100, [4]byte{}), 4, 100, true, "v4"},
-		{ipv4(100, [4]byte{})[:40], 4, 100, true, "v4 truncated"},
+		{testpkt.IPv4(100, [4]byte{}), 4, 100, true, "v4"},
+		{testpkt.IPv4(100, [4]byte{})[:40], 4, 100, true, "v4 truncated"},
 		{ipv6(100), 6, 100, true, "v6"},
 		{ipv6(100)[:60], 6, 100, true, "v6 truncated"},
 		{[]byte{0x45, 0}, 4, 2, false, "v4 short"},
@@ -141,7 +142,7 @@ func TestParseQueueStats(t *testing.T) {
 }
 
 func TestPacketHeadroom(t *testing.T) {
-	p := packet.New(ipv4(100, [4]byte{1, 2, 3, 4}))
+	p := packet.New(testpkt.IPv4(100, [4]byte{1, 2, 3, 4}))
 	defer p.Release()
 	f := p.Frame(14)
 	if len(f) != 114 || &f[14] != &p.Data[0] {
@@ -150,7 +151,7 @@ func TestPacketHeadroom(t *testing.T) {
 	if p.Frame(packet.Headroom+1) != nil {
 		t.Fatal("frame beyond headroom")
 	}
-	big := packet.New(ipv4(9000, [4]byte{}))
+	big := packet.New(testpkt.IPv4(9000, [4]byte{}))
 	if len(big.Data) != 9000 || big.OrigLen != 9000 || big.Family != 4 {
 		t.Fatal("large packet")
 	}
@@ -224,13 +225,13 @@ func TestQueuePathWithFakes(t *testing.T) {
 	rec := &recorder{}
 	_, stop := runPath(t, sock, 1024, rec, &led)
 	// A single clone is dropped at once (drained socket → flush).
-	sock.feedDgrams(queuePacketMsg(qpkt{id: 1, data: ipv4(64, [4]byte{10, 77, 0, 2})}))
+	sock.feedDgrams(queuePacketMsg(qpkt{id: 1, data: testpkt.IPv4(64, [4]byte{10, 77, 0, 2})}))
 	waitFor(t, "first verdict", func() bool { v := sock.verdictList(); return len(v) == 1 && v[0] == 1 })
 	// A burst of 10 with Batch=4: verdicts at 5, 9 (full recvmmsg batches),
 	// then 11 (drained).
 	var ds [][]byte
 	for id := uint32(2); id <= 11; id++ {
-		ds = append(ds, queuePacketMsg(qpkt{id: id, data: ipv4(60+int(id), [4]byte{10, 77, 0, 2})}))
+		ds = append(ds, queuePacketMsg(qpkt{id: id, data: testpkt.IPv4(60+int(id), [4]byte{10, 77, 0, 2})}))
 	}
 	sock.feedDgrams(ds...)
 	waitFor(t, "copies", func() bool { return rec.n.Load() == 11 })
@@ -244,7 +245,7 @@ func TestQueuePathWithFakes(t *testing.T) {
 	if s.Offered != 11 || s.Copied != 11 || s.InFlight != 0 || !s.Balanced() {
 		t.Fatalf("ledger %+v", s)
 	}
-	if !bytes.Equal(rec.got[0], ipv4(64, [4]byte{10, 77, 0, 2})) {
+	if !bytes.Equal(rec.got[0], testpkt.IPv4(64, [4]byte{10, 77, 0, 2})) {
 		t.Error("copy differs from original")
 	}
 }
@@ -256,7 +257,7 @@ func TestQueueENOBUFSAttributed(t *testing.T) {
 	rec := &recorder{}
 	qr, stop := runPath(t, sock, 1024, rec, &led)
 	p := func(id uint32) fakeItem {
-		return fakeItem{dgram: queuePacketMsg(qpkt{id: id, data: ipv4(40, [4]byte{10, 77, 0, 2})})}
+		return fakeItem{dgram: queuePacketMsg(qpkt{id: id, data: testpkt.IPv4(40, [4]byte{10, 77, 0, 2})})}
 	}
 	// ids 3,4,5 were lost in the overrun the ENOBUFS reports.
 	sock.feed(p(1), p(2), fakeItem{err: unix.ENOBUFS}, p(6), p(7))
@@ -280,9 +281,9 @@ func TestQueueMalformedAndOverflow(t *testing.T) {
 	_, stop := runPath(t, sock, 1024, rec, &led)
 	garbage := []byte{1, 2, 3}
 	notIP := queuePacketMsg(qpkt{id: 2, data: []byte{0x20, 1, 2, 3}})
-	huge := queuePacketMsg(qpkt{id: 3, data: ipv4(4000, [4]byte{})}) // > 2048+1024 buffer: truncated
-	sock.feedDgrams(queuePacketMsg(qpkt{id: 1, data: ipv4(40, [4]byte{})}), garbage, notIP, huge,
-		queuePacketMsg(qpkt{id: 4, data: ipv4(99, [4]byte{})}))
+	huge := queuePacketMsg(qpkt{id: 3, data: testpkt.IPv4(4000, [4]byte{})}) // > 2048+1024 buffer: truncated
+	sock.feedDgrams(queuePacketMsg(qpkt{id: 1, data: testpkt.IPv4(40, [4]byte{})}), garbage, notIP, huge,
+		queuePacketMsg(qpkt{id: 4, data: testpkt.IPv4(99, [4]byte{})}))
 	waitFor(t, "verdict 4", func() bool { v := sock.verdictList(); return len(v) > 0 && v[len(v)-1] == 4 })
 	waitFor(t, "sent", func() bool { return rec.n.Load() == 2 })
 	stop()
@@ -302,7 +303,7 @@ func TestQueueOverflowCounted(t *testing.T) {
 	}
 	var ds [][]byte
 	for id := uint32(1); id <= 5; id++ {
-		ds = append(ds, queuePacketMsg(qpkt{id: id, data: ipv4(40, [4]byte{})}))
+		ds = append(ds, queuePacketMsg(qpkt{id: id, data: testpkt.IPv4(40, [4]byte{})}))
 	}
 	sock.feedDgrams(ds...)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -338,7 +339,7 @@ func TestVerdictRetriedAfterSendError(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock.sendErr = unix.ENOMEM
-	sock.feedDgrams(queuePacketMsg(qpkt{id: 1, data: ipv4(40, [4]byte{})}))
+	sock.feedDgrams(queuePacketMsg(qpkt{id: 1, data: testpkt.IPv4(40, [4]byte{})}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { qr.Run(ctx); close(done) }()
@@ -386,8 +387,8 @@ func TestLogReaderSeqGaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	// One NFLOG datagram carries several messages and ends with DONE.
-	d1 := append(append(logPacketMsg(0, ipv4(40, [4]byte{})), logPacketMsg(1, ipv6(60))...), doneMsg()...)
-	d2 := append(logPacketMsg(4, ipv4(50, [4]byte{})), doneMsg()...) // 2,3 lost
+	d1 := append(append(logPacketMsg(0, testpkt.IPv4(40, [4]byte{})), logPacketMsg(1, ipv6(60))...), doneMsg()...)
+	d2 := append(logPacketMsg(4, testpkt.IPv4(50, [4]byte{})), doneMsg()...) // 2,3 lost
 	sock.feedDgrams(d1, d2)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -429,7 +430,7 @@ func TestHotPathAllocs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if allocs := readerAllocs(qr.r, q, queuePacketMsg(qpkt{id: 1, data: ipv4(100, [4]byte{10, 77, 0, 2})})); allocs > 0 {
+	if allocs := readerAllocs(qr.r, q, queuePacketMsg(qpkt{id: 1, data: testpkt.IPv4(100, [4]byte{10, 77, 0, 2})})); allocs > 0 {
 		t.Errorf("hot path allocates %.1f per packet", allocs)
 	}
 }
@@ -494,7 +495,7 @@ func TestQueueClonesWithFakes(t *testing.T) {
 	rec := &recorder{}
 	cfg := QueueConfig{Num: 0, Batch: 4, Snaplen: 2048, Clones: CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000}}
 	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
-	orig := ipv4(64, [4]byte{10, 77, 0, 2})
+	orig := testpkt.IPv4(64, [4]byte{10, 77, 0, 2})
 	binary.BigEndian.PutUint16(orig[10:], ipChecksum(orig[:20]))
 	dec := append([]byte(nil), orig...)
 	dec[8]--
@@ -552,7 +553,7 @@ func TestQueueCloneOffloadAndDF(t *testing.T) {
 	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
 	// Two packets told apart by their IP ID (two workers may reorder).
 	mk := func(id uint16, df bool) []byte {
-		b := ipv4(1400, [4]byte{10, 77, 0, 2})
+		b := testpkt.IPv4(1400, [4]byte{10, 77, 0, 2})
 		binary.BigEndian.PutUint16(b[4:], id)
 		if df {
 			b[6] |= 0x40
@@ -624,8 +625,8 @@ func receive(r *reader, i int, d []byte) {
 // datagram, are copied out and leave the slot as it was.
 func TestQueueKeepsLargePacketsInPlace(t *testing.T) {
 	r, sock, q := keepReader(t)
-	big := ipv4(40000, [4]byte{10, 77, 0, 2})
-	small := ipv4(300, [4]byte{10, 77, 0, 2})
+	big := testpkt.IPv4(40000, [4]byte{10, 77, 0, 2})
+	small := testpkt.IPv4(300, [4]byte{10, 77, 0, 2})
 	pop := func() *packet.Packet {
 		t.Helper()
 		dst := make([]*packet.Packet, 1)
@@ -657,7 +658,7 @@ func TestQueueKeepsLargePacketsInPlace(t *testing.T) {
 	}
 
 	// The next datagram in slot 0 lands in the fresh buffer.
-	other := ipv4(40000, [4]byte{10, 77, 0, 3})
+	other := testpkt.IPv4(40000, [4]byte{10, 77, 0, 3})
 	receive(r, 0, queuePacketMsg(qpkt{id: 2, data: other}))
 	r.process(1)
 	second := pop()
@@ -690,7 +691,7 @@ func TestKeepAllocs(t *testing.T) {
 		t.Skip("sync.Pool drops items at random under -race")
 	}
 	r, _, q := keepReader(t)
-	if allocs := readerAllocs(r, q, queuePacketMsg(qpkt{id: 1, data: ipv4(60000, [4]byte{10, 77, 0, 2})})); allocs > 0 {
+	if allocs := readerAllocs(r, q, queuePacketMsg(qpkt{id: 1, data: testpkt.IPv4(60000, [4]byte{10, 77, 0, 2})})); allocs > 0 {
 		t.Errorf("keeping a packet allocates %.1f per packet", allocs)
 	}
 }

@@ -2,6 +2,7 @@ package nfq
 
 import (
 	"encoding/binary"
+	"github.com/nfclone/nfclone/internal/testpkt"
 	"github.com/nfclone/nfclone/packet"
 	"github.com/nfclone/nfclone/pipeline"
 	"testing"
@@ -18,7 +19,7 @@ func tsAttr(sec, usec uint64) []byte {
 // NFULA_TIMESTAMP parse to nanoseconds, at microsecond precision.
 func TestParseTimestamps(t *testing.T) {
 	var pi pktInfo
-	msg := queuePacketMsg(qpkt{id: 1, data: ipv4(60, [4]byte{10, 77, 2, 2}), ts: tsAttr(1_800_000_000, 123456)})
+	msg := queuePacketMsg(qpkt{id: 1, data: testpkt.IPv4(60, [4]byte{10, 77, 2, 2}), ts: tsAttr(1_800_000_000, 123456)})
 	m, _, err := nextMsg(msg)
 	if err != nil {
 		t.Fatal(err)
@@ -31,7 +32,7 @@ func TestParseTimestamps(t *testing.T) {
 	}
 	var a []byte
 	a = appendAttr(a, nfulaTimestamp, tsAttr(1_800_000_001, 7))
-	a = appendAttr(a, nfulaPayload, ipv4(60, [4]byte{10, 77, 2, 2}))
+	a = appendAttr(a, nfulaPayload, testpkt.IPv4(60, [4]byte{10, 77, 2, 2}))
 	m, _, err = nextMsg(nlMessage(subsysUlog<<8|nfulnlMsgPacket, 0, 0, 2, 5, a))
 	if err != nil {
 		t.Fatal(err)
@@ -85,8 +86,8 @@ func TestReaderStampsCopies(t *testing.T) {
 	now := time.Date(2026, 12, 1, 18, 0, 0, 0, time.UTC).UnixNano()
 	r.clock = func() (int64, int64) { calls++; return now, 1e12 }
 	kt := now - 1500e3
-	d1 := queuePacketMsg(qpkt{id: 1, data: ipv4(60, [4]byte{10, 77, 2, 2}), ts: tsAttr(uint64(kt/1e9), uint64(kt%1e9/1e3))})
-	d2 := queuePacketMsg(qpkt{id: 2, data: ipv4(60, [4]byte{10, 77, 2, 2})})
+	d1 := queuePacketMsg(qpkt{id: 1, data: testpkt.IPv4(60, [4]byte{10, 77, 2, 2}), ts: tsAttr(uint64(kt/1e9), uint64(kt%1e9/1e3))})
+	d2 := queuePacketMsg(qpkt{id: 2, data: testpkt.IPv4(60, [4]byte{10, 77, 2, 2})})
 	copy(r.bufs[0], d1)
 	copy(r.bufs[1], d2)
 	r.lens[0], r.lens[1] = len(d1), len(d2)

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"github.com/nfclone/nfclone/internal/testpkt"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -13,7 +14,7 @@ import (
 
 func BenchmarkCopyQueuePushPop(b *testing.B) {
 	q := NewCopyQueue(1024, 0)
-	p := packet.New(ipv4(64, [4]byte{}))
+	p := packet.New(testpkt.IPv4(64, [4]byte{}))
 	dst := make([]*packet.Packet, 64)
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -36,7 +37,7 @@ func BenchmarkCopyQueueBatches(b *testing.B) {
 			// 64 flows over the two lanes.
 			flows := make([][]byte, 64)
 			for i := range flows {
-				flows[i] = ipv4(64, [4]byte{10, 77, byte(i), 2})
+				flows[i] = testpkt.IPv4(64, [4]byte{10, 77, byte(i), 2})
 			}
 			var popped atomic.Int64
 			ctx, cancel := context.WithCancel(context.Background())

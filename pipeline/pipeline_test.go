@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"github.com/nfclone/nfclone/internal/leaktest"
+	"github.com/nfclone/nfclone/internal/testpkt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -50,7 +51,7 @@ func TestLedgerArithmetic(t *testing.T) {
 func TestCopyQueue(t *testing.T) {
 	q := NewCopyQueue(4, 0)
 	for i := 0; i < 6; i++ {
-		q.Push(packet.New(ipv4(40, [4]byte{})))
+		q.Push(packet.New(testpkt.IPv4(40, [4]byte{})))
 	}
 	if q.Len() != 4 || q.Dropped() != 2 || q.Pushed() != 4 || !q.Full() {
 		t.Fatalf("len %d dropped %d", q.Len(), q.Dropped())
@@ -81,7 +82,7 @@ func TestRunWorkersJoin(t *testing.T) {
 	leaktest.Check(t)
 	q := NewCopyQueue(100, 0)
 	for i := 0; i < 50; i++ {
-		q.Push(packet.New(ipv4(40, [4]byte{})))
+		q.Push(packet.New(testpkt.IPv4(40, [4]byte{})))
 	}
 	var n atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
@@ -127,7 +128,7 @@ func TestCopyQueueBytes(t *testing.T) {
 // lane; each worker takes its own lane, so a flow's copies stay in order.
 func TestFlowLanes(t *testing.T) {
 	tcp := func(src, dst [4]byte, sport, dport uint16) []byte {
-		b := ipv4(60, dst)
+		b := testpkt.IPv4(60, dst)
 		b[9] = 6
 		copy(b[12:16], src[:])
 		binary.BigEndian.PutUint16(b[20:], sport)
@@ -138,7 +139,7 @@ func TestFlowLanes(t *testing.T) {
 	if FlowLane(tcp(a, b, 40000, 80)) != FlowLane(tcp(b, a, 80, 40000)) {
 		t.Error("the two directions of a connection hash apart")
 	}
-	first, later := ipv4(1500, b), ipv4(500, b)
+	first, later := testpkt.IPv4(1500, b), testpkt.IPv4(500, b)
 	copy(first[12:16], a[:])
 	copy(later[12:16], a[:])
 	first[6] = 0x20                            // MF
@@ -179,21 +180,6 @@ func TestFlowLanes(t *testing.T) {
 			t.Fatalf("copy %d has seq %d: the flow was reordered", i, s)
 		}
 	}
-}
-
-// ipv4 returns an IPv4/UDP packet of total length n (>= 28).
-func ipv4(n int, dst [4]byte) []byte {
-	b := make([]byte, n)
-	b[0] = 0x45
-	binary.BigEndian.PutUint16(b[2:4], uint16(n))
-	b[8] = 64
-	b[9] = 17
-	copy(b[12:16], []byte{10, 77, 0, 1})
-	copy(b[16:20], dst[:])
-	for i := 28; i < n; i++ {
-		b[i] = byte(i)
-	}
-	return b
 }
 
 // waitFor polls cond for up to 3 s.

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"encoding/binary"
+	"github.com/nfclone/nfclone/internal/testpkt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,7 +18,7 @@ func TestCopyQueuePushBatch(t *testing.T) {
 	q := NewCopyQueue(5, 0)
 	batch := make([]*packet.Packet, 8)
 	for i := range batch {
-		batch[i] = packet.New(ipv4(40, [4]byte{}))
+		batch[i] = packet.New(testpkt.IPv4(40, [4]byte{}))
 		binary.BigEndian.PutUint16(batch[i].Data[4:], uint16(i))
 	}
 	if n := q.PushBatch(batch); n != 5 || q.Len() != 5 || q.Dropped() != 3 || q.Pushed() != 5 {
@@ -55,7 +56,7 @@ func TestCopyQueuePushBatch(t *testing.T) {
 	ql := NewCopyQueue(1000, 0)
 	long := make([]*packet.Packet, 3*PushChunk+5)
 	for i := range long {
-		long[i] = packet.New(ipv4(40, [4]byte{}))
+		long[i] = packet.New(testpkt.IPv4(40, [4]byte{}))
 	}
 	if n := ql.PushBatch(long); n != len(long) || ql.Len() != len(long) {
 		t.Fatalf("queued %d of %d", n, len(long))
@@ -74,7 +75,7 @@ func TestCopyQueueWakesWorker(t *testing.T) {
 		dst := make([]*packet.Packet, 64)
 		n := 0
 		for n < 10 {
-			k := q.PopLane(context.Background(), int(FlowLane(ipv4(40, [4]byte{10, 77, 0, 2}))%2), dst)
+			k := q.PopLane(context.Background(), int(FlowLane(testpkt.IPv4(40, [4]byte{10, 77, 0, 2}))%2), dst)
 			n += k
 		}
 		got <- n
@@ -82,7 +83,7 @@ func TestCopyQueueWakesWorker(t *testing.T) {
 	time.Sleep(20 * time.Millisecond) // let it wait
 	batch := make([]*packet.Packet, 10)
 	for i := range batch {
-		batch[i] = packet.New(ipv4(40, [4]byte{10, 77, 0, 2}))
+		batch[i] = packet.New(testpkt.IPv4(40, [4]byte{10, 77, 0, 2}))
 	}
 	q.PushBatch(batch)
 	select {
@@ -140,7 +141,7 @@ func TestCopyQueueConcurrent(t *testing.T) {
 				batch = batch[:0]
 				for j := 0; j < 48 && i < perPusher; j, i = j+1, i+1 {
 					p := packet.Get(64)
-					p.Data = p.Data[:copy(p.Data, ipv4(64, [4]byte{10, 77, 9, 9}))]
+					p.Data = p.Data[:copy(p.Data, testpkt.IPv4(64, [4]byte{10, 77, 9, 9}))]
 					p.Data[9] = 17
 					binary.BigEndian.PutUint32(p.Data[12:], uint32(pu+1))
 					binary.BigEndian.PutUint32(p.Data[24:], uint32(i+1))
