@@ -170,6 +170,21 @@ const (
 	ARPOff ARP = "off"
 )
 
+// Encap says who encapsulates a vxlan target's copies.
+type Encap string
+
+// Encapsulations. Validate resolves "" for every vxlan and geneve target:
+// kernel for vxlan with one remote, userspace otherwise.
+const (
+	// EncapKernel: a kernel VXLAN device nfclone creates (method dup
+	// feeds it with netdev dup; queue and log write whole frames, TCP
+	// super-packets included, to it through a packet socket).
+	EncapKernel Encap = "kernel"
+	// EncapUserspace: nfclone writes the tunnel headers and sends UDP
+	// datagrams (several remotes, GENEVE; no VXLAN port is bound).
+	EncapUserspace Encap = "userspace"
+)
+
 // Format is a pcap target's file format ("" is pcap).
 type Format string
 
@@ -238,6 +253,7 @@ type Target struct {
 	// vxlan, geneve
 	Remote []string `mapstructure:"remote" json:"remote,omitempty"`
 	VNI    *int     `mapstructure:"vni" json:"vni,omitempty"`
+	Encap  Encap    `mapstructure:"encap" json:"encap,omitempty"`
 	// pcap
 	Path       string `mapstructure:"path" json:"path,omitempty"`
 	Format     Format `mapstructure:"format" json:"format,omitempty"`
@@ -265,6 +281,10 @@ type Target struct {
 	Listen string   `mapstructure:"listen" json:"listen,omitempty"`
 	Allow  []string `mapstructure:"allow" json:"allow,omitempty"`
 }
+
+// KernelVXLAN reports whether the target is a vxlan target whose copies a
+// kernel VXLAN device encapsulates (rules.VXLANDevice names it).
+func (t Target) KernelVXLAN() bool { return t.Kind == KindVXLAN && t.Encap == EncapKernel }
 
 // GatewayIs6 reports whether a gateway target's gateway is an IPv6
 // address (an IPv4-mapped one is IPv4): the one place that decides which

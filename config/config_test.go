@@ -83,9 +83,9 @@ func TestParseDesignExample(t *testing.T) {
 					{Kind: "gateway", Gateway: "10.77.2.2", Device: "e1", ARP: "off", GatewayIP: netip.MustParseAddr("10.77.2.2")},
 					{Kind: "device", Device: "e3"},
 					{Kind: "device", Device: "agg0", Create: true},
-					{Kind: "vxlan", Remote: []string{"10.77.4.2:4789"}, VNI: intp(123),
+					{Kind: "vxlan", Remote: []string{"10.77.4.2:4789"}, VNI: intp(123), Encap: EncapKernel,
 						RemoteAddrs: []netip.AddrPort{netip.MustParseAddrPort("10.77.4.2:4789")}},
-					{Kind: "geneve", Remote: []string{"10.77.4.2:6081", "[fd77:4::2]:6081"}, VNI: intp(124),
+					{Kind: "geneve", Remote: []string{"10.77.4.2:6081", "[fd77:4::2]:6081"}, VNI: intp(124), Encap: EncapUserspace,
 						RemoteAddrs: []netip.AddrPort{netip.MustParseAddrPort("10.77.4.2:6081"), netip.MustParseAddrPort("[fd77:4::2]:6081")}},
 					{Kind: "pcap", Path: "/var/lib/nfclone/web.pcap", RotateSize: "100MB", RotateKeep: 5, RotateBytes: 100_000_000},
 				},
@@ -339,5 +339,43 @@ func TestDefaultMarkInsideDefaultMask(t *testing.T) {
 		if other&DefaultMarkMask != 0 {
 			t.Errorf("default mark_mask %#x overlaps %#x", DefaultMarkMask, other)
 		}
+	}
+}
+
+// TestEncapDefaults: a vxlan target with one remote is encapsulated by a
+// kernel VXLAN device whatever the method; several remotes and geneve by
+// nfclone; an explicit userspace stays.
+func TestEncapDefaults(t *testing.T) {
+	cfg, err := Parse([]byte(`
+sessions:
+  - name: q
+    method: queue
+    sources: [{interface: e0}]
+    targets:
+      - {kind: vxlan, remote: "10.77.4.2:4789", vni: 1}
+      - {kind: vxlan, remote: ["10.77.4.2:4789", "10.77.4.3:4789"], vni: 2}
+      - {kind: geneve, remote: "10.77.4.2:6081", vni: 3}
+      - {kind: vxlan, remote: "10.77.4.2:4789", vni: 4, encap: userspace}
+  - name: d
+    sources: [{interface: e2}]
+    targets: [{kind: vxlan, remote: "10.77.4.2:4789", vni: 5}]
+`), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []Encap
+	var kernel []bool
+	for _, s := range cfg.Sessions {
+		for _, tg := range s.Targets {
+			got = append(got, tg.Encap)
+			kernel = append(kernel, tg.KernelVXLAN())
+		}
+	}
+	want := []Encap{EncapKernel, EncapUserspace, EncapUserspace, EncapUserspace, EncapKernel}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("encap = %v, want %v", got, want)
+	}
+	if wantK := []bool{true, false, false, false, true}; !reflect.DeepEqual(kernel, wantK) {
+		t.Errorf("KernelVXLAN = %v, want %v", kernel, wantK)
 	}
 }

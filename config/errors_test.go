@@ -327,6 +327,30 @@ sessions:
 		want: []string{"sessions[0].targets[0].remote: method dup feeds one kernel VXLAN device: one remote only"},
 	},
 	{
+		name: "encap a target cannot have",
+		yaml: `
+sessions:
+  - name: s
+    method: queue
+    sources: [{interface: e0}]
+    targets:
+      - {kind: geneve, remote: "10.77.4.2:6081", vni: 7, encap: kernel}
+      - {kind: vxlan, remote: ["10.77.4.2:4789", "10.77.4.3:4789"], vni: 7, encap: kernel}
+      - {kind: vxlan, remote: "10.77.4.2:4789", vni: 7, encap: bpf}
+      - {kind: gateway, gateway: 10.77.2.2, device: e1, encap: kernel}
+  - name: d
+    sources: [{interface: e2}]
+    targets: [{kind: vxlan, remote: "10.77.4.2:4789", vni: 8, encap: userspace}]
+`,
+		want: []string{
+			"sessions[0].targets[0].encap: kernel is for vxlan targets (nfclone creates no geneve device); use userspace",
+			"sessions[0].targets[1].encap: a kernel VXLAN device sends to one remote; use userspace for several",
+			`sessions[0].targets[2].encap: "bpf" is not kernel or userspace`,
+			"sessions[0].targets[3].encap: is not a field of gateway targets (only vxlan, geneve)",
+			"sessions[1].targets[0].encap: method dup copies in the kernel: its vxlan targets are encapsulated by a kernel VXLAN device (kernel)",
+		},
+	},
+	{
 		name: "wrong types",
 		yaml: `
 watch: sometimes

@@ -339,6 +339,32 @@ func validateRules(p *problems, path string, s *Session, dirs map[Direction]bool
 	}
 }
 
+// validateEncap resolves a tunnel target's encap: a kernel VXLAN device
+// for vxlan with one remote (method dup has nothing else), nfclone's own
+// headers for geneve and for several remotes.
+func validateEncap(p *problems, tp string, s *Session, t *Target) {
+	switch t.Encap {
+	case "":
+		t.Encap = EncapUserspace
+		if t.Kind == KindVXLAN && (len(t.Remote) == 1 || s.Method == MethodDup) {
+			t.Encap = EncapKernel
+		}
+	case EncapKernel:
+		switch {
+		case t.Kind != KindVXLAN:
+			p.add(tp+".encap", "kernel is for vxlan targets (nfclone creates no %s device); use userspace", t.Kind)
+		case len(t.Remote) > 1 && s.Method != MethodDup:
+			p.add(tp+".encap", "a kernel VXLAN device sends to one remote; use userspace for several")
+		}
+	case EncapUserspace:
+		if s.Method == MethodDup {
+			p.add(tp+".encap", "method dup copies in the kernel: its vxlan targets are encapsulated by a kernel VXLAN device (kernel)")
+		}
+	default:
+		p.add(tp+".encap", "%q is not kernel or userspace", t.Encap)
+	}
+}
+
 func validateTarget(p *problems, tp string, s *Session, t *Target) {
 	switch t.Kind {
 	case KindDevice, KindGateway, KindVXLAN, KindGENEVE, KindPcap, KindERSPAN, KindPcapOverIP:
@@ -374,6 +400,7 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 	only("promisc", t.Promisc, KindDevice)
 	only("remote", len(t.Remote) > 0, KindVXLAN, KindGENEVE, KindERSPAN)
 	only("vni", t.VNI != nil, KindVXLAN, KindGENEVE)
+	only("encap", t.Encap != "", KindVXLAN, KindGENEVE)
 	only("path", t.Path != "", KindPcap)
 	only("format", t.Format != "", KindPcap, KindPcapOverIP)
 	only("rotate_size", t.RotateSize != "", KindPcap)
@@ -444,6 +471,7 @@ func validateTarget(p *problems, tp string, s *Session, t *Target) {
 		if s.Method == MethodDup && len(t.Remote) > 1 {
 			p.add(tp+".remote", "method dup feeds one kernel VXLAN device: one remote only")
 		}
+		validateEncap(p, tp, s, t)
 		if t.VNI == nil {
 			p.add(tp+".vni", "is required (0-%d)", MaxVNI)
 		} else if *t.VNI < 0 || *t.VNI > MaxVNI {

@@ -49,10 +49,12 @@ func (e *Engine) writeState() {
 
 // execute carries out plan p of config c:
 //
-//  1. the new sessions open, on queue numbers no running session holds
-//     (kept sessions keep their queues, readers, workers and counters);
-//  2. the routing plan is applied on top of what is kept (nothing applied
-//     twice, nothing undone yet);
+//  1. the routing plan is applied on top of what is kept (nothing applied
+//     twice, nothing undone yet): links nfclone creates exist from here on;
+//  2. the new sessions open, on queue numbers no running session holds
+//     (kept sessions keep their queues, readers, workers and counters),
+//     with the interfaces as they are now: a device or VXLAN device the
+//     plan created is a target from the start;
 //  3. the whole ruleset replaces nfclone's tables in one netlink batch
 //     (originals never see a gap);
 //  4. the retired sessions stop (the rules no longer feed them), and the
@@ -63,24 +65,7 @@ func (e *Engine) writeState() {
 func (e *Engine) execute(c *config.Config, p applyPlan, idx map[string]int, reload bool) (err error) {
 	rt, log := e.rt, e.Log
 
-	// 1. sessions
-	var fresh []userSession
-	defer func() {
-		if err != nil {
-			for _, s := range fresh {
-				s.close()
-			}
-		}
-	}()
-	for _, o := range p.Open {
-		s, err := rt.h.sessions.Open(sessionSpec{Cfg: c, Index: o.Index, First: o.First, Key: o.Key, Gateways: p.Gateways, Idx: idx, Log: log})
-		if err != nil {
-			return err
-		}
-		fresh = append(fresh, s)
-	}
-
-	// 2. routing. The state file follows every single change, so a run
+	// 1. routing. The state file follows every single change, so a run
 	// killed halfway through (after the local rule moved, say) is still
 	// undone by flush.
 	before := rt.st.Journal
@@ -119,9 +104,28 @@ func (e *Engine) execute(c *config.Config, p applyPlan, idx map[string]int, relo
 		_ = rt.h.state.Write(rt.st)
 	}
 
-	// 3. rules, in one batch. Indexes are read again: the plan may have
-	// created interfaces.
+	// 2. sessions. Indexes are read again: the plan may have created
+	// interfaces, and a session's key holds those of its targets.
 	idx = interfaceIndexes(c, rt.h.links)
+	var fresh []userSession
+	defer func() {
+		if err != nil {
+			for _, s := range fresh {
+				s.close()
+			}
+			undoAdded()
+		}
+	}()
+	for _, o := range p.Open {
+		key := sessionKey(c, c.Sessions[o.Index], p.Gateways, idx)
+		s, err := rt.h.sessions.Open(sessionSpec{Cfg: c, Index: o.Index, First: o.First, Key: key, Gateways: p.Gateways, Idx: idx, Log: log})
+		if err != nil {
+			return err
+		}
+		fresh = append(fresh, s)
+	}
+
+	// 3. rules, in one batch.
 	cgroups := rt.h.cgroups(c, rt.cgroupRoot)
 	rs, err := rules.Compile(c, rules.Options{
 		NativeQueue: rt.feats.Has(rules.FeatNativeQueue),
@@ -130,7 +134,6 @@ func (e *Engine) execute(c *config.Config, p applyPlan, idx map[string]int, relo
 		CgroupID: func(p string) uint64 { return cgroups[p] },
 	})
 	if err != nil {
-		undoAdded()
 		return err
 	}
 	for _, s := range fresh {
@@ -140,8 +143,7 @@ func (e *Engine) execute(c *config.Config, p applyPlan, idx map[string]int, relo
 		for _, s := range fresh {
 			s.stop(0, nil)
 		}
-		fresh = nil
-		undoAdded()
+		fresh = nil // stopped, which closed them; the deferred undo still runs
 		return hostErr("%v", err)
 	}
 

@@ -74,8 +74,9 @@ func routePlan(c *config.Config, gws []rules.GatewayRoute) route.Plan {
 	created := map[string]bool{}
 	for _, s := range c.Sessions {
 		for _, t := range s.Targets {
-			if t.Kind == config.KindVXLAN && s.Method == config.MethodDup && len(t.Remote) == 1 && t.VNI != nil && !created[rules.VXLANDevice(t)] {
-				// The kernel encapsulates: nfclone owns a VXLAN device fed by netdev dup.
+			if t.KernelVXLAN() && len(t.Remote) == 1 && t.VNI != nil && !created[rules.VXLANDevice(t)] {
+				// The kernel encapsulates: nfclone owns a VXLAN device, fed by
+				// netdev dup or written to by a queue or log session's workers.
 				created[rules.VXLANDevice(t)] = true
 				if len(t.RemoteAddrs) == 1 {
 					ap := t.RemoteAddrs[0]
@@ -535,7 +536,7 @@ func interfaceIndexes(c *config.Config, l links) map[string]int {
 			case config.KindGateway:
 				look(t.Device)
 			case config.KindVXLAN:
-				if s.Method == config.MethodDup {
+				if t.KernelVXLAN() {
 					look(rules.VXLANDevice(t))
 				}
 			}
@@ -759,7 +760,7 @@ func (e *Engine) Status() status.Status {
 // sessionInterfaces are the interfaces a session depends on: its sources,
 // lo for a queue session (the kernel's clones are routed there), the
 // devices of its targets, both ends of a veth pair nfclone creates for it
-// and the VXLAN device it feeds with dup.
+// and the VXLAN devices that encapsulate its copies.
 func sessionInterfaces(s config.Session) map[string]bool {
 	out := map[string]bool{}
 	for _, src := range s.Sources {
@@ -776,7 +777,7 @@ func sessionInterfaces(s config.Session) map[string]bool {
 		case config.KindGateway:
 			out[t.Device] = true
 		case config.KindVXLAN:
-			if s.Method == config.MethodDup {
+			if t.KernelVXLAN() {
 				out[rules.VXLANDevice(t)] = true
 			}
 		}

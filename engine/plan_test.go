@@ -34,7 +34,15 @@ sessions:
   - name: again
     method: log
     sources: [{interface: e2}]
-    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1, arp: off}]
+    targets:
+      - {kind: gateway, gateway: 10.77.2.2, device: e1, arp: off}
+      # a kernel VXLAN device each (the default with one remote) ...
+      - {kind: vxlan, remote: "10.77.4.2:4789", vni: 8}
+      - {kind: vxlan, remote: "10.77.4.2:4789", vni: 7}
+      # ... and none for nfclone's own encapsulation
+      - {kind: vxlan, remote: "10.77.4.2:4789", vni: 9, encap: userspace}
+      - {kind: vxlan, remote: ["10.77.4.2:4789", "10.77.4.3:4789"], vni: 10}
+      - {kind: geneve, remote: "10.77.4.2:6081", vni: 11}
   - name: tap
     sources: [{interface: e0}]
     targets:
@@ -45,7 +53,8 @@ sessions:
 	want := []string{
 		"ip link add name agg0-tx up promisc on type veth peer name agg0 promisc on",
 		"ip link set agg0 up",
-		"ip link add name nfcvx9e80c225 up type vxlan id 7 remote 10.77.4.2 dstport 4789",
+		"ip link add name nfcvx7fecd396 up type vxlan id 8 remote 10.77.4.2 dstport 4789",
+		"ip link add name nfcvx9e80c225 up type vxlan id 7 remote 10.77.4.2 dstport 4789", // shared with the dup session tap
 		"ip link set e1 arp off",
 		"ip neigh replace 10.77.4.2 lladdr 02:00:00:00:77:42 dev e3 nud permanent",
 		"ip route add unreachable default metric 4294967295 table 20035",

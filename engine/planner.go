@@ -8,7 +8,7 @@ import (
 
 // applyPlan is what making a config the running one takes, decided before
 // anything is touched (planApply, pure). The executor (Engine.execute)
-// carries it out in this order: open the new sessions, apply Add, compile
+// carries it out in this order: apply Add, open the new sessions, compile
 // and apply the ruleset in one batch, then stop Retire and undo Unwanted.
 type applyPlan struct {
 	Gateways []rules.GatewayRoute
@@ -33,7 +33,9 @@ type applyPlan struct {
 	Unwanted route.Journal
 }
 
-// sessionStep is one session to open.
+// sessionStep is one session to open. Its Key is the one planned with the
+// interfaces before Add; execute keys the session it opens with the
+// interfaces after Add (a device the plan creates is part of the key).
 type sessionStep struct {
 	Index int // in the config's Sessions
 	sessionIdent

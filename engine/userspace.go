@@ -76,6 +76,10 @@ func sessionKey(c *config.Config, s config.Session, gws []rules.GatewayRoute, id
 			k.Marks = append(k.Marks, m)
 		case config.KindDevice:
 			k.Devices[rules.DeviceTargetName(t)] = idx[rules.DeviceTargetName(t)]
+		case config.KindVXLAN:
+			if t.KernelVXLAN() {
+				k.Devices[rules.VXLANDevice(t)] = idx[rules.VXLANDevice(t)]
+			}
 		}
 	}
 	if annotates(s) {
@@ -127,6 +131,22 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 				vlan = uint16(*t.VLAN)
 			}
 			sk, err = sink.NewDevice(sink.DeviceConfig{Name: name, Device: dev, DstMAC: mac, Mark: c.Mark, VLAN: vlan, Logger: slog})
+		case config.KindVXLAN:
+			if !t.KernelVXLAN() {
+				sk, err = openExtraTarget(c, sc, t, name, slog)
+				break
+			}
+			// nfclone's VXLAN device encapsulates: frames with the inner
+			// Ethernet header the userspace tunnel writes, TCP
+			// super-packets whole (the kernel cuts them after the outer
+			// headers are on, and picks the outer source port per flow).
+			dev := rules.VXLANDevice(t)
+			if idx[dev] == 0 {
+				s.missing = append(s.missing, dev)
+				slog.Warn("target's VXLAN device is missing; the session goes on without it", "target", name, "interface", dev)
+				continue
+			}
+			sk, err = sink.NewDevice(sink.DeviceConfig{Name: name, Device: dev, SrcMAC: sink.DefaultTunnelSrcMAC, DstMAC: sink.DefaultTunnelDstMAC, Mark: c.Mark, Logger: slog})
 		default:
 			sk, err = openExtraTarget(c, sc, t, name, slog)
 		}
@@ -209,6 +229,12 @@ func sessionMTU(sc config.Session, mark uint32) int {
 			for _, ap := range t.RemoteAddrs {
 				if pm := pathMTU(ap, mark); pm > 0 {
 					limit(pm - tunnelOverhead(ap.Addr()))
+				}
+			}
+			if t.KernelVXLAN() {
+				// A packet socket cannot send more than the device's MTU.
+				if ifc, err := net.InterfaceByName(rules.VXLANDevice(t)); err == nil {
+					limit(ifc.MTU)
 				}
 			}
 		case config.KindERSPAN:

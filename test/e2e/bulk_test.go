@@ -46,7 +46,7 @@ const (
 type bulkCase struct {
 	fam     string // v4 | v6
 	method  string // dup | queue | log
-	target  string // gateway | device | vxlan
+	target  string // gateway | device | vxlan (a kernel VXLAN device) | vxlan-userspace (nfclone's headers)
 	traffic string // forwarded: src → col2 through eng; host: eng itself sends to col2
 }
 
@@ -54,8 +54,12 @@ func (c bulkCase) name() string {
 	return c.fam + "/" + c.method + "/" + c.target + "/" + c.traffic
 }
 
-// bulkCases: IPv4 over every method × target × traffic, IPv6 to a gateway
-// (forwarded and host). dup rows are the control: the kernel makes those
+// tunnel reports whether the copies arrive in VXLAN.
+func (c bulkCase) tunnel() bool { return strings.HasPrefix(c.target, "vxlan") }
+
+// bulkCases: IPv4 over every method × target × traffic (and nfclone's own
+// VXLAN encapsulation for queue and log), IPv6 to a gateway (forwarded and
+// host). dup rows are the control: the kernel makes those
 // copies, so they show what complete, wire-valid copies look like here.
 func bulkCases() []bulkCase {
 	var cs []bulkCase
@@ -63,6 +67,11 @@ func bulkCases() []bulkCase {
 		for _, tg := range []string{"gateway", "device", "vxlan"} {
 			for _, tr := range []string{"forwarded", "host"} {
 				cs = append(cs, bulkCase{"v4", m, tg, tr})
+			}
+		}
+		if m != "dup" {
+			for _, tr := range []string{"forwarded", "host"} {
+				cs = append(cs, bulkCase{"v4", m, "vxlan-userspace", tr})
 			}
 		}
 	}
@@ -79,6 +88,8 @@ func (c bulkCase) config() string {
 	switch {
 	case c.target == "vxlan":
 		tgt = fmt.Sprintf(`{kind: vxlan, remote: "%s:4789", vni: %d}`, lab.ColIP, bulkVNI)
+	case c.target == "vxlan-userspace":
+		tgt = fmt.Sprintf(`{kind: vxlan, remote: "%s:4789", vni: %d, encap: userspace}`, lab.ColIP, bulkVNI)
 	case c.target == "gateway" && c.fam == "v6":
 		tgt = fmt.Sprintf(`{kind: gateway, gateway: "%s", device: e1}`, lab.Col6)
 	case c.target == "gateway":
@@ -188,7 +199,7 @@ func runBulk(t *testing.T, l *lab.Lab, base string, c bulkCase, file string, sum
 	// unresolved neighbour waits in a short queue).
 	ping(t, l, l.Eng, colAddr, 1)
 	filter := fmt.Sprintf("tcp port %d or (ip[6:2] & 0x3fff != 0) or (ip6 and ip6[6] == 44)", bulkPort)
-	if c.target == "vxlan" {
+	if c.tunnel() {
 		filter = "udp port 4789 or (ip[6:2] & 0x3fff != 0)" // outer fragments too
 	}
 	capt := l.StartCapture(t, l.Col, lab.Iface, filter, lab.Direction("in"), lab.TcpdumpArgs("-s", "0", "-B", collectorBuf))
@@ -228,7 +239,7 @@ func runBulk(t *testing.T, l *lab.Lab, base string, c bulkCase, file string, sum
 		t.Errorf("tcpdump at the collector reports %d packets dropped by kernel: the capture lost them, not nfclone (tcpdump: %s)", drops, capt.Tcpdump())
 	}
 
-	j := judgeTCPCopies(t, capt.Path, c.target == "vxlan")
+	j := judgeTCPCopies(t, capt.Path, c.tunnel())
 	t.Logf("%s: sent in %v; at col: %d frames, %d data segments, %d IP fragments; stream %d bytes; tshark %v, stream %v",
 		c.name(), sendTime.Round(time.Millisecond), j.frames, j.dataFrames, j.fragments, j.streamLen, j.tsharkTime.Round(time.Millisecond), j.streamTime.Round(time.Millisecond))
 	if j.frames == 0 || j.dataFrames == 0 {
@@ -253,7 +264,7 @@ func runBulk(t *testing.T, l *lab.Lab, base string, c bulkCase, file string, sum
 	if len(j.innerOversize) > 0 {
 		t.Errorf("%d VXLAN inner frames over %d bytes, e.g. %s", len(j.innerOversize), maxWireFrame, first(j.innerOversize, 5))
 	}
-	if c.target != "vxlan" && j.fragments > 0 {
+	if !c.tunnel() && j.fragments > 0 {
 		t.Errorf("%d copied TCP packets are IP fragments (the originals are never fragmented)", j.fragments)
 	}
 	if j.innerFragments > 0 {

@@ -27,10 +27,13 @@ func innerIP(t *testing.T, p lab.Packet) []byte {
 
 // Userspace copies in VXLAN and GENEVE: tshark on the collector decodes the
 // tunnel with the configured VNI, and the inner packets equal the originals.
+// vxlan with one remote goes through the kernel VXLAN device nfclone creates
+// (encap: kernel, the default; gone on exit), or nfclone's own headers
+// (encap: userspace, and always geneve: no device).
 func TestTunnelTargets(t *testing.T) {
 	for _, method := range []string{"queue", "log"} {
-		for _, tc := range []struct{ kind, port, field string }{{"vxlan", "4789", "vxlan"}, {"geneve", "6081", "geneve"}} {
-			t.Run(method+"/"+tc.kind, func(t *testing.T) {
+		for _, tc := range []struct{ kind, port, encap string }{{"vxlan", "4789", "kernel"}, {"vxlan", "4789", "userspace"}, {"geneve", "6081", "userspace"}} {
+			t.Run(method+"/"+tc.kind+"/"+tc.encap, func(t *testing.T) {
 				l := lab.New(t)
 				d := startNfclone(t, l, fmt.Sprintf(`
 sessions:
@@ -38,8 +41,12 @@ sessions:
     method: %s
     sources: [{interface: e0, direction: ingress}]
     rules: [{number: 1, action: accept, protocol: icmp}]
-    targets: [{kind: %s, remote: "10.77.4.2:%s", vni: 4242}]
-`, method, tc.kind, tc.port))
+    targets: [{kind: %s, remote: "10.77.4.2:%s", vni: 4242, encap: %s}]
+`, method, tc.kind, tc.port, tc.encap))
+				device := strings.Contains(l.MustExec(t, l.Eng, "ip", "-d", "link", "show", "type", "vxlan"), "vxlan id 4242 remote 10.77.4.2")
+				if device != (tc.encap == "kernel") {
+					t.Fatalf("encap %s: a VXLAN device with VNI 4242 in eng: %v", tc.encap, device)
+				}
 				orig := l.StartCapture(t, l.Src, "e0", "icmp[0] == 8", lab.Direction("out"))
 				c := l.StartCapture(t, l.Col2, "e0", "udp port "+tc.port, lab.Direction("in"))
 				ping(t, l, l.Src, lab.EngE0IP, pings)
@@ -62,6 +69,9 @@ sessions:
 					t.Fatalf("one flow used %d outer source ports: %v", len(ports), ports)
 				}
 				d.stop(t)
+				if out := l.MustExec(t, l.Eng, "ip", "-d", "link", "show", "type", "vxlan"); strings.Contains(out, "vxlan") {
+					t.Fatalf("a VXLAN device survived SIGTERM:\n%s", out)
+				}
 			})
 		}
 	}
