@@ -26,7 +26,7 @@ func (e *Engine) apply(c *config.Config, reload bool) error {
 	if err != nil {
 		return err
 	}
-	return e.execute(c, p, idx, reload)
+	return e.execute(c, p, reload)
 }
 
 // running is what the planner knows of the running sessions.
@@ -62,7 +62,7 @@ func (e *Engine) writeState() {
 //
 // A failure in 1–3 undoes what this apply did (sessions closed, routing
 // changes undone) and leaves the previous config running.
-func (e *Engine) execute(c *config.Config, p applyPlan, idx map[string]int, reload bool) (err error) {
+func (e *Engine) execute(c *config.Config, p applyPlan, reload bool) (err error) {
 	rt, log := e.rt, e.Log
 
 	// 1. routing. The state file follows every single change, so a run
@@ -106,7 +106,7 @@ func (e *Engine) execute(c *config.Config, p applyPlan, idx map[string]int, relo
 
 	// 2. sessions. Indexes are read again: the plan may have created
 	// interfaces, and a session's key holds those of its targets.
-	idx = interfaceIndexes(c, rt.h.links)
+	idx := interfaceIndexes(c, rt.h.links)
 	var fresh []userSession
 	defer func() {
 		if err != nil {
