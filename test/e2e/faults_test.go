@@ -198,3 +198,72 @@ sessions:
 	st, _ := os.Stat(path)
 	t.Logf("disk full: %d copies written (%d bytes), %d send errors, ledger %v", led["copied"], st.Size(), led["send_errors"], led)
 }
+
+// The kernel VXLAN device of a queue session's vxlan target (encap: kernel)
+// deleted, then set down: nfclone puts it back (re-created, brought up), the
+// session writes into the new device, and the collector gets VXLAN copies
+// again each time; originals are never affected.
+func TestFaultOwnedVXLANDevice(t *testing.T) {
+	l := lab.New(t)
+	d := startNfclone(t, l, `
+sessions:
+  - name: f
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets: [{kind: vxlan, remote: "10.77.4.2:4789", vni: 21}]
+`)
+	device := func() (name string, up bool) {
+		out := l.MustExec(t, l.Eng, "ip", "-o", "link", "show", "type", "vxlan")
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) > 2 && strings.HasPrefix(f[1], "nfcvx") {
+				return strings.TrimSuffix(f[1], ":"), strings.Contains(f[2], ",UP")
+			}
+		}
+		return "", false
+	}
+	copies := func(what string) {
+		t.Helper()
+		c := l.StartCapture(t, l.Col2, "e0", "udp port 4789", lab.Direction("in"))
+		ping(t, l, l.Src, lab.EngE0IP, pings) // originals unaffected
+		c.WaitCount(pings, 5*time.Second)
+		requireCount(t, what, c.Stop(), func(p lab.Packet) bool {
+			return p.VXLANVNI == 21 && len(p.All("icmp.type")) > 0 && p.All("icmp.type")[0] == "8"
+		}, pings)
+	}
+	name, up := device()
+	if name == "" || !up {
+		t.Fatalf("no VXLAN device of nfclone's up in eng (%q, up %v)", name, up)
+	}
+	copies("VXLAN copies through " + name)
+	gen := generation(t, l, d)
+
+	l.MustExec(t, l.Eng, "ip", "link", "del", name)
+	running := func(st map[string]any) bool {
+		for _, s := range st["sessions"].([]any) {
+			if m := s.(map[string]any); m["name"] == "f" {
+				return m["state"] == "running"
+			}
+		}
+		return false
+	}
+	lab.WaitFor(t, 15*time.Second, func() bool {
+		n, up := device()
+		st := status(t, l, d)
+		return n == name && up && int(st["generation"].(float64)) > gen && running(st)
+	}, "nfclone to re-create "+name+" and reopen the session on it")
+	copies("VXLAN copies through the re-created " + name)
+
+	l.MustExec(t, l.Eng, "ip", "link", "set", name, "down")
+	lab.WaitFor(t, 15*time.Second, func() bool { _, up := device(); return up }, "nfclone to bring "+name+" up again")
+	copies("VXLAN copies after " + name + " was set down and up")
+	d.stop(t)
+	if n, _ := device(); n != "" {
+		t.Fatalf("%s survived SIGTERM", n)
+	}
+	for _, line := range strings.Split(d.Stderr(), "\n") {
+		if strings.Contains(line, `msg="session ledger"`) && !strings.Contains(line, "balanced=true") {
+			t.Fatalf("a ledger does not balance: %s", line)
+		}
+	}
+}
