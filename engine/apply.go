@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -89,6 +90,9 @@ func (e *Engine) execute(c *config.Config, p applyPlan, reload bool) (err error)
 		// Rolled back (added is nil), or what the failed rollback left.
 		rt.st.Journal = append(rt.st.Journal, added...)
 		_ = rt.h.state.Write(rt.st)
+		if errors.Is(err, route.ErrVXLANInUse) {
+			return hostErr("applying routing plan: %v (a queue or log session's vxlan target can take encap: userspace, which needs no device)", err)
+		}
 		return hostErr("applying routing plan: %v", err)
 	}
 	// The state file holds everything in place now (old and new) until the

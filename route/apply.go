@@ -205,6 +205,10 @@ func (r *run) forgetCreated(name, kind string, cause error) error {
 	return cause
 }
 
+// ErrVXLANInUse: the kernel refused a VXLAN device because another one on
+// the host already has its VNI and UDP port.
+var ErrVXLANInUse = errors.New("another VXLAN device on this host has this VNI and port")
+
 func (r *run) createVXLAN(v VXLAN) error {
 	if err := refuseExisting(r.k, v.Name); err != nil {
 		return fmt.Errorf("creating vxlan %s: %w", v.Name, err)
@@ -220,6 +224,11 @@ func (r *run) createVXLAN(v VXLAN) error {
 	r.intend(Change{Op: OpLinkCreated, Link: &CreatedLink{Name: v.Name, Kind: "vxlan"}})
 	if err := r.k.CreateVXLAN(v, underlay); err != nil {
 		r.retract()
+		if errors.Is(err, unix.EEXIST) {
+			// The name is free (refuseExisting): the kernel refuses a
+			// second device with the same VNI and port.
+			err = fmt.Errorf("%w: %w", ErrVXLANInUse, err)
+		}
 		return fmt.Errorf("creating vxlan %s id %d remote %s dstport %d: %w", v.Name, v.VNI, v.Remote, v.port(), err)
 	}
 	l, err := LinkByName(r.k, v.Name)

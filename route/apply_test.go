@@ -405,3 +405,26 @@ func TestApplyInvalidPlanTouchesNothing(t *testing.T) {
 	}
 	assertSame(t, "invalid plan", f.Snapshot(), before)
 }
+
+// A VXLAN device the kernel refuses because its VNI and port are taken
+// (EEXIST with a free name) says so, and nothing is left behind.
+func TestApplyVXLANInUse(t *testing.T) {
+	f := newTestFake(t)
+	before := f.Snapshot()
+	f.FailOn(func(op string) error {
+		if strings.HasPrefix(op, "CreateVXLAN") {
+			return unix.EEXIST
+		}
+		return nil
+	})
+	p := route.Plan{VXLANs: []route.VXLAN{{Name: "nfcvx1", VNI: 7, Remote: netip.MustParseAddr("10.77.2.2")}}}
+	_, err := route.NewApplier(f, nil).Apply(p)
+	if !errors.Is(err, route.ErrVXLANInUse) || !errors.Is(err, unix.EEXIST) {
+		t.Fatalf("Apply error = %v, want ErrVXLANInUse wrapping EEXIST", err)
+	}
+	if !strings.Contains(err.Error(), "id 7") || !strings.Contains(err.Error(), "dstport 4789") {
+		t.Fatalf("the error does not name the VNI and port: %v", err)
+	}
+	f.FailOn(nil)
+	assertSame(t, "after the refused VXLAN device", f.Snapshot(), before)
+}

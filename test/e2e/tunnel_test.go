@@ -256,3 +256,42 @@ sessions:
 	}
 	d.stop(t)
 }
+
+// A host that already has a VXLAN device with the target's VNI and port
+// (a VTEP of its own): the kernel refuses nfclone's device, run ends with
+// exit 2 saying why and what to use instead, the host's device and the
+// lab are untouched; with encap: userspace the same session copies.
+func TestVXLANDeviceInUse(t *testing.T) {
+	l := lab.New(t)
+	l.MustExec(t, l.Eng, "ip", "link", "add", "vtep0", "type", "vxlan", "id", "31", "dstport", "4789")
+	cfg := `
+sessions:
+  - name: vx
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets: [{kind: vxlan, remote: "10.77.4.2:4789", vni: 31%s}]
+`
+	before := l.MustExec(t, l.Eng, "ip", "-d", "link")
+	path, _ := writeConfig(t, fmt.Sprintf(cfg, ""))
+	_, errOut, code := nfc(l, "run", "-c", path)
+	if code != 2 {
+		t.Fatalf("run with VNI 31 on port 4789 taken: exit %d, want 2\n%s", code, errOut)
+	}
+	for _, want := range []string{"another VXLAN device on this host has this VNI and port", "encap: userspace"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("missing %q in:\n%s", want, errOut)
+		}
+	}
+	if after := l.MustExec(t, l.Eng, "ip", "-d", "link"); after != before {
+		t.Fatalf("the failed start changed the links:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	d := startNfclone(t, l, fmt.Sprintf(cfg, ", encap: userspace"))
+	c := l.StartCapture(t, l.Col2, "e0", "udp port 4789", lab.Direction("in"))
+	ping(t, l, l.Src, lab.EngE0IP, pings)
+	c.WaitCount(pings, 5*time.Second)
+	requireCount(t, "VXLAN copies with encap: userspace", c.Stop(), func(p lab.Packet) bool {
+		return p.VXLANVNI == 31 && len(p.All("icmp.type")) > 0 && p.All("icmp.type")[0] == "8"
+	}, pings)
+	d.stop(t)
+}
