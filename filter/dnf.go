@@ -150,11 +150,9 @@ func (t Term) normalize() (Term, bool) {
 	if famPos != 0 && famNeg[famPos] || protoPos >= 0 && protoNeg[uint8(protoPos)] {
 		return nil, false
 	}
-	// icmp is IPv4's, icmp6 IPv6's: nft's meta l4proto says so too, but a
-	// term that asks for both cannot match.
-	if protoPos == 1 && famPos == 6 || protoPos == 58 && famPos == 4 {
-		return nil, false
-	}
+	// No pruning by family and protocol number: "ip proto 58" is an IPv4
+	// packet carrying protocol 58, which tcpdump and nft's meta l4proto
+	// both match (icmp and icmp6 bring their family literal with them).
 	// Implied: "not ipv6" when ipv4 is required, "proto != udp" when tcp is.
 	kept := out[:0]
 	for _, l := range out {

@@ -202,3 +202,36 @@ func FuzzFilter(f *testing.F) {
 		checkEquivalent(t, e, rand.New(rand.NewSource(int64(len(s)))), 50)
 	})
 }
+
+// A protocol number the other family usually carries is still matched:
+// "ip proto 58" is an IPv4 packet with protocol 58 (ICMPv6's number), as
+// tcpdump and nft's meta l4proto see it; the lowering once dropped such a
+// term (found by FuzzFilter).
+func TestProtoNumberOfTheOtherFamily(t *testing.T) {
+	for _, tc := range []struct {
+		expr string
+		p    Packet
+	}{
+		{"ip proto 58", Packet{Fam: 4, Proto: 58, Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.77.5.2")}},
+		{"ip6 proto 1", Packet{Fam: 6, Proto: 1, Src: netip.MustParseAddr("fd77::1"), Dst: netip.MustParseAddr("fd77::2")}},
+	} {
+		e, err := Parse(tc.expr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !e.Eval(tc.p) {
+			t.Fatalf("%q does not match %+v", tc.expr, tc.p)
+		}
+		ts, err := e.Terms(tc.p.Fam)
+		if err != nil {
+			t.Fatal(err)
+		}
+		matched := false
+		for _, tm := range ts {
+			matched = matched || tm.Match(tc.p)
+		}
+		if !matched {
+			t.Fatalf("%q: the terms %v do not match %+v", tc.expr, ts, tc.p)
+		}
+	}
+}
