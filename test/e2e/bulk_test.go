@@ -58,8 +58,8 @@ func (c bulkCase) name() string {
 func (c bulkCase) tunnel() bool { return strings.HasPrefix(c.target, "vxlan") }
 
 // bulkCases: IPv4 over every method × target × traffic (and nfclone's own
-// VXLAN encapsulation for queue and log), IPv6 to a gateway (forwarded and
-// host). dup rows are the control: the kernel makes those
+// VXLAN encapsulation for queue and log), IPv6 to a gateway and, for queue
+// and log, into a kernel VXLAN device (forwarded and host). dup rows are the control: the kernel makes those
 // copies, so they show what complete, wire-valid copies look like here.
 func bulkCases() []bulkCase {
 	var cs []bulkCase
@@ -78,6 +78,9 @@ func bulkCases() []bulkCase {
 	for _, m := range []string{"dup", "queue", "log"} {
 		for _, tr := range []string{"forwarded", "host"} {
 			cs = append(cs, bulkCase{"v6", m, "gateway", tr})
+			if m != "dup" {
+				cs = append(cs, bulkCase{"v6", m, "vxlan", tr}) // IPv6 inside the kernel's VXLAN device
+			}
 		}
 	}
 	return cs
@@ -193,6 +196,9 @@ func runBulk(t *testing.T, l *lab.Lab, base string, c bulkCase, file string, sum
 	listen, connect := fmt.Sprintf("TCP4-LISTEN:%d,reuseaddr", bulkPort), fmt.Sprintf("TCP4:%s:%d", lab.Col2IP, bulkPort)
 	if c.fam == "v6" {
 		colAddr, dst = lab.Col6, lab.Col26
+		if c.tunnel() {
+			colAddr = lab.ColIP // the VXLAN remote: IPv6 copies inside IPv4
+		}
 		listen, connect = fmt.Sprintf("TCP6-LISTEN:%d,reuseaddr", bulkPort), fmt.Sprintf("TCP6:[%s]:%d", lab.Col26, bulkPort)
 	}
 	// The collector is a known neighbour before the burst (a copy to an
