@@ -151,11 +151,7 @@ sessions:
 	lab.WaitFor(t, 10*time.Second, func() bool { return generation(t, l, d) >= 3 }, "nfclone to reopen the session on the new mon0")
 	requirePingCopies(t, l, l.Eng, "mon1", "device copies on the re-created mon0")
 	d.stop(t)
-	for _, line := range strings.Split(d.Stderr(), "\n") {
-		if strings.Contains(line, `msg="session ledger"`) && !strings.Contains(line, "balanced=true") {
-			t.Fatalf("a ledger does not balance: %s", line)
-		}
-	}
+	requireBalancedLedgers(t, d.Stderr())
 }
 
 // The pcap disk fills up (a 256 KiB tmpfs): copies are counted as send
@@ -227,9 +223,7 @@ sessions:
 		c := l.StartCapture(t, l.Col2, "e0", "udp port 4789", lab.Direction("in"))
 		ping(t, l, l.Src, lab.EngE0IP, pings) // originals unaffected
 		c.WaitCount(pings, 5*time.Second)
-		requireCount(t, what, c.Stop(), func(p lab.Packet) bool {
-			return p.VXLANVNI == 21 && len(p.All("icmp.type")) > 0 && p.All("icmp.type")[0] == "8"
-		}, pings)
+		requireCount(t, what, c.Stop(), vxlanEchoReq(21), pings)
 	}
 	name, up := device()
 	if name == "" || !up {
@@ -261,9 +255,5 @@ sessions:
 	if n, _ := device(); n != "" {
 		t.Fatalf("%s survived SIGTERM", n)
 	}
-	for _, line := range strings.Split(d.Stderr(), "\n") {
-		if strings.Contains(line, `msg="session ledger"`) && !strings.Contains(line, "balanced=true") {
-			t.Fatalf("a ledger does not balance: %s", line)
-		}
-	}
+	requireBalancedLedgers(t, d.Stderr())
 }

@@ -242,3 +242,22 @@ func requireCopiesExact(t *testing.T, what string, originals, copies []lab.Packe
 		delete(byID, seq(p))
 	}
 }
+
+// vxlanEchoReq matches VXLAN datagrams with VNI vni whose inner packet is
+// an ICMP echo request.
+func vxlanEchoReq(vni int) func(lab.Packet) bool {
+	return func(p lab.Packet) bool {
+		return p.VXLANVNI == vni && len(p.All("icmp.type")) > 0 && p.All("icmp.type")[0] == "8"
+	}
+}
+
+// requireBalancedLedgers fails unless every session ledger nfclone logged
+// balances.
+func requireBalancedLedgers(t *testing.T, stderr string) {
+	t.Helper()
+	for _, line := range strings.Split(stderr, "\n") {
+		if strings.Contains(line, `msg="session ledger"`) && !strings.Contains(line, "balanced=true") {
+			t.Fatalf("a ledger does not balance: %s", line)
+		}
+	}
+}

@@ -90,9 +90,7 @@ sessions:
 	c := l.StartCapture(t, l.Col2, "e0", "udp port 4789", lab.Direction("in"))
 	ping(t, l, l.Src, lab.EngE0IP, pings)
 	c.WaitCount(pings, 5*time.Second)
-	requireCount(t, "VXLAN frames with VNI 99 holding echo requests", c.Stop(), func(p lab.Packet) bool {
-		return p.VXLANVNI == 99 && len(p.All("icmp.type")) > 0 && p.All("icmp.type")[0] == "8"
-	}, pings)
+	requireCount(t, "VXLAN frames with VNI 99 holding echo requests", c.Stop(), vxlanEchoReq(99), pings)
 	d.stop(t)
 	if out := l.MustExec(t, l.Eng, "ip", "-d", "link"); strings.Contains(out, "vxlan") {
 		t.Fatalf("the VXLAN device survived SIGTERM:\n%s", out)
@@ -246,9 +244,7 @@ sessions:
 	copies := l.StartCapture(t, l.Col, "e0", "udp port 4789", lab.Direction("in"))
 	ping(t, l, l.Src, lab.EngE0IP, pings)
 	tunnel.WaitCount(pings, 5*time.Second)
-	requireCount(t, "VXLAN echo requests at the collector", tunnel.Stop(), func(p lab.Packet) bool {
-		return p.VXLANVNI == 3 && len(p.All("icmp.type")) > 0 && p.All("icmp.type")[0] == "8"
-	}, pings)
+	requireCount(t, "VXLAN echo requests at the collector", tunnel.Stop(), vxlanEchoReq(3), pings)
 	requireCount(t, "VXLAN packets copied by the e3 egress session", copies.Stop(), func(lab.Packet) bool { return true }, 0)
 	rendered, _, _ := nfc(l, "render", "-c", d.cfgPath)
 	if !strings.Contains(rendered, "ip daddr 10.77.4.2 udp dport 4789 return") {
@@ -290,8 +286,6 @@ sessions:
 	c := l.StartCapture(t, l.Col2, "e0", "udp port 4789", lab.Direction("in"))
 	ping(t, l, l.Src, lab.EngE0IP, pings)
 	c.WaitCount(pings, 5*time.Second)
-	requireCount(t, "VXLAN copies with encap: userspace", c.Stop(), func(p lab.Packet) bool {
-		return p.VXLANVNI == 31 && len(p.All("icmp.type")) > 0 && p.All("icmp.type")[0] == "8"
-	}, pings)
+	requireCount(t, "VXLAN copies with encap: userspace", c.Stop(), vxlanEchoReq(31), pings)
 	d.stop(t)
 }
