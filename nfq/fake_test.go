@@ -164,6 +164,17 @@ func (f *fakeSock) feed(items ...fakeItem) {
 	}
 }
 
+// left is the number of datagrams not read yet.
+func (f *fakeSock) left() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, b := range f.bursts {
+		n += len(b)
+	}
+	return n
+}
+
 func (f *fakeSock) feedDgrams(ds ...[]byte) {
 	items := make([]fakeItem, len(ds))
 	for i, d := range ds {
@@ -187,7 +198,7 @@ func (f *fakeSock) RecvBatch(lens []int, trunc []bool, block bool) (int, error) 
 			b := f.bursts[0]
 			n := 0
 			var err error
-			for n < len(f.bufs) && len(b) > 0 {
+			for n < min(len(f.bufs), len(lens)) && len(b) > 0 {
 				it := b[0]
 				if it.err != nil {
 					if n == 0 {

@@ -12,6 +12,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/nfclone/nfclone/packet"
 	"github.com/nfclone/nfclone/pipeline"
 )
 
@@ -125,6 +126,9 @@ func newLogReader(cfg LogConfig, sock nlSocket, q *pipeline.CopyQueue, led *pipe
 	lr := &LogReader{cfg: cfg}
 	lr.r = newReader(kindLog, sock, q, led, cfg.Session, cfg.Group, 8, bufSize, 1, cfg.Logger)
 	lr.r.whole = cfg.Snaplen >= MaxCopy
+	// A datagram holds up to QThresh packets, or two whole super-packets in
+	// its buffer of twice the kernel's.
+	lr.r.dgramCopies, lr.r.dgramBytes = int(cfg.QThresh), 2*packet.MaxBuf
 	lr.r.ruleMask = cfg.RuleMask
 	if err := lr.bind(); err != nil {
 		return nil, err

@@ -322,6 +322,48 @@ func TestQueueOverflowCounted(t *testing.T) {
 	}
 }
 
+// TestQueueReadsOnlyWhatFits: with room in the copy queue for two copies,
+// the reader reads two of five waiting datagrams and leaves the other three
+// in the socket (kernel memory) until the queue has room again, instead of
+// reading them and dropping them as queue_overflow.
+func TestQueueReadsOnlyWhatFits(t *testing.T) {
+	leaktest.Check(t)
+	sock := newFakeSock()
+	var led pipeline.Ledger
+	q := pipeline.NewCopyQueue(2, 0)
+	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64}, sock, q, &led)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds [][]byte
+	for id := uint32(1); id <= 5; id++ {
+		ds = append(ds, queuePacketMsg(qpkt{id: id, data: testpkt.IPv4(40, [4]byte{})}))
+	}
+	sock.feedDgrams(ds...)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { qr.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done; qr.Close() }()
+	waitFor(t, "two copies queued", func() bool { return q.Len() == 2 })
+	if n := sock.left(); n != 3 {
+		t.Fatalf("%d datagrams left in the socket, want 3 (the reader read what the queue could not take)", n)
+	}
+	var got atomic.Int64
+	wctx, wcancel := context.WithCancel(ctx)
+	wdone := make(chan struct{})
+	go func() {
+		pipeline.RunWorkers(wctx, q, 1, func(b []*packet.Packet) { got.Add(int64(len(b))); led.Account(b) })
+		close(wdone)
+	}()
+	waitFor(t, "five copies", func() bool { return got.Load() == 5 })
+	wcancel()
+	<-wdone
+	s := led.Snapshot()
+	if s.Drops.QueueOverflow != 0 || q.Dropped() != 0 || s.Copied != 5 || s.Offered != 5 || !s.Balanced() {
+		t.Fatalf("ledger %+v, dropped %d", s, q.Dropped())
+	}
+}
+
 func TestQueueBindError(t *testing.T) {
 	sock := newFakeSock()
 	sock.ackErr = -int32(unix.EBUSY)

@@ -9,6 +9,8 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nfclone/nfclone/internal/mmsg"
 )
 
 // pollNL is nlSocket on a netlink socket that is polled, not waited on,
@@ -89,7 +91,10 @@ func (s *pollNL) expired() bool {
 	return d != 0 && time.Now().UnixNano() >= d
 }
 
-func (s *pollNL) recv() (int, unix.Errno) { return s.Recv(s.fd, unix.MSG_DONTWAIT) }
+// recv receives into the first n prepared buffers.
+func (s *pollNL) recv(n int) (int, unix.Errno) {
+	return mmsg.Recv(s.fd, s.Hdrs[:min(n, len(s.Hdrs))], unix.MSG_DONTWAIT)
+}
 
 // park waits in the netpoller until the socket is readable or parkMax has
 // passed, on a duplicate descriptor registered for this wait only.
@@ -149,7 +154,7 @@ func (s *pollNL) RecvBatch(lens []int, trunc []bool, block bool) (int, error) {
 				return 0, os.ErrClosed
 			}
 		}
-		n, e := s.recv()
+		n, e := s.recv(len(lens))
 		switch {
 		case e == unix.EINTR:
 			continue
@@ -170,7 +175,7 @@ func (s *pollNL) RecvBatch(lens []int, trunc []bool, block bool) (int, error) {
 		}
 		s.idle = time.Time{}
 		s.Results(n, lens, trunc)
-		s.short = n < len(s.Hdrs)
+		s.short = n < min(len(lens), len(s.Hdrs))
 		return n, nil
 	}
 }

@@ -94,6 +94,11 @@ type reader struct {
 	// (log sessions that annotate; 0: none)
 	ruleMask uint32
 
+	// dgramCopies and dgramBytes bound what one datagram can put into the
+	// copy queue (copies, buffer bytes): a read asks for no more datagrams
+	// than the queue has room for (CopyQueue.Room)
+	dgramCopies, dgramBytes int
+
 	// whole: the session copies whole packets (no snaplen), so a packet the
 	// kernel cut short is too big, not a truncated copy
 	whole bool
@@ -121,7 +126,7 @@ func newReader(kind readerKind, sock nlSocket, q *pipeline.CopyQueue, led *pipel
 		log = slog.Default()
 	}
 	r := &reader{kind: kind, sock: sock, q: q, led: led, session: session, resID: resID, log: log,
-		batchSize: batch, clock: clocks}
+		batchSize: batch, clock: clocks, dgramCopies: 1, dgramBytes: packet.MaxBuf}
 	r.bufs = make([][]byte, vlen)
 	if kind == kindQueue && bufSize > keepMin && bufSize <= packet.RecvSize {
 		r.slots = make([]*packet.Packet, vlen)
@@ -210,7 +215,8 @@ func (r *reader) run(ctx context.Context) error {
 	defer stop()
 	var consecutive int
 	for {
-		if r.q.Full() {
+		room := r.q.Room(r.dgramCopies, r.dgramBytes)
+		if room == 0 {
 			// Nothing read now could be queued: leave it to the kernel,
 			// which drops and counts (kernel_queue, socket_overrun), instead
 			// of spending the CPU the host needs on reading it and throwing
@@ -223,7 +229,12 @@ func (r *reader) run(ctx context.Context) error {
 			time.Sleep(backpressureWait)
 			continue
 		}
-		n, err := r.sock.RecvBatch(r.lens, r.trunc, true)
+		// Read no more than the copy queue can take: what stays in the
+		// socket waits there (its buffer is kernel memory, not nfclone's)
+		// instead of being read and dropped as queue_overflow while the
+		// workers catch up.
+		k := min(room, len(r.lens))
+		n, err := r.sock.RecvBatch(r.lens[:k], r.trunc[:k], true)
 		if n > 0 {
 			consecutive = 0
 			r.process(n)

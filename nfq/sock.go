@@ -19,8 +19,8 @@ type nlSocket interface {
 	// Rebuf makes b the receive buffer of slot i from the next RecvBatch
 	// on (the reader kept the old one's packet).
 	Rebuf(i int, b []byte)
-	// RecvBatch receives up to len(bufs) datagrams into the prepared
-	// buffers, setting lens[i] and trunc[i] (datagram longer than its
+	// RecvBatch receives up to len(lens) datagrams (at most one per
+	// prepared buffer) into the first prepared buffers, setting lens[i] and trunc[i] (datagram longer than its
 	// buffer). With block it waits until at least one datagram is available
 	// or the read deadline passes; without it, it returns 0 at once when
 	// there is nothing to read.

@@ -241,6 +241,22 @@ func (q *CopyQueue) Full() bool {
 	return q.count.Load() >= q.capacity || (q.maxBytes > 0 && q.bytes.Load()+packet.MaxBuf > q.maxBytes)
 }
 
+// Room is how many more units of up to copies copies holding bufBytes of
+// buffers in all (a datagram's worth) fit right now: 0 when Full, at least
+// 1 otherwise. A producer that reads only that many leaves the rest to the
+// kernel, whose socket buffer holds them, instead of reading them only to
+// drop them.
+func (q *CopyQueue) Room(copies, bufBytes int) int {
+	if q.Full() {
+		return 0
+	}
+	n := (q.capacity - q.count.Load()) / int64(max(copies, 1))
+	if q.maxBytes > 0 {
+		n = min(n, (q.maxBytes-q.bytes.Load()-packet.MaxBuf)/int64(max(bufBytes, 1)))
+	}
+	return int(max(n, 1))
+}
+
 // AddDropped counts n copies a producer did not make because the queue was
 // Full.
 func (q *CopyQueue) AddDropped(n uint64) { q.dropped.Add(n) }

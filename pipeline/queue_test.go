@@ -67,6 +67,46 @@ func TestCopyQueuePushBatch(t *testing.T) {
 	}
 }
 
+// Room counts what fits in copies and in bytes of buffers, is 0 exactly
+// when the queue is Full, and at least 1 otherwise.
+func TestCopyQueueRoom(t *testing.T) {
+	q := NewCopyQueue(10, 0)
+	if n := q.Room(1, packet.MaxBuf); n != 10 {
+		t.Fatalf("empty, no byte bound: room %d, want 10", n)
+	}
+	if n := q.Room(4, packet.MaxBuf); n != 2 {
+		t.Fatalf("datagrams of up to 4 copies: room %d, want 2", n)
+	}
+	q.PushBatch([]*packet.Packet{packet.New(testpkt.IPv4(40, [4]byte{})), packet.New(testpkt.IPv4(40, [4]byte{}))})
+	if n := q.Room(4, packet.MaxBuf); n != 2 {
+		t.Fatalf("8 copies free: room %d, want 2", n)
+	}
+	if n := q.Room(9, packet.MaxBuf); n != 1 {
+		t.Fatalf("a datagram may bring more than fits, but one is read: room %d, want 1", n)
+	}
+
+	qb := NewCopyQueue(100, 3*packet.MaxBuf)
+	if n := qb.Room(1, packet.MaxBuf); n != 2 {
+		// Full keeps room for one large buffer: 3 - 1 more.
+		t.Fatalf("byte bound: room %d, want 2", n)
+	}
+	qb.PushBatch([]*packet.Packet{packet.Get(30000), packet.Get(30000)})
+	if qb.Full() || qb.Room(1, packet.MaxBuf) != 1 {
+		t.Fatalf("one large buffer left: full %v room %d", qb.Full(), qb.Room(1, packet.MaxBuf))
+	}
+	qb.PushBatch([]*packet.Packet{packet.Get(30000)})
+	if !qb.Full() || qb.Room(1, 1) != 0 {
+		t.Fatalf("full: full %v room %d", qb.Full(), qb.Room(1, 1))
+	}
+	dst := make([]*packet.Packet, 8)
+	for _, qq := range []*CopyQueue{q, qb} {
+		n := qq.TryPopBatch(dst)
+		for _, p := range dst[:n] {
+			p.Release()
+		}
+	}
+}
+
 // A worker waiting on an empty lane wakes for a batch pushed to it.
 func TestCopyQueueWakesWorker(t *testing.T) {
 	q := NewLaneQueue(64, 0, 2)
