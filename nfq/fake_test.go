@@ -137,6 +137,7 @@ type fakeSock struct {
 	verdicts     []uint32
 	verdictKinds []uint32 // NF_ACCEPT, NF_DROP of each batch verdict
 	sends        int
+	reads        int // RecvBatch calls that returned datagrams
 	rebufs       int // receive buffers replaced (packets kept in place)
 	closed       bool
 	ackErr       int32
@@ -217,6 +218,9 @@ func (f *fakeSock) RecvBatch(lens []int, trunc []bool, block bool) (int, error) 
 				f.bursts = f.bursts[1:]
 			} else {
 				f.bursts[0] = b
+			}
+			if n > 0 {
+				f.reads++
 			}
 			f.mu.Unlock()
 			return n, err

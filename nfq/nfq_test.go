@@ -364,6 +364,46 @@ func TestQueueReadsOnlyWhatFits(t *testing.T) {
 	}
 }
 
+// TestQueueRoomLearnsCopySize: the first read, not knowing what comes,
+// reckons each datagram a super-packet's buffer and reads 3 into a queue
+// with room for 4 such buffers; having seen small packets, the reader reads
+// the other 37 at once instead of three or two at a time.
+func TestQueueRoomLearnsCopySize(t *testing.T) {
+	leaktest.Check(t)
+	sock := newFakeSock()
+	var led pipeline.Ledger
+	q := pipeline.NewCopyQueue(1000, 4*packet.MaxBuf)
+	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64}, sock, q, &led)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock.mu.Lock()
+	sock.reads = 0 // the bind's acknowledgements
+	sock.mu.Unlock()
+	var ds [][]byte
+	for id := uint32(1); id <= 40; id++ {
+		ds = append(ds, queuePacketMsg(qpkt{id: id, data: testpkt.IPv4(40, [4]byte{})}))
+	}
+	sock.feedDgrams(ds...)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { qr.Run(ctx); close(done) }()
+	waitFor(t, "40 copies queued", func() bool { return q.Len() == 40 })
+	cancel()
+	<-done
+	qr.Close()
+	sock.mu.Lock()
+	reads := sock.reads
+	sock.mu.Unlock()
+	if reads != 2 {
+		t.Errorf("%d reads, want 2 (3 datagrams, then the other 37)", reads)
+	}
+	pipeline.RunWorkers(ctx, q, 1, led.Account) // drains after cancel
+	if s := led.Snapshot(); s.Copied != 40 || s.Drops.QueueOverflow != 0 || !s.Balanced() {
+		t.Fatalf("ledger %+v", s)
+	}
+}
+
 func TestQueueBindError(t *testing.T) {
 	sock := newFakeSock()
 	sock.ackErr = -int32(unix.EBUSY)

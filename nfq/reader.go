@@ -94,10 +94,14 @@ type reader struct {
 	// (log sessions that annotate; 0: none)
 	ruleMask uint32
 
-	// dgramCopies and dgramBytes bound what one datagram can put into the
+	// dgramCopies and dgramBytes bound what one datagram puts into the
 	// copy queue (copies, buffer bytes): a read asks for no more datagrams
-	// than the queue has room for (CopyQueue.Room)
+	// than the queue has room for (CopyQueue.Room). dgramBytes is the
+	// most buffer bytes one datagram of the last read brought (the largest
+	// buffer before the first read), so that a flood of small packets is
+	// not read a few at a time as if each were a super-packet.
 	dgramCopies, dgramBytes int
+	dgramAcc, dgramMax      int // this datagram's buffer bytes, this read's largest
 
 	// whole: the session copies whole packets (no snaplen), so a packet the
 	// kernel cut short is too big, not a truncated copy
@@ -355,7 +359,12 @@ func (r *reader) process(n int) {
 			continue
 		}
 		r.cur = i
+		r.dgramAcc = 0
 		r.walk(r.bufs[i][:r.lens[i]])
+		r.dgramMax = max(r.dgramMax, r.dgramAcc)
+	}
+	if r.dgramMax > 0 {
+		r.dgramBytes, r.dgramMax = r.dgramMax, 0
 	}
 	r.fold()
 }
@@ -537,6 +546,7 @@ func (r *reader) handlePacket(body []byte) {
 		p.Mark &^= m
 	}
 	p.Session = r.session
+	r.dgramAcc += p.BufLen()
 	r.pend[r.npend] = p
 	r.npend++
 	if r.npend == len(r.pend) {
