@@ -366,8 +366,9 @@ func TestQueueReadsOnlyWhatFits(t *testing.T) {
 
 // TestQueueRoomLearnsCopySize: the first read, not knowing what comes,
 // reckons each datagram a super-packet's buffer and reads 3 into a queue
-// with room for 4 such buffers; having seen small packets, the reader reads
-// the other 37 at once instead of three or two at a time.
+// with room for 4 such buffers; having seen small packets, the reader
+// halves its reckoning with every read and takes the 40 in at most 6 reads
+// (reckoning on super-packets all along, it read two at a time: 23 reads).
 func TestQueueRoomLearnsCopySize(t *testing.T) {
 	leaktest.Check(t)
 	sock := newFakeSock()
@@ -395,8 +396,8 @@ func TestQueueRoomLearnsCopySize(t *testing.T) {
 	sock.mu.Lock()
 	reads := sock.reads
 	sock.mu.Unlock()
-	if reads != 2 {
-		t.Errorf("%d reads, want 2 (3 datagrams, then the other 37)", reads)
+	if reads > 6 {
+		t.Errorf("%d reads, want at most 6", reads)
 	}
 	pipeline.RunWorkers(ctx, q, 1, led.Account) // drains after cancel
 	if s := led.Snapshot(); s.Copied != 40 || s.Drops.QueueOverflow != 0 || !s.Balanced() {

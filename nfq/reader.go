@@ -96,10 +96,12 @@ type reader struct {
 
 	// dgramCopies and dgramBytes bound what one datagram puts into the
 	// copy queue (copies, buffer bytes): a read asks for no more datagrams
-	// than the queue has room for (CopyQueue.Room). dgramBytes is the
-	// most buffer bytes one datagram of the last read brought (the largest
-	// buffer before the first read), so that a flood of small packets is
-	// not read a few at a time as if each were a super-packet.
+	// than the queue has room for (CopyQueue.Room). dgramBytes follows the
+	// most buffer bytes one datagram of a read brought: up at once, down by
+	// half a read (the largest buffer before the first read), so that a
+	// flood of small packets is not read a few at a time as if each were a
+	// super-packet, and a few small packets amid bulk do not make the next
+	// read of super-packets overflow the queue.
 	dgramCopies, dgramBytes int
 	dgramAcc, dgramMax      int // this datagram's buffer bytes, this read's largest
 
@@ -364,7 +366,7 @@ func (r *reader) process(n int) {
 		r.dgramMax = max(r.dgramMax, r.dgramAcc)
 	}
 	if r.dgramMax > 0 {
-		r.dgramBytes, r.dgramMax = r.dgramMax, 0
+		r.dgramBytes, r.dgramMax = max(r.dgramMax, r.dgramBytes/2), 0
 	}
 	r.fold()
 }
