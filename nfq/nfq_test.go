@@ -293,30 +293,51 @@ func TestQueueMalformedAndOverflow(t *testing.T) {
 	}
 }
 
-func TestQueueOverflowCounted(t *testing.T) {
-	sock := newFakeSock()
-	var led pipeline.Ledger
-	q := pipeline.NewCopyQueue(2, 0)
-	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64}, sock, q, &led)
+// drained runs the workers over what q holds and returns when it is empty
+// (RunWorkers on a done context drains, then returns).
+func drained(q *pipeline.CopyQueue, led *pipeline.Ledger) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	pipeline.RunWorkers(ctx, q, 1, led.Account)
+}
+
+// readSmall binds a queue reader over q on a fake socket holding n small
+// clones (ids 1..n, the bind's reads not counted) and runs it until stop,
+// which waits for it to return.
+func readSmall(t *testing.T, q *pipeline.CopyQueue, led *pipeline.Ledger, n int) (sock *fakeSock, stop func()) {
+	t.Helper()
+	sock = newFakeSock()
+	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64}, sock, q, led)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ds [][]byte
-	for id := uint32(1); id <= 5; id++ {
-		ds = append(ds, queuePacketMsg(qpkt{id: id, data: testpkt.IPv4(40, [4]byte{})}))
+	sock.mu.Lock()
+	sock.reads = 0
+	sock.mu.Unlock()
+	ds := make([][]byte, n)
+	for i := range ds {
+		ds[i] = queuePacketMsg(qpkt{id: uint32(i + 1), data: testpkt.IPv4(40, [4]byte{})})
 	}
 	sock.feedDgrams(ds...)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { qr.Run(ctx); close(done) }()
+	return sock, func() { cancel(); <-done; qr.Close() }
+}
+
+// A clone the full copy queue cannot take is counted as queue_overflow
+// (here: the ones the reader drains from the socket when it stops).
+func TestQueueOverflowCounted(t *testing.T) {
+	var led pipeline.Ledger
+	q := pipeline.NewCopyQueue(2, 0)
+	sock, stop := readSmall(t, q, &led, 5)
 	waitFor(t, "verdict", func() bool { return len(sock.verdictList()) == 1 })
-	cancel()
-	<-done
+	stop()
 	s := led.Snapshot()
 	if s.Drops.QueueOverflow != 3 || s.InFlight != 2 || !s.Balanced() || q.Dropped() != 3 {
 		t.Fatalf("ledger %+v dropped %d", s, q.Dropped())
 	}
-	pipeline.RunWorkers(ctx, q, 1, led.Account) // drains after cancel
+	drained(q, &led)
 	if s := led.Snapshot(); s.InFlight != 0 || s.Copied != 2 || !s.Balanced() {
 		t.Fatalf("after drain %+v", s)
 	}
@@ -328,28 +349,16 @@ func TestQueueOverflowCounted(t *testing.T) {
 // reading them and dropping them as queue_overflow.
 func TestQueueReadsOnlyWhatFits(t *testing.T) {
 	leaktest.Check(t)
-	sock := newFakeSock()
 	var led pipeline.Ledger
 	q := pipeline.NewCopyQueue(2, 0)
-	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64}, sock, q, &led)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ds [][]byte
-	for id := uint32(1); id <= 5; id++ {
-		ds = append(ds, queuePacketMsg(qpkt{id: id, data: testpkt.IPv4(40, [4]byte{})}))
-	}
-	sock.feedDgrams(ds...)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { qr.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done; qr.Close() }()
+	sock, stop := readSmall(t, q, &led, 5)
+	defer stop()
 	waitFor(t, "two copies queued", func() bool { return q.Len() == 2 })
 	if n := sock.left(); n != 3 {
 		t.Fatalf("%d datagrams left in the socket, want 3 (the reader read what the queue could not take)", n)
 	}
 	var got atomic.Int64
-	wctx, wcancel := context.WithCancel(ctx)
+	wctx, wcancel := context.WithCancel(context.Background())
 	wdone := make(chan struct{})
 	go func() {
 		pipeline.RunWorkers(wctx, q, 1, func(b []*packet.Packet) { got.Add(int64(len(b))); led.Account(b) })
@@ -371,35 +380,18 @@ func TestQueueReadsOnlyWhatFits(t *testing.T) {
 // (reckoning on super-packets all along, it read two at a time: 23 reads).
 func TestQueueRoomLearnsCopySize(t *testing.T) {
 	leaktest.Check(t)
-	sock := newFakeSock()
 	var led pipeline.Ledger
 	q := pipeline.NewCopyQueue(1000, 4*packet.MaxBuf)
-	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64}, sock, q, &led)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock.mu.Lock()
-	sock.reads = 0 // the bind's acknowledgements
-	sock.mu.Unlock()
-	var ds [][]byte
-	for id := uint32(1); id <= 40; id++ {
-		ds = append(ds, queuePacketMsg(qpkt{id: id, data: testpkt.IPv4(40, [4]byte{})}))
-	}
-	sock.feedDgrams(ds...)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { qr.Run(ctx); close(done) }()
+	sock, stop := readSmall(t, q, &led, 40)
 	waitFor(t, "40 copies queued", func() bool { return q.Len() == 40 })
-	cancel()
-	<-done
-	qr.Close()
+	stop()
 	sock.mu.Lock()
 	reads := sock.reads
 	sock.mu.Unlock()
 	if reads > 6 {
 		t.Errorf("%d reads, want at most 6", reads)
 	}
-	pipeline.RunWorkers(ctx, q, 1, led.Account) // drains after cancel
+	drained(q, &led)
 	if s := led.Snapshot(); s.Copied != 40 || s.Drops.QueueOverflow != 0 || !s.Balanced() {
 		t.Fatalf("ledger %+v", s)
 	}
