@@ -9,8 +9,6 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/nfclone/nfclone/internal/mmsg"
 )
 
 // pollNL is nlSocket on a netlink socket that is polled, not waited on,
@@ -92,9 +90,7 @@ func (s *pollNL) expired() bool {
 }
 
 // recv receives into the first n prepared buffers.
-func (s *pollNL) recv(n int) (int, unix.Errno) {
-	return mmsg.Recv(s.fd, s.Hdrs[:min(n, len(s.Hdrs))], unix.MSG_DONTWAIT)
-}
+func (s *pollNL) recv(n int) (int, unix.Errno) { return s.Recv(s.fd, n, unix.MSG_DONTWAIT) }
 
 // park waits in the netpoller until the socket is readable or parkMax has
 // passed, on a duplicate descriptor registered for this wait only.

@@ -100,8 +100,11 @@ func NewRecvBatch(bufs [][]byte) RecvBatch {
 // Repoint makes buf (not empty) the buffer of message i.
 func (b *RecvBatch) Repoint(i int, buf []byte) { Iov(&b.iovs[i], buf) }
 
-// Recv receives into the batch's buffers (see Recv).
-func (b *RecvBatch) Recv(fd int, flags int) (int, unix.Errno) { return Recv(fd, b.Hdrs, flags) }
+// Recv receives into the batch's first n buffers (at least one, all of
+// them if n is larger; see Recv).
+func (b *RecvBatch) Recv(fd, n, flags int) (int, unix.Errno) {
+	return Recv(fd, b.Hdrs[:min(max(n, 1), len(b.Hdrs))], flags)
+}
 
 // Results copies the lengths of n received messages to lens, and whether
 // each was longer than its buffer (MSG_TRUNC) to trunc.
