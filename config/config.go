@@ -115,7 +115,11 @@ type Session struct {
 	Method   Method   `mapstructure:"method" json:"method"`
 	Sources  []Source `mapstructure:"sources" json:"sources"`
 	HostOnly bool     `mapstructure:"host_only" json:"host_only"`
-	Rules    []Rule   `mapstructure:"rules" json:"rules"`
+	// Hold (method queue): queue the original itself, not the kernel's
+	// clone; the kernel lets it go on once nfclone has read it, so the
+	// originals go no faster than the copies (docs/methods.md, "hold").
+	Hold  bool   `mapstructure:"hold" json:"hold,omitempty"`
+	Rules []Rule `mapstructure:"rules" json:"rules"`
 	// Filter is a tcpdump filter expression (package filter), instead of
 	// rules: what it matches is copied.
 	Filter  string   `mapstructure:"filter" json:"filter,omitempty"`

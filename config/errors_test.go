@@ -237,6 +237,18 @@ sessions:
 		want: []string{"sessions[0].snaplen: kernel dup copies whole packets; truncation needs method queue or log"},
 	},
 	{
+		name: "hold with method log",
+		yaml: `
+sessions:
+  - name: s
+    method: log
+    hold: true
+    sources: [{interface: e0}]
+    targets: [{kind: device, device: e1}]
+`,
+		want: []string{"sessions[0].hold: holds the originals in an NFQUEUE: needs method queue"},
+	},
+	{
 		name: "mixed v4 and v6 in one rule",
 		yaml: `
 sessions:

@@ -239,6 +239,9 @@ func validateSession(p *problems, path string, s *Session) {
 		p.add(path+".snaplen", "kernel dup copies whole packets; truncation needs method queue or log")
 	}
 	validateDedup(p, path, s)
+	if s.Hold && s.Method != MethodQueue {
+		p.add(path+".hold", "holds the originals in an NFQUEUE: needs method queue")
+	}
 	if len(s.Targets) == 0 {
 		p.add(path+".targets", "at least one target is required")
 	}

@@ -169,6 +169,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 				Num: uint16(first + k), Snaplen: uint32(sc.Snaplen), MaxLen: uint32(c.Queue.MaxLen), Logger: slog,
 				BufBudget: (4 << 20) / c.Queue.Count, // the session's receive slabs stay within 4 MiB (63 whole 64 KiB messages; 8 MiB peaked 3–6 MiB higher and copied no more)
 				Clones:    nfq.CloneMarks{Mask: c.MarkMask, TTLDecremented: c.Marks().TTLDecremented(), DFClear: c.Marks().DFClear()},
+				Hold:      sc.Hold,
 			}, s.queue, s.ledger)
 			if err != nil {
 				return nil, hostErr("sessions[%d]: binding NFQUEUE %d: %v", i, first+k, err)

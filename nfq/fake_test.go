@@ -42,12 +42,17 @@ type qpkt struct {
 	mark   uint32 // 0: 7
 	info   uint32 // NFQA_SKB_INFO (0: none)
 	ts     []byte // NFQA_TIMESTAMP (nil: none)
+	hook   uint8  // NF_INET_* (0: LOCAL_IN)
 }
 
 func queuePacketMsg(p qpkt) []byte {
 	var a []byte
 	hdr := be32b(p.id)
-	hdr = append(hdr, 0x08, 0x00, 1)
+	hook := p.hook
+	if hook == 0 {
+		hook = 1
+	}
+	hdr = append(hdr, 0x08, 0x00, hook)
 	a = appendAttr(a, nfqaPacketHdr, hdr)
 	mark := p.mark
 	if mark == 0 {

@@ -99,7 +99,7 @@ func NewLogReader(cfg LogConfig, q *pipeline.CopyQueue, led *pipeline.Ledger) (*
 	}
 	// NFLOG never holds originals: read in coalesced batches from a socket
 	// outside the netpoller (pollNL), like a queue of clones.
-	sock, err := newPollNL(nl.Con, cfg.RcvBuf, 250*time.Microsecond)
+	sock, err := newPollNL(nl.Con, cfg.RcvBuf, 250*time.Microsecond, false)
 	nl.Close()
 	if err != nil {
 		return nil, err

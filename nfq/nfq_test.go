@@ -163,6 +163,7 @@ type recorder struct {
 	got     [][]byte
 	marks   []uint32
 	offload []gso.Flags
+	dirs    []uint8
 	n       atomic.Int64
 	fail    func(p *packet.Packet) bool
 }
@@ -178,6 +179,7 @@ func (r *recorder) send(batch []*packet.Packet) {
 		r.got = append(r.got, append([]byte(nil), p.Data...))
 		r.marks = append(r.marks, p.Mark)
 		r.offload = append(r.offload, p.Offload)
+		r.dirs = append(r.dirs, p.Dir)
 	}
 	r.n.Add(int64(len(batch)))
 }
@@ -397,6 +399,45 @@ func TestQueueRoomLearnsCopySize(t *testing.T) {
 	}
 }
 
+// TestHoldNeverOverflows: a hold reader reckons every datagram a whole
+// buffer however small the last ones were, so super-packets after a run of
+// small packets wait in the socket instead of overflowing the copy queue
+// (a lost copy whose original went on). Reckoning like a clone reader, it
+// read all six super-packets into room for three.
+func TestHoldNeverOverflows(t *testing.T) {
+	leaktest.Check(t)
+	var led pipeline.Ledger
+	q := pipeline.NewCopyQueue(1000, 4*packet.MaxBuf)
+	sock := newFakeSock()
+	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64, Hold: true}, sock, q, &led)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds [][]byte
+	for i := 0; i < 20; i++ {
+		ds = append(ds, queuePacketMsg(qpkt{id: uint32(len(ds) + 1), data: testpkt.IPv4(40, [4]byte{})}))
+	}
+	sock.feedDgrams(ds...)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { qr.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done; qr.Close() }()
+	waitFor(t, "the small copies queued", func() bool { return q.Len() == 20 })
+	ds = ds[:0]
+	for i := 0; i < 6; i++ {
+		ds = append(ds, queuePacketMsg(qpkt{id: uint32(21 + i), data: testpkt.IPv4(60000, [4]byte{})}))
+	}
+	sock.feedDgrams(ds...)
+	waitFor(t, "what fits queued", func() bool { return sock.left() < 6 })
+	time.Sleep(20 * time.Millisecond) // a reader that reads too much does it by now
+	if s := led.Snapshot(); s.Drops.QueueOverflow != 0 || q.Dropped() != 0 {
+		t.Fatalf("%d copies overflowed the queue (%d super-packets read, %d left in the socket)", q.Dropped(), q.Len()-20, sock.left())
+	}
+	if n := sock.left(); n == 0 {
+		t.Fatalf("every super-packet was read into room for %d", q.Len()-20)
+	}
+}
+
 func TestQueueBindError(t *testing.T) {
 	sock := newFakeSock()
 	sock.ackErr = -int32(unix.EBUSY)
@@ -599,6 +640,58 @@ func TestQueueClonesWithFakes(t *testing.T) {
 		if rec.marks[i] != 7 {
 			t.Errorf("copy %d mark %#x, want 7 (the marker cleared)", i, rec.marks[i])
 		}
+	}
+}
+
+// A queue of held originals (hold): every packet gets an accept verdict,
+// and its copy is the packet as the kernel holds it — no marker to clear,
+// no TTL to restore (whatever the mark says), the direction from the hook.
+func TestQueueHoldAcceptsOriginals(t *testing.T) {
+	leaktest.Check(t)
+	sock := newFakeSock()
+	var led pipeline.Ledger
+	rec := &recorder{}
+	cfg := QueueConfig{Num: 0, Batch: 4, Snaplen: 2048, Hold: true, Clones: CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000}}
+	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
+	orig := testpkt.IPv4(64, [4]byte{10, 77, 0, 2})
+	binary.BigEndian.PutUint16(orig[10:], ipChecksum(orig[:20]))
+	const (
+		hookPrerouting  = 0
+		hookPostrouting = 4
+	)
+	sock.feedDgrams(
+		// a mark that would be a TTL marker on a clone: left alone
+		queuePacketMsg(qpkt{id: 1, data: orig, mark: 0x03000007, hook: hookPrerouting}),
+		queuePacketMsg(qpkt{id: 2, data: orig, mark: 0x00000007, hook: hookPostrouting}),
+	)
+	waitFor(t, "copies", func() bool { return rec.n.Load() == 2 })
+	waitFor(t, "verdict", func() bool { v := sock.verdictList(); return len(v) > 0 && v[len(v)-1] == 2 })
+	stop()
+	sock.mu.Lock()
+	kinds := append([]uint32(nil), sock.verdictKinds...)
+	sock.mu.Unlock()
+	for _, k := range kinds {
+		if k != nfAccept {
+			t.Fatalf("verdicts %v, want only NF_ACCEPT (%d): the originals must go on", kinds, nfAccept)
+		}
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	wantMarks := []uint32{0x03000007, 7}
+	wantDirs := []uint8{packet.DirIngress, packet.DirEgress}
+	for i := range rec.got {
+		if !bytes.Equal(rec.got[i], orig) {
+			t.Errorf("copy %d:\n% x\nwant the original\n% x", i, rec.got[i][:20], orig[:20])
+		}
+		if rec.marks[i] != wantMarks[i] {
+			t.Errorf("copy %d mark %#x, want %#x (unchanged)", i, rec.marks[i], wantMarks[i])
+		}
+		if rec.dirs[i] != wantDirs[i] {
+			t.Errorf("copy %d direction %v, want %v (from the hook)", i, rec.dirs[i], wantDirs[i])
+		}
+	}
+	if s := led.Snapshot(); s.Copied != 2 || !s.Balanced() {
+		t.Errorf("ledger %+v", s)
 	}
 }
 

@@ -88,7 +88,8 @@ const (
 	nfulnlCopyPacket   = 2
 	nfulnlCfgFSeq      = 0x1
 
-	nfDrop = 0
+	nfDrop   = 0
+	nfAccept = 1
 )
 
 var (
@@ -167,7 +168,8 @@ type pktInfo struct {
 	// ts is the kernel's timestamp of the packet (NFQA_TIMESTAMP,
 	// NFULA_TIMESTAMP: skb->tstamp) in nanoseconds, 0 if it gave none.
 	ts int64
-	// hook is the netfilter hook (NFULA_PACKET_HDR; hasHook says it came).
+	// hook is the netfilter hook (NFULA_PACKET_HDR, NFQA_PACKET_HDR;
+	// hasHook says it came).
 	hook    uint8
 	hasHook bool
 	// uid, gid of the packet's local socket (NFULA_UID/GID, hasUID).
@@ -225,6 +227,9 @@ func parseQueuePacket(body []byte, pi *pktInfo) error {
 			}
 			pi.id = be32(val)
 			pi.hasID = true
+			if len(val) >= 7 {
+				pi.hook, pi.hasHook = val[6], true
+			}
 		case nfqaPayload:
 			pi.payload = val
 		case nfqaCapLen:

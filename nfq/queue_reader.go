@@ -44,6 +44,11 @@ type QueueConfig struct {
 	// a drop verdict (its original went on in the kernel), the marker is
 	// cleared from Packet.Mark and the TTL restored where it says so.
 	Clones CloneMarks
+	// Hold: the queue holds originals (a hold session's `queue ... bypass`),
+	// not clones. Every packet gets an accept verdict once its copy is in
+	// the copy queue, unchanged (Clones is not used), so the originals go
+	// on at the pace the copies are read.
+	Hold bool
 	// Coalesce is how long the reader waits after a
 	// read that did not fill its batch before reading again (0 = 250 µs):
 	// the kernel queues meanwhile without waking it. It delays copies only.
@@ -73,7 +78,8 @@ type CloneMarks struct {
 }
 
 // QueueReader reads one NFQUEUE queue of clones: it pushes copies of their
-// bytes into a pipeline.CopyQueue and drops the clones with batch verdicts.
+// bytes into a pipeline.CopyQueue and drops the clones with batch verdicts
+// (with Hold: a queue of originals, accepted with batch verdicts).
 type QueueReader struct {
 	cfg  QueueConfig
 	r    *reader
@@ -141,7 +147,7 @@ func NewQueueReader(cfg QueueConfig, q *pipeline.CopyQueue, led *pipeline.Ledger
 	}
 	// Read in coalesced batches from a socket outside the netpoller
 	// (pollNL); go-nfqueue's connection is closed at once.
-	sock, err := newPollNL(nf.Con, cfg.RcvBuf, cfg.Coalesce)
+	sock, err := newPollNL(nf.Con, cfg.RcvBuf, cfg.Coalesce, cfg.Hold)
 	nf.Close()
 	if err != nil {
 		return nil, err
@@ -160,7 +166,10 @@ func newQueueReader(cfg QueueConfig, sock nlSocket, q *pipeline.CopyQueue, led *
 	nbufs := min(cfg.Batch, max(16, cfg.BufBudget/bufSize))
 	qr := &QueueReader{cfg: cfg, led: led}
 	qr.r = newReader(kindQueue, sock, q, led, cfg.Session, cfg.Num, nbufs, bufSize, cfg.Batch, cfg.Logger)
-	qr.r.clones = &qr.cfg.Clones
+	qr.r.clones, qr.r.verdict = &qr.cfg.Clones, nfDrop
+	if cfg.Hold {
+		qr.r.clones, qr.r.verdict = nil, nfAccept
+	}
 	qr.r.whole = cfg.Snaplen >= MaxCopy
 	if err := qr.bind(); err != nil {
 		return nil, err
@@ -190,7 +199,9 @@ func (qr *QueueReader) bind() error {
 	// forwarding path, one message each. Never NFQA_CFG_F_FAIL_OPEN: a clone
 	// the full queue accepted would go on to lo and be routed like its
 	// original (a second original on the wire); without it the kernel drops
-	// the clone and counts it (queue_dropped: Drops.KernelQueue). A new
+	// the clone and counts it (queue_dropped: Drops.KernelQueue). A held
+	// original is dropped likewise (the sender's TCP slows down, as at a
+	// full router queue), never let through uncopied and uncounted. A new
 	// queue instance starts with no flag set, so the mask names GSO only.
 	mb.be32(nfqaCfgMask, cfgFlagGSO)
 	mb.be32(nfqaCfgFlags, cfgFlagGSO)

@@ -60,8 +60,9 @@ type reader struct {
 	cur     int
 	lastMsg bool
 
-	// batch drop verdicts (NFQUEUE)
-	clones    *CloneMarks // the marker of the queue's clones (nil: NFLOG)
+	// batch verdicts (NFQUEUE): drop clones, accept held originals
+	clones    *CloneMarks // the marker of the queue's clones (nil: NFLOG, held originals)
+	verdict   uint32      // nfDrop or nfAccept
 	vbuf      [verdictBatchLen]byte
 	pending   int
 	maxID     uint32
@@ -101,7 +102,9 @@ type reader struct {
 	// half a read (the largest buffer before the first read), so that a
 	// flood of small packets is not read a few at a time as if each were a
 	// super-packet, and a few small packets amid bulk do not make the next
-	// read of super-packets overflow the queue.
+	// read of super-packets overflow the queue. A queue of held originals
+	// reckons every datagram a whole buffer: a copy read into a queue
+	// without room is lost while its original goes on.
 	dgramCopies, dgramBytes int
 	dgramAcc, dgramMax      int // this datagram's buffer bytes, this read's largest
 
@@ -365,7 +368,7 @@ func (r *reader) process(n int) {
 		r.walk(r.bufs[i][:r.lens[i]])
 		r.dgramMax = max(r.dgramMax, r.dgramAcc)
 	}
-	if r.dgramMax > 0 {
+	if r.dgramMax > 0 && r.verdict != nfAccept {
 		r.dgramBytes, r.dgramMax = max(r.dgramMax, r.dgramBytes/2), 0
 	}
 	r.fold()
@@ -534,7 +537,7 @@ func (r *reader) handlePacket(body []byte) {
 	}
 	p.HwAddr, p.HwAddrLen = pi.hw, pi.hwLen
 	p.UID, p.GID, p.HasUID = pi.uid, pi.gid, pi.hasUID
-	if pi.hasHook {
+	if pi.hasHook && r.clones == nil {
 		// NF_INET_PRE_ROUTING and LOCAL_IN see packets coming in; FORWARD
 		// (where log sessions hook egress), LOCAL_OUT and POST_ROUTING
 		// going out.
@@ -588,13 +591,14 @@ func (r *reader) fold() {
 	r.nRecv, r.nMalformed, r.nOverflow, r.nGaps, r.nTooBig = 0, 0, 0, 0, 0
 }
 
-// flush sends the pending batch verdict (NFQUEUE): drop every clone with an
-// id <= maxID (its original went on in the kernel).
+// flush sends the pending batch verdict (NFQUEUE) for every packet with an
+// id <= maxID: drop for clones (their originals went on in the kernel),
+// accept for held originals (they go on now, unchanged).
 func (r *reader) flush() {
 	if r.kind != kindQueue || r.pending == 0 {
 		return
 	}
-	msg := putVerdictBatch(r.vbuf[:], r.resID, nfDrop, r.maxID)
+	msg := putVerdictBatch(r.vbuf[:], r.resID, r.verdict, r.maxID)
 	if err := r.sock.Send(msg); err != nil {
 		// Keep the batch pending; it is retried on the next flush. The
 		// kernel holds the clones meanwhile (room its queue lacks), so say

@@ -188,6 +188,15 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 				}
 				break
 			}
+			if s.Hold {
+				// The original itself is queued (bypass: it goes on
+				// uncopied while no reader is bound) and carries no marker:
+				// the reader accepts it unchanged.
+				for _, f := range userspaceFamilies(s) {
+					sc.l3(tbl(f), true, func(b *builder, _ bool) { b.queue(num, c.Queue.Count, opt.NativeQueue) })
+				}
+				break
+			}
 			slot := slots // this session's marker: one per queue session, whatever its families
 			slots++
 			ml := c.Marks()
@@ -566,7 +575,7 @@ func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, acti
 	if sc.rate != nil {
 		ch.Rules = append(ch.Rules, newBuilder(fam).rateOver(*sc.rate).count(sc.s.Name, CounterRateLimited).verdict(expr.VerdictReturn, "").rule())
 	}
-	if sc.s.Method == config.MethodQueue && fam == nftables.TableFamilyIPv4 {
+	if sc.s.Method == config.MethodQueue && !sc.s.Hold && fam == nftables.TableFamilyIPv4 {
 		ch.Rules = append(ch.Rules, newBuilder(fam).dfClearMark(sc.cfg.Marks()).rule())
 	}
 	b := newBuilder(fam).count(sc.s.Name, CounterCopied)

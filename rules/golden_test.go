@@ -57,6 +57,8 @@ var goldenCases = []struct {
 	{golden: "select_netdev", config: "select_netdev"},
 	{golden: "select_scope", config: "select_scope"},
 	{golden: "annotate", config: "annotate"},
+	{golden: "hold_compat", config: "hold"},
+	{golden: "hold_native", config: "hold", native: true},
 }
 
 func loadConfig(t testing.TB, name string) *config.Config {

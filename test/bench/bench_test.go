@@ -137,8 +137,8 @@ func TestBenchQuick(t *testing.T) {
 
 func TestTCPCases(t *testing.T) {
 	full := tcpCases(false)
-	if len(full) != 3*3*2*2 {
-		t.Errorf("%d TCP phases, want 36", len(full))
+	if len(full) != 3*4*2*2 { // targets × methods × streams × rates
+		t.Errorf("%d TCP phases, want 48", len(full))
 	}
 	seen := map[string]bool{}
 	for i, c := range full {
@@ -152,7 +152,7 @@ func TestTCPCases(t *testing.T) {
 			t.Errorf("phase %d %s runs before %s", i, n, c.peer())
 		}
 	}
-	for _, n := range []string{"tcp/dup/gateway/P1/max", "tcp/queue/device/P4/1G", "tcp/log/vxlan/P4/max"} {
+	for _, n := range []string{"tcp/dup/gateway/P1/max", "tcp/queue/device/P4/1G", "tcp/hold/vxlan/P1/max", "tcp/log/vxlan/P4/max"} {
 		if !seen[n] {
 			t.Errorf("no phase %s", n)
 		}

@@ -38,7 +38,7 @@ const (
 
 // tcpCase is one TCP bulk phase.
 type tcpCase struct {
-	method, target string // dup | queue | log; gateway | device | vxlan
+	method, target string // dup | queue | hold (queue, hold: true) | log; gateway | device | vxlan
 	streams        int
 	rate           int64 // bit/s over all streams; 0: unlimited
 }
@@ -62,7 +62,7 @@ func (c tcpCase) peer() string {
 // rate, dup first (the reference), then queue and log. Quick: dup and log to
 // the gateway, one stream, unlimited and 1 Gbit/s.
 func tcpCases(quick bool) []tcpCase {
-	targets, streams, methods := []string{"gateway", "device", "vxlan"}, []int{1, 4}, []string{"dup", "queue", "log"}
+	targets, streams, methods := []string{"gateway", "device", "vxlan"}, []int{1, 4}, []string{"dup", "queue", "hold", "log"}
 	if quick {
 		targets, streams, methods = []string{"gateway"}, []int{1}, []string{"dup", "log"}
 	}
@@ -446,7 +446,11 @@ func (h *harness) tcpRun(c tcpCase) (*TCPRun, error) {
 		return nil, err
 	}
 	target := map[string]string{"gateway": gatewayTarget, "device": deviceTarget, "vxlan": vxlanTarget}[c.target]
-	cfg, err := writeConfig(dir, c.method, 1, fmt.Sprintf(`{number: 1, action: accept, protocol: tcp, destination_ports: "%d"}`, iperfPort), "", target)
+	method, extra := c.method, ""
+	if c.method == "hold" {
+		method, extra = "queue", "\n    hold: true"
+	}
+	cfg, err := writeConfig(dir, method, 1, fmt.Sprintf(`{number: 1, action: accept, protocol: tcp, destination_ports: "%d"}`, iperfPort), extra, target)
 	if err != nil {
 		return nil, err
 	}
@@ -509,7 +513,7 @@ func (h *harness) tcpRun(c tcpCase) (*TCPRun, error) {
 	if c0.haveCPU && c1.haveCPU {
 		tr.NfcloneCPU = (c1.nfcloneCPU - c0.nfcloneCPU) / c1.at.Sub(c0.at).Seconds()
 	}
-	if c.method == "queue" {
+	if method == "queue" {
 		tr.KernelQueue = nfqueueProc(h.o.Lab.Eng)
 	}
 	if tr.VmHWMKiB, tr.Ledger, err = d.stop(name); err != nil {

@@ -45,7 +45,7 @@ const (
 // bulkCase is one row of TestBulkTCP.
 type bulkCase struct {
 	fam     string // v4 | v6
-	method  string // dup | queue | log
+	method  string // dup | queue | log | hold (method queue, hold: true)
 	target  string // gateway | device | vxlan (a kernel VXLAN device) | vxlan-userspace (nfclone's headers)
 	traffic string // forwarded: src → col2 through eng; host: eng itself sends to col2
 }
@@ -59,7 +59,10 @@ func (c bulkCase) tunnel() bool { return strings.HasPrefix(c.target, "vxlan") }
 
 // bulkCases: IPv4 over every method × target × traffic (and nfclone's own
 // VXLAN encapsulation for queue and log), IPv6 to a gateway and, for queue
-// and log, into a kernel VXLAN device (forwarded and host). dup rows are the control: the kernel makes those
+// and log, into a kernel VXLAN device (forwarded and host). hold rows
+// queue the originals themselves: their copies are complete by
+// construction, and the rows show they are as wire-valid and that the
+// held originals arrive intact. dup rows are the control: the kernel makes those
 // copies, so they show what complete, wire-valid copies look like here.
 func bulkCases() []bulkCase {
 	var cs []bulkCase
@@ -75,10 +78,15 @@ func bulkCases() []bulkCase {
 			}
 		}
 	}
-	for _, m := range []string{"dup", "queue", "log"} {
+	for _, tg := range []string{"gateway", "device", "vxlan"} {
+		for _, tr := range []string{"forwarded", "host"} {
+			cs = append(cs, bulkCase{"v4", "hold", tg, tr})
+		}
+	}
+	for _, m := range []string{"dup", "queue", "hold", "log"} {
 		for _, tr := range []string{"forwarded", "host"} {
 			cs = append(cs, bulkCase{"v6", m, "gateway", tr})
-			if m != "dup" {
+			if m == "queue" || m == "log" {
 				cs = append(cs, bulkCase{"v6", m, "vxlan", tr}) // IPv6 inside the kernel's VXLAN device
 			}
 		}
@@ -111,16 +119,21 @@ func (c bulkCase) config() string {
 	// than a vxlan target encapsulates it; with 16 MiB a moment of CPU
 	// contention cost 8–19 copies (counted as queue_overflow, but the
 	// stream had gaps).
+	method, hold := c.method, false
+	if method == "hold" {
+		method, hold = "queue", true
+	}
 	return fmt.Sprintf(`
 queue: {nice: 0, cap_bytes: 64MiB}
 sessions:
   - name: bulk
     method: %s
+    hold: %t
     sources: [%s]
     host_only: %t
     rules: [{number: 1, action: accept, protocol: tcp, destination_ports: "%d"}]
     targets: [%s]
-`, c.method, src, hostOnly, bulkPort, tgt)
+`, method, hold, src, hostOnly, bulkPort, tgt)
 }
 
 // writeRandomFile writes n random bytes (crypto/rand) to dir/name and returns
