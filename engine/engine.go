@@ -695,7 +695,7 @@ func (e *Engine) Status() status.Status {
 		if run, ok := rt.sessions[s.Name]; ok {
 			ss = run.status()
 		} else {
-			ss = status.SessionStatus{Name: s.Name, Method: string(s.Method), State: "running"}
+			ss = status.SessionStatus{Name: s.Name, Method: string(s.Method), Hold: s.Hold, State: "running"}
 			for i, t := range s.Targets {
 				ss.Targets = append(ss.Targets, status.TargetStatus{Name: fmt.Sprintf("%s/%d:%s", s.Name, i, t.Kind), Kind: string(t.Kind)})
 			}

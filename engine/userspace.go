@@ -34,6 +34,7 @@ type reader interface {
 type session struct {
 	name    string
 	method  config.Method
+	hold    bool
 	key     string // what the session is: a reload with the same key keeps it
 	first   int    // first queue number / log group
 	count   int
@@ -98,7 +99,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 	sc := c.Sessions[i]
 	slog := log.With("session", sc.Name)
 	s := &session{
-		name: sc.Name, method: sc.Method, key: key, first: first, count: 1,
+		name: sc.Name, method: sc.Method, hold: sc.Hold, key: key, first: first, count: 1,
 		queue: pipeline.NewLaneQueue(c.Queue.Cap, c.Queue.CapByteCount, c.Queue.Workers), ledger: &pipeline.Ledger{}, workers: c.Queue.Workers, log: slog,
 	}
 	defer func() {
@@ -453,7 +454,7 @@ func (s *session) close() {
 func (s *session) status() status.SessionStatus {
 	snap := s.ledger.Snapshot()
 	st := status.SessionStatus{
-		Name: s.name, Method: string(s.method), State: "running", Missing: s.missing,
+		Name: s.name, Method: string(s.method), Hold: s.hold, State: "running", Missing: s.missing,
 		Seen:   status.Counter{Packets: snap.Offered},
 		Copied: status.Counter{Packets: snap.Copied, Bytes: snap.Bytes},
 		Ledger: &snap,

@@ -18,8 +18,8 @@
 #                        of TCP phase names (tcp/log, tcp/dup/vxlan), comma-separated
 #   BENCH_OUT=FILE       JSON results (default out/bench-results.json; /out/ is git-ignored)
 #   BENCH_PROBE_PPS=5000 latency probe rate
-#   BENCH_FLOOD=30       add the flood phases (dup, queue, log, and queue and log with a session
-#                        rate; generator on every CPU, seconds)
+#   BENCH_FLOOD=30       add the flood phases (dup, queue, log, queue and log with a session
+#                        rate, and queue with hold: true; generator on every CPU, seconds)
 #   BENCH_FLOOD_RATE=N   the session rate of the rate-limited flood phases (default 50000/s)
 #   NFCLONE_BIN=FILE     use this nfclone binary instead of building one
 set -euo pipefail

@@ -39,8 +39,10 @@ type ReloadStatus struct {
 // Copied: packets reaching its copy statement); for queue/log sessions from
 // the ledger.
 type SessionStatus struct {
-	Name    string   `json:"name"`
-	Method  string   `json:"method"`
+	Name   string `json:"name"`
+	Method string `json:"method"`
+	// Hold: a queue session that holds the originals until read (hold: true).
+	Hold    bool     `json:"hold,omitempty"`
 	State   string   `json:"state"` // running | waiting (an interface or a gateway route is missing)
 	Missing []string `json:"missing,omitempty"`
 	// MissingRoutes are the gateway routes the session's copies need that

@@ -41,6 +41,7 @@ func fakeStatus() status.Status {
 			{
 				Name:   "ids",
 				Method: "queue",
+				Hold:   true,
 				State:  "running",
 				Seen:   status.Counter{Packets: 1000, Bytes: 98000},
 				Copied: status.Counter{Packets: 950, Bytes: 93100},

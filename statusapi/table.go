@@ -82,7 +82,7 @@ func writeTable(w io.Writer, s status.Status, now time.Time) error {
 				readers = fmt.Sprintf("%d/%d up", up, len(ss.Readers))
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-				ss.Name, ss.Method, state, num(ss.Seen.Packets), num(ss.Copied.Packets), bytesIEC(ss.Copied.Bytes),
+				ss.Name, methodCell(ss), state, num(ss.Seen.Packets), num(ss.Copied.Packets), bytesIEC(ss.Copied.Bytes),
 				offered, dropped, queue, workers, readers)
 		}
 		tw.Flush()
@@ -243,4 +243,13 @@ func skippedLines(sessions []status.SessionStatus) []string {
 		out = append(out, fmt.Sprintf("  %s: %s", ss.Name, strings.Join(parts, ", ")))
 	}
 	return out
+}
+
+// methodCell is the method column: "queue/hold" for a session that holds
+// the originals.
+func methodCell(ss status.SessionStatus) string {
+	if ss.Hold {
+		return ss.Method + "/hold"
+	}
+	return ss.Method
 }

@@ -107,7 +107,7 @@ func WriteTop(w io.Writer, f TopFrame) error {
 				queue = fmt.Sprintf("%d/%d", q.Depth, q.Cap)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-				ss.Name, ss.Method, state, rate(ss.Copied.Packets, pCopied), bitsRate(ss.Copied.Bytes, pBytes, secs),
+				ss.Name, methodCell(ss), state, rate(ss.Copied.Packets, pCopied), bitsRate(ss.Copied.Bytes, pBytes, secs),
 				rate(ss.Seen.Packets, pSeen), drops, queue, num(ss.Copied.Packets), dropped)
 		}
 		tw.Flush()

@@ -85,7 +85,7 @@ func TestWriteTopRates(t *testing.T) {
 	}
 	ids := row("ids ")
 	// SESSION METHOD STATE COPIES/S BIT/S SEEN/S DROPS/S QUEUE COPIED DROPPED
-	if want := []string{"ids", "queue", "running", "100", "78.4k", "110", "6", "4000/8192", "1150", "67"}; strings.Join(ids, " ") != strings.Join(want, " ") {
+	if want := []string{"ids", "queue/hold", "running", "100", "78.4k", "110", "6", "4000/8192", "1150", "67"}; strings.Join(ids, " ") != strings.Join(want, " ") {
 		t.Errorf("ids row %v, want %v", ids, want)
 	}
 	if !strings.Contains(out, "ids: queue_overflow 5/s (total 40), send_error 1/s (total 13)") {

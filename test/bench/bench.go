@@ -337,8 +337,8 @@ func (h *harness) udpPhases(r *Results) error {
 	if o.Flood > 0 {
 		phase := h.o.Phase
 		h.o.Phase = o.Flood
-		for _, ph := range []string{"dup", "queue", "log", "queue/rate", "log/rate"} {
-			m := strings.TrimSuffix(ph, "/rate")
+		for _, ph := range []string{"dup", "queue", "log", "queue/rate", "log/rate", "queue/hold"} {
+			m, _, _ := strings.Cut(ph, "/")
 			fl, err := h.load("flood/"+ph, m, 1, 0, runtime.NumCPU())
 			if err != nil {
 				h.o.Phase = phase
@@ -411,6 +411,9 @@ func (h *harness) nfcloneConfig(name, method string, count int) (string, error) 
 			n = 50000
 		}
 		rate = fmt.Sprintf("\n    rate: %d/second", n)
+	}
+	if strings.HasSuffix(name, "/hold") {
+		rate = "\n    hold: true" // the originals wait for nfclone
 	}
 	target := gatewayTarget
 	if strings.HasSuffix(name, "/vxlan") {
