@@ -379,3 +379,39 @@ sessions:
 		t.Errorf("KernelVXLAN = %v, want %v", kernel, wantK)
 	}
 }
+
+// A session that holds its originals makes nfclone's threads run at nice 0
+// unless queue.nice is set (in the file or the environment): they wait for
+// nfclone, so yielding to the host would make the host's traffic yield.
+func TestHoldNiceDefault(t *testing.T) {
+	const session = `
+sessions:
+  - name: h
+    method: queue
+    hold: %t
+    sources: [{interface: e0}]
+    targets: [{kind: device, device: e1}]
+`
+	for _, c := range []struct {
+		name string
+		hold bool
+		file string
+		env  map[string]string
+		want int
+	}{
+		{"no hold", false, "", nil, DefaultNice},
+		{"hold", true, "", nil, HoldNice},
+		{"hold, nice in the file", true, "queue: {nice: 10}\n", nil, 10},
+		{"hold, nice in the environment", true, "", map[string]string{"NFCLONE_QUEUE_NICE": "5"}, 5},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(c.file+fmt.Sprintf(session, c.hold)), env(c.env))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Queue.Nice != c.want {
+				t.Errorf("queue.nice %d, want %d", cfg.Queue.Nice, c.want)
+			}
+		})
+	}
+}

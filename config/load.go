@@ -115,6 +115,14 @@ func Parse(data []byte, lookupEnv func(string) (string, bool)) (*Config, error) 
 	if err := dec.Decode(raw); err != nil {
 		errs = append(errs, decodeProblems(err)...)
 	}
+	niceSet := v.InConfig("queue.nice")
+	if lookupEnv != nil {
+		_, env := lookupEnv(EnvPrefix + "_QUEUE_NICE")
+		niceSet = niceSet || env
+	}
+	if !niceSet && holds(&cfg) {
+		cfg.Queue.Nice = HoldNice
+	}
 	errs = append(errs, explicitZeroSamples(raw)...)
 	for _, k := range md.Unused {
 		errs = append(errs, Problem{Path: unusedPath(k), Msg: "unknown key"})
@@ -414,4 +422,14 @@ func StateDirOf(path string) (dir string, ok bool) {
 		}
 	}
 	return raw.StateDir, raw.StateDir != "" && filepath.IsAbs(raw.StateDir)
+}
+
+// holds reports whether a session holds its originals (hold: true).
+func holds(c *Config) bool {
+	for i := range c.Sessions {
+		if c.Sessions[i].Hold {
+			return true
+		}
+	}
+	return false
 }

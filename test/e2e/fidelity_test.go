@@ -216,11 +216,16 @@ func checkTCPOrder(t *testing.T, where string, frames []tcpFrame) {
 }
 
 // Both directions of each of 16 connections (and of pings both ways) reach
-// exactly one of two VXLAN collectors, in order.
+// exactly one of two VXLAN collectors, in order (hold: with the originals
+// themselves queued, on two queues).
 func TestFidelityFlowsSymmetricAndInOrder(t *testing.T) {
 	lab.RequireTools(t, "tcpdump", "tshark", "python3")
-	for _, method := range []string{"queue", "log"} {
-		t.Run(method, func(t *testing.T) {
+	for _, name := range []string{"queue", "log", "hold"} {
+		method := name
+		if name == "hold" {
+			method = "queue\n    hold: true"
+		}
+		t.Run(name, func(t *testing.T) {
 			l := lab.New(t)
 			d := startNfclone(t, l, fmt.Sprintf(`
 queue: {workers: 2, count: 2}
