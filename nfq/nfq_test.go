@@ -623,14 +623,7 @@ func TestQueueClonesWithFakes(t *testing.T) {
 	waitFor(t, "copies", func() bool { return rec.n.Load() == 2 })
 	waitFor(t, "verdict", func() bool { v := sock.verdictList(); return len(v) > 0 && v[len(v)-1] == 2 })
 	stop()
-	sock.mu.Lock()
-	kinds := append([]uint32(nil), sock.verdictKinds...)
-	sock.mu.Unlock()
-	for _, k := range kinds {
-		if k != nfDrop {
-			t.Fatalf("verdicts %v, want only NF_DROP (%d)", kinds, nfDrop)
-		}
-	}
+	onlyVerdicts(t, sock, nfDrop, "their originals went on in the kernel")
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	for i := range rec.got {
@@ -667,14 +660,7 @@ func TestQueueHoldAcceptsOriginals(t *testing.T) {
 	waitFor(t, "copies", func() bool { return rec.n.Load() == 2 })
 	waitFor(t, "verdict", func() bool { v := sock.verdictList(); return len(v) > 0 && v[len(v)-1] == 2 })
 	stop()
-	sock.mu.Lock()
-	kinds := append([]uint32(nil), sock.verdictKinds...)
-	sock.mu.Unlock()
-	for _, k := range kinds {
-		if k != nfAccept {
-			t.Fatalf("verdicts %v, want only NF_ACCEPT (%d): the originals must go on", kinds, nfAccept)
-		}
-	}
+	onlyVerdicts(t, sock, nfAccept, "the originals must go on")
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	wantMarks := []uint32{0x03000007, 7}
@@ -692,6 +678,19 @@ func TestQueueHoldAcceptsOriginals(t *testing.T) {
 	}
 	if s := led.Snapshot(); s.Copied != 2 || !s.Balanced() {
 		t.Errorf("ledger %+v", s)
+	}
+}
+
+// onlyVerdicts fails unless every verdict the reader sent is want.
+func onlyVerdicts(t *testing.T, sock *fakeSock, want uint32, why string) {
+	t.Helper()
+	sock.mu.Lock()
+	kinds := append([]uint32(nil), sock.verdictKinds...)
+	sock.mu.Unlock()
+	for _, k := range kinds {
+		if k != want {
+			t.Fatalf("verdicts %v, want only %d: %s", kinds, want, why)
+		}
 	}
 }
 

@@ -23,13 +23,13 @@ func routeDump() []byte {
 	return b
 }
 
-func newTestPollNL(t *testing.T) *pollNL {
+func newTestPollNL(t *testing.T, wake bool) *pollNL {
 	t.Helper()
 	c, err := netlink.Dial(unix.NETLINK_ROUTE, nil)
 	if err != nil {
 		t.Skipf("netlink: %v", err)
 	}
-	s, err := newPollNL(c, 0, 250*time.Microsecond, false)
+	s, err := newPollNL(c, 0, 250*time.Microsecond, wake)
 	c.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +48,7 @@ func newTestPollNL(t *testing.T) *pollNL {
 // past ends a park at once; a read with nothing there returns at once when
 // not blocking.
 func TestPollNL(t *testing.T) {
-	s := newTestPollNL(t)
+	s := newTestPollNL(t, false)
 	lens, trunc := make([]int, 4), make([]bool, 4)
 	if n, err := s.RecvBatch(lens, trunc, false); n != 0 || err != nil {
 		t.Fatalf("non-blocking read of an empty socket: %d %v", n, err)
@@ -78,12 +78,20 @@ func TestPollNL(t *testing.T) {
 	}
 
 	// A deadline in the past ends a park.
+	endsWaits(t, s, parkAfter+30*time.Millisecond)
+}
+
+// endsWaits checks that a deadline in the past ends a read waiting for
+// idle at once, and that a read after Close says so.
+func endsWaits(t *testing.T, s *pollNL, idle time.Duration) {
+	t.Helper()
+	lens, trunc := make([]int, 4), make([]bool, 4)
 	done := make(chan error, 1)
 	go func() {
 		_, err := s.RecvBatch(lens, trunc, true)
 		done <- err
 	}()
-	time.Sleep(parkAfter + 30*time.Millisecond)
+	time.Sleep(idle)
 	set := time.Now()
 	s.SetReadDeadline(time.Unix(1, 0))
 	select {
@@ -112,21 +120,7 @@ func TestPollNL(t *testing.T) {
 // the netpoller. Measured here: the sleeping reader's median delay 1.1 ms,
 // the waking one's 30–60 µs. A deadline and Close end its wait at once.
 func TestPollNLWake(t *testing.T) {
-	c, err := netlink.Dial(unix.NETLINK_ROUTE, nil)
-	if err != nil {
-		t.Skipf("netlink: %v", err)
-	}
-	s, err := newPollNL(c, 0, 250*time.Microsecond, true)
-	c.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	bufs := make([][]byte, 4)
-	for i := range bufs {
-		bufs[i] = make([]byte, 32<<10)
-	}
-	s.Prepare(bufs)
+	s := newTestPollNL(t, true)
 	lens, trunc := make([]int, 4), make([]bool, 4)
 	var lat []time.Duration
 	for i := 0; i < 15; i++ {
@@ -153,26 +147,5 @@ func TestPollNLWake(t *testing.T) {
 		t.Errorf("median delay from readable to read %v (min %v, max %v), want well under the sleeping reader's 1 ms", med, lat[0], lat[len(lat)-1])
 	}
 
-	done := make(chan error, 1)
-	go func() {
-		_, err := s.RecvBatch(lens, trunc, true)
-		done <- err
-	}()
-	time.Sleep(10 * time.Millisecond)
-	s.SetReadDeadline(time.Unix(1, 0))
-	select {
-	case err := <-done:
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("after the deadline: %v", err)
-		}
-	case <-time.After(time.Second):
-		t.Fatal("a past deadline did not end the wait")
-	}
-	s.SetReadDeadline(time.Time{})
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.RecvBatch(lens, trunc, true); !errors.Is(err, os.ErrClosed) {
-		t.Fatalf("read after Close: %v", err)
-	}
+	endsWaits(t, s, 10*time.Millisecond)
 }

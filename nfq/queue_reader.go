@@ -51,7 +51,8 @@ type QueueConfig struct {
 	Hold bool
 	// Coalesce is how long the reader waits after a
 	// read that did not fill its batch before reading again (0 = 250 µs):
-	// the kernel queues meanwhile without waking it. It delays copies only.
+	// the kernel queues meanwhile without waking it. It delays copies only;
+	// a Hold reader does not wait (its originals would).
 	Coalesce time.Duration
 	// Session is stamped on every Packet and selects nothing else.
 	Session int
@@ -212,8 +213,8 @@ func (qr *QueueReader) bind() error {
 	return nil
 }
 
-// Run reads until ctx is done, then drops every clone still held and
-// returns nil. It returns an error only if the socket was closed under it.
+// Run reads until ctx is done, then gives every packet still held its
+// verdict (drop a clone, accept a held original) and returns nil. It returns an error only if the socket was closed under it.
 // Kernel counters are polled every second while it runs.
 func (qr *QueueReader) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)

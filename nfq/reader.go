@@ -213,7 +213,7 @@ func (r *reader) execute(msg []byte, seq uint32, timeout time.Duration) error {
 const backpressureWait = 250 * time.Microsecond
 
 // run is the receive loop. It returns when ctx is done (after draining what
-// the socket still holds and dropping every clone) or when the socket is
+// the socket still holds and giving every packet its verdict) or when the socket is
 // closed. Receive errors (ENOBUFS included) are counted and reading goes on.
 func (r *reader) run(ctx context.Context) error {
 	interrupted := make(chan struct{})
@@ -229,8 +229,9 @@ func (r *reader) run(ctx context.Context) error {
 			// Nothing read now could be queued: leave it to the kernel,
 			// which drops and counts (kernel_queue, socket_overrun), instead
 			// of spending the CPU the host needs on reading it and throwing
-			// it away. Originals never wait for this reader (it reads
-			// clones and NFLOG copies).
+			// it away. Originals do not wait for this reader (it reads
+			// clones and NFLOG copies) unless it reads a hold queue,
+			// whose originals wait here: the pace of the copies.
 			r.flush()
 			if ctx.Err() != nil {
 				break
