@@ -97,6 +97,21 @@ sessions:
 	if !q.Add.Empty() || len(q.Kept) != len(j) {
 		t.Fatalf("second plan adds:\n%s\nkeeps %d of %d", q.Add.Render(), len(q.Kept), len(j))
 	}
+	// The gateway moves (a collector's new address): the new route takes a
+	// table of its own, since the old one stays until the new rules are in;
+	// applied on top of what is there, it conflicts with nothing.
+	moved := mustParse(t, `
+sessions:
+  - {name: a, method: queue, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.4.2, device: e3}]}
+`)
+	k.AddLink("e3", nil)
+	m, _ := planApply(moved, nil, p.Gateways, j, nil)
+	if len(m.Gateways) != 1 || m.Gateways[0].Table == p.Gateways[0].Table || m.Gateways[0].Mark == p.Gateways[0].Mark {
+		t.Fatalf("moved gateway %+v, the old one %+v: the new route must not share the old one's table or mark", m.Gateways, p.Gateways)
+	}
+	if _, err := route.NewApplier(k, discard()).Apply(m.Add); err != nil {
+		t.Fatalf("applying the moved gateway's routes beside the old ones: %v", err)
+	}
 	none := mustParse(t, "sessions: [{name: d, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}]")
 	r, _ := planApply(none, nil, p.Gateways, j, nil)
 	if len(r.Unwanted) != len(j) || !r.Add.Empty() {

@@ -55,10 +55,21 @@ func GatewayRoutes(c *config.Config) []GatewayRoute {
 // StableGatewayRoutes is GatewayRoutes keeping the mark, table and
 // preference of every (gateway, device) that prev already had: on a reload
 // a session whose gateways did not change keeps its marks (and so its
-// sockets); new pairs take the lowest free index.
+// sockets); new pairs take the lowest index neither kept nor in prev. The
+// routes of prev stay in the kernel until the new rules are in (the new
+// ones are added first), so a new pair must not take a retiring pair's
+// table — a gateway whose address changed would find the old default
+// route there — unless the marks have no other room.
 func StableGatewayRoutes(c *config.Config, prev []GatewayRoute) []GatewayRoute {
 	want := GatewayRoutes(c)
 	used := map[uint32]bool{}
+	retiring := map[uint32]bool{}
+	for _, p := range prev {
+		if p.Mark > c.Mark && p.Mark&^c.MarkMask == 0 {
+			retiring[(p.Mark-c.Mark)/c.Marks().Unit()-1] = true
+		}
+	}
+	room := uint32(max(c.Marks().GatewayRoom(c.Mark), len(want)))
 	var out []GatewayRoute
 	for _, w := range want {
 		for _, p := range prev {
@@ -74,8 +85,12 @@ func StableGatewayRoutes(c *config.Config, prev []GatewayRoute) []GatewayRoute {
 			continue
 		}
 		k := uint32(0)
-		for used[k] {
+		for used[k] || retiring[k] && k < room {
 			k++
+		}
+		if k >= room { // no room beside the retiring ones: share a table with one
+			for k = 0; used[k]; k++ {
+			}
 		}
 		used[k] = true
 		out = append(out, GatewayRoute{Gateway: w.Gateway, Device: w.Device, Mark: c.Marks().GatewayMark(c.Mark, k), Table: c.RouteTable + k, Pref: c.RulePref + k})
