@@ -69,6 +69,11 @@ func check(w io.Writer, c *config.Config) error {
 		return engine.HostProblems(errs)
 	}
 	fmt.Fprintf(w, "config: ok (%d sessions)\n", len(c.Sessions))
+	for _, s := range c.Sessions {
+		if s.Hold {
+			fmt.Fprintf(w, "note: session %s holds its originals (hold: true): what it matches waits for nfclone, and stops while nfclone is stopped (nice %d)\n", s.Name, c.Queue.Nice)
+		}
+	}
 	fmt.Fprintln(w, "interfaces and gateways: ok")
 	fmt.Fprintln(w, "check: ok")
 	return nil

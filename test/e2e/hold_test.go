@@ -36,6 +36,10 @@ sessions:
 	if rs := nftRuleset(t, l); !strings.Contains(rs, "bypass") {
 		t.Fatalf("no queue with bypass in the ruleset:\n%s", rs)
 	}
+	// check says what hold means here, and that nice defaults to 0.
+	if out, errOut, code := nfc(l, "check", "-c", d.cfgPath); code != 0 || !strings.Contains(out, "session h holds its originals") || !strings.Contains(out, "(nice 0)") {
+		t.Fatalf("check: exit %d, no note on the hold session:\n%s%s", code, out, errOut)
+	}
 	capt := l.StartCapture(t, l.Col, lab.Iface, "icmp", lab.Direction("in"))
 	ping(t, l, l.Eng, lab.ColIP, 1) // col is a known neighbour before the copies
 	const n = 20
