@@ -96,6 +96,23 @@ func rewrite(t *testing.T, d *daemon, yaml string) {
 	}
 }
 
+// pingResult is what a ping run in the background saw.
+type pingResult struct{ sent, recv, dupes int }
+
+// pingInBackground pings eng's e0 address from src n times, 10 ms apart,
+// and sends what it saw on the channel it returns.
+func pingInBackground(t *testing.T, l *lab.Lab, n int) <-chan pingResult {
+	done := make(chan pingResult, 1)
+	go func() {
+		s, r, du, err := lab.Ping(context.Background(), l, l.Src, lab.EngE0IP, n, 10*time.Millisecond)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- pingResult{s, r, du}
+	}()
+	return done
+}
+
 // SIGHUP under steady traffic adds a session and removes another: no
 // original lost, no copy of the unchanged session missing, its counters kept.
 func TestReloadUnderTraffic(t *testing.T) {
@@ -104,15 +121,7 @@ func TestReloadUnderTraffic(t *testing.T) {
 	keepCopies := l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
 	col2 := l.StartCapture(t, l.Col2, "e0", "icmp", lab.Direction("in"))
 	const n = 300
-	type result struct{ sent, recv, dupes int }
-	done := make(chan result, 1)
-	go func() {
-		s, r, du, err := lab.Ping(context.Background(), l, l.Src, lab.EngE0IP, n, 10*time.Millisecond)
-		if err != nil {
-			t.Error(err)
-		}
-		done <- result{s, r, du}
-	}()
+	done := pingInBackground(t, l, n)
 	time.Sleep(time.Second)
 	before := sessionField(t, status(t, l, d), "keep", "ledger", "offered")
 	rewrite(t, d, reloadB)

@@ -13,6 +13,18 @@ import (
 	"github.com/nfclone/nfclone/test/lab"
 )
 
+// holdPings is a hold session of ICMP arriving on e0, copied to a gateway
+// (address, device).
+const holdPings = `
+sessions:
+  - name: h
+    method: queue
+    hold: true
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets: [{kind: gateway, gateway: %s, device: %s}]
+`
+
 // TestHoldOriginals: a hold session queues the originals themselves (`queue
 // num N bypass`) and lets each go on once nfclone has read it.
 //   - Running: every forwarded echo request is answered, and its copy at the
@@ -24,15 +36,7 @@ import (
 //     and the matched traffic flows again without it.
 func TestHoldOriginals(t *testing.T) {
 	l := lab.New(t)
-	d := startNfclone(t, l, fmt.Sprintf(`
-sessions:
-  - name: h
-    method: queue
-    hold: true
-    sources: [{interface: e0, direction: ingress}]
-    rules: [{number: 1, action: accept, protocol: icmp}]
-    targets: [{kind: gateway, gateway: %s, device: e1}]
-`, lab.ColIP))
+	d := startNfclone(t, l, fmt.Sprintf(holdPings, lab.ColIP, "e1"))
 	if rs := nftRuleset(t, l); !strings.Contains(rs, "bypass") {
 		t.Fatalf("no queue with bypass in the ruleset:\n%s", rs)
 	}
@@ -98,32 +102,15 @@ sessions:
 // reload was refused, the old gateway's route being in its table.)
 func TestHoldReloadUnderTraffic(t *testing.T) {
 	l := lab.New(t)
-	cfg := `
-sessions:
-  - name: h
-    method: queue
-    hold: true
-    sources: [{interface: e0, direction: ingress}]
-    rules: [{number: 1, action: accept, protocol: icmp}]
-    targets: [{kind: gateway, gateway: %s, device: %s}]
-`
-	d := startNfclone(t, l, fmt.Sprintf(cfg, lab.ColIP, "e1"))
+	d := startNfclone(t, l, fmt.Sprintf(holdPings, lab.ColIP, "e1"))
 	ping(t, l, l.Eng, lab.ColIP, 1) // known neighbours before the copies
 	ping(t, l, l.Eng, lab.Col2IP, 1)
 	oldT := l.StartCapture(t, l.Col, lab.Iface, "icmp[0] == 8", lab.Direction("in"))
 	newT := l.StartCapture(t, l.Col2, lab.Iface, "icmp[0] == 8", lab.Direction("in"))
 	const n = 300
-	type result struct{ sent, recv, dupes int }
-	done := make(chan result, 1)
-	go func() {
-		s, r, du, err := lab.Ping(context.Background(), l, l.Src, lab.EngE0IP, n, 10*time.Millisecond)
-		if err != nil {
-			t.Error(err)
-		}
-		done <- result{s, r, du}
-	}()
+	done := pingInBackground(t, l, n)
 	time.Sleep(time.Second)
-	rewrite(t, d, fmt.Sprintf(cfg, lab.Col2IP, "e3"))
+	rewrite(t, d, fmt.Sprintf(holdPings, lab.Col2IP, "e3"))
 	if err := d.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
