@@ -35,8 +35,16 @@ func tableCounters(t *testing.T, l *lab.Lab, ns, family, table string) (pkts, by
 // and the receiver must show the copies carrying every payload byte the
 // receiver got (TCP payload: IP bytes less the headers of each packet, since
 // the receiver gets GRO super-packets and the collector wire packets).
+// With hold: true the originals themselves wait for nfclone; while e1 is
+// down its copies fail fast (counted), so the originals keep flowing.
 func TestBulkTCPThroughLinkFlap(t *testing.T) {
 	lab.RequireTools(t, "iperf3", "ethtool", "nft")
+	for _, hold := range []bool{false, true} {
+		t.Run(map[bool]string{false: "queue", true: "hold"}[hold], func(t *testing.T) { bulkThroughFlap(t, hold) })
+	}
+}
+
+func bulkThroughFlap(t *testing.T, hold bool) {
 	l := lab.New(t)
 	wireCollector(t, l)
 	d := startNfclone(t, l, fmt.Sprintf(`
@@ -44,12 +52,13 @@ queue: {nice: 0}
 sessions:
   - name: flap
     method: queue
+    hold: %t
     sources: [{interface: e0, direction: ingress}]
     rules: [{number: 1, action: accept, protocol: tcp, destination_ports: "5201"}]
     targets:
       - {kind: gateway, gateway: %s, device: e1}
       - {kind: gateway, gateway: "%s", device: e1}
-`, lab.ColIP, lab.Col6))
+`, hold, lab.ColIP, lab.Col6))
 	nftIn(t, l, `table inet flapleak {
 	chain post {
 		type filter hook postrouting priority 100
