@@ -37,10 +37,10 @@ import (
 type pollNL struct {
 	mmsgSock
 	coalesce time.Duration
-	// wake (queues of held originals): never sleep; wait for the next
-	// packet in the netpoller, on a registration kept for the socket's life.
-	wake     bool
-	reg      *os.File     // that registration (set before use, never changed)
+	// reg (queues of held originals: wake) is the socket's netpoller
+	// registration for its whole life, set by newPollNL: with it a read
+	// never sleeps and waits for the next packet in the netpoller.
+	reg      *os.File
 	short    bool         // the last read left buffers unused
 	idle     time.Time    // when reads started finding nothing (zero: they find packets)
 	deadline atomic.Int64 // unix nanoseconds, 0 = none
@@ -69,7 +69,7 @@ func newPollNL(c *netlink.Conn, rcvbuf int, coalesce time.Duration, wake bool) (
 	if err != nil {
 		return nil, err
 	}
-	s := &pollNL{mmsgSock: mmsgSock{fd: -1}, coalesce: coalesce, wake: wake}
+	s := &pollNL{mmsgSock: mmsgSock{fd: -1}, coalesce: coalesce}
 	var serr error
 	err = rc.Control(func(fd uintptr) {
 		nfd, e := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
@@ -121,8 +121,8 @@ func (s *pollNL) register() (*os.File, error) {
 }
 
 // park waits in the netpoller until the socket is readable or parkMax has
-// passed, on a duplicate descriptor registered for this wait only (with
-// wake: on one registered at the first park and kept).
+// passed, on a duplicate descriptor registered for this wait only (or on
+// reg).
 func (s *pollNL) park() {
 	f := s.reg
 	if f == nil {
@@ -161,8 +161,8 @@ func (s *pollNL) RecvBatch(lens []int, trunc []bool, block bool) (int, error) {
 		return 0, os.ErrClosed
 	}
 	wait := s.coalesce
-	if !s.short || s.wake {
-		wait = 0 // the last read filled every buffer: more is waiting
+	if !s.short || s.reg != nil {
+		wait = 0 // the last read filled every buffer (more is waiting), or a wait delays originals
 	}
 	for {
 		if block && s.expired() {
@@ -190,7 +190,7 @@ func (s *pollNL) RecvBatch(lens []int, trunc []bool, block bool) (int, error) {
 			if !block {
 				return 0, nil
 			}
-			if s.wake {
+			if s.reg != nil {
 				s.park()
 				if s.closed.Load() {
 					return 0, os.ErrClosed

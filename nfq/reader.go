@@ -370,8 +370,9 @@ func (r *reader) process(n int) {
 		r.dgramMax = max(r.dgramMax, r.dgramAcc)
 	}
 	if r.dgramMax > 0 && r.verdict != nfAccept {
-		r.dgramBytes, r.dgramMax = max(r.dgramMax, r.dgramBytes/2), 0
+		r.dgramBytes = max(r.dgramMax, r.dgramBytes/2)
 	}
+	r.dgramMax = 0
 	r.fold()
 }
 
