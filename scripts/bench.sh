@@ -16,6 +16,8 @@
 #   BENCH_QUICK=1        about 1 s per phase, a TCP subset (CI smoke run)
 #   BENCH_PHASES=tcp     only some phases: all (default), udp, tcp, or prefixes
 #                        of TCP phase names (tcp/log, tcp/dup/vxlan), comma-separated
+#   BENCH_TCP_CC=cubic   the TCP senders' congestion control (iperf3 -C; default cubic,
+#                        the kernel's default; bbr keeps less in flight, see docs/methods.md)
 #   BENCH_OUT=FILE       JSON results (default out/bench-results.json; /out/ is git-ignored)
 #   BENCH_PROBE_PPS=5000 latency probe rate
 #   BENCH_FLOOD=30       add the flood phases (dup, queue, log, queue and log with a session

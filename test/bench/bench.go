@@ -52,6 +52,12 @@ type Options struct {
 	// TCPPhase is the length of each TCP bulk phase (iperf3 -t, whole
 	// seconds, at least 1; default 3 s, quick 1 s).
 	TCPPhase time.Duration
+	// TCPCC is the TCP senders' congestion control (iperf3 -C), default
+	// DefaultTCPCC. It decides how much a single stream keeps in flight:
+	// cubic fills the path until loss, bbr keeps about twice the
+	// bandwidth-delay product of the lowest RTT it saw, so that the
+	// latency a method adds to the originals limits bbr's stream.
+	TCPCC string
 	// Phases selects what runs: empty or "all" runs everything; "udp" the
 	// 64-byte UDP phases (saturate, latency, lossless, overload, flood);
 	// "tcp" the TCP bulk phases; any other entry is a prefix of TCP phase
@@ -174,6 +180,7 @@ type Results struct {
 	Flood     []*LoadRun    `json:"flood,omitempty"`
 	// TCP bulk phases (iperf3 through the engine, see tcp.go).
 	TCPPhaseSecs float64            `json:"tcp_phase_seconds,omitempty"`
+	TCPCC        string             `json:"tcp_congestion_control,omitempty"`
 	TCPSetup     *TCPSetup          `json:"tcp_setup,omitempty"`
 	TCP          []*TCPRun          `json:"tcp,omitempty"`
 	Ratios       map[string]float64 `json:"ratios"`
@@ -231,6 +238,9 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			o.TCPPhase = time.Second
 		}
 	}
+	if o.TCPCC == "" {
+		o.TCPCC = DefaultTCPCC
+	}
 	for _, p := range o.Phases {
 		if p != "all" && p != "udp" && !strings.HasPrefix(p, "tcp") {
 			return nil, fmt.Errorf("phase selection %q: want all, udp, tcp or a prefix of a TCP phase name (tcp/log, tcp/dup/vxlan)", p)
@@ -246,6 +256,11 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Errorf("%s not found (scripts/deps.sh installs it)", tool)
+		}
+	}
+	if o.anyTCP() {
+		if err := checkCC(o.TCPCC); err != nil {
+			return nil, err
 		}
 	}
 	h := &harness{o: o, ctx: ctx, log: o.Log, warm: 500 * time.Millisecond}
@@ -268,7 +283,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		}
 	}
 	if o.anyTCP() {
-		r.TCPPhaseSecs = tcpSeconds(o.TCPPhase)
+		r.TCPPhaseSecs, r.TCPCC = tcpSeconds(o.TCPPhase), o.TCPCC
 		if err := h.tcpPhases(r); err != nil {
 			return r, err
 		}

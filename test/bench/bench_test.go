@@ -129,6 +129,9 @@ func TestBenchQuick(t *testing.T) {
 		if tr.OriginalsOverDup <= 0 {
 			t.Errorf("%s: no ratio to dup", tr.Phase)
 		}
+		if tr.CC != DefaultTCPCC {
+			t.Errorf("%s: iperf3's sender used congestion control %q, want the default %q", tr.Phase, tr.CC, DefaultTCPCC)
+		}
 	}
 	if s := r.TCPSetup; s == nil || len(s.Offloads) != 2 {
 		t.Errorf("TCP setup: %+v", s)
@@ -178,9 +181,10 @@ func TestTCPCases(t *testing.T) {
 
 func TestParseIperfAndPayload(t *testing.T) {
 	out := `{"start":{},"intervals":[],"end":{"sum_sent":{"seconds":3,"bytes":1000,"bits_per_second":5.5e9,"retransmits":7},
-"sum_received":{"seconds":3.01,"bytes":990,"bits_per_second":5.4e9}}}`
+"sum_received":{"seconds":3.01,"bytes":990,"bits_per_second":5.4e9},"sender_tcp_congestion":"cubic","receiver_tcp_congestion":"cubic"}}`
 	r, err := parseIperf(out)
-	if err != nil || r.End.SumReceived.BitsPerSecond != 5.4e9 || r.End.SumSent.Retransmits != 7 || r.End.SumReceived.Seconds != 3.01 {
+	if err != nil || r.End.SumReceived.BitsPerSecond != 5.4e9 || r.End.SumSent.Retransmits != 7 || r.End.SumReceived.Seconds != 3.01 ||
+		r.End.SenderCC != "cubic" {
 		t.Errorf("%+v %v", r, err)
 	}
 	if _, err := parseIperf(`{"start":{},"error":"unable to connect to server: Connection refused"}`); err == nil || !strings.Contains(err.Error(), "refused") {
@@ -193,6 +197,21 @@ func TestParseIperfAndPayload(t *testing.T) {
 	}
 	if payload(3, 100) != 0 {
 		t.Error("payload below zero")
+	}
+}
+
+func TestCheckCC(t *testing.T) {
+	b, err := os.ReadFile(availableCC)
+	if err != nil {
+		t.Skipf("no %s: %v", availableCC, err)
+	}
+	if have := strings.Fields(string(b)); len(have) > 0 {
+		if err := checkCC(have[0]); err != nil {
+			t.Errorf("checkCC(%q), listed in %q: %v", have[0], b, err)
+		}
+	}
+	if err := checkCC("no-such-cc"); err == nil || !strings.Contains(err.Error(), "the kernel has only") {
+		t.Errorf("checkCC of an unknown congestion control: %v", err)
 	}
 }
 

@@ -166,7 +166,7 @@ func firstRate(r *Results) float64 {
 
 // printTCP writes the table of the TCP bulk phases.
 func printTCP(w io.Writer, r *Results) {
-	fmt.Fprintf(w, "\nTCP bulk: iperf3 src -> col2 (originals, offloads on) through eng, %.0f s per phase; copies of tcp dport %d to col (collector link: TSO/GSO/GRO/tx csum off)\n", r.TCPPhaseSecs, iperfPort)
+	fmt.Fprintf(w, "\nTCP bulk: iperf3 src -> col2 (originals, offloads on) through eng, %.0f s per phase, congestion control %s; copies of tcp dport %d to col (collector link: TSO/GSO/GRO/tx csum off)\n", r.TCPPhaseSecs, r.TCPCC, iperfPort)
 	fmt.Fprintf(w, "copy bytes = TCP payload (nft IP bytes - %d per packet) of the copies at col / of the originals at col2; orig/dup: same target, streams and rate\n", tcpHeaders)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "phase\toffered\toriginals Gbit/s\torig/dup\tretransmits\tcopies/orig bytes\tcopy pkts\tnfclone CPU\tVmHWM MiB\tledger offered = copied + drops\t")

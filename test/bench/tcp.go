@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -79,6 +80,26 @@ func tcpCases(quick bool) []tcpCase {
 	return out
 }
 
+// DefaultTCPCC is the TCP phases' congestion control unless Options.TCPCC
+// says otherwise: the kernel's own default, which most distributions keep.
+const DefaultTCPCC = "cubic"
+
+// availableCC is where the kernel lists the congestion controls it has
+// (built in or loaded; the same in every network namespace).
+const availableCC = "/proc/sys/net/ipv4/tcp_available_congestion_control"
+
+// checkCC fails unless the kernel has the congestion control cc.
+func checkCC(cc string) error {
+	b, err := os.ReadFile(availableCC)
+	if err != nil {
+		return fmt.Errorf("TCP congestion control %q: %w", cc, err)
+	}
+	if !slices.Contains(strings.Fields(string(b)), cc) {
+		return fmt.Errorf("TCP congestion control %q: the kernel has only %s", cc, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
 // tcpSeconds is iperf3's -t for a phase length: whole seconds, at least 1.
 func tcpSeconds(d time.Duration) float64 {
 	return math.Max(1, math.Ceil(d.Seconds()))
@@ -109,6 +130,8 @@ type TCPRun struct {
 	OriginalsGbps float64 `json:"originals_gbps"`
 	SenderGbps    float64 `json:"sender_gbps"`
 	Retransmits   int64   `json:"retransmits"`
+	// CC is the sender's congestion control as iperf3 reports it.
+	CC string `json:"congestion_control"`
 	// OriginalsOverDup is OriginalsGbps / that of dup with the same target,
 	// streams and rate in the same run (0 if that phase did not run).
 	OriginalsOverDup float64 `json:"originals_over_dup,omitempty"`
@@ -375,7 +398,8 @@ func (h *harness) waitListen(ns string, port int, p *proc) error {
 // iperfResult is the part of iperf3 -J's output the harness uses.
 type iperfResult struct {
 	End struct {
-		SumSent struct {
+		SenderCC string `json:"sender_tcp_congestion"`
+		SumSent  struct {
 			BitsPerSecond float64 `json:"bits_per_second"`
 			Retransmits   int64   `json:"retransmits"`
 		} `json:"sum_sent"`
@@ -477,7 +501,7 @@ func (h *harness) tcpRun(c tcpCase) (*TCPRun, error) {
 	}
 	secs := tcpSeconds(h.o.TCPPhase)
 	args := []string{"-c", col2IP, "-p", fmt.Sprint(iperfPort), "-t", strconv.Itoa(int(secs)), "-P", strconv.Itoa(c.streams),
-		"-J", "--connect-timeout", "3000"}
+		"-J", "--connect-timeout", "3000", "-C", h.o.TCPCC}
 	if c.rate > 0 {
 		args = append(args, "-b", fmt.Sprint(c.rate/int64(c.streams))) // -b is per stream
 	}
@@ -506,6 +530,9 @@ func (h *harness) tcpRun(c tcpCase) (*TCPRun, error) {
 	tr.OriginalsGbps = ir.End.SumReceived.BitsPerSecond / 1e9
 	tr.SenderGbps = ir.End.SumSent.BitsPerSecond / 1e9
 	tr.Retransmits = ir.End.SumSent.Retransmits
+	if tr.CC = ir.End.SenderCC; tr.CC != h.o.TCPCC {
+		return nil, fmt.Errorf("%s: iperf3's sender used congestion control %q, not %q", name, tr.CC, h.o.TCPCC)
+	}
 	tr.OrigPackets, tr.OrigBytes = c1.origP-c0.origP, c1.origB-c0.origB
 	tr.CopyPackets, tr.CopyBytes = c1.copyP-c0.copyP, c1.copyB-c0.copyB
 	tr.OrigPayload, tr.CopyPayload = payload(tr.OrigPackets, tr.OrigBytes), payload(tr.CopyPackets, tr.CopyBytes)

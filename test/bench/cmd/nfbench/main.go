@@ -74,6 +74,7 @@ func run() error {
 			}
 		}
 	}
+	o.TCPCC = os.Getenv("BENCH_TCP_CC")
 	if os.Getenv("BENCH_FLOOD") != "" {
 		if o.Flood, err = envDuration("BENCH_FLOOD"); err != nil {
 			return err
