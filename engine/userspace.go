@@ -299,6 +299,18 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 			s.fanout = wrap(s.fanout)
 		}
 	}
+	deliver := pipeline.Deliver(s.fanout, s.ledger)
+	if s.hold {
+		// The originals wait for their copies: the readers send them
+		// themselves, before they let the originals go. The workers stay
+		// for what a reader queues before Run (nothing, as the rules do
+		// not feed it yet).
+		for _, r := range s.readers {
+			if qr, ok := r.(*nfq.QueueReader); ok {
+				qr.Deliver(deliver)
+			}
+		}
+	}
 	rctx, rcancel := context.WithCancel(context.Background())
 	wctx, wcancel := context.WithCancel(context.Background())
 	s.readerCancel, s.workerCancel = rcancel, wcancel
@@ -320,7 +332,7 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 	s.workerWG.Add(1)
 	go func() {
 		defer s.workerWG.Done()
-		pipeline.RunWorkers(wctx, s.queue, s.workers, pipeline.Deliver(s.fanout, s.ledger))
+		pipeline.RunWorkers(wctx, s.queue, s.workers, deliver)
 	}()
 }
 
@@ -346,6 +358,9 @@ func (s *session) stop(drain time.Duration, kernel map[string]rules.CounterValue
 		}
 		s.readerCancel()
 		if !waitUntil(&s.readerWG, deadline.Add(stopGrace)) {
+			// A hold session's reader may be inside a sink: as for a
+			// worker, its sinks stay open (abandoned).
+			abandoned = true
 			s.log.Warn("stopping: a reader did not stop in time; left behind")
 		}
 		for time.Now().Before(deadline) && s.queue.Len() > 0 {

@@ -681,6 +681,61 @@ func TestQueueHoldAcceptsOriginals(t *testing.T) {
 	}
 }
 
+// A hold reader with Deliver sends each copy itself, before the verdict
+// that lets its original go, and never through the copy queue.
+func TestHoldDeliverSendsCopiesBeforeVerdicts(t *testing.T) {
+	leaktest.Check(t)
+	sock := newFakeSock()
+	var led pipeline.Ledger
+	q := pipeline.NewCopyQueue(1, 0) // no workers: a copy queued here would never be sent
+	qr, err := newQueueReader(QueueConfig{Num: 0, Batch: 4, Snaplen: 2048, Hold: true}, sock, q, &led)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	qr.Deliver(func(b []*packet.Packet) {
+		v := sock.verdictList()
+		for _, p := range b {
+			if id := uint32(p.Data[19]); len(v) > 0 && v[len(v)-1] >= id {
+				t.Errorf("the copy of packet %d was sent after the verdict up to %d let it go", id, v[len(v)-1])
+			}
+		}
+		rec.send(b)
+		led.Account(b)
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- qr.Run(ctx) }()
+	var burst [][]byte
+	for id := 1; id <= 10; id++ {
+		orig := testpkt.IPv4(64, [4]byte{10, 77, 0, byte(id)}) // the id in the last byte of the destination
+		burst = append(burst, queuePacketMsg(qpkt{id: uint32(id), data: orig}))
+	}
+	sock.feedDgrams(burst[:3]...)
+	sock.feedDgrams(burst[3:]...)
+	waitFor(t, "copies", func() bool { return rec.n.Load() == 10 })
+	waitFor(t, "verdicts", func() bool { v := sock.verdictList(); return len(v) > 0 && v[len(v)-1] == 10 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("run: %v", err)
+	}
+	qr.Close()
+	onlyVerdicts(t, sock, nfAccept, "the originals must go on")
+	if n := q.Pushed(); n != 0 {
+		t.Errorf("%d copies went to the copy queue", n)
+	}
+	rec.mu.Lock()
+	for i, c := range rec.got {
+		if c[19] != byte(i+1) {
+			t.Errorf("copy %d is of packet %d: out of order", i+1, c[19])
+		}
+	}
+	rec.mu.Unlock()
+	if s := led.Snapshot(); s.Copied != 10 || !s.Balanced() || s.Drops.Total() != 0 {
+		t.Errorf("ledger %+v", s)
+	}
+}
+
 // onlyVerdicts fails unless every verdict the reader sent is want.
 func onlyVerdicts(t *testing.T, sock *fakeSock, want uint32, why string) {
 	t.Helper()

@@ -90,6 +90,10 @@ type reader struct {
 	// copies of the current read, pushed to the copy queue together
 	pend  [pipeline.PushChunk]*packet.Packet
 	npend int
+	// send, when set, takes the copies instead of the copy queue: the
+	// reader sends them itself, before the verdict that lets their
+	// originals go (QueueReader.Deliver), and releases them after.
+	send func(batch []*packet.Packet)
 
 	// ruleMask: where the session's rules put a rule ordinal in the mark
 	// (log sessions that annotate; 0: none)
@@ -224,7 +228,10 @@ func (r *reader) run(ctx context.Context) error {
 	defer stop()
 	var consecutive int
 	for {
-		room := r.q.Room(r.dgramCopies, r.dgramBytes)
+		room := len(r.lens)
+		if r.send == nil {
+			room = r.q.Room(r.dgramCopies, r.dgramBytes)
+		}
 		if room == 0 {
 			// Nothing read now could be queued: leave it to the kernel,
 			// which drops and counts (kernel_queue, socket_overrun), instead
@@ -561,13 +568,22 @@ func (r *reader) handlePacket(body []byte) {
 	}
 }
 
-// push hands the copies of the read so far to the copy queue in one batch.
+// push hands the copies of the read so far to the copy queue (or to send)
+// in one batch.
 func (r *reader) push() {
 	if r.npend == 0 {
 		return
 	}
 	k := r.npend
 	r.npend = 0
+	if r.send != nil {
+		r.send(r.pend[:k])
+		for i, p := range r.pend[:k] {
+			p.Release()
+			r.pend[i] = nil
+		}
+		return
+	}
 	r.nOverflow += uint64(k - r.q.PushBatch(r.pend[:k]))
 }
 
