@@ -45,6 +45,7 @@ type session struct {
 	kinds   []config.Kind
 	missing []string // device targets whose interface is gone
 	fanout  sink.Sink
+	deliver func(batch []*packet.Packet) // sends to fanout and accounts
 	workers int
 	mtu     int // copies are cut to this size (sessionMTU)
 	log     *slog.Logger
@@ -163,6 +164,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 		// Before the cutter: duplicates are the kernel's packets.
 		s.fanout = sink.NewDedup(s.fanout, sc.DedupWindow)
 	}
+	s.deliver = pipeline.Deliver(s.fanout, s.ledger) // start sets it again if it wraps the fanout
 	if sc.Method == config.MethodQueue {
 		s.count = c.Queue.Count
 		for k := 0; k < c.Queue.Count; k++ {
@@ -170,7 +172,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 				Num: uint16(first + k), Snaplen: uint32(sc.Snaplen), MaxLen: uint32(c.Queue.MaxLen), Logger: slog,
 				BufBudget: (4 << 20) / c.Queue.Count, // the session's receive slabs stay within 4 MiB (63 whole 64 KiB messages; 8 MiB peaked 3–6 MiB higher and copied no more)
 				Clones:    nfq.CloneMarks{Mask: c.MarkMask, TTLDecremented: c.Marks().TTLDecremented(), DFClear: c.Marks().DFClear()},
-				Hold:      sc.Hold,
+				Hold:      sc.Hold, Send: s.holdSend(),
 			}, s.queue, s.ledger)
 			if err != nil {
 				return nil, hostErr("sessions[%d]: binding NFQUEUE %d: %v", i, first+k, err)
@@ -288,6 +290,17 @@ func pathMTU(remote netip.AddrPort, mark uint32) int {
 // gone: twice the kernel's NFLOG flush timeout (nfq.LogConfig.Timeout, 10 ms).
 const nflogLinger = 20 * time.Millisecond
 
+// holdSend is the Send of a hold session's readers (nil for other
+// sessions): they send their copies themselves, through s.deliver, before
+// they let the originals go. (start replaces s.deliver when it wraps the
+// fanout, before any reader runs.)
+func (s *session) holdSend() func(batch []*packet.Packet) {
+	if !s.hold {
+		return nil
+	}
+	return func(batch []*packet.Packet) { s.deliver(batch) }
+}
+
 // start runs the readers and the workers.
 func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 	if wrap != nil {
@@ -299,18 +312,9 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 			s.fanout = wrap(s.fanout)
 		}
 	}
-	deliver := pipeline.Deliver(s.fanout, s.ledger)
-	if s.hold {
-		// The originals wait for their copies: the readers send them
-		// themselves, before they let the originals go. The workers stay
-		// for what a reader queues before Run (nothing, as the rules do
-		// not feed it yet).
-		for _, r := range s.readers {
-			if qr, ok := r.(*nfq.QueueReader); ok {
-				qr.Deliver(deliver)
-			}
-		}
-	}
+	// A hold session's readers send through s.deliver (holdSend); the
+	// workers, through the same function, what the copy queue holds.
+	s.deliver = pipeline.Deliver(s.fanout, s.ledger)
 	rctx, rcancel := context.WithCancel(context.Background())
 	wctx, wcancel := context.WithCancel(context.Background())
 	s.readerCancel, s.workerCancel = rcancel, wcancel
@@ -332,7 +336,7 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 	s.workerWG.Add(1)
 	go func() {
 		defer s.workerWG.Done()
-		pipeline.RunWorkers(wctx, s.queue, s.workers, deliver)
+		pipeline.RunWorkers(wctx, s.queue, s.workers, s.deliver)
 	}()
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/nfclone/nfclone/internal/testpkt"
 	"github.com/nfclone/nfclone/packet"
 	"github.com/nfclone/nfclone/pipeline"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -399,45 +400,6 @@ func TestQueueRoomLearnsCopySize(t *testing.T) {
 	}
 }
 
-// TestHoldNeverOverflows: a hold reader reckons every datagram a whole
-// buffer however small the last ones were, so super-packets after a run of
-// small packets wait in the socket instead of overflowing the copy queue
-// (a lost copy whose original went on). Reckoning like a clone reader, it
-// read all six super-packets into room for three.
-func TestHoldNeverOverflows(t *testing.T) {
-	leaktest.Check(t)
-	var led pipeline.Ledger
-	q := pipeline.NewCopyQueue(1000, 4*packet.MaxBuf)
-	sock := newFakeSock()
-	qr, err := newQueueReader(QueueConfig{Num: 1, Batch: 64, Hold: true}, sock, q, &led)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ds [][]byte
-	for i := 0; i < 20; i++ {
-		ds = append(ds, queuePacketMsg(qpkt{id: uint32(len(ds) + 1), data: testpkt.IPv4(40, [4]byte{})}))
-	}
-	sock.feedDgrams(ds...)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { qr.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done; qr.Close() }()
-	waitFor(t, "the small copies queued", func() bool { return q.Len() == 20 })
-	ds = ds[:0]
-	for i := 0; i < 6; i++ {
-		ds = append(ds, queuePacketMsg(qpkt{id: uint32(21 + i), data: testpkt.IPv4(60000, [4]byte{})}))
-	}
-	sock.feedDgrams(ds...)
-	waitFor(t, "what fits queued", func() bool { return sock.left() < 6 })
-	time.Sleep(20 * time.Millisecond) // a reader that reads too much does it by now
-	if s := led.Snapshot(); s.Drops.QueueOverflow != 0 || q.Dropped() != 0 {
-		t.Fatalf("%d copies overflowed the queue (%d super-packets read, %d left in the socket)", q.Dropped(), q.Len()-20, sock.left())
-	}
-	if n := sock.left(); n == 0 {
-		t.Fatalf("every super-packet was read into room for %d", q.Len()-20)
-	}
-}
-
 func TestQueueBindError(t *testing.T) {
 	sock := newFakeSock()
 	sock.ackErr = -int32(unix.EBUSY)
@@ -644,7 +606,8 @@ func TestQueueHoldAcceptsOriginals(t *testing.T) {
 	sock := newFakeSock()
 	var led pipeline.Ledger
 	rec := &recorder{}
-	cfg := QueueConfig{Num: 0, Batch: 4, Snaplen: 2048, Hold: true, Clones: CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000}}
+	cfg := QueueConfig{Num: 0, Batch: 4, Snaplen: 2048, Hold: true, Clones: CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000},
+		Send: func(b []*packet.Packet) { rec.send(b); led.Account(b) }}
 	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
 	orig := testpkt.IPv4(64, [4]byte{10, 77, 0, 2})
 	binary.BigEndian.PutUint16(orig[10:], ipChecksum(orig[:20]))
@@ -681,19 +644,16 @@ func TestQueueHoldAcceptsOriginals(t *testing.T) {
 	}
 }
 
-// A hold reader with Deliver sends each copy itself, before the verdict
-// that lets its original go, and never through the copy queue.
+// A hold reader sends each copy itself (QueueConfig.Send), before the
+// verdict that lets its original go, never through the copy queue; a reader
+// has Send if and only if it holds.
 func TestHoldDeliverSendsCopiesBeforeVerdicts(t *testing.T) {
 	leaktest.Check(t)
 	sock := newFakeSock()
 	var led pipeline.Ledger
 	q := pipeline.NewCopyQueue(1, 0) // no workers: a copy queued here would never be sent
-	qr, err := newQueueReader(QueueConfig{Num: 0, Batch: 4, Snaplen: 2048, Hold: true}, sock, q, &led)
-	if err != nil {
-		t.Fatal(err)
-	}
 	rec := &recorder{}
-	qr.Deliver(func(b []*packet.Packet) {
+	send := func(b []*packet.Packet) {
 		v := sock.verdictList()
 		for _, p := range b {
 			if id := uint32(p.Data[19]); len(v) > 0 && v[len(v)-1] >= id {
@@ -702,10 +662,19 @@ func TestHoldDeliverSendsCopiesBeforeVerdicts(t *testing.T) {
 		}
 		rec.send(b)
 		led.Account(b)
-	})
+	}
+	qr, err := newQueueReader(QueueConfig{Num: 0, Batch: 4, Snaplen: 2048, Hold: true, Send: send}, sock, q, &led)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- qr.Run(ctx) }()
+	for _, bad := range []QueueConfig{{Num: 1, Hold: true}, {Num: 1, Send: send}} {
+		if _, err := newQueueReader(bad, newFakeSock(), q, &led); err == nil || !strings.Contains(err.Error(), "Send if and only if") {
+			t.Errorf("Hold %t, Send set %t: %v, want refused", bad.Hold, bad.Send != nil, err)
+		}
+	}
 	var burst [][]byte
 	for id := 1; id <= 10; id++ {
 		orig := testpkt.IPv4(64, [4]byte{10, 77, 0, byte(id)}) // the id in the last byte of the destination

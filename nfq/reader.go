@@ -90,9 +90,9 @@ type reader struct {
 	// copies of the current read, pushed to the copy queue together
 	pend  [pipeline.PushChunk]*packet.Packet
 	npend int
-	// send, when set, takes the copies instead of the copy queue: the
+	// send, when set, takes the copies instead of the copy queue: a hold
 	// reader sends them itself, before the verdict that lets their
-	// originals go (QueueReader.Deliver), and releases them after.
+	// originals go (QueueConfig.Send), and releases them after.
 	send func(batch []*packet.Packet)
 
 	// ruleMask: where the session's rules put a rule ordinal in the mark
@@ -106,9 +106,8 @@ type reader struct {
 	// half a read (the largest buffer before the first read), so that a
 	// flood of small packets is not read a few at a time as if each were a
 	// super-packet, and a few small packets amid bulk do not make the next
-	// read of super-packets overflow the queue. A queue of held originals
-	// reckons every datagram a whole buffer: a copy read into a queue
-	// without room is lost while its original goes on.
+	// read of super-packets overflow the queue. (A hold reader has no
+	// copy queue: it sends its copies itself.)
 	dgramCopies, dgramBytes int
 	dgramAcc, dgramMax      int // this datagram's buffer bytes, this read's largest
 
@@ -236,9 +235,9 @@ func (r *reader) run(ctx context.Context) error {
 			// Nothing read now could be queued: leave it to the kernel,
 			// which drops and counts (kernel_queue, socket_overrun), instead
 			// of spending the CPU the host needs on reading it and throwing
-			// it away. Originals do not wait for this reader (it reads
-			// clones and NFLOG copies) unless it reads a hold queue,
-			// whose originals wait here: the pace of the copies.
+			// it away. Originals do not wait for this reader: it reads
+			// clones and NFLOG copies (a hold reader, whose originals
+			// wait for it, sends its copies itself and never gets here).
 			r.flush()
 			if ctx.Err() != nil {
 				break
@@ -376,7 +375,7 @@ func (r *reader) process(n int) {
 		r.walk(r.bufs[i][:r.lens[i]])
 		r.dgramMax = max(r.dgramMax, r.dgramAcc)
 	}
-	if r.dgramMax > 0 && r.verdict != nfAccept {
+	if r.dgramMax > 0 {
 		r.dgramBytes = max(r.dgramMax, r.dgramBytes/2)
 	}
 	r.dgramMax = 0
@@ -503,7 +502,7 @@ func (r *reader) handlePacket(body []byte) {
 		r.nTooBig++
 		return
 	}
-	if r.q.Full() {
+	if r.send == nil && r.q.Full() {
 		r.q.AddDropped(1)
 		r.nOverflow++
 		return

@@ -29,7 +29,8 @@ sessions:
 // num N bypass`) and lets each go on once nfclone has read it.
 //   - Running: every forwarded echo request is answered, and its copy at the
 //     collector is the packet as it arrived (TTL 64, as src sent it: the copy
-//     is taken before forwarding).
+//     is taken before forwarding) and got there before the original reached
+//     col2 (the reader sends it before the verdict).
 //   - Stopped (SIGSTOP): the matched traffic waits for it — IPv4 pings get no
 //     reply — while traffic the session does not match (IPv6 pings) passes.
 //   - Killed (SIGKILL): the kernel removes nfclone's table with the process,
@@ -44,11 +45,21 @@ func TestHoldOriginals(t *testing.T) {
 	if out, errOut, code := nfc(l, "check", "-c", d.cfgPath); code != 0 || !strings.Contains(out, "session h holds its originals") || !strings.Contains(out, "(nice 0)") {
 		t.Fatalf("check: exit %d, no note on the hold session:\n%s%s", code, out, errOut)
 	}
-	capt := l.StartCapture(t, l.Col, lab.Iface, "icmp", lab.Direction("in"))
+	// Both captures stamp in nanoseconds from the one kernel clock.
+	nano := lab.TcpdumpArgs("--time-stamp-precision=nano")
+	capt := l.StartCapture(t, l.Col, lab.Iface, "icmp", lab.Direction("in"), nano)
+	origs := l.StartCapture(t, l.Col2, lab.Iface, "icmp", lab.Direction("in"), nano)
 	ping(t, l, l.Eng, lab.ColIP, 1) // col is a known neighbour before the copies
 	const n = 20
 	ping(t, l, l.Src, lab.Col2IP, n)
 	capt.WaitCount(n, 5*time.Second)
+	origs.WaitCount(n, 5*time.Second)
+	arrived := map[int]time.Time{} // echo request seq → when the original reached col2
+	for _, p := range origs.Stop() {
+		if p.IsEchoRequest() {
+			arrived[p.ICMPSeq] = p.Record.Time
+		}
+	}
 	var copies int
 	for _, p := range capt.Stop() {
 		if !p.IsEchoRequest() || p.IPDst != lab.Col2IP {
@@ -57,6 +68,13 @@ func TestHoldOriginals(t *testing.T) {
 		copies++
 		if p.TTL != 64 {
 			t.Errorf("copy %d has TTL %d, want 64 (the packet as it arrived)", p.Number, p.TTL)
+		}
+		// The reader sends the copy before the verdict that lets the
+		// original go: the copy is at the collector first.
+		if at, ok := arrived[p.ICMPSeq]; !ok {
+			t.Errorf("echo request %d: copied, but the original never reached col2", p.ICMPSeq)
+		} else if p.Record.Time.After(at) {
+			t.Errorf("echo request %d: the copy reached the collector %v after the original reached col2, want before", p.ICMPSeq, p.Record.Time.Sub(at))
 		}
 	}
 	if copies != n {
