@@ -123,7 +123,7 @@ type Session struct {
 	Sources  []Source `mapstructure:"sources" json:"sources"`
 	HostOnly bool     `mapstructure:"host_only" json:"host_only"`
 	// Hold (method queue): queue the original itself, not the kernel's
-	// clone; the kernel lets it go on once nfclone has read it, so the
+	// clone; the kernel lets it go on once nfclone has sent its copy, so the
 	// originals go no faster than the copies (docs/methods.md, "hold").
 	Hold  bool   `mapstructure:"hold" json:"hold,omitempty"`
 	Rules []Rule `mapstructure:"rules" json:"rules"`

@@ -81,7 +81,7 @@ func schemaKeys() map[string]keyInfo {
 		"sessions[].sources[].interface": {desc: "Interface name.", pattern: reIfname.String(), required: true},
 		"sessions[].sources[].direction": {emptyOK: true, desc: "Which traffic of the interface is copied.", enum: []any{Ingress, Egress, Both}, def: Both},
 		"sessions[].host_only":           {desc: "Only packets to or from this host (not forwarded ones)."},
-		"sessions[].hold":                {desc: "queue: hold each original until nfclone has read it (copies complete; originals paced by the copies)."},
+		"sessions[].hold":                {desc: "queue: hold each original until nfclone has sent its copy (copies complete, each before its original; originals paced by the copies)."},
 		"sessions[].rules":               {desc: "Numbered filter rules; the lowest number matches first, the first match decides. None: copy everything."},
 		"sessions[].rules[]":             {desc: "One filter rule."},
 		"sessions[].rules[].number": func() keyInfo {

@@ -26,7 +26,7 @@ sessions:
 `
 
 // TestHoldOriginals: a hold session queues the originals themselves (`queue
-// num N bypass`) and lets each go on once nfclone has read it.
+// num N bypass`) and lets each go on once nfclone has sent its copy.
 //   - Running: every forwarded echo request is answered, and its copy at the
 //     collector is the packet as it arrived (TTL 64, as src sent it: the copy
 //     is taken before forwarding) and got there before the original reached
