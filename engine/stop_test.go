@@ -37,7 +37,8 @@ func blockedSession(t *testing.T, held, queued int) (*session, *blockedSink) {
 	t.Helper()
 	b := newBlockedSink()
 	s := &session{name: "t", method: config.MethodQueue, queue: pipeline.NewCopyQueue(1024, 0), ledger: &pipeline.Ledger{},
-		fanout: b, targets: []sink.Sink{b}, workers: 1, log: discard()}
+		targets: []sink.Sink{b}, workers: 1, log: discard()}
+	s.setFanout(b)
 	s.start(nil)
 	push := func(n int) {
 		for i := 0; i < n; i++ {

@@ -45,7 +45,7 @@ type session struct {
 	kinds   []config.Kind
 	missing []string // device targets whose interface is gone
 	fanout  sink.Sink
-	deliver func(batch []*packet.Packet) // sends to fanout and accounts
+	deliver func(batch []*packet.Packet) // sends to fanout and accounts (setFanout)
 	workers int
 	mtu     int // copies are cut to this size (sessionMTU)
 	log     *slog.Logger
@@ -159,12 +159,12 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 		s.kinds = append(s.kinds, t.Kind)
 	}
 	s.mtu = sessionMTU(sc, c.Mark)
-	s.fanout = sink.NewWire(sink.NewFanout(s.targets...), s.mtu)
+	fanout := sink.Sink(sink.NewWire(sink.NewFanout(s.targets...), s.mtu))
 	if sc.DedupWindow > 0 {
 		// Before the cutter: duplicates are the kernel's packets.
-		s.fanout = sink.NewDedup(s.fanout, sc.DedupWindow)
+		fanout = sink.NewDedup(fanout, sc.DedupWindow)
 	}
-	s.deliver = pipeline.Deliver(s.fanout, s.ledger) // start sets it again if it wraps the fanout
+	s.setFanout(fanout)
 	if sc.Method == config.MethodQueue {
 		s.count = c.Queue.Count
 		for k := 0; k < c.Queue.Count; k++ {
@@ -290,10 +290,17 @@ func pathMTU(remote netip.AddrPort, mark uint32) int {
 // gone: twice the kernel's NFLOG flush timeout (nfq.LogConfig.Timeout, 10 ms).
 const nflogLinger = 20 * time.Millisecond
 
+// setFanout makes f the sink of the session's copies, and s.deliver the
+// function that sends to it and accounts: the workers' and, in a hold
+// session, the readers'.
+func (s *session) setFanout(f sink.Sink) {
+	s.fanout, s.deliver = f, pipeline.Deliver(f, s.ledger)
+}
+
 // holdSend is the Send of a hold session's readers (nil for other
 // sessions): they send their copies themselves, through s.deliver, before
-// they let the originals go. (start replaces s.deliver when it wraps the
-// fanout, before any reader runs.)
+// they let the originals go. (start may set another fanout, before any
+// reader runs.)
 func (s *session) holdSend() func(batch []*packet.Packet) {
 	if !s.hold {
 		return nil
@@ -307,14 +314,11 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 		// Inside the cutter: `capture -c N` counts wire packets, as
 		// tcpdump does, not the kernel's super-packets.
 		if w, ok := s.fanout.(*sink.Wire); ok {
-			s.fanout = sink.NewWire(wrap(w.Inner()), w.MTU())
+			s.setFanout(sink.NewWire(wrap(w.Inner()), w.MTU()))
 		} else {
-			s.fanout = wrap(s.fanout)
+			s.setFanout(wrap(s.fanout))
 		}
 	}
-	// A hold session's readers send through s.deliver (holdSend); the
-	// workers, through the same function, what the copy queue holds.
-	s.deliver = pipeline.Deliver(s.fanout, s.ledger)
 	rctx, rcancel := context.WithCancel(context.Background())
 	wctx, wcancel := context.WithCancel(context.Background())
 	s.readerCancel, s.workerCancel = rcancel, wcancel
@@ -332,6 +336,9 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 				s.log.Error("reader stopped", "err", err)
 			}
 		}()
+	}
+	if s.hold {
+		return // its readers send the copies; nothing is ever queued
 	}
 	s.workerWG.Add(1)
 	go func() {

@@ -576,11 +576,7 @@ func (r *reader) push() {
 	k := r.npend
 	r.npend = 0
 	if r.send != nil {
-		r.send(r.pend[:k])
-		for i, p := range r.pend[:k] {
-			p.Release()
-			r.pend[i] = nil
-		}
+		pipeline.SendAndRelease(r.pend[:k], r.send)
 		return
 	}
 	r.nOverflow += uint64(k - r.q.PushBatch(r.pend[:k]))

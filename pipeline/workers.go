@@ -38,11 +38,14 @@ func worker(ctx context.Context, q *CopyQueue, lane int, send func(batch []*pack
 		if k == 0 {
 			return
 		}
-		deliver(arr[:k], send)
+		SendAndRelease(arr[:k], send)
 	}
 }
 
-func deliver(batch []*packet.Packet, send func(batch []*packet.Packet)) {
+// SendAndRelease calls send with batch, then releases every packet of it
+// and clears its slots (send must not keep them): what a worker does with
+// each batch it pops, and a hold reader with each batch it reads.
+func SendAndRelease(batch []*packet.Packet, send func(batch []*packet.Packet)) {
 	send(batch)
 	for i, p := range batch {
 		p.Release()
