@@ -18,6 +18,8 @@
 #                        of TCP phase names (tcp/log, tcp/dup/vxlan), comma-separated
 #   BENCH_TCP_CC=cubic   the TCP senders' congestion control (iperf3 -C; default cubic,
 #                        the kernel's default; bbr keeps less in flight, see docs/methods.md)
+#   BENCH_TCP_RATES=2,4,8 extra offered rates (Gbit/s over all streams) for every TCP case:
+#                        the table "complete up to" says up to which rate each method copied all
 #   BENCH_OUT=FILE       JSON results (default out/bench-results.json; /out/ is git-ignored)
 #   BENCH_PROBE_PPS=5000 latency probe rate
 #   BENCH_FLOOD=30       add the flood phases (dup, queue, log, queue and log with a session

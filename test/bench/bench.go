@@ -58,6 +58,10 @@ type Options struct {
 	// bandwidth-delay product of the lowest RTT it saw, so that the
 	// latency a method adds to the originals limits bbr's stream.
 	TCPCC string
+	// TCPRates are offered rates (bit/s over all streams) that every TCP
+	// case runs at too, beside unlimited and 1 Gbit/s: a sweep that finds up
+	// to which rate each method copies everything (Results.TCPComplete).
+	TCPRates []int64
 	// Phases selects what runs: empty or "all" runs everything; "udp" the
 	// 64-byte UDP phases (saturate, latency, lossless, overload, flood);
 	// "tcp" the TCP bulk phases; any other entry is a prefix of TCP phase
@@ -183,6 +187,7 @@ type Results struct {
 	TCPCC        string             `json:"tcp_congestion_control,omitempty"`
 	TCPSetup     *TCPSetup          `json:"tcp_setup,omitempty"`
 	TCP          []*TCPRun          `json:"tcp,omitempty"`
+	TCPComplete  []*Completeness    `json:"tcp_complete,omitempty"`
 	Ratios       map[string]float64 `json:"ratios"`
 	Targets      []Target           `json:"targets"`
 	Problems     []string           `json:"problems"`

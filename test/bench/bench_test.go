@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -110,7 +111,7 @@ func TestBenchQuick(t *testing.T) {
 	}
 
 	// TCP bulk (quick: dup and log to the gateway, 1 stream, unlimited and 1 Gbit/s).
-	if want := len(tcpCases(true)); len(r.TCP) != want {
+	if want := len(tcpCases(true, nil)); len(r.TCP) != want {
 		t.Errorf("%d TCP phases, want %d", len(r.TCP), want)
 	}
 	for _, tr := range r.TCP {
@@ -139,7 +140,7 @@ func TestBenchQuick(t *testing.T) {
 }
 
 func TestTCPCases(t *testing.T) {
-	full := tcpCases(false)
+	full := tcpCases(false, nil)
 	if len(full) != 3*4*2*2 { // targets × methods × streams × rates
 		t.Errorf("%d TCP phases, want 48", len(full))
 	}
@@ -175,6 +176,68 @@ func TestTCPCases(t *testing.T) {
 	for d, want := range map[time.Duration]float64{0: 1, 500 * time.Millisecond: 1, 3 * time.Second: 3, 2500 * time.Millisecond: 3} {
 		if got := tcpSeconds(d); got != want {
 			t.Errorf("tcpSeconds(%v) = %v, want %v", d, got, want)
+		}
+	}
+}
+
+func TestTCPRatesSweep(t *testing.T) {
+	rates, err := ParseTCPRates(" 4, 2,2.5,")
+	if err != nil || !slices.Equal(rates, []int64{4e9, 2e9, 2.5e9}) {
+		t.Fatalf("ParseTCPRates: %v %v", rates, err)
+	}
+	for _, bad := range []string{"x", "0", "-1", "401", "NaN"} {
+		if _, err := ParseTCPRates(bad); err == nil {
+			t.Errorf("ParseTCPRates(%q) accepted", bad)
+		}
+	}
+	// 1 Gbit/s twice is one rate; the rates run ascending after unlimited.
+	cases := tcpCases(true, []int64{4e9, 1e9, 2.5e9})
+	var names []string
+	for _, c := range cases {
+		names = append(names, c.name())
+	}
+	want := []string{
+		"tcp/dup/gateway/P1/max", "tcp/log/gateway/P1/max",
+		"tcp/dup/gateway/P1/1G", "tcp/log/gateway/P1/1G",
+		"tcp/dup/gateway/P1/2.5G", "tcp/log/gateway/P1/2.5G",
+		"tcp/dup/gateway/P1/4G", "tcp/log/gateway/P1/4G",
+	}
+	if !slices.Equal(names, want) {
+		t.Errorf("phases\n got %v\nwant %v", names, want)
+	}
+	if n := len(tcpCases(false, []int64{2e9, 4e9})); n != 3*4*2*4 {
+		t.Errorf("%d phases with two extra rates, want %d", n, 3*4*2*4)
+	}
+
+	run := func(method string, streams int, rate int64, ratio float64) *TCPRun {
+		return &TCPRun{Method: method, Target: "device", Streams: streams, OfferedBps: rate, CopyRatio: ratio, OriginalsGbps: 9}
+	}
+	got := completeness([]*TCPRun{
+		run("dup", 1, 0, 1), run("queue", 1, 0, 0.4),
+		run("queue", 1, 1e9, 1), run("queue", 1, 4e9, 0.999), run("queue", 1, 2e9, 0.995),
+		run("queue", 1, 8e9, 0.7), run("queue", 1, 6e9, 1), // complete again above a short rate: still short at 8
+		run("log", 1, 1e9, 0.5), run("log", 1, 2e9, 1),
+		run("hold", 4, 1e9, 1), run("hold", 4, 0, 1),
+	})
+	if len(got) != 3 {
+		t.Fatalf("%d summaries, want queue, log, hold: %+v", len(got), got)
+	}
+	q, l, h := got[0], got[1], got[2]
+	if q.Method != "queue" || q.CompleteUpToBps != 6e9 || q.ShortAtBps != 8e9 || q.ShortRatio != 0.7 || !q.SaturationRan || q.SaturationRatio != 0.4 {
+		t.Errorf("queue: %+v", q)
+	}
+	// Short at the lowest rate: complete up to none, even if a higher rate was complete.
+	if l.Method != "log" || l.CompleteUpToBps != 0 || l.ShortAtBps != 1e9 || l.SaturationRan {
+		t.Errorf("log: %+v", l)
+	}
+	if h.Method != "hold" || h.Streams != 4 || h.CompleteUpToBps != 1e9 || h.ShortAtBps != 0 || h.SaturationRatio != 1 {
+		t.Errorf("hold: %+v", h)
+	}
+	var b strings.Builder
+	printComplete(&b, &Results{TCPComplete: got, TCPCC: "cubic"})
+	for _, want := range []string{"queue", "6", "8 (0.70)", "none", "1 (0.50)", "9.00 (1.00)"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}
 	}
 }

@@ -187,4 +187,33 @@ func printTCP(w io.Writer, r *Results) {
 			t.CopyRatio, t.CopyPackets, cpu, mib(t.VmHWMKiB), ledgerCell(t.Ledger))
 	}
 	tw.Flush()
+	printComplete(w, r)
+}
+
+// gbps formats an offered rate (bit/s) as Gbit/s.
+func gbps(bps int64) string { return fmt.Sprintf("%g", float64(bps)/1e9) }
+
+// printComplete writes up to which offered rate each method copied
+// everything (with an offered-rate sweep, BENCH_TCP_RATES).
+func printComplete(w io.Writer, r *Results) {
+	if len(r.TCPComplete) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nTCP copies complete (copies/originals >= %.2f) up to an offered rate, congestion control %s\n", CompleteRatio, r.TCPCC)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "method\ttarget\tstreams\tcomplete up to Gbit/s\tfirst short: Gbit/s (copies/orig)\tunlimited: originals Gbit/s (copies/orig)\t")
+	for _, c := range r.TCPComplete {
+		up, short, sat := "none", "-", "-"
+		if c.CompleteUpToBps > 0 {
+			up = gbps(c.CompleteUpToBps)
+		}
+		if c.ShortAtBps > 0 {
+			short = fmt.Sprintf("%s (%.2f)", gbps(c.ShortAtBps), c.ShortRatio)
+		}
+		if c.SaturationRan {
+			sat = fmt.Sprintf("%.2f (%.2f)", c.SaturationGbps, c.SaturationRatio)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t\n", c.Method, c.Target, c.Streams, up, short, sat)
+	}
+	tw.Flush()
 }

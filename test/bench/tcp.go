@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -60,22 +61,122 @@ func (c tcpCase) peer() string {
 }
 
 // tcpCases lists the TCP phases in run order: for each target, streams and
-// rate, dup first (the reference), then queue and log. Quick: dup and log to
-// the gateway, one stream, unlimited and 1 Gbit/s.
-func tcpCases(quick bool) []tcpCase {
+// rate, dup first (the reference), then queue, hold and log. The rates are
+// unlimited, 1 Gbit/s and the extra offered rates (bit/s over all streams,
+// Options.TCPRates), ascending. Quick: dup and log to the gateway, one
+// stream, unlimited and 1 Gbit/s (and the extra rates).
+func tcpCases(quick bool, extra []int64) []tcpCase {
 	targets, streams, methods := []string{"gateway", "device", "vxlan"}, []int{1, 4}, []string{"dup", "queue", "hold", "log"}
 	if quick {
 		targets, streams, methods = []string{"gateway"}, []int{1}, []string{"dup", "log"}
 	}
+	rates := []int64{0, tcpModerate}
+	for _, r := range extra {
+		if r > 0 && !slices.Contains(rates, r) {
+			rates = append(rates, r)
+		}
+	}
+	slices.Sort(rates[1:])
 	var out []tcpCase
 	for _, t := range targets {
 		for _, n := range streams {
-			for _, rate := range []int64{0, tcpModerate} {
+			for _, rate := range rates {
 				for _, m := range methods {
 					out = append(out, tcpCase{method: m, target: t, streams: n, rate: rate})
 				}
 			}
 		}
+	}
+	return out
+}
+
+// maxTCPRate bounds an offered rate (bit/s): far above what veth forwards.
+const maxTCPRate = 400e9
+
+// ParseTCPRates parses BENCH_TCP_RATES: offered rates in Gbit/s over all
+// streams, separated by commas ("2,4,8" or "2.5").
+func ParseTCPRates(s string) ([]int64, error) {
+	var out []int64
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		g, err := strconv.ParseFloat(f, 64)
+		if err != nil || !(g > 0) || g*1e9 > maxTCPRate {
+			return nil, fmt.Errorf("offered rate %q: want Gbit/s above 0 and at most %g", f, maxTCPRate/1e9)
+		}
+		out = append(out, int64(math.Round(g*1e9)))
+	}
+	return out, nil
+}
+
+// CompleteRatio is the share of the originals' bytes at or above which a
+// phase's copies count as complete (the issue's 1 Gbit/s target).
+const CompleteRatio = 0.99
+
+// Completeness sums up one method's phases to one target with one stream
+// count over the offered rates: up to which rate every copy arrived.
+type Completeness struct {
+	Method  string `json:"method"`
+	Target  string `json:"target"`
+	Streams int    `json:"streams"`
+	// CompleteUpToBps is the highest offered rate at which this phase and
+	// every one at a lower offered rate copied at least CompleteRatio of the
+	// originals' bytes (0: not even the lowest).
+	CompleteUpToBps int64 `json:"complete_up_to_bps"`
+	// ShortAtBps is the lowest offered rate that copied less (0: none did)
+	// and ShortRatio its copies/originals.
+	ShortAtBps int64   `json:"short_at_bps,omitempty"`
+	ShortRatio float64 `json:"short_copy_ratio,omitempty"`
+	// Saturation is the unlimited phase (nil if it did not run): its
+	// originals and copies/originals.
+	SaturationGbps  float64 `json:"saturation_originals_gbps,omitempty"`
+	SaturationRatio float64 `json:"saturation_copy_ratio,omitempty"`
+	SaturationRan   bool    `json:"saturation_ran"`
+}
+
+// completeness derives one Completeness per method (dup aside), target and
+// stream count that ran at an offered rate.
+func completeness(runs []*TCPRun) []*Completeness {
+	type key struct {
+		method, target string
+		streams        int
+	}
+	var order []key
+	byKey := map[key][]*TCPRun{}
+	for _, t := range runs {
+		if t.Method == "dup" {
+			continue
+		}
+		k := key{t.Method, t.Target, t.Streams}
+		if _, ok := byKey[k]; !ok {
+			order = append(order, k)
+		}
+		byKey[k] = append(byKey[k], t)
+	}
+	var out []*Completeness
+	for _, k := range order {
+		c := &Completeness{Method: k.method, Target: k.target, Streams: k.streams}
+		var rated []*TCPRun
+		for _, t := range byKey[k] {
+			if t.OfferedBps == 0 {
+				c.SaturationRan, c.SaturationGbps, c.SaturationRatio = true, t.OriginalsGbps, t.CopyRatio
+				continue
+			}
+			rated = append(rated, t)
+		}
+		if len(rated) == 0 {
+			continue
+		}
+		slices.SortFunc(rated, func(a, b *TCPRun) int { return cmp.Compare(a.OfferedBps, b.OfferedBps) })
+		for _, t := range rated {
+			if t.CopyRatio < CompleteRatio {
+				c.ShortAtBps, c.ShortRatio = t.OfferedBps, t.CopyRatio
+				break
+			}
+			c.CompleteUpToBps = t.OfferedBps
+		}
+		out = append(out, c)
 	}
 	return out
 }
@@ -437,7 +538,7 @@ func payload(packets, bytes uint64) uint64 {
 // tcpPhases runs the selected TCP bulk phases.
 func (h *harness) tcpPhases(r *Results) error {
 	var cases []tcpCase
-	for _, c := range tcpCases(h.o.Quick) {
+	for _, c := range tcpCases(h.o.Quick, h.o.TCPRates) {
 		if h.o.selected("tcp", c.name()) {
 			cases = append(cases, c)
 		}
@@ -554,6 +655,7 @@ func (h *harness) tcpRun(c tcpCase) (*TCPRun, error) {
 // deriveTCP sets each TCP phase's ratio to dup and notes ledgers that do
 // not balance.
 func deriveTCP(r *Results) {
+	r.TCPComplete = completeness(r.TCP)
 	byName := map[string]*TCPRun{}
 	for _, t := range r.TCP {
 		byName[t.Phase] = t

@@ -8,7 +8,9 @@
 // BENCH_PROBE_PPS (latency probe rate, default 5000), BENCH_FLOOD (seconds:
 // add the flood phases, the generator on every CPU for that long),
 // BENCH_PHASES (comma-separated: all, udp, tcp or a prefix of TCP phase
-// names such as tcp/log or tcp/dup/vxlan; default all). BENCH_DURATION also
+// names such as tcp/log or tcp/dup/vxlan; default all), BENCH_TCP_CC (the
+// senders' congestion control, default cubic), BENCH_TCP_RATES (extra
+// offered rates in Gbit/s for every TCP case, "2,4,8"). BENCH_DURATION also
 // sets the TCP phases' length (default 3 s, whole seconds).
 package main
 
@@ -75,6 +77,9 @@ func run() error {
 		}
 	}
 	o.TCPCC = os.Getenv("BENCH_TCP_CC")
+	if o.TCPRates, err = bench.ParseTCPRates(os.Getenv("BENCH_TCP_RATES")); err != nil {
+		return fmt.Errorf("BENCH_TCP_RATES: %w", err)
+	}
 	if os.Getenv("BENCH_FLOOD") != "" {
 		if o.Flood, err = envDuration("BENCH_FLOOD"); err != nil {
 			return err
