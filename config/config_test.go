@@ -62,7 +62,8 @@ func TestParseDesignExample(t *testing.T) {
 	want := &Config{
 		Table: "nfclone", StateDir: "/run/nfclone", Mark: 0x80, MarkMask: 0xff, RouteTable: 0x4e43, RulePref: 100,
 		Metrics: Metrics{Listen: "127.0.0.1:9464"},
-		Queue:   Queue{Num: 0, Count: 1, MaxLen: 4096, Cap: 8192, CapBytes: "16MiB", Workers: 2, Nice: 10, CapByteCount: 16 << 20},
+		Queue: Queue{Num: 0, Count: 1, MaxLen: 4096, Cap: 8192, CapBytes: "16MiB", Workers: 2, Nice: 10, CapByteCount: 16 << 20,
+			SocketBuffer: "64MiB", SocketBufferBytes: 64 << 20},
 		Sessions: []Session{
 			{
 				Name: "web", Method: "queue",
@@ -160,15 +161,16 @@ sessions:
 
 func TestParseEnvOverrides(t *testing.T) {
 	cfg, err := Parse([]byte("queue: {cap: 5, workers: 3}\ntable: fromfile\n"), env(map[string]string{
-		"NFCLONE_QUEUE_CAP":      "100",
-		"NFCLONE_QUEUE_CPUS":     "1",
-		"NFCLONE_WATCH":          "true",
-		"NFCLONE_MARK":           "0x9000",
-		"NFCLONE_MARK_MASK":      "0xff00",
-		"NFCLONE_STATE_DIR":      "/tmp/nfc",
-		"NFCLONE_METRICS_LISTEN": "",
-		"NFCLONE_SESSIONS":       "ignored: only scalar keys are bound",
-		"OTHER_QUEUE_CAP":        "7",
+		"NFCLONE_QUEUE_CAP":           "100",
+		"NFCLONE_QUEUE_CPUS":          "1",
+		"NFCLONE_QUEUE_SOCKET_BUFFER": "8MiB",
+		"NFCLONE_WATCH":               "true",
+		"NFCLONE_MARK":                "0x9000",
+		"NFCLONE_MARK_MASK":           "0xff00",
+		"NFCLONE_STATE_DIR":           "/tmp/nfc",
+		"NFCLONE_METRICS_LISTEN":      "",
+		"NFCLONE_SESSIONS":            "ignored: only scalar keys are bound",
+		"OTHER_QUEUE_CAP":             "7",
 	}))
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
@@ -178,6 +180,7 @@ func TestParseEnvOverrides(t *testing.T) {
 	want.Queue.Cap = 100 // env wins over the file
 	want.Queue.Workers = 3
 	want.Queue.CPUs = 1
+	want.Queue.SocketBuffer, want.Queue.SocketBufferBytes = "8MiB", 8<<20
 	want.Watch = true
 	want.Mark = 0x9000
 	want.MarkMask = 0xff00

@@ -690,6 +690,17 @@ sessions:
 		want: []string{"queue.cap: 0 is out of range 1-4194304"},
 	},
 	{
+		name: "socket buffer out of range, and not a size",
+		env:  map[string]string{"NFCLONE_QUEUE_SOCKET_BUFFER": "1GiB"},
+		yaml: "{}\n",
+		want: []string{`queue.socket_buffer: "1GiB" is out of range 1MiB-512MiB`},
+	},
+	{
+		name: "socket buffer not a size",
+		yaml: "queue: {socket_buffer: lots}\n",
+		want: []string{`queue.socket_buffer: "lots" is not a size like 100MB`},
+	},
+	{
 		name: "bad env value reported with its key path",
 		env:  map[string]string{"NFCLONE_QUEUE_WORKERS": "zz"},
 		yaml: "{}\n",

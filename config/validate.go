@@ -158,6 +158,13 @@ func validateQueue(p *problems, q *Queue, sessions int) {
 	} else {
 		q.CapByteCount = n
 	}
+	if n, err := ParseSize(q.SocketBuffer); err != nil {
+		p.add("queue.socket_buffer", "%v", err)
+	} else if n < 1<<20 || n > 512<<20 {
+		p.add("queue.socket_buffer", "%q is out of range 1MiB-512MiB", q.SocketBuffer)
+	} else {
+		q.SocketBufferBytes = n
+	}
 	if q.Workers < 1 || q.Workers > 256 {
 		p.add("queue.workers", "%d is out of range 1-256", q.Workers)
 	}

@@ -170,6 +170,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 		for k := 0; k < c.Queue.Count; k++ {
 			r, err := nfq.NewQueueReader(nfq.QueueConfig{
 				Num: uint16(first + k), Snaplen: uint32(sc.Snaplen), MaxLen: uint32(c.Queue.MaxLen), Logger: slog,
+				RcvBuf:    int(c.Queue.SocketBufferBytes),
 				BufBudget: (4 << 20) / c.Queue.Count, // the session's receive slabs stay within 4 MiB (63 whole 64 KiB messages; 8 MiB peaked 3–6 MiB higher and copied no more)
 				Clones:    nfq.CloneMarks{Mask: c.MarkMask, TTLDecremented: c.Marks().TTLDecremented(), DFClear: c.Marks().DFClear()},
 				Hold:      sc.Hold, Send: s.holdSend(),
@@ -182,6 +183,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 	} else {
 		r, err := nfq.NewLogReader(nfq.LogConfig{
 			Group: uint16(first), Snaplen: uint32(sc.Snaplen), QThresh: rules.LogThreshold, Logger: slog,
+			RcvBuf:   int(c.Queue.SocketBufferBytes),
 			RuleMask: rules.RuleMarks(c, i),
 		}, s.queue, s.ledger)
 		if err != nil {

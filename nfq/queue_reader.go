@@ -27,7 +27,7 @@ type QueueConfig struct {
 	// MaxLen is the kernel queue length (0 = 4096).
 	MaxLen uint32
 	// RcvBuf is the netlink receive buffer in bytes, set with
-	// SO_RCVBUFFORCE (0 = 16 MiB).
+	// SO_RCVBUFFORCE (0 = 16 MiB; the engine sets queue.socket_buffer).
 	RcvBuf int
 	// Batch is the number of packets after which a batch verdict is sent
 	// and the number of datagrams fetched per recvmmsg (0 = 256; at most

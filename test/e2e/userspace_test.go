@@ -74,7 +74,7 @@ func ledgerLine(t *testing.T, stderr, session string) string {
 func TestSeveralQueues(t *testing.T) {
 	l := lab.New(t)
 	d := startNfclone(t, l, `
-queue: {count: 2}
+queue: {count: 2, socket_buffer: 12MiB}
 sessions:
   - name: fan
     method: queue
@@ -89,6 +89,13 @@ sessions:
 	ping(t, l, l.Src, lab.Col2IP, pings)
 	c.WaitCount(2*pings, 5*time.Second)
 	requireCount(t, "copies", c.Stop(), echoReq(lab.SrcIP), 2*pings)
+	// Both queues' sockets have queue.socket_buffer, doubled by the kernel
+	// (ss reads it back through netlink's sock_diag: skmem rb). Not 8 MiB:
+	// the nftables library sets that on its own socket.
+	ss := l.MustExec(t, l.Eng, "ss", "-f", "netlink", "-m", "-n", "-p")
+	if n := strings.Count(ss, "rb25165824,"); n != 2 {
+		t.Errorf("%d netlink sockets with a 12 MiB socket_buffer (rb25165824), want 2 (the two queues):\n%s", n, ss)
+	}
 	d.stop(t)
 }
 
