@@ -223,7 +223,7 @@ func TestTCPRatesSweep(t *testing.T) {
 		t.Fatalf("%d summaries, want queue, log, hold: %+v", len(got), got)
 	}
 	q, l, h := got[0], got[1], got[2]
-	if q.Method != "queue" || q.CompleteUpToBps != 6e9 || q.ShortAtBps != 8e9 || q.ShortRatio != 0.7 || !q.SaturationRan || q.SaturationRatio != 0.4 {
+	if q.Method != "queue" || q.CompleteUpToBps != 6e9 || q.CompleteGbps != 9 || q.ShortAtBps != 8e9 || q.ShortRatio != 0.7 || !q.SaturationRan || q.SaturationRatio != 0.4 {
 		t.Errorf("queue: %+v", q)
 	}
 	// Short at the lowest rate: complete up to none, even if a higher rate was complete.
@@ -235,7 +235,7 @@ func TestTCPRatesSweep(t *testing.T) {
 	}
 	var b strings.Builder
 	printComplete(&b, &Results{TCPComplete: got, TCPCC: "cubic"})
-	for _, want := range []string{"queue", "6", "8 (0.70)", "none", "1 (0.50)", "9.00 (1.00)"} {
+	for _, want := range []string{"queue", "6 (9.00)", "8 (0.70)", "none", "1 (0.50)", "9.00 (1.00)"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}

@@ -201,11 +201,11 @@ func printComplete(w io.Writer, r *Results) {
 	}
 	fmt.Fprintf(w, "\nTCP copies complete (copies/originals >= %.2f) up to an offered rate, congestion control %s\n", CompleteRatio, r.TCPCC)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "method\ttarget\tstreams\tcomplete up to Gbit/s\tfirst short: Gbit/s (copies/orig)\tunlimited: originals Gbit/s (copies/orig)\t")
+	fmt.Fprintln(tw, "method\ttarget\tstreams\tcomplete up to: offered Gbit/s (originals)\tfirst short: offered Gbit/s (copies/orig)\tunlimited: originals Gbit/s (copies/orig)\t")
 	for _, c := range r.TCPComplete {
 		up, short, sat := "none", "-", "-"
 		if c.CompleteUpToBps > 0 {
-			up = gbps(c.CompleteUpToBps)
+			up = fmt.Sprintf("%s (%.2f)", gbps(c.CompleteUpToBps), c.CompleteGbps)
 		}
 		if c.ShortAtBps > 0 {
 			short = fmt.Sprintf("%s (%.2f)", gbps(c.ShortAtBps), c.ShortRatio)

@@ -124,6 +124,10 @@ type Completeness struct {
 	// every one at a lower offered rate copied at least CompleteRatio of the
 	// originals' bytes (0: not even the lowest).
 	CompleteUpToBps int64 `json:"complete_up_to_bps"`
+	// CompleteGbps is the originals' Gbit/s at CompleteUpToBps: below the
+	// offered rate where the method held the originals (hold) or the
+	// path could not carry more.
+	CompleteGbps float64 `json:"complete_originals_gbps,omitempty"`
 	// ShortAtBps is the lowest offered rate that copied less (0: none did)
 	// and ShortRatio its copies/originals.
 	ShortAtBps int64   `json:"short_at_bps,omitempty"`
@@ -174,7 +178,7 @@ func completeness(runs []*TCPRun) []*Completeness {
 				c.ShortAtBps, c.ShortRatio = t.OfferedBps, t.CopyRatio
 				break
 			}
-			c.CompleteUpToBps = t.OfferedBps
+			c.CompleteUpToBps, c.CompleteGbps = t.OfferedBps, t.OriginalsGbps
 		}
 		out = append(out, c)
 	}
