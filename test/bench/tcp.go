@@ -132,8 +132,8 @@ type Completeness struct {
 	// and ShortRatio its copies/originals.
 	ShortAtBps int64   `json:"short_at_bps,omitempty"`
 	ShortRatio float64 `json:"short_copy_ratio,omitempty"`
-	// Saturation is the unlimited phase (nil if it did not run): its
-	// originals and copies/originals.
+	// SaturationRan says whether the unlimited phase ran; SaturationGbps
+	// and SaturationRatio are its originals and copies/originals.
 	SaturationGbps  float64 `json:"saturation_originals_gbps,omitempty"`
 	SaturationRatio float64 `json:"saturation_copy_ratio,omitempty"`
 	SaturationRan   bool    `json:"saturation_ran"`
