@@ -23,6 +23,21 @@ const MaxVNI = 1<<24 - 1
 
 type problems struct{ list Errors }
 
+// size parses the size v of key and checks that it lies in lo..hi (rng
+// says so in words); otherwise it adds the problem and ok is false.
+func (p *problems) size(key, v string, lo, hi int64, rng string) (n int64, ok bool) {
+	n, err := ParseSize(v)
+	switch {
+	case err != nil:
+		p.add(key, "%v", err)
+	case n < lo || n > hi:
+		p.add(key, "%q is out of range %s", v, rng)
+	default:
+		return n, true
+	}
+	return 0, false
+}
+
 func (p *problems) add(path, format string, args ...any) {
 	p.list = append(p.list, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
 }
@@ -151,18 +166,10 @@ func validateQueue(p *problems, q *Queue, sessions int) {
 	if q.Cap < 1 || q.Cap > 1<<22 {
 		p.add("queue.cap", "%d is out of range 1-4194304", q.Cap)
 	}
-	if n, err := ParseSize(q.CapBytes); err != nil {
-		p.add("queue.cap_bytes", "%v", err)
-	} else if n < 1<<20 || n > 1<<32 {
-		p.add("queue.cap_bytes", "%q is out of range 1MiB-4GiB", q.CapBytes)
-	} else {
+	if n, ok := p.size("queue.cap_bytes", q.CapBytes, 1<<20, 1<<32, "1MiB-4GiB"); ok {
 		q.CapByteCount = n
 	}
-	if n, err := ParseSize(q.SocketBuffer); err != nil {
-		p.add("queue.socket_buffer", "%v", err)
-	} else if n < 1<<20 || n > 512<<20 {
-		p.add("queue.socket_buffer", "%q is out of range 1MiB-512MiB", q.SocketBuffer)
-	} else {
+	if n, ok := p.size("queue.socket_buffer", q.SocketBuffer, 1<<20, 512<<20, "1MiB-512MiB"); ok {
 		q.SocketBufferBytes = n
 	}
 	if q.Workers < 1 || q.Workers > 256 {
