@@ -7,6 +7,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/nfclone/nfclone/config"
+	"github.com/nfclone/nfclone/nfq"
 )
 
 // SetNice raises the niceness of every thread, never lowers it. Run in a
@@ -61,5 +64,15 @@ func TestSetCPUs(t *testing.T) {
 	SetCPUs(1)
 	if n := goruntime.GOMAXPROCS(0); n != before {
 		t.Fatalf("GOMAXPROCS=%d in the environment, yet cpus 1 set %d", before, n)
+	}
+}
+
+// The readers' own default buffer is queue.socket_buffer's default, so a
+// reader opened without the config buffers as one opened with it.
+func TestReaderBufferDefaultIsTheConfigs(t *testing.T) {
+	d := config.Default().Queue
+	n, err := config.ParseSize(config.DefaultSocketBuffer)
+	if err != nil || n != d.SocketBufferBytes || n != nfq.DefaultRcvBuf {
+		t.Errorf("queue.socket_buffer default %q = %d bytes (%v), Default() %d, nfq.DefaultRcvBuf %d", config.DefaultSocketBuffer, n, err, d.SocketBufferBytes, nfq.DefaultRcvBuf)
 	}
 }

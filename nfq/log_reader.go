@@ -36,8 +36,8 @@ type LogConfig struct {
 	// for small packets and order 5 for a 64 KiB one (128 KiB asked for
 	// order 6, which failed under load: copies lost without a trace).
 	NlBufSize uint32
-	// RcvBuf is the netlink receive buffer (0 = 16 MiB, SO_RCVBUFFORCE;
-	// the engine sets queue.socket_buffer).
+	// RcvBuf is the netlink receive buffer (0 = DefaultRcvBuf,
+	// SO_RCVBUFFORCE; the engine sets queue.socket_buffer).
 	RcvBuf  int
 	Session int
 	NetNS   int
@@ -66,7 +66,7 @@ func (c *LogConfig) defaults() {
 		c.NlBufSize = 131072
 	}
 	if c.RcvBuf == 0 {
-		c.RcvBuf = 16 << 20
+		c.RcvBuf = DefaultRcvBuf
 	}
 }
 

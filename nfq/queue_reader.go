@@ -27,7 +27,7 @@ type QueueConfig struct {
 	// MaxLen is the kernel queue length (0 = 4096).
 	MaxLen uint32
 	// RcvBuf is the netlink receive buffer in bytes, set with
-	// SO_RCVBUFFORCE (0 = 16 MiB; the engine sets queue.socket_buffer).
+	// SO_RCVBUFFORCE (0 = DefaultRcvBuf; the engine sets queue.socket_buffer).
 	RcvBuf int
 	// Batch is the number of packets after which a batch verdict is sent
 	// and the number of datagrams fetched per recvmmsg (0 = 256; at most
@@ -101,6 +101,10 @@ type QueueReader struct {
 	once sync.Once
 }
 
+// DefaultRcvBuf is a reader socket's receive buffer when its config says
+// none: config.DefaultSocketBuffer, the default of queue.socket_buffer.
+const DefaultRcvBuf = 64 << 20
+
 const nlOverhead = 1024 // room for the netlink and attribute headers around a payload
 
 // MaxCopy is the most of a packet NFQUEUE and NFLOG can hand over: a
@@ -117,7 +121,7 @@ func (c *QueueConfig) defaults() {
 		c.MaxLen = 4096
 	}
 	if c.RcvBuf == 0 {
-		c.RcvBuf = 16 << 20
+		c.RcvBuf = DefaultRcvBuf
 	}
 	if c.Batch <= 0 {
 		c.Batch = 256
