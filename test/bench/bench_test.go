@@ -210,21 +210,31 @@ func TestTCPRatesSweep(t *testing.T) {
 	}
 
 	run := func(method string, streams int, rate int64, ratio float64) *TCPRun {
-		return &TCPRun{Method: method, Target: "device", Streams: streams, OfferedBps: rate, CopyRatio: ratio, OriginalsGbps: 9}
+		return &TCPRun{Method: method, Target: "device", Streams: streams, OfferedBps: rate, CopyRatio: ratio, OriginalsGbps: 9, HostCPU: 1.2}
 	}
+	dupSat, dup6 := run("dup", 1, 0, 1), run("dup", 1, 6e9, 1)
+	dupSat.OriginalsGbps, dup6.HostCPU = 12, 0.8
 	got := completeness([]*TCPRun{
-		run("dup", 1, 0, 1), run("queue", 1, 0, 0.4),
+		dupSat, dup6, run("queue", 1, 0, 0.4),
 		run("queue", 1, 1e9, 1), run("queue", 1, 4e9, 0.999), run("queue", 1, 2e9, 0.995),
 		run("queue", 1, 8e9, 0.7), run("queue", 1, 6e9, 1), // complete again above a short rate: still short at 8
 		run("log", 1, 1e9, 0.5), run("log", 1, 2e9, 1),
 		run("hold", 4, 1e9, 1), run("hold", 4, 0, 1),
-	})
+	}, 2)
 	if len(got) != 3 {
 		t.Fatalf("%d summaries, want queue, log, hold: %+v", len(got), got)
 	}
 	q, l, h := got[0], got[1], got[2]
 	if q.Method != "queue" || q.CompleteUpToBps != 6e9 || q.CompleteGbps != 9 || q.ShortAtBps != 8e9 || q.ShortRatio != 0.7 || !q.SaturationRan || q.SaturationRatio != 0.4 {
 		t.Errorf("queue: %+v", q)
+	}
+	// The cost at 6 Gbit/s: 1.2 CPUs for 9 Gbit/s, so two CPUs carry 15; dup took 0.8 there, 12 unlimited.
+	if q.CompleteHostCPU != 1.2 || q.DupHostCPU != 0.8 || q.AllCoresGbps != 15 || q.DupSaturationGbps != 12 {
+		t.Errorf("queue's cost: %+v", q)
+	}
+	// No dup phase at hold's complete rate (1 Gbit/s, four streams): no dup cost; nothing complete for log: no cost.
+	if h.DupHostCPU != 0 || h.DupSaturationGbps != 0 || h.AllCoresGbps != 15 || l.CompleteHostCPU != 0 || l.AllCoresGbps != 0 {
+		t.Errorf("hold's or log's cost: %+v %+v", h, l)
 	}
 	// Short at the lowest rate: complete up to none, even if a higher rate was complete.
 	if l.Method != "log" || l.CompleteUpToBps != 0 || l.ShortAtBps != 1e9 || l.SaturationRan {
@@ -235,10 +245,26 @@ func TestTCPRatesSweep(t *testing.T) {
 	}
 	var b strings.Builder
 	printComplete(&b, &Results{TCPComplete: got, TCPCC: "cubic"})
-	for _, want := range []string{"queue", "6 (9.00)", "8 (0.70)", "none", "1 (0.50)", "9.00 (1.00)"} {
+	for _, want := range []string{"queue", "6 (9.00)", "8 (0.70)", "none", "1 (0.50)", "9.00 (1.00)", "1.20 (0.80)", "15.0 (12.0)"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+func TestParseHostJiffies(t *testing.T) {
+	// user nice system idle iowait irq softirq steal guest guest_nice
+	busy, total, err := parseHostJiffies("cpu  100 5 50 800 20 3 40 2 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+	if err != nil || busy != 100+5+50+3+40+2 || total != busy+800+20 {
+		t.Errorf("busy %d total %d: %v", busy, total, err)
+	}
+	for _, bad := range []string{"", "cpu0 1 2 3 4 5 6 7 8\n", "cpu 1 2 3\n", "cpu 1 2 x 4 5 6 7 8\n"} {
+		if _, _, err := parseHostJiffies(bad); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+	if b, tot, err := hostJiffies(); err != nil || tot == 0 || b > tot {
+		t.Errorf("this machine: busy %d of %d: %v", b, tot, err)
 	}
 }
 

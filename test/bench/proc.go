@@ -275,3 +275,34 @@ func nfqueueProc(ns string) []string {
 	})
 	return out
 }
+
+// hostJiffies returns the machine's busy and total CPU time in USER_HZ
+// ticks, summed over every CPU (/proc/stat's "cpu" line: busy is all but
+// idle and iowait; guest time is inside user).
+func hostJiffies() (busy, total uint64, err error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	return parseHostJiffies(string(b))
+}
+
+func parseHostJiffies(stat string) (busy, total uint64, err error) {
+	line, _, _ := strings.Cut(stat, "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("/proc/stat: first line %q is not the cpu sum", line)
+	}
+	// user nice system idle iowait irq softirq steal [guest guest_nice]
+	for i, s := range f[1:9] {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat: cpu field %d %q: %w", i+1, s, err)
+		}
+		total += v
+		if i != 3 && i != 4 {
+			busy += v
+		}
+	}
+	return busy, total, nil
+}

@@ -169,7 +169,7 @@ func printTCP(w io.Writer, r *Results) {
 	fmt.Fprintf(w, "\nTCP bulk: iperf3 src -> col2 (originals, offloads on) through eng, %.0f s per phase, congestion control %s; copies of tcp dport %d to col (collector link: TSO/GSO/GRO/tx csum off)\n", r.TCPPhaseSecs, r.TCPCC, iperfPort)
 	fmt.Fprintf(w, "copy bytes = TCP payload (nft IP bytes - %d per packet) of the copies at col / of the originals at col2; orig/dup: same target, streams and rate\n", tcpHeaders)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "phase\toffered\toriginals Gbit/s\torig/dup\tretransmits\tcopies/orig bytes\tcopy pkts\tnfclone CPU\tVmHWM MiB\tledger offered = copied + drops\t")
+	fmt.Fprintln(tw, "phase\toffered\toriginals Gbit/s\torig/dup\tretransmits\tcopies/orig bytes\tcopy pkts\tnfclone CPU\thost CPU\tVmHWM MiB\tledger offered = copied + drops\t")
 	for _, t := range r.TCP {
 		offered := "max"
 		if t.OfferedBps > 0 {
@@ -183,8 +183,8 @@ func printTCP(w io.Writer, r *Results) {
 		if t.Method != "dup" {
 			cpu = fmt.Sprintf("%.2f", t.NfcloneCPU)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%s\t%d\t%.2f\t%d\t%s\t%s\t%s\t\n", t.Phase, offered, t.OriginalsGbps, od, t.Retransmits,
-			t.CopyRatio, t.CopyPackets, cpu, mib(t.VmHWMKiB), ledgerCell(t.Ledger))
+		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%s\t%d\t%.2f\t%d\t%s\t%.2f\t%s\t%s\t\n", t.Phase, offered, t.OriginalsGbps, od, t.Retransmits,
+			t.CopyRatio, t.CopyPackets, cpu, t.HostCPU, mib(t.VmHWMKiB), ledgerCell(t.Ledger))
 	}
 	tw.Flush()
 	printComplete(w, r)
@@ -201,9 +201,19 @@ func printComplete(w io.Writer, r *Results) {
 	}
 	fmt.Fprintf(w, "\nTCP copies complete (copies/originals >= %.2f) up to an offered rate, congestion control %s\n", CompleteRatio, r.TCPCC)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "method\ttarget\tstreams\tcomplete up to: offered Gbit/s (originals)\tfirst short: offered Gbit/s (copies/orig)\tunlimited: originals Gbit/s (copies/orig)\t")
+	fmt.Fprintln(tw, "method\ttarget\tstreams\tcomplete up to: offered Gbit/s (originals)\thost CPU there (dup's)\tall CPUs at that cost: Gbit/s (dup unlimited)\tfirst short: offered Gbit/s (copies/orig)\tunlimited: originals Gbit/s (copies/orig)\t")
 	for _, c := range r.TCPComplete {
-		up, short, sat := "none", "-", "-"
+		up, cost, all, short, sat := "none", "-", "-", "-", "-"
+		if c.CompleteHostCPU > 0 {
+			cost = fmt.Sprintf("%.2f", c.CompleteHostCPU)
+			if c.DupHostCPU > 0 {
+				cost += fmt.Sprintf(" (%.2f)", c.DupHostCPU)
+			}
+			all = fmt.Sprintf("%.1f", c.AllCoresGbps)
+			if c.DupSaturationGbps > 0 {
+				all += fmt.Sprintf(" (%.1f)", c.DupSaturationGbps)
+			}
+		}
 		if c.CompleteUpToBps > 0 {
 			up = fmt.Sprintf("%s (%.2f)", gbps(c.CompleteUpToBps), c.CompleteGbps)
 		}
@@ -213,7 +223,7 @@ func printComplete(w io.Writer, r *Results) {
 		if c.SaturationRan {
 			sat = fmt.Sprintf("%.2f (%.2f)", c.SaturationGbps, c.SaturationRatio)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t\n", c.Method, c.Target, c.Streams, up, short, sat)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t\n", c.Method, c.Target, c.Streams, up, cost, all, short, sat)
 	}
 	tw.Flush()
 }

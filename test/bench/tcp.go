@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -137,19 +138,33 @@ type Completeness struct {
 	SaturationGbps  float64 `json:"saturation_originals_gbps,omitempty"`
 	SaturationRatio float64 `json:"saturation_copy_ratio,omitempty"`
 	SaturationRan   bool    `json:"saturation_ran"`
+	// CompleteHostCPU is the machine's busy CPU (TCPRun.HostCPU) at
+	// CompleteUpToBps, and DupHostCPU dup's at the same target, streams and
+	// offered rate (0: dup did not run there).
+	CompleteHostCPU float64 `json:"complete_host_cpu,omitempty"`
+	DupHostCPU      float64 `json:"dup_host_cpu,omitempty"`
+	// AllCoresGbps is what every CPU of the machine would carry at the cost
+	// measured at CompleteUpToBps (CPUs × CompleteGbps / CompleteHostCPU):
+	// an estimate of the most the originals could reach with every byte
+	// copied, whatever the scheduler does. DupSaturationGbps is dup's
+	// unlimited phase with the same target and streams, for comparison.
+	AllCoresGbps      float64 `json:"all_cores_gbps,omitempty"`
+	DupSaturationGbps float64 `json:"dup_saturation_gbps,omitempty"`
 }
 
 // completeness derives one Completeness per method (dup aside), target and
-// stream count that ran at an offered rate.
-func completeness(runs []*TCPRun) []*Completeness {
+// stream count that ran at an offered rate, on a machine with cpus CPUs.
+func completeness(runs []*TCPRun, cpus int) []*Completeness {
 	type key struct {
 		method, target string
 		streams        int
 	}
 	var order []key
 	byKey := map[key][]*TCPRun{}
+	dup := map[tcpCase]*TCPRun{}
 	for _, t := range runs {
 		if t.Method == "dup" {
+			dup[tcpCase{target: t.Target, streams: t.Streams, rate: t.OfferedBps}] = t
 			continue
 		}
 		k := key{t.Method, t.Target, t.Streams}
@@ -178,7 +193,16 @@ func completeness(runs []*TCPRun) []*Completeness {
 				c.ShortAtBps, c.ShortRatio = t.OfferedBps, t.CopyRatio
 				break
 			}
-			c.CompleteUpToBps, c.CompleteGbps = t.OfferedBps, t.OriginalsGbps
+			c.CompleteUpToBps, c.CompleteGbps, c.CompleteHostCPU = t.OfferedBps, t.OriginalsGbps, t.HostCPU
+		}
+		if d := dup[tcpCase{target: k.target, streams: k.streams, rate: c.CompleteUpToBps}]; d != nil && c.CompleteUpToBps > 0 {
+			c.DupHostCPU = d.HostCPU
+		}
+		if d := dup[tcpCase{target: k.target, streams: k.streams}]; d != nil {
+			c.DupSaturationGbps = d.OriginalsGbps
+		}
+		if c.CompleteHostCPU > 0 {
+			c.AllCoresGbps = float64(cpus) * c.CompleteGbps / c.CompleteHostCPU
 		}
 		out = append(out, c)
 	}
@@ -258,8 +282,12 @@ type TCPRun struct {
 	// bytes that reached the collector as copies.
 	CopyRatio  float64 `json:"copy_ratio"`
 	NfcloneCPU float64 `json:"nfclone_cpu"`
-	VmHWMKiB   int64   `json:"vmhwm_kib,omitempty"`
-	Ledger     *Ledger `json:"ledger,omitempty"`
+	// HostCPU is the whole machine's busy CPU while iperf3 ran (1.0 = one
+	// core): sender, receiver, forwarding, copies and nfclone, every
+	// namespace, softirq included.
+	HostCPU  float64 `json:"host_cpu"`
+	VmHWMKiB int64   `json:"vmhwm_kib,omitempty"`
+	Ledger   *Ledger `json:"ledger,omitempty"`
 	// KernelQueue is eng's /proc/net/netfilter/nfnetlink_queue (queue only).
 	KernelQueue []string `json:"nfnetlink_queue,omitempty"`
 }
@@ -440,6 +468,9 @@ type tcpCounters struct {
 	copyP, copyB uint64
 	nfcloneCPU   float64
 	haveCPU      bool
+	// hostBusy and hostTotal are the machine's CPU ticks (hostJiffies).
+	hostBusy, hostTotal uint64
+	haveHost            bool
 }
 
 func (h *harness) tcpSample(c tcpCase, d *daemon) (tcpCounters, error) {
@@ -459,6 +490,8 @@ func (h *harness) tcpSample(c tcpCase, d *daemon) (tcpCounters, error) {
 		s.nfcloneCPU, err = procCPU(d.p.pid())
 		s.haveCPU = err == nil
 	}
+	s.hostBusy, s.hostTotal, err = hostJiffies()
+	s.haveHost = err == nil
 	return s, nil
 }
 
@@ -620,9 +653,13 @@ func (h *harness) tcpRun(c tcpCase) (*TCPRun, error) {
 		}
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	hostBusy1, hostTotal1, herr := hostJiffies()
 	ir, err := parseIperf(out)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if herr == nil && c0.haveHost && hostTotal1 > c0.hostTotal {
+		tr.HostCPU = float64(runtime.NumCPU()) * float64(hostBusy1-c0.hostBusy) / float64(hostTotal1-c0.hostTotal)
 	}
 	_ = h.sleep(300 * time.Millisecond) // copies still queued in nfclone
 	c1, err := h.tcpSample(c, d)
@@ -659,7 +696,7 @@ func (h *harness) tcpRun(c tcpCase) (*TCPRun, error) {
 // deriveTCP sets each TCP phase's ratio to dup and notes ledgers that do
 // not balance.
 func deriveTCP(r *Results) {
-	r.TCPComplete = completeness(r.TCP)
+	r.TCPComplete = completeness(r.TCP, r.CPUs)
 	byName := map[string]*TCPRun{}
 	for _, t := range r.TCP {
 		byName[t.Phase] = t
