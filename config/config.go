@@ -94,6 +94,12 @@ type Queue struct {
 	// runs (GOMAXPROCS; 0: all, Go's default). The GOMAXPROCS environment
 	// variable wins.
 	CPUs int `mapstructure:"cpus" json:"cpus"`
+	// Realtime, 1-99, puts every nfclone thread in the SCHED_FIFO class at
+	// that priority while it runs (needs CAP_SYS_NICE; nice then no longer
+	// applies): copies come before the host's own work, so clones are
+	// complete at rates where the default (nice) loses some, and the
+	// originals yield the CPU instead. 0 (the default): off.
+	Realtime int `mapstructure:"realtime" json:"realtime"`
 	// SocketBuffer is the kernel receive buffer of each reader's socket (a
 	// size: "64MiB"; the kernel holds up to twice this).
 	SocketBuffer string `mapstructure:"socket_buffer" json:"socket_buffer"`

@@ -164,6 +164,7 @@ func TestParseEnvOverrides(t *testing.T) {
 		"NFCLONE_QUEUE_CAP":           "100",
 		"NFCLONE_QUEUE_CPUS":          "1",
 		"NFCLONE_QUEUE_SOCKET_BUFFER": "8MiB",
+		"NFCLONE_QUEUE_REALTIME":      "5",
 		"NFCLONE_WATCH":               "true",
 		"NFCLONE_MARK":                "0x9000",
 		"NFCLONE_MARK_MASK":           "0xff00",
@@ -181,6 +182,7 @@ func TestParseEnvOverrides(t *testing.T) {
 	want.Queue.Workers = 3
 	want.Queue.CPUs = 1
 	want.Queue.SocketBuffer, want.Queue.SocketBufferBytes = "8MiB", 8<<20
+	want.Queue.Realtime = 5
 	want.Watch = true
 	want.Mark = 0x9000
 	want.MarkMask = 0xff00

@@ -696,6 +696,17 @@ sessions:
 		want: []string{`queue.socket_buffer: "1GiB" is out of range 1MiB-512MiB`},
 	},
 	{
+		name: "realtime priority out of range, both ends",
+		env:  map[string]string{"NFCLONE_QUEUE_REALTIME": "100"},
+		yaml: "{}\n",
+		want: []string{"queue.realtime: 100 is out of range 0-99 (0: off)"},
+	},
+	{
+		name: "realtime priority below 0",
+		yaml: "queue: {realtime: -1}\n",
+		want: []string{"queue.realtime: -1 is out of range 0-99 (0: off)"},
+	},
+	{
 		name: "socket buffer not a size",
 		yaml: "queue: {socket_buffer: lots}\n",
 		want: []string{`queue.socket_buffer: "lots" is not a size like 100MB`},

@@ -71,6 +71,7 @@ func schemaKeys() map[string]keyInfo {
 		"queue.workers":       ranged("Goroutines sending copies, per session.", 1, 256),
 		"queue.nice":          ranged("Niceness of nfclone's threads (below 0 needs CAP_SYS_NICE).", -20, 19),
 		"queue.cpus":          ranged("CPUs nfclone's Go code runs on at once (GOMAXPROCS); 0: all.", 0, 1024),
+		"queue.realtime":      ranged("SCHED_FIFO priority of nfclone's threads (needs CAP_SYS_NICE): copies before the host's own work; 0: off.", 0, 99),
 		"sessions":            {desc: "Mirroring sessions: sources, filter, targets.", required: true},
 		"sessions[]":          {desc: "One mirroring session."},
 

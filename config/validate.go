@@ -178,6 +178,9 @@ func validateQueue(p *problems, q *Queue, sessions int) {
 	if q.Nice < -20 || q.Nice > 19 {
 		p.add("queue.nice", "%d is out of range -20-19", q.Nice)
 	}
+	if q.Realtime < 0 || q.Realtime > 99 {
+		p.add("queue.realtime", "%d is out of range 0-99 (0: off)", q.Realtime)
+	}
 	if q.CPUs < 0 || q.CPUs > 1024 {
 		p.add("queue.cpus", "%d is out of range 0-1024 (0: all)", q.CPUs)
 	}

@@ -421,6 +421,9 @@ func (e *Engine) validateReload(c *config.Config) error {
 	if c.StateDir != old.StateDir {
 		errs = append(errs, config.Problem{Path: "state_dir", Msg: "cannot change while running (restart nfclone)"})
 	}
+	if c.Queue.Realtime != old.Queue.Realtime {
+		errs = append(errs, config.Problem{Path: "queue.realtime", Msg: "cannot change while running (restart nfclone)"})
+	}
 	if len(errs) > 0 {
 		return errs
 	}

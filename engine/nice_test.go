@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	goruntime "runtime"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/nfq"
+	"golang.org/x/sys/unix"
 )
 
 // SetNice raises the niceness of every thread, never lowers it. Run in a
@@ -44,6 +47,72 @@ func TestSetNice(t *testing.T) {
 	}
 }
 
+// SetRealtime puts every thread, also those created afterwards, in
+// SCHED_FIFO at the priority asked; 0 changes nothing. Run in a child
+// process (the class would stay on the test's threads).
+func TestSetRealtime(t *testing.T) {
+	policies := func() map[string]string {
+		m := map[string]string{}
+		ents, _ := os.ReadDir("/proc/self/task")
+		for _, e := range ents {
+			tid, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			a, err := unix.SchedGetAttr(tid, 0)
+			if err != nil {
+				continue // exited
+			}
+			m[e.Name()] = fmt.Sprintf("policy %d priority %d", a.Policy, a.Priority)
+		}
+		return m
+	}
+	if os.Getenv("NFCLONE_RT_CHILD") == "1" {
+		if err := SetRealtime(0); err != nil {
+			t.Fatal(err)
+		}
+		for tid, p := range policies() {
+			if p != "policy 0 priority 0" {
+				t.Fatalf("realtime 0: thread %s has %s", tid, p)
+			}
+		}
+		// A priority the kernel refuses is the host's problem (exit 2), named by its key.
+		if err := SetRealtime(100); !errors.Is(err, ErrHost) || !errors.Is(err, unix.EINVAL) || !strings.Contains(err.Error(), "queue.realtime") {
+			t.Fatalf("SetRealtime(100): %v", err)
+		}
+		if err := SetRealtime(3); err != nil {
+			t.Fatal(err)
+		}
+		// A thread started now, from a realtime thread, inherits the class.
+		started, done := make(chan struct{}), make(chan struct{})
+		go func() {
+			goruntime.LockOSThread()
+			close(started)
+			<-done
+		}()
+		<-started
+		want := fmt.Sprintf("policy %d priority 3", unix.SCHED_FIFO)
+		got := policies()
+		for tid, p := range got {
+			if p != want {
+				t.Errorf("thread %s has %s, want %s", tid, p, want)
+			}
+		}
+		close(done)
+		t.Logf("%d threads realtime", len(got))
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("SCHED_FIFO needs CAP_SYS_NICE")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSetRealtime$", "-test.v")
+	cmd.Env = append(os.Environ(), "NFCLONE_RT_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "PASS") || !strings.Contains(string(out), "threads realtime") {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+}
+
 // SetCPUs sets GOMAXPROCS from queue.cpus; 0 and an explicit GOMAXPROCS in
 // the environment leave it alone.
 func TestSetCPUs(t *testing.T) {
@@ -74,5 +143,22 @@ func TestReaderBufferDefaultIsTheConfigs(t *testing.T) {
 	n, err := config.ParseSize(config.DefaultSocketBuffer)
 	if err != nil || n != d.SocketBufferBytes || n != nfq.DefaultRcvBuf {
 		t.Errorf("queue.socket_buffer default %q = %d bytes (%v), Default() %d, nfq.DefaultRcvBuf %d", config.DefaultSocketBuffer, n, err, d.SocketBufferBytes, nfq.DefaultRcvBuf)
+	}
+}
+
+// The scheduling class is set once at start: a reload that changes
+// queue.realtime (or the table, or the state directory) is refused with
+// the key's path, and the running config stays.
+func TestReloadRefusesRealtimeChange(t *testing.T) {
+	old := config.Default()
+	e := &Engine{rt: &runtime{cfg: &old}}
+	c := config.Default()
+	c.Queue.Realtime = 5
+	c.Table = "other"
+	err := e.validateReload(&c)
+	var errs config.Errors
+	if !errors.As(err, &errs) || len(errs) != 2 || errs[0].Path != "table" || errs[1].Path != "queue.realtime" ||
+		!strings.Contains(errs[1].Msg, "restart nfclone") {
+		t.Fatalf("reload changing table and queue.realtime: %v", err)
 	}
 }

@@ -74,6 +74,9 @@ func check(w io.Writer, c *config.Config) error {
 			fmt.Fprintf(w, "note: session %s holds its originals (hold: true): what it matches waits for nfclone, and stops while nfclone is stopped (nice %d)\n", s.Name, c.Queue.Nice)
 		}
 	}
+	if c.Queue.Realtime > 0 {
+		fmt.Fprintf(w, "note: queue.realtime %d: nfclone's threads run SCHED_FIFO, ahead of the host's own work (nice does not apply)\n", c.Queue.Realtime)
+	}
 	fmt.Fprintln(w, "interfaces and gateways: ok")
 	fmt.Fprintln(w, "check: ok")
 	return nil

@@ -48,6 +48,9 @@ func runDaemon(ctx context.Context, e *engine.Engine, log *slog.Logger, watch bo
 	if err := engine.SetNice(e.Cfg.Queue.Nice); err != nil {
 		return err
 	}
+	if err := engine.SetRealtime(e.Cfg.Queue.Realtime); err != nil {
+		return err
+	}
 	engine.SetCPUs(e.Cfg.Queue.CPUs)
 	engine.SetMemoryLimit()
 	d := &daemon.Daemon{Engine: e, Log: log}
