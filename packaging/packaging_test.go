@@ -333,3 +333,89 @@ func TestExampleConfig(t *testing.T) {
 		t.Errorf("state_dir %q, metrics.listen %q", c.StateDir, c.Metrics.Listen)
 	}
 }
+
+// syscallGroup expands a systemd syscall group (or returns a single name)
+// with systemd-analyze, nested groups included.
+func syscallGroup(t *testing.T, sa, name string, cache map[string][]string) []string {
+	t.Helper()
+	if !strings.HasPrefix(name, "@") {
+		return []string{name}
+	}
+	if c, ok := cache[name]; ok {
+		return c
+	}
+	out, err := exec.Command(sa, "syscall-filter", name).Output()
+	if err != nil {
+		t.Fatalf("systemd-analyze syscall-filter %s: %v", name, err)
+	}
+	var names []string
+	for _, l := range strings.Split(string(out), "\n")[1:] {
+		l = strings.TrimSpace(l)
+		if l == "" || l[0] == '#' {
+			continue
+		}
+		names = append(names, syscallGroup(t, sa, l, cache)...)
+	}
+	cache[name] = names
+	return names
+}
+
+// allowedSyscalls applies SystemCallFilter= lines as systemd.exec(5) says:
+// a first line without "~" starts an allow list, later lines add to it, or
+// remove from it with "~"; a first line with "~" starts a deny list.
+// allowed(name) reports whether the resulting filter lets name through.
+func allowedSyscalls(t *testing.T, sa string, lines []string) (allowed func(string) bool) {
+	t.Helper()
+	cache := map[string][]string{}
+	set := map[string]bool{}
+	denyList := len(lines) > 0 && strings.HasPrefix(lines[0], "~")
+	for _, l := range lines {
+		neg := strings.HasPrefix(l, "~")
+		for _, n := range strings.Fields(strings.TrimPrefix(l, "~")) {
+			for _, s := range syscallGroup(t, sa, n, cache) {
+				set[s] = neg == denyList // allow list: present = allowed; deny list: present = denied
+			}
+		}
+	}
+	return func(name string) bool { return set[name] != denyList }
+}
+
+// The unit's syscall filter lets through what nfclone calls at start with
+// its defaults (setpriority: queue.nice), and keeps realtime scheduling
+// out unless the realtime drop-in is installed, which lets sched_setattr
+// in and lifts RestrictRealtime.
+func TestSystemdSyscallFilter(t *testing.T) {
+	sa := mustHaveTool(t, "systemd-analyze", "the Debian package systemd")
+	unit, err := os.ReadFile(unitPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropIn, err := os.ReadFile("systemd/realtime.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := unitKeys(t, unit)
+	allowed := allowedSyscalls(t, sa, base["SystemCallFilter"])
+	for _, s := range []string{"setpriority", "socket", "sendmmsg", "recvmsg", "setsockopt", "getpriority"} {
+		if !allowed(s) {
+			t.Errorf("the unit's SystemCallFilter denies %s", s)
+		}
+	}
+	for _, s := range []string{"sched_setattr", "reboot", "setrlimit"} {
+		if allowed(s) {
+			t.Errorf("the unit's SystemCallFilter lets %s through", s)
+		}
+	}
+	if got := base["RestrictRealtime"]; !slices.Equal(got, []string{"yes"}) {
+		t.Errorf("RestrictRealtime=%v, want yes", got)
+	}
+	extra := unitKeys(t, dropIn)
+	withDropIn := allowedSyscalls(t, sa, append(base["SystemCallFilter"], extra["SystemCallFilter"]...))
+	if !withDropIn("sched_setattr") || !withDropIn("setpriority") || withDropIn("reboot") {
+		t.Errorf("with the realtime drop-in: sched_setattr %v, setpriority %v, reboot %v; want true, true, false",
+			withDropIn("sched_setattr"), withDropIn("setpriority"), withDropIn("reboot"))
+	}
+	if !slices.Equal(extra["RestrictRealtime"], []string{"no"}) || len(extra["LimitRTPRIO"]) != 1 {
+		t.Errorf("the realtime drop-in: RestrictRealtime=%v LimitRTPRIO=%v", extra["RestrictRealtime"], extra["LimitRTPRIO"])
+	}
+}
