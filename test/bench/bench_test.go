@@ -252,19 +252,19 @@ func TestTCPRatesSweep(t *testing.T) {
 	}
 }
 
-func TestParseHostJiffies(t *testing.T) {
-	// user nice system idle iowait irq softirq steal guest guest_nice
-	busy, total, err := parseHostJiffies("cpu  100 5 50 800 20 3 40 2 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
-	if err != nil || busy != 100+5+50+3+40+2 || total != busy+800+20 {
-		t.Errorf("busy %d total %d: %v", busy, total, err)
+func TestParseHostIdle(t *testing.T) {
+	// user nice system idle iowait irq softirq steal guest guest_nice, in USER_HZ
+	idle, err := parseHostIdle("cpu  100 5 50 800 20 3 40 2 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+	if err != nil || idle != 8.2 {
+		t.Errorf("idle %v s: %v, want 8.2", idle, err)
 	}
-	for _, bad := range []string{"", "cpu0 1 2 3 4 5 6 7 8\n", "cpu 1 2 3\n", "cpu 1 2 x 4 5 6 7 8\n"} {
-		if _, _, err := parseHostJiffies(bad); err == nil {
+	for _, bad := range []string{"", "cpu0 1 2 3 4 5 6 7 8\n", "cpu 1 2 3\n", "cpu 1 2 3 x 5 6 7 8\n"} {
+		if _, err := parseHostIdle(bad); err == nil {
 			t.Errorf("%q: no error", bad)
 		}
 	}
-	if b, tot, err := hostJiffies(); err != nil || tot == 0 || b > tot {
-		t.Errorf("this machine: busy %d of %d: %v", b, tot, err)
+	if idle, err := hostIdle(); err != nil || idle <= 0 {
+		t.Errorf("this machine: idle %v s: %v", idle, err)
 	}
 }
 

@@ -468,9 +468,9 @@ type tcpCounters struct {
 	copyP, copyB uint64
 	nfcloneCPU   float64
 	haveCPU      bool
-	// hostBusy and hostTotal are the machine's CPU ticks (hostJiffies).
-	hostBusy, hostTotal uint64
-	haveHost            bool
+	hostIdle     float64 // seconds, all CPUs (hostIdle), read at hostAt
+	hostAt       time.Time
+	haveHost     bool
 }
 
 func (h *harness) tcpSample(c tcpCase, d *daemon) (tcpCounters, error) {
@@ -490,8 +490,8 @@ func (h *harness) tcpSample(c tcpCase, d *daemon) (tcpCounters, error) {
 		s.nfcloneCPU, err = procCPU(d.p.pid())
 		s.haveCPU = err == nil
 	}
-	s.hostBusy, s.hostTotal, err = hostJiffies()
-	s.haveHost = err == nil
+	s.hostIdle, err = hostIdle()
+	s.hostAt, s.haveHost = time.Now(), err == nil
 	return s, nil
 }
 
@@ -653,13 +653,14 @@ func (h *harness) tcpRun(c tcpCase) (*TCPRun, error) {
 		}
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	hostBusy1, hostTotal1, herr := hostJiffies()
+	idle1, herr := hostIdle()
+	hostAt1 := time.Now()
 	ir, err := parseIperf(out)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	if herr == nil && c0.haveHost && hostTotal1 > c0.hostTotal {
-		tr.HostCPU = float64(runtime.NumCPU()) * float64(hostBusy1-c0.hostBusy) / float64(hostTotal1-c0.hostTotal)
+	if wall := hostAt1.Sub(c0.hostAt).Seconds(); herr == nil && c0.haveHost && wall > 0 {
+		tr.HostCPU = max(0, float64(runtime.NumCPU())-(idle1-c0.hostIdle)/wall)
 	}
 	_ = h.sleep(300 * time.Millisecond) // copies still queued in nfclone
 	c1, err := h.tcpSample(c, d)
