@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -265,6 +266,16 @@ func TestParseHostIdle(t *testing.T) {
 	}
 	if idle, err := hostIdle(); err != nil || idle <= 0 {
 		t.Errorf("this machine: idle %v s: %v", idle, err)
+	}
+	// Two seconds of wall time in which the CPUs were idle for 0.5 s in all:
+	// NumCPU - 0.25 busy.
+	t0 := time.Unix(100, 0)
+	a, b := hostSample{idle: 10, at: t0}, hostSample{idle: 10.5, at: t0.Add(2 * time.Second)}
+	if got, want := b.busySince(a), float64(runtime.NumCPU())-0.25; got != want {
+		t.Errorf("busySince: %v, want %v", got, want)
+	}
+	if got := a.busySince(a); got != 0 {
+		t.Errorf("busySince over no time: %v", got)
 	}
 }
 

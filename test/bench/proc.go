@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -288,6 +289,27 @@ func hostIdle() (float64, error) {
 		return 0, err
 	}
 	return parseHostIdle(string(b))
+}
+
+// hostSample is the machine's idle time (hostIdle) and when it was read.
+type hostSample struct {
+	idle float64
+	at   time.Time
+}
+
+func sampleHost() (hostSample, error) {
+	idle, err := hostIdle()
+	return hostSample{idle: idle, at: time.Now()}, err
+}
+
+// busySince is the machine's busy CPU between prev and s (1.0 = one core):
+// the CPUs' wall time less their idle time, per second.
+func (s hostSample) busySince(prev hostSample) float64 {
+	wall := s.at.Sub(prev.at).Seconds()
+	if wall <= 0 {
+		return 0
+	}
+	return max(0, float64(runtime.NumCPU())-(s.idle-prev.idle)/wall)
 }
 
 func parseHostIdle(stat string) (float64, error) {

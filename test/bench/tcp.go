@@ -9,7 +9,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -468,9 +467,6 @@ type tcpCounters struct {
 	copyP, copyB uint64
 	nfcloneCPU   float64
 	haveCPU      bool
-	hostIdle     float64 // seconds, all CPUs (hostIdle), read at hostAt
-	hostAt       time.Time
-	haveHost     bool
 }
 
 func (h *harness) tcpSample(c tcpCase, d *daemon) (tcpCounters, error) {
@@ -490,8 +486,6 @@ func (h *harness) tcpSample(c tcpCase, d *daemon) (tcpCounters, error) {
 		s.nfcloneCPU, err = procCPU(d.p.pid())
 		s.haveCPU = err == nil
 	}
-	s.hostIdle, err = hostIdle()
-	s.hostAt, s.haveHost = time.Now(), err == nil
 	return s, nil
 }
 
@@ -637,6 +631,7 @@ func (h *harness) tcpRun(c tcpCase) (*TCPRun, error) {
 	if err != nil {
 		return nil, err
 	}
+	host0, herr0 := sampleHost()
 	secs := tcpSeconds(h.o.TCPPhase)
 	args := []string{"-c", col2IP, "-p", fmt.Sprint(iperfPort), "-t", strconv.Itoa(int(secs)), "-P", strconv.Itoa(c.streams),
 		"-J", "--connect-timeout", "3000", "-C", h.o.TCPCC}
@@ -653,14 +648,13 @@ func (h *harness) tcpRun(c tcpCase) (*TCPRun, error) {
 		}
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	idle1, herr := hostIdle()
-	hostAt1 := time.Now()
+	host1, herr1 := sampleHost()
 	ir, err := parseIperf(out)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	if wall := hostAt1.Sub(c0.hostAt).Seconds(); herr == nil && c0.haveHost && wall > 0 {
-		tr.HostCPU = max(0, float64(runtime.NumCPU())-(idle1-c0.hostIdle)/wall)
+	if herr0 == nil && herr1 == nil {
+		tr.HostCPU = host1.busySince(host0)
 	}
 	_ = h.sleep(300 * time.Millisecond) // copies still queued in nfclone
 	c1, err := h.tcpSample(c, d)
