@@ -51,19 +51,16 @@ func TestSetNice(t *testing.T) {
 // SCHED_FIFO at the priority asked; 0 changes nothing. Run in a child
 // process (the class would stay on the test's threads).
 func TestSetRealtime(t *testing.T) {
-	policies := func() map[string]string {
-		m := map[string]string{}
-		ents, _ := os.ReadDir("/proc/self/task")
-		for _, e := range ents {
-			tid, err := strconv.Atoi(e.Name())
-			if err != nil {
-				continue
-			}
+	policies := func() map[int]string {
+		m := map[int]string{}
+		if err := eachThread("read scheduling", func(tid int) error {
 			a, err := unix.SchedGetAttr(tid, 0)
-			if err != nil {
-				continue // exited
+			if err == nil {
+				m[tid] = fmt.Sprintf("policy %d priority %d", a.Policy, a.Priority)
 			}
-			m[e.Name()] = fmt.Sprintf("policy %d priority %d", a.Policy, a.Priority)
+			return err
+		}); err != nil {
+			t.Fatal(err)
 		}
 		return m
 	}
@@ -73,7 +70,7 @@ func TestSetRealtime(t *testing.T) {
 		}
 		for tid, p := range policies() {
 			if p != "policy 0 priority 0" {
-				t.Fatalf("realtime 0: thread %s has %s", tid, p)
+				t.Fatalf("realtime 0: thread %d has %s", tid, p)
 			}
 		}
 		// A priority the kernel refuses is the host's problem (exit 2), named by its key.
@@ -95,7 +92,7 @@ func TestSetRealtime(t *testing.T) {
 		got := policies()
 		for tid, p := range got {
 			if p != want {
-				t.Errorf("thread %s has %s, want %s", tid, p, want)
+				t.Errorf("thread %d has %s, want %s", tid, p, want)
 			}
 		}
 		close(done)

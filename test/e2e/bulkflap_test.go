@@ -25,6 +25,20 @@ func tableCounters(t *testing.T, l *lab.Lab, ns, family, table string) (pkts, by
 	return pkts, bytes
 }
 
+// iperfToCol2 runs one iperf3 test from src to a server in col2 (port
+// 5201) at dst with args, and requires both ends to exit 0.
+func iperfToCol2(t *testing.T, l *lab.Lab, dst string, args ...string) {
+	t.Helper()
+	srv := l.Start(t, l.Col2, "iperf3", "-s", "-1")
+	lab.WaitFor(t, 5*time.Second, func() bool {
+		return strings.TrimSpace(l.MustExec(t, l.Col2, "ss", "-Hltn", "sport = :5201")) != ""
+	}, "iperf3 to listen")
+	l.MustExec(t, l.Src, "iperf3", append([]string{"-c", dst, "--connect-timeout", "2000"}, args...)...)
+	if code, err := srv.Wait(10 * time.Second); code != 0 || err != nil {
+		t.Fatalf("iperf3 server: exit %d %v\n%s", code, err, srv.Stderr())
+	}
+}
+
 // TCP bulk through a link flap on the gateway target's device, IPv4 and
 // IPv6, with gateway copies that hand super-packets to the kernel whole
 // (the packet socket to the gateway's neighbour) and fall back to the raw
@@ -77,17 +91,6 @@ table inet flapcnt {
 }
 EOF`)
 	}
-	iperf := func(dst string, args ...string) {
-		t.Helper()
-		srv := l.Start(t, l.Col2, "iperf3", "-s", "-1")
-		lab.WaitFor(t, 5*time.Second, func() bool {
-			return strings.TrimSpace(l.MustExec(t, l.Col2, "ss", "-Hltn", "sport = :5201")) != ""
-		}, "iperf3 to listen")
-		l.MustExec(t, l.Src, "iperf3", append([]string{"-c", dst, "--connect-timeout", "2000"}, args...)...)
-		if code, err := srv.Wait(10 * time.Second); code != 0 || err != nil {
-			t.Fatalf("iperf3 server: exit %d %v\n%s", code, err, srv.Stderr())
-		}
-	}
 	// The collector is a known neighbour of both families before the
 	// transfer (the packet socket needs its link-layer address).
 	ping(t, l, l.Eng, lab.ColIP, 1)
@@ -102,7 +105,7 @@ EOF`)
 		time.Sleep(300 * time.Millisecond)
 		l.MustExec(t, l.Eng, "ip", "link", "set", "e1", "up")
 	}()
-	iperf(lab.Col2IP, "-t", "3", "-b", "300M")
+	iperfToCol2(t, l, lab.Col2IP, "-t", "3", "-b", "300M")
 	<-done
 	// IPv6 drops a device's addresses when it goes down; the operator (here
 	// the test) puts eng's back, nfclone repairs its routes.
@@ -125,7 +128,7 @@ EOF`)
 		// a rule's anonymous counter alone).
 		cp0, cb0 := tableCounters(t, l, l.Col, "inet", "flapcnt")
 		op0, ob0 := tableCounters(t, l, l.Col2, "inet", "flapcnt")
-		iperf(fam.dst, "-t", "2", "-b", "400M")
+		iperfToCol2(t, l, fam.dst, "-t", "2", "-b", "400M")
 		var copies, originals int
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 			cp, cb := tableCounters(t, l, l.Col, "inet", "flapcnt")

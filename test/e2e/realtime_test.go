@@ -55,14 +55,7 @@ sessions:
 			"add rule ip rtcnt pre tcp dport 5201 counter")
 	}
 	ping(t, l, l.Eng, lab.ColIP, 1) // the collector is a known neighbour
-	srv := l.Start(t, l.Col2, "iperf3", "-s", "-1")
-	lab.WaitFor(t, 5*time.Second, func() bool {
-		return strings.TrimSpace(l.MustExec(t, l.Col2, "ss", "-Hltn", "sport = :5201")) != ""
-	}, "iperf3 to listen")
-	l.MustExec(t, l.Src, "iperf3", "-c", lab.Col2IP, "-t", "3", "-P", "4", "--connect-timeout", "2000")
-	if code, err := srv.Wait(10 * time.Second); code != 0 || err != nil {
-		t.Fatalf("iperf3 server: exit %d %v\n%s", code, err, srv.Stderr())
-	}
+	iperfToCol2(t, l, lab.Col2IP, "-t", "3", "-P", "4")
 	const hdr = 52 // IPv4 + TCP with timestamps, per packet counted
 	payload := func(ns string) int {
 		p, b := tableCounters(t, l, ns, "ip", "rtcnt")
