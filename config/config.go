@@ -100,6 +100,12 @@ type Queue struct {
 	// complete at rates where the default (nice) loses some, and the
 	// originals yield the CPU instead. 0 (the default): off.
 	Realtime int `mapstructure:"realtime" json:"realtime"`
+	// KernelRoute (default true) lets the kernel send the clones of queue
+	// sessions whose one target is a gateway (whole copies, no dedup, not
+	// hold): nfclone reads their headers, counts them and accepts them with
+	// the gateway's mark, and the kernel routes them there as it routes
+	// dup's clones (Config.KernelRouted). false: nfclone sends every copy.
+	KernelRoute bool `mapstructure:"kernel_route" json:"kernel_route"`
 	// SocketBuffer is the kernel receive buffer of each reader's socket (a
 	// size: "64MiB"; the kernel holds up to twice this).
 	SocketBuffer string `mapstructure:"socket_buffer" json:"socket_buffer"`
@@ -107,6 +113,15 @@ type Queue struct {
 	CapByteCount int64 `mapstructure:"-" json:"-"`
 	// SocketBufferBytes is socket_buffer in bytes, filled by Validate.
 	SocketBufferBytes int64 `mapstructure:"-" json:"-"`
+}
+
+// KernelRouted reports whether the kernel sends the clones of session s
+// itself (queue.kernel_route): a queue session that neither holds its
+// originals, cuts, nor de-duplicates copies, with one target, a gateway.
+// Everything else nfclone does to a copy needs its bytes in userspace.
+func (c *Config) KernelRouted(s *Session) bool {
+	return c.Queue.KernelRoute && s.Method == MethodQueue && !s.Hold && s.Snaplen == 0 && s.DedupWindow == 0 &&
+		len(s.Targets) == 1 && s.Targets[0].Kind == KindGateway
 }
 
 // Method is how a session copies: in the kernel (dup) or in userspace

@@ -63,7 +63,7 @@ func TestParseDesignExample(t *testing.T) {
 		Table: "nfclone", StateDir: "/run/nfclone", Mark: 0x80, MarkMask: 0xff, RouteTable: 0x4e43, RulePref: 100,
 		Metrics: Metrics{Listen: "127.0.0.1:9464"},
 		Queue: Queue{Num: 0, Count: 1, MaxLen: 4096, Cap: 8192, CapBytes: "16MiB", Workers: 2, Nice: 10, CapByteCount: 16 << 20,
-			SocketBuffer: "64MiB", SocketBufferBytes: 64 << 20},
+			SocketBuffer: "64MiB", SocketBufferBytes: 64 << 20, KernelRoute: true},
 		Sessions: []Session{
 			{
 				Name: "web", Method: "queue",
@@ -165,6 +165,7 @@ func TestParseEnvOverrides(t *testing.T) {
 		"NFCLONE_QUEUE_CPUS":          "1",
 		"NFCLONE_QUEUE_SOCKET_BUFFER": "8MiB",
 		"NFCLONE_QUEUE_REALTIME":      "5",
+		"NFCLONE_QUEUE_KERNEL_ROUTE":  "false",
 		"NFCLONE_WATCH":               "true",
 		"NFCLONE_MARK":                "0x9000",
 		"NFCLONE_MARK_MASK":           "0xff00",
@@ -183,6 +184,7 @@ func TestParseEnvOverrides(t *testing.T) {
 	want.Queue.CPUs = 1
 	want.Queue.SocketBuffer, want.Queue.SocketBufferBytes = "8MiB", 8<<20
 	want.Queue.Realtime = 5
+	want.Queue.KernelRoute = false
 	want.Watch = true
 	want.Mark = 0x9000
 	want.MarkMask = 0xff00
@@ -418,5 +420,38 @@ sessions:
 				t.Errorf("queue.nice %d, want %d", cfg.Queue.Nice, c.want)
 			}
 		})
+	}
+}
+
+// Which sessions the kernel sends the clones of: queue sessions with one
+// gateway target and nothing done to the copy in userspace.
+func TestKernelRouted(t *testing.T) {
+	c, err := Parse([]byte(`
+sessions:
+  - {name: gw, method: queue, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
+  - {name: gw6, method: queue, sources: [{interface: e0}], targets: [{kind: gateway, gateway: "fd77:2::2", device: e1}]}
+  - {name: hold, method: queue, hold: true, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
+  - {name: cut, method: queue, snaplen: 96, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
+  - {name: dedup, method: queue, dedup: 50ms, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
+  - {name: two, method: queue, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}, {kind: device, device: e3}]}
+  - {name: dev, method: queue, sources: [{interface: e0}], targets: [{kind: device, device: e3}]}
+  - {name: log, method: log, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
+  - {name: dup, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for i := range c.Sessions {
+		if c.KernelRouted(&c.Sessions[i]) {
+			got = append(got, c.Sessions[i].Name)
+		}
+	}
+	if want := []string{"gw", "gw6"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("kernel-routed sessions %v, want %v", got, want)
+	}
+	c.Queue.KernelRoute = false
+	if c.KernelRouted(&c.Sessions[0]) {
+		t.Error("kernel_route: false still routes")
 	}
 }

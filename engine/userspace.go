@@ -44,6 +44,7 @@ type session struct {
 	targets []sink.Sink
 	kinds   []config.Kind
 	missing []string // device targets whose interface is gone
+	routed  string   // the target the kernel sends the clones to ("": nfclone sends)
 	fanout  sink.Sink
 	deliver func(batch []*packet.Packet) // sends to fanout and accounts (setFanout)
 	workers int
@@ -108,6 +109,9 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 			s.close()
 		}
 	}()
+	if c.KernelRouted(&sc) {
+		return openRoutedSession(c, s, i, gws)
+	}
 	for ti, t := range sc.Targets {
 		name := fmt.Sprintf("%s/%d:%s", sc.Name, ti, t.Kind)
 		var sk sink.Sink
@@ -172,7 +176,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 				Num: uint16(first + k), Snaplen: uint32(sc.Snaplen), MaxLen: uint32(c.Queue.MaxLen), Logger: slog,
 				RcvBuf:    int(c.Queue.SocketBufferBytes),
 				BufBudget: (4 << 20) / c.Queue.Count, // the session's receive slabs stay within 4 MiB (63 whole 64 KiB messages; 8 MiB peaked 3–6 MiB higher and copied no more)
-				Clones:    nfq.CloneMarks{Mask: c.MarkMask, TTLDecremented: c.Marks().TTLDecremented(), DFClear: c.Marks().DFClear()},
+				Clones:    nfq.CloneMarks{Mask: c.MarkMask, TTLDecremented: c.Marks().TTLDecremented()},
 				Hold:      sc.Hold, Send: s.holdSend(),
 			}, s.queue, s.ledger)
 			if err != nil {
@@ -188,6 +192,34 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 		}, s.queue, s.ledger)
 		if err != nil {
 			return nil, hostErr("sessions[%d]: binding NFLOG group %d: %v", i, first, err)
+		}
+		s.readers = append(s.readers, r)
+	}
+	return s, nil
+}
+
+// openRoutedSession binds the queues of a session whose clones the kernel
+// sends (config.KernelRouted): its readers read the clones' headers, count
+// them, and accept them with the mark of the gateway's policy route. No
+// sink, no copy queue, no worker.
+func openRoutedSession(c *config.Config, s *session, i int, gws []rules.GatewayRoute) (*session, error) {
+	sc := c.Sessions[i]
+	t := sc.Targets[0]
+	mark, ok := rules.GatewayMark(gws, t.GatewayIP, t.Device)
+	if !ok {
+		return nil, hostErr("sessions[%d].targets[0]: no policy route for gateway %s on %s", i, t.GatewayIP, t.Device)
+	}
+	s.routed = fmt.Sprintf("%s/0:%s", sc.Name, t.Kind)
+	s.count = c.Queue.Count
+	for k := 0; k < c.Queue.Count; k++ {
+		r, err := nfq.NewQueueReader(nfq.QueueConfig{
+			Num: uint16(s.first + k), Snaplen: nfq.RouteSnaplen, MaxLen: uint32(c.Queue.MaxLen), Logger: s.log,
+			RcvBuf: int(c.Queue.SocketBufferBytes),
+			Clones: nfq.CloneMarks{Mask: c.MarkMask, TTLDecremented: c.Marks().TTLDecremented()},
+			Route:  mark, Send: s.ledger.AccountRouted,
+		}, s.queue, s.ledger)
+		if err != nil {
+			return nil, hostErr("sessions[%d]: binding NFQUEUE %d: %v", i, s.first+k, err)
 		}
 		s.readers = append(s.readers, r)
 	}
@@ -339,8 +371,8 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 			}
 		}()
 	}
-	if s.hold {
-		return // its readers send the copies; nothing is ever queued
+	if s.hold || s.routed != "" {
+		return // its readers send the copies, or the kernel does; nothing is ever queued
 	}
 	s.workerWG.Add(1)
 	go func() {
@@ -499,6 +531,9 @@ func (s *session) status() status.SessionStatus {
 			kind = "nfqueue"
 		}
 		st.Readers = append(st.Readers, status.ReaderStatus{Kind: kind, Num: s.first + i, Running: i < len(s.running) && s.running[i], Stats: r.Stats()})
+	}
+	if s.routed != "" {
+		st.Targets = append(st.Targets, status.TargetStatus{Name: s.routed, Kind: string(config.KindGateway), Kernel: true})
 	}
 	for i, t := range s.targets {
 		ts := status.TargetStatus{Name: t.Name(), Kind: string(s.kinds[i])}

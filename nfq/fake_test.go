@@ -141,6 +141,7 @@ type fakeSock struct {
 	intr         bool
 	verdicts     []uint32
 	verdictKinds []uint32 // NF_ACCEPT, NF_DROP of each batch verdict
+	verdictMarks []uint32 // the NFQA_MARK of each batch verdict (0: none)
 	sends        int
 	reads        int // RecvBatch calls that returned datagrams
 	rebufs       int // receive buffers replaced (packets kept in place)
@@ -255,6 +256,11 @@ func (f *fakeSock) Send(b []byte) error {
 	if m.typ == subsysQueue<<8|nfqnlMsgVerdictBatch {
 		f.verdicts = append(f.verdicts, binary.BigEndian.Uint32(b[28:32]))
 		f.verdictKinds = append(f.verdictKinds, binary.BigEndian.Uint32(b[24:28]))
+		var mark uint32
+		if typ, val, _, err := nextAttr(m.body[4+nlaHdrLen+8:]); err == nil && typ == nfqaMark {
+			mark = binary.BigEndian.Uint32(val)
+		}
+		f.verdictMarks = append(f.verdictMarks, mark)
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/nfclone/nfclone/internal/testpkt"
 	"github.com/nfclone/nfclone/packet"
 	"github.com/nfclone/nfclone/pipeline"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -79,8 +80,8 @@ func TestParseMalformed(t *testing.T) {
 }
 
 func TestVerdictBatchMessage(t *testing.T) {
-	var b [verdictBatchLen]byte
-	msg := putVerdictBatch(b[:], 3, nfDrop, 0x01020304)
+	var b [verdictMarkLen]byte
+	msg := putVerdictBatch(b[:], 3, nfDrop, 0x01020304, 0)
 	m, rest, err := nextMsg(msg)
 	if err != nil || len(rest) != 0 {
 		t.Fatal(err)
@@ -91,9 +92,23 @@ func TestVerdictBatchMessage(t *testing.T) {
 	if m.body[2] != 0 || m.body[3] != 3 {
 		t.Fatalf("res id %v", m.body[:4])
 	}
-	typ, val, _, err := nextAttr(m.body[4:])
-	if err != nil || typ != nfqaVerdictHdr || be32(val) != nfDrop || be32(val[4:]) != 0x01020304 {
+	typ, val, rest, err := nextAttr(m.body[4:])
+	if err != nil || typ != nfqaVerdictHdr || be32(val) != nfDrop || be32(val[4:]) != 0x01020304 || len(rest) != 0 {
+		t.Fatalf("attr %d %x %v, %d bytes after", typ, val, err, len(rest))
+	}
+	// With a mark: the same verdict, then NFQA_MARK.
+	msg = putVerdictBatch(b[:], 3, nfAccept, 7, 0x81)
+	m, rest, err = nextMsg(msg)
+	if err != nil || len(rest) != 0 || len(msg) != verdictMarkLen {
+		t.Fatal(len(msg), err)
+	}
+	typ, val, rest, err = nextAttr(m.body[4:])
+	if err != nil || typ != nfqaVerdictHdr || be32(val) != nfAccept || be32(val[4:]) != 7 {
 		t.Fatalf("attr %d %x %v", typ, val, err)
+	}
+	typ, val, rest, err = nextAttr(rest)
+	if err != nil || typ != nfqaMark || be32(val) != 0x81 || len(rest) != 0 {
+		t.Fatalf("mark attr %d %x %v", typ, val, err)
 	}
 }
 
@@ -540,32 +555,9 @@ func binaryPutID(msg []byte, id uint32) {
 	msg[24], msg[25], msg[26], msg[27] = byte(id>>24), byte(id>>16), byte(id>>8), byte(id)
 }
 
-// restoreTTL undoes the kernel dup's TTL decrement exactly: the header is
-// byte for byte the original's, checksum included (for every TTL, wrap too).
-func TestRestoreTTL(t *testing.T) {
-	for ttl := 0; ttl < 256; ttl++ {
-		orig := []byte{0x45, 0, 0, 28, 0x12, 0x34, 0x40, 0, byte(ttl), 17, 0, 0, 10, 77, 0, 2, 10, 77, 3, 2, 1, 2, 3, 4}
-		binary.BigEndian.PutUint16(orig[10:], ipChecksum(orig[:20]))
-		clone := append([]byte(nil), orig...)
-		clone[8]--
-		binary.BigEndian.PutUint16(clone[10:], ipChecksum(clone[:20]))
-		restoreTTL(clone)
-		if !bytes.Equal(clone, orig) {
-			t.Fatalf("ttl %d: restored % x, want % x", ttl, clone[:20], orig[:20])
-		}
-	}
-	v6 := make([]byte, 48)
-	v6[0], v6[7] = 0x60, 63
-	restoreTTL(v6)
-	if v6[7] != 64 {
-		t.Fatalf("hop limit %d", v6[7])
-	}
-	restoreTTL([]byte{0x45, 0}) // short: untouched, no panic
-}
-
 // A queue of clones: every packet gets a drop verdict (its original went on
-// in the kernel), the marker leaves the mark, and a clone whose marker says
-// the kernel's dup decremented its TTL gets it back, checksum included.
+// in the kernel), the marker leaves the mark, the bytes are the clone's as
+// the rules left them, and the marker tells ingress from egress.
 func TestQueueClonesWithFakes(t *testing.T) {
 	leaktest.Check(t)
 	sock := newFakeSock()
@@ -575,12 +567,9 @@ func TestQueueClonesWithFakes(t *testing.T) {
 	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
 	orig := testpkt.IPv4(64, [4]byte{10, 77, 0, 2})
 	binary.BigEndian.PutUint16(orig[10:], ipChecksum(orig[:20]))
-	dec := append([]byte(nil), orig...)
-	dec[8]--
-	binary.BigEndian.PutUint16(dec[10:], ipChecksum(dec[:20]))
 	sock.feedDgrams(
-		queuePacketMsg(qpkt{id: 1, data: dec, mark: 0x03000007}),  // prerouting clone
-		queuePacketMsg(qpkt{id: 2, data: orig, mark: 0x02000007}), // postrouting clone
+		queuePacketMsg(qpkt{id: 1, data: orig, mark: 0x05000007}), // prerouting clone
+		queuePacketMsg(qpkt{id: 2, data: orig, mark: 0x04000007}), // postrouting clone
 	)
 	waitFor(t, "copies", func() bool { return rec.n.Load() == 2 })
 	waitFor(t, "verdict", func() bool { v := sock.verdictList(); return len(v) > 0 && v[len(v)-1] == 2 })
@@ -588,6 +577,7 @@ func TestQueueClonesWithFakes(t *testing.T) {
 	onlyVerdicts(t, sock, nfDrop, "their originals went on in the kernel")
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
+	dirs := map[uint8]int{}
 	for i := range rec.got {
 		if !bytes.Equal(rec.got[i], orig) {
 			t.Errorf("copy %d:\n% x\nwant\n% x", i, rec.got[i][:20], orig[:20])
@@ -595,6 +585,10 @@ func TestQueueClonesWithFakes(t *testing.T) {
 		if rec.marks[i] != 7 {
 			t.Errorf("copy %d mark %#x, want 7 (the marker cleared)", i, rec.marks[i])
 		}
+		dirs[rec.dirs[i]]++
+	}
+	if dirs[packet.DirIngress] != 1 || dirs[packet.DirEgress] != 1 {
+		t.Errorf("directions %v, want one ingress, one egress", dirs)
 	}
 }
 
@@ -732,30 +726,26 @@ func ipChecksum(h []byte) uint16 {
 }
 
 // What the kernel says of a clone reaches the workers: NFQA_SKB_INFO's GSO
-// and checksum-not-ready flags, DF cleared again where the marker says the
-// original had it clear, and a packet the kernel cut short (NFQA_CAP_LEN)
-// is too big, never a copy.
-func TestQueueCloneOffloadAndDF(t *testing.T) {
+// and checksum-not-ready flags; and a packet the kernel cut short
+// (NFQA_CAP_LEN) is too big, never a copy.
+func TestQueueCloneOffload(t *testing.T) {
 	leaktest.Check(t)
 	sock := newFakeSock()
 	var led pipeline.Ledger
 	rec := &recorder{}
-	cfg := QueueConfig{Num: 0, Batch: 4, Clones: CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000, DFClear: 0x02000000}}
+	cfg := QueueConfig{Num: 0, Batch: 4, Clones: CloneMarks{Mask: 0xff000000, TTLDecremented: 0x01000000}}
 	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
 	// Two packets told apart by their IP ID (two workers may reorder).
-	mk := func(id uint16, df bool) []byte {
+	mk := func(id uint16) []byte {
 		b := testpkt.IPv4(1400, [4]byte{10, 77, 0, 2})
 		binary.BigEndian.PutUint16(b[4:], id)
-		if df {
-			b[6] |= 0x40
-		}
 		binary.BigEndian.PutUint16(b[10:], ipChecksum(b[:20]))
 		return b
 	}
 	sock.feedDgrams(
-		queuePacketMsg(qpkt{id: 1, data: mk(1, true), mark: 0x06000007, info: skbGSO | skbCsumNotReady}), // DF was clear
-		queuePacketMsg(qpkt{id: 2, data: mk(2, true), mark: 0x04000007}),                                 // DF was set
-		queuePacketMsg(qpkt{id: 3, data: mk(3, true), mark: 0x04000007, capLen: 70000}),                  // cut short
+		queuePacketMsg(qpkt{id: 1, data: mk(1), mark: 0x04000007, info: skbGSO | skbCsumNotReady}),
+		queuePacketMsg(qpkt{id: 2, data: mk(2), mark: 0x04000007}),
+		queuePacketMsg(qpkt{id: 3, data: mk(3), mark: 0x04000007, capLen: 70000}), // cut short
 	)
 	waitFor(t, "copies", func() bool { return rec.n.Load() == 2 })
 	waitFor(t, "verdict", func() bool { v := sock.verdictList(); return len(v) > 0 && v[len(v)-1] == 3 })
@@ -763,27 +753,72 @@ func TestQueueCloneOffloadAndDF(t *testing.T) {
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	for i, got := range rec.got {
+		want := gso.Known
 		switch id := binary.BigEndian.Uint16(got[4:]); id {
 		case 1:
-			if !bytes.Equal(got, mk(1, false)) {
-				t.Errorf("DF not cleared (or checksum wrong): % x", got[:20])
-			}
-			if want := gso.Known | gso.GSO | gso.CsumPartial; rec.offload[i] != want {
-				t.Errorf("offload flags %v, want %v", rec.offload[i], want)
-			}
+			want |= gso.GSO | gso.CsumPartial
 		case 2:
-			if !bytes.Equal(got, mk(2, true)) {
-				t.Errorf("DF of an original that had it changed: % x", got[:20])
-			}
-			if rec.offload[i] != gso.Known {
-				t.Errorf("offload flags %v, want %v", rec.offload[i], gso.Known)
-			}
 		default:
 			t.Errorf("copy with IP ID %d", id)
+		}
+		if rec.offload[i] != want {
+			t.Errorf("copy %d: offload flags %v, want %v", i, rec.offload[i], want)
 		}
 	}
 	if s := led.Snapshot(); s.Drops.TooBig != 1 || s.Copied != 2 || !s.Balanced() {
 		t.Errorf("ledger %+v, want 2 copied and 1 too big", s)
+	}
+}
+
+// A Route reader lets the kernel send the clones: it reads their headers,
+// hands them to Send (which counts them, whole: NFQA_CAP_LEN), and accepts
+// each read with one verdict carrying the route's mark — never a drop, and
+// nothing goes to the copy queue.
+func TestQueueRouteAcceptsWithMark(t *testing.T) {
+	leaktest.Check(t)
+	sock := newFakeSock()
+	var led pipeline.Ledger
+	var mu sync.Mutex
+	var lens []int
+	send := func(b []*packet.Packet) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, p := range b {
+			lens = append(lens, p.OrigLen)
+			led.AddCopied(1, uint64(p.OrigLen))
+		}
+	}
+	cfg := QueueConfig{Num: 0, Batch: 4, Snaplen: RouteSnaplen, Route: 0x81, Send: send,
+		Clones: CloneMarks{Mask: 0xff, TTLDecremented: 0x01}}
+	rec := &recorder{}
+	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
+	big := testpkt.IPv4(RouteSnaplen, [4]byte{10, 77, 0, 2})
+	sock.feedDgrams(
+		queuePacketMsg(qpkt{id: 1, data: big, mark: 0x05, capLen: 65000}), // a super-packet, its headers
+		queuePacketMsg(qpkt{id: 2, data: testpkt.IPv4(60, [4]byte{10, 77, 0, 2}), mark: 0x04}),
+	)
+	waitFor(t, "verdict", func() bool { v := sock.verdictList(); return len(v) > 0 && v[len(v)-1] == 2 })
+	stop()
+	onlyVerdicts(t, sock, nfAccept, "the kernel sends the clones")
+	sock.mu.Lock()
+	marks := append([]uint32(nil), sock.verdictMarks...)
+	sock.mu.Unlock()
+	for _, m := range marks {
+		if m != 0x81 {
+			t.Errorf("verdict marks %#x, want every one 0x81", marks)
+			break
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !reflect.DeepEqual(lens, []int{65000, 60}) {
+		t.Errorf("counted lengths %v, want [65000 60]", lens)
+	}
+	if n := rec.n.Load(); n != 0 {
+		t.Errorf("%d copies went through the copy queue", n)
+	}
+	if s := led.Snapshot(); s.Copied != 2 || s.Bytes != 65060 || !s.Balanced() {
+		t.Errorf("ledger %+v, want 2 copied, 65060 bytes", s)
 	}
 }
 

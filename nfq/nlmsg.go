@@ -369,14 +369,24 @@ func (mb *msgBuilder) finish() []byte {
 	return mb.b
 }
 
-// verdictBatchLen is the size of an NFQNL_MSG_VERDICT_BATCH message.
-const verdictBatchLen = nlmsgHdrLen + nfgenLen + nlaHdrLen + 8
+// verdictBatchLen is the size of an NFQNL_MSG_VERDICT_BATCH message, and
+// verdictMarkLen that of one that also sets the mark (NFQA_MARK).
+const (
+	verdictBatchLen = nlmsgHdrLen + nfgenLen + nlaHdrLen + 8
+	verdictMarkLen  = verdictBatchLen + nlaHdrLen + 4
+)
 
 // putVerdictBatch writes a batch verdict "verdict every id <= maxID" for queue
-// into b (len >= verdictBatchLen), without allocating.
-func putVerdictBatch(b []byte, queue uint16, verdict, maxID uint32) []byte {
-	b = b[:verdictBatchLen]
-	ne.PutUint32(b[0:4], verdictBatchLen)
+// into b (len >= verdictMarkLen), without allocating. A mark other than 0
+// becomes every packet's whole mark (NFQA_MARK): an accepted clone is then
+// routed again by it (nf_reroute in LOCAL_OUT).
+func putVerdictBatch(b []byte, queue uint16, verdict, maxID, mark uint32) []byte {
+	n := verdictBatchLen
+	if mark != 0 {
+		n = verdictMarkLen
+	}
+	b = b[:n]
+	ne.PutUint32(b[0:4], uint32(n))
 	ne.PutUint16(b[4:6], subsysQueue<<8|nfqnlMsgVerdictBatch)
 	ne.PutUint16(b[6:8], nlmFRequest)
 	ne.PutUint32(b[8:12], 0)
@@ -387,5 +397,10 @@ func putVerdictBatch(b []byte, queue uint16, verdict, maxID uint32) []byte {
 	ne.PutUint16(b[22:24], nfqaVerdictHdr)
 	binary.BigEndian.PutUint32(b[24:28], verdict)
 	binary.BigEndian.PutUint32(b[28:32], maxID)
+	if mark != 0 {
+		ne.PutUint16(b[32:34], nlaHdrLen+4)
+		ne.PutUint16(b[34:36], nfqaMark)
+		binary.BigEndian.PutUint32(b[36:40], mark)
+	}
 	return b
 }

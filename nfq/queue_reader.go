@@ -41,10 +41,19 @@ type QueueConfig struct {
 	// Clones describes the marker nfclone's rules put on the kernel's
 	// clones of the originals (`dup to 127.0.0.1 device "lo"`, caught in
 	// output by `queue num N` without bypass; mark_mask,
-	// config.MarkLayout). The queue only ever holds clones: every packet gets
-	// a drop verdict (its original went on in the kernel), the marker is
-	// cleared from Packet.Mark and the TTL restored where it says so.
+	// config.MarkLayout). The queue only ever holds clones, which the
+	// rules gave back the TTL and DF bit dup changed: every packet gets a
+	// drop verdict (its original went on in the kernel) and the marker is
+	// cleared from Packet.Mark.
 	Clones CloneMarks
+	// Route, if not 0, lets the kernel send the clones itself: the reader
+	// reads their headers (a copy range such as RouteSnaplen is enough),
+	// gives them to Send to be counted, and accepts each read with one
+	// verdict that makes Route every clone's mark. Accepted in the output
+	// hook with a new mark, a clone is routed again (nf_reroute) by the
+	// policy route of that mark and sent like the kernel's dup sends its
+	// clones, super-packets segmented on the way out.
+	Route uint32
 	// Hold: the queue holds originals (a hold session's `queue ... bypass`),
 	// not clones. The reader sends the copies of each read itself, through
 	// Send, and then gives the read one accept verdict: each copy leaves
@@ -55,10 +64,11 @@ type QueueConfig struct {
 	// its workers: one stream 9.3–11.9 Gbit/s instead of 6.6–8.1, at
 	// 0.64–0.76 CPU instead of 0.81–0.84, a third of the retransmissions.)
 	Hold bool
-	// Send takes the copies of a Hold reader's reads, in order, and accounts
-	// them (pipeline.Deliver); the reader releases them after. Required
-	// with Hold and refused without: a clone reader must not wait for the
-	// sinks (its kernel queue would fill), its copies go to the copy queue.
+	// Send takes the copies of a Hold or Route reader's reads, in order, and
+	// accounts them (pipeline.Deliver; with Route, the clones the kernel
+	// sends); the reader releases them after. Required with Hold or Route
+	// and refused without: a clone reader must not wait for the sinks (its
+	// kernel queue would fill), its copies go to the copy queue.
 	Send func(batch []*packet.Packet)
 	// Coalesce is how long the reader waits after a
 	// read that did not fill its batch before reading again (0 = 250 µs):
@@ -81,17 +91,19 @@ type CloneMarks struct {
 	// Mask is the part of the mark holding the marker (mark_mask): the
 	// reader clears it whole and keeps every bit others set.
 	Mask uint32
-	// TTLDecremented is the marker bit of clones whose TTL (hop limit) the
-	// kernel's dup decremented.
+	// TTLDecremented is the marker bit of clones taken in prerouting and
+	// input (whose TTL the rules gave back): they are copies of ingress.
 	TTLDecremented uint32
-	// DFClear is the marker bit of IPv4 clones whose original had DF clear
-	// (the kernel's dup sets it); the reader clears DF again.
-	DFClear uint32
 }
+
+// RouteSnaplen is the copy range of a Route reader: the headers, enough to
+// tell the family and the length.
+const RouteSnaplen = 128
 
 // QueueReader reads one NFQUEUE queue of clones: it pushes copies of their
 // bytes into a pipeline.CopyQueue and drops the clones with batch verdicts
-// (with Hold: a queue of originals, accepted with batch verdicts).
+// (with Hold: a queue of originals, accepted with batch verdicts; with
+// Route: clones accepted with the route's mark, sent by the kernel).
 type QueueReader struct {
 	cfg  QueueConfig
 	r    *reader
@@ -177,8 +189,8 @@ func NewQueueReader(cfg QueueConfig, q *pipeline.CopyQueue, led *pipeline.Ledger
 }
 
 func newQueueReader(cfg QueueConfig, sock nlSocket, q *pipeline.CopyQueue, led *pipeline.Ledger) (*QueueReader, error) {
-	if cfg.Hold != (cfg.Send != nil) {
-		return nil, fmt.Errorf("nfq: queue %d: a reader has Send if and only if it holds the originals (Hold %t)", cfg.Num, cfg.Hold)
+	if (cfg.Hold || cfg.Route != 0) != (cfg.Send != nil) || (cfg.Hold && cfg.Route != 0) {
+		return nil, fmt.Errorf("nfq: queue %d: a reader has Send if and only if it holds the originals or routes the clones (Hold %t, Route %#x)", cfg.Num, cfg.Hold, cfg.Route)
 	}
 	cfg.defaults()
 	bufSize := nlAlign(int(cfg.Snaplen) + nlOverhead)
@@ -186,8 +198,11 @@ func newQueueReader(cfg QueueConfig, sock nlSocket, q *pipeline.CopyQueue, led *
 	qr := &QueueReader{cfg: cfg, led: led}
 	qr.r = newReader(kindQueue, sock, q, led, cfg.Session, cfg.Num, nbufs, bufSize, cfg.Batch, cfg.Logger)
 	qr.r.clones, qr.r.verdict = &qr.cfg.Clones, nfDrop
-	if cfg.Hold {
+	switch {
+	case cfg.Hold:
 		qr.r.clones, qr.r.verdict, qr.r.send = nil, nfAccept, cfg.Send
+	case cfg.Route != 0:
+		qr.r.verdict, qr.r.mark, qr.r.send = nfAccept, cfg.Route, cfg.Send
 	}
 	qr.r.whole = cfg.Snaplen >= MaxCopy
 	if err := qr.bind(); err != nil {

@@ -60,10 +60,12 @@ type reader struct {
 	cur     int
 	lastMsg bool
 
-	// batch verdicts (NFQUEUE): drop clones, accept held originals
+	// batch verdicts (NFQUEUE): drop clones, accept held originals, accept
+	// clones with the route mark
 	clones    *CloneMarks // the marker of the queue's clones (nil: NFLOG, held originals)
 	verdict   uint32      // nfDrop or nfAccept
-	vbuf      [verdictBatchLen]byte
+	mark      uint32      // the verdict's mark (0: none)
+	vbuf      [verdictMarkLen]byte
 	pending   int
 	maxID     uint32
 	batchSize int
@@ -528,12 +530,6 @@ func (r *reader) handlePacket(body []byte) {
 	p.Family = fam
 	p.InIf, p.OutIf, p.Mark = pi.inIf, pi.outIf, pi.mark
 	if c := r.clones; c != nil {
-		if p.Mark&c.TTLDecremented != 0 {
-			restoreTTL(p.Data)
-		}
-		if c.DFClear != 0 && p.Mark&c.DFClear != 0 {
-			clearDF(p.Data)
-		}
 		// Clones of the ingress copy chains carry TTLDecremented (the
 		// kernel's dup took one off in prerouting/input).
 		p.Dir = packet.DirEgress
@@ -606,12 +602,13 @@ func (r *reader) fold() {
 
 // flush sends the pending batch verdict (NFQUEUE) for every packet with an
 // id <= maxID: drop for clones (their originals went on in the kernel),
-// accept for held originals (they go on now, unchanged).
+// accept for held originals (they go on now, unchanged), accept with the
+// route's mark for clones the kernel sends.
 func (r *reader) flush() {
 	if r.kind != kindQueue || r.pending == 0 {
 		return
 	}
-	msg := putVerdictBatch(r.vbuf[:], r.resID, r.verdict, r.maxID)
+	msg := putVerdictBatch(r.vbuf[:], r.resID, r.verdict, r.maxID, r.mark)
 	if err := r.sock.Send(msg); err != nil {
 		// Keep the batch pending; it is retried on the next flush. The
 		// kernel holds the clones meanwhile (room its queue lacks), so say

@@ -192,6 +192,16 @@ func (l *Ledger) Account(batch []*packet.Packet) {
 	}
 }
 
+// AccountRouted records clones the kernel sends itself (a Route reader's
+// reads): each is copied, with the length the kernel gave (OrigLen).
+func (l *Ledger) AccountRouted(batch []*packet.Packet) {
+	var b uint64
+	for _, p := range batch {
+		b += uint64(p.OrigLen)
+	}
+	l.AddCopied(uint64(len(batch)), b)
+}
+
 // Snapshot returns the current counters. Outcome counters are read before
 // Received, so InFlight is never understated by a concurrent update.
 func (l *Ledger) Snapshot() Snapshot {

@@ -205,7 +205,14 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 			}
 			for _, f := range userspaceFamilies(s) {
 				sc.l3(tbl(f), true, func(b *builder, ttlDec bool) { b.cloneToQueue(ml, ml.CloneMarker(slot, ttlDec)) })
-				clones[f] = append(clones[f], newBuilder(f).catchClones(ml, ml.CloneMarker(slot, false), num, c.Queue.Count, opt.NativeQueue).rule())
+				// Undo what dup changed before the clone is queued: the
+				// kernel may send it on itself (the engine's kernel route).
+				marker := ml.CloneMarker(slot, false)
+				if f == nftables.TableFamilyIPv4 {
+					clones[f] = append(clones[f], newBuilder(f).restoreDF(ml, marker).rule())
+				}
+				clones[f] = append(clones[f], newBuilder(f).restoreTTL(ml, marker).rule(),
+					newBuilder(f).catchClones(ml, marker, num, c.Queue.Count, opt.NativeQueue).rule())
 			}
 		}
 	}
@@ -218,7 +225,7 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 					Name:  "clones",
 					Hook:  &Hook{Num: *nftables.ChainHookOutput, Priority: clonesPriority},
 					Rules: clones[f],
-				})
+				}, Chain{Name: cloneTTLChain, Rules: ttlPlusOne(f)})
 			}
 			t.Chains = append(t.Chains, Chain{
 				Name:  "copies_notrack",

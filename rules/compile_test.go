@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"bytes"
 	"errors"
 	"reflect"
 	"strings"
@@ -487,7 +488,10 @@ func TestCloneMarkers(t *testing.T) {
 			}
 		}
 	}
-	wantClones := []string{"meta mark & 0x000000fc == 0x00000004 queue num 10-13", "meta mark & 0x000000fc == 0x00000004 queue num 10-13"}
+	wantClones := []string{ // ip, then ip6 (no DF)
+		"meta mark & 0x000000fe == 0x00000006 ip frag-off set ip frag-off & 49151", "meta mark & 0x000000fd == 0x00000005 jump clone_ttl", "meta mark & 0x000000fc == 0x00000004 queue num 10-13",
+		"meta mark & 0x000000fd == 0x00000005 jump clone_ttl", "meta mark & 0x000000fc == 0x00000004 queue num 10-13",
+	}
 	if !reflect.DeepEqual(clones, wantClones) {
 		t.Errorf("clones rules %q, want %q", clones, wantClones)
 	}
@@ -526,11 +530,81 @@ sessions:
 			}
 		}
 	}
+	// Each session's clones get DF (IPv4) and the TTL back, then are queued.
 	want := []string{ // ip: a, b, c; ip6: a, c
-		"meta mark & 0x000000fc == 0x00000004 queue num 0", "meta mark & 0x000000fc == 0x00000008 queue num 1", "meta mark & 0x000000fc == 0x0000000c queue num 2",
-		"meta mark & 0x000000fc == 0x00000004 queue num 0", "meta mark & 0x000000fc == 0x0000000c queue num 2",
+		"meta mark & 0x000000fe == 0x00000006 ip frag-off set ip frag-off & 49151", "meta mark & 0x000000fd == 0x00000005 jump clone_ttl", "meta mark & 0x000000fc == 0x00000004 queue num 0",
+		"meta mark & 0x000000fe == 0x0000000a ip frag-off set ip frag-off & 49151", "meta mark & 0x000000fd == 0x00000009 jump clone_ttl", "meta mark & 0x000000fc == 0x00000008 queue num 1",
+		"meta mark & 0x000000fe == 0x0000000e ip frag-off set ip frag-off & 49151", "meta mark & 0x000000fd == 0x0000000d jump clone_ttl", "meta mark & 0x000000fc == 0x0000000c queue num 2",
+		"meta mark & 0x000000fd == 0x00000005 jump clone_ttl", "meta mark & 0x000000fc == 0x00000004 queue num 0",
+		"meta mark & 0x000000fd == 0x0000000d jump clone_ttl", "meta mark & 0x000000fc == 0x0000000c queue num 2",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("clones rules %q, want %q", got, want)
+	}
+}
+
+// runHeaderRules runs rules on a network header the way the kernel does,
+// for the expressions the clone fixups use: loads, masks, compares,
+// payload writes, return. It reports whether a rule returned.
+func runHeaderRules(t *testing.T, rs []Rule, nh []byte) bool {
+	t.Helper()
+rules:
+	for _, r := range rs {
+		var regv []byte
+		for _, e := range r.Exprs {
+			switch e := e.(type) {
+			case *expr.Payload:
+				if e.Base != expr.PayloadBaseNetworkHeader {
+					t.Fatalf("payload base %d", e.Base)
+				}
+				if e.OperationType == expr.PayloadWrite {
+					copy(nh[e.Offset:e.Offset+e.Len], regv)
+					continue
+				}
+				regv = append([]byte(nil), nh[e.Offset:e.Offset+e.Len]...)
+			case *expr.Bitwise:
+				for i := range regv {
+					regv[i] = regv[i]&e.Mask[i] ^ e.Xor[i]
+				}
+			case *expr.Cmp:
+				if e.Op != expr.CmpOpEq {
+					t.Fatalf("cmp op %d", e.Op)
+				}
+				if !bytes.Equal(regv, e.Data) {
+					continue rules
+				}
+			case *expr.Verdict:
+				if e.Kind == expr.VerdictReturn {
+					return true
+				}
+				t.Fatalf("verdict %d", e.Kind)
+			default:
+				t.Fatalf("unexpected expression %T in %q", e, r.Text)
+			}
+		}
+	}
+	return false
+}
+
+// TestTTLPlusOne: the clone_ttl chain adds exactly one to every TTL (hop
+// limit) a decrement can leave, 0-254, and changes no other byte — the
+// protocol / next header beside it shares the 16-bit write.
+func TestTTLPlusOne(t *testing.T) {
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+		field, other := 8, 9
+		if fam == nftables.TableFamilyIPv6 {
+			field, other = 7, 6
+		}
+		rs := ttlPlusOne(fam)
+		for ttl := 0; ttl <= 254; ttl++ {
+			nh := make([]byte, 40)
+			nh[field], nh[other] = byte(ttl), 0x5a
+			if !runHeaderRules(t, rs, nh) {
+				t.Errorf("family %d: no rule took TTL %d", fam, ttl)
+			}
+			if nh[field] != byte(ttl+1) || nh[other] != 0x5a {
+				t.Errorf("family %d: TTL %d became %d (byte beside it %#x)", fam, ttl, nh[field], nh[other])
+			}
+		}
 	}
 }

@@ -282,8 +282,9 @@ func dumpExpr(t *testing.T, fam nftables.TableFamily, e expr.Any) string {
 	case *expr.Cmp:
 		return fmt.Sprintf("cmp %s reg %d %s", name(t, cmpOps, e.Op), e.Register, words(e.Data))
 	case *expr.Payload:
-		if e.OperationType != expr.PayloadLoad {
-			t.Errorf("payload write in a rule: %+v", e)
+		if e.OperationType == expr.PayloadWrite {
+			return fmt.Sprintf("payload write reg %d => %db @ %s header + %d csum_type %d csum_off %d csum_flags 0x%x",
+				e.SourceRegister, e.Len, name(t, payloadBases, e.Base), e.Offset, e.CsumType, e.CsumOffset, e.CsumFlags)
 		}
 		return fmt.Sprintf("payload load %db @ %s header + %d => reg %d", e.Len, name(t, payloadBases, e.Base), e.Offset, e.DestRegister)
 	case *expr.Bitwise:

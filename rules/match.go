@@ -376,6 +376,79 @@ func (b *builder) cloneToQueue(ml config.MarkLayout, marker uint32) *builder {
 	return b.setMark(fmt.Sprintf("meta mark set meta mark & 0x%08x", ^ml.Mask), ^ml.Mask, 0)
 }
 
+// restoreDF: `meta mark & 0x000000fe == 0x00000006 ip frag-off set ip
+// frag-off & 49151` — in the clones chain, before the clone is queued:
+// clears DF again on the IPv4 clones of originals that had it clear (the
+// kernel's dup sets it on every clone), with the header checksum updated.
+func (b *builder) restoreDF(ml config.MarkLayout, marker uint32) *builder {
+	b.markBits(ml.SlotMask()|ml.DFClear(), marker|ml.DFClear())
+	return b.add("ip frag-off set ip frag-off & 49151",
+		&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 6, Len: 2},
+		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 2,
+			Mask: binaryutil.BigEndian.PutUint16(0xbfff), Xor: make([]byte, 2)},
+		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: reg, Base: expr.PayloadBaseNetworkHeader,
+			Offset: 6, Len: 2, CsumType: expr.CsumTypeInet, CsumOffset: 10})
+}
+
+// restoreTTL: `meta mark & 0x000000fd == 0x00000005 jump clone_ttl` — the
+// clones of prerouting and input copy chains get back the TTL (hop limit)
+// the kernel's dup took off.
+func (b *builder) restoreTTL(ml config.MarkLayout, marker uint32) *builder {
+	b.markBits(ml.SlotMask()|ml.TTLDecremented(), marker|ml.TTLDecremented())
+	return b.verdict(expr.VerdictJump, cloneTTLChain)
+}
+
+// cloneTTLChain adds one to the TTL (hop limit) of a packet.
+const cloneTTLChain = "clone_ttl"
+
+// ttlPlusOne is the rules of cloneTTLChain. nft has no addition, so rule k
+// adds one to a TTL whose low bits are a 0 and k ones below it, by
+// flipping those k+1 bits: `ip ttl & 3 == 1 @nh,64,16 set @nh,64,16 ^ 0x300 return`. The
+// rules exclude each other and return, so exactly one applies (255, which
+// a decremented TTL never is, none). The write is 16 bits wide because nft
+// (1.0.6) cannot parse an 8-bit one with an expression; in IPv4 it updates
+// the header checksum (nft's text does not show that: `nft -f` of it would
+// leave the checksum stale).
+func ttlPlusOne(fam nftables.TableFamily) []Rule {
+	field, off, name := uint32(8), uint32(64), "ip ttl"
+	csum := expr.CsumTypeInet
+	if fam == nftables.TableFamilyIPv6 {
+		field, off, name, csum = 7, 48, "ip6 hoplimit", expr.CsumTypeNone
+	}
+	var out []Rule
+	for k := 0; k < 8; k++ {
+		flip := byte(1)<<(k+1) - 1
+		want := flip >> 1
+		// The 16-bit word starts at the TTL in IPv4 (TTL, protocol) and
+		// ends at it in IPv6 (next header, hop limit).
+		word := uint16(flip) << 8
+		if fam == nftables.TableFamilyIPv6 {
+			word = uint16(flip)
+		}
+		write := &expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: reg, Base: expr.PayloadBaseNetworkHeader,
+			Offset: off / 8, Len: 2}
+		if csum != expr.CsumTypeNone {
+			write.CsumType, write.CsumOffset = csum, 10
+		}
+		load := &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: field, Len: 1}
+		b := newBuilder(fam)
+		if flip == 0xff {
+			b.add(fmt.Sprintf("%s %d", name, want), load, cmpEq([]byte{want}))
+		} else {
+			b.add(fmt.Sprintf("%s & %d == %d", name, flip, want), load,
+				&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 1, Mask: []byte{flip}, Xor: []byte{0}},
+				cmpEq([]byte{want}))
+		}
+		b.add(fmt.Sprintf("@nh,%d,16 set @nh,%d,16 ^ %#x", off, off, word),
+			&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off / 8, Len: 2},
+			&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 2,
+				Mask: []byte{0xff, 0xff}, Xor: binaryutil.BigEndian.PutUint16(word)},
+			write)
+		out = append(out, b.verdict(expr.VerdictReturn, "").rule())
+	}
+	return out
+}
+
 // catchClones: `meta mark & 0x000000fc == 0x00000004 queue num 5` — no
 // bypass, and the queue is not fail-open: a clone nobody reads is dropped,
 // never delivered. The mask takes the copy bit too: copies never match.

@@ -88,6 +88,10 @@ type TargetStatus struct {
 	Stats *sink.Stats `json:"stats,omitempty"` // userspace targets
 	// Clients are a pcap-over-ip target's connected clients.
 	Clients []sink.PcapClientStats `json:"clients,omitempty"`
+	// Kernel: the kernel sends this target's copies, the clones of a queue
+	// session accepted with the gateway's mark (queue.kernel_route); the
+	// session's ledger counts them.
+	Kernel bool `json:"kernel,omitempty"`
 }
 
 // InterfaceStatus is an interface a session depends on.

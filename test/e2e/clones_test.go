@@ -107,11 +107,13 @@ sessions:
 }
 
 // The copies of a queue session are the originals byte for byte, although
-// the kernel's dup decrements the TTL of a clone taken in prerouting:
-// the reader adds it back (and fixes the checksum), for v4 and v6.
+// the kernel's dup decrements the TTL of a clone taken in prerouting: the
+// rules add it back (and fix the checksum), for v4 and v6 — whether nfclone
+// sends the copies (two targets) or the kernel does (one gateway per
+// session, queue.kernel_route).
 func TestQueueCopiesAreExact(t *testing.T) {
-	l := lab.New(t)
-	d := startNfclone(t, l, `
+	for _, tc := range []struct{ name, cfg string }{
+		{"nfclone sends", `
 sessions:
   - name: x
     method: queue
@@ -119,7 +121,26 @@ sessions:
     targets:
       - {kind: gateway, gateway: 10.77.2.2, device: e1}
       - {kind: gateway, gateway: "fd77:2::2", device: e1}
-`)
+`},
+		{"kernel sends", `
+sessions:
+  - name: x4
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
+  - name: x6
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    targets: [{kind: gateway, gateway: "fd77:2::2", device: e1}]
+`},
+	} {
+		t.Run(tc.name, func(t *testing.T) { runCopiesExact(t, tc.cfg) })
+	}
+}
+
+func runCopiesExact(t *testing.T, cfg string) {
+	l := lab.New(t)
+	d := startNfclone(t, l, cfg)
 	for _, tc := range []struct{ dst, filter string }{
 		{lab.Col2IP, "icmp[0] == 8"},
 		{lab.Col26, "icmp6 and ip6[40] == 128"},
