@@ -73,6 +73,9 @@ func check(w io.Writer, c *config.Config) error {
 		if s.Hold {
 			fmt.Fprintf(w, "note: session %s holds its originals (hold: true): what it matches waits for nfclone, and stops while nfclone is stopped (nice %d)\n", s.Name, c.Queue.Nice)
 		}
+		if c.KernelRouted(&s) {
+			fmt.Fprintf(w, "note: session %s: the kernel sends its copies to %s (queue.kernel_route): nfclone reads their headers and counts them\n", s.Name, s.Targets[0].GatewayIP)
+		}
 	}
 	if c.Queue.Realtime > 0 {
 		fmt.Fprintf(w, "note: queue.realtime %d: nfclone's threads run SCHED_FIFO, ahead of the host's own work (nice does not apply)\n", c.Queue.Realtime)
