@@ -77,6 +77,13 @@ func bulkCases() []bulkCase {
 				cs = append(cs, bulkCase{"v4", m, "vxlan-userspace", tr})
 			}
 		}
+		if m == "queue" {
+			// queue → gateway is the kernel's to send (queue.kernel_route);
+			// these rows have nfclone send it.
+			for _, tr := range []string{"forwarded", "host"} {
+				cs = append(cs, bulkCase{"v4", m, "gateway-userspace", tr})
+			}
+		}
 	}
 	for _, tg := range []string{"gateway", "device", "vxlan"} {
 		for _, tr := range []string{"forwarded", "host"} {
@@ -88,6 +95,9 @@ func bulkCases() []bulkCase {
 			cs = append(cs, bulkCase{"v6", m, "gateway", tr})
 			if m == "queue" || m == "log" {
 				cs = append(cs, bulkCase{"v6", m, "vxlan", tr}) // IPv6 inside the kernel's VXLAN device
+			}
+			if m == "queue" {
+				cs = append(cs, bulkCase{"v6", m, "gateway-userspace", tr})
 			}
 		}
 	}
@@ -101,9 +111,9 @@ func (c bulkCase) config() string {
 		tgt = fmt.Sprintf(`{kind: vxlan, remote: "%s:4789", vni: %d}`, lab.ColIP, bulkVNI)
 	case c.target == "vxlan-userspace":
 		tgt = fmt.Sprintf(`{kind: vxlan, remote: "%s:4789", vni: %d, encap: userspace}`, lab.ColIP, bulkVNI)
-	case c.target == "gateway" && c.fam == "v6":
+	case strings.HasPrefix(c.target, "gateway") && c.fam == "v6":
 		tgt = fmt.Sprintf(`{kind: gateway, gateway: "%s", device: e1}`, lab.Col6)
-	case c.target == "gateway":
+	case strings.HasPrefix(c.target, "gateway"):
 		tgt = fmt.Sprintf("{kind: gateway, gateway: %s, device: e1}", lab.ColIP)
 	}
 	// Forwarded data arrives on e0; what eng sends itself leaves by e3. The
@@ -124,7 +134,7 @@ func (c bulkCase) config() string {
 		method, hold = "queue", true
 	}
 	return fmt.Sprintf(`
-queue: {nice: 0, cap_bytes: 64MiB}
+queue: {nice: 0, cap_bytes: 64MiB, kernel_route: %t}
 sessions:
   - name: bulk
     method: %s
@@ -133,7 +143,7 @@ sessions:
     host_only: %t
     rules: [{number: 1, action: accept, protocol: tcp, destination_ports: "%d"}]
     targets: [%s]
-`, method, hold, src, hostOnly, bulkPort, tgt)
+`, c.target != "gateway-userspace", method, hold, src, hostOnly, bulkPort, tgt)
 }
 
 // writeRandomFile writes n random bytes (crypto/rand) to dir/name and returns
@@ -613,7 +623,7 @@ func TestBulkFragmentedUDP(t *testing.T) {
 	l := lab.New(t)
 	wireCollector(t, l)
 	base := routingState(t, l)
-	for _, row := range []struct{ method, target string }{{"dup", "gateway"}, {"queue", "gateway"}, {"queue", "device"}, {"log", "gateway"}, {"log", "device"}} {
+	for _, row := range []struct{ method, target string }{{"dup", "gateway"}, {"queue", "gateway"}, {"queue", "device"}, {"log", "gateway"}, {"log", "device"}, {"queue", "gateway-userspace"}} {
 		t.Run(row.method+"/"+row.target, func(t *testing.T) {
 			runFragmentedUDP(t, l, base, row.method, row.target, payloadFile, payload)
 		})
@@ -644,20 +654,21 @@ func runFragmentedUDP(t *testing.T, l *lab.Lab, base, method, target, payloadFil
 		_, _ = l.Exec(ctx, l.Eng, "nft", "delete", "table", "ip", "nfc_bulk_defrag")
 	})
 	tgt := "{kind: device, device: e1}"
-	if target == "gateway" {
+	if strings.HasPrefix(target, "gateway") {
 		tgt = fmt.Sprintf("{kind: gateway, gateway: %s, device: e1}", lab.ColIP)
 	}
 	ping(t, l, l.Eng, lab.ColIP, 1)
 	capt := l.StartCapture(t, l.Col, lab.Iface, fmt.Sprintf("udp port %d or (ip[6:2] & 0x3fff != 0)", fragPort),
 		lab.Direction("in"), lab.TcpdumpArgs("-s", "0"))
 	d := startRow(t, l, base, fmt.Sprintf(`
+queue: {kernel_route: %t}
 sessions:
   - name: frag
     method: %s
     sources: [{interface: e0, direction: ingress}]
     rules: [{number: 1, action: accept, protocol: udp, destination_ports: "%d"}]
     targets: [%s]
-`, method, fragPort, tgt))
+`, target != "gateway-userspace", method, fragPort, tgt))
 	if rules := nftRuleset(t, l); !strings.Contains(rules, "nfc_bulk_defrag") {
 		t.Fatalf("nfclone removed the test's conntrack table:\n%s", rules)
 	}
@@ -757,13 +768,14 @@ sessions:
 // control. dup to a gateway is not one: the kernel's dup sets DF on the
 // copies it routes, as xt_TEE did (nf_dup_ipv4; measured here: DF clear in,
 // DF set out), and the
-// clone a queue session reads comes from that dup, so its reader must clear
-// what the kernel set, as it restores the TTL.
+// clone a queue session reads comes from that dup, so its clones chain must
+// clear what the kernel set, as it restores the TTL — whether nfclone or
+// the kernel (queue.kernel_route) sends the copy.
 func TestBulkPingDFClear(t *testing.T) {
 	lab.RequireRoot(t)
 	l := lab.New(t)
 	base := routingState(t, l)
-	for _, row := range []struct{ method, target string }{{"dup", "device"}, {"queue", "gateway"}, {"queue", "device"}, {"log", "gateway"}, {"log", "device"}} {
+	for _, row := range []struct{ method, target string }{{"dup", "device"}, {"queue", "gateway"}, {"queue", "device"}, {"log", "gateway"}, {"log", "device"}, {"queue", "gateway-userspace"}} {
 		t.Run(row.method+"/"+row.target, func(t *testing.T) { runPingDFClear(t, l, base, row.method, row.target) })
 	}
 }
@@ -771,17 +783,18 @@ func TestBulkPingDFClear(t *testing.T) {
 func runPingDFClear(t *testing.T, l *lab.Lab, base, method, target string) {
 	const n, size = 5, 1400
 	tgt := "{kind: device, device: e1}"
-	if target == "gateway" {
+	if strings.HasPrefix(target, "gateway") {
 		tgt = fmt.Sprintf("{kind: gateway, gateway: %s, device: e1}", lab.ColIP)
 	}
 	d := startRow(t, l, base, fmt.Sprintf(`
+queue: {kernel_route: %t}
 sessions:
   - name: df
     method: %s
     sources: [{interface: e0, direction: ingress}]
     rules: [{number: 1, action: accept, protocol: icmp}]
     targets: [%s]
-`, method, tgt))
+`, target != "gateway-userspace", method, tgt))
 	orig := l.StartCapture(t, l.Eng, lab.EngToSrc, "icmp[0] == 8", lab.Direction("in"))
 	copies := l.StartCapture(t, l.Col, lab.Iface, "icmp[0] == 8", lab.Direction("in"))
 	out := l.MustExec(t, l.Src, "ping", "-n", "-M", "dont", "-s", strconv.Itoa(size), "-c", strconv.Itoa(n), "-i", "0.02", "-W", "1", lab.Col2IP)
