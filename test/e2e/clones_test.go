@@ -7,6 +7,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -112,8 +113,12 @@ sessions:
 // sends the copies (two targets) or the kernel does (one gateway per
 // session, queue.kernel_route).
 func TestQueueCopiesAreExact(t *testing.T) {
-	for _, tc := range []struct{ name, cfg string }{
-		{"nfclone sends", `
+	for _, tc := range []struct {
+		name      string
+		copyRange int // what the kernel hands nfclone of each clone
+		cfg       string
+	}{
+		{"nfclone sends", 65531, `
 sessions:
   - name: x
     method: queue
@@ -122,7 +127,7 @@ sessions:
       - {kind: gateway, gateway: 10.77.2.2, device: e1}
       - {kind: gateway, gateway: "fd77:2::2", device: e1}
 `},
-		{"kernel sends", `
+		{"kernel sends", 128, `
 sessions:
   - name: x4
     method: queue
@@ -134,13 +139,20 @@ sessions:
     targets: [{kind: gateway, gateway: "fd77:2::2", device: e1}]
 `},
 	} {
-		t.Run(tc.name, func(t *testing.T) { runCopiesExact(t, tc.cfg) })
+		t.Run(tc.name, func(t *testing.T) { runCopiesExact(t, tc.cfg, tc.copyRange) })
 	}
 }
 
-func runCopiesExact(t *testing.T, cfg string) {
+func runCopiesExact(t *testing.T, cfg string, copyRange int) {
 	l := lab.New(t)
 	d := startNfclone(t, l, cfg)
+	// The kernel's own account of each queue: nfclone asked for the whole
+	// packet (it sends the copy) or its first 128 bytes (the kernel does).
+	for _, line := range strings.Split(strings.TrimSpace(l.MustExec(t, l.Eng, "cat", "/proc/net/netfilter/nfnetlink_queue")), "\n") {
+		if f := strings.Fields(line); len(f) < 5 || f[3] != "2" || f[4] != strconv.Itoa(copyRange) {
+			t.Fatalf("nfnetlink_queue line %q: want copy mode 2 (packet), copy range %d", line, copyRange)
+		}
+	}
 	for _, tc := range []struct{ dst, filter string }{
 		{lab.Col2IP, "icmp[0] == 8"},
 		{lab.Col26, "icmp6 and ip6[40] == 128"},
