@@ -146,6 +146,11 @@ sessions:
 func runCopiesExact(t *testing.T, cfg string, copyRange int) {
 	l := lab.New(t)
 	d := startNfclone(t, l, cfg)
+	if copyRange == 128 {
+		if out, errOut, code := nfc(l, "check", "-c", d.cfgPath); code != 0 || !strings.Contains(out, "the kernel sends its copies to 10.77.2.2") {
+			t.Fatalf("check: exit %d, no note that the kernel sends the copies:\n%s%s", code, out, errOut)
+		}
+	}
 	// The kernel's own account of each queue: nfclone asked for the whole
 	// packet (it sends the copy) or its first 128 bytes (the kernel does).
 	for _, line := range strings.Split(strings.TrimSpace(l.MustExec(t, l.Eng, "cat", "/proc/net/netfilter/nfnetlink_queue")), "\n") {
