@@ -210,7 +210,7 @@ func openRoutedSession(c *config.Config, s *session, i int, gws []rules.GatewayR
 		return nil, hostErr("sessions[%d].targets[0]: no policy route for gateway %s on %s", i, t.GatewayIP, t.Device)
 	}
 	s.routed = fmt.Sprintf("%s/0:%s", sc.Name, t.Kind)
-	s.count = c.Queue.Count
+	s.count, s.workers = c.Queue.Count, 0
 	for k := 0; k < c.Queue.Count; k++ {
 		r, err := nfq.NewQueueReader(nfq.QueueConfig{
 			Num: uint16(s.first + k), Snaplen: nfq.RouteSnaplen, MaxLen: uint32(c.Queue.MaxLen), Logger: s.log,

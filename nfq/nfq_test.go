@@ -785,8 +785,8 @@ func TestQueueRouteAcceptsWithMark(t *testing.T) {
 		defer mu.Unlock()
 		for _, p := range b {
 			lens = append(lens, p.OrigLen)
-			led.AddCopied(1, uint64(p.OrigLen))
 		}
+		led.AccountRouted(b)
 	}
 	cfg := QueueConfig{Num: 0, Batch: 4, Snaplen: RouteSnaplen, Route: 0x81, Send: send,
 		Clones: CloneMarks{Mask: 0xff, TTLDecremented: 0x01}}
