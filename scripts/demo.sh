@@ -60,7 +60,7 @@ sessions:
     targets:
       - {kind: gateway, gateway: 10.77.4.2, device: e3}
   - name: clone
-    method: queue                     # the userspace clone engine: the kernel's clone is read over NFQUEUE
+    method: queue                     # the clone engine: the kernel's clone goes through NFQUEUE; to one gateway the kernel sends it (queue.kernel_route)
     sources:
       - {interface: e0, direction: ingress}
     rules:
