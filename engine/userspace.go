@@ -533,7 +533,10 @@ func (s *session) status() status.SessionStatus {
 		st.Readers = append(st.Readers, status.ReaderStatus{Kind: kind, Num: s.first + i, Running: i < len(s.running) && s.running[i], Stats: r.Stats()})
 	}
 	if s.routed != "" {
-		st.Targets = append(st.Targets, status.TargetStatus{Name: s.routed, Kind: string(config.KindGateway), Kernel: true})
+		// What the readers handed the kernel to send: the ledger's copies
+		// (a super-packet counts once, as the kernel handed it over).
+		st.Targets = append(st.Targets, status.TargetStatus{Name: s.routed, Kind: string(config.KindGateway), Kernel: true,
+			Stats: &sink.Stats{Sent: snap.Copied, Bytes: snap.Bytes}})
 	}
 	for i, t := range s.targets {
 		ts := status.TargetStatus{Name: t.Name(), Kind: string(s.kinds[i])}

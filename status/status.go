@@ -89,8 +89,8 @@ type TargetStatus struct {
 	// Clients are a pcap-over-ip target's connected clients.
 	Clients []sink.PcapClientStats `json:"clients,omitempty"`
 	// Kernel: the kernel sends this target's copies, the clones of a queue
-	// session accepted with the gateway's mark (queue.kernel_route); the
-	// session's ledger counts them.
+	// session accepted with the gateway's mark (queue.kernel_route); Stats
+	// are the session ledger's copies, what nfclone handed the kernel.
 	Kernel bool `json:"kernel,omitempty"`
 }
 
