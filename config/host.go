@@ -28,7 +28,7 @@ func CheckHost(c *Config, h Host, owned map[string]bool) Errors {
 		return ok, pfx
 	}
 	for i, s := range c.Sessions {
-		if s.Method == MethodQueue && !loopbackReady(look) {
+		if s.Method == MethodQueue && !s.Hold && !c.KernelRouted(&c.Sessions[i]) && !loopbackReady(look) {
 			p.add(fmt.Sprintf("sessions[%d].method", i), "queue needs the loopback interface up with 127.0.0.1 (the kernel's copies are routed to lo and read there): ip link set lo up")
 		}
 		created := map[string]bool{}
@@ -78,7 +78,8 @@ func CheckHost(c *Config, h Host, owned map[string]bool) Errors {
 }
 
 // loopbackReady: lo exists and holds 127.0.0.1, so that the kernel can route
-// a queue session's clones to it (`dup to 127.0.0.1 device "lo"`).
+// a queue session's clones to it (`dup to 127.0.0.1 device "lo"`); a
+// kernel-routed session's go to its gateway, a hold session queues originals.
 func loopbackReady(look func(path, name string) (bool, []netip.Prefix)) bool {
 	ok, pfxs := look("lo", "lo")
 	if !ok {

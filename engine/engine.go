@@ -250,6 +250,7 @@ func addSnapshots(a, b pipeline.Snapshot) pipeline.Snapshot {
 	a.Copied += b.Copied
 	a.Bytes += b.Bytes
 	a.InFlight += b.InFlight
+	a.KernelSent += b.KernelSent
 	a.ENOBUFS += b.ENOBUFS
 	a.VerdictErrors += b.VerdictErrors
 	d, x := &a.Drops, b.Drops
@@ -715,6 +716,14 @@ func (e *Engine) Status() status.Status {
 				l := withKernelCounts(*ss.Ledger, m)
 				ss.Ledger = &l
 				ss.Seen = status.Counter{Packets: l.Offered}
+				ss.Copied = status.Counter{Packets: l.Copied, Bytes: l.Bytes}
+				for i := range ss.Targets {
+					if ss.Targets[i].Kernel {
+						// The kernel sent every copy: those nfclone
+						// accepted and those its full queue let through.
+						ss.Targets[i].Stats = &sink.Stats{Sent: l.Copied, Bytes: l.Bytes}
+					}
+				}
 			}
 		}
 		for name := range sessionInterfaces(s) {

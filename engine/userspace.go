@@ -110,7 +110,7 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 		}
 	}()
 	if c.KernelRouted(&sc) {
-		return openRoutedSession(c, s, i, gws)
+		return openRoutedSession(c, s, i)
 	}
 	for ti, t := range sc.Targets {
 		name := fmt.Sprintf("%s/%d:%s", sc.Name, ti, t.Kind)
@@ -199,16 +199,13 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 }
 
 // openRoutedSession binds the queues of a session whose clones the kernel
-// sends (config.KernelRouted): its readers read the clones' headers, count
-// them, and accept them with the mark of the gateway's policy route. No
-// sink, no copy queue, no worker.
-func openRoutedSession(c *config.Config, s *session, i int, gws []rules.GatewayRoute) (*session, error) {
+// sends (config.KernelRouted): dup routed them to the gateway and the clones
+// chain gave them its copy mark; its readers read the clones' headers, count
+// them, and accept them, from fail-open queues (what a full queue cannot
+// take, the kernel sends at once). No sink, no copy queue, no worker.
+func openRoutedSession(c *config.Config, s *session, i int) (*session, error) {
 	sc := c.Sessions[i]
 	t := sc.Targets[0]
-	mark, ok := rules.GatewayMark(gws, t.GatewayIP, t.Device)
-	if !ok {
-		return nil, hostErr("sessions[%d].targets[0]: no policy route for gateway %s on %s", i, t.GatewayIP, t.Device)
-	}
 	s.routed = fmt.Sprintf("%s/0:%s", sc.Name, t.Kind)
 	s.count, s.workers = c.Queue.Count, 0
 	for k := 0; k < c.Queue.Count; k++ {
@@ -216,7 +213,7 @@ func openRoutedSession(c *config.Config, s *session, i int, gws []rules.GatewayR
 			Num: uint16(s.first + k), Snaplen: nfq.RouteSnaplen, MaxLen: uint32(c.Queue.MaxLen), Logger: s.log,
 			RcvBuf: int(c.Queue.SocketBufferBytes),
 			Clones: nfq.CloneMarks{Mask: c.MarkMask, TTLDecremented: c.Marks().TTLDecremented()},
-			Route:  mark, Send: s.ledger.AccountRouted,
+			Route:  true, Send: s.ledger.AccountRouted,
 		}, s.queue, s.ledger)
 		if err != nil {
 			return nil, hostErr("sessions[%d]: binding NFQUEUE %d: %v", i, s.first+k, err)
@@ -434,7 +431,7 @@ func (s *session) stop(drain time.Duration, kernel map[string]rules.CounterValue
 	s.mu.Lock()
 	s.final = &snap
 	s.mu.Unlock()
-	s.log.Info("session ledger", "offered", snap.Offered, "copied", snap.Copied, "kernel_lost", snap.Drops.KernelLost,
+	s.log.Info("session ledger", "offered", snap.Offered, "copied", snap.Copied, "kernel_sent", snap.KernelSent, "kernel_lost", snap.Drops.KernelLost,
 		"rate_limit", snap.Drops.RateLimit, "skipped_by_selectors", snap.Skipped.Total(),
 		"drops", snap.Drops.Total(), "queue_overflow", snap.Drops.QueueOverflow, "send_errors", snap.Drops.SendError,
 		"kernel_queue", snap.Drops.KernelQueue, "user", snap.Drops.User, "socket_overrun", snap.Drops.SocketOverrun,
@@ -640,10 +637,15 @@ func (s *session) snapshot() pipeline.Snapshot {
 }
 
 // withKernelCounts adds to a session's ledger what only the kernel's rule
-// counters know: packets the copy rule matched that never reached the
+// counters know: the clones a kernel-routed session's fail-open queue let
+// the kernel send (kernel_sent; only such a session's clones chain counts
+// CounterQueued), packets the copy rule matched that never reached the
 // reader, counted by no other kernel counter (kernel_lost), and packets the
 // session's rate kept from it.
 func withKernelCounts(s pipeline.Snapshot, m map[string]rules.CounterValue) pipeline.Snapshot {
+	if q, ok := m[rules.CounterQueued]; ok {
+		s = s.WithQueued(q.Packets, q.Bytes)
+	}
 	s = s.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
 	s.Skipped = skippedCounts(m)
 	return s

@@ -141,7 +141,8 @@ type fakeSock struct {
 	intr         bool
 	verdicts     []uint32
 	verdictKinds []uint32 // NF_ACCEPT, NF_DROP of each batch verdict
-	verdictMarks []uint32 // the NFQA_MARK of each batch verdict (0: none)
+	verdictLens  []int    // the length of each batch verdict message
+	cfgFlags     []uint32 // the NFQA_CFG_FLAGS of each config message that set them
 	sends        int
 	reads        int // RecvBatch calls that returned datagrams
 	rebufs       int // receive buffers replaced (packets kept in place)
@@ -256,11 +257,19 @@ func (f *fakeSock) Send(b []byte) error {
 	if m.typ == subsysQueue<<8|nfqnlMsgVerdictBatch {
 		f.verdicts = append(f.verdicts, binary.BigEndian.Uint32(b[28:32]))
 		f.verdictKinds = append(f.verdictKinds, binary.BigEndian.Uint32(b[24:28]))
-		var mark uint32
-		if typ, val, _, err := nextAttr(m.body[4+nlaHdrLen+8:]); err == nil && typ == nfqaMark {
-			mark = binary.BigEndian.Uint32(val)
+		f.verdictLens = append(f.verdictLens, len(b))
+	}
+	if m.typ == subsysQueue<<8|nfqnlMsgConfig {
+		for a := m.body[4:]; len(a) > 0; {
+			typ, val, rest, err := nextAttr(a)
+			if err != nil {
+				return err
+			}
+			if typ == nfqaCfgFlags {
+				f.cfgFlags = append(f.cfgFlags, binary.BigEndian.Uint32(val))
+			}
+			a = rest
 		}
-		f.verdictMarks = append(f.verdictMarks, mark)
 	}
 	return nil
 }

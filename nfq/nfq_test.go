@@ -80,8 +80,8 @@ func TestParseMalformed(t *testing.T) {
 }
 
 func TestVerdictBatchMessage(t *testing.T) {
-	var b [verdictMarkLen]byte
-	msg := putVerdictBatch(b[:], 3, nfDrop, 0x01020304, 0)
+	var b [verdictBatchLen]byte
+	msg := putVerdictBatch(b[:], 3, nfDrop, 0x01020304)
 	m, rest, err := nextMsg(msg)
 	if err != nil || len(rest) != 0 {
 		t.Fatal(err)
@@ -95,20 +95,6 @@ func TestVerdictBatchMessage(t *testing.T) {
 	typ, val, rest, err := nextAttr(m.body[4:])
 	if err != nil || typ != nfqaVerdictHdr || be32(val) != nfDrop || be32(val[4:]) != 0x01020304 || len(rest) != 0 {
 		t.Fatalf("attr %d %x %v, %d bytes after", typ, val, err, len(rest))
-	}
-	// With a mark: the same verdict, then NFQA_MARK.
-	msg = putVerdictBatch(b[:], 3, nfAccept, 7, 0x81)
-	m, rest, err = nextMsg(msg)
-	if err != nil || len(rest) != 0 || len(msg) != verdictMarkLen {
-		t.Fatal(len(msg), err)
-	}
-	typ, val, rest, err = nextAttr(m.body[4:])
-	if err != nil || typ != nfqaVerdictHdr || be32(val) != nfAccept || be32(val[4:]) != 7 {
-		t.Fatalf("attr %d %x %v", typ, val, err)
-	}
-	typ, val, rest, err = nextAttr(rest)
-	if err != nil || typ != nfqaMark || be32(val) != 0x81 || len(rest) != 0 {
-		t.Fatalf("mark attr %d %x %v", typ, val, err)
 	}
 }
 
@@ -768,13 +754,20 @@ func TestQueueCloneOffload(t *testing.T) {
 	if s := led.Snapshot(); s.Drops.TooBig != 1 || s.Copied != 2 || !s.Balanced() {
 		t.Errorf("ledger %+v, want 2 copied and 1 too big", s)
 	}
+	// Never fail-open: a clone routed to lo must not go on.
+	sock.mu.Lock()
+	defer sock.mu.Unlock()
+	if len(sock.cfgFlags) != 1 || sock.cfgFlags[0] != cfgFlagGSO {
+		t.Errorf("bind flags %#x, want GSO only (%#x)", sock.cfgFlags, cfgFlagGSO)
+	}
 }
 
-// A Route reader lets the kernel send the clones: it reads their headers,
-// hands them to Send (which counts them, whole: NFQA_CAP_LEN), and accepts
-// each read with one verdict carrying the route's mark — never a drop, and
-// nothing goes to the copy queue.
-func TestQueueRouteAcceptsWithMark(t *testing.T) {
+// A Route reader lets the kernel send the clones: it binds its queue
+// fail-open (what the queue cannot take, the kernel sends), reads their
+// headers, hands them to Send (which counts them, whole: NFQA_CAP_LEN), and
+// accepts each read with one plain verdict (the rules gave the clones their
+// mark) — never a drop, and nothing goes to the copy queue.
+func TestQueueRouteAcceptsFailOpen(t *testing.T) {
 	leaktest.Check(t)
 	sock := newFakeSock()
 	var led pipeline.Ledger
@@ -788,7 +781,7 @@ func TestQueueRouteAcceptsWithMark(t *testing.T) {
 		}
 		led.AccountRouted(b)
 	}
-	cfg := QueueConfig{Num: 0, Batch: 4, Snaplen: RouteSnaplen, Route: 0x81, Send: send,
+	cfg := QueueConfig{Num: 0, Batch: 4, Snaplen: RouteSnaplen, Route: true, Send: send,
 		Clones: CloneMarks{Mask: 0xff, TTLDecremented: 0x01}}
 	rec := &recorder{}
 	_, stop := runPathCfg(t, sock, cfg, 1024, rec, &led)
@@ -801,11 +794,14 @@ func TestQueueRouteAcceptsWithMark(t *testing.T) {
 	stop()
 	onlyVerdicts(t, sock, nfAccept, "the kernel sends the clones")
 	sock.mu.Lock()
-	marks := append([]uint32(nil), sock.verdictMarks...)
+	flags, vlens := append([]uint32(nil), sock.cfgFlags...), append([]int(nil), sock.verdictLens...)
 	sock.mu.Unlock()
-	for _, m := range marks {
-		if m != 0x81 {
-			t.Errorf("verdict marks %#x, want every one 0x81", marks)
+	if len(flags) != 1 || flags[0] != cfgFlagGSO|cfgFlagFailOpen {
+		t.Errorf("bind flags %#x, want GSO|FAIL_OPEN (%#x)", flags, cfgFlagGSO|cfgFlagFailOpen)
+	}
+	for _, n := range vlens {
+		if n != verdictBatchLen {
+			t.Errorf("verdict lengths %v, want each %d (no attribute but the verdict)", vlens, verdictBatchLen)
 			break
 		}
 	}

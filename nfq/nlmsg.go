@@ -57,9 +57,11 @@ const (
 	nfqnlCfgCmdUnbind = 2
 	nfqnlCopyPacket   = 2
 
-	// NFQA_CFG_F_GSO: GSO packets are queued whole (nfclone sets no other
-	// NFQA_CFG_F_* flag: never FAIL_OPEN, see QueueReader.bind)
-	cfgFlagGSO = 0x04
+	// NFQA_CFG_F_GSO: GSO packets are queued whole; NFQA_CFG_F_FAIL_OPEN:
+	// a packet the queue cannot take is accepted (Route readers only, see
+	// QueueReader.bind).
+	cfgFlagGSO      = 0x04
+	cfgFlagFailOpen = 0x01
 
 	// NFLOG message types and attributes
 	nfulnlMsgPacket = 0
@@ -369,24 +371,14 @@ func (mb *msgBuilder) finish() []byte {
 	return mb.b
 }
 
-// verdictBatchLen is the size of an NFQNL_MSG_VERDICT_BATCH message, and
-// verdictMarkLen that of one that also sets the mark (NFQA_MARK).
-const (
-	verdictBatchLen = nlmsgHdrLen + nfgenLen + nlaHdrLen + 8
-	verdictMarkLen  = verdictBatchLen + nlaHdrLen + 4
-)
+// verdictBatchLen is the size of an NFQNL_MSG_VERDICT_BATCH message.
+const verdictBatchLen = nlmsgHdrLen + nfgenLen + nlaHdrLen + 8
 
 // putVerdictBatch writes a batch verdict "verdict every id <= maxID" for queue
-// into b (len >= verdictMarkLen), without allocating. A mark other than 0
-// becomes every packet's whole mark (NFQA_MARK): an accepted clone is then
-// routed again by it (nf_reroute in LOCAL_OUT).
-func putVerdictBatch(b []byte, queue uint16, verdict, maxID, mark uint32) []byte {
-	n := verdictBatchLen
-	if mark != 0 {
-		n = verdictMarkLen
-	}
-	b = b[:n]
-	ne.PutUint32(b[0:4], uint32(n))
+// into b (len >= verdictBatchLen), without allocating.
+func putVerdictBatch(b []byte, queue uint16, verdict, maxID uint32) []byte {
+	b = b[:verdictBatchLen]
+	ne.PutUint32(b[0:4], verdictBatchLen)
 	ne.PutUint16(b[4:6], subsysQueue<<8|nfqnlMsgVerdictBatch)
 	ne.PutUint16(b[6:8], nlmFRequest)
 	ne.PutUint32(b[8:12], 0)
@@ -397,10 +389,5 @@ func putVerdictBatch(b []byte, queue uint16, verdict, maxID, mark uint32) []byte
 	ne.PutUint16(b[22:24], nfqaVerdictHdr)
 	binary.BigEndian.PutUint32(b[24:28], verdict)
 	binary.BigEndian.PutUint32(b[28:32], maxID)
-	if mark != 0 {
-		ne.PutUint16(b[32:34], nlaHdrLen+4)
-		ne.PutUint16(b[34:36], nfqaMark)
-		binary.BigEndian.PutUint32(b[36:40], mark)
-	}
 	return b
 }

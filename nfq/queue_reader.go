@@ -46,14 +46,17 @@ type QueueConfig struct {
 	// drop verdict (its original went on in the kernel) and the marker is
 	// cleared from Packet.Mark.
 	Clones CloneMarks
-	// Route, if not 0, lets the kernel send the clones itself: the reader
-	// reads their headers (a copy range such as RouteSnaplen is enough),
-	// gives them to Send to be counted, and accepts each read with one
-	// verdict that makes Route every clone's mark. Accepted in the output
-	// hook with a new mark, a clone is routed again (nf_reroute) by the
-	// policy route of that mark and sent like the kernel's dup sends its
-	// clones, super-packets segmented on the way out.
-	Route uint32
+	// Route lets the kernel send the clones itself (a kernel-routed
+	// session: dup routed them to the gateway, the clones chain gave them
+	// its copy mark): the reader reads their headers (a copy range such as
+	// RouteSnaplen is enough), gives them to Send to be counted, and
+	// accepts each read with one batch verdict; the kernel sends them on
+	// as dup sends its clones, super-packets segmented on the way out. The
+	// queue is bound fail-open (NFQA_CFG_F_FAIL_OPEN): a clone the full
+	// queue or socket cannot take is sent at once by the kernel, not
+	// dropped, and the reader sees its id missing (Ledger.AddOverruns; the
+	// engine's account calls them kernel_sent).
+	Route bool
 	// Hold: the queue holds originals (a hold session's `queue ... bypass`),
 	// not clones. The reader sends the copies of each read itself, through
 	// Send, and then gives the read one accept verdict: each copy leaves
@@ -103,7 +106,7 @@ const RouteSnaplen = 128
 // QueueReader reads one NFQUEUE queue of clones: it pushes copies of their
 // bytes into a pipeline.CopyQueue and drops the clones with batch verdicts
 // (with Hold: a queue of originals, accepted with batch verdicts; with
-// Route: clones accepted with the route's mark, sent by the kernel).
+// Route: clones accepted, sent by the kernel).
 type QueueReader struct {
 	cfg  QueueConfig
 	r    *reader
@@ -189,8 +192,8 @@ func NewQueueReader(cfg QueueConfig, q *pipeline.CopyQueue, led *pipeline.Ledger
 }
 
 func newQueueReader(cfg QueueConfig, sock nlSocket, q *pipeline.CopyQueue, led *pipeline.Ledger) (*QueueReader, error) {
-	if (cfg.Hold || cfg.Route != 0) != (cfg.Send != nil) || (cfg.Hold && cfg.Route != 0) {
-		return nil, fmt.Errorf("nfq: queue %d: a reader has Send if and only if it holds the originals or routes the clones (Hold %t, Route %#x)", cfg.Num, cfg.Hold, cfg.Route)
+	if (cfg.Hold || cfg.Route) != (cfg.Send != nil) || (cfg.Hold && cfg.Route) {
+		return nil, fmt.Errorf("nfq: queue %d: a reader has Send if and only if it holds the originals or routes the clones (Hold %t, Route %t)", cfg.Num, cfg.Hold, cfg.Route)
 	}
 	cfg.defaults()
 	bufSize := nlAlign(int(cfg.Snaplen) + nlOverhead)
@@ -201,8 +204,8 @@ func newQueueReader(cfg QueueConfig, sock nlSocket, q *pipeline.CopyQueue, led *
 	switch {
 	case cfg.Hold:
 		qr.r.clones, qr.r.verdict, qr.r.send = nil, nfAccept, cfg.Send
-	case cfg.Route != 0:
-		qr.r.verdict, qr.r.mark, qr.r.send = nfAccept, cfg.Route, cfg.Send
+	case cfg.Route:
+		qr.r.verdict, qr.r.send = nfAccept, cfg.Send
 	}
 	qr.r.whole = cfg.Snaplen >= MaxCopy
 	if err := qr.bind(); err != nil {
@@ -230,15 +233,22 @@ func (qr *QueueReader) bind() error {
 	// and unfinished checksums stay unfinished, flagged
 	// (NFQA_SKB_CSUMNOTREADY): the workers segment and complete them.
 	// Without it the kernel cuts every super-packet into MTU segments in the
-	// forwarding path, one message each. Never NFQA_CFG_F_FAIL_OPEN: a clone
-	// the full queue accepted would go on to lo and be routed like its
-	// original (a second original on the wire); without it the kernel drops
-	// the clone and counts it (queue_dropped: Drops.KernelQueue). A held
-	// original is dropped likewise (the sender's TCP slows down, as at a
-	// full router queue), never let through uncopied and uncounted. A new
-	// queue instance starts with no flag set, so the mask names GSO only.
-	mb.be32(nfqaCfgMask, cfgFlagGSO)
-	mb.be32(nfqaCfgFlags, cfgFlagGSO)
+	// forwarding path, one message each. Fail-open (NFQA_CFG_F_FAIL_OPEN)
+	// only for a Route reader, whose clones dup routed to the gateway: the
+	// kernel sends what the full queue cannot take. Never otherwise: a
+	// clone routed to lo that the full queue let through would be routed
+	// like its original (a second original on the wire); without it the
+	// kernel drops the clone and counts it (queue_dropped:
+	// Drops.KernelQueue). A held original is dropped likewise (the
+	// sender's TCP slows down, as at a full router queue), never let
+	// through uncopied and uncounted. The mask names both flags, so a
+	// rebind sets exactly these.
+	flags := uint32(cfgFlagGSO)
+	if qr.cfg.Route {
+		flags |= cfgFlagFailOpen
+	}
+	mb.be32(nfqaCfgMask, cfgFlagGSO|cfgFlagFailOpen)
+	mb.be32(nfqaCfgFlags, flags)
 	msg := append([]byte(nil), mb.finish()...)
 	if err := r.execute(msg, seq, 5*time.Second); err != nil {
 		return fmt.Errorf("nfq: bind queue %d: %w", qr.cfg.Num, err)

@@ -64,8 +64,7 @@ type reader struct {
 	// clones with the route mark
 	clones    *CloneMarks // the marker of the queue's clones (nil: NFLOG, held originals)
 	verdict   uint32      // nfDrop or nfAccept
-	mark      uint32      // the verdict's mark (0: none)
-	vbuf      [verdictMarkLen]byte
+	vbuf      [verdictBatchLen]byte
 	pending   int
 	maxID     uint32
 	batchSize int
@@ -602,13 +601,13 @@ func (r *reader) fold() {
 
 // flush sends the pending batch verdict (NFQUEUE) for every packet with an
 // id <= maxID: drop for clones (their originals went on in the kernel),
-// accept for held originals (they go on now, unchanged), accept with the
-// route's mark for clones the kernel sends.
+// accept for held originals (they go on now, unchanged) and for clones the
+// kernel sends.
 func (r *reader) flush() {
 	if r.kind != kindQueue || r.pending == 0 {
 		return
 	}
-	msg := putVerdictBatch(r.vbuf[:], r.resID, r.verdict, r.maxID, r.mark)
+	msg := putVerdictBatch(r.vbuf[:], r.resID, r.verdict, r.maxID)
 	if err := r.sock.Send(msg); err != nil {
 		// Keep the batch pending; it is retried on the next flush. The
 		// kernel holds the clones meanwhile (room its queue lacks), so say

@@ -89,6 +89,27 @@ func (s Snapshot) WithMatched(matched uint64) Snapshot {
 	return s
 }
 
+// WithQueued accounts a kernel-routed session (queue.kernel_route), whose
+// queue is fail-open: the clones its reader never saw were sent by the
+// kernel, so they are copied (KernelSent), not lost. They are the gaps in
+// the packet ids (the socket was full: counted as SocketOverrun until here)
+// and what the clones chain's counter saw queued beyond what the reader was
+// offered (the queue was full: the kernel gives those no id). queuedBytes,
+// the counter's bytes, is every queued clone's length. Apply it before
+// WithMatched: what the copy rule matched beyond what was queued is then
+// clones the kernel never made (kernel_lost).
+func (s Snapshot) WithQueued(queued, queuedBytes uint64) Snapshot {
+	s.KernelSent = s.Drops.SocketOverrun
+	s.Drops.SocketOverrun = 0
+	if queued > s.Offered {
+		s.KernelSent += queued - s.Offered
+		s.Offered = queued
+	}
+	s.Copied += s.KernelSent
+	s.Bytes = max(s.Bytes, queuedBytes)
+	return s
+}
+
 // WithRateLimited accounts the packets the session's rate limit kept from
 // the copy statement (the kernel's counter on the limit rule): offered to
 // the session, dropped for the rate.
@@ -106,6 +127,10 @@ type Snapshot struct {
 	Bytes    uint64 `json:"bytes"`
 	InFlight uint64 `json:"in_flight"`
 	Drops    Drops  `json:"drops"`
+	// KernelSent: copies a kernel-routed session's kernel sent without
+	// handing them to nfclone (its fail-open queue or socket was full),
+	// included in Copied (WithQueued).
+	KernelSent uint64 `json:"kernel_sent"`
 	// ENOBUFS counts receive errors (events, not packets) reported by the
 	// netlink socket; the packets lost are in Drops.SocketOverrun.
 	ENOBUFS uint64 `json:"enobufs_events"`

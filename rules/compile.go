@@ -204,15 +204,33 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 				return nil, fmt.Errorf("sessions[%d]: more than %d queue sessions with mark_mask %#x", i, ml.QueueSlots(), c.MarkMask)
 			}
 			for _, f := range userspaceFamilies(s) {
-				sc.l3(tbl(f), true, func(b *builder, ttlDec bool) { b.cloneToQueue(ml, ml.CloneMarker(slot, ttlDec)) })
+				routed, gwMark, dup := c.KernelRouted(s), uint32(0), cloneDup{lo: true}
+				if routed {
+					// The kernel sends the clones: dup routes them to the
+					// gateway from the start, so a clone the full queue lets
+					// through (fail-open) goes nowhere else.
+					t := s.Targets[0]
+					m, ok := GatewayMark(opt.Gateways, t.GatewayIP, t.Device)
+					if !ok {
+						return nil, fmt.Errorf("sessions[%d].targets[0]: no policy route for gateway %s on %s", i, t.GatewayIP, t.Device)
+					}
+					gwMark, dup = m, cloneDup{gw: t.GatewayIP.Unmap(), dev: t.Device, idx: opt.IfIndex(t.Device)}
+				}
+				// No device, no route to the gateway: nothing to clone.
+				if dup.lo || dup.idx != 0 || !opt.SkipMissing {
+					sc.l3(tbl(f), true, func(b *builder, ttlDec bool) { b.cloneTo(ml, ml.CloneMarker(slot, ttlDec), dup) })
+				}
 				// Undo what dup changed before the clone is queued: the
 				// kernel may send it on itself (the engine's kernel route).
 				marker := ml.CloneMarker(slot, false)
 				if f == nftables.TableFamilyIPv4 {
 					clones[f] = append(clones[f], newBuilder(f).restoreDF(ml, marker).rule())
 				}
-				clones[f] = append(clones[f], newBuilder(f).restoreTTL(ml, marker).rule(),
-					newBuilder(f).catchClones(ml, marker, num, c.Queue.Count, opt.NativeQueue).rule())
+				catch := newBuilder(f).catchClones(ml, marker, num, c.Queue.Count, opt.NativeQueue)
+				if routed {
+					catch = newBuilder(f).catchRouted(ml, marker, gwMark, s.Name, num, c.Queue.Count, opt.NativeQueue)
+				}
+				clones[f] = append(clones[f], newBuilder(f).restoreTTL(ml, marker).rule(), catch.rule())
 			}
 		}
 	}
@@ -402,7 +420,7 @@ func (sc *sessionCompiler) l3(t *Table, perDirection bool, action func(b *builde
 				b := newBuilder(t.Family).ifaceName(d, ifc)
 				if perDirection {
 					// nfclone's field must be clear: the clone marker goes
-					// there and the copy rule clears it again (cloneToQueue).
+					// there and the copy rule clears it again (cloneTo).
 					// This also skips every copy (their marks are in the field).
 					b.markBits(sc.cfg.MarkMask, 0)
 				} else {

@@ -53,6 +53,8 @@ var goldenCases = []struct {
 	{golden: "single_compat", config: "single"},
 	{golden: "single_native", config: "single", native: true},
 	{golden: "userspace_gw", config: "userspace_gw"},
+	{golden: "routed_compat", config: "routed"},
+	{golden: "routed_native", config: "routed", native: true},
 	{golden: "select_l3", config: "select_l3"},
 	{golden: "select_netdev", config: "select_netdev"},
 	{golden: "select_scope", config: "select_scope"},

@@ -362,17 +362,31 @@ func (b *builder) dfClearMark(ml config.MarkLayout) *builder {
 	return b.setMark(fmt.Sprintf("meta mark set meta mark | 0x%08x", df), ^df, df)
 }
 
-// cloneToQueue: `meta mark set meta mark | M dup to 127.0.0.1 device "lo"
-// meta mark set meta mark & 0xffffff00`. The session's hook chain has let in
-// only packets whose field (mark_mask) is clear, so the last statement
-// restores the original's mark exactly, every bit others set included.
-func (b *builder) cloneToQueue(ml config.MarkLayout, marker uint32) *builder {
-	lo := netip.MustParseAddr("127.0.0.1")
-	if b.fam == nftables.TableFamilyIPv6 {
-		lo = netip.IPv6Loopback()
-	}
+// cloneDup is where the kernel's dup routes a queue session's clones: to
+// lo (127.0.0.1 or ::1), or, for a kernel-routed session, to its gateway.
+type cloneDup struct {
+	lo  bool
+	gw  netip.Addr
+	dev string
+	idx uint32
+}
+
+// cloneTo: `meta mark set meta mark | M dup to 127.0.0.1 device "lo" meta
+// mark set meta mark & 0xffffff00` (or `dup to 10.77.2.2 device "e1"`). The
+// session's hook chain has let in only packets whose field (mark_mask) is
+// clear, so the last statement restores the original's mark exactly, every
+// bit others set included.
+func (b *builder) cloneTo(ml config.MarkLayout, marker uint32, d cloneDup) *builder {
 	b.setMark(fmt.Sprintf("meta mark set meta mark | 0x%08x", marker), ^marker, marker)
-	b.dupGateway(lo, "lo", loopbackIndex)
+	if d.lo {
+		lo := netip.MustParseAddr("127.0.0.1")
+		if b.fam == nftables.TableFamilyIPv6 {
+			lo = netip.IPv6Loopback()
+		}
+		b.dupGateway(lo, "lo", loopbackIndex)
+	} else {
+		b.dupGateway(d.gw, d.dev, d.idx)
+	}
 	return b.setMark(fmt.Sprintf("meta mark set meta mark & 0x%08x", ^ml.Mask), ^ml.Mask, 0)
 }
 
@@ -454,6 +468,21 @@ func ttlPlusOne(fam nftables.TableFamily) []Rule {
 // never delivered. The mask takes the copy bit too: copies never match.
 func (b *builder) catchClones(ml config.MarkLayout, marker uint32, num, total int, native bool) *builder {
 	b.markBits(ml.SlotMask(), marker&ml.SlotMask())
+	return b.queueFlags(num, total, native, 0)
+}
+
+// catchRouted: `meta mark & 0x000000fc == 0x00000004 counter packets 0
+// bytes 0 meta mark set meta mark & 0xffffff00 | 0x00004e44 queue num 5` —
+// the clones of a kernel-routed session: counted (CounterQueued), given the
+// gateway's copy mark in place of the marker (others' bits kept), queued to
+// readers that accept them. Its queue is fail-open (the reader's bind): a
+// clone the full queue or socket cannot take goes on at once, as dup's would,
+// on the route dup gave it.
+func (b *builder) catchRouted(ml config.MarkLayout, marker, gwMark uint32, session string, num, total int, native bool) *builder {
+	b.markBits(ml.SlotMask(), marker&ml.SlotMask())
+	b.count(session, CounterQueued)
+	// nft prints the mask with the set bits in it.
+	b.setMark(fmt.Sprintf("meta mark set meta mark & 0x%08x | 0x%08x", ^ml.Mask|gwMark, gwMark), ^ml.Mask, gwMark)
 	return b.queueFlags(num, total, native, 0)
 }
 

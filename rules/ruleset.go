@@ -62,6 +62,10 @@ type Rule struct {
 const (
 	CounterSeen   = "seen"   // packets entering a session's filter
 	CounterCopied = "copied" // packets reaching its copy statement
+	// CounterQueued: clones of a kernel-routed queue session reaching its
+	// queue statement (the reader sees them, or the fail-open queue lets
+	// them through).
+	CounterQueued = "queued"
 	// CounterRateLimited: packets the session's rate kept from being copied.
 	CounterRateLimited = "rate_limited"
 	// Selector counters (select.go): packets each selector kept from being

@@ -39,7 +39,7 @@ func normalizeListing(s string) string {
 // reads them back as rendered.
 func TestSelectorsInKernel(t *testing.T) {
 	netnstest.RequireRoot(t, "nftables in a network namespace")
-	for _, name := range []string{"select_l3", "select_netdev", "select_scope", "annotate"} {
+	for _, name := range []string{"select_l3", "select_netdev", "select_scope", "annotate", "routed"} {
 		t.Run(name, func(t *testing.T) {
 			ns := netnstest.New(t, "nfcsel")
 			for _, d := range []string{"e0", "e1", "e2", "e3", "e4", "e5"} {

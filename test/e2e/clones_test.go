@@ -34,20 +34,8 @@ sessions:
 	// Resolve col2 first: a burst of copies to an unresolved neighbour
 	// would mostly be dropped by the kernel's ARP queue (3 packets).
 	ping(t, l, l.Eng, lab.Col2IP, 1)
-	if err := d.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	stopped := true
-	lab.WaitFor(t, 5*time.Second, func() bool {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.Pid()))
-		i := bytes.LastIndexByte(b, ')')
-		return err == nil && i > 0 && i+2 < len(b) && b[i+2] == 'T'
-	}, "nfclone stopped")
-	defer func() {
-		if stopped {
-			_ = d.Signal(syscall.SIGCONT)
-		}
-	}()
+	resume := sigstop(t, d)
+	defer resume()
 	const n = 20
 	rtt := regexp.MustCompile(`rtt min/avg/max/mdev = [\d.]+/[\d.]+/([\d.]+)/`)
 	for _, dst := range []string{lab.EngE0IP, lab.EngE06} {
@@ -74,10 +62,7 @@ sessions:
 	if got := vxlanEchoRequests(c.Records()); got != 0 {
 		t.Fatalf("%d copies of echo requests while nfclone was stopped", got)
 	}
-	stopped = false
-	if err := d.Signal(syscall.SIGCONT); err != nil {
-		t.Fatal(err)
-	}
+	resume()
 	// the clones waited in the kernel queue
 	for end := time.Now().Add(5 * time.Second); c.Count() < 2*n && time.Now().Before(end); {
 		time.Sleep(20 * time.Millisecond)
@@ -105,6 +90,76 @@ sessions:
 	if led["copied"] < 2*n {
 		t.Fatalf("ledger %v, want >= %d copied", led, 2*n)
 	}
+}
+
+// sigstop stops nfclone (SIGSTOP) and waits until the kernel says it is
+// stopped; resume (SIGCONT) is safe to call more than once.
+func sigstop(t *testing.T, d *daemon) (resume func()) {
+	t.Helper()
+	if err := d.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	resume = func() {
+		if stopped {
+			stopped = false
+			if err := d.Signal(syscall.SIGCONT); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	lab.WaitFor(t, 5*time.Second, func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.Pid()))
+		i := bytes.LastIndexByte(b, ')')
+		return err == nil && i > 0 && i+2 < len(b) && b[i+2] == 'T'
+	}, "nfclone stopped")
+	return resume
+}
+
+// A kernel-routed session's queue is fail-open, and dup routed its clones
+// to the gateway: with nfclone stopped (SIGSTOP), its small kernel queue
+// fills and the kernel sends every later clone at once to the gateway
+// (tcpdump at col sees them while nfclone is stopped), none reaches the
+// originals' destination (col2 sees each echo request once, ping no DUP!);
+// after SIGCONT the queued ones follow. The ledger counts every copy, those
+// the kernel sent alone as kernel_sent.
+func TestKernelRoutedFailOpen(t *testing.T) {
+	l := lab.New(t)
+	const maxLen, n = 8, 60
+	d := startNfclone(t, l, fmt.Sprintf(`
+queue: {max_len: %d}
+sessions:
+  - name: k
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
+`, maxLen))
+	// Resolve the gateway first: a burst of copies to an unresolved
+	// neighbour would mostly be dropped by the kernel's ARP queue.
+	ping(t, l, l.Eng, lab.ColIP, 1)
+	filter := "icmp[0] == 8 and dst host " + lab.Col2IP
+	cp := l.StartCapture(t, l.Col, "e0", filter, lab.Direction("in"))
+	orig := l.StartCapture(t, l.Col2, "e0", filter, lab.Direction("in"))
+	resume := sigstop(t, d)
+	defer resume()
+	if s, r, du, err := lab.Ping(context.Background(), l, l.Src, lab.Col2IP, n, 10*time.Millisecond); err != nil || s != n || r != n || du != 0 {
+		t.Fatalf("ping with nfclone stopped: sent %d received %d duplicates %d: %v", s, r, du, err)
+	}
+	cp.WaitCount(n-maxLen, 5*time.Second)
+	whileStopped := cp.Count()
+	resume()
+	cp.WaitCount(n, 5*time.Second)
+	d.stop(t)
+	c, o := cp.Stop(), orig.Stop()
+	if len(c) != n || len(o) != n {
+		t.Fatalf("%d copies at the gateway, %d originals at col2: want %d each", len(c), len(o), n)
+	}
+	led := ledgerNumbers(t, d.Stderr(), "k") // fails unless balanced
+	if led["copied"] != n || led["kernel_sent"] < n-maxLen || led["kernel_sent"] == n {
+		t.Fatalf("ledger %v: want copied %d, kernel_sent at least %d and below %d", led, n, n-maxLen, n)
+	}
+	t.Logf("%d of %d copies sent by the kernel while nfclone was stopped; ledger %v", whileStopped, n, led)
 }
 
 // The copies of a queue session are the originals byte for byte, although
