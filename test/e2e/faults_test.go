@@ -154,6 +154,46 @@ sessions:
 	requireBalancedLedgers(t, d.Stderr())
 }
 
+// A kernel-routed session's rule names its gateway's device by index (dup
+// routes the clones there): when that device is deleted and made again (a
+// new index), nfclone re-applies the rule and copies reach the gateway on
+// the new device; meanwhile the originals flow and nothing is copied
+// anywhere else.
+func TestFaultKernelRoutedGatewayRecreated(t *testing.T) {
+	l := lab.New(t)
+	mk := func() {
+		l.MustExec(t, l.Eng, "ip", "link", "add", "mon0", "type", "veth", "peer", "name", "mon1", "netns", l.Col)
+		l.MustExec(t, l.Eng, "ip", "addr", "add", "10.77.9.1/24", "dev", "mon0")
+		l.MustExec(t, l.Eng, "ip", "link", "set", "mon0", "up")
+		l.MustExec(t, l.Col, "ip", "addr", "add", "10.77.9.2/24", "dev", "mon1")
+		l.MustExec(t, l.Col, "ip", "link", "set", "mon1", "up")
+	}
+	mk()
+	d := startNfclone(t, l, `
+sessions:
+  - name: k
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets: [{kind: gateway, gateway: 10.77.9.2, device: mon0}]
+`)
+	requirePingCopies(t, l, l.Col, "mon1", "copies at the gateway")
+	gen := generation(t, l, d)
+	l.MustExec(t, l.Eng, "ip", "link", "del", "mon0")
+	lab.WaitFor(t, 10*time.Second, func() bool { return generation(t, l, d) > gen }, "nfclone to re-apply without mon0")
+	elsewhere := l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
+	ping(t, l, l.Src, lab.EngE0IP, pings) // originals unaffected
+	gen = generation(t, l, d)
+	mk()
+	lab.WaitFor(t, 10*time.Second, func() bool { return generation(t, l, d) > gen }, "nfclone to re-apply with the new mon0")
+	requirePingCopies(t, l, l.Col, "mon1", "copies at the gateway on the new mon0")
+	if n := count(elsewhere.Stop(), echoReq(lab.SrcIP)); n != 0 {
+		t.Fatalf("%d copies reached col by e1, not by the gateway's device", n)
+	}
+	d.stop(t)
+	requireBalancedLedgers(t, d.Stderr())
+}
+
 // The pcap disk fills up (a 256 KiB tmpfs): copies are counted as send
 // errors, originals flow, the ledger balances, and the file holds whole
 // records that tcpdump reads.
