@@ -88,9 +88,9 @@ type TargetStatus struct {
 	Stats *sink.Stats `json:"stats,omitempty"` // userspace targets
 	// Clients are a pcap-over-ip target's connected clients.
 	Clients []sink.PcapClientStats `json:"clients,omitempty"`
-	// Kernel: the kernel sends this target's copies, the clones of a queue
-	// session accepted with the gateway's mark (queue.kernel_route); Stats
-	// are the session ledger's copies, what nfclone handed the kernel.
+	// Kernel: the kernel sends this target's copies, the clones of a
+	// kernel-routed queue session (queue.kernel_route); Stats are the
+	// session ledger's copies, what the kernel was given to send.
 	Kernel bool `json:"kernel,omitempty"`
 }
 

@@ -654,8 +654,8 @@ func ledgerText(l *Ledger) string {
 	if l == nil {
 		return ""
 	}
-	return fmt.Sprintf("  ledger offered %d copied %d drops %d (overflow %d send %d kq %d overrun %d user %d rate %d other %d) balanced=%v",
-		l.Offered, l.Copied, l.Drops, l.QueueOverflow, l.SendErrors, l.KernelQueue, l.SocketOverrun, l.User, l.RateLimit, l.Other, l.Balanced)
+	return fmt.Sprintf("  ledger offered %d copied %d (kernel_sent %d) drops %d (overflow %d send %d kq %d overrun %d user %d rate %d other %d) balanced=%v",
+		l.Offered, l.Copied, l.KernelSent, l.Drops, l.QueueOverflow, l.SendErrors, l.KernelQueue, l.SocketOverrun, l.User, l.RateLimit, l.Other, l.Balanced)
 }
 
 // latency measures the one-way latency src → col2 through eng at o.ProbePPS.

@@ -214,9 +214,12 @@ func procCPU(pid int) (float64, error) {
 
 // Ledger is nfclone's "session ledger" log line of one userspace session.
 type Ledger struct {
-	Session       string `json:"session"`
-	Offered       uint64 `json:"offered"`
-	Copied        uint64 `json:"copied"`
+	Session string `json:"session"`
+	Offered uint64 `json:"offered"`
+	Copied  uint64 `json:"copied"`
+	// KernelSent: of Copied, what a kernel-routed session's fail-open
+	// queue let the kernel send unread.
+	KernelSent    uint64 `json:"kernel_sent"`
 	Drops         uint64 `json:"drops"`
 	QueueOverflow uint64 `json:"queue_overflow"`
 	SendErrors    uint64 `json:"send_errors"`
