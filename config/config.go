@@ -121,7 +121,7 @@ type Queue struct {
 // originals, cuts, nor de-duplicates copies, with one target, a gateway.
 // Everything else nfclone does to a copy needs its bytes in userspace.
 func (c *Config) KernelRouted(s *Session) bool {
-	return c.Queue.KernelRoute && s.Method == MethodQueue && !s.Hold && s.Snaplen == 0 && s.DedupWindow == 0 &&
+	return c.Queue.KernelRoute && (s.Method == MethodQueue && !s.Hold || s.Method == MethodLog) && s.Snaplen == 0 && s.DedupWindow == 0 &&
 		len(s.Targets) == 1 && s.Targets[0].Kind == KindGateway
 }
 

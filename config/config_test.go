@@ -423,7 +423,7 @@ sessions:
 	}
 }
 
-// Which sessions the kernel sends the clones of: queue sessions with one
+// Which sessions the kernel sends the clones of: queue and log sessions with one
 // gateway target and nothing done to the copy in userspace.
 func TestKernelRouted(t *testing.T) {
 	c, err := Parse([]byte(`
@@ -436,6 +436,7 @@ sessions:
   - {name: two, method: queue, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}, {kind: device, device: e3}]}
   - {name: dev, method: queue, sources: [{interface: e0}], targets: [{kind: device, device: e3}]}
   - {name: log, method: log, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
+  - {name: logsnap, method: log, snaplen: 96, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
   - {name: dup, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
 `), nil)
 	if err != nil {
@@ -447,7 +448,7 @@ sessions:
 			got = append(got, c.Sessions[i].Name)
 		}
 	}
-	if want := []string{"gw", "gw6"}; !reflect.DeepEqual(got, want) {
+	if want := []string{"gw", "gw6", "log"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("kernel-routed sessions %v, want %v", got, want)
 	}
 	c.Queue.KernelRoute = false

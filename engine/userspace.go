@@ -198,16 +198,29 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 	return s, nil
 }
 
-// openRoutedSession binds the queues of a session whose clones the kernel
+// openRoutedSession binds the readers of a session whose clones the kernel
 // sends (config.KernelRouted): dup routed them to the gateway and the clones
-// chain gave them its copy mark; its readers read the clones' headers, count
-// them, and accept them, from fail-open queues (what a full queue cannot
-// take, the kernel sends at once). No sink, no copy queue, no worker.
+// chain gave them its copy mark; its readers read the clones' headers and
+// count them — queue readers accept them, from fail-open queues (what a full
+// queue cannot take, the kernel sends at once); NFLOG holds nothing. No sink,
+// no copy queue, no worker.
 func openRoutedSession(c *config.Config, s *session, i int) (*session, error) {
 	sc := c.Sessions[i]
 	t := sc.Targets[0]
 	s.routed = fmt.Sprintf("%s/0:%s", sc.Name, t.Kind)
-	s.count, s.workers = c.Queue.Count, 0
+	s.workers = 0
+	if sc.Method == config.MethodLog {
+		r, err := nfq.NewLogReader(nfq.LogConfig{
+			Group: uint16(s.first), Snaplen: nfq.RouteSnaplen, QThresh: rules.LogThreshold, Logger: s.log,
+			RcvBuf: int(c.Queue.SocketBufferBytes), Send: s.ledger.AccountRouted,
+		}, s.queue, s.ledger)
+		if err != nil {
+			return nil, hostErr("sessions[%d]: binding NFLOG group %d: %v", i, s.first, err)
+		}
+		s.readers = append(s.readers, r)
+		return s, nil
+	}
+	s.count = c.Queue.Count
 	for k := 0; k < c.Queue.Count; k++ {
 		r, err := nfq.NewQueueReader(nfq.QueueConfig{
 			Num: uint16(s.first + k), Snaplen: nfq.RouteSnaplen, MaxLen: uint32(c.Queue.MaxLen), Logger: s.log,

@@ -47,6 +47,10 @@ type LogConfig struct {
 	// (rules.RuleMarks): the reader moves it to Packet.Rule and clears it
 	// from Packet.Mark.
 	RuleMask uint32
+	// Send, when set, takes the copies of each read instead of the copy
+	// queue (a kernel-routed session: the kernel sends the clones it logs,
+	// Send counts them; a copy range such as RouteSnaplen is enough).
+	Send func(batch []*packet.Packet)
 }
 
 func (c *LogConfig) defaults() {
@@ -131,6 +135,7 @@ func newLogReader(cfg LogConfig, sock nlSocket, q *pipeline.CopyQueue, led *pipe
 	// its buffer of twice the kernel's.
 	lr.r.dgramCopies, lr.r.dgramBytes = int(cfg.QThresh), 2*packet.MaxBuf
 	lr.r.ruleMask = cfg.RuleMask
+	lr.r.send = cfg.Send
 	if err := lr.bind(); err != nil {
 		return nil, err
 	}

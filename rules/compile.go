@@ -182,7 +182,8 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 			// xt NFQUEUE target in an inet table.
 			userspace = true
 			num := opt.queueNum(c, i)
-			if s.Method == config.MethodLog {
+			routed := c.KernelRouted(s)
+			if s.Method == config.MethodLog && !routed {
 				for _, f := range userspaceFamilies(s) {
 					sc.l3(tbl(f), false, func(b *builder, _ bool) { b.log(num, s.Snaplen, LogThreshold) })
 				}
@@ -197,14 +198,15 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 				}
 				break
 			}
-			slot := slots // this session's marker: one per queue session, whatever its families
+			// A queue session's clones, or a kernel-routed log session's.
+			slot := slots // this session's marker: one per clone session, whatever its families
 			slots++
 			ml := c.Marks()
 			if slot >= ml.QueueSlots() {
-				return nil, fmt.Errorf("sessions[%d]: more than %d queue sessions with mark_mask %#x", i, ml.QueueSlots(), c.MarkMask)
+				return nil, fmt.Errorf("sessions[%d]: more than %d queue sessions (and log sessions the kernel sends for) with mark_mask %#x", i, ml.QueueSlots(), c.MarkMask)
 			}
 			for _, f := range userspaceFamilies(s) {
-				routed, gwMark, dup := c.KernelRouted(s), uint32(0), cloneDup{lo: true}
+				gwMark, dup := uint32(0), cloneDup{lo: true}
 				if routed {
 					// The kernel sends the clones: dup routes them to the
 					// gateway from the start, so a clone the full queue lets
@@ -228,7 +230,12 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 				}
 				catch := newBuilder(f).catchClones(ml, marker, num, c.Queue.Count, opt.NativeQueue)
 				if routed {
-					catch = newBuilder(f).catchRouted(ml, marker, gwMark, s.Name, num, c.Queue.Count, opt.NativeQueue)
+					catch = newBuilder(f).catchRouted(ml, marker, gwMark, s.Name)
+					if s.Method == config.MethodLog {
+						catch.log(num, 0, LogThreshold) // the reader's bind asks for 128 bytes
+					} else {
+						catch.queueFlags(num, c.Queue.Count, opt.NativeQueue, 0)
+					}
 				}
 				clones[f] = append(clones[f], newBuilder(f).restoreTTL(ml, marker).rule(), catch.rule())
 			}
@@ -600,7 +607,8 @@ func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, acti
 	if sc.rate != nil {
 		ch.Rules = append(ch.Rules, newBuilder(fam).rateOver(*sc.rate).count(sc.s.Name, CounterRateLimited).verdict(expr.VerdictReturn, "").rule())
 	}
-	if sc.s.Method == config.MethodQueue && !sc.s.Hold && fam == nftables.TableFamilyIPv4 {
+	if clones := sc.s.Method == config.MethodQueue && !sc.s.Hold || sc.cfg.KernelRouted(sc.s); clones && fam == nftables.TableFamilyIPv4 {
+		// The copy rule makes a clone of it: say whether DF was clear.
 		ch.Rules = append(ch.Rules, newBuilder(fam).dfClearMark(sc.cfg.Marks()).rule())
 	}
 	b := newBuilder(fam).count(sc.s.Name, CounterCopied)

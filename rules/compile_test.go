@@ -610,3 +610,32 @@ func TestTTLPlusOne(t *testing.T) {
 		}
 	}
 }
+
+// Every IPv4 clone rule (a queue session's, or a kernel-routed log
+// session's) comes right after the rule that marks a clear DF bit, so that
+// the clones chain can give it back (dup sets DF on every clone).
+func TestCloneRulesMarkDFClear(t *testing.T) {
+	for _, name := range []string{"routed", "single", "userspace", "select_l3"} {
+		rs := compileCase(t, name, false)
+		n := 0
+		for _, tbl := range rs.Tables {
+			if tbl.Family != nftables.TableFamilyIPv4 {
+				continue
+			}
+			for _, ch := range tbl.Chains {
+				for i, r := range ch.Rules {
+					if !strings.Contains(r.Text, " dup to ") || !strings.Contains(r.Text, "meta mark set meta mark | 0x") {
+						continue
+					}
+					n++
+					if i == 0 || !strings.HasPrefix(ch.Rules[i-1].Text, "ip frag-off & 16384 == 0 meta mark set") {
+						t.Errorf("%s: chain %s: clone rule %q without the DF-clear mark before it", name, ch.Name, r.Text)
+					}
+				}
+			}
+		}
+		if n == 0 {
+			t.Errorf("%s: no IPv4 clone rule", name)
+		}
+	}
+}

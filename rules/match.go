@@ -472,18 +472,18 @@ func (b *builder) catchClones(ml config.MarkLayout, marker uint32, num, total in
 }
 
 // catchRouted: `meta mark & 0x000000fc == 0x00000004 counter packets 0
-// bytes 0 meta mark set meta mark & 0xffffff00 | 0x00004e44 queue num 5` —
-// the clones of a kernel-routed session: counted (CounterQueued), given the
-// gateway's copy mark in place of the marker (others' bits kept), queued to
-// readers that accept them. Its queue is fail-open (the reader's bind): a
-// clone the full queue or socket cannot take goes on at once, as dup's would,
-// on the route dup gave it.
-func (b *builder) catchRouted(ml config.MarkLayout, marker, gwMark uint32, session string, num, total int, native bool) *builder {
+// bytes 0 meta mark set meta mark & 0xffffff81 | 0x00000081`, then `queue
+// num 5` or `log group 5 queue-threshold 16` — the clones of a kernel-routed
+// session: counted (CounterQueued), given the gateway's copy mark in place
+// of the marker (others' bits kept), and queued to readers that accept them
+// (a fail-open queue: a clone the full queue or socket cannot take goes on
+// at once, on the route dup gave it), or logged (NFLOG holds nothing: the
+// clone goes on as it is logged).
+func (b *builder) catchRouted(ml config.MarkLayout, marker, gwMark uint32, session string) *builder {
 	b.markBits(ml.SlotMask(), marker&ml.SlotMask())
 	b.count(session, CounterQueued)
 	// nft prints the mask with the set bits in it.
-	b.setMark(fmt.Sprintf("meta mark set meta mark & 0x%08x | 0x%08x", ^ml.Mask|gwMark, gwMark), ^ml.Mask, gwMark)
-	return b.queueFlags(num, total, native, 0)
+	return b.setMark(fmt.Sprintf("meta mark set meta mark & 0x%08x | 0x%08x", ^ml.Mask|gwMark, gwMark), ^ml.Mask, gwMark)
 }
 
 // queue: `queue num 0 bypass` / `queue num 0-3 bypass`, native or through

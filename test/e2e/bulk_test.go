@@ -77,9 +77,9 @@ func bulkCases() []bulkCase {
 				cs = append(cs, bulkCase{"v4", m, "vxlan-userspace", tr})
 			}
 		}
-		if m == "queue" {
-			// queue → gateway is the kernel's to send (queue.kernel_route);
-			// these rows have nfclone send it.
+		if m == "queue" || m == "log" {
+			// queue or log → gateway is the kernel's to send
+			// (queue.kernel_route); these rows have nfclone send it.
 			for _, tr := range []string{"forwarded", "host"} {
 				cs = append(cs, bulkCase{"v4", m, "gateway-userspace", tr})
 			}
@@ -96,7 +96,7 @@ func bulkCases() []bulkCase {
 			if m == "queue" || m == "log" {
 				cs = append(cs, bulkCase{"v6", m, "vxlan", tr}) // IPv6 inside the kernel's VXLAN device
 			}
-			if m == "queue" {
+			if m == "queue" || m == "log" {
 				cs = append(cs, bulkCase{"v6", m, "gateway-userspace", tr})
 			}
 		}
@@ -623,7 +623,7 @@ func TestBulkFragmentedUDP(t *testing.T) {
 	l := lab.New(t)
 	wireCollector(t, l)
 	base := routingState(t, l)
-	for _, row := range []struct{ method, target string }{{"dup", "gateway"}, {"queue", "gateway"}, {"queue", "device"}, {"log", "gateway"}, {"log", "device"}, {"queue", "gateway-userspace"}} {
+	for _, row := range []struct{ method, target string }{{"dup", "gateway"}, {"queue", "gateway"}, {"queue", "device"}, {"log", "gateway"}, {"log", "device"}, {"queue", "gateway-userspace"}, {"log", "gateway-userspace"}} {
 		t.Run(row.method+"/"+row.target, func(t *testing.T) {
 			runFragmentedUDP(t, l, base, row.method, row.target, payloadFile, payload)
 		})
@@ -775,7 +775,7 @@ func TestBulkPingDFClear(t *testing.T) {
 	lab.RequireRoot(t)
 	l := lab.New(t)
 	base := routingState(t, l)
-	for _, row := range []struct{ method, target string }{{"dup", "device"}, {"queue", "gateway"}, {"queue", "device"}, {"log", "gateway"}, {"log", "device"}, {"queue", "gateway-userspace"}} {
+	for _, row := range []struct{ method, target string }{{"dup", "device"}, {"queue", "gateway"}, {"queue", "device"}, {"log", "gateway"}, {"log", "device"}, {"queue", "gateway-userspace"}, {"log", "gateway-userspace"}} {
 		t.Run(row.method+"/"+row.target, func(t *testing.T) { runPingDFClear(t, l, base, row.method, row.target) })
 	}
 }

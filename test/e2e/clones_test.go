@@ -116,25 +116,32 @@ func sigstop(t *testing.T, d *daemon) (resume func()) {
 	return resume
 }
 
-// A kernel-routed session's queue is fail-open, and dup routed its clones
-// to the gateway: with nfclone stopped (SIGSTOP), its small kernel queue
-// fills and the kernel sends every later clone at once to the gateway
-// (tcpdump at col sees them while nfclone is stopped), none reaches the
-// originals' destination (col2 sees each echo request once, ping no DUP!);
-// after SIGCONT the queued ones follow. The ledger counts every copy, those
-// the kernel sent alone as kernel_sent.
+// A kernel-routed session's clones do not wait for nfclone: dup routes
+// them to the gateway, a queue session's queue is fail-open and NFLOG holds
+// nothing. With nfclone stopped (SIGSTOP), a queue session's small kernel
+// queue fills and the kernel sends every later clone at once, a log
+// session's all of them (tcpdump at col sees them while nfclone is
+// stopped); none reaches the originals' destination (col2 sees each echo
+// request once, ping no DUP!); after SIGCONT the queued ones follow. The
+// ledger counts every copy, those the kernel sent unread as kernel_sent.
 func TestKernelRoutedFailOpen(t *testing.T) {
+	for _, method := range []string{"queue", "log"} {
+		t.Run(method, func(t *testing.T) { runKernelRoutedStopped(t, method) })
+	}
+}
+
+func runKernelRoutedStopped(t *testing.T, method string) {
 	l := lab.New(t)
 	const maxLen, n = 8, 60
 	d := startNfclone(t, l, fmt.Sprintf(`
 queue: {max_len: %d}
 sessions:
   - name: k
-    method: queue
+    method: %s
     sources: [{interface: e0, direction: ingress}]
     rules: [{number: 1, action: accept, protocol: icmp}]
     targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
-`, maxLen))
+`, maxLen, method))
 	// Resolve the gateway first: a burst of copies to an unresolved
 	// neighbour would mostly be dropped by the kernel's ARP queue.
 	ping(t, l, l.Eng, lab.ColIP, 1)
@@ -146,7 +153,11 @@ sessions:
 	if s, r, du, err := lab.Ping(context.Background(), l, l.Src, lab.Col2IP, n, 10*time.Millisecond); err != nil || s != n || r != n || du != 0 {
 		t.Fatalf("ping with nfclone stopped: sent %d received %d duplicates %d: %v", s, r, du, err)
 	}
-	cp.WaitCount(n-maxLen, 5*time.Second)
+	wantStopped := n // NFLOG holds nothing
+	if method == "queue" {
+		wantStopped = n - maxLen
+	}
+	cp.WaitCount(wantStopped, 5*time.Second)
 	whileStopped := cp.Count()
 	resume()
 	cp.WaitCount(n, 5*time.Second)
@@ -156,8 +167,11 @@ sessions:
 		t.Fatalf("%d copies at the gateway, %d originals at col2: want %d each", len(c), len(o), n)
 	}
 	led := ledgerNumbers(t, d.Stderr(), "k") // fails unless balanced
-	if led["copied"] != n || led["kernel_sent"] < n-maxLen || led["kernel_sent"] == n {
-		t.Fatalf("ledger %v: want copied %d, kernel_sent at least %d and below %d", led, n, n-maxLen, n)
+	if led["copied"] != n {
+		t.Fatalf("ledger %v: want copied %d", led, n)
+	}
+	if method == "queue" && (led["kernel_sent"] < n-maxLen || led["kernel_sent"] == n) {
+		t.Fatalf("ledger %v: want kernel_sent at least %d and below %d", led, n-maxLen, n)
 	}
 	t.Logf("%d of %d copies sent by the kernel while nfclone was stopped; ledger %v", whileStopped, n, led)
 }
@@ -166,11 +180,11 @@ sessions:
 // the kernel's dup decrements the TTL of a clone taken in prerouting: the
 // rules add it back (and fix the checksum), for v4 and v6 — whether nfclone
 // sends the copies (two targets) or the kernel does (one gateway per
-// session, queue.kernel_route).
+// session, queue.kernel_route; for log sessions too).
 func TestQueueCopiesAreExact(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
-		copyRange int // what the kernel hands nfclone of each clone
+		copyRange int // what the kernel hands nfclone of each clone (0: log, no queue)
 		cfg       string
 	}{
 		{"nfclone sends", 65531, `
@@ -181,6 +195,17 @@ sessions:
     targets:
       - {kind: gateway, gateway: 10.77.2.2, device: e1}
       - {kind: gateway, gateway: "fd77:2::2", device: e1}
+`},
+		{"kernel sends, log", 0, `
+sessions:
+  - name: x4
+    method: log
+    sources: [{interface: e0, direction: ingress}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
+  - name: x6
+    method: log
+    sources: [{interface: e0, direction: ingress}]
+    targets: [{kind: gateway, gateway: "fd77:2::2", device: e1}]
 `},
 		{"kernel sends", 128, `
 sessions:
@@ -201,15 +226,16 @@ sessions:
 func runCopiesExact(t *testing.T, cfg string, copyRange int) {
 	l := lab.New(t)
 	d := startNfclone(t, l, cfg)
-	if copyRange == 128 {
+	if copyRange != 65531 {
 		if out, errOut, code := nfc(l, "check", "-c", d.cfgPath); code != 0 || !strings.Contains(out, "the kernel sends its copies to 10.77.2.2") {
 			t.Fatalf("check: exit %d, no note that the kernel sends the copies:\n%s%s", code, out, errOut)
 		}
 	}
 	// The kernel's own account of each queue: nfclone asked for the whole
 	// packet (it sends the copy) or its first 128 bytes (the kernel does).
+	// (A log session has no queue.)
 	for _, line := range strings.Split(strings.TrimSpace(l.MustExec(t, l.Eng, "cat", "/proc/net/netfilter/nfnetlink_queue")), "\n") {
-		if f := strings.Fields(line); len(f) < 5 || f[3] != "2" || f[4] != strconv.Itoa(copyRange) {
+		if f := strings.Fields(line); copyRange != 0 && (len(f) < 5 || f[3] != "2" || f[4] != strconv.Itoa(copyRange)) {
 			t.Fatalf("nfnetlink_queue line %q: want copy mode 2 (packet), copy range %d", line, copyRange)
 		}
 	}
