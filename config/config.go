@@ -101,11 +101,11 @@ type Queue struct {
 	// originals yield the CPU instead. 0 (the default): off.
 	Realtime int `mapstructure:"realtime" json:"realtime"`
 	// KernelRoute (default true) lets the kernel send the clones of queue
-	// sessions whose one target is a gateway (whole copies, no dedup, not
-	// hold): dup routes them to the gateway, nfclone reads their headers,
-	// counts them and accepts them from a fail-open queue, and the kernel
-	// sends them as it sends dup's clones (Config.KernelRouted). false:
-	// nfclone sends every copy.
+	// and log sessions whose one target is a gateway (whole copies, no
+	// dedup, not hold): dup routes them to the gateway, nfclone reads their
+	// headers and counts them (queue: accepting them from a fail-open queue;
+	// log: NFLOG holds nothing), and the kernel sends them as it sends dup's
+	// clones (Config.KernelRouted). false: nfclone sends every copy.
 	KernelRoute bool `mapstructure:"kernel_route" json:"kernel_route"`
 	// SocketBuffer is the kernel receive buffer of each reader's socket (a
 	// size: "64MiB"; the kernel holds up to twice this).

@@ -72,7 +72,7 @@ func schemaKeys() map[string]keyInfo {
 		"queue.nice":          ranged("Niceness of nfclone's threads (below 0 needs CAP_SYS_NICE).", -20, 19),
 		"queue.cpus":          ranged("CPUs nfclone's Go code runs on at once (GOMAXPROCS); 0: all.", 0, 1024),
 		"queue.realtime":      ranged("SCHED_FIFO priority of nfclone's threads (needs CAP_SYS_NICE): copies before the host's own work; 0: off.", 0, 99),
-		"queue.kernel_route":  {desc: "The kernel sends the clones of queue sessions whose one target is a gateway (not hold, no snaplen, no dedup): dup routes them to the gateway, nfclone reads their headers, counts them and accepts them; a clone its full queue cannot take the kernel sends at once (kernel_sent). false: nfclone sends every copy itself.", def: true},
+		"queue.kernel_route":  {desc: "The kernel sends the clones of queue and log sessions whose one target is a gateway (not hold, no snaplen, no dedup): dup routes them to the gateway, nfclone reads their headers (queue: from a fail-open queue, accepting them; log: NFLOG holds nothing) and counts them; a clone its full queue or socket cannot take the kernel sends at once (kernel_sent). false: nfclone sends every copy itself.", def: true},
 		"sessions":            {desc: "Mirroring sessions: sources, filter, targets.", required: true},
 		"sessions[]":          {desc: "One mirroring session."},
 
