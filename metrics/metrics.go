@@ -84,7 +84,7 @@ type descs struct {
 	buildInfo, startTime, generation, reloadOK, reloadTime *prometheus.Desc
 
 	seenPackets, seenBytes, copiedPackets, copiedBytes *prometheus.Desc
-	offered, received, inFlight, dropped               *prometheus.Desc
+	offered, received, inFlight, dropped, kernelSent   *prometheus.Desc
 	skipped                                            *prometheus.Desc
 	enobufs, verdictErrors, state, missing             *prometheus.Desc
 	missingRoutes, drift                               *prometheus.Desc
@@ -117,6 +117,7 @@ func newDescs() *descs {
 		copiedPackets: d("session_copied_packets_total", "Copies made: sent to every target (queue/log) or reaching the dup statement (dup).", sl()...),
 		copiedBytes:   d("session_copied_bytes_total", "Bytes of the copies made.", sl()...),
 		offered:       d("session_offered_packets_total", "Packets the kernel tried to hand to nfclone (userspace sessions): copied + dropped + in flight.", sl()...),
+		kernelSent:    d("session_kernel_sent_packets_total", "Of the copies made, those a kernel-routed session's kernel sent without nfclone reading them (its fail-open queue or its socket was full).", sl()...),
 		received:      d("session_received_packets_total", "Packets read from the kernel (userspace sessions).", sl()...),
 		inFlight:      d("session_in_flight_packets", "Copies received but not yet sent or dropped (userspace sessions).", sl()...),
 		dropped:       d("session_dropped_packets_total", "Copies lost, by reason (the session's ledger); originals are never dropped.", sl("reason")...),
@@ -154,7 +155,7 @@ func (d *descs) all() []*prometheus.Desc {
 	return []*prometheus.Desc{
 		d.buildInfo, d.startTime, d.generation, d.reloadOK, d.reloadTime,
 		d.seenPackets, d.seenBytes, d.copiedPackets, d.copiedBytes,
-		d.offered, d.received, d.inFlight, d.dropped, d.skipped,
+		d.offered, d.received, d.inFlight, d.dropped, d.kernelSent, d.skipped,
 		d.enobufs, d.verdictErrors, d.state, d.missing, d.missingRoutes, d.drift,
 		d.queueDepth, d.queueCap, d.workers,
 		d.readerUp, d.readerPackets, d.readerDatagrams, d.readerENOBUFS,
@@ -273,6 +274,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if l := ss.Ledger; l != nil {
 			counter(d.offered, l.Offered, sl...)
 			counter(d.received, l.Received, sl...)
+			counter(d.kernelSent, l.KernelSent, sl...)
 			gauge(d.inFlight, float64(l.InFlight), sl...)
 			for _, r := range dropsByReason(l.Drops) {
 				counter(d.dropped, r.value, with(r.reason)...)
