@@ -161,18 +161,19 @@ sessions:
 
 func TestParseEnvOverrides(t *testing.T) {
 	cfg, err := Parse([]byte("queue: {cap: 5, workers: 3}\ntable: fromfile\n"), env(map[string]string{
-		"NFCLONE_QUEUE_CAP":           "100",
-		"NFCLONE_QUEUE_CPUS":          "1",
-		"NFCLONE_QUEUE_SOCKET_BUFFER": "8MiB",
-		"NFCLONE_QUEUE_REALTIME":      "5",
-		"NFCLONE_QUEUE_KERNEL_ROUTE":  "false",
-		"NFCLONE_WATCH":               "true",
-		"NFCLONE_MARK":                "0x9000",
-		"NFCLONE_MARK_MASK":           "0xff00",
-		"NFCLONE_STATE_DIR":           "/tmp/nfc",
-		"NFCLONE_METRICS_LISTEN":      "",
-		"NFCLONE_SESSIONS":            "ignored: only scalar keys are bound",
-		"OTHER_QUEUE_CAP":             "7",
+		"NFCLONE_QUEUE_CAP":              "100",
+		"NFCLONE_QUEUE_CPUS":             "1",
+		"NFCLONE_QUEUE_SOCKET_BUFFER":    "8MiB",
+		"NFCLONE_QUEUE_REALTIME":         "5",
+		"NFCLONE_QUEUE_KERNEL_ROUTE":     "false",
+		"NFCLONE_QUEUE_LOG_KERNEL_ROUTE": "true",
+		"NFCLONE_WATCH":                  "true",
+		"NFCLONE_MARK":                   "0x9000",
+		"NFCLONE_MARK_MASK":              "0xff00",
+		"NFCLONE_STATE_DIR":              "/tmp/nfc",
+		"NFCLONE_METRICS_LISTEN":         "",
+		"NFCLONE_SESSIONS":               "ignored: only scalar keys are bound",
+		"OTHER_QUEUE_CAP":                "7",
 	}))
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
@@ -185,6 +186,7 @@ func TestParseEnvOverrides(t *testing.T) {
 	want.Queue.SocketBuffer, want.Queue.SocketBufferBytes = "8MiB", 8<<20
 	want.Queue.Realtime = 5
 	want.Queue.KernelRoute = false
+	want.Queue.LogKernelRoute = true
 	want.Watch = true
 	want.Mark = 0x9000
 	want.MarkMask = 0xff00
@@ -423,7 +425,8 @@ sessions:
 	}
 }
 
-// Which sessions the kernel sends the clones of: queue and log sessions with one
+// Which sessions the kernel sends the clones of: queue (and, with
+// queue.log_kernel_route, log) sessions with one
 // gateway target and nothing done to the copy in userspace.
 func TestKernelRouted(t *testing.T) {
 	c, err := Parse([]byte(`
@@ -448,11 +451,18 @@ sessions:
 			got = append(got, c.Sessions[i].Name)
 		}
 	}
-	if want := []string{"gw", "gw6", "log"}; !reflect.DeepEqual(got, want) {
+	if want := []string{"gw", "gw6"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("kernel-routed sessions %v, want %v", got, want)
 	}
-	c.Queue.KernelRoute = false
-	if c.KernelRouted(&c.Sessions[0]) {
-		t.Error("kernel_route: false still routes")
+	// log sessions only with queue.log_kernel_route; each key alone.
+	c.Queue.KernelRoute, c.Queue.LogKernelRoute = false, true
+	got = nil
+	for i := range c.Sessions {
+		if c.KernelRouted(&c.Sessions[i]) {
+			got = append(got, c.Sessions[i].Name)
+		}
+	}
+	if want := []string{"log"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("with only log_kernel_route: kernel-routed sessions %v, want %v", got, want)
 	}
 }

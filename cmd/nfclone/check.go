@@ -74,7 +74,11 @@ func check(w io.Writer, c *config.Config) error {
 			fmt.Fprintf(w, "note: session %s holds its originals (hold: true): what it matches waits for nfclone, and stops while nfclone is stopped (nice %d)\n", s.Name, c.Queue.Nice)
 		}
 		if c.KernelRouted(&s) {
-			fmt.Fprintf(w, "note: session %s: the kernel sends its copies to %s (queue.kernel_route): nfclone reads their headers and counts them\n", s.Name, s.Targets[0].GatewayIP)
+			key := "queue.kernel_route"
+			if s.Method == config.MethodLog {
+				key = "queue.log_kernel_route"
+			}
+			fmt.Fprintf(w, "note: session %s: the kernel sends its copies to %s (%s): nfclone reads their headers and counts them\n", s.Name, s.Targets[0].GatewayIP, key)
 		}
 	}
 	if c.Queue.Realtime > 0 {

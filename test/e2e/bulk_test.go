@@ -78,10 +78,11 @@ func bulkCases() []bulkCase {
 			}
 		}
 		if m == "queue" || m == "log" {
-			// queue or log → gateway is the kernel's to send
-			// (queue.kernel_route); these rows have nfclone send it.
+			// queue → gateway is the kernel's to send by default
+			// (queue.kernel_route), log → gateway nfclone's: these rows
+			// take the other way (queue.log_kernel_route for log).
 			for _, tr := range []string{"forwarded", "host"} {
-				cs = append(cs, bulkCase{"v4", m, "gateway-userspace", tr})
+				cs = append(cs, bulkCase{"v4", m, otherGatewayWay(m), tr})
 			}
 		}
 	}
@@ -97,11 +98,27 @@ func bulkCases() []bulkCase {
 				cs = append(cs, bulkCase{"v6", m, "vxlan", tr}) // IPv6 inside the kernel's VXLAN device
 			}
 			if m == "queue" || m == "log" {
-				cs = append(cs, bulkCase{"v6", m, "gateway-userspace", tr})
+				cs = append(cs, bulkCase{"v6", m, otherGatewayWay(m), tr})
 			}
 		}
 	}
 	return cs
+}
+
+// otherGatewayWay is the gateway target row that sends the copies the way
+// the method does not by default: nfclone for queue, the kernel for log.
+func otherGatewayWay(method string) string {
+	if method == "log" {
+		return "gateway-kernel"
+	}
+	return "gateway-userspace"
+}
+
+// routeKeys are the queue keys that choose who sends a row's gateway copies:
+// "gateway-userspace" nfclone (kernel_route off), "gateway-kernel" the
+// kernel for log too (log_kernel_route on); otherwise the defaults.
+func routeKeys(target string) string {
+	return fmt.Sprintf("kernel_route: %t, log_kernel_route: %t", target != "gateway-userspace", target == "gateway-kernel")
 }
 
 func (c bulkCase) config() string {
@@ -134,7 +151,7 @@ func (c bulkCase) config() string {
 		method, hold = "queue", true
 	}
 	return fmt.Sprintf(`
-queue: {nice: 0, cap_bytes: 64MiB, kernel_route: %t}
+queue: {nice: 0, cap_bytes: 64MiB, %s}
 sessions:
   - name: bulk
     method: %s
@@ -143,7 +160,7 @@ sessions:
     host_only: %t
     rules: [{number: 1, action: accept, protocol: tcp, destination_ports: "%d"}]
     targets: [%s]
-`, c.target != "gateway-userspace", method, hold, src, hostOnly, bulkPort, tgt)
+`, routeKeys(c.target), method, hold, src, hostOnly, bulkPort, tgt)
 }
 
 // writeRandomFile writes n random bytes (crypto/rand) to dir/name and returns
@@ -623,7 +640,7 @@ func TestBulkFragmentedUDP(t *testing.T) {
 	l := lab.New(t)
 	wireCollector(t, l)
 	base := routingState(t, l)
-	for _, row := range []struct{ method, target string }{{"dup", "gateway"}, {"queue", "gateway"}, {"queue", "device"}, {"log", "gateway"}, {"log", "device"}, {"queue", "gateway-userspace"}, {"log", "gateway-userspace"}} {
+	for _, row := range []struct{ method, target string }{{"dup", "gateway"}, {"queue", "gateway"}, {"queue", "device"}, {"log", "gateway"}, {"log", "device"}, {"queue", "gateway-userspace"}, {"log", "gateway-kernel"}} {
 		t.Run(row.method+"/"+row.target, func(t *testing.T) {
 			runFragmentedUDP(t, l, base, row.method, row.target, payloadFile, payload)
 		})
@@ -661,14 +678,14 @@ func runFragmentedUDP(t *testing.T, l *lab.Lab, base, method, target, payloadFil
 	capt := l.StartCapture(t, l.Col, lab.Iface, fmt.Sprintf("udp port %d or (ip[6:2] & 0x3fff != 0)", fragPort),
 		lab.Direction("in"), lab.TcpdumpArgs("-s", "0"))
 	d := startRow(t, l, base, fmt.Sprintf(`
-queue: {kernel_route: %t}
+queue: {%s}
 sessions:
   - name: frag
     method: %s
     sources: [{interface: e0, direction: ingress}]
     rules: [{number: 1, action: accept, protocol: udp, destination_ports: "%d"}]
     targets: [%s]
-`, target != "gateway-userspace", method, fragPort, tgt))
+`, routeKeys(target), method, fragPort, tgt))
 	if rules := nftRuleset(t, l); !strings.Contains(rules, "nfc_bulk_defrag") {
 		t.Fatalf("nfclone removed the test's conntrack table:\n%s", rules)
 	}
@@ -775,7 +792,7 @@ func TestBulkPingDFClear(t *testing.T) {
 	lab.RequireRoot(t)
 	l := lab.New(t)
 	base := routingState(t, l)
-	for _, row := range []struct{ method, target string }{{"dup", "device"}, {"queue", "gateway"}, {"queue", "device"}, {"log", "gateway"}, {"log", "device"}, {"queue", "gateway-userspace"}, {"log", "gateway-userspace"}} {
+	for _, row := range []struct{ method, target string }{{"dup", "device"}, {"queue", "gateway"}, {"queue", "device"}, {"log", "gateway"}, {"log", "device"}, {"queue", "gateway-userspace"}, {"log", "gateway-kernel"}} {
 		t.Run(row.method+"/"+row.target, func(t *testing.T) { runPingDFClear(t, l, base, row.method, row.target) })
 	}
 }
@@ -787,14 +804,14 @@ func runPingDFClear(t *testing.T, l *lab.Lab, base, method, target string) {
 		tgt = fmt.Sprintf("{kind: gateway, gateway: %s, device: e1}", lab.ColIP)
 	}
 	d := startRow(t, l, base, fmt.Sprintf(`
-queue: {kernel_route: %t}
+queue: {%s}
 sessions:
   - name: df
     method: %s
     sources: [{interface: e0, direction: ingress}]
     rules: [{number: 1, action: accept, protocol: icmp}]
     targets: [%s]
-`, target != "gateway-userspace", method, tgt))
+`, routeKeys(target), method, tgt))
 	orig := l.StartCapture(t, l.Eng, lab.EngToSrc, "icmp[0] == 8", lab.Direction("in"))
 	copies := l.StartCapture(t, l.Col, lab.Iface, "icmp[0] == 8", lab.Direction("in"))
 	out := l.MustExec(t, l.Src, "ping", "-n", "-M", "dont", "-s", strconv.Itoa(size), "-c", strconv.Itoa(n), "-i", "0.02", "-W", "1", lab.Col2IP)

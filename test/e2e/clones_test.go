@@ -134,7 +134,7 @@ func runKernelRoutedStopped(t *testing.T, method string) {
 	l := lab.New(t)
 	const maxLen, n = 8, 60
 	d := startNfclone(t, l, fmt.Sprintf(`
-queue: {max_len: %d}
+queue: {max_len: %d, log_kernel_route: true}
 sessions:
   - name: k
     method: %s
@@ -180,7 +180,7 @@ sessions:
 // the kernel's dup decrements the TTL of a clone taken in prerouting: the
 // rules add it back (and fix the checksum), for v4 and v6 — whether nfclone
 // sends the copies (two targets) or the kernel does (one gateway per
-// session, queue.kernel_route; for log sessions too).
+// session, queue.kernel_route; for log sessions, queue.log_kernel_route).
 func TestQueueCopiesAreExact(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
@@ -197,6 +197,7 @@ sessions:
       - {kind: gateway, gateway: "fd77:2::2", device: e1}
 `},
 		{"kernel sends, log", 0, `
+queue: {log_kernel_route: true}
 sessions:
   - name: x4
     method: log
