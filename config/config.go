@@ -123,12 +123,14 @@ type Queue struct {
 }
 
 // KernelRouted reports whether the kernel sends the clones of session s
-// itself (queue.kernel_route): a queue session that neither holds its
-// originals, cuts, nor de-duplicates copies, with one target, a gateway.
-// Everything else nfclone does to a copy needs its bytes in userspace.
+// itself (queue.kernel_route, queue.log_kernel_route): a queue session that
+// neither holds its originals, cuts, nor de-duplicates copies (or such a log
+// session), with one target, a gateway, whose device's MTU is no smaller
+// than its sources' (KernelRouteMTU). Everything else nfclone does to a
+// copy needs its bytes in userspace.
 func (c *Config) KernelRouted(s *Session) bool {
 	on := c.Queue.KernelRoute && s.Method == MethodQueue && !s.Hold || c.Queue.LogKernelRoute && s.Method == MethodLog
-	return on && s.Snaplen == 0 && s.DedupWindow == 0 &&
+	return on && !s.smallTargetMTU && s.Snaplen == 0 && s.DedupWindow == 0 &&
 		len(s.Targets) == 1 && s.Targets[0].Kind == KindGateway
 }
 
@@ -194,6 +196,10 @@ type Session struct {
 	RateLimit   *Rate         `mapstructure:"-" json:"-"`
 	DedupWindow time.Duration `mapstructure:"-" json:"-"`
 	FilterExpr  *filter.Expr  `mapstructure:"-" json:"-"`
+	// smallTargetMTU: the host gave its gateway device a smaller MTU than
+	// one of its sources (KernelRouteMTU), so the kernel does not send its
+	// copies.
+	smallTargetMTU bool
 }
 
 // Source is an interface and a direction to copy from.

@@ -466,3 +466,35 @@ sessions:
 		t.Errorf("with only log_kernel_route: kernel-routed sessions %v, want %v", got, want)
 	}
 }
+
+// A kernel-routed session whose gateway device has a smaller MTU than one of
+// its sources is sent by nfclone instead (the kernel would answer a longer
+// DF copy with "fragmentation needed" to the original's sender); unknown
+// MTUs change nothing; a dup session gets a warning (it has no other way).
+func TestKernelRouteMTU(t *testing.T) {
+	c, err := Parse([]byte(`
+sessions:
+  - {name: small, method: queue, sources: [{interface: e0}, {interface: e2}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
+  - {name: same, method: queue, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.3.2, device: e3}]}
+  - {name: unknown, method: queue, sources: [{interface: e9}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
+  - {name: dup, sources: [{interface: e2}], targets: [{kind: gateway, gateway: 10.77.3.2, device: e3}]}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mtus := map[string]int{"e0": 1500, "e2": 9000, "e1": 1500, "e3": 1500}
+	notes := KernelRouteMTU(c, func(n string) int { return mtus[n] })
+	var routed []string
+	for i := range c.Sessions {
+		if c.KernelRouted(&c.Sessions[i]) {
+			routed = append(routed, c.Sessions[i].Name)
+		}
+	}
+	if want := []string{"same", "unknown"}; !reflect.DeepEqual(routed, want) {
+		t.Errorf("kernel-routed %v, want %v", routed, want)
+	}
+	if len(notes) != 2 || notes[0].Path != "sessions[0].targets[0].device" || !strings.Contains(notes[0].Msg, "e1 has MTU 1500, below 9000 of source e2: nfclone sends") ||
+		notes[1].Path != "sessions[3].targets[0].device" || !strings.Contains(notes[1].Msg, "the kernel's dup drops") {
+		t.Errorf("notes %v, want one for sessions[0]'s e1 below e2 and one for the dup session", notes)
+	}
+}

@@ -131,6 +131,54 @@ func describe(gw netip.Addr, pfxs []netip.Prefix) string {
 	return fmt.Sprintf("its %s networks: %v", fam, same)
 }
 
+// KernelRouteMTU keeps the kernel from sending the copies of a session
+// whose gateway device has a smaller MTU than one of its sources (mtu gives
+// an interface's MTU, 0 when unknown): a copy longer than the route's MTU
+// with DF set would be dropped, and the kernel would tell the original's
+// sender to send smaller packets (ICMP "fragmentation needed") — on the
+// path of the originals, which have the larger MTU. nfclone sends such a
+// session's copies itself (cut or fragmented to the MTU, too_big counted).
+// A dup session's gateway copies have no other way: it gets a warning.
+// Call it once on a loaded config, before it is used; it returns a note for
+// each such session.
+func KernelRouteMTU(c *Config, mtu func(name string) int) Errors {
+	var p problems
+	for i := range c.Sessions {
+		s := &c.Sessions[i]
+		src, srcName := 0, ""
+		for _, so := range s.Sources {
+			if m := mtu(so.Interface); m > src {
+				src, srcName = m, so.Interface
+			}
+		}
+		for j, t := range s.Targets {
+			dst := mtu(t.Device)
+			if t.Kind != KindGateway || dst == 0 || dst >= src {
+				continue
+			}
+			path := fmt.Sprintf("sessions[%d].targets[%d].device", i, j)
+			switch {
+			case c.KernelRouted(s):
+				s.smallTargetMTU = true
+				p.add(path, "%s has MTU %d, below %d of source %s: nfclone sends this session's copies, not the kernel (a longer copy with DF set would make the kernel tell the original's sender to shrink its packets)", t.Device, dst, src, srcName)
+			case s.Method == MethodDup:
+				p.add(path, "%s has MTU %d, below %d of source %s: the kernel's dup drops a longer copy with DF set and tells the original's sender to shrink its packets (ICMP \"fragmentation needed\"); use method queue, or give %s the sources' MTU", t.Device, dst, src, srcName, t.Device)
+			}
+		}
+	}
+	return p.list
+}
+
+// SystemMTU is the MTU of an interface of the current network namespace (0
+// if there is none of that name).
+func SystemMTU(name string) int {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return 0
+	}
+	return ifi.MTU
+}
+
 // SystemHost is the Host of the current network namespace.
 type SystemHost struct{}
 

@@ -288,11 +288,13 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	if err := reconcile(c, rk, log); err != nil {
 		return err
 	}
+	// Which sessions the kernel may send for depends on the host's MTUs.
+	mtuNotes := config.KernelRouteMTU(c, config.SystemMTU)
 	h := systemHost(c.StateDir, rk, nil)
 	if errs := h.check(c, nil); len(errs) > 0 {
 		return HostProblems(errs)
 	}
-	for _, w := range append(config.Warnings(c), config.ARPWarnings(c, config.SystemHost{})...) {
+	for _, w := range append(append(config.Warnings(c), config.ARPWarnings(c, config.SystemHost{})...), mtuNotes...) {
 		log.Warn(w.Msg, "key", w.Path)
 	}
 	feats, err := e.probe(c)
@@ -392,6 +394,9 @@ func (e *Engine) doReload() {
 	}
 	c, err := e.Load()
 	if err == nil {
+		for _, w := range config.KernelRouteMTU(c, config.SystemMTU) {
+			log.Warn(w.Msg, "key", w.Path)
+		}
 		err = e.validateReload(c)
 	}
 	if err == nil {

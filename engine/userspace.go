@@ -66,12 +66,13 @@ type session struct {
 func sessionKey(c *config.Config, s config.Session, gws []rules.GatewayRoute, idx map[string]int) string {
 	type key struct {
 		S       config.Session
+		Routed  bool // the kernel sends its copies (it also depends on the host's MTUs)
 		Q       config.Queue
 		Mark    uint32
 		Marks   []uint32
 		Devices map[string]int
 	}
-	k := key{S: s, Q: c.Queue, Mark: c.Mark, Devices: map[string]int{}}
+	k := key{S: s, Routed: c.KernelRouted(&s), Q: c.Queue, Mark: c.Mark, Devices: map[string]int{}}
 	for _, t := range s.Targets {
 		switch t.Kind {
 		case config.KindGateway:

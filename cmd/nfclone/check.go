@@ -36,8 +36,9 @@ func checkCommand(g *globals) *cobra.Command {
 // the "ok" lines only when nothing is wrong: check never says ok and then
 // lists problems.
 func check(w io.Writer, c *config.Config) error {
+	mtuNotes := config.KernelRouteMTU(c, config.SystemMTU) // before anything asks who sends
 	errs := append(config.CheckHost(c, config.SystemHost{}, nil), config.CheckFiles(c)...)
-	for _, warn := range append(config.Warnings(c), config.ARPWarnings(c, config.SystemHost{})...) {
+	for _, warn := range append(append(config.Warnings(c), config.ARPWarnings(c, config.SystemHost{})...), mtuNotes...) {
 		fmt.Fprintf(w, "warning: %s\n", warn)
 	}
 	f, err := engine.ProbeKernel(c.Table)

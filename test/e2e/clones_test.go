@@ -196,32 +196,75 @@ sessions:
       - {kind: gateway, gateway: 10.77.2.2, device: e1}
       - {kind: gateway, gateway: "fd77:2::2", device: e1}
 `},
-		{"kernel sends, log", 0, `
-queue: {log_kernel_route: true}
-sessions:
-  - name: x4
-    method: log
-    sources: [{interface: e0, direction: ingress}]
-    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
-  - name: x6
-    method: log
-    sources: [{interface: e0, direction: ingress}]
-    targets: [{kind: gateway, gateway: "fd77:2::2", device: e1}]
-`},
-		{"kernel sends", 128, `
-sessions:
-  - name: x4
-    method: queue
-    sources: [{interface: e0, direction: ingress}]
-    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
-  - name: x6
-    method: queue
-    sources: [{interface: e0, direction: ingress}]
-    targets: [{kind: gateway, gateway: "fd77:2::2", device: e1}]
-`},
+		{"kernel sends, log", 0, kernelSendsConfig("log", "queue: {log_kernel_route: true}")},
+		{"kernel sends", 128, kernelSendsConfig("queue", "")},
 	} {
 		t.Run(tc.name, func(t *testing.T) { runCopiesExact(t, tc.cfg, tc.copyRange) })
 	}
+}
+
+// A gateway device with a smaller MTU than the session's source keeps the
+// kernel from sending its copies: a full-size DF copy would be dropped and
+// the kernel would send the original's sender "fragmentation needed" —
+// telling production traffic to shrink. nfclone sends them instead
+// (copy range 65531, not 128), counts the DF copies it cannot send as
+// too_big, `check` says why, and src receives no ICMP from eng.
+func TestKernelRouteSmallTargetMTU(t *testing.T) {
+	l := lab.New(t)
+	l.MustExec(t, l.Eng, "ip", "link", "set", "e1", "mtu", "1400")
+	l.MustExec(t, l.Col, "ip", "link", "set", lab.Iface, "mtu", "1400")
+	d := startNfclone(t, l, `
+sessions:
+  - name: m
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
+`)
+	if out, errOut, code := nfc(l, "check", "-c", d.cfgPath); code != 0 || !strings.Contains(out, "e1 has MTU 1400, below 1500 of source e0") || strings.Contains(out, "the kernel sends its copies") {
+		t.Fatalf("check: exit %d, want the MTU warning and no kernel-route note:\n%s%s", code, out, errOut)
+	}
+	if q := l.MustExec(t, l.Eng, "cat", "/proc/net/netfilter/nfnetlink_queue"); !strings.Contains(q, " 2 65531 ") {
+		t.Fatalf("nfnetlink_queue %q: want copy range 65531 (nfclone sends)", q)
+	}
+	ping(t, l, l.Eng, lab.ColIP, 1)
+	icmp := l.StartCapture(t, l.Src, lab.Iface, "icmp[0] == 3 and icmp[1] == 4", lab.Direction("in"))
+	copies := l.StartCapture(t, l.Col, lab.Iface, "icmp[0] == 8", lab.Direction("in"))
+	const n = 10
+	for _, size := range []string{"1472", "1000"} { // 1500-byte DF originals, then ones that fit
+		out := l.MustExec(t, l.Src, "ping", "-n", "-M", "do", "-s", size, "-c", strconv.Itoa(n), "-i", "0.02", "-W", "1", lab.Col2IP)
+		if sent, recv, dupes, err := lab.ParsePingSummary(out); err != nil || sent != n || recv != n || dupes != 0 {
+			t.Fatalf("ping -s %s: sent %d received %d duplicates %d (%v):\n%s", size, sent, recv, dupes, err, out)
+		}
+	}
+	copies.WaitCount(n, 5*time.Second)
+	d.stop(t)
+	if got := icmp.Stop(); len(got) != 0 {
+		t.Fatalf("src received %d ICMP fragmentation-needed messages: the copies told the sender to shrink", len(got))
+	}
+	if c := copies.Stop(); len(c) != n {
+		t.Fatalf("%d copies at the gateway, want the %d that fit its MTU", len(c), n)
+	}
+	if led := ledgerNumbers(t, d.Stderr(), "m"); led["too_big"] != n || led["copied"] != n {
+		t.Fatalf("ledger %v: want %d copied and %d too_big", led, n, n)
+	}
+}
+
+// kernelSendsConfig is two sessions of method, one gateway each (v4, v6):
+// the kernel sends their copies.
+func kernelSendsConfig(method, queue string) string {
+	return fmt.Sprintf(`
+%s
+sessions:
+  - name: x4
+    method: %s
+    sources: [{interface: e0, direction: ingress}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
+  - name: x6
+    method: %s
+    sources: [{interface: e0, direction: ingress}]
+    targets: [{kind: gateway, gateway: "fd77:2::2", device: e1}]
+`, queue, method, method)
 }
 
 func runCopiesExact(t *testing.T, cfg string, copyRange int) {
