@@ -493,6 +493,11 @@ sessions:
 	if want := []string{"same", "unknown"}; !reflect.DeepEqual(routed, want) {
 		t.Errorf("kernel-routed %v, want %v", routed, want)
 	}
+	// Asked again after the MTU grew: the kernel sends again.
+	mtus["e1"] = 9000
+	if notes := KernelRouteMTU(c, func(n string) int { return mtus[n] }); len(notes) != 1 || !c.KernelRouted(&c.Sessions[0]) {
+		t.Errorf("after e1 grew: notes %v, session small kernel-routed %v", notes, c.KernelRouted(&c.Sessions[0]))
+	}
 	if len(notes) != 2 || notes[0].Path != "sessions[0].targets[0].device" || !strings.Contains(notes[0].Msg, "e1 has MTU 1500, below 9000 of source e2: nfclone sends") ||
 		notes[1].Path != "sessions[3].targets[0].device" || !strings.Contains(notes[1].Msg, "the kernel's dup drops") {
 		t.Errorf("notes %v, want one for sessions[0]'s e1 below e2 and one for the dup session", notes)

@@ -145,6 +145,7 @@ func KernelRouteMTU(c *Config, mtu func(name string) int) Errors {
 	var p problems
 	for i := range c.Sessions {
 		s := &c.Sessions[i]
+		s.smallTargetMTU = false // decided again
 		src, srcName := 0, ""
 		for _, so := range s.Sources {
 			if m := mtu(so.Interface); m > src {
