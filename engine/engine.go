@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -464,16 +465,35 @@ func (e *Engine) ownedLinks() map[string]bool {
 // chains bind interface indexes, so a re-created interface needs the rules
 // loaded again; a missing one is left out until it comes back.
 func (e *Engine) relink() {
-	idx := interfaceIndexes(e.rt.cfg, e.rt.h.links)
-	if equalIdx(idx, e.rt.idx) {
+	c := e.rt.cfg
+	idx := interfaceIndexes(c, e.rt.h.links)
+	// Who sends a session's copies depends on the MTUs (config.KernelRouteMTU):
+	// decided again on a copy of the running config, which is never changed
+	// under its readers; a change re-applies (the session reopens).
+	again := *c
+	again.Sessions = slices.Clone(c.Sessions)
+	notes := config.KernelRouteMTU(&again, config.SystemMTU)
+	routedChanged := false
+	for i := range c.Sessions {
+		if was, now := c.KernelRouted(&c.Sessions[i]), again.KernelRouted(&again.Sessions[i]); was != now {
+			routedChanged = true
+			e.Log.Warn("an MTU changed who sends a session's copies", "session", c.Sessions[i].Name, "kernel_sends", now)
+		}
+	}
+	if equalIdx(idx, e.rt.idx) && !routedChanged {
 		return
+	}
+	if routedChanged {
+		for _, w := range notes {
+			e.Log.Warn(w.Msg, "key", w.Path)
+		}
 	}
 	for name, i := range idx {
 		if old := e.rt.idx[name]; old != i {
 			e.Log.Info("interface changed", "interface", name, "ifindex", i, "was", old)
 		}
 	}
-	if err := e.apply(e.rt.cfg, true); err != nil {
+	if err := e.apply(&again, true); err != nil {
 		e.Log.Error("re-binding after an interface change", "err", err)
 	}
 }

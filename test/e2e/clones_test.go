@@ -224,7 +224,7 @@ sessions:
 	if out, errOut, code := nfc(l, "check", "-c", d.cfgPath); code != 0 || !strings.Contains(out, "e1 has MTU 1400, below 1500 of source e0") || strings.Contains(out, "the kernel sends its copies") {
 		t.Fatalf("check: exit %d, want the MTU warning and no kernel-route note:\n%s%s", code, out, errOut)
 	}
-	if q := l.MustExec(t, l.Eng, "cat", "/proc/net/netfilter/nfnetlink_queue"); !strings.Contains(q, " 2 65531 ") {
+	if q := l.MustExec(t, l.Eng, "cat", "/proc/net/netfilter/nfnetlink_queue"); !strings.Contains(strings.Join(strings.Fields(q), " "), " 2 65531 ") {
 		t.Fatalf("nfnetlink_queue %q: want copy range 65531 (nfclone sends)", q)
 	}
 	ping(t, l, l.Eng, lab.ColIP, 1)
@@ -248,6 +248,51 @@ sessions:
 	if led := ledgerNumbers(t, d.Stderr(), "m"); led["too_big"] != n || led["copied"] != n {
 		t.Fatalf("ledger %v: want %d copied and %d too_big", led, n, n)
 	}
+}
+
+// The MTU rule follows the host: lowering the gateway device's MTU while
+// nfclone runs hands the session's copies to nfclone (its queue is bound
+// again with copy range 65531) before a full-size DF copy can make the
+// kernel tell the sender to shrink; raising it back gives them back to the
+// kernel (copy range 128).
+func TestKernelRouteMTUChangesAtRuntime(t *testing.T) {
+	l := lab.New(t)
+	d := startNfclone(t, l, `
+sessions:
+  - name: m
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
+`)
+	copyRange := func(want string) {
+		t.Helper()
+		lab.WaitFor(t, 10*time.Second, func() bool {
+			q, err := l.Exec(context.Background(), l.Eng, "cat", "/proc/net/netfilter/nfnetlink_queue")
+			f := strings.Fields(string(q)) // one queue: number, portid, total, copy mode, copy range, …
+			return err == nil && len(f) == 9 && f[3] == "2" && f[4] == want
+		}, "queue copy range "+want)
+	}
+	copyRange("128")
+	ping(t, l, l.Eng, lab.ColIP, 1)
+	l.MustExec(t, l.Col, "ip", "link", "set", lab.Iface, "mtu", "1400")
+	l.MustExec(t, l.Eng, "ip", "link", "set", "e1", "mtu", "1400")
+	copyRange("65531")
+	icmp := l.StartCapture(t, l.Src, lab.Iface, "icmp[0] == 3 and icmp[1] == 4", lab.Direction("in"))
+	const n = 10
+	out := l.MustExec(t, l.Src, "ping", "-n", "-M", "do", "-s", "1472", "-c", strconv.Itoa(n), "-i", "0.02", "-W", "1", lab.Col2IP)
+	if sent, recv, dupes, err := lab.ParsePingSummary(out); err != nil || sent != n || recv != n || dupes != 0 {
+		t.Fatalf("full-size DF pings after the MTU change: sent %d received %d duplicates %d (%v):\n%s", sent, recv, dupes, err, out)
+	}
+	if got := icmp.Stop(); len(got) != 0 {
+		t.Fatalf("src received %d ICMP fragmentation-needed messages", len(got))
+	}
+	l.MustExec(t, l.Eng, "ip", "link", "set", "e1", "mtu", "1500")
+	l.MustExec(t, l.Col, "ip", "link", "set", lab.Iface, "mtu", "1500")
+	copyRange("128")
+	requirePingCopies(t, l, l.Col, lab.Iface, "copies the kernel sends again")
+	d.stop(t)
+	requireBalancedLedgers(t, d.Stderr())
 }
 
 // kernelSendsConfig is two sessions of method, one gateway each (v4, v6):
