@@ -33,11 +33,16 @@ func renderCommand(g *globals) *cobra.Command {
 }
 
 func render(w io.Writer, c *config.Config) error {
+	// As run decides on this host: who sends depends on its MTUs.
+	notes := config.KernelRouteMTU(c, config.SystemMTU)
 	rs, err := rules.Compile(c, rules.Options{})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "# nfclone %s: nftables ruleset (nft -f syntax)\n", version)
+	for _, n := range notes {
+		fmt.Fprintf(w, "# warning: %s\n", n)
+	}
 	fmt.Fprint(w, rs.Render())
 	plan := engine.RoutePlan(c)
 	if !plan.Empty() {
