@@ -50,29 +50,43 @@ func iperfToCol2(t *testing.T, l *lab.Lab, dst string, args ...string) {
 // receiver got (TCP payload: IP bytes less the headers of each packet, since
 // the receiver gets GRO super-packets and the collector wire packets).
 // With hold: true the originals themselves wait for nfclone; while e1 is
-// down its copies fail fast (counted), so the originals keep flowing.
+// down its copies fail fast (counted), so the originals keep flowing. The
+// kernel row has one session per family, each with one gateway: the kernel
+// sends their clones (queue.kernel_route, dup routing them to e1, a
+// fail-open queue), and while e1 is down dup makes none.
 func TestBulkTCPThroughLinkFlap(t *testing.T) {
 	lab.RequireTools(t, "iperf3", "ethtool", "nft")
-	for _, hold := range []bool{false, true} {
-		t.Run(map[bool]string{false: "queue", true: "hold"}[hold], func(t *testing.T) { bulkThroughFlap(t, hold) })
+	for _, mode := range []string{"queue", "hold", "kernel"} {
+		t.Run(mode, func(t *testing.T) { bulkThroughFlap(t, mode) })
 	}
 }
 
-func bulkThroughFlap(t *testing.T, hold bool) {
+func bulkThroughFlap(t *testing.T, mode string) {
 	l := lab.New(t)
 	wireCollector(t, l)
-	d := startNfclone(t, l, fmt.Sprintf(`
-queue: {nice: 0}
-sessions:
-  - name: flap
+	session := func(name, targets string) string {
+		return fmt.Sprintf(`
+  - name: %s
     method: queue
     hold: %t
     sources: [{interface: e0, direction: ingress}]
     rules: [{number: 1, action: accept, protocol: tcp, destination_ports: "5201"}]
-    targets:
-      - {kind: gateway, gateway: %s, device: e1}
-      - {kind: gateway, gateway: "%s", device: e1}
-`, hold, lab.ColIP, lab.Col6))
+    targets: [%s]`, name, mode == "hold", targets)
+	}
+	gw4 := fmt.Sprintf("{kind: gateway, gateway: %s, device: e1}", lab.ColIP)
+	gw6 := fmt.Sprintf(`{kind: gateway, gateway: "%s", device: e1}`, lab.Col6)
+	sessions := session("flap", gw4+", "+gw6)
+	if mode == "kernel" {
+		sessions = session("flap4", gw4) + session("flap6", gw6)
+	}
+	d := startNfclone(t, l, "queue: {nice: 0}\nsessions:"+sessions+"\n")
+	if mode == "kernel" {
+		for _, line := range strings.Split(strings.TrimSpace(l.MustExec(t, l.Eng, "cat", "/proc/net/netfilter/nfnetlink_queue")), "\n") {
+			if f := strings.Fields(line); len(f) < 5 || f[4] != "128" {
+				t.Fatalf("nfnetlink_queue line %q: want copy range 128 (the kernel sends)", line)
+			}
+		}
+	}
 	nftIn(t, l, `table inet flapleak {
 	chain post {
 		type filter hook postrouting priority 100
