@@ -205,22 +205,25 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 			if slot >= ml.QueueSlots() {
 				return nil, fmt.Errorf("sessions[%d]: more than %d queue sessions (and log sessions the kernel sends for) with mark_mask %#x", i, ml.QueueSlots(), c.MarkMask)
 			}
-			for _, f := range userspaceFamilies(s) {
-				gwMark, dup := uint32(0), cloneDup{lo: true}
-				if routed {
-					// The kernel sends the clones: dup routes them to the
-					// gateway from the start, so a clone the full queue lets
-					// through (fail-open) goes nowhere else.
-					t := s.Targets[0]
-					m, ok := GatewayMark(opt.Gateways, t.GatewayIP, t.Device)
-					if !ok {
-						return nil, fmt.Errorf("sessions[%d].targets[0]: no policy route for gateway %s on %s", i, t.GatewayIP, t.Device)
-					}
-					gwMark, dup = m, cloneDup{gw: t.GatewayIP.Unmap(), dev: t.Device, idx: opt.IfIndex(t.Device)}
+			var gwMark uint32
+			if routed {
+				m, ok := GatewayMark(opt.Gateways, s.Targets[0].GatewayIP, s.Targets[0].Device)
+				if !ok {
+					return nil, fmt.Errorf("sessions[%d].targets[0]: no policy route for gateway %s on %s", i, s.Targets[0].GatewayIP, s.Targets[0].Device)
 				}
-				// No device, no route to the gateway: nothing to clone.
-				if dup.lo || dup.idx != 0 || !opt.SkipMissing {
-					sc.l3(tbl(f), true, func(b *builder, ttlDec bool) { b.cloneTo(ml, ml.CloneMarker(slot, ttlDec), dup) })
+				gwMark = m
+			}
+			for _, f := range userspaceFamilies(s) {
+				// dup routes the clone to lo; a kernel-routed session's to
+				// its gateway, so that one its fail-open queue lets through
+				// goes nowhere else (no device, no route: nothing to clone).
+				gw, dev, idx := loopback(f), "lo", uint32(loopbackIndex)
+				if routed {
+					t := s.Targets[0]
+					gw, dev, idx = t.GatewayIP.Unmap(), t.Device, opt.IfIndex(t.Device)
+				}
+				if idx != 0 || !opt.SkipMissing {
+					sc.l3(tbl(f), true, func(b *builder, ttlDec bool) { b.cloneTo(ml, ml.CloneMarker(slot, ttlDec), gw, dev, idx) })
 				}
 				// Undo what dup changed before the clone is queued: the
 				// kernel may send it on itself (the engine's kernel route).
@@ -228,14 +231,14 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 				if f == nftables.TableFamilyIPv4 {
 					clones[f] = append(clones[f], newBuilder(f).restoreDF(ml, marker).rule())
 				}
-				catch := newBuilder(f).catchClones(ml, marker, num, c.Queue.Count, opt.NativeQueue)
-				if routed {
-					catch = newBuilder(f).catchRouted(ml, marker, gwMark, s.Name)
-					if s.Method == config.MethodLog {
-						catch.log(num, 0, LogThreshold) // the reader's bind asks for 128 bytes
-					} else {
-						catch.queueFlags(num, c.Queue.Count, opt.NativeQueue, 0)
-					}
+				catch := newBuilder(f)
+				switch {
+				case !routed:
+					catch.catchClones(ml, marker, num, c.Queue.Count, opt.NativeQueue)
+				case s.Method == config.MethodLog:
+					catch.catchRouted(ml, marker, gwMark, s.Name).log(num, 0, LogThreshold) // the reader's bind asks for 128 bytes
+				default:
+					catch.catchRouted(ml, marker, gwMark, s.Name).queueFlags(num, c.Queue.Count, opt.NativeQueue, 0)
 				}
 				clones[f] = append(clones[f], newBuilder(f).restoreTTL(ml, marker).rule(), catch.rule())
 			}
@@ -285,6 +288,13 @@ func tunnelRemotes(c *config.Config) []netip.AddrPort {
 		}
 	}
 	return out
+}
+
+// clonesSession: session s copies the kernel's clone of a packet, marked
+// with its slot's marker and caught in the clones chain — a queue session
+// that does not hold its originals, or a kernel-routed log session.
+func clonesSession(c *config.Config, s *config.Session) bool {
+	return s.Method == config.MethodQueue && !s.Hold || c.KernelRouted(s)
 }
 
 // userspaceFamilies are the families a userspace session copies: a gateway
@@ -607,7 +617,7 @@ func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, acti
 	if sc.rate != nil {
 		ch.Rules = append(ch.Rules, newBuilder(fam).rateOver(*sc.rate).count(sc.s.Name, CounterRateLimited).verdict(expr.VerdictReturn, "").rule())
 	}
-	if clones := sc.s.Method == config.MethodQueue && !sc.s.Hold || sc.cfg.KernelRouted(sc.s); clones && fam == nftables.TableFamilyIPv4 {
+	if clonesSession(sc.cfg, sc.s) && fam == nftables.TableFamilyIPv4 {
 		// The copy rule makes a clone of it: say whether DF was clear.
 		ch.Rules = append(ch.Rules, newBuilder(fam).dfClearMark(sc.cfg.Marks()).rule())
 	}

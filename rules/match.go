@@ -362,32 +362,23 @@ func (b *builder) dfClearMark(ml config.MarkLayout) *builder {
 	return b.setMark(fmt.Sprintf("meta mark set meta mark | 0x%08x", df), ^df, df)
 }
 
-// cloneDup is where the kernel's dup routes a queue session's clones: to
-// lo (127.0.0.1 or ::1), or, for a kernel-routed session, to its gateway.
-type cloneDup struct {
-	lo  bool
-	gw  netip.Addr
-	dev string
-	idx uint32
+// cloneTo: `meta mark set meta mark | M dup to 127.0.0.1 device "lo" meta
+// mark set meta mark & 0xffffff00` (or `dup to 10.77.2.2 device "e1"`, a
+// kernel-routed session's). The session's hook chain has let in only packets
+// whose field (mark_mask) is clear, so the last statement restores the
+// original's mark exactly, every bit others set included.
+func (b *builder) cloneTo(ml config.MarkLayout, marker uint32, gw netip.Addr, dev string, idx uint32) *builder {
+	b.setMark(fmt.Sprintf("meta mark set meta mark | 0x%08x", marker), ^marker, marker)
+	b.dupGateway(gw, dev, idx)
+	return b.setMark(fmt.Sprintf("meta mark set meta mark & 0x%08x", ^ml.Mask), ^ml.Mask, 0)
 }
 
-// cloneTo: `meta mark set meta mark | M dup to 127.0.0.1 device "lo" meta
-// mark set meta mark & 0xffffff00` (or `dup to 10.77.2.2 device "e1"`). The
-// session's hook chain has let in only packets whose field (mark_mask) is
-// clear, so the last statement restores the original's mark exactly, every
-// bit others set included.
-func (b *builder) cloneTo(ml config.MarkLayout, marker uint32, d cloneDup) *builder {
-	b.setMark(fmt.Sprintf("meta mark set meta mark | 0x%08x", marker), ^marker, marker)
-	if d.lo {
-		lo := netip.MustParseAddr("127.0.0.1")
-		if b.fam == nftables.TableFamilyIPv6 {
-			lo = netip.IPv6Loopback()
-		}
-		b.dupGateway(lo, "lo", loopbackIndex)
-	} else {
-		b.dupGateway(d.gw, d.dev, d.idx)
+// loopback is where dup routes a queue session's clones: 127.0.0.1 or ::1.
+func loopback(fam nftables.TableFamily) netip.Addr {
+	if fam == nftables.TableFamilyIPv6 {
+		return netip.IPv6Loopback()
 	}
-	return b.setMark(fmt.Sprintf("meta mark set meta mark & 0x%08x", ^ml.Mask), ^ml.Mask, 0)
+	return netip.MustParseAddr("127.0.0.1")
 }
 
 // restoreDF: `meta mark & 0x000000fe == 0x00000006 ip frag-off set ip
