@@ -738,17 +738,7 @@ func (e *Engine) Status() status.Status {
 				}
 			} else if ss.Ledger != nil {
 				// What only the kernel's counters know enters the ledger here.
-				l := withKernelCounts(*ss.Ledger, m)
-				ss.Ledger = &l
-				ss.Seen = status.Counter{Packets: l.Offered}
-				ss.Copied = status.Counter{Packets: l.Copied, Bytes: l.Bytes}
-				for i := range ss.Targets {
-					if ss.Targets[i].Kernel {
-						// The kernel sent every copy: those nfclone
-						// accepted and those its full queue let through.
-						ss.Targets[i].Stats = &sink.Stats{Sent: l.Copied, Bytes: l.Bytes}
-					}
-				}
+				setLedger(&ss, withKernelCounts(*ss.Ledger, m))
 			}
 		}
 		for name := range sessionInterfaces(s) {

@@ -2,13 +2,15 @@ package engine
 
 import (
 	"context"
-	"github.com/nfclone/nfclone/packet"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/nfclone/nfclone/config"
+	"github.com/nfclone/nfclone/packet"
 	"github.com/nfclone/nfclone/pipeline"
+	"github.com/nfclone/nfclone/sink"
+	"github.com/nfclone/nfclone/status"
 )
 
 func mustParse(t *testing.T, y string) *config.Config {
@@ -149,5 +151,24 @@ func fill(v reflect.Value, n uint64) {
 		}
 	case reflect.Uint64, reflect.Uint32, reflect.Uint:
 		v.SetUint(n)
+	}
+}
+
+// A session's status follows its ledger: seen is what was offered, copied
+// what was copied, and a target the kernel sends for counts every copy (the
+// ones its fail-open queue let through included); nfclone's own targets
+// keep their sinks' counters.
+func TestSetLedger(t *testing.T) {
+	own := &sink.Stats{Sent: 7}
+	st := status.SessionStatus{Targets: []status.TargetStatus{{Name: "k", Kernel: true}, {Name: "o", Stats: own}}}
+	setLedger(&st, pipeline.Snapshot{Offered: 12, Copied: 10, Bytes: 900, KernelSent: 4})
+	if st.Seen.Packets != 12 || st.Copied != (status.Counter{Packets: 10, Bytes: 900}) || st.Ledger == nil || st.Ledger.KernelSent != 4 {
+		t.Errorf("status %+v", st)
+	}
+	if s := st.Targets[0].Stats; s == nil || s.Sent != 10 || s.Bytes != 900 {
+		t.Errorf("kernel target stats %+v, want 10 sent, 900 bytes", s)
+	}
+	if st.Targets[1].Stats != own {
+		t.Errorf("nfclone's own target stats replaced: %+v", st.Targets[1].Stats)
 	}
 }

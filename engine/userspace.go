@@ -523,13 +523,9 @@ func (s *session) close() {
 
 // status reports the session for Status.
 func (s *session) status() status.SessionStatus {
-	snap := s.ledger.Snapshot()
 	st := status.SessionStatus{
 		Name: s.name, Method: string(s.method), Hold: s.hold, State: "running", Missing: s.missing,
-		Seen:   status.Counter{Packets: snap.Offered},
-		Copied: status.Counter{Packets: snap.Copied, Bytes: snap.Bytes},
-		Ledger: &snap,
-		Queue:  &status.QueueStatus{Depth: s.queue.Len(), Cap: s.queue.Cap(), Workers: s.workers},
+		Queue: &status.QueueStatus{Depth: s.queue.Len(), Cap: s.queue.Cap(), Workers: s.workers},
 	}
 	if len(s.missing) > 0 {
 		st.State = "waiting"
@@ -544,10 +540,7 @@ func (s *session) status() status.SessionStatus {
 		st.Readers = append(st.Readers, status.ReaderStatus{Kind: kind, Num: s.first + i, Running: i < len(s.running) && s.running[i], Stats: r.Stats()})
 	}
 	if s.routed != "" {
-		// What the readers handed the kernel to send: the ledger's copies
-		// (a super-packet counts once, as the kernel handed it over).
-		st.Targets = append(st.Targets, status.TargetStatus{Name: s.routed, Kind: string(config.KindGateway), Kernel: true,
-			Stats: &sink.Stats{Sent: snap.Copied, Bytes: snap.Bytes}})
+		st.Targets = append(st.Targets, status.TargetStatus{Name: s.routed, Kind: string(config.KindGateway), Kernel: true})
 	}
 	for i, t := range s.targets {
 		ts := status.TargetStatus{Name: t.Name(), Kind: string(s.kinds[i])}
@@ -560,6 +553,7 @@ func (s *session) status() status.SessionStatus {
 		}
 		st.Targets = append(st.Targets, ts)
 	}
+	setLedger(&st, s.ledger.Snapshot())
 	return st
 }
 
@@ -648,6 +642,21 @@ func (s *session) snapshot() pipeline.Snapshot {
 		return *f
 	}
 	return s.ledger.Snapshot()
+}
+
+// setLedger makes l a userspace session's ledger in its status, with what
+// follows from it: seen (offered), copied, and the counters of a target the
+// kernel sends for (every copy: a super-packet counts once, as the kernel
+// handed it over).
+func setLedger(st *status.SessionStatus, l pipeline.Snapshot) {
+	st.Ledger = &l
+	st.Seen = status.Counter{Packets: l.Offered}
+	st.Copied = status.Counter{Packets: l.Copied, Bytes: l.Bytes}
+	for i := range st.Targets {
+		if st.Targets[i].Kernel {
+			st.Targets[i].Stats = &sink.Stats{Sent: l.Copied, Bytes: l.Bytes}
+		}
+	}
 }
 
 // withKernelCounts adds to a session's ledger what only the kernel's rule
