@@ -425,6 +425,17 @@ sessions:
 	}
 }
 
+// kernelRouted names the sessions of c the kernel sends the copies of.
+func kernelRouted(c *Config) []string {
+	var out []string
+	for i := range c.Sessions {
+		if c.KernelRouted(&c.Sessions[i]) {
+			out = append(out, c.Sessions[i].Name)
+		}
+	}
+	return out
+}
+
 // Which sessions the kernel sends the clones of: queue (and, with
 // queue.log_kernel_route, log) sessions with one
 // gateway target and nothing done to the copy in userspace.
@@ -445,24 +456,12 @@ sessions:
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for i := range c.Sessions {
-		if c.KernelRouted(&c.Sessions[i]) {
-			got = append(got, c.Sessions[i].Name)
-		}
-	}
-	if want := []string{"gw", "gw6"}; !reflect.DeepEqual(got, want) {
+	if got, want := kernelRouted(c), []string{"gw", "gw6"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("kernel-routed sessions %v, want %v", got, want)
 	}
 	// log sessions only with queue.log_kernel_route; each key alone.
 	c.Queue.KernelRoute, c.Queue.LogKernelRoute = false, true
-	got = nil
-	for i := range c.Sessions {
-		if c.KernelRouted(&c.Sessions[i]) {
-			got = append(got, c.Sessions[i].Name)
-		}
-	}
-	if want := []string{"log"}; !reflect.DeepEqual(got, want) {
+	if got, want := kernelRouted(c), []string{"log"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("with only log_kernel_route: kernel-routed sessions %v, want %v", got, want)
 	}
 }
@@ -484,13 +483,7 @@ sessions:
 	}
 	mtus := map[string]int{"e0": 1500, "e2": 9000, "e1": 1500, "e3": 1500}
 	notes := KernelRouteMTU(c, func(n string) int { return mtus[n] })
-	var routed []string
-	for i := range c.Sessions {
-		if c.KernelRouted(&c.Sessions[i]) {
-			routed = append(routed, c.Sessions[i].Name)
-		}
-	}
-	if want := []string{"same", "unknown"}; !reflect.DeepEqual(routed, want) {
+	if routed, want := kernelRouted(c), []string{"same", "unknown"}; !reflect.DeepEqual(routed, want) {
 		t.Errorf("kernel-routed %v, want %v", routed, want)
 	}
 	// Asked again after the MTU grew: the kernel sends again.

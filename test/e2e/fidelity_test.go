@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -157,27 +158,48 @@ func (f tcpFrame) client() int {
 	return f.dport
 }
 
-// segment is a TCP segment of a connection (its client port) in one
-// direction (the sender's port): sequence number and length.
-// resentRanges are the byte ranges the originals themselves sent again,
-// per direction (client port, source port): data shown after later data of
-// the same direction — TCP retransmissions. Ranges, not segments: the
-// original capture (on eng's e0, GRO on) shows super-packets whose
-// boundaries are not the copies' segments.
-type resentRanges map[[2]int][][2]uint32
+// span is the bytes f carries, [seq, seq+len); an empty segment (an ACK)
+// counts one byte, its sequence number.
+func (f tcpFrame) span() [2]uint32 {
+	return [2]uint32{f.seq, f.seq + uint32(max(f.length, 1))}
+}
 
-func resentData(frames []tcpFrame) resentRanges {
-	out := resentRanges{}
+// byteRanges are byte ranges of TCP data per direction (source port,
+// destination port). Ranges, not segments: the original capture (on eng's
+// e0, GRO on) shows super-packets whose boundaries are not the copies'
+// segments.
+type byteRanges map[[2]int][][2]uint32
+
+func (r byteRanges) add(f tcpFrame) {
+	k := [2]int{f.sport, f.dport}
+	r[k] = append(r[k], f.span())
+}
+
+// overlaps reports whether f's bytes overlap a range of its direction.
+func (r byteRanges) overlaps(f tcpFrame) bool {
+	g := f.span()
+	for _, o := range r[[2]int{f.sport, f.dport}] {
+		if int32(g[0]-o[1]) < 0 && int32(g[1]-o[0]) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// resentData is the data the originals themselves sent again: shown after
+// later data of the same direction (TCP retransmissions).
+func resentData(frames []tcpFrame) byteRanges {
+	out := byteRanges{}
 	maxEnd := map[[2]int]uint32{}
 	for _, f := range frames {
 		if f.length == 0 {
 			continue
 		}
-		d := [2]int{f.client(), f.sport}
+		d := [2]int{f.sport, f.dport}
 		end := f.seq + uint32(f.length)
 		m, ok := maxEnd[d]
 		if ok && int32(f.seq-m) < 0 {
-			out[d] = append(out[d], [2]uint32{f.seq, end})
+			out.add(f)
 		}
 		if !ok || int32(end-m) > 0 {
 			maxEnd[d] = end
@@ -186,58 +208,19 @@ func resentData(frames []tcpFrame) resentRanges {
 	return out
 }
 
-// flagged are the byte ranges of the segments tshark flagged, per
-// (source port, destination port); rows are srcport, dstport, seq_raw, len.
-type flagged map[[2]string][][2]uint32
-
-func flaggedData(rows [][]string) flagged {
-	out := flagged{}
-	for _, r := range rows {
-		if g, ok := flaggedRange(r); ok {
-			k := [2]string{r[0], r[1]}
-			out[k] = append(out[k], g)
-		}
-	}
-	return out
-}
-
-// flaggedRange is a row's [seq, seq+len) (an empty segment, an ACK, counts
-// one byte: its sequence number).
-func flaggedRange(r []string) ([2]uint32, bool) {
+// flaggedFrame reads a tshark row of srcport, dstport, seq_raw, len.
+func flaggedFrame(r []string) (tcpFrame, bool) {
 	if len(r) < 4 {
-		return [2]uint32{}, false
+		return tcpFrame{}, false
 	}
-	seq, err1 := strconv.ParseUint(r[2], 10, 32)
-	n, err2 := strconv.ParseUint(r[3], 10, 32)
-	if err1 != nil || err2 != nil {
-		return [2]uint32{}, false
+	sp, err1 := strconv.Atoi(r[0])
+	dp, err2 := strconv.Atoi(r[1])
+	seq, err3 := strconv.ParseUint(r[2], 10, 32)
+	n, err4 := strconv.Atoi(r[3])
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		return tcpFrame{}, false
 	}
-	return [2]uint32{uint32(seq), uint32(seq) + uint32(max(n, 1))}, true
-}
-
-// covers reports whether row r's bytes overlap a range flagged in the
-// same direction.
-func (f flagged) covers(r []string) bool {
-	g, ok := flaggedRange(r)
-	if !ok {
-		return false
-	}
-	for _, o := range f[[2]string{r[0], r[1]}] {
-		if int32(g[0]-o[1]) < 0 && int32(g[1]-o[0]) > 0 {
-			return true
-		}
-	}
-	return false
-}
-
-// covers reports whether f's data overlaps a range the originals resent.
-func (r resentRanges) covers(f tcpFrame) bool {
-	for _, g := range r[[2]int{f.client(), f.sport}] {
-		if int32(f.seq-g[1]) < 0 && int32(f.seq+uint32(f.length)-g[0]) > 0 {
-			return true
-		}
-	}
-	return false
+	return tcpFrame{sport: sp, dport: dp, seq: uint32(seq), length: n}, true
 }
 
 // checkTCPOrder requires, for every connection in frames: the handshake in
@@ -247,7 +230,7 @@ func (r resentRanges) covers(f tcpFrame) bool {
 //
 // Data the originals themselves sent again (resent, from the original
 // capture) may go back: the copy of a TCP retransmission is in order.
-func checkTCPOrder(t *testing.T, where string, frames []tcpFrame, resent resentRanges) {
+func checkTCPOrder(t *testing.T, where string, frames []tcpFrame, resent byteRanges) {
 	t.Helper()
 	type dirState struct {
 		seen   bool
@@ -286,7 +269,7 @@ func checkTCPOrder(t *testing.T, where string, frames []tcpFrame, resent resentR
 			end++
 		}
 		st := &c.dir[d]
-		if st.seen && int32(f.seq-st.maxEnd) < 0 && int32(end-st.maxEnd) <= 0 && f.length > 0 && !resent.covers(f) {
+		if st.seen && int32(f.seq-st.maxEnd) < 0 && int32(end-st.maxEnd) <= 0 && f.length > 0 && !resent.overlaps(f) {
 			t.Fatalf("%s: frame %d: connection %d direction %d goes back: seq %d..%d after %d", where, i+1, f.client(), d, f.seq, end, st.maxEnd)
 		}
 		if !st.seen || int32(end-st.maxEnd) > 0 {
@@ -415,11 +398,16 @@ sessions:
 			// original is four out-of-order copies).
 			const bad = "tcp.analysis.out_of_order || tcp.analysis.ack_lost_segment || tcp.analysis.lost_segment"
 			fields := []string{"tcp.srcport", "tcp.dstport", "tcp.seq_raw", "tcp.len"}
-			origBad := flaggedData(tsharkRows(t, orig.Path, bad, fields...))
+			origBad := byteRanges{}
+			for _, r := range tsharkRows(t, orig.Path, bad, fields...) {
+				if f, ok := flaggedFrame(r); ok {
+					origBad.add(f)
+				}
+			}
 			for i, c := range []*lab.Capture{c1, c2} {
 				for _, r := range tsharkRows(t, c.Path, bad, fields...) {
-					if !origBad.covers(r) {
-						t.Fatalf("col%d: tshark finds a segment out of order or lost (ports %s→%s, seq %s, %s bytes) where the originals have none", i+1, r[0], r[1], r[2], r[3])
+					if f, ok := flaggedFrame(r); !ok || !origBad.overlaps(f) {
+						t.Fatalf("col%d: tshark finds a segment out of order or lost (ports, seq, bytes: %v) where the originals have none", i+1, r)
 					}
 				}
 			}
