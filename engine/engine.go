@@ -17,6 +17,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/nfclone/nfclone/config"
+	"github.com/nfclone/nfclone/nfq"
 	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/route"
 	"github.com/nfclone/nfclone/rules"
@@ -131,6 +132,12 @@ func routePlan(c *config.Config, gws []rules.GatewayRoute) route.Plan {
 
 // drainTimeout bounds how long copies still queued are sent when a session stops.
 const drainTimeout = 2 * time.Second
+
+// heldDrainTimeout bounds how long replacing the rules waits for the
+// readers to give their verdicts on the packets a held rule queued (a
+// kernel-routed clone, a held original): the kernel drops the packets still
+// queued when the tables go (rules.Applier).
+const heldDrainTimeout = time.Second
 
 // Engine runs one configuration and follows reloads and interface changes.
 type Engine struct {
@@ -309,6 +316,11 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	ap, err := rules.NewApplier(c.Table)
 	if err != nil {
 		return hostErr("%v", err)
+	}
+	ap.Drain = func(queues []uint16) {
+		if err := nfq.WaitQueuesEmpty(nfq.StatsPath, queues, heldDrainTimeout); err != nil {
+			log.Warn("packets still queued while the rules are replaced: the kernel drops them", "err", err)
+		}
 	}
 	h.rules = ap
 	return e.run(ctx, h, feats, cgRoot, ready)

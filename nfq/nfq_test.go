@@ -10,6 +10,8 @@ import (
 	"github.com/nfclone/nfclone/internal/testpkt"
 	"github.com/nfclone/nfclone/packet"
 	"github.com/nfclone/nfclone/pipeline"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -915,5 +917,35 @@ func TestKeepAllocs(t *testing.T) {
 	r, _, q := keepReader(t)
 	if allocs := readerAllocs(r, q, queuePacketMsg(qpkt{id: 1, data: testpkt.IPv4(60000, [4]byte{10, 77, 0, 2})})); allocs > 0 {
 		t.Errorf("keeping a packet allocates %.1f per packet", allocs)
+	}
+}
+
+// WaitQueuesEmpty returns once the queues it waits for hold nothing, whatever
+// other queues hold, and names the busy queue when the time is up.
+func TestWaitQueuesEmpty(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nfnetlink_queue")
+	write := func(s string) {
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	busy := "    0  12345     2 2 128 0 0 40 1\n    7  54321     9 2 65531 0 0 99 1\n"
+	write(busy)
+	err := WaitQueuesEmpty(path, []uint16{0, 1}, 20*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "queue 0 holds 2") || strings.Contains(err.Error(), "queue 7") {
+		t.Fatalf("busy queue 0: %v, want it named (and not queue 7, not waited for)", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- WaitQueuesEmpty(path, []uint16{0, 1}, 10*time.Second) }()
+	write("    0  12345     0 2 128 0 0 42 1\n    7  54321     9 2 65531 0 0 99 1\n")
+	if err := <-done; err != nil {
+		t.Fatalf("queue 0 emptied: %v", err)
+	}
+	if err := WaitQueuesEmpty(filepath.Join(t.TempDir(), "absent"), []uint16{0}, time.Millisecond); err == nil {
+		t.Error("a missing proc file is not an error")
 	}
 }

@@ -4,7 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"os"
+	"slices"
 	"strconv"
+	"strings"
+	"time"
 )
 
 // QueueStats is one line of /proc/net/netfilter/nfnetlink_queue.
@@ -54,3 +58,38 @@ func ParseQueueStats(b []byte) ([]QueueStats, error) {
 	}
 	return out, sc.Err()
 }
+
+// WaitQueuesEmpty polls the nfnetlink_queue proc file at path until none
+// of queues holds a packet waiting for its verdict (queue_total 0; a queue
+// not listed holds none), or timeout passes: then it says which queue
+// still holds how many.
+func WaitQueuesEmpty(path string, queues []uint16, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		all, err := ParseQueueStats(b)
+		if err != nil {
+			return err
+		}
+		var busy []string
+		for _, st := range all {
+			if st.Total > 0 && slices.Contains(queues, st.Queue) {
+				busy = append(busy, fmt.Sprintf("queue %d holds %d", st.Queue, st.Total))
+			}
+		}
+		if len(busy) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("after %v: %s", timeout, strings.Join(busy, ", "))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// StatsPath is the kernel's nfnetlink_queue table of the calling process's
+// network namespace.
+const StatsPath = "/proc/net/netfilter/nfnetlink_queue"

@@ -148,7 +148,7 @@ func (c *QueueConfig) defaults() {
 		c.Coalesce = 250 * time.Microsecond
 	}
 	if c.StatsPath == "" {
-		c.StatsPath = "/proc/net/netfilter/nfnetlink_queue"
+		c.StatsPath = StatsPath
 	}
 }
 

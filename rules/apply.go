@@ -18,7 +18,15 @@ type Batch interface {
 	AddChain(*nftables.Chain) *nftables.Chain
 	AddSet(*nftables.Set, []nftables.SetElement) error
 	AddRule(*nftables.Rule) *nftables.Rule
+	ReplaceRule(*nftables.Rule) *nftables.Rule
 	Flush() error
+}
+
+// Tables is a Batch that can also read a chain's rules back (their
+// handles): what the applier needs of the kernel.
+type Tables interface {
+	Batch
+	GetRules(*nftables.Table, *nftables.Chain) ([]*nftables.Rule, error)
 }
 
 // Queue adds the whole ruleset to b: every table nfclone may own (in every
@@ -92,6 +100,12 @@ func queueTable(b Batch, t *Table, nt *nftables.Table) error {
 type Applier struct {
 	conn *nftables.Conn
 	name string
+	// Drain, if set, waits (bounded) until the kernel's queues hold no
+	// packet: called after the held rules are released, before the tables
+	// are replaced or removed.
+	Drain func(queues []uint16)
+	// held are the held rules of the tables in place.
+	held []heldRule
 }
 
 // NewApplier opens a lasting connection in the current network namespace.
@@ -103,19 +117,20 @@ func NewApplier(table string) (*Applier, error) {
 	return &Applier{conn: c, name: table}, nil
 }
 
-// Apply replaces nfclone's tables with rs in one transaction.
+// Apply replaces nfclone's tables with rs (replace).
 func (a *Applier) Apply(rs *Ruleset) error {
-	if err := Queue(a.conn, rs); err != nil {
-		return err
-	}
-	if err := a.conn.Flush(); err != nil {
-		return explain(fmt.Errorf("applying ruleset (%d tables) in one batch: %w", len(rs.Tables), err))
-	}
-	return nil
+	held, err := replace(a.conn, a.held, rs, a.Drain)
+	a.held = held
+	return err
 }
 
-// Remove deletes nfclone's tables (every family).
+// Remove deletes nfclone's tables (every family), releasing held packets
+// first.
 func (a *Applier) Remove() error {
+	if err := release(a.conn, a.held, a.Drain); err != nil {
+		return err
+	}
+	a.held = nil
 	return RemoveTables(a.conn, a.name)
 }
 
@@ -123,6 +138,141 @@ func (a *Applier) Remove() error {
 func (a *Applier) Close() error {
 	err := a.Remove()
 	return errors.Join(err, a.conn.CloseLasting())
+}
+
+// heldRule is a held rule in the kernel: where it is and its two forms.
+type heldRule struct {
+	table  *nftables.Table
+	chain  string
+	handle uint64
+	exprs  []expr.Any
+	hold   *Hold
+}
+
+// replace makes rs nfclone's tables, the tables in place holding the rules
+// held (Hold), and returns the held rules of rs in the kernel.
+//
+// The kernel drops every queued packet when a hook goes away, and a
+// replacement deletes base chains: a kernel-routed clone or a held original
+// in a queue then would be lost. So no packet is queued when it happens:
+//
+//  1. the held rules in place are released (one batch: each replaced by
+//     its Released form), and drain waits until their queues are empty;
+//  2. the tables are replaced in one batch (Queue) by rs with its held
+//     rules released — originals never see a gap;
+//  3. rs's held rules are put in (one batch, by the handles read back).
+//
+// Between 1 and 3 those packets go on unqueued: a kernel-routed clone is
+// sent by the kernel (as its fail-open queue would), a held original goes
+// on uncopied (as with no reader bound). If 2 fails, the rules in place are
+// held again. If 3 fails, rs is applied whole in one batch, as a table
+// replacement without held rules would be.
+func replace(k Tables, held []heldRule, rs *Ruleset, drain func([]uint16)) ([]heldRule, error) {
+	if err := release(k, held, drain); err != nil {
+		return held, err
+	}
+	if err := Queue(k, rs.released()); err != nil {
+		return nil, errors.Join(err, putHeld(k, held))
+	}
+	if err := k.Flush(); err != nil {
+		return held, errors.Join(explain(fmt.Errorf("applying ruleset (%d tables) in one batch: %w", len(rs.Tables), err)), putHeld(k, held))
+	}
+	next, err := heldRules(k, rs)
+	if err == nil {
+		err = putHeld(k, next)
+	}
+	if err == nil {
+		return next, nil
+	}
+	// Whole, in one batch, as before held rules had their own step.
+	if qerr := Queue(k, rs); qerr != nil {
+		return nil, errors.Join(fmt.Errorf("holding queued packets again: %w", err), qerr)
+	}
+	if ferr := k.Flush(); ferr != nil {
+		return nil, errors.Join(fmt.Errorf("holding queued packets again: %w", err), explain(ferr))
+	}
+	return heldRules(k, rs)
+}
+
+// release puts the Released form of each held rule in (one batch) and
+// waits until their queues are empty.
+func release(b Batch, held []heldRule, drain func([]uint16)) error {
+	if len(held) == 0 {
+		return nil
+	}
+	var queues []uint16
+	for _, h := range held {
+		b.ReplaceRule(&nftables.Rule{Table: h.table, Chain: &nftables.Chain{Name: h.chain, Table: h.table}, Handle: h.handle, Exprs: h.hold.Released})
+		queues = append(queues, h.hold.Queues...)
+	}
+	if err := b.Flush(); err != nil {
+		return explain(fmt.Errorf("releasing %d held rules before replacing the tables: %w", len(held), err))
+	}
+	if drain != nil {
+		drain(queues)
+	}
+	return nil
+}
+
+// putHeld puts the held form of each rule in (one batch).
+func putHeld(b Batch, held []heldRule) error {
+	if len(held) == 0 {
+		return nil
+	}
+	for _, h := range held {
+		b.ReplaceRule(&nftables.Rule{Table: h.table, Chain: &nftables.Chain{Name: h.chain, Table: h.table}, Handle: h.handle, Exprs: h.exprs})
+	}
+	if err := b.Flush(); err != nil {
+		return explain(fmt.Errorf("holding queued packets: %w", err))
+	}
+	return nil
+}
+
+// heldRules finds rs's held rules in the kernel: a chain's rules come back
+// in the order they were added.
+func heldRules(k Tables, rs *Ruleset) ([]heldRule, error) {
+	var out []heldRule
+	for _, t := range rs.Tables {
+		nt := &nftables.Table{Name: rs.Name, Family: t.Family}
+		for _, c := range t.Chains {
+			var got []*nftables.Rule
+			for i, r := range c.Rules {
+				if r.Hold == nil {
+					continue
+				}
+				if got == nil {
+					var err error
+					if got, err = k.GetRules(nt, &nftables.Chain{Name: c.Name, Table: nt}); err != nil {
+						return nil, fmt.Errorf("reading the rules of chain %s %s: %w", FamilyName(t.Family), c.Name, err)
+					}
+				}
+				if i >= len(got) {
+					return nil, fmt.Errorf("chain %s %s: %d rules in the kernel, want %d", FamilyName(t.Family), c.Name, len(got), len(c.Rules))
+				}
+				out = append(out, heldRule{table: nt, chain: c.Name, handle: got[i].Handle, exprs: r.Exprs, hold: r.Hold})
+			}
+		}
+	}
+	return out, nil
+}
+
+// released is a copy of rs with each held rule in its Released form.
+func (rs *Ruleset) released() *Ruleset {
+	out := &Ruleset{Name: rs.Name, Tables: make([]Table, len(rs.Tables))}
+	for i, t := range rs.Tables {
+		t.Chains = append([]Chain(nil), t.Chains...)
+		for j, c := range t.Chains {
+			c.Rules = append([]Rule(nil), c.Rules...)
+			for k, r := range c.Rules {
+				if r.Hold != nil {
+					c.Rules[k].Exprs, c.Rules[k].Hold = r.Hold.Released, nil
+				}
+			}
+			t.Chains[j] = c
+		}
+		out.Tables[i] = t
+	}
+	return out
 }
 
 // RemoveTables destroys nfclone's tables of every family in one batch; absent

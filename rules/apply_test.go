@@ -28,6 +28,27 @@ type fakeBatch struct {
 	calls    []call
 	nextID   uint32
 	flushErr error
+	// failFlush, if not 0, makes only that Flush (counted from 1) fail
+	// with flushErr.
+	failFlush int
+	flushes   int
+	// chains holds the rules added per chain ("family table chain"), with
+	// handles, for GetRules.
+	chains     map[string][]*nftables.Rule
+	nextHandle uint64
+}
+
+func chainKey(t *nftables.Table, chain string) string {
+	return fmt.Sprintf("%s %s %s", FamilyName(t.Family), t.Name, chain)
+}
+
+func (f *fakeBatch) ReplaceRule(r *nftables.Rule) *nftables.Rule {
+	f.calls = append(f.calls, call{op: "ReplaceRule", rule: r})
+	return r
+}
+
+func (f *fakeBatch) GetRules(t *nftables.Table, c *nftables.Chain) ([]*nftables.Rule, error) {
+	return f.chains[chainKey(t, c.Name)], nil
 }
 
 func (f *fakeBatch) AddTable(t *nftables.Table) *nftables.Table {
@@ -37,6 +58,11 @@ func (f *fakeBatch) AddTable(t *nftables.Table) *nftables.Table {
 
 func (f *fakeBatch) DestroyTable(t *nftables.Table) {
 	f.calls = append(f.calls, call{op: "DestroyTable", table: t})
+	for k := range f.chains {
+		if strings.HasPrefix(k, chainKey(t, "")) {
+			delete(f.chains, k)
+		}
+	}
 }
 
 func (f *fakeBatch) AddChain(c *nftables.Chain) *nftables.Chain {
@@ -61,11 +87,21 @@ func (f *fakeBatch) AddSet(s *nftables.Set, el []nftables.SetElement) error {
 
 func (f *fakeBatch) AddRule(r *nftables.Rule) *nftables.Rule {
 	f.calls = append(f.calls, call{op: "AddRule", rule: r})
+	if f.chains == nil {
+		f.chains = map[string][]*nftables.Rule{}
+	}
+	f.nextHandle++
+	k := chainKey(r.Table, r.Chain.Name)
+	f.chains[k] = append(f.chains[k], &nftables.Rule{Table: r.Table, Chain: r.Chain, Handle: f.nextHandle, Exprs: r.Exprs})
 	return r
 }
 
 func (f *fakeBatch) Flush() error {
 	f.calls = append(f.calls, call{op: "Flush"})
+	f.flushes++
+	if f.failFlush != 0 && f.flushes != f.failFlush {
+		return nil
+	}
 	return f.flushErr
 }
 
@@ -85,8 +121,12 @@ func (f *fakeBatch) transcript(t *testing.T) string {
 			sb.WriteString("\n")
 		case "AddSet":
 			fmt.Fprintf(&sb, "AddSet %s id=%d interval=%v key=%s elems=%v\n", c.set.Name, c.set.ID, c.set.Interval, c.set.KeyType.Name, c.elems)
-		case "AddRule":
-			fmt.Fprintf(&sb, "AddRule %s %s\n", FamilyName(c.rule.Table.Family), c.rule.Chain.Name)
+		case "AddRule", "ReplaceRule":
+			fmt.Fprintf(&sb, "%s %s %s", c.op, FamilyName(c.rule.Table.Family), c.rule.Chain.Name)
+			if c.op == "ReplaceRule" {
+				fmt.Fprintf(&sb, " handle %d", c.rule.Handle)
+			}
+			sb.WriteString("\n")
 			for _, e := range c.rule.Exprs {
 				fmt.Fprintf(&sb, "  [ %s ]\n", dumpExpr(t, c.rule.Table.Family, e))
 			}

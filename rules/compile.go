@@ -194,7 +194,10 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 				// uncopied while no reader is bound) and carries no marker:
 				// the reader accepts it unchanged.
 				for _, f := range userspaceFamilies(s) {
-					sc.l3(tbl(f), true, func(b *builder, _ bool) { b.queue(num, c.Queue.Count, opt.NativeQueue) })
+					sc.l3(tbl(f), true, func(b *builder, _ bool) {
+						// The counter stays out of the held rule (hold).
+						b.then(newBuilder(f).hold(num, c.Queue.Count, opt.NativeQueue, queueBypass))
+					})
 				}
 				break
 			}
@@ -231,16 +234,17 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 				if f == nftables.TableFamilyIPv4 {
 					clones[f] = append(clones[f], newBuilder(f).restoreDF(ml, marker).rule())
 				}
-				catch := newBuilder(f)
+				clones[f] = append(clones[f], newBuilder(f).restoreTTL(ml, marker).rule())
 				switch {
 				case !routed:
-					catch.catchClones(ml, marker, num, c.Queue.Count, opt.NativeQueue)
+					clones[f] = append(clones[f], newBuilder(f).catchClones(ml, marker, num, c.Queue.Count, opt.NativeQueue).rule())
 				case s.Method == config.MethodLog:
-					catch.catchRouted(ml, marker, gwMark, s.Name).log(num, 0, LogThreshold) // the reader's bind asks for 128 bytes
+					// the reader's bind asks for 128 bytes
+					clones[f] = append(clones[f], newBuilder(f).countRouted(ml, marker, s.Name).routeMark(ml, gwMark).log(num, 0, LogThreshold).rule())
 				default:
-					catch.catchRouted(ml, marker, gwMark, s.Name).queueFlags(num, c.Queue.Count, opt.NativeQueue, 0)
+					clones[f] = append(clones[f], newBuilder(f).countRouted(ml, marker, s.Name).rule(),
+						newBuilder(f).markBits(ml.SlotMask(), marker&ml.SlotMask()).routeMark(ml, gwMark).hold(num, c.Queue.Count, opt.NativeQueue, 0).rule())
 				}
-				clones[f] = append(clones[f], newBuilder(f).restoreTTL(ml, marker).rule(), catch.rule())
 			}
 		}
 	}
@@ -623,6 +627,6 @@ func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, acti
 	}
 	b := newBuilder(fam).count(sc.s.Name, CounterCopied)
 	action(b)
-	ch.Rules = append(ch.Rules, b.rule())
+	ch.Rules = append(ch.Rules, b.rules()...)
 	return append(out, ch)
 }

@@ -535,7 +535,7 @@ sessions:
 	// gateway's copy mark first.
 	want := []string{ // ip: a, b, c; ip6: a, c
 		"meta mark & 0x000000fe == 0x00000006 ip frag-off set ip frag-off & 49151", "meta mark & 0x000000fd == 0x00000005 jump clone_ttl", "meta mark & 0x000000fc == 0x00000004 queue num 0",
-		"meta mark & 0x000000fe == 0x0000000a ip frag-off set ip frag-off & 49151", "meta mark & 0x000000fd == 0x00000009 jump clone_ttl", "meta mark & 0x000000fc == 0x00000008 counter packets 0 bytes 0 meta mark set meta mark & 0xffffff81 | 0x00000081 queue num 1",
+		"meta mark & 0x000000fe == 0x0000000a ip frag-off set ip frag-off & 49151", "meta mark & 0x000000fd == 0x00000009 jump clone_ttl", "meta mark & 0x000000fc == 0x00000008 counter packets 0 bytes 0", "meta mark & 0x000000fc == 0x00000008 meta mark set meta mark & 0xffffff81 | 0x00000081 queue num 1",
 		"meta mark & 0x000000fe == 0x0000000e ip frag-off set ip frag-off & 49151", "meta mark & 0x000000fd == 0x0000000d jump clone_ttl", "meta mark & 0x000000fc == 0x0000000c queue num 2",
 		"meta mark & 0x000000fd == 0x00000005 jump clone_ttl", "meta mark & 0x000000fc == 0x00000004 queue num 0",
 		"meta mark & 0x000000fd == 0x0000000d jump clone_ttl", "meta mark & 0x000000fc == 0x0000000c queue num 2",

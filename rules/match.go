@@ -24,6 +24,8 @@ type builder struct {
 	sets    []AnonSet
 	text    []string
 	counter *CounterRef
+	held    *Hold
+	next    *builder // the rule that follows this one, if the action needs two (then)
 }
 
 func newBuilder(fam nftables.TableFamily) *builder { return &builder{fam: fam} }
@@ -37,7 +39,22 @@ func (b *builder) add(text string, e ...expr.Any) *builder {
 }
 
 func (b *builder) rule() Rule {
-	return Rule{Exprs: b.exprs, Sets: b.sets, Text: strings.Join(b.text, " "), Counter: b.counter}
+	return Rule{Exprs: b.exprs, Sets: b.sets, Text: strings.Join(b.text, " "), Counter: b.counter, Hold: b.held}
+}
+
+// then makes n the rule that follows b (rules gives both).
+func (b *builder) then(n *builder) *builder {
+	b.next = n
+	return b
+}
+
+// rules is b's rule and those that follow it.
+func (b *builder) rules() []Rule {
+	var out []Rule
+	for r := b; r != nil; r = r.next {
+		out = append(out, r.rule())
+	}
+	return out
 }
 
 // count: `counter packets 0 bytes 0`, read back for status and metrics.
@@ -462,19 +479,39 @@ func (b *builder) catchClones(ml config.MarkLayout, marker uint32, num, total in
 	return b.queueFlags(num, total, native, 0)
 }
 
-// catchRouted: `meta mark & 0x000000fc == 0x00000004 counter packets 0
-// bytes 0 meta mark set meta mark & 0xffffff81 | 0x00000081`, then `queue
-// num 5` or `log group 5 queue-threshold 16` — the clones of a kernel-routed
-// session: counted (CounterQueued), given the gateway's copy mark in place
-// of the marker (others' bits kept), and queued to readers that accept them
-// (a fail-open queue: a clone the full queue or socket cannot take goes on
-// at once, on the route dup gave it), or logged (NFLOG holds nothing: the
-// clone goes on as it is logged).
-func (b *builder) catchRouted(ml config.MarkLayout, marker, gwMark uint32, session string) *builder {
+// countRouted: `meta mark & 0x000000fc == 0x00000004 counter packets 0
+// bytes 0` — the clones of a kernel-routed session reaching the clones
+// chain (CounterQueued), in a rule of its own when the rule that queues
+// them is held (hold): replacing that rule would restart its counter.
+func (b *builder) countRouted(ml config.MarkLayout, marker uint32, session string) *builder {
 	b.markBits(ml.SlotMask(), marker&ml.SlotMask())
-	b.count(session, CounterQueued)
+	return b.count(session, CounterQueued)
+}
+
+// routeMark: `meta mark set meta mark & 0xffffff81 | 0x00000081` — a
+// kernel-routed clone gets the gateway's copy mark in place of the marker
+// (others' bits kept). Then it is queued to a reader that accepts it (a
+// fail-open queue: a clone the full queue or socket cannot take goes on at
+// once, on the route dup gave it), or logged (NFLOG holds nothing: the clone
+// goes on as it is logged).
+func (b *builder) routeMark(ml config.MarkLayout, gwMark uint32) *builder {
 	// nft prints the mask with the set bits in it.
 	return b.setMark(fmt.Sprintf("meta mark set meta mark & 0x%08x | 0x%08x", ^ml.Mask|gwMark, gwMark), ^ml.Mask, gwMark)
+}
+
+// hold: `queue num 5` (flags as queueFlags) for packets that wait for the
+// reader's verdict to go on — a kernel-routed clone, a held original. The
+// rule carries its Hold: the same rule with accept in place of the queue,
+// which the applier puts in while it replaces the tables (the kernel drops
+// every queued packet when a hook goes away).
+func (b *builder) hold(num, total int, native bool, flags uint16) *builder {
+	released := append(append([]expr.Any(nil), b.exprs...), &expr.Verdict{Kind: expr.VerdictAccept})
+	h := &Hold{Released: released}
+	for q := num; q < num+max(total, 1); q++ {
+		h.Queues = append(h.Queues, uint16(q))
+	}
+	b.held = h
+	return b.queueFlags(num, total, native, flags)
 }
 
 // queue: `queue num 0 bypass` / `queue num 0-3 bypass`, native or through

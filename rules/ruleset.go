@@ -56,6 +56,25 @@ type Rule struct {
 	Text  string
 	// Counter, if set, says what the rule's counter counts.
 	Counter *CounterRef
+	// Hold, if set: the packets this rule queues wait for the reader's
+	// verdict to go on.
+	Hold *Hold
+}
+
+// Hold is what the applier needs of a rule whose queued packets wait for
+// the reader's verdict to go on: a kernel-routed clone, a held original.
+// The kernel drops every queued packet of the network namespace when a hook
+// goes away (nfnetlink_queue's hook-drop flush: a base chain deleted, as in
+// every replacement of the tables), so the applier first puts Released in
+// its place and waits until the queues are empty (Applier.Apply). Such a
+// rule has no counter (a replaced rule's counter starts again) and no
+// anonymous set.
+type Hold struct {
+	// Released is the rule with accept in place of its queue statement:
+	// the packet goes on at once, as if the reader had accepted it.
+	Released []expr.Any
+	// Queues are the queue numbers the rule feeds.
+	Queues []uint16
 }
 
 // Counter kinds.

@@ -137,8 +137,16 @@ func TestReloadUnderTraffic(t *testing.T) {
 	if before == 0 || after < before+50 {
 		t.Fatalf("the unchanged session's counters were not kept: offered %v before the reload, %v after", before, after)
 	}
-	keepCopies.WaitCount(n, 5*time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for keepCopies.Count() < n && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
 	ps := keepCopies.Stop()
+	var ledger string
+	for _, f := range []string{"offered", "copied", "kernel_sent", "kernel_lost", "drops", "user"} {
+		ledger += fmt.Sprintf(" %s=%v", f, sessionField(t, status(t, l, d), "keep", "ledger", f))
+	}
+	t.Logf("keep ledger: %s", ledger)
 	// A packet queued while the tables are replaced is re-injected at a hook
 	// position that now holds the new chain: it may be queued (and copied)
 	// once more. Copies may repeat; none may be missing.
@@ -151,7 +159,7 @@ func TestReloadUnderTraffic(t *testing.T) {
 	}
 	for seq := 1; seq <= n; seq++ {
 		if !seen[seq] {
-			t.Fatalf("copy of echo request %d missing: a gap in the unchanged session", seq)
+			t.Fatalf("copy of echo request %d missing: a gap in the unchanged session (ledger %s)", seq, ledger)
 		}
 	}
 	// The removed session (requests, by log) stopped; the added one (replies, by dup) runs.

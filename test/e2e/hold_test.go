@@ -114,9 +114,10 @@ func TestHoldOriginals(t *testing.T) {
 // A reload that re-opens a hold session (its gateway moved to another
 // collector) under steady traffic: the new session binds new queues, the
 // rules switch in one batch, the old reader accepts what it still holds.
-// Every ping is answered (at most 2 of 300 may be lost around the switch;
-// seen: 0–1), and copied once, to the old target before and to the new one
-// after. (The moved gateway takes a route table of its own: before, the
+// Every ping is answered, and copied once, to the old target before and to
+// the new one after. (The kernel drops every queued packet when a hook
+// goes: before the applier released the held rules and waited for the
+// queues to empty, 0–1 of 300 originals were lost at the switch.) (The moved gateway takes a route table of its own: before, the
 // reload was refused, the old gateway's route being in its table.)
 func TestHoldReloadUnderTraffic(t *testing.T) {
 	l := lab.New(t)
@@ -134,7 +135,7 @@ func TestHoldReloadUnderTraffic(t *testing.T) {
 	}
 	lab.WaitFor(t, 10*time.Second, func() bool { return generation(t, l, d) == 2 }, "the reload to apply (generation 2)")
 	r := <-done
-	if r.sent != n || r.recv < n-2 || r.dupes != 0 {
+	if r.sent != n || r.recv != n || r.dupes != 0 {
 		t.Fatalf("originals through the reload: sent %d answered %d duplicates %d", r.sent, r.recv, r.dupes)
 	}
 	before, after := count(oldT.Stop(), echoReq(lab.SrcIP)), count(newT.Stop(), echoReq(lab.SrcIP))
