@@ -82,9 +82,9 @@ sessions:
     sources: [{interface: e0, direction: ingress}]
     targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
 `)
-	// (The kernel sends this session's clones: the rule counts and marks
-	// them before it queues them.)
-	if rs := nftRuleset(t, l); !regexp.MustCompile(`meta mark & 0x000000fc == 0x00000004 counter packets \d+ bytes \d+ meta mark set meta mark & 0xffffff81 \| 0x00000081 queue num 0-1\n`).MatchString(rs) {
+	// (The kernel sends this session's clones: one rule counts them, the
+	// next, held, marks and queues them.)
+	if rs := nftRuleset(t, l); !regexp.MustCompile(`meta mark & 0x000000fc == 0x00000004 counter packets \d+ bytes \d+\n\s*meta mark & 0x000000fc == 0x00000004 meta mark set meta mark & 0xffffff81 \| 0x00000081 queue num 0-1\n`).MatchString(rs) {
 		t.Fatalf("no fanout queue rule for the clones:\n%s", rs)
 	}
 	c := l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
