@@ -143,7 +143,8 @@ func (e *Engine) execute(c *config.Config, p applyPlan, reload bool) (err error)
 	for _, s := range fresh {
 		s.start(rt.wrapLimit())
 	}
-	if err := rt.h.rules.Apply(rs); err != nil {
+	carry := carriedCounters(rt.cfg, c, p.Keep)
+	if err := rt.h.rules.Apply(rs, func(s string) bool { return carry[s] }); err != nil {
 		for _, s := range fresh {
 			s.stop(0, nil)
 		}

@@ -38,7 +38,9 @@ type host struct {
 // ruleApplier owns nfclone's nftables tables (rules.Applier).
 type ruleApplier interface {
 	// Apply replaces the tables with rs in one transaction: all or nothing.
-	Apply(rs *rules.Ruleset) error
+	// The counters of the sessions carry names go on from the tables'
+	// in place.
+	Apply(rs *rules.Ruleset, carry func(session string) bool) error
 	// Counters reads the counters of rs's rules per session and kind.
 	Counters(rs *rules.Ruleset) (map[string]map[string]rules.CounterValue, error)
 	// Close removes the tables.

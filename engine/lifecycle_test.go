@@ -73,10 +73,11 @@ type fakeRules struct {
 	ev      *events
 	mu      sync.Mutex
 	applied []*rules.Ruleset
-	fail    error // the next Apply fails with it
+	carried [][]string // per apply, the sessions whose counters go on
+	fail    error      // the next Apply fails with it
 }
 
-func (f *fakeRules) Apply(rs *rules.Ruleset) error {
+func (f *fakeRules) Apply(rs *rules.Ruleset, carry func(string) bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.fail; err != nil {
@@ -85,6 +86,19 @@ func (f *fakeRules) Apply(rs *rules.Ruleset) error {
 		return err
 	}
 	f.applied = append(f.applied, rs)
+	// The sessions of rs whose counters go on.
+	var carried []string
+	for _, t := range rs.Tables {
+		for _, c := range t.Chains {
+			for _, r := range c.Rules {
+				if r.Counter != nil && carry(r.Counter.Session) && !slices.Contains(carried, r.Counter.Session) {
+					carried = append(carried, r.Counter.Session)
+				}
+			}
+		}
+	}
+	slices.Sort(carried)
+	f.carried = append(f.carried, carried)
 	f.ev.add("rules applied #%d", len(f.applied))
 	return nil
 }
@@ -492,6 +506,11 @@ func TestEngineReload(t *testing.T) {
 	}
 	if a, s := l.ev.index(`^rules applied #2$`), l.ev.index(`^stop gone$`); a < 0 || s < a {
 		t.Fatalf("the removed session must stop after the new rules are in: %q", l.ev.list())
+	}
+	// The kept session's and the dup session's counters go on; the new
+	// session's start.
+	if got := l.rules.carried; len(got) != 2 || len(got[0]) != 0 || !slices.Equal(got[1], []string{"keep", "tap"}) {
+		t.Fatalf("counters carried per apply: %q, want none at start, [keep tap] at the reload", got)
 	}
 	// gone's gateway route is undone, keep's stays, new's is there.
 	k := l.kernel.Snapshot()

@@ -109,3 +109,31 @@ func planApply(c *config.Config, running []sessionIdent, prevGateways []rules.Ga
 	p.Add = route.Subtract(p.Routes, p.Kept)
 	return p, nil
 }
+
+// carriedCounters names the sessions whose rule counters go on across an
+// apply (rules.Applier.Apply) from config old to c: the userspace sessions
+// kept as they are (their ledgers go on with them) and the dup sessions of
+// both configs (a dup session's counters are its only figures: a reload or
+// a re-created interface does not start them again). A session opened
+// again starts with a new ledger, and so its counters start again too.
+func carriedCounters(old, c *config.Config, keep []string) map[string]bool {
+	out := map[string]bool{}
+	for _, n := range keep {
+		out[n] = true
+	}
+	if old == nil {
+		return out
+	}
+	dup := map[string]bool{}
+	for _, s := range old.Sessions {
+		if s.Method == config.MethodDup {
+			dup[s.Name] = true
+		}
+	}
+	for _, s := range c.Sessions {
+		if s.Method == config.MethodDup && dup[s.Name] {
+			out[s.Name] = true
+		}
+	}
+	return out
+}

@@ -1,10 +1,12 @@
 package engine
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/route"
 	"github.com/nfclone/nfclone/route/routetest"
 )
@@ -116,5 +118,28 @@ sessions:
 	r, _ := planApply(none, nil, p.Gateways, j, nil)
 	if len(r.Unwanted) != len(j) || !r.Add.Empty() {
 		t.Fatalf("plan without the gateway: %d unwanted of %d, adds:\n%s", len(r.Unwanted), len(j), r.Add.Render())
+	}
+}
+
+// Counters go on for the kept userspace sessions and the dup sessions of
+// both configs; a session opened again, a new one, or a dup session that
+// became a queue one starts again.
+func TestCarriedCounters(t *testing.T) {
+	cfg := func(methods ...string) *config.Config {
+		c := &config.Config{}
+		for i := 0; i < len(methods); i += 2 {
+			c.Sessions = append(c.Sessions, config.Session{Name: methods[i], Method: config.Method(methods[i+1])})
+		}
+		return c
+	}
+	old := cfg("a", "dup", "b", "queue", "c", "queue", "d", "dup")
+	c := cfg("a", "dup", "b", "queue", "c", "queue", "d", "queue", "e", "dup")
+	got := carriedCounters(old, c, []string{"b"})
+	want := map[string]bool{"a": true, "b": true}
+	if !maps.Equal(got, want) {
+		t.Errorf("carried %v, want %v (c opened again, d now queue, e new)", got, want)
+	}
+	if got := carriedCounters(nil, c, nil); len(got) != 0 {
+		t.Errorf("at start: %v, want none", got)
 	}
 }

@@ -22,11 +22,11 @@ type Batch interface {
 	Flush() error
 }
 
-// Tables is a Batch that can also read a chain's rules back (their
-// handles): what the applier needs of the kernel.
-type Tables interface {
+// kernelTables is a Batch that can also read a chain's rules back (their
+// handles and counters): what the applier needs of the kernel.
+type kernelTables interface {
 	Batch
-	GetRules(*nftables.Table, *nftables.Chain) ([]*nftables.Rule, error)
+	ruleReader
 }
 
 // Queue adds the whole ruleset to b: every table nfclone may own (in every
@@ -104,7 +104,13 @@ type Applier struct {
 	// packet: called after the held rules are released, before the tables
 	// are replaced or removed.
 	Drain func(queues []uint16)
-	// held are the held rules of the tables in place.
+	// cur is what is in place.
+	cur state
+}
+
+// state is what the applier knows of the tables in place.
+type state struct {
+	rs   *Ruleset // nil: none applied
 	held []heldRule
 }
 
@@ -117,20 +123,21 @@ func NewApplier(table string) (*Applier, error) {
 	return &Applier{conn: c, name: table}, nil
 }
 
-// Apply replaces nfclone's tables with rs (replace).
-func (a *Applier) Apply(rs *Ruleset) error {
-	held, err := replace(a.conn, a.held, rs, a.Drain)
-	a.held = held
+// Apply replaces nfclone's tables with rs (replace). The counters of the
+// sessions carry names go on from what the tables in place counted.
+func (a *Applier) Apply(rs *Ruleset, carry func(session string) bool) error {
+	cur, err := replace(a.conn, a.cur, rs, carry, a.Drain)
+	a.cur = cur
 	return err
 }
 
 // Remove deletes nfclone's tables (every family), releasing held packets
 // first.
 func (a *Applier) Remove() error {
-	if err := release(a.conn, a.held, a.Drain); err != nil {
+	if err := release(a.conn, a.cur.held, a.Drain); err != nil {
 		return err
 	}
-	a.held = nil
+	a.cur = state{}
 	return RemoveTables(a.conn, a.name)
 }
 
@@ -149,8 +156,8 @@ type heldRule struct {
 	hold   *Hold
 }
 
-// replace makes rs nfclone's tables, the tables in place holding the rules
-// held (Hold), and returns the held rules of rs in the kernel.
+// replace makes rs nfclone's tables in place of cur's, and returns what is
+// in place then.
 //
 // The kernel drops every queued packet when a hook goes away, and a
 // replacement deletes base chains: a kernel-routed clone or a held original
@@ -159,7 +166,9 @@ type heldRule struct {
 //  1. the held rules in place are released (one batch: each replaced by
 //     its Released form), and drain waits until their queues are empty;
 //  2. the tables are replaced in one batch (Queue) by rs with its held
-//     rules released — originals never see a gap;
+//     rules released — originals never see a gap — and the counters of the
+//     sessions carry names starting from what cur's counted (read just
+//     before: what is counted in between is not carried);
 //  3. rs's held rules are put in (one batch, by the handles read back).
 //
 // Between 1 and 3 those packets go on unqueued: a kernel-routed clone is
@@ -167,31 +176,44 @@ type heldRule struct {
 // on uncopied (as with no reader bound). If 2 fails, the rules in place are
 // held again. If 3 fails, rs is applied whole in one batch, as a table
 // replacement without held rules would be.
-func replace(k Tables, held []heldRule, rs *Ruleset, drain func([]uint16)) ([]heldRule, error) {
-	if err := release(k, held, drain); err != nil {
-		return held, err
+func replace(k kernelTables, cur state, rs *Ruleset, carry func(string) bool, drain func([]uint16)) (state, error) {
+	if err := release(k, cur.held, drain); err != nil {
+		return cur, err
 	}
-	if err := Queue(k, rs.released()); err != nil {
-		return nil, errors.Join(err, putHeld(k, held))
+	next := rs.released()
+	if cur.rs != nil && carry != nil {
+		// A failed read costs the counters' continuity, not the apply.
+		if sums, err := readCounters(k, cur.rs); err == nil {
+			for session := range sums {
+				if !carry(session) {
+					delete(sums, session)
+				}
+			}
+			next = next.withCounters(sums)
+		}
+	}
+	if err := Queue(k, next); err != nil {
+		return state{}, errors.Join(err, putHeld(k, cur.held))
 	}
 	if err := k.Flush(); err != nil {
-		return held, errors.Join(explain(fmt.Errorf("applying ruleset (%d tables) in one batch: %w", len(rs.Tables), err)), putHeld(k, held))
+		return cur, errors.Join(explain(fmt.Errorf("applying ruleset (%d tables) in one batch: %w", len(rs.Tables), err)), putHeld(k, cur.held))
 	}
-	next, err := heldRules(k, rs)
+	held, err := heldRules(k, rs)
 	if err == nil {
-		err = putHeld(k, next)
+		err = putHeld(k, held)
 	}
 	if err == nil {
-		return next, nil
+		return state{rs: rs, held: held}, nil
 	}
 	// Whole, in one batch, as before held rules had their own step.
 	if qerr := Queue(k, rs); qerr != nil {
-		return nil, errors.Join(fmt.Errorf("holding queued packets again: %w", err), qerr)
+		return state{}, errors.Join(fmt.Errorf("holding queued packets again: %w", err), qerr)
 	}
 	if ferr := k.Flush(); ferr != nil {
-		return nil, errors.Join(fmt.Errorf("holding queued packets again: %w", err), explain(ferr))
+		return state{}, errors.Join(fmt.Errorf("holding queued packets again: %w", err), explain(ferr))
 	}
-	return heldRules(k, rs)
+	held, err = heldRules(k, rs)
+	return state{rs: rs, held: held}, err
 }
 
 // release puts the Released form of each held rule in (one batch) and
@@ -230,7 +252,7 @@ func putHeld(b Batch, held []heldRule) error {
 
 // heldRules finds rs's held rules in the kernel: a chain's rules come back
 // in the order they were added.
-func heldRules(k Tables, rs *Ruleset) ([]heldRule, error) {
+func heldRules(k kernelTables, rs *Ruleset) ([]heldRule, error) {
 	var out []heldRule
 	for _, t := range rs.Tables {
 		nt := &nftables.Table{Name: rs.Name, Family: t.Family}
@@ -275,6 +297,40 @@ func (rs *Ruleset) released() *Ruleset {
 	return out
 }
 
+// withCounters is a copy of rs whose counters start from sums: each
+// session's kind in the first rule of rs that counts it (Counters adds a
+// session's rules of a kind up).
+func (rs *Ruleset) withCounters(sums map[string]map[string]CounterValue) *Ruleset {
+	out := &Ruleset{Name: rs.Name, Tables: make([]Table, len(rs.Tables))}
+	done := map[CounterRef]bool{}
+	for i, t := range rs.Tables {
+		t.Chains = append([]Chain(nil), t.Chains...)
+		for j, c := range t.Chains {
+			c.Rules = append([]Rule(nil), c.Rules...)
+			for k, r := range c.Rules {
+				if r.Counter == nil || done[*r.Counter] {
+					continue
+				}
+				v, ok := sums[r.Counter.Session][r.Counter.Kind]
+				if !ok {
+					continue
+				}
+				done[*r.Counter] = true
+				exprs := append([]expr.Any(nil), r.Exprs...)
+				for x, e := range exprs {
+					if _, ok := e.(*expr.Counter); ok {
+						exprs[x] = &expr.Counter{Packets: v.Packets, Bytes: v.Bytes}
+					}
+				}
+				c.Rules[k].Exprs = exprs
+			}
+			t.Chains[j] = c
+		}
+		out.Tables[i] = t
+	}
+	return out
+}
+
 // RemoveTables destroys nfclone's tables of every family in one batch; absent
 // tables are not an error.
 func RemoveTables(b Batch, name string) error {
@@ -311,6 +367,17 @@ func (a *Applier) Counters(rs *Ruleset) (map[string]map[string]CounterValue, err
 	if err != nil {
 		return nil, fmt.Errorf("opening nftables to read counters: %w", err)
 	}
+	return readCounters(conn, rs)
+}
+
+// ruleReader reads a chain's rules back.
+type ruleReader interface {
+	GetRules(*nftables.Table, *nftables.Chain) ([]*nftables.Rule, error)
+}
+
+// readCounters sums the counters of rs's rules in the kernel per session
+// and kind: a chain's rules come back in the order they were added.
+func readCounters(k ruleReader, rs *Ruleset) (map[string]map[string]CounterValue, error) {
 	out := map[string]map[string]CounterValue{}
 	for _, t := range rs.Tables {
 		nt := &nftables.Table{Name: rs.Name, Family: t.Family}
@@ -322,7 +389,7 @@ func (a *Applier) Counters(rs *Ruleset) (map[string]map[string]CounterValue, err
 			if !refs {
 				continue
 			}
-			got, err := conn.GetRules(nt, &nftables.Chain{Name: c.Name, Table: nt})
+			got, err := k.GetRules(nt, &nftables.Chain{Name: c.Name, Table: nt})
 			if err != nil {
 				return nil, fmt.Errorf("reading rules of chain %s %s: %w", FamilyName(t.Family), c.Name, err)
 			}

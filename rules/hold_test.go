@@ -108,10 +108,11 @@ func testReplaceReleases(t *testing.T, rs *Ruleset) {
 	var drainedAt []int // flushes done when drain ran
 	drain := func(q []uint16) { drained = append(drained, q); drainedAt = append(drainedAt, fb.flushes) }
 
-	held, err := replace(&fb, nil, rs, drain)
+	st, err := replace(&fb, state{}, rs, nil, drain)
 	if err != nil {
 		t.Fatal(err)
 	}
+	held := st.held
 	if len(held) != len(heldIn(rs)) || len(drained) != 0 {
 		t.Fatalf("first apply: %d held rules, drained %v; want %d, none (nothing was held)", len(held), drained, len(heldIn(rs)))
 	}
@@ -120,10 +121,11 @@ func testReplaceReleases(t *testing.T, rs *Ruleset) {
 	fb.calls = nil
 	fb.flushes = 0
 	old := held
-	held, err = replace(&fb, held, rs, drain)
+	st, err = replace(&fb, st, rs, nil, drain)
 	if err != nil {
 		t.Fatal(err)
 	}
+	held = st.held
 	if len(held) != len(old) {
 		t.Fatalf("second apply: %d held rules, want %d", len(held), len(old))
 	}
@@ -207,18 +209,19 @@ func checkBatches(t *testing.T, calls []call, rs *Ruleset) {
 func TestReplaceFailures(t *testing.T) {
 	rs := compileCase(t, "routed", false)
 	var fb fakeBatch
-	held, err := replace(&fb, nil, rs, nil)
+	st, err := replace(&fb, state{}, rs, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	held := st.held
 
 	// The table batch (flush 2, after the release) fails.
 	fb = fakeBatch{chains: fb.chains, nextHandle: fb.nextHandle, flushErr: syscall.ENOENT, failFlush: 2}
-	got, err := replace(&fb, held, rs, nil)
+	got, err := replace(&fb, st, rs, nil, nil)
 	if !errors.Is(err, syscall.ENOENT) || !strings.Contains(err.Error(), "applying ruleset") {
 		t.Fatalf("error %v, want the table batch's ENOENT", err)
 	}
-	if !reflect.DeepEqual(got, held) {
+	if !reflect.DeepEqual(got.held, held) {
 		t.Errorf("after a failed replacement the held rules are %v, want the old ones", got)
 	}
 	last := fb.calls[len(fb.calls)-len(held)-1:]
@@ -230,12 +233,12 @@ func TestReplaceFailures(t *testing.T) {
 
 	// Putting the new held rules in (flush 3) fails: rs goes in whole.
 	fb = fakeBatch{chains: fb.chains, nextHandle: fb.nextHandle, flushErr: syscall.EINVAL, failFlush: 3}
-	got, err = replace(&fb, held, rs, nil)
+	got, err = replace(&fb, st, rs, nil, nil)
 	if err != nil {
 		t.Fatalf("fallback: %v", err)
 	}
-	if len(got) != 2 {
-		t.Errorf("fallback: %d held rules, want 2", len(got))
+	if len(got.held) != 2 {
+		t.Errorf("fallback: %d held rules, want 2", len(got.held))
 	}
 	tail := fb.calls[slices.IndexFunc(fb.calls[1:], func(c call) bool { return c.op == "DestroyTable" })+1:]
 	tail = tail[slices.IndexFunc(tail[1:], func(c call) bool { return c.op == "Flush" })+2:]
@@ -247,5 +250,65 @@ func TestReplaceFailures(t *testing.T) {
 	}
 	if whole != 2 {
 		t.Errorf("fallback batch adds %d queue rules, want the 2 held ones in place", whole)
+	}
+}
+
+// The counters of the sessions carry names go on from what the tables in
+// place counted: their sums (what Counters reports) are the same after the
+// replacement; the other sessions' counters start again.
+func TestReplaceCarriesCounters(t *testing.T) {
+	rs := compileCase(t, "routed", false)
+	var fb fakeBatch
+	st, err := replace(&fb, state{}, rs, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The kernel counts: 7 packets of 100 bytes in every counter.
+	for _, rules := range fb.chains {
+		for _, r := range rules {
+			exprs := append([]expr.Any(nil), r.Exprs...)
+			for i, e := range exprs {
+				if _, ok := e.(*expr.Counter); ok {
+					exprs[i] = &expr.Counter{Packets: 7, Bytes: 700}
+				}
+			}
+			r.Exprs = exprs
+		}
+	}
+	before, err := readCounters(&fb, rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before["v4"][CounterQueued].Packets != 7 || before["v4"][CounterSeen].Packets == 0 {
+		t.Fatalf("counters before: %v", before)
+	}
+	if _, err := replace(&fb, st, rs, func(s string) bool { return s == "v4" }, nil); err != nil {
+		t.Fatal(err)
+	}
+	after, err := readCounters(&fb, rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(after["v4"], before["v4"]) {
+		t.Errorf("v4 (carried): %v after the replacement, want %v", after["v4"], before["v4"])
+	}
+	for _, s := range []string{"v6", "lg"} {
+		for kind, v := range after[s] {
+			if v.Packets != 0 || v.Bytes != 0 {
+				t.Errorf("%s %s (not carried): %v after the replacement, want 0", s, kind, v)
+			}
+		}
+	}
+	// rs itself is untouched: a later apply of it starts from zero.
+	for _, tb := range rs.Tables {
+		for _, c := range tb.Chains {
+			for _, r := range c.Rules {
+				for _, e := range r.Exprs {
+					if ce, ok := e.(*expr.Counter); ok && (ce.Packets != 0 || ce.Bytes != 0) {
+						t.Fatalf("rs's rule %q has counter %v", r.Text, ce)
+					}
+				}
+			}
+		}
 	}
 }

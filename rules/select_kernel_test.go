@@ -65,7 +65,7 @@ func TestSelectorsInKernel(t *testing.T) {
 					applyErr = err
 					return
 				}
-				applyErr = ap.Apply(rs)
+				applyErr = ap.Apply(rs, nil)
 				if applyErr != nil {
 					_ = ap.Close()
 					return

@@ -442,3 +442,56 @@ func TestSecondSignal(t *testing.T) {
 		t.Fatalf("routing state after two signals and flush differs:\n%s\n--- before:\n%s", after, before)
 	}
 }
+
+const countersA = `
+sessions:
+  - name: tap
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets: [{kind: device, device: e3}]
+  - name: routed
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    rules: [{number: 1, action: accept, protocol: icmp}]
+    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
+`
+
+// A reload replaces nfclone's tables, and the kernel's counters with them:
+// the figures of the sessions that go on (a dup session's copied count, a
+// kernel-routed session's queued count in its ledger) must go on too, not
+// start again. The capture at each target is the oracle.
+func TestCountersGoOnAcrossReload(t *testing.T) {
+	l := lab.New(t)
+	d := startNfclone(t, l, countersA)
+	tap := l.StartCapture(t, l.Col2, "e0", "icmp[0] == 8", lab.Direction("in"))
+	gw := l.StartCapture(t, l.Col, "e0", "icmp[0] == 8", lab.Direction("in"))
+	const n = 10
+	ping(t, l, l.Src, lab.EngE0IP, n)
+	if got := sessionField(t, status(t, l, d), "tap", "copied", "packets"); got != n {
+		t.Fatalf("tap copied %v before the reload, want %d", got, n)
+	}
+	// A session added: the tables are replaced, tap and routed go on.
+	rewrite(t, d, countersA+`  - name: other
+    sources: [{interface: e2, direction: ingress}]
+    targets: [{kind: device, device: e3}]
+`)
+	if err := d.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	lab.WaitFor(t, 10*time.Second, func() bool { return generation(t, l, d) == 2 }, "the reload to apply (generation 2)")
+	ping(t, l, l.Src, lab.EngE0IP, n)
+	tap.WaitCount(2*n, 5*time.Second)
+	gw.WaitCount(2*n, 5*time.Second)
+	requireCount(t, "copies at the device target", tap.Stop(), echoReq(lab.SrcIP), 2*n)
+	requireCount(t, "copies at the gateway", gw.Stop(), echoReq(lab.SrcIP), 2*n)
+	st := status(t, l, d)
+	if got := sessionField(t, st, "tap", "copied", "packets"); got != 2*n {
+		t.Errorf("dup session: copied %v after the reload, want %d (the counter started again?)", got, 2*n)
+	}
+	for _, f := range []string{"offered", "copied"} {
+		if got := sessionField(t, st, "routed", "ledger", f); got != 2*n {
+			t.Errorf("kernel-routed session: ledger %s %v after the reload, want %d", f, got, 2*n)
+		}
+	}
+	d.stop(t)
+}
