@@ -134,11 +134,9 @@ func (a *Applier) Apply(rs *Ruleset, carry func(session string) bool) error {
 // Remove deletes nfclone's tables (every family), releasing held packets
 // first.
 func (a *Applier) Remove() error {
-	if err := release(a.conn, a.cur.held, a.Drain); err != nil {
-		return err
-	}
+	err := release(a.conn, a.cur.held, a.Drain)
 	a.cur = state{}
-	return RemoveTables(a.conn, a.name)
+	return errors.Join(err, RemoveTables(a.conn, a.name))
 }
 
 // Close removes the tables and closes the socket.
@@ -174,8 +172,9 @@ type heldRule struct {
 // Between 1 and 3 those packets go on unqueued: a kernel-routed clone is
 // sent by the kernel (as its fail-open queue would), a held original goes
 // on uncopied (as with no reader bound). If 2 fails, the rules in place are
-// held again. If 3 fails, rs is applied whole in one batch, as a table
-// replacement without held rules would be.
+// held again (if rs cannot even be put in a batch, they stay released
+// until the next apply). If 3 fails, rs is applied whole in one batch, as a
+// table replacement without held rules would be.
 func replace(k kernelTables, cur state, rs *Ruleset, carry func(string) bool, drain func([]uint16)) (state, error) {
 	if err := release(k, cur.held, drain); err != nil {
 		return cur, err
@@ -193,7 +192,9 @@ func replace(k kernelTables, cur state, rs *Ruleset, carry func(string) bool, dr
 		}
 	}
 	if err := Queue(k, next); err != nil {
-		return state{}, errors.Join(err, putHeld(k, cur.held))
+		// Nothing is flushed now: the batch holds a part of the tables.
+		// The held rules stay released until the next apply.
+		return cur, err
 	}
 	if err := k.Flush(); err != nil {
 		return cur, errors.Join(explain(fmt.Errorf("applying ruleset (%d tables) in one batch: %w", len(rs.Tables), err)), putHeld(k, cur.held))
