@@ -299,7 +299,8 @@ func runBulk(t *testing.T, l *lab.Lab, base string, c bulkCase, file string, sum
 		t.Errorf("%d IPv4 header checksums not Good (tshark status count %v; 0 Bad, 1 Good, 2 Unverified)", n, j.ipSum)
 	}
 	if n := j.tcpSum.bad(); n > 0 || j.tcpSum["1"] == 0 {
-		t.Errorf("%d TCP checksums not Good (tshark status count %v; 0 Bad, 1 Good, 2 Unverified)", n, j.tcpSum)
+		t.Errorf("%d TCP checksums not Good (tshark status count %v; 0 Bad, 1 Good, 2 Unverified); the first of them: %v", n, j.tcpSum,
+			fmt.Sprint(tsharkRows(t, capt.Path, "tcp.checksum.status != 1", "frame.number", "frame.len", "ip.id", "ip.ttl", "tcp.seq_raw", "tcp.len", "tcp.flags.str", "tcp.checksum", "tcp.checksum.calculated")))
 	}
 	if n := j.udpSum["0"]; n > 0 {
 		t.Errorf("%d Bad UDP checksums (tshark status count %v)", n, j.udpSum)
