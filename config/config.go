@@ -125,13 +125,21 @@ type Queue struct {
 // KernelRouted reports whether the kernel sends the clones of session s
 // itself (queue.kernel_route, queue.log_kernel_route): a queue session that
 // neither holds its originals, cuts, nor de-duplicates copies (or such a log
-// session), with one target, a gateway, whose device's MTU is no smaller
-// than its sources' (KernelRouteMTU). Everything else nfclone does to a
-// copy needs its bytes in userspace.
+// session), with one target — a gateway, or a device (untagged, not one
+// nfclone creates) — whose device's MTU is no smaller than its sources'
+// (KernelRouteMTU). Everything else nfclone does to a copy needs its bytes
+// in userspace.
 func (c *Config) KernelRouted(s *Session) bool {
 	on := c.Queue.KernelRoute && s.Method == MethodQueue && !s.Hold || c.Queue.LogKernelRoute && s.Method == MethodLog
 	return on && !s.smallTargetMTU && s.Snaplen == 0 && s.DedupWindow == 0 &&
-		len(s.Targets) == 1 && s.Targets[0].Kind == KindGateway
+		len(s.Targets) == 1 && s.Targets[0].kernelRoutable()
+}
+
+// kernelRoutable: the kernel can send a clone to t itself — a gateway, or
+// a device through a made-up next hop (an untagged device nfclone does not
+// create).
+func (t Target) kernelRoutable() bool {
+	return t.Kind == KindGateway || t.Kind == KindDevice && t.VLAN == nil && !t.Create
 }
 
 // Method is how a session copies: in the kernel (dup) or in userspace

@@ -449,6 +449,8 @@ sessions:
   - {name: dedup, method: queue, dedup: 50ms, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
   - {name: two, method: queue, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}, {kind: device, device: e3}]}
   - {name: dev, method: queue, sources: [{interface: e0}], targets: [{kind: device, device: e3}]}
+  - {name: tagged, method: queue, sources: [{interface: e0}], targets: [{kind: device, device: e3, vlan: 7}]}
+  - {name: made, method: queue, sources: [{interface: e0}], targets: [{kind: device, device: agg0, create: true}]}
   - {name: log, method: log, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
   - {name: logsnap, method: log, snaplen: 96, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
   - {name: dup, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
@@ -456,7 +458,7 @@ sessions:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := kernelRouted(c), []string{"gw", "gw6"}; !reflect.DeepEqual(got, want) {
+	if got, want := kernelRouted(c), []string{"gw", "gw6", "dev"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("kernel-routed sessions %v, want %v", got, want)
 	}
 	// log sessions only with queue.log_kernel_route; each key alone.

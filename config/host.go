@@ -154,7 +154,7 @@ func KernelRouteMTU(c *Config, mtu func(name string) int) Errors {
 		}
 		for j, t := range s.Targets {
 			dst := mtu(t.Device)
-			if t.Kind != KindGateway || dst == 0 || dst >= src {
+			if !t.kernelRoutable() || dst == 0 || dst >= src {
 				continue
 			}
 			path := fmt.Sprintf("sessions[%d].targets[%d].device", i, j)
@@ -162,7 +162,7 @@ func KernelRouteMTU(c *Config, mtu func(name string) int) Errors {
 			case c.KernelRouted(s):
 				s.smallTargetMTU = true
 				p.add(path, "%s has MTU %d, below %d of source %s: nfclone sends this session's copies, not the kernel (a longer copy with DF set would make the kernel tell the original's sender to shrink its packets)", t.Device, dst, src, srcName)
-			case s.Method == MethodDup:
+			case s.Method == MethodDup && t.Kind == KindGateway:
 				p.add(path, "%s has MTU %d, below %d of source %s: the kernel's dup drops a longer copy with DF set and tells the original's sender to shrink its packets (ICMP \"fragmentation needed\"); use method queue, or give %s the sources' MTU", t.Device, dst, src, srcName, t.Device)
 			}
 		}

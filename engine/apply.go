@@ -23,7 +23,7 @@ const killHook = "NFCLONE_TEST_KILL_BEFORE_CONFIRM"
 func (e *Engine) apply(c *config.Config, reload bool) error {
 	rt := e.rt
 	idx := interfaceIndexes(c, rt.h.links)
-	p, err := planApply(c, rt.running(), rt.gateways, rt.st.Journal, idx)
+	p, err := planApply(c, rt.running(), rt.gateways, rt.st.Journal, idx, systemMAC)
 	if err != nil {
 		return err
 	}
@@ -134,7 +134,7 @@ func (e *Engine) execute(c *config.Config, p applyPlan, reload bool) (err error)
 	rs, err := rules.Compile(c, rules.Options{
 		NativeQueue: rt.feats.Has(rules.FeatNativeQueue),
 		IfIndex:     func(n string) uint32 { return uint32(idx[n]) },
-		SkipMissing: true, Queues: p.Queues, Gateways: p.Gateways,
+		SkipMissing: true, Queues: p.Queues, Gateways: p.Gateways, Devices: p.Devices,
 		CgroupID: func(p string) uint64 { return cgroups[p] },
 	})
 	if err != nil {
@@ -162,7 +162,7 @@ func (e *Engine) execute(c *config.Config, p applyPlan, reload bool) (err error)
 	for _, s := range fresh {
 		rt.sessions[s.ident().Name] = s
 	}
-	rt.cfg, rt.rs, rt.gateways, rt.idx, rt.cgroups = c, rs, p.Gateways, idx, cgroups
+	rt.cfg, rt.rs, rt.gateways, rt.devices, rt.idx, rt.cgroups = c, rs, p.Gateways, p.Devices, idx, cgroups
 	rt.created = createdLinks(append(append(route.Journal(nil), p.Kept...), added...))
 	e.gen++
 	e.mu.Unlock()

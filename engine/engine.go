@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -69,10 +71,45 @@ func (e *hostError) Unwrap() []error { return append([]error{ErrHost}, e.causes.
 // the userspace methods, the policy routes that send marked copies to their
 // gateway, with the local rule moved behind them so copies of host-bound
 // traffic leave the host.
-func RoutePlan(c *config.Config) route.Plan { return routePlan(c, rules.GatewayRoutes(c)) }
+func RoutePlan(c *config.Config) route.Plan {
+	return routePlan(c, rules.GatewayRoutes(c), rules.DeviceRoutes(c), systemMAC)
+}
 
-func routePlan(c *config.Config, gws []rules.GatewayRoute) route.Plan {
+// macFunc gives an interface's link address (nil: no such interface).
+type macFunc func(name string) net.HardwareAddr
+
+// systemMAC is the link address of an interface of the current network
+// namespace.
+func systemMAC(name string) net.HardwareAddr {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return nil
+	}
+	return ifi.HardwareAddr
+}
+
+func routePlan(c *config.Config, gws []rules.GatewayRoute, devs []rules.DeviceRoute, mac macFunc) route.Plan {
 	var p route.Plan
+	for _, d := range devs {
+		// The made-up next hop of a device the kernel sends copies to
+		// (rules.DeviceRoute): its neighbour entry, a device route in its
+		// own table (with the backstop), a rule for its lookup.
+		hw := d.MAC
+		if hw == nil && mac != nil {
+			hw = mac(d.Device)
+		}
+		if len(hw) != 6 {
+			continue // the device is missing: planned again when it comes
+		}
+		for _, nh := range []netip.Addr{d.NH4, d.NH6} {
+			f := route.FamilyOf(nh)
+			p.Neighbours = append(p.Neighbours, route.Neighbour{Device: d.Device, Addr: nh, MAC: hw})
+			p.Routes = append(p.Routes,
+				route.Route{Family: f, Table: d.Table, Unreachable: true},
+				route.Route{Family: f, Table: d.Table, Device: d.Device})
+			p.Rules = append(p.Rules, route.PolicyRule{Family: f, Pref: d.Pref, To: netip.PrefixFrom(nh, nh.BitLen()), Table: d.Table})
+		}
+	}
 	created := map[string]bool{}
 	for _, s := range c.Sessions {
 		for _, t := range s.Targets {
@@ -184,6 +221,7 @@ type runtime struct {
 	rs       *rules.Ruleset
 	sessions map[string]userSession
 	gateways []rules.GatewayRoute
+	devices  []rules.DeviceRoute
 	idx      map[string]int // interfaces the config uses → ifindex (0: missing)
 	limit    *limit
 	tables   copyTables      // the tables of the routing plan (event filter)

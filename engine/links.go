@@ -181,7 +181,7 @@ func (e *Engine) reconcileRouting() {
 	if rt.cfg == nil {
 		return
 	}
-	j, left, changed, err := repairRouting(rt.h.routes, routePlan(rt.cfg, rt.gateways), rt.st.Journal, log)
+	j, left, changed, err := repairRouting(rt.h.routes, routePlan(rt.cfg, rt.gateways, rt.devices, systemMAC), rt.st.Journal, log)
 	if changed {
 		rt.st.Journal = j
 		e.writeState()

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"net"
 	"reflect"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/packet"
 	"github.com/nfclone/nfclone/pipeline"
+	"github.com/nfclone/nfclone/rules"
 	"github.com/nfclone/nfclone/sink"
 	"github.com/nfclone/nfclone/status"
 )
@@ -170,5 +172,53 @@ func TestSetLedger(t *testing.T) {
 	}
 	if st.Targets[1].Stats != own {
 		t.Errorf("nfclone's own target stats replaced: %+v", st.Targets[1].Stats)
+	}
+}
+
+// A kernel-routed session with a device target: the device gets a made-up
+// next hop per family, with a permanent neighbour (the target's mac, or
+// the device's own address), a device route in its own table behind the
+// backstop, and a rule for the next hop's lookup. A missing device gets
+// nothing (planned again when it comes).
+func TestRoutePlanDeviceNextHop(t *testing.T) {
+	c := mustParse(t, `
+sessions:
+  - name: d
+    method: queue
+    sources: [{interface: e0}]
+    targets: [{kind: device, device: e3}]
+  - name: m
+    method: queue
+    sources: [{interface: e0}]
+    targets: [{kind: device, device: e4, mac: "02:00:00:00:77:44"}]
+  - name: gone
+    method: queue
+    sources: [{interface: e0}]
+    targets: [{kind: device, device: e9}]
+`)
+	macs := map[string]net.HardwareAddr{"e3": {2, 0, 0, 0, 0x77, 0x43}, "e4": {2, 0, 0, 0, 0x77, 0x04}}
+	p := routePlan(c, nil, rules.DeviceRoutes(c), func(n string) net.HardwareAddr { return macs[n] })
+	want := `ip neigh replace 169.254.77.1 lladdr 02:00:00:00:77:43 dev e3 nud permanent
+ip neigh replace fe80::4e43:1 lladdr 02:00:00:00:77:43 dev e3 nud permanent
+ip neigh replace 169.254.77.2 lladdr 02:00:00:00:77:44 dev e4 nud permanent
+ip neigh replace fe80::4e43:2 lladdr 02:00:00:00:77:44 dev e4 nud permanent
+ip route add unreachable default metric 4294967295 table 21035
+ip route add default dev e3 table 21035
+ip -6 route add unreachable default metric 4294967295 table 21035
+ip -6 route add default dev e3 table 21035
+ip route add unreachable default metric 4294967295 table 21036
+ip route add default dev e4 table 21036
+ip -6 route add unreachable default metric 4294967295 table 21036
+ip -6 route add default dev e4 table 21036
+ip rule add pref 100 to 169.254.77.1 lookup 21035
+ip -6 rule add pref 100 to fe80::4e43:1 lookup 21035
+ip rule add pref 100 to 169.254.77.2 lookup 21036
+ip -6 rule add pref 100 to fe80::4e43:2 lookup 21036
+`
+	if got := p.Render(); got != want {
+		t.Errorf("plan:\n%s\nwant:\n%s", got, want)
+	}
+	if err := p.Validate(); err != nil {
+		t.Error(err)
 	}
 }

@@ -12,6 +12,8 @@ import (
 // and apply the ruleset in one batch, then stop Retire and undo Unwanted.
 type applyPlan struct {
 	Gateways []rules.GatewayRoute
+	// Devices are the routes of the kernel-routed device targets.
+	Devices []rules.DeviceRoute
 	// Keep are the running sessions that go on as they are (same key:
 	// same queues, readers, workers and counters).
 	Keep []string
@@ -45,8 +47,8 @@ type sessionStep struct {
 // gateway routes in use (their marks and tables stay stable), the journal
 // of routing changes in place and the interface indexes now (idx, which
 // key device targets: a re-created interface restarts its sessions).
-func planApply(c *config.Config, running []sessionIdent, prevGateways []rules.GatewayRoute, journal route.Journal, idx map[string]int) (applyPlan, error) {
-	p := applyPlan{Gateways: rules.StableGatewayRoutes(c, prevGateways), Queues: map[string]int{}}
+func planApply(c *config.Config, running []sessionIdent, prevGateways []rules.GatewayRoute, journal route.Journal, idx map[string]int, mac macFunc) (applyPlan, error) {
+	p := applyPlan{Gateways: rules.StableGatewayRoutes(c, prevGateways), Devices: rules.DeviceRoutes(c), Queues: map[string]int{}}
 	byName := map[string]sessionIdent{}
 	inUse := map[int]bool{}
 	for _, s := range running {
@@ -104,7 +106,7 @@ func planApply(c *config.Config, running []sessionIdent, prevGateways []rules.Ga
 			p.Retire = append(p.Retire, s.Name)
 		}
 	}
-	p.Routes = routePlan(c, p.Gateways)
+	p.Routes = routePlan(c, p.Gateways, p.Devices, mac)
 	p.Kept, p.Unwanted = route.Split(p.Routes, journal)
 	p.Add = route.Subtract(p.Routes, p.Kept)
 	return p, nil

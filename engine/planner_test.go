@@ -23,7 +23,7 @@ sessions:
   - {name: d, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}
 `)
 	idx := map[string]int{"e0": 2, "e1": 3}
-	p, err := planApply(c, nil, nil, nil, idx)
+	p, err := planApply(c, nil, nil, nil, idx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +35,7 @@ sessions:
 	if p.Queues["a"] != 10 || p.Queues["b"] != 12 || len(p.Queues) != 2 {
 		t.Fatalf("queues %v: the dup session has none", p.Queues)
 	}
-	again, _ := planApply(c, nil, nil, nil, idx)
+	again, _ := planApply(c, nil, nil, nil, idx, nil)
 	if !slices.EqualFunc(p.Open, again.Open, func(x, y sessionStep) bool { return x == y }) {
 		t.Fatal("the same inputs gave another plan")
 	}
@@ -44,7 +44,7 @@ sessions:
 	// reopens on numbers nobody holds (13: b's old 12 is held until it
 	// stops), the old b retires.
 	running := []sessionIdent{p.Open[0].sessionIdent, {Name: "b", Key: "older", First: 12, Count: 1}, {Name: "x", Key: "k", First: 14, Count: 1}}
-	q, err := planApply(c, running, nil, nil, idx)
+	q, err := planApply(c, running, nil, nil, idx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ sessions:
 		t.Fatalf("retire %v, want the old b and x", q.Retire)
 	}
 	// A device target's interface re-created: a's key changes, it reopens.
-	r, _ := planApply(c, running, nil, nil, map[string]int{"e0": 2, "e1": 9})
+	r, _ := planApply(c, running, nil, nil, map[string]int{"e0": 2, "e1": 9}, nil)
 	if len(r.Keep) != 0 {
 		t.Fatalf("keep %v after e1 changed index", r.Keep)
 	}
@@ -67,7 +67,7 @@ sessions:
   - {name: a, method: queue, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}
 `)
 	held := []sessionIdent{{Name: "old", Key: "k", First: 65532, Count: 2}, {Name: "older", Key: "k", First: 65534, Count: 1}}
-	if _, err := planApply(full, held, nil, nil, idx); err == nil || !strings.Contains(err.Error(), "sessions[0]: no free queue numbers") {
+	if _, err := planApply(full, held, nil, nil, idx, nil); err == nil || !strings.Contains(err.Error(), "sessions[0]: no free queue numbers") {
 		t.Fatalf("err %v", err)
 	}
 }
@@ -80,7 +80,7 @@ func TestPlanApplyRouting(t *testing.T) {
 sessions:
   - {name: a, method: queue, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
 `)
-	p, err := planApply(c, nil, nil, nil, nil)
+	p, err := planApply(c, nil, nil, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ sessions:
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, _ := planApply(c, nil, p.Gateways, j, nil)
+	q, _ := planApply(c, nil, p.Gateways, j, nil, nil)
 	if !q.Add.Empty() || len(q.Kept) != len(j) {
 		t.Fatalf("second plan adds:\n%s\nkeeps %d of %d", q.Add.Render(), len(q.Kept), len(j))
 	}
@@ -107,7 +107,7 @@ sessions:
   - {name: a, method: queue, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.4.2, device: e3}]}
 `)
 	k.AddLink("e3", nil)
-	m, _ := planApply(moved, nil, p.Gateways, j, nil)
+	m, _ := planApply(moved, nil, p.Gateways, j, nil, nil)
 	if len(m.Gateways) != 1 || m.Gateways[0].Table == p.Gateways[0].Table || m.Gateways[0].Mark == p.Gateways[0].Mark {
 		t.Fatalf("moved gateway %+v, the old one %+v: the new route must not share the old one's table or mark", m.Gateways, p.Gateways)
 	}
@@ -115,7 +115,7 @@ sessions:
 		t.Fatalf("applying the moved gateway's routes beside the old ones: %v", err)
 	}
 	none := mustParse(t, "sessions: [{name: d, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}]")
-	r, _ := planApply(none, nil, p.Gateways, j, nil)
+	r, _ := planApply(none, nil, p.Gateways, j, nil, nil)
 	if len(r.Unwanted) != len(j) || !r.Add.Empty() {
 		t.Fatalf("plan without the gateway: %d unwanted of %d, adds:\n%s", len(r.Unwanted), len(j), r.Add.Render())
 	}

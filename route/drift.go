@@ -231,7 +231,7 @@ func Diff(p Plan, o Observed) []Drift {
 				out = append(out, Drift{Route: &r, Problem: "device " + r.Device + " is down", Blocked: true})
 				continue
 			}
-			if !onLink(r.Gateway, o.Addrs[l.Index]) {
+			if r.Gateway.IsValid() && !onLink(r.Gateway, o.Addrs[l.Index]) {
 				// IPv6 addresses go with the link when it goes down (unless
 				// keep_addr_on_down): the route waits for them.
 				out = append(out, Drift{Route: &r, Problem: fmt.Sprintf("gateway %s is on no network of %s (its address is gone)", r.Gateway, r.Device), Blocked: true})

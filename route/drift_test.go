@@ -261,3 +261,65 @@ func TestDiffRepairsCreatedLinkDown(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The routing of a device the kernel sends copies to: a made-up next hop
+// with a permanent neighbour, a device route in its own table and a rule
+// that sends the lookups of that next hop there. Applied, it shows no
+// drift; a link flap takes the neighbour and the route, the diff finds
+// exactly those (the rule stays), the repair puts them back, and the
+// journal undoes everything.
+func TestDeviceNextHopRouting(t *testing.T) {
+	f := newTestFake(t)
+	before := f.Snapshot()
+	nh := netip.MustParseAddr("169.254.77.1")
+	p := route.Plan{
+		Neighbours: []route.Neighbour{{Device: "e2", Addr: nh, MAC: route.MustMAC(t, "02:4e:43:00:00:02")}},
+		Routes: []route.Route{
+			{Family: route.IPv4, Table: 20040, Unreachable: true},
+			{Family: route.IPv4, Table: 20040, Device: "e2"},
+		},
+		Rules: []route.PolicyRule{{Family: route.IPv4, Pref: 101, To: netip.PrefixFrom(nh, 32), Table: 20040}},
+	}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	wantRender := `ip neigh replace 169.254.77.1 lladdr 02:4e:43:00:00:02 dev e2 nud permanent
+ip route add unreachable default metric 4294967295 table 20040
+ip route add default dev e2 table 20040
+ip rule add pref 101 to 169.254.77.1 lookup 20040
+`
+	if got := p.Render(); got != wantRender {
+		t.Fatalf("render:\n%s\nwant:\n%s", got, wantRender)
+	}
+	j, err := route.NewApplier(f, nil).Apply(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := route.Observe(f, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds := route.Diff(p, o); len(ds) != 0 {
+		t.Fatalf("drift right after apply:\n%s", driftStrings(ds))
+	}
+	flap(t, f, "e2")
+	o, _ = route.Observe(f, p)
+	ds := route.Diff(p, o)
+	want := `neighbour 169.254.77.1 lladdr 02:4e:43:00:00:02 dev e2: missing
+inet route default dev e2 table 20040: missing`
+	if got := driftStrings(ds); got != want {
+		t.Fatalf("drift after the flap:\n%s\nwant:\n%s", got, want)
+	}
+	added, err := route.Repair(f, ds, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, _ = route.Observe(f, p)
+	if ds := route.Diff(p, o); len(ds) != 0 {
+		t.Fatalf("drift after the repair:\n%s", driftStrings(ds))
+	}
+	if err := route.Undo(f, append(j, added...), nil); err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, "after undo", f.Snapshot(), before)
+}

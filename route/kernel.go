@@ -82,15 +82,16 @@ type RuleInfo struct {
 	Mask   uint32 // fwmark mask (0xffffffff when a mark is set without one)
 	Action uint8  // FR_ACT_*; unix.FR_ACT_TO_TBL for `lookup`
 	// Other is true when the rule has selectors or flags this package does
-	// not model (from/to/iif/oif/not/ports/...): such a rule never matches
-	// a PolicyRule.
+	// not model (from/iif/oif/not/ports/...): such a rule never matches a
+	// PolicyRule.
 	Other bool
 }
 
-// Is reports whether the kernel rule is exactly `pref P [fwmark M/K] lookup T`.
+// Is reports whether the kernel rule is exactly `pref P [to D] [fwmark M/K]
+// lookup T`.
 func (ri RuleInfo) Is(r PolicyRule) bool {
 	if ri.Other || ri.Action != unix.FR_ACT_TO_TBL || ri.Family != r.Family ||
-		ri.Pref != r.Pref || ri.Table != r.Table || ri.Mark != r.Mark {
+		ri.Pref != r.Pref || ri.Table != r.Table || ri.Mark != r.Mark || ri.To != r.To {
 		return false
 	}
 	return ri.Mask == r.FwMask()

@@ -419,3 +419,50 @@ func driftStrings(ds []Drift) string {
 	}
 	return strings.Join(s, "\n")
 }
+
+// A device the kernel sends copies to, through a made-up next hop: a rule
+// `to NH lookup T`, a device route in T and a permanent neighbour, in both
+// families. The kernel lists them as planned (no drift), a lookup of NH out
+// of the device takes table T, and Undo leaves the namespace as it was.
+func TestKernelDeviceNextHop(t *testing.T) {
+	n := newNetNS(t)
+	// A default route out of the other device, as real hosts have: the
+	// lookup of NH must not take it.
+	n.ip("route", "add", "default", "via", "10.77.2.2", "dev", "e1")
+	mac := MustMAC(t, "02:4e:43:00:00:02")
+	nh4, nh6 := netip.MustParseAddr("169.254.77.1"), netip.MustParseAddr("fe80::4e43:1")
+	p := Plan{
+		Neighbours: []Neighbour{{Device: "e2", Addr: nh4, MAC: mac}, {Device: "e2", Addr: nh6, MAC: mac}},
+		Routes: []Route{
+			{Family: IPv4, Table: 20040, Unreachable: true}, {Family: IPv4, Table: 20040, Device: "e2"},
+			{Family: IPv6, Table: 20040, Unreachable: true}, {Family: IPv6, Table: 20040, Device: "e2"},
+		},
+		Rules: []PolicyRule{
+			{Family: IPv4, Pref: 101, To: netip.PrefixFrom(nh4, 32), Table: 20040},
+			{Family: IPv6, Pref: 101, To: netip.PrefixFrom(nh6, 128), Table: 20040},
+		},
+	}
+	before := n.snapshot()
+	j, err := NewApplier(n.k, nil).Apply(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.mustContain("ip rule", n.ip("-4", "rule"), "101:\tfrom all to 169.254.77.1 lookup 20040")
+	n.mustContain("ip -6 rule", n.ip("-6", "rule"), "101:\tfrom all to fe80::4e43:1 lookup 20040")
+	n.mustContain("ip route get", n.ip("route", "get", "169.254.77.1", "oif", "e2"), "169.254.77.1 dev e2 table 20040")
+	n.mustContain("ip -6 route get", n.ip("-6", "route", "get", "fe80::4e43:1", "oif", "e2"), "dev e2 table 20040")
+	n.mustContain("ip neigh", n.ip("neigh", "show", "dev", "e2"), "169.254.77.1 lladdr 02:4e:43:00:00:02 PERMANENT", "fe80::4e43:1 lladdr 02:4e:43:00:00:02 PERMANENT")
+	o, err := Observe(n.k, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds := Diff(p, o); len(ds) != 0 {
+		t.Fatalf("drift right after apply:\n%s", driftStrings(ds))
+	}
+	if err := Undo(n.k, j, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.snapshot(); got != before {
+		t.Errorf("after Undo:\n%s\nwant:\n%s", got, before)
+	}
+}

@@ -297,7 +297,8 @@ func parseRule(b []byte) (RuleInfo, error) {
 	ri.Table = uint32(b[4])
 	ri.Action = b[7]
 	flags := binary.NativeEndian.Uint32(b[8:12])
-	if b[1] != 0 || b[2] != 0 || b[3] != 0 || flags&unix.FIB_RULE_INVERT != 0 {
+	dstLen := int(b[1])
+	if b[2] != 0 || b[3] != 0 || flags&unix.FIB_RULE_INVERT != 0 {
 		ri.Other = true
 	}
 	ad, err := netlink.NewAttributeDecoder(b[fibRuleHdrLen:])
@@ -308,6 +309,12 @@ func parseRule(b []byte) (RuleInfo, error) {
 		switch ad.Type() {
 		case unix.FRA_PRIORITY:
 			ri.Pref = ad.Uint32()
+		case unix.FRA_DST:
+			if a, ok := netip.AddrFromSlice(ad.Bytes()); ok {
+				if p, err := a.Unmap().Prefix(dstLen); err == nil {
+					ri.To = p
+				}
+			}
 		case unix.FRA_FWMARK:
 			ri.Mark = ad.Uint32()
 		case unix.FRA_FWMASK:
@@ -327,6 +334,9 @@ func parseRule(b []byte) (RuleInfo, error) {
 	if err := ad.Err(); err != nil {
 		return RuleInfo{}, fmt.Errorf("decoding rule attributes: %w", err)
 	}
+	if dstLen != 0 && !ri.To.IsValid() {
+		ri.Other = true // a destination length without a destination
+	}
 	return ri, nil
 }
 
@@ -340,9 +350,14 @@ func ruleMsg(r PolicyRule) *rtnetlink.RuleMessage {
 			attrs.FwMask = &mask
 		}
 	}
-	return &rtnetlink.RuleMessage{
+	m := &rtnetlink.RuleMessage{
 		Family: uint8(r.Family), Table: table8(r.Table), Action: unix.FR_ACT_TO_TBL, Attributes: attrs,
 	}
+	if r.To.IsValid() {
+		dst := net.IP(r.To.Addr().AsSlice())
+		attrs.Dst, m.DstLength = &dst, uint8(r.To.Bits())
+	}
+	return m
 }
 
 func (k *nlKernel) AddRule(r PolicyRule) error    { return k.c.Rule.Add(ruleMsg(r)) }
@@ -409,11 +424,15 @@ func routeMsg(r RouteInfo) *rtnetlink.RouteMessage {
 			Attributes: rtnetlink.RouteAttributes{Table: r.Table, Priority: r.Metric},
 		}
 	}
+	scope := uint8(unix.RT_SCOPE_UNIVERSE)
+	if !r.Gateway.IsValid() {
+		scope = unix.RT_SCOPE_LINK // a device route, as `ip route add default dev X`
+	}
 	return &rtnetlink.RouteMessage{
 		Family:   uint8(r.Family),
 		Table:    table8(r.Table),
 		Protocol: unix.RTPROT_BOOT,
-		Scope:    unix.RT_SCOPE_UNIVERSE,
+		Scope:    scope,
 		Type:     unix.RTN_UNICAST,
 		Attributes: rtnetlink.RouteAttributes{
 			Gateway: ipOf(r.Gateway), OutIface: uint32(r.Index), Table: r.Table,

@@ -97,16 +97,19 @@ func (f Family) ipCmd() string {
 	return "ip"
 }
 
-// PolicyRule is `ip rule add pref Pref fwmark Mark/MarkMask lookup Table`.
-// Mark 0 means no fwmark selector (used for the `local` rule itself);
-// MarkMask 0 means the whole mark (0xffffffff, what the kernel takes when
-// no mask is given).
+// PolicyRule is `ip rule add pref Pref [to To] [fwmark Mark/MarkMask]
+// lookup Table`. Mark 0 means no fwmark selector (used for the `local` rule
+// itself); MarkMask 0 means the whole mark (0xffffffff, what the kernel
+// takes when no mask is given). To, if valid, selects the lookups of that
+// destination: nfclone's made-up next hop for a device the kernel sends
+// copies to (a lookup that carries no mark).
 type PolicyRule struct {
-	Family   Family `json:"family"`
-	Pref     uint32 `json:"pref"`
-	Mark     uint32 `json:"mark,omitempty"`
-	MarkMask uint32 `json:"mark_mask,omitempty"`
-	Table    uint32 `json:"table"`
+	Family   Family       `json:"family"`
+	Pref     uint32       `json:"pref"`
+	To       netip.Prefix `json:"to,omitzero"`
+	Mark     uint32       `json:"mark,omitempty"`
+	MarkMask uint32       `json:"mark_mask,omitempty"`
+	Table    uint32       `json:"table"`
 }
 
 // FwMask is the fwmark mask the kernel holds for the rule: 0 without a
@@ -124,6 +127,13 @@ func (r PolicyRule) FwMask() uint32 {
 func (r PolicyRule) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "pref %d", r.Pref)
+	if r.To.IsValid() {
+		if r.To.IsSingleIP() {
+			fmt.Fprintf(&b, " to %s", r.To.Addr())
+		} else {
+			fmt.Fprintf(&b, " to %s", r.To)
+		}
+	}
 	if r.Mark != 0 {
 		fmt.Fprintf(&b, " fwmark %#x", r.Mark)
 		if m := r.FwMask(); m != 0xffffffff {
@@ -134,8 +144,10 @@ func (r PolicyRule) String() string {
 	return b.String()
 }
 
-// Route is `ip route add default via Gateway dev Device table Table`, or,
-// with Unreachable, `ip route add unreachable default metric 4294967295
+// Route is `ip route add default via Gateway dev Device table Table`
+// (without Gateway: `ip route add default dev Device table Table`, a device
+// route, for the made-up next hop of a device the kernel sends copies to),
+// or, with Unreachable, `ip route add unreachable default metric 4294967295
 // table Table`: the backstop of a copy table, which ends the lookup of
 // marked copies whenever the gateway route is gone (link down, device
 // deleted, someone's `ip route flush`), so that they can never fall through
@@ -155,6 +167,9 @@ const BackstopMetric uint32 = 0xffffffff
 func (r Route) String() string {
 	if r.Unreachable {
 		return fmt.Sprintf("unreachable default metric %d table %s", BackstopMetric, tableName(r.Table))
+	}
+	if !r.Gateway.IsValid() {
+		return fmt.Sprintf("default dev %s table %s", r.Device, tableName(r.Table))
 	}
 	return fmt.Sprintf("default via %s dev %s table %s", r.Gateway, r.Device, tableName(r.Table))
 }
@@ -309,9 +324,9 @@ func (p Plan) Validate() error {
 			}
 			continue
 		}
-		if !r.Gateway.IsValid() || r.Gateway.IsUnspecified() {
+		if r.Gateway.IsValid() && r.Gateway.IsUnspecified() {
 			bad("%s: gateway missing", what)
-		} else if FamilyOf(r.Gateway) != r.Family {
+		} else if r.Gateway.IsValid() && FamilyOf(r.Gateway) != r.Family {
 			bad("%s: gateway is not an %s address", what, r.Family)
 		}
 		if err := checkIfName(r.Device); err != nil {
@@ -326,8 +341,13 @@ func (p Plan) Validate() error {
 		if err := checkTable(r.Table); err != nil {
 			bad("%s: %w", what, err)
 		}
-		if r.Mark == 0 {
-			bad("%s: fwmark 0 would match every packet", what)
+		switch {
+		case r.To.IsValid() && FamilyOf(r.To.Addr()) != r.Family:
+			bad("%s: destination is not an %s prefix", what, r.Family)
+		case r.To.IsValid() && r.To != r.To.Masked():
+			bad("%s: destination %s has host bits set", what, r.To)
+		case r.Mark == 0 && !r.To.IsValid():
+			bad("%s: no fwmark and no destination would match every packet", what)
 		}
 		if r.Mark&^r.FwMask() != 0 {
 			bad("%s: fwmark has bits outside its mask", what)

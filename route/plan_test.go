@@ -79,11 +79,14 @@ func TestValidate(t *testing.T) {
 	}{
 		"rule after local": {Plan{Rules: []PolicyRule{{Family: IPv4, Pref: 1000, Mark: 1, Table: 100}}, MoveLocal: []Family{IPv4}}, "pref must be below 1000"},
 		"rule pref 0":      {Plan{Rules: []PolicyRule{{Family: IPv4, Pref: 0, Mark: 1, Table: 100}}}, "pref 0 is reserved"},
-		"rule mark 0":      {Plan{Rules: []PolicyRule{{Family: IPv4, Pref: 10, Table: 100}}}, "fwmark 0"},
+		"rule mark 0":      {Plan{Rules: []PolicyRule{{Family: IPv4, Pref: 10, Table: 100}}}, "no fwmark and no destination"},
+		"to family":        {Plan{Rules: []PolicyRule{{Family: IPv6, Pref: 10, To: netip.MustParsePrefix("169.254.77.1/32"), Table: 100}}}, "not an inet6 prefix"},
+		"to host bits":     {Plan{Rules: []PolicyRule{{Family: IPv4, Pref: 10, To: netip.MustParsePrefix("169.254.77.1/24"), Table: 100}}}, "host bits"},
 		"main table":       {Plan{Rules: []PolicyRule{{Family: IPv4, Pref: 10, Mark: 1, Table: 254}}}, "table 254 is reserved"},
 		"bad family":       {Plan{Rules: []PolicyRule{{Family: 7, Pref: 10, Mark: 1, Table: 100}}}, "invalid address family"},
 		"gw family":        {Plan{Routes: []Route{{Family: IPv6, Table: 100, Gateway: netip.MustParseAddr("10.77.0.1"), Device: "e1"}}}, "not an inet6 address"},
-		"no gw":            {Plan{Routes: []Route{{Family: IPv4, Table: 100, Device: "e1"}}}, "gateway missing"},
+		"unspecified gw":   {Plan{Routes: []Route{{Family: IPv4, Table: 100, Gateway: netip.IPv4Unspecified(), Device: "e1"}}}, "gateway missing"},
+		"device route":     {Plan{Routes: []Route{{Family: IPv4, Table: 100}}}, "interface name"},
 		"bad mac":          {Plan{Neighbours: []Neighbour{{Device: "e1", Addr: netip.MustParseAddr("10.77.0.1"), MAC: mac[:3]}}}, "6-byte MAC"},
 		"long name":        {Plan{Veths: []VethPair{{Name: "abcdefghijklmnop", Peer: "x"}}}, "longer than 15"},
 		"dup name":         {Plan{Veths: []VethPair{{Name: "a0", Peer: "a0"}}}, "created twice"},
@@ -107,6 +110,8 @@ func TestJournalJSONRoundTrip(t *testing.T) {
 		{Op: OpNeighbour, Neighbour: &NeighChange{Device: "e1", Index: 3, Addr: netip.MustParseAddr("fd77::2"), MAC: "02:00:00:00:00:01", Before: &NeighState{MAC: "02:00:00:00:00:09", State: 0x2}}},
 		{Op: OpRouteAdded, Route: &Route{Family: IPv4, Table: 20035, Gateway: netip.MustParseAddr("10.77.2.2"), Device: "e1"}},
 		{Op: OpRuleAdded, Rule: &PolicyRule{Family: IPv6, Pref: 100, Mark: 0x4e43, Table: 20035}},
+		{Op: OpRuleAdded, Rule: &PolicyRule{Family: IPv4, Pref: 101, To: netip.MustParsePrefix("169.254.77.1/32"), Table: 20039}},
+		{Op: OpRouteAdded, Route: &Route{Family: IPv4, Table: 20039, Device: "e1"}},
 		{Op: OpLocalMoved, Local: &LocalMove{Family: IPv4, AddedPref: true}},
 	}
 	b, err := json.Marshal(j)

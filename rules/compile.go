@@ -32,6 +32,9 @@ type Options struct {
 	// Gateways are the policy routes of userspace gateway targets (stable
 	// across reloads); nil: GatewayRoutes(c).
 	Gateways []GatewayRoute
+	// Devices are the routes of kernel-routed device targets; nil:
+	// DeviceRoutes(c).
+	Devices []DeviceRoute
 	// CgroupID resolves a session's cgroup (a path below the cgroup2 root)
 	// to its id; 0 when it does not exist. Nil resolves everything to 0.
 	CgroupID func(path string) uint64
@@ -122,6 +125,9 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 	if opt.Gateways == nil {
 		opt.Gateways = GatewayRoutes(c)
 	}
+	if opt.Devices == nil {
+		opt.Devices = DeviceRoutes(c)
+	}
 	rs := &Ruleset{Name: c.Table}
 	tables := map[nftables.TableFamily]*Table{}
 	tbl := func(f nftables.TableFamily) *Table {
@@ -209,10 +215,18 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 				return nil, fmt.Errorf("sessions[%d]: more than %d queue sessions (and log sessions the kernel sends for) with mark_mask %#x", i, ml.QueueSlots(), c.MarkMask)
 			}
 			var gwMark uint32
-			if routed {
-				m, ok := GatewayMark(opt.Gateways, s.Targets[0].GatewayIP, s.Targets[0].Device)
+			switch t := s.Targets[0]; {
+			case routed && t.Kind == config.KindDevice:
+				// A device's copies carry the plain copy mark, as
+				// nfclone's own device copies do.
+				if _, ok := DeviceNextHop(opt.Devices, t.Device, false); !ok {
+					return nil, fmt.Errorf("sessions[%d].targets[0]: no next hop for device %s", i, t.Device)
+				}
+				gwMark = c.Mark
+			case routed:
+				m, ok := GatewayMark(opt.Gateways, t.GatewayIP, t.Device)
 				if !ok {
-					return nil, fmt.Errorf("sessions[%d].targets[0]: no policy route for gateway %s on %s", i, s.Targets[0].GatewayIP, s.Targets[0].Device)
+					return nil, fmt.Errorf("sessions[%d].targets[0]: no policy route for gateway %s on %s", i, t.GatewayIP, t.Device)
 				}
 				gwMark = m
 			}
@@ -221,8 +235,10 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 				// its gateway, so that one its fail-open queue lets through
 				// goes nowhere else (no device, no route: nothing to clone).
 				gw, dev, idx := loopback(f), "lo", uint32(loopbackIndex)
-				if routed {
-					t := s.Targets[0]
+				if t := s.Targets[0]; routed && t.Kind == config.KindDevice {
+					nh, _ := DeviceNextHop(opt.Devices, t.Device, f == nftables.TableFamilyIPv6)
+					gw, dev, idx = nh, t.Device, opt.IfIndex(t.Device)
+				} else if routed {
 					gw, dev, idx = t.GatewayIP.Unmap(), t.Device, opt.IfIndex(t.Device)
 				}
 				if idx != 0 || !opt.SkipMissing {

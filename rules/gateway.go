@@ -1,7 +1,9 @@
 package rules
 
 import (
+	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/nfclone/nfclone/config"
 )
@@ -107,4 +109,60 @@ func GatewayMark(routes []GatewayRoute, gw netip.Addr, device string) (uint32, b
 		}
 	}
 	return 0, false
+}
+
+// DeviceRoute is how the kernel sends the clones of kernel-routed sessions
+// to a device target: `dup` routes each clone to a made-up next hop on the
+// device (NH4, NH6: 169.254.77.k, fe80::4e43:k), whose lookup `ip rule pref
+// Pref to NH lookup Table` ends in `default dev Device table Table`; a
+// permanent neighbour entry gives NH the frames' destination address (the
+// target's mac, or the device's own). Without the rule, the lookup of NH
+// would take the host's default route (another device's router).
+type DeviceRoute struct {
+	Device   string
+	MAC      net.HardwareAddr // the target's mac; nil: the device's own address
+	NH4, NH6 netip.Addr
+	Table    uint32
+	Pref     uint32
+}
+
+// deviceTableOffset puts the device tables above every gateway table.
+const deviceTableOffset = 1000
+
+// DeviceRoutes lists the device routes of the kernel-routed device targets
+// of c, one per device, in config order.
+func DeviceRoutes(c *config.Config) []DeviceRoute {
+	var out []DeviceRoute
+	for i := range c.Sessions {
+		s := &c.Sessions[i]
+		if !c.KernelRouted(s) || s.Targets[0].Kind != config.KindDevice {
+			continue
+		}
+		t := s.Targets[0]
+		if slices.ContainsFunc(out, func(d DeviceRoute) bool { return d.Device == t.Device }) {
+			continue
+		}
+		k := len(out) + 1
+		out = append(out, DeviceRoute{
+			Device: t.Device, MAC: t.HWAddr,
+			NH4:   netip.AddrFrom4([4]byte{169, 254, 77, byte(k)}),
+			NH6:   netip.AddrFrom16([16]byte{0: 0xfe, 1: 0x80, 12: 0x4e, 13: 0x43, 14: byte(k >> 8), 15: byte(k)}),
+			Table: c.RouteTable + deviceTableOffset + uint32(k-1),
+			Pref:  c.RulePref,
+		})
+	}
+	return out
+}
+
+// DeviceNextHop returns the made-up next hop of device in family f.
+func DeviceNextHop(routes []DeviceRoute, device string, v6 bool) (netip.Addr, bool) {
+	for _, r := range routes {
+		if r.Device == device {
+			if v6 {
+				return r.NH6, true
+			}
+			return r.NH4, true
+		}
+	}
+	return netip.Addr{}, false
 }

@@ -498,15 +498,16 @@ var _ route.Kernel = (*Fake)(nil)
 // whose link is up (lowest metric first) decides; an unreachable route ends
 // the lookup too, as in the kernel. ok is false when no table has a route
 // (the kernel answers ENETUNREACH). The local table is taken as empty (only
-// default routes are modelled).
+// default routes are modelled), and the lookup is for no destination in
+// particular: rules with a destination selector are passed over.
 func (s FakeState) Lookup(f route.Family, mark uint32) (found route.RouteInfo, ok bool) {
 	up := map[int]bool{}
 	for _, l := range s.Links {
 		up[l.Index] = l.Up()
 	}
 	for _, r := range s.Rules {
-		if r.Family != f || r.Other || r.Action != unix.FR_ACT_TO_TBL {
-			continue
+		if r.Family != f || r.Other || r.Action != unix.FR_ACT_TO_TBL || r.To.IsValid() {
+			continue // (a rule for one destination: not this lookup's)
 		}
 		if r.Mark != 0 && mark&r.Mask != r.Mark {
 			continue

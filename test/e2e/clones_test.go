@@ -125,12 +125,19 @@ func sigstop(t *testing.T, d *daemon) (resume func()) {
 // request once, ping no DUP!); after SIGCONT the queued ones follow. The
 // ledger counts every copy, those the kernel sent unread as kernel_sent.
 func TestKernelRoutedFailOpen(t *testing.T) {
-	for _, method := range []string{"queue", "log"} {
-		t.Run(method, func(t *testing.T) { runKernelRoutedStopped(t, method) })
+	const gw, dev = "{kind: gateway, gateway: 10.77.2.2, device: e1}", "{kind: device, device: e1}"
+	for _, tc := range []struct{ name, method, target string }{
+		{"queue", "queue", gw}, {"log", "log", gw},
+		// A device target: dup routes the clone to the device's made-up
+		// next hop; col's capture sees the frames (a veth filters no
+		// destination address).
+		{"queue-device", "queue", dev},
+	} {
+		t.Run(tc.name, func(t *testing.T) { runKernelRoutedStopped(t, tc.method, tc.target) })
 	}
 }
 
-func runKernelRoutedStopped(t *testing.T, method string) {
+func runKernelRoutedStopped(t *testing.T, method, target string) {
 	l := lab.New(t)
 	const maxLen, n = 8, 60
 	d := startNfclone(t, l, fmt.Sprintf(`
@@ -140,8 +147,8 @@ sessions:
     method: %s
     sources: [{interface: e0, direction: ingress}]
     rules: [{number: 1, action: accept, protocol: icmp}]
-    targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]
-`, maxLen, method))
+    targets: [%s]
+`, maxLen, method, target))
 	// Resolve the gateway first: a burst of copies to an unresolved
 	// neighbour would mostly be dropped by the kernel's ARP queue.
 	ping(t, l, l.Eng, lab.ColIP, 1)
