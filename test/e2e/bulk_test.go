@@ -59,7 +59,7 @@ func (c bulkCase) tunnel() bool { return strings.HasPrefix(c.target, "vxlan") }
 
 // bulkCases: IPv4 over every method × target × traffic (and nfclone's own
 // VXLAN encapsulation for queue and log), IPv6 to a gateway and, for queue
-// and log, into a kernel VXLAN device (forwarded and host). hold rows
+// and log, to a device and into a kernel VXLAN device (forwarded and host). hold rows
 // queue the originals themselves: their copies are complete by
 // construction, and the rows show they are as wire-valid and that the
 // held originals arrive intact. dup rows are the control: the kernel makes those
@@ -96,6 +96,8 @@ func bulkCases() []bulkCase {
 			cs = append(cs, bulkCase{"v6", m, "gateway", tr})
 			if m == "queue" || m == "log" {
 				cs = append(cs, bulkCase{"v6", m, "vxlan", tr}) // IPv6 inside the kernel's VXLAN device
+				// queue: the kernel sends to the device's IPv6 next hop.
+				cs = append(cs, bulkCase{"v6", m, "device", tr})
 			}
 			if m == "queue" || m == "log" {
 				cs = append(cs, bulkCase{"v6", m, otherGatewayWay(m), tr})

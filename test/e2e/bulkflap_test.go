@@ -27,6 +27,16 @@ func tableCounters(t *testing.T, l *lab.Lab, ns, family, table string) (pkts, by
 
 // iperfToCol2 runs one iperf3 test from src to a server in col2 (port
 // 5201) at dst with args, and requires both ends to exit 0.
+// linkMAC is the hardware address of dev in ns.
+func linkMAC(t *testing.T, l *lab.Lab, ns, dev string) string {
+	t.Helper()
+	m := regexp.MustCompile(`link/ether ([0-9a-f:]{17})`).FindStringSubmatch(l.MustExec(t, ns, "ip", "link", "show", dev))
+	if m == nil {
+		t.Fatalf("[%s] %s has no Ethernet address", ns, dev)
+	}
+	return m[1]
+}
+
 func iperfToCol2(t *testing.T, l *lab.Lab, dst string, args ...string) {
 	t.Helper()
 	srv := l.Start(t, l.Col2, "iperf3", "-s", "-1")
@@ -53,10 +63,14 @@ func iperfToCol2(t *testing.T, l *lab.Lab, dst string, args ...string) {
 // down its copies fail fast (counted), so the originals keep flowing. The
 // kernel row has one session per family, each with one gateway: the kernel
 // sends their clones (queue.kernel_route, dup routing them to e1, a
-// fail-open queue), and while e1 is down dup makes none.
+// fail-open queue), and while e1 is down dup makes none. The
+// kernel-device row has one session with the device e1 as its target
+// (col's e0 MAC, so col's stack counts the copies): the kernel sends its
+// clones of both families to the device's made-up next hops, whose
+// neighbours and routes the flap removes and nfclone puts back.
 func TestBulkTCPThroughLinkFlap(t *testing.T) {
 	lab.RequireTools(t, "iperf3", "ethtool", "nft")
-	for _, mode := range []string{"queue", "hold", "kernel"} {
+	for _, mode := range []string{"queue", "hold", "kernel", "kernel-device"} {
 		t.Run(mode, func(t *testing.T) { bulkThroughFlap(t, mode) })
 	}
 }
@@ -76,11 +90,14 @@ func bulkThroughFlap(t *testing.T, mode string) {
 	gw4 := fmt.Sprintf("{kind: gateway, gateway: %s, device: e1}", lab.ColIP)
 	gw6 := fmt.Sprintf(`{kind: gateway, gateway: "%s", device: e1}`, lab.Col6)
 	sessions := session("flap", gw4+", "+gw6)
-	if mode == "kernel" {
+	switch mode {
+	case "kernel":
 		sessions = session("flap4", gw4) + session("flap6", gw6)
+	case "kernel-device":
+		sessions = session("flap", fmt.Sprintf(`{kind: device, device: e1, mac: "%s"}`, linkMAC(t, l, l.Col, lab.Iface)))
 	}
 	d := startNfclone(t, l, "queue: {nice: 0}\nsessions:"+sessions+"\n")
-	if mode == "kernel" {
+	if strings.HasPrefix(mode, "kernel") {
 		for _, line := range strings.Split(strings.TrimSpace(l.MustExec(t, l.Eng, "cat", "/proc/net/netfilter/nfnetlink_queue")), "\n") {
 			if f := strings.Fields(line); len(f) < 5 || f[4] != "128" {
 				t.Fatalf("nfnetlink_queue line %q: want copy range 128 (the kernel sends)", line)
@@ -127,8 +144,15 @@ EOF`)
 	lab.WaitFor(t, 10*time.Second, func() bool {
 		r4 := l.MustExec(t, l.Eng, "ip", "route", "show", "table", "all")
 		r6 := l.MustExec(t, l.Eng, "ip", "-6", "route", "show", "table", "all")
+		if mode == "kernel-device" {
+			// Both next hops' device routes and permanent neighbours.
+			n := l.MustExec(t, l.Eng, "ip", "neigh", "show", "dev", "e1", "nud", "permanent")
+			n6 := l.MustExec(t, l.Eng, "ip", "-6", "neigh", "show", "dev", "e1", "nud", "permanent")
+			return strings.Contains(r4, "default dev e1") && strings.Contains(r6, "default dev e1") &&
+				strings.Contains(n, "169.254.77.1 ") && strings.Contains(n6, "fe80::4e43:1 ")
+		}
 		return strings.Contains(r4, "default via "+lab.ColIP) && strings.Contains(r6, "default via "+lab.Col6)
-	}, "nfclone to repair both gateway routes")
+	}, "nfclone to repair both families' routes")
 	ping(t, l, l.Eng, lab.ColIP, 1)
 	ping(t, l, l.Eng, lab.Col6, 1)
 
