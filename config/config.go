@@ -6,6 +6,7 @@ package config
 import (
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/nfclone/nfclone/filter"
@@ -113,6 +114,15 @@ type Queue struct {
 	// but a flood of small packets forwards less (measured: 0.66–0.70× dup's
 	// instead of 1.15–1.18×), so it is not the default.
 	LogKernelRoute bool `mapstructure:"log_kernel_route" json:"log_kernel_route"`
+	// VXLANKernelRoute (default false) lets the kernel send the clones of
+	// such sessions (queue; log with LogKernelRoute) whose one target is a
+	// vxlan target nfclone makes a VXLAN device for: dup routes each clone
+	// into the device, which encapsulates the original packet as it is
+	// (1500 bytes behind a 1500-byte path: the outer datagram is
+	// fragmented). Twice nfclone's copies at saturation, but the fragments
+	// double the frames, and a burst the underlay cannot take is lost after
+	// the ledger counted it (docs/methods.md#kernel-route-vxlan).
+	VXLANKernelRoute bool `mapstructure:"vxlan_kernel_route" json:"vxlan_kernel_route"`
 	// SocketBuffer is the kernel receive buffer of each reader's socket (a
 	// size: "64MiB"; the kernel holds up to twice this).
 	SocketBuffer string `mapstructure:"socket_buffer" json:"socket_buffer"`
@@ -132,14 +142,35 @@ type Queue struct {
 func (c *Config) KernelRouted(s *Session) bool {
 	on := c.Queue.KernelRoute && s.Method == MethodQueue && !s.Hold || c.Queue.LogKernelRoute && s.Method == MethodLog
 	return on && !s.smallTargetMTU && s.Snaplen == 0 && s.DedupWindow == 0 &&
-		len(s.Targets) == 1 && s.Targets[0].kernelRoutable()
+		len(s.Targets) == 1 && (s.Targets[0].kernelRoutable() || c.Queue.VXLANKernelRoute && s.Targets[0].OwnVXLAN())
 }
 
 // kernelRoutable: the kernel can send a clone to t itself — a gateway, or
 // a device through a made-up next hop (an untagged device nfclone does not
-// create).
+// create). With queue.vxlan_kernel_route, the VXLAN device of an OwnVXLAN
+// target too.
 func (t Target) kernelRoutable() bool {
 	return t.Kind == KindGateway || t.Kind == KindDevice && t.VLAN == nil && !t.Create
+}
+
+// OwnVXLAN reports whether nfclone creates a kernel VXLAN device for t (a
+// vxlan target with kernel encapsulation, one remote and a VNI).
+func (t Target) OwnVXLAN() bool {
+	return t.KernelVXLAN() && len(t.Remote) == 1 && len(t.RemoteAddrs) == 1 && t.VNI != nil
+}
+
+// Describe names where t's copies go, for notes: the gateway, the device,
+// the tunnel's remotes or the file.
+func (t Target) Describe() string {
+	switch t.Kind {
+	case KindGateway:
+		return "gateway " + t.GatewayIP.String() + " on " + t.Device
+	case KindDevice:
+		return "device " + t.Device
+	case KindVXLAN, KindGENEVE:
+		return string(t.Kind) + " " + strings.Join(t.Remote, ",")
+	}
+	return string(t.Kind)
 }
 
 // Method is how a session copies: in the kernel (dup) or in userspace

@@ -167,6 +167,7 @@ func TestParseEnvOverrides(t *testing.T) {
 		"NFCLONE_QUEUE_REALTIME":         "5",
 		"NFCLONE_QUEUE_KERNEL_ROUTE":     "false",
 		"NFCLONE_QUEUE_LOG_KERNEL_ROUTE": "true",
+		"NFCLONE_QUEUE_VXLAN_KERNEL_ROUTE": "true",
 		"NFCLONE_WATCH":                  "true",
 		"NFCLONE_MARK":                   "0x9000",
 		"NFCLONE_MARK_MASK":              "0xff00",
@@ -187,6 +188,7 @@ func TestParseEnvOverrides(t *testing.T) {
 	want.Queue.Realtime = 5
 	want.Queue.KernelRoute = false
 	want.Queue.LogKernelRoute = true
+	want.Queue.VXLANKernelRoute = true
 	want.Watch = true
 	want.Mark = 0x9000
 	want.MarkMask = 0xff00
@@ -454,6 +456,10 @@ sessions:
   - {name: log, method: log, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
   - {name: logsnap, method: log, snaplen: 96, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
   - {name: dup, sources: [{interface: e0}], targets: [{kind: gateway, gateway: 10.77.2.2, device: e1}]}
+  - {name: vx, method: queue, sources: [{interface: e0}], targets: [{kind: vxlan, remote: "10.77.4.2:4789", vni: 7}]}
+  - {name: vxlog, method: log, sources: [{interface: e0}], targets: [{kind: vxlan, remote: "10.77.4.2:4789", vni: 8}]}
+  - {name: vxuser, method: queue, sources: [{interface: e0}], targets: [{kind: vxlan, remote: "10.77.4.2:4789", vni: 9, encap: userspace}]}
+  - {name: vxtwo, method: queue, sources: [{interface: e0}], targets: [{kind: vxlan, remote: "10.77.4.2:4789,10.77.4.3:4789", vni: 9}]}
 `), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -461,10 +467,16 @@ sessions:
 	if got, want := kernelRouted(c), []string{"gw", "gw6", "dev"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("kernel-routed sessions %v, want %v", got, want)
 	}
+	// vxlan targets with nfclone's VXLAN device (one remote) only with
+	// queue.vxlan_kernel_route.
+	c.Queue.VXLANKernelRoute = true
+	if got, want := kernelRouted(c), []string{"gw", "gw6", "dev", "vx"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("with vxlan_kernel_route: kernel-routed sessions %v, want %v", got, want)
+	}
 	// log sessions only with queue.log_kernel_route; each key alone.
 	c.Queue.KernelRoute, c.Queue.LogKernelRoute = false, true
-	if got, want := kernelRouted(c), []string{"log"}; !reflect.DeepEqual(got, want) {
-		t.Errorf("with only log_kernel_route: kernel-routed sessions %v, want %v", got, want)
+	if got, want := kernelRouted(c), []string{"log", "vxlog"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("with only log_kernel_route (and vxlan_kernel_route): kernel-routed sessions %v, want %v", got, want)
 	}
 }
 

@@ -95,6 +95,9 @@ func routePlan(c *config.Config, gws []rules.GatewayRoute, devs []rules.DeviceRo
 		// (rules.DeviceRoute): its neighbour entry, a device route in its
 		// own table (with the backstop), a rule for its lookup.
 		hw := d.MAC
+		if d.Tunnel {
+			hw = sink.DefaultTunnelDstMAC // as nfclone's own frames into the device
+		}
 		if hw == nil && mac != nil {
 			hw = mac(d.Device)
 		}
@@ -119,7 +122,7 @@ func routePlan(c *config.Config, gws []rules.GatewayRoute, devs []rules.DeviceRo
 				created[rules.VXLANDevice(t)] = true
 				if len(t.RemoteAddrs) == 1 {
 					ap := t.RemoteAddrs[0]
-					p.VXLANs = append(p.VXLANs, route.VXLAN{Name: rules.VXLANDevice(t), VNI: uint32(*t.VNI), Remote: ap.Addr(), Port: ap.Port()})
+					p.VXLANs = append(p.VXLANs, route.VXLAN{Name: rules.VXLANDevice(t), VNI: uint32(*t.VNI), Remote: ap.Addr(), Port: ap.Port(), MTU: route.VXLANMTU})
 				}
 			}
 			if t.Kind == config.KindDevice && t.Create && !created[t.Device] {

@@ -302,7 +302,8 @@ func TestKernelHelpers(t *testing.T) {
 }
 
 // Created links are silent (issue 11): no IPv6 address generation and IPv6
-// off, set in the Kernel's namespace (not the test process's).
+// off (a VXLAN device: IPv6 on, not forwarding, MLDv1), set in the Kernel's
+// namespace (not the test process's).
 func TestKernelCreatedLinksSilent(t *testing.T) {
 	n := newNetNS(t)
 	p := Plan{
@@ -313,13 +314,21 @@ func TestKernelCreatedLinksSilent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, dev := range []string{"agg0", "agg0-rx", "nfc-vx0"} {
-		n.mustContain(dev, n.ip("-d", "link", "show", "dev", dev), "addrgenmode none", ",UP")
-		out, err := exec.Command("ip", "netns", "exec", n.name, "cat", "/proc/sys/net/ipv6/conf/"+dev+"/disable_ipv6").CombinedOutput()
-		if err != nil || strings.TrimSpace(string(out)) != "1" {
-			t.Errorf("%s: disable_ipv6 = %q (%v), want 1", dev, out, err)
+	conf := func(dev, key, want string) {
+		out, err := exec.Command("ip", "netns", "exec", n.name, "cat", "/proc/sys/net/ipv6/conf/"+dev+"/"+key).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != want {
+			t.Errorf("%s: %s = %q (%v), want %s", dev, key, out, err, want)
 		}
 	}
+	for _, dev := range []string{"agg0", "agg0-rx", "nfc-vx0"} {
+		n.mustContain(dev, n.ip("-d", "link", "show", "dev", dev), "addrgenmode none", ",UP")
+	}
+	conf("agg0", "disable_ipv6", "1")
+	conf("agg0-rx", "disable_ipv6", "1")
+	// The VXLAN device carries kernel-routed IPv6 clones.
+	conf("nfc-vx0", "disable_ipv6", "0")
+	conf("nfc-vx0", "forwarding", "0")
+	conf("nfc-vx0", "force_mld_version", "1")
 	if err := Undo(n.k, j, nil); err != nil {
 		t.Fatal(err)
 	}

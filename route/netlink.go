@@ -194,7 +194,7 @@ func (k *nlKernel) configureCreated(kind string, up bool, names ...string) error
 			if !ok || l.Kind != kind {
 				return fmt.Errorf("%s not found after creation: %w", n, errLinkNotFound)
 			}
-			if err := k.silence(n, l.Index); err != nil {
+			if err := k.silence(kind, n, l.Index); err != nil {
 				return err
 			}
 			idx = append(idx, l.Index)
@@ -244,6 +244,7 @@ func (k *nlKernel) CreateVXLAN(v VXLAN, underlay int) error {
 		Family: unix.AF_UNSPEC,
 		Attributes: &rtnetlink.LinkAttributes{
 			Name: v.Name,
+			MTU:  uint32(v.MTU),
 			Info: &rtnetlink.LinkInfo{Kind: "vxlan", Data: d},
 		},
 	})

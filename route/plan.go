@@ -207,7 +207,19 @@ type VXLAN struct {
 	Port   uint16     `json:"port,omitempty"`   // 0: DefaultVXLANPort (4789)
 	Local  netip.Addr `json:"local,omitzero"`   // optional source address
 	Device string     `json:"device,omitempty"` // optional underlay device
+	MTU    int        `json:"mtu,omitempty"`    // 0: the kernel's (the underlay's less the headers)
 }
+
+// VXLANMTU is the MTU nfclone gives the VXLAN devices it creates with no
+// underlay device: the largest the kernel allows (65535 less the outer
+// IPv6, UDP, VXLAN and inner Ethernet headers). A clone the kernel routes
+// into the device is the original packet, DF set and as long as the
+// source's MTU lets it be; with the kernel's default MTU (1450 behind a
+// 1500-byte path) it would be dropped, and its sender told to shrink its
+// packets. The outer datagram of a longer frame is fragmented on the way,
+// as netdev dup's copies into the device always were. nfclone's own frames
+// are cut to the path MTU less the headers, whatever the device's MTU.
+const VXLANMTU = 65535 - 70
 
 // port returns the destination UDP port, defaulting to 4789.
 func (v VXLAN) port() uint16 {

@@ -28,21 +28,36 @@ import (
 //     write to the sysctl file, in the kernel's namespace, never a command.
 //
 // With no IPv4 address either, such a device sends nothing of its own.
+//
+// A VXLAN device keeps IPv6 on: the kernel routes the IPv6 clones of
+// kernel-routed sessions into it (to a made-up link-local next hop), and a
+// device with IPv6 off drops them. It is silenced otherwise, before it
+// comes up: net.ipv6.conf.<dev>.forwarding = 0, so it does not join ff02::2
+// (the groups left, ff02::1 and ff01::1, are never reported), and
+// force_mld_version = 1, so leaving ff02::2, which it joined when created
+// on a forwarding host, sends nothing either (an MLDv1 host only says
+// "done" for a group it reported; MLDv2 sends a state change).
 
 // in6AddrGenModeNone is IN6_ADDR_GEN_MODE_NONE (linux/if_link.h).
 const in6AddrGenModeNone = 1
 
-// silence applies both to the link (name, index); a kernel without IPv6 has
-// nothing to silence.
-func (k *nlKernel) silence(name string, index int) error {
+// silence applies both to the link (name, index) of kind (the sysctls
+// above to a "vxlan"); a kernel without IPv6 has nothing to silence.
+func (k *nlKernel) silence(kind, name string, index int) error {
 	if err := k.setAddrGenModeNone(index); err != nil && !errors.Is(err, unix.EAFNOSUPPORT) {
 		return fmt.Errorf("IPv6 address generation off on %s: %w", name, err)
 	}
-	err := k.inNetNS(func() error {
-		return os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1\n"), 0)
-	})
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("IPv6 off on %s: %w", name, err)
+	conf := [][2]string{{"disable_ipv6", "1"}}
+	if kind == "vxlan" {
+		conf = [][2]string{{"forwarding", "0"}, {"force_mld_version", "1"}}
+	}
+	for _, kv := range conf {
+		err := k.inNetNS(func() error {
+			return os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/"+kv[0], []byte(kv[1]+"\n"), 0)
+		})
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("IPv6 %s = %s on %s: %w", kv[0], kv[1], name, err)
+		}
 	}
 	return nil
 }

@@ -216,11 +216,11 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 			}
 			var gwMark uint32
 			switch t := s.Targets[0]; {
-			case routed && t.Kind == config.KindDevice:
-				// A device's copies carry the plain copy mark, as
-				// nfclone's own device copies do.
-				if _, ok := DeviceNextHop(opt.Devices, t.Device, false); !ok {
-					return nil, fmt.Errorf("sessions[%d].targets[0]: no next hop for device %s", i, t.Device)
+			case routed && t.Kind != config.KindGateway:
+				// A device's copies (and a VXLAN device's) carry the plain
+				// copy mark, as nfclone's own device copies do.
+				if _, ok := DeviceNextHop(opt.Devices, RoutedDevice(t), false); !ok {
+					return nil, fmt.Errorf("sessions[%d].targets[0]: no next hop for device %s", i, RoutedDevice(t))
 				}
 				gwMark = c.Mark
 			case routed:
@@ -235,9 +235,10 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 				// its gateway, so that one its fail-open queue lets through
 				// goes nowhere else (no device, no route: nothing to clone).
 				gw, dev, idx := loopback(f), "lo", uint32(loopbackIndex)
-				if t := s.Targets[0]; routed && t.Kind == config.KindDevice {
-					nh, _ := DeviceNextHop(opt.Devices, t.Device, f == nftables.TableFamilyIPv6)
-					gw, dev, idx = nh, t.Device, opt.IfIndex(t.Device)
+				if t := s.Targets[0]; routed && t.Kind != config.KindGateway {
+					dev = RoutedDevice(t)
+					gw, _ = DeviceNextHop(opt.Devices, dev, f == nftables.TableFamilyIPv6)
+					idx = opt.IfIndex(dev)
 				} else if routed {
 					gw, dev, idx = t.GatewayIP.Unmap(), t.Device, opt.IfIndex(t.Device)
 				}

@@ -119,7 +119,10 @@ func GatewayMark(routes []GatewayRoute, gw netip.Addr, device string) (uint32, b
 // target's mac, or the device's own). Without the rule, the lookup of NH
 // would take the host's default route (another device's router).
 type DeviceRoute struct {
-	Device   string
+	Device string
+	// Tunnel: Device is nfclone's VXLAN device, whose frames are addressed
+	// as nfclone's own tunnel frames are (the engine fills in that MAC).
+	Tunnel   bool
 	MAC      net.HardwareAddr // the target's mac; nil: the device's own address
 	NH4, NH6 netip.Addr
 	Table    uint32
@@ -135,16 +138,17 @@ func DeviceRoutes(c *config.Config) []DeviceRoute {
 	var out []DeviceRoute
 	for i := range c.Sessions {
 		s := &c.Sessions[i]
-		if !c.KernelRouted(s) || s.Targets[0].Kind != config.KindDevice {
+		if !c.KernelRouted(s) || s.Targets[0].Kind == config.KindGateway {
 			continue
 		}
 		t := s.Targets[0]
-		if slices.ContainsFunc(out, func(d DeviceRoute) bool { return d.Device == t.Device }) {
+		dev := RoutedDevice(t)
+		if slices.ContainsFunc(out, func(d DeviceRoute) bool { return d.Device == dev }) {
 			continue
 		}
 		k := len(out) + 1
 		out = append(out, DeviceRoute{
-			Device: t.Device, MAC: t.HWAddr,
+			Device: dev, MAC: t.HWAddr, Tunnel: t.Kind == config.KindVXLAN,
 			NH4:   netip.AddrFrom4([4]byte{169, 254, 77, byte(k)}),
 			NH6:   netip.AddrFrom16([16]byte{0: 0xfe, 1: 0x80, 12: 0x4e, 13: 0x43, 14: byte(k >> 8), 15: byte(k)}),
 			Table: c.RouteTable + deviceTableOffset + uint32(k-1),
@@ -152,6 +156,16 @@ func DeviceRoutes(c *config.Config) []DeviceRoute {
 		})
 	}
 	return out
+}
+
+// RoutedDevice is the device a kernel-routed session's clones leave by,
+// other than a gateway's: the device target itself, or the VXLAN device
+// nfclone creates for a vxlan target.
+func RoutedDevice(t config.Target) string {
+	if t.Kind == config.KindVXLAN {
+		return VXLANDevice(t)
+	}
+	return t.Device
 }
 
 // DeviceNextHop returns the made-up next hop of device in family f.

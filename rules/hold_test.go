@@ -54,8 +54,10 @@ func TestHeldRules(t *testing.T) {
 		{"routed", []string{
 			"meta mark & 0x000000fc == 0x00000004 meta mark set meta mark & 0xffffff81 | 0x00000081 queue num 0",
 			"meta mark & 0x000000fc == 0x00000010 meta mark set meta mark & 0xffffff80 | 0x00000080 queue num 3", // dev, ip
+			"meta mark & 0x000000fc == 0x00000014 meta mark set meta mark & 0xffffff80 | 0x00000080 queue num 4", // tun, ip
 			"meta mark & 0x000000fc == 0x00000008 meta mark set meta mark & 0xffffff82 | 0x00000082 queue num 1",
 			"meta mark & 0x000000fc == 0x00000010 meta mark set meta mark & 0xffffff80 | 0x00000080 queue num 3", // dev, ip6
+			"meta mark & 0x000000fc == 0x00000014 meta mark set meta mark & 0xffffff80 | 0x00000080 queue num 4", // tun, ip6
 		}},
 		{"hold", []string{"queue num 0-1 bypass", "queue num 0-1 bypass"}}, // each direction's copy chain
 		{"userspace", nil},

@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"fmt"
 	"net"
 	"os/exec"
 	"regexp"
@@ -46,6 +47,14 @@ func TestSelectorsInKernel(t *testing.T) {
 				ns.Sh(t, "ip link add "+d+" type veth peer name p"+d)
 			}
 			cfg := loadConfig(t, name)
+			for _, s := range cfg.Sessions {
+				for _, tg := range s.Targets {
+					if tg.OwnVXLAN() { // the VXLAN device nfclone would create
+						ap := tg.RemoteAddrs[0]
+						ns.Sh(t, fmt.Sprintf("ip link add %s type vxlan id %d remote %s dstport %d", VXLANDevice(tg), *tg.VNI, ap.Addr(), ap.Port()))
+					}
+				}
+			}
 			var applyErr error
 			var rs *Ruleset
 			ns.Run(func() {

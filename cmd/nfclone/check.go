@@ -79,7 +79,7 @@ func check(w io.Writer, c *config.Config) error {
 			if s.Method == config.MethodLog {
 				key = "queue.log_kernel_route"
 			}
-			fmt.Fprintf(w, "note: session %s: the kernel sends its copies to %s (%s): nfclone reads their headers and counts them\n", s.Name, s.Targets[0].GatewayIP, key)
+			fmt.Fprintf(w, "note: session %s: the kernel sends its copies to the %s (%s): nfclone reads their headers and counts them\n", s.Name, s.Targets[0].Describe(), key)
 		}
 	}
 	if c.Queue.Realtime > 0 {

@@ -323,7 +323,7 @@ func runCopiesExact(t *testing.T, cfg string, copyRange int) {
 	l := lab.New(t)
 	d := startNfclone(t, l, cfg)
 	if copyRange != 65531 {
-		if out, errOut, code := nfc(l, "check", "-c", d.cfgPath); code != 0 || !strings.Contains(out, "the kernel sends its copies to 10.77.2.2") {
+		if out, errOut, code := nfc(l, "check", "-c", d.cfgPath); code != 0 || !strings.Contains(out, "the kernel sends its copies to the gateway 10.77.2.2") {
 			t.Fatalf("check: exit %d, no note that the kernel sends the copies:\n%s%s", code, out, errOut)
 		}
 	}
