@@ -161,20 +161,20 @@ sessions:
 
 func TestParseEnvOverrides(t *testing.T) {
 	cfg, err := Parse([]byte("queue: {cap: 5, workers: 3}\ntable: fromfile\n"), env(map[string]string{
-		"NFCLONE_QUEUE_CAP":              "100",
-		"NFCLONE_QUEUE_CPUS":             "1",
-		"NFCLONE_QUEUE_SOCKET_BUFFER":    "8MiB",
-		"NFCLONE_QUEUE_REALTIME":         "5",
-		"NFCLONE_QUEUE_KERNEL_ROUTE":     "false",
-		"NFCLONE_QUEUE_LOG_KERNEL_ROUTE": "true",
+		"NFCLONE_QUEUE_CAP":                "100",
+		"NFCLONE_QUEUE_CPUS":               "1",
+		"NFCLONE_QUEUE_SOCKET_BUFFER":      "8MiB",
+		"NFCLONE_QUEUE_REALTIME":           "5",
+		"NFCLONE_QUEUE_KERNEL_ROUTE":       "false",
+		"NFCLONE_QUEUE_LOG_KERNEL_ROUTE":   "true",
 		"NFCLONE_QUEUE_VXLAN_KERNEL_ROUTE": "true",
-		"NFCLONE_WATCH":                  "true",
-		"NFCLONE_MARK":                   "0x9000",
-		"NFCLONE_MARK_MASK":              "0xff00",
-		"NFCLONE_STATE_DIR":              "/tmp/nfc",
-		"NFCLONE_METRICS_LISTEN":         "",
-		"NFCLONE_SESSIONS":               "ignored: only scalar keys are bound",
-		"OTHER_QUEUE_CAP":                "7",
+		"NFCLONE_WATCH":                    "true",
+		"NFCLONE_MARK":                     "0x9000",
+		"NFCLONE_MARK_MASK":                "0xff00",
+		"NFCLONE_STATE_DIR":                "/tmp/nfc",
+		"NFCLONE_METRICS_LISTEN":           "",
+		"NFCLONE_SESSIONS":                 "ignored: only scalar keys are bound",
+		"OTHER_QUEUE_CAP":                  "7",
 	}))
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
