@@ -3,6 +3,8 @@ package rules
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"net/netip"
 	"reflect"
 	"strings"
 	"syscall"
@@ -637,5 +639,33 @@ func TestCloneRulesMarkDFClear(t *testing.T) {
 		if n == 0 {
 			t.Errorf("%s: no IPv4 clone rule", name)
 		}
+	}
+}
+
+// Kernel-routed devices each get their own next hops, beyond 254 too.
+func TestDeviceRoutesDistinct(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("mark_mask: 0x00ffff00\nmark: 0x00800000\nsessions:\n")
+	const n = 300
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "  - {name: s%d, method: queue, sources: [{interface: e0}], targets: [{kind: device, device: d%d}]}\n", i, i)
+	}
+	c, err := config.Parse([]byte(b.String()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := DeviceRoutes(c)
+	if len(rs) != n {
+		t.Fatalf("%d device routes, want %d", len(rs), n)
+	}
+	seen := map[netip.Addr]bool{}
+	for _, r := range rs {
+		if seen[r.NH4] || seen[r.NH6] || !r.NH4.IsLinkLocalUnicast() || !r.NH6.IsLinkLocalUnicast() {
+			t.Fatalf("%s: next hops %s, %s repeat or are not link-local", r.Device, r.NH4, r.NH6)
+		}
+		seen[r.NH4], seen[r.NH6] = true, true
+	}
+	if rs[0].NH4 != netip.MustParseAddr("169.254.77.1") || rs[253].NH4 != netip.MustParseAddr("169.254.77.254") || rs[254].NH4 != netip.MustParseAddr("169.254.78.1") {
+		t.Errorf("next hops 1, 254, 255: %s %s %s", rs[0].NH4, rs[253].NH4, rs[254].NH4)
 	}
 }

@@ -149,13 +149,21 @@ func DeviceRoutes(c *config.Config) []DeviceRoute {
 		k := len(out) + 1
 		out = append(out, DeviceRoute{
 			Device: dev, MAC: t.HWAddr, Tunnel: t.Kind == config.KindVXLAN,
-			NH4:   netip.AddrFrom4([4]byte{169, 254, 77, byte(k)}),
+			NH4:   deviceNextHop4(k),
 			NH6:   netip.AddrFrom16([16]byte{0: 0xfe, 1: 0x80, 12: 0x4e, 13: 0x43, 14: byte(k >> 8), 15: byte(k)}),
 			Table: c.RouteTable + deviceTableOffset + uint32(k-1),
 			Pref:  c.RulePref,
 		})
 	}
 	return out
+}
+
+// deviceNextHop4 is the k-th device's IPv4 next hop (k from 1):
+// 169.254.77.1–254, then on through 169.254.78.1 and up, so that next hops
+// never repeat (as many devices as the mark mask has queue slots; the IPv6
+// ones, fe80::4e43:k, hold 65 535).
+func deviceNextHop4(k int) netip.Addr {
+	return netip.AddrFrom4([4]byte{169, 254, byte(77 + (k-1)/254), byte((k-1)%254 + 1)})
 }
 
 // RoutedDevice is the device a kernel-routed session's clones leave by,
