@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -93,6 +94,22 @@ func mustStat(f *os.File) fs.FileInfo {
 	return fi
 }
 
+// holderWait bounds how long a lock file held but still empty is read
+// again: its holder writes its pid right after taking the lock.
+const holderWait = 200 * time.Millisecond
+
+// lockHolder reads what the holder of lock file f wrote (its pid), polling
+// while the file is empty for at most holderWait.
+func lockHolder(f *os.File) string {
+	b := make([]byte, 64)
+	for deadline := time.Now().Add(holderWait); ; time.Sleep(5 * time.Millisecond) {
+		n, _ := f.ReadAt(b, 0)
+		if h := strings.TrimSpace(string(b[:n])); h != "" || time.Now().After(deadline) {
+			return h
+		}
+	}
+}
+
 // lockAt opens (creating) and locks lock file lp of state directory path.
 func lockAt(path, lp string) (*StateDir, error) {
 	f, err := os.OpenFile(lp, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
@@ -107,11 +124,9 @@ func lockAt(path, lp string) (*StateDir, error) {
 		return nil, hostErr("refusing state_dir: %v", err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		b := make([]byte, 64)
-		n, _ := f.ReadAt(b, 0)
+		holder := lockHolder(f)
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			holder := strings.TrimSpace(string(b[:n]))
 			if holder == "" {
 				holder = "unknown"
 			}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -274,4 +275,33 @@ func TestStateDirDone(t *testing.T) {
 		t.Fatalf("reopen: %v", err)
 	}
 	d.Close()
+}
+
+// A holder that has taken the lock but not yet written its pid is named
+// all the same (CI: two runs started together, the loser read an empty
+// file and said "pid unknown").
+func TestStateDirLockHolderNotYetWritten(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, LockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	written := make(chan struct{})
+	go func() {
+		defer close(written)
+		time.Sleep(20 * time.Millisecond) // the holder, between its lock and its write
+		_, _ = f.WriteAt([]byte("4242 in network namespace x\n"), 0)
+	}()
+	_, err = OpenStateDir(dir, true)
+	<-written
+	if !errors.Is(err, ErrRunning) || !strings.Contains(err.Error(), "pid 4242 in network namespace x") {
+		t.Fatalf("open while the holder writes: %v; want ErrRunning naming pid 4242", err)
+	}
 }

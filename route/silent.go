@@ -32,11 +32,12 @@ import (
 // A VXLAN device keeps IPv6 on: the kernel routes the IPv6 clones of
 // kernel-routed sessions into it (to a made-up link-local next hop), and a
 // device with IPv6 off drops them. It is silenced otherwise, before it
-// comes up: net.ipv6.conf.<dev>.forwarding = 0, so it does not join ff02::2
-// (the groups left, ff02::1 and ff01::1, are never reported), and
-// force_mld_version = 1, so leaving ff02::2, which it joined when created
-// on a forwarding host, sends nothing either (an MLDv1 host only says
-// "done" for a group it reported; MLDv2 sends a state change).
+// comes up: first net.ipv6.conf.<dev>.force_mld_version = 1, then
+// forwarding = 0, so it leaves ff02::2, which it joined when created on a
+// forwarding host, without a word (an MLDv1 host only says "done" for a
+// group it reported; MLDv2 queues a state change, sent once the device is
+// up: the order matters), and joins no other reported group (ff02::1 and
+// ff01::1 never are).
 
 // in6AddrGenModeNone is IN6_ADDR_GEN_MODE_NONE (linux/if_link.h).
 const in6AddrGenModeNone = 1
@@ -49,7 +50,8 @@ func (k *nlKernel) silence(kind, name string, index int) error {
 	}
 	conf := [][2]string{{"disable_ipv6", "1"}}
 	if kind == "vxlan" {
-		conf = [][2]string{{"forwarding", "0"}, {"force_mld_version", "1"}}
+		// MLDv1 first: leaving ff02::2 in MLDv2 queues a state change.
+		conf = [][2]string{{"force_mld_version", "1"}, {"forwarding", "0"}}
 	}
 	for _, kv := range conf {
 		err := k.inNetNS(func() error {

@@ -132,6 +132,9 @@ func TestKernelRoutedFailOpen(t *testing.T) {
 		// next hop; col's capture sees the frames (a veth filters no
 		// destination address).
 		{"queue-device", "queue", dev},
+		// nfclone's VXLAN device (queue.vxlan_kernel_route): the kernel
+		// encapsulates the clones; col sees them as VXLAN datagrams.
+		{"queue-vxlan", "queue", `{kind: vxlan, remote: "10.77.2.2:4789", vni: 9}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) { runKernelRoutedStopped(t, tc.method, tc.target) })
 	}
@@ -141,7 +144,7 @@ func runKernelRoutedStopped(t *testing.T, method, target string) {
 	l := lab.New(t)
 	const maxLen, n = 8, 60
 	d := startNfclone(t, l, fmt.Sprintf(`
-queue: {max_len: %d, log_kernel_route: true}
+queue: {max_len: %d, log_kernel_route: true, vxlan_kernel_route: true}
 sessions:
   - name: k
     method: %s
@@ -152,8 +155,11 @@ sessions:
 	// Resolve the gateway first: a burst of copies to an unresolved
 	// neighbour would mostly be dropped by the kernel's ARP queue.
 	ping(t, l, l.Eng, lab.ColIP, 1)
-	filter := "icmp[0] == 8 and dst host " + lab.Col2IP
-	cp := l.StartCapture(t, l.Col, "e0", filter, lab.Direction("in"))
+	filter, cpFilter := "icmp[0] == 8 and dst host "+lab.Col2IP, "icmp[0] == 8 and dst host "+lab.Col2IP
+	if strings.Contains(target, "vxlan") {
+		cpFilter = "udp dst port 4789" // the session copies nothing else
+	}
+	cp := l.StartCapture(t, l.Col, "e0", cpFilter, lab.Direction("in"))
 	orig := l.StartCapture(t, l.Col2, "e0", filter, lab.Direction("in"))
 	resume := sigstop(t, d)
 	defer resume()
