@@ -25,6 +25,9 @@ func TestCreatedDevicesSilent(t *testing.T) {
 		}
 		return strings.Contains(col.Stderr(), "collecting")
 	}, "nfclone collect to listen")
+	// The tunnel is watched from before nfclone starts: a report sent as
+	// the device comes up counts too.
+	tunnel := l.StartCapture(t, l.Col2, "e0", "udp port 4789", lab.Direction("in"))
 	// The session copies nothing (no traffic matches its rule, not even
 	// src2's own IPv6 chatter): whatever shows was made by the devices.
 	d := startNfclone(t, l, `
@@ -48,7 +51,6 @@ sessions:
 	for _, c := range caps {
 		c.c = l.StartCapture(t, c.ns, c.dev, "")
 	}
-	tunnel := l.StartCapture(t, l.Col2, "e0", "udp port 4789", lab.Direction("in"))
 	time.Sleep(3 * time.Second)
 	for _, c := range caps {
 		if ps := c.c.Stop(); len(ps) != 0 {
