@@ -135,8 +135,8 @@ type Queue struct {
 // KernelRouted reports whether the kernel sends the clones of session s
 // itself (queue.kernel_route, queue.log_kernel_route): a queue session that
 // neither holds its originals, cuts, nor de-duplicates copies (or such a log
-// session), with one target — a gateway, or a device (untagged, not one
-// nfclone creates) — whose device's MTU is no smaller than its sources'
+// session), with one target — a gateway, or an untagged device (one nfclone
+// creates too) — whose device's MTU is no smaller than its sources'
 // (KernelRouteMTU). Everything else nfclone does to a copy needs its bytes
 // in userspace.
 func (c *Config) KernelRouted(s *Session) bool {
@@ -146,11 +146,11 @@ func (c *Config) KernelRouted(s *Session) bool {
 }
 
 // kernelRoutable: the kernel can send a clone to t itself — a gateway, or
-// a device through a made-up next hop (an untagged device nfclone does not
-// create). With queue.vxlan_kernel_route, the VXLAN device of an OwnVXLAN
-// target too.
+// an untagged device through a made-up next hop (for a veth pair nfclone
+// creates, its near end). With queue.vxlan_kernel_route, the VXLAN device
+// of an OwnVXLAN target too.
 func (t Target) kernelRoutable() bool {
-	return t.Kind == KindGateway || t.Kind == KindDevice && t.VLAN == nil && !t.Create
+	return t.Kind == KindGateway || t.Kind == KindDevice && t.VLAN == nil
 }
 
 // OwnVXLAN reports whether nfclone creates a kernel VXLAN device for t (a

@@ -464,13 +464,13 @@ sessions:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := kernelRouted(c), []string{"gw", "gw6", "dev"}; !reflect.DeepEqual(got, want) {
+	if got, want := kernelRouted(c), []string{"gw", "gw6", "dev", "made"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("kernel-routed sessions %v, want %v", got, want)
 	}
 	// vxlan targets with nfclone's VXLAN device (one remote) only with
 	// queue.vxlan_kernel_route.
 	c.Queue.VXLANKernelRoute = true
-	if got, want := kernelRouted(c), []string{"gw", "gw6", "dev", "vx"}; !reflect.DeepEqual(got, want) {
+	if got, want := kernelRouted(c), []string{"gw", "gw6", "dev", "made", "vx"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("with vxlan_kernel_route: kernel-routed sessions %v, want %v", got, want)
 	}
 	// log sessions only with queue.log_kernel_route; each key alone.

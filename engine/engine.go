@@ -95,8 +95,8 @@ func routePlan(c *config.Config, gws []rules.GatewayRoute, devs []rules.DeviceRo
 		// (rules.DeviceRoute): its neighbour entry, a device route in its
 		// own table (with the backstop), a rule for its lookup.
 		hw := d.MAC
-		if d.Tunnel {
-			hw = sink.DefaultTunnelDstMAC // as nfclone's own frames into the device
+		if hw == nil && d.Created {
+			hw = sink.DefaultTunnelDstMAC // the device is not there yet
 		}
 		if hw == nil && mac != nil {
 			hw = mac(d.Device)

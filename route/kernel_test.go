@@ -302,7 +302,7 @@ func TestKernelHelpers(t *testing.T) {
 }
 
 // Created links are silent (issue 11): no IPv6 address generation and IPv6
-// off (a VXLAN device: IPv6 on, not forwarding, MLDv1), set in the Kernel's
+// off (a VXLAN device, a pair's near end: IPv6 on, not forwarding, MLDv1), set in the Kernel's
 // namespace (not the test process's).
 func TestKernelCreatedLinksSilent(t *testing.T) {
 	n := newNetNS(t)
@@ -323,12 +323,14 @@ func TestKernelCreatedLinksSilent(t *testing.T) {
 	for _, dev := range []string{"agg0", "agg0-rx", "nfc-vx0"} {
 		n.mustContain(dev, n.ip("-d", "link", "show", "dev", dev), "addrgenmode none", ",UP")
 	}
-	conf("agg0", "disable_ipv6", "1")
+	// The VXLAN device and the pair's near end carry kernel-routed IPv6
+	// clones; the far end, read by others, has IPv6 off.
+	for _, dev := range []string{"agg0", "nfc-vx0"} {
+		conf(dev, "disable_ipv6", "0")
+		conf(dev, "forwarding", "0")
+		conf(dev, "force_mld_version", "1")
+	}
 	conf("agg0-rx", "disable_ipv6", "1")
-	// The VXLAN device carries kernel-routed IPv6 clones.
-	conf("nfc-vx0", "disable_ipv6", "0")
-	conf("nfc-vx0", "forwarding", "0")
-	conf("nfc-vx0", "force_mld_version", "1")
 	if err := Undo(n.k, j, nil); err != nil {
 		t.Fatal(err)
 	}

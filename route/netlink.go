@@ -194,7 +194,9 @@ func (k *nlKernel) configureCreated(kind string, up bool, names ...string) error
 			if !ok || l.Kind != kind {
 				return fmt.Errorf("%s not found after creation: %w", n, errLinkNotFound)
 			}
-			if err := k.silence(kind, n, l.Index); err != nil {
+			// IPv6 stays on where the kernel routes clones: the first
+			// name, the VXLAN device or a veth pair's near end.
+			if err := k.silence(n, l.Index, len(idx) == 0); err != nil {
 				return err
 			}
 			idx = append(idx, l.Index)

@@ -29,9 +29,10 @@ import (
 //
 // With no IPv4 address either, such a device sends nothing of its own.
 //
-// A VXLAN device keeps IPv6 on: the kernel routes the IPv6 clones of
-// kernel-routed sessions into it (to a made-up link-local next hop), and a
-// device with IPv6 off drops them. It is silenced otherwise, before it
+// A VXLAN device, and the near end of a veth pair (the end copies are
+// written to), keep IPv6 on: the kernel routes the IPv6 clones of
+// kernel-routed sessions into them (to a made-up link-local next hop), and
+// a device with IPv6 off drops them. It is silenced otherwise, before it
 // comes up: first net.ipv6.conf.<dev>.force_mld_version = 1, then
 // forwarding = 0, so it leaves ff02::2, which it joined when created on a
 // forwarding host, without a word (an MLDv1 host only says "done" for a
@@ -42,14 +43,15 @@ import (
 // in6AddrGenModeNone is IN6_ADDR_GEN_MODE_NONE (linux/if_link.h).
 const in6AddrGenModeNone = 1
 
-// silence applies both to the link (name, index) of kind (the sysctls
-// above to a "vxlan"); a kernel without IPv6 has nothing to silence.
-func (k *nlKernel) silence(kind, name string, index int) error {
+// silence applies both to the link (name, index) (the sysctls for a device
+// that keeps IPv6 on to one that does); a kernel without IPv6 has nothing
+// to silence.
+func (k *nlKernel) silence(name string, index int, keepIPv6 bool) error {
 	if err := k.setAddrGenModeNone(index); err != nil && !errors.Is(err, unix.EAFNOSUPPORT) {
 		return fmt.Errorf("IPv6 address generation off on %s: %w", name, err)
 	}
 	conf := [][2]string{{"disable_ipv6", "1"}}
-	if kind == "vxlan" {
+	if keepIPv6 {
 		// MLDv1 first: leaving ff02::2 in MLDv2 queues a state change.
 		conf = [][2]string{{"force_mld_version", "1"}, {"forwarding", "0"}}
 	}

@@ -120,9 +120,11 @@ func GatewayMark(routes []GatewayRoute, gw netip.Addr, device string) (uint32, b
 // would take the host's default route (another device's router).
 type DeviceRoute struct {
 	Device string
-	// Tunnel: Device is nfclone's VXLAN device, whose frames are addressed
-	// as nfclone's own tunnel frames are (the engine fills in that MAC).
-	Tunnel   bool
+	// Created: nfclone creates Device (its VXLAN device, the near end of
+	// a veth pair), so its address is not known to the plan; unless the
+	// target has a mac, the frames go to the inner destination address of
+	// nfclone's tunnel frames (the engine fills it in).
+	Created  bool
 	MAC      net.HardwareAddr // the target's mac; nil: the device's own address
 	NH4, NH6 netip.Addr
 	Table    uint32
@@ -148,7 +150,7 @@ func DeviceRoutes(c *config.Config) []DeviceRoute {
 		}
 		k := len(out) + 1
 		out = append(out, DeviceRoute{
-			Device: dev, MAC: t.HWAddr, Tunnel: t.Kind == config.KindVXLAN,
+			Device: dev, MAC: t.HWAddr, Created: t.Kind == config.KindVXLAN || t.Create,
 			NH4:   deviceNextHop4(k),
 			NH6:   netip.AddrFrom16([16]byte{0: 0xfe, 1: 0x80, 12: 0x4e, 13: 0x43, 14: byte(k >> 8), 15: byte(k)}),
 			Table: c.RouteTable + deviceTableOffset + uint32(k-1),
@@ -167,13 +169,13 @@ func deviceNextHop4(k int) netip.Addr {
 }
 
 // RoutedDevice is the device a kernel-routed session's clones leave by,
-// other than a gateway's: the device target itself, or the VXLAN device
-// nfclone creates for a vxlan target.
+// other than a gateway's: the device target (the near end of a pair
+// nfclone creates), or the VXLAN device nfclone creates for a vxlan target.
 func RoutedDevice(t config.Target) string {
 	if t.Kind == config.KindVXLAN {
 		return VXLANDevice(t)
 	}
-	return t.Device
+	return DeviceTargetName(t)
 }
 
 // DeviceNextHop returns the made-up next hop of device in family f.

@@ -135,6 +135,9 @@ func TestKernelRoutedFailOpen(t *testing.T) {
 		// nfclone's VXLAN device (queue.vxlan_kernel_route): the kernel
 		// encapsulates the clones; col sees them as VXLAN datagrams.
 		{"queue-vxlan", "queue", `{kind: vxlan, remote: "10.77.2.2:4789", vni: 9}`},
+		// A veth pair nfclone creates (tap): the kernel sends into its
+		// near end; the copies are read on agg0.
+		{"queue-tap", "queue", "{kind: device, device: agg0, create: true}"},
 	} {
 		t.Run(tc.name, func(t *testing.T) { runKernelRoutedStopped(t, tc.method, tc.target) })
 	}
@@ -159,7 +162,11 @@ sessions:
 	if strings.Contains(target, "vxlan") {
 		cpFilter = "udp dst port 4789" // the session copies nothing else
 	}
-	cp := l.StartCapture(t, l.Col, "e0", cpFilter, lab.Direction("in"))
+	cpNS, cpDev := l.Col, "e0"
+	if strings.Contains(target, "create: true") {
+		cpNS, cpDev = l.Eng, "agg0"
+	}
+	cp := l.StartCapture(t, cpNS, cpDev, cpFilter, lab.Direction("in"))
 	orig := l.StartCapture(t, l.Col2, "e0", filter, lab.Direction("in"))
 	resume := sigstop(t, d)
 	defer resume()
