@@ -218,6 +218,15 @@ sessions:
 `},
 		{"kernel sends, log", 0, kernelSendsConfig("log", "queue: {log_kernel_route: true}")},
 		{"kernel sends", 128, kernelSendsConfig("queue", "")},
+		// Into the near end of a pair nfclone creates, both families
+		// through one session (the near end keeps IPv6 on); read on agg0.
+		{"kernel sends, tap", 128, `
+sessions:
+  - name: x
+    method: queue
+    sources: [{interface: e0, direction: ingress}]
+    targets: [{kind: device, device: agg0, create: true}]
+`},
 	} {
 		t.Run(tc.name, func(t *testing.T) { runCopiesExact(t, tc.cfg, tc.copyRange) })
 	}
@@ -334,12 +343,19 @@ sessions:
 
 func runCopiesExact(t *testing.T, cfg string, copyRange int) {
 	l := lab.New(t)
-	d := startNfclone(t, l, cfg)
+	capNS, capDev, note := l.Col, "e0", "the kernel sends its copies to the gateway 10.77.2.2"
+	if strings.Contains(cfg, "create: true") {
+		capNS, capDev, note = l.Eng, "agg0", "the kernel sends its copies to the device agg0"
+	}
 	if copyRange != 65531 {
-		if out, errOut, code := nfc(l, "check", "-c", d.cfgPath); code != 0 || !strings.Contains(out, "the kernel sends its copies to the gateway 10.77.2.2") {
+		// Before run: check reads no state file, so a pair the running
+		// nfclone created would be "not created by nfclone" to it.
+		path, _ := writeConfig(t, cfg)
+		if out, errOut, code := nfc(l, "check", "-c", path); code != 0 || !strings.Contains(out, note) {
 			t.Fatalf("check: exit %d, no note that the kernel sends the copies:\n%s%s", code, out, errOut)
 		}
 	}
+	d := startNfclone(t, l, cfg)
 	// The kernel's own account of each queue: nfclone asked for the whole
 	// packet (it sends the copy) or its first 128 bytes (the kernel does).
 	// (A log session has no queue.)
@@ -353,7 +369,7 @@ func runCopiesExact(t *testing.T, cfg string, copyRange int) {
 		{lab.Col26, "icmp6 and ip6[40] == 128"},
 	} {
 		orig := l.StartCapture(t, l.Eng, "e0", tc.filter, lab.Direction("in"))
-		cp := l.StartCapture(t, l.Col, "e0", tc.filter, lab.Direction("in"))
+		cp := l.StartCapture(t, capNS, capDev, tc.filter, lab.Direction("in"))
 		ping(t, l, l.Src, tc.dst, pings)
 		cp.WaitCount(pings, 5*time.Second)
 		o, c := orig.Stop(), cp.Stop()
