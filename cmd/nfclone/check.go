@@ -37,7 +37,9 @@ func checkCommand(g *globals) *cobra.Command {
 // lists problems.
 func check(w io.Writer, c *config.Config) error {
 	mtuNotes := config.KernelRouteMTU(c, config.SystemMTU) // before anything asks who sends
-	errs := append(config.CheckHost(c, config.SystemHost{}, nil), config.CheckFiles(c)...)
+	// Interfaces in the state file are nfclone's (a running or killed run
+	// made them): create: true is no problem for them.
+	errs := append(config.CheckHost(c, config.SystemHost{}, leftLinks(c.StateDir)), config.CheckFiles(c)...)
 	for _, warn := range append(append(config.Warnings(c), config.ARPWarnings(c, config.SystemHost{})...), mtuNotes...) {
 		fmt.Fprintf(w, "warning: %s\n", warn)
 	}
