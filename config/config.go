@@ -136,8 +136,8 @@ type Queue struct {
 // itself (queue.kernel_route, queue.log_kernel_route): a queue session that
 // neither holds its originals, cuts, nor de-duplicates copies (or such a log
 // session), with one target — a gateway, or an untagged device (one nfclone
-// creates too) — whose device's MTU is no smaller than its sources'
-// (KernelRouteMTU). Everything else nfclone does to a copy needs its bytes
+// creates too), or with queue.vxlan_kernel_route nfclone's VXLAN device —
+// whose device's MTU is no smaller than its sources' (KernelRouteMTU). Everything else nfclone does to a copy needs its bytes
 // in userspace.
 func (c *Config) KernelRouted(s *Session) bool {
 	on := c.Queue.KernelRoute && s.Method == MethodQueue && !s.Hold || c.Queue.LogKernelRoute && s.Method == MethodLog

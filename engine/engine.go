@@ -116,14 +116,13 @@ func routePlan(c *config.Config, gws []rules.GatewayRoute, devs []rules.DeviceRo
 	created := map[string]bool{}
 	for _, s := range c.Sessions {
 		for _, t := range s.Targets {
-			if t.KernelVXLAN() && len(t.Remote) == 1 && t.VNI != nil && !created[rules.VXLANDevice(t)] {
+			if t.OwnVXLAN() && !created[rules.VXLANDevice(t)] {
 				// The kernel encapsulates: nfclone owns a VXLAN device, fed by
-				// netdev dup or written to by a queue or log session's workers.
+				// netdev dup, written to by a queue or log session's workers
+				// or routed into (queue.vxlan_kernel_route).
 				created[rules.VXLANDevice(t)] = true
-				if len(t.RemoteAddrs) == 1 {
-					ap := t.RemoteAddrs[0]
-					p.VXLANs = append(p.VXLANs, route.VXLAN{Name: rules.VXLANDevice(t), VNI: uint32(*t.VNI), Remote: ap.Addr(), Port: ap.Port(), MTU: route.VXLANMTU})
-				}
+				ap := t.RemoteAddrs[0]
+				p.VXLANs = append(p.VXLANs, route.VXLAN{Name: rules.VXLANDevice(t), VNI: uint32(*t.VNI), Remote: ap.Addr(), Port: ap.Port(), MTU: route.VXLANMTU})
 			}
 			if t.Kind == config.KindDevice && t.Create && !created[t.Device] {
 				created[t.Device] = true
