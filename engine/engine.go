@@ -128,7 +128,7 @@ func routePlan(c *config.Config, gws []rules.GatewayRoute, devs []rules.DeviceRo
 				created[t.Device] = true
 				// Copies are written into the near end; they are read on the
 				// far end, which has the configured name.
-				p.Veths = append(p.Veths, route.VethPair{Name: rules.CreatedNearEnd(t), Peer: t.Device, Up: true, Promisc: t.Promisc})
+				p.Veths = append(p.Veths, route.VethPair{Name: rules.CreatedNearEnd(t), Peer: t.Device, Up: true, Promisc: t.Promisc, MTU: route.VethMTU})
 			}
 		}
 	}

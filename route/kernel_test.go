@@ -307,8 +307,8 @@ func TestKernelHelpers(t *testing.T) {
 func TestKernelCreatedLinksSilent(t *testing.T) {
 	n := newNetNS(t)
 	p := Plan{
-		Veths:  []VethPair{{Name: "agg0", Peer: "agg0-rx", Up: true}},
-		VXLANs: []VXLAN{{Name: "nfc-vx0", VNI: 42, Remote: netip.MustParseAddr("10.77.3.2")}},
+		Veths:  []VethPair{{Name: "agg0", Peer: "agg0-rx", Up: true, MTU: VethMTU}},
+		VXLANs: []VXLAN{{Name: "nfc-vx0", VNI: 42, Remote: netip.MustParseAddr("10.77.3.2"), MTU: VXLANMTU}},
 	}
 	j, err := NewApplier(n.k, nil).Apply(p)
 	if err != nil {
@@ -322,6 +322,10 @@ func TestKernelCreatedLinksSilent(t *testing.T) {
 	}
 	for _, dev := range []string{"agg0", "agg0-rx", "nfc-vx0"} {
 		n.mustContain(dev, n.ip("-d", "link", "show", "dev", dev), "addrgenmode none", ",UP")
+	}
+	// Any clone fits nfclone's own devices whole (VethMTU, VXLANMTU).
+	for dev, mtu := range map[string]int{"agg0": VethMTU, "agg0-rx": VethMTU, "nfc-vx0": VXLANMTU} {
+		n.mustContain(dev, n.ip("link", "show", "dev", dev), fmt.Sprintf(" mtu %d ", mtu))
 	}
 	// The VXLAN device and the pair's near end carry kernel-routed IPv6
 	// clones; the far end, read by others, has IPv6 off.

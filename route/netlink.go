@@ -161,10 +161,11 @@ func (k *nlKernel) CreateVeth(v VethPair) error {
 		Family: unix.AF_UNSPEC, Flags: flags, Change: flags,
 		Attributes: &rtnetlink.LinkAttributes{
 			Name: v.Name,
+			MTU:  uint32(v.MTU),
 			Info: &rtnetlink.LinkInfo{Kind: "veth", Data: &driver.Veth{
 				PeerInfo: &rtnetlink.LinkMessage{
 					Family: unix.AF_UNSPEC, Flags: flags, Change: flags,
-					Attributes: &rtnetlink.LinkAttributes{Name: v.Peer},
+					Attributes: &rtnetlink.LinkAttributes{Name: v.Peer, MTU: uint32(v.MTU)},
 				},
 			}},
 		},

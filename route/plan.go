@@ -197,7 +197,15 @@ type VethPair struct {
 	Peer    string `json:"peer"`
 	Up      bool   `json:"up,omitempty"`
 	Promisc bool   `json:"promisc,omitempty"`
+	MTU     int    `json:"mtu,omitempty"` // both ends; 0: the kernel's (1500)
 }
+
+// VethMTU is the MTU nfclone gives both ends of a veth pair it creates:
+// the largest (ETH_MAX_MTU). A clone the kernel routes into the near end
+// is the original packet, as long as its source's MTU lets it be: a
+// smaller MTU would drop a longer one with DF set and tell its sender to
+// shrink its packets. nfclone's own frames are cut to the sources' MTU.
+const VethMTU = 65535
 
 // VXLAN is a kernel VXLAN device nfclone creates (and brings up).
 type VXLAN struct {
