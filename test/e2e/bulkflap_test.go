@@ -67,10 +67,13 @@ func iperfToCol2(t *testing.T, l *lab.Lab, dst string, args ...string) {
 // kernel-device row has one session with the device e1 as its target
 // (col's e0 MAC, so col's stack counts the copies): the kernel sends its
 // clones of both families to the device's made-up next hops, whose
-// neighbours and routes the flap removes and nfclone puts back.
+// neighbours and routes the flap removes and nfclone puts back. The
+// kernel-vxlan row sends into nfclone's VXLAN device
+// (queue.vxlan_kernel_route): e1 is its underlay, the outer datagrams are
+// lost while it is down, and col decapsulates and counts the copies.
 func TestBulkTCPThroughLinkFlap(t *testing.T) {
 	lab.RequireTools(t, "iperf3", "ethtool", "nft")
-	for _, mode := range []string{"queue", "hold", "kernel", "kernel-device"} {
+	for _, mode := range []string{"queue", "hold", "kernel", "kernel-device", "kernel-vxlan"} {
 		t.Run(mode, func(t *testing.T) { bulkThroughFlap(t, mode) })
 	}
 }
@@ -95,8 +98,14 @@ func bulkThroughFlap(t *testing.T, mode string) {
 		sessions = session("flap4", gw4) + session("flap6", gw6)
 	case "kernel-device":
 		sessions = session("flap", fmt.Sprintf(`{kind: device, device: e1, mac: "%s"}`, linkMAC(t, l, l.Col, lab.Iface)))
+	case "kernel-vxlan":
+		// col decapsulates (its VXLAN device has the inner destination
+		// address nfclone's copies carry), so its stack counts them.
+		sessions = session("flap", fmt.Sprintf(`{kind: vxlan, remote: "%s:4789", vni: 9}`, lab.ColIP))
+		l.MustExec(t, l.Col, "ip", "link", "add", "vx9", "address", "02:4e:43:00:00:02", "type", "vxlan", "id", "9", "dstport", "4789", "dev", lab.Iface)
+		l.MustExec(t, l.Col, "ip", "link", "set", "vx9", "up")
 	}
-	d := startNfclone(t, l, "queue: {nice: 0}\nsessions:"+sessions+"\n")
+	d := startNfclone(t, l, "queue: {nice: 0, vxlan_kernel_route: true}\nsessions:"+sessions+"\n")
 	if strings.HasPrefix(mode, "kernel") {
 		for _, line := range strings.Split(strings.TrimSpace(l.MustExec(t, l.Eng, "cat", "/proc/net/netfilter/nfnetlink_queue")), "\n") {
 			if f := strings.Fields(line); len(f) < 5 || f[4] != "128" {
@@ -107,7 +116,7 @@ func bulkThroughFlap(t *testing.T, mode string) {
 	nftIn(t, l, `table inet flapleak {
 	chain post {
 		type filter hook postrouting priority 100
-		oifname != "e1" meta mark & 0x000000ff != 0 tcp dport 5201 counter
+		oifname != "e1" oifname != "nfcvx*" meta mark & 0x000000ff != 0 tcp dport 5201 counter
 	}
 }
 `)
@@ -144,6 +153,10 @@ EOF`)
 	lab.WaitFor(t, 10*time.Second, func() bool {
 		r4 := l.MustExec(t, l.Eng, "ip", "route", "show", "table", "all")
 		r6 := l.MustExec(t, l.Eng, "ip", "-6", "route", "show", "table", "all")
+		if mode == "kernel-vxlan" {
+			// e1 is the underlay: the VXLAN device's routes stay.
+			return strings.Contains(r4, "default dev nfcvx") && strings.Contains(r6, "default dev nfcvx")
+		}
 		if mode == "kernel-device" {
 			// Both next hops' device routes and permanent neighbours.
 			n := l.MustExec(t, l.Eng, "ip", "neigh", "show", "dev", "e1", "nud", "permanent")
