@@ -179,7 +179,9 @@ func TestSetLedger(t *testing.T) {
 // next hop per family, with a permanent neighbour (the target's mac, or
 // the device's own address), a device route in its own table behind the
 // backstop, and a rule for the next hop's lookup. A missing device gets
-// nothing (planned again when it comes).
+// nothing (planned again when it comes). A pair nfclone creates gets its
+// near end's next hop with the tunnel frames' inner destination address
+// (the device is not there to ask), after the pair in the plan.
 func TestRoutePlanDeviceNextHop(t *testing.T) {
 	c := mustParse(t, `
 sessions:
@@ -195,13 +197,21 @@ sessions:
     method: queue
     sources: [{interface: e0}]
     targets: [{kind: device, device: e9}]
+  - name: tap
+    method: queue
+    sources: [{interface: e0}]
+    targets: [{kind: device, device: agg0, create: true}]
 `)
 	macs := map[string]net.HardwareAddr{"e3": {2, 0, 0, 0, 0x77, 0x43}, "e4": {2, 0, 0, 0, 0x77, 0x04}}
 	p := routePlan(c, nil, rules.DeviceRoutes(c), func(n string) net.HardwareAddr { return macs[n] })
-	want := `ip neigh replace 169.254.77.1 lladdr 02:00:00:00:77:43 dev e3 nud permanent
+	want := `ip link add name agg0-tx up type veth peer name agg0
+ip link set agg0 up
+ip neigh replace 169.254.77.1 lladdr 02:00:00:00:77:43 dev e3 nud permanent
 ip neigh replace fe80::4e43:1 lladdr 02:00:00:00:77:43 dev e3 nud permanent
 ip neigh replace 169.254.77.2 lladdr 02:00:00:00:77:44 dev e4 nud permanent
 ip neigh replace fe80::4e43:2 lladdr 02:00:00:00:77:44 dev e4 nud permanent
+ip neigh replace 169.254.77.4 lladdr 02:4e:43:00:00:02 dev agg0-tx nud permanent
+ip neigh replace fe80::4e43:4 lladdr 02:4e:43:00:00:02 dev agg0-tx nud permanent
 ip route add unreachable default metric 4294967295 table 21035
 ip route add default dev e3 table 21035
 ip -6 route add unreachable default metric 4294967295 table 21035
@@ -210,10 +220,16 @@ ip route add unreachable default metric 4294967295 table 21036
 ip route add default dev e4 table 21036
 ip -6 route add unreachable default metric 4294967295 table 21036
 ip -6 route add default dev e4 table 21036
+ip route add unreachable default metric 4294967295 table 21038
+ip route add default dev agg0-tx table 21038
+ip -6 route add unreachable default metric 4294967295 table 21038
+ip -6 route add default dev agg0-tx table 21038
 ip rule add pref 100 to 169.254.77.1 lookup 21035
 ip -6 rule add pref 100 to fe80::4e43:1 lookup 21035
 ip rule add pref 100 to 169.254.77.2 lookup 21036
 ip -6 rule add pref 100 to fe80::4e43:2 lookup 21036
+ip rule add pref 100 to 169.254.77.4 lookup 21038
+ip -6 rule add pref 100 to fe80::4e43:4 lookup 21038
 `
 	if got := p.Render(); got != want {
 		t.Errorf("plan:\n%s\nwant:\n%s", got, want)
