@@ -551,9 +551,17 @@ sessions:
 			t.Logf("|copy time − tcpdump's| in ms: median %.3f, worst ingress %.3f, worst egress %.3f", deltas[len(deltas)/2], worst[0], worst[1])
 			limit := 1.0
 			if method == "queue" {
-				limit = 5
+				// A queue copy carries the time nfclone read it, so one read
+				// can wait for a CPU the race-built test and the lab share (a
+				// CI run saw 6.8 ms once); the median and the 90th percentile
+				// say whether the reader polls as documented, the worst case
+				// only that no read waited for a backoff or a park.
+				limit = 20
 				if m := deltas[len(deltas)/2]; m > 1 {
 					t.Fatalf("copy times off by %.3f ms from tcpdump's at the median; want ≤ 1 ms", m)
+				}
+				if p := deltas[len(deltas)*9/10]; p > 2.5 {
+					t.Fatalf("copy times off by %.3f ms from tcpdump's at the 90th percentile; want ≤ 2.5 ms", p)
 				}
 			}
 			if worst[0] > limit || worst[1] > limit {
