@@ -108,14 +108,19 @@ type Queue struct {
 	// kernel sends them as it sends dup's clones (Config.KernelRouted).
 	// false: nfclone sends every copy.
 	KernelRoute bool `mapstructure:"kernel_route" json:"kernel_route"`
-	// LogKernelRoute (default false) does the same for log sessions: the
-	// clone is logged (NFLOG holds nothing) and sent by the kernel in the
-	// path of its original. Complete TCP bulk at a twentieth of the CPU,
-	// but a flood of small packets forwards less (measured: 0.66–0.70× dup's
-	// instead of 1.15–1.18×), so it is not the default.
-	LogKernelRoute bool `mapstructure:"log_kernel_route" json:"log_kernel_route"`
+	// LogKernelRoute says which clones of log sessions the kernel sends, as
+	// KernelRoute does for queue sessions (the clone is logged to a group
+	// of its own, NFLOG holds nothing, and the kernel sends it in the path
+	// of its original): LogRouteTCP (the default) the clones of TCP
+	// packets, while nfclone logs and sends the rest itself; LogRouteOn
+	// every clone; LogRouteOff none. Complete TCP bulk at a twentieth of
+	// the CPU, but a flood of small packets the kernel sends forwards less
+	// (measured: 0.66–0.70× dup's instead of 1.15–1.18×): splitting by
+	// protocol keeps each connection's copies on one path, in order.
+	// Validate turns true and false into on and off.
+	LogKernelRoute LogRoute `mapstructure:"log_kernel_route" json:"log_kernel_route"`
 	// VXLANKernelRoute (default false) lets the kernel send the clones of
-	// such sessions (queue; log with LogKernelRoute) whose one target is a
+	// such sessions (queue; log unless LogKernelRoute is off) whose one target is a
 	// vxlan target nfclone makes a VXLAN device for: dup routes each clone
 	// into the device, which encapsulates the original packet as it is
 	// (1500 bytes behind a 1500-byte path: the outer datagram is
@@ -132,16 +137,48 @@ type Queue struct {
 	SocketBufferBytes int64 `mapstructure:"-" json:"-"`
 }
 
-// KernelRouted reports whether the kernel sends the clones of session s
-// itself (queue.kernel_route, queue.log_kernel_route): a queue session that
-// neither holds its originals, cuts, nor de-duplicates copies (or such a log
-// session), with one target — a gateway, or an untagged device (one nfclone
-// creates too), or with queue.vxlan_kernel_route nfclone's VXLAN device —
-// whose device's MTU is no smaller than its sources' (KernelRouteMTU). Everything else nfclone does to a copy needs its bytes
+// LogRoute is which clones of a log session the kernel sends
+// (queue.log_kernel_route).
+type LogRoute string
+
+// LogRoute values.
+const (
+	LogRouteTCP LogRoute = "tcp" // TCP's; nfclone sends the rest
+	LogRouteOn  LogRoute = "on"  // every clone
+	LogRouteOff LogRoute = "off" // none: nfclone sends every copy
+)
+
+// KernelRouted reports whether the kernel sends every clone of session s
+// itself (queue.kernel_route, queue.log_kernel_route: on): a queue session
+// that neither holds its originals, cuts, nor de-duplicates copies (or such
+// a log session), with one target — a gateway, or an untagged device (one
+// nfclone creates too), or with queue.vxlan_kernel_route nfclone's VXLAN
+// device — whose device's MTU is no smaller than its sources'
+// (KernelRouteMTU). Everything else nfclone does to a copy needs its bytes
 // in userspace.
 func (c *Config) KernelRouted(s *Session) bool {
-	on := c.Queue.KernelRoute && s.Method == MethodQueue && !s.Hold || c.Queue.LogKernelRoute && s.Method == MethodLog
-	return on && !s.smallTargetMTU && s.Snaplen == 0 && s.DedupWindow == 0 &&
+	on := c.Queue.KernelRoute && s.Method == MethodQueue && !s.Hold || c.Queue.LogKernelRoute == LogRouteOn && s.Method == MethodLog
+	return on && c.routable(s)
+}
+
+// KernelRoutedTCP reports whether the kernel sends the clones of session
+// s's TCP packets and nfclone logs and sends the rest (a log session with
+// queue.log_kernel_route: tcp, the default, that KernelRouted would take
+// whole): each connection's copies stay on one path, in order.
+func (c *Config) KernelRoutedTCP(s *Session) bool {
+	return c.Queue.LogKernelRoute == LogRouteTCP && s.Method == MethodLog && c.routable(s)
+}
+
+// RoutesClones reports whether the kernel sends any of session s's clones
+// (KernelRouted or KernelRoutedTCP): the session needs the route to its
+// target and a marker for its clones.
+func (c *Config) RoutesClones(s *Session) bool {
+	return c.KernelRouted(s) || c.KernelRoutedTCP(s)
+}
+
+// routable: the kernel can send session s's clones (see KernelRouted).
+func (c *Config) routable(s *Session) bool {
+	return !s.smallTargetMTU && s.Snaplen == 0 && s.DedupWindow == 0 &&
 		len(s.Targets) == 1 && (s.Targets[0].kernelRoutable() || c.Queue.VXLANKernelRoute && s.Targets[0].OwnVXLAN())
 }
 

@@ -63,7 +63,7 @@ func TestParseDesignExample(t *testing.T) {
 		Table: "nfclone", StateDir: "/run/nfclone", Mark: 0x80, MarkMask: 0xff, RouteTable: 0x4e43, RulePref: 100,
 		Metrics: Metrics{Listen: "127.0.0.1:9464"},
 		Queue: Queue{Num: 0, Count: 1, MaxLen: 4096, Cap: 8192, CapBytes: "16MiB", Workers: 2, Nice: 10, CapByteCount: 16 << 20,
-			SocketBuffer: "64MiB", SocketBufferBytes: 64 << 20, KernelRoute: true},
+			SocketBuffer: "64MiB", SocketBufferBytes: 64 << 20, KernelRoute: true, LogKernelRoute: LogRouteTCP},
 		Sessions: []Session{
 			{
 				Name: "web", Method: "queue",
@@ -187,7 +187,7 @@ func TestParseEnvOverrides(t *testing.T) {
 	want.Queue.SocketBuffer, want.Queue.SocketBufferBytes = "8MiB", 8<<20
 	want.Queue.Realtime = 5
 	want.Queue.KernelRoute = false
-	want.Queue.LogKernelRoute = true
+	want.Queue.LogKernelRoute = LogRouteOn // "true" is on
 	want.Queue.VXLANKernelRoute = true
 	want.Watch = true
 	want.Mark = 0x9000
@@ -467,16 +467,66 @@ sessions:
 	if got, want := kernelRouted(c), []string{"gw", "gw6", "dev", "made"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("kernel-routed sessions %v, want %v", got, want)
 	}
+	// By default (log_kernel_route: tcp) the kernel sends the TCP clones of
+	// the log sessions it could send whole.
+	if got, want := names(c, c.KernelRoutedTCP), []string{"log"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("log sessions whose TCP clones the kernel sends: %v, want %v", got, want)
+	}
+	if got, want := names(c, c.RoutesClones), []string{"gw", "gw6", "dev", "made", "log"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("sessions whose clones the kernel sends (some or all): %v, want %v", got, want)
+	}
 	// vxlan targets with nfclone's VXLAN device (one remote) only with
 	// queue.vxlan_kernel_route.
 	c.Queue.VXLANKernelRoute = true
 	if got, want := kernelRouted(c), []string{"gw", "gw6", "dev", "made", "vx"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("with vxlan_kernel_route: kernel-routed sessions %v, want %v", got, want)
 	}
-	// log sessions only with queue.log_kernel_route; each key alone.
-	c.Queue.KernelRoute, c.Queue.LogKernelRoute = false, true
+	if got, want := names(c, c.KernelRoutedTCP), []string{"log", "vxlog"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("with vxlan_kernel_route: log sessions whose TCP clones the kernel sends: %v, want %v", got, want)
+	}
+	// log sessions whole only with queue.log_kernel_route: on; each key alone.
+	c.Queue.KernelRoute, c.Queue.LogKernelRoute = false, LogRouteOn
 	if got, want := kernelRouted(c), []string{"log", "vxlog"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("with only log_kernel_route (and vxlan_kernel_route): kernel-routed sessions %v, want %v", got, want)
+	}
+	if got := names(c, c.KernelRoutedTCP); got != nil {
+		t.Errorf("with log_kernel_route: on, the TCP clones alone of %v", got)
+	}
+	c.Queue.LogKernelRoute = LogRouteOff
+	if got := names(c, c.RoutesClones); got != nil {
+		t.Errorf("with neither key: the kernel sends clones of %v", got)
+	}
+}
+
+func names(c *Config, pred func(*Session) bool) []string {
+	var out []string
+	for i := range c.Sessions {
+		if pred(&c.Sessions[i]) {
+			out = append(out, c.Sessions[i].Name)
+		}
+	}
+	return out
+}
+
+// queue.log_kernel_route takes tcp, on and off, and YAML's booleans.
+func TestLogKernelRouteValues(t *testing.T) {
+	for in, want := range map[string]LogRoute{"": LogRouteTCP, "tcp": LogRouteTCP, "on": LogRouteOn, "true": LogRouteOn, "off": LogRouteOff, "false": LogRouteOff} {
+		body := "sessions: [{name: a, method: log, sources: [{interface: e0}], targets: [{kind: pcap, path: /tmp/x.pcap}]}]\n"
+		if in != "" {
+			body = "queue: {log_kernel_route: " + in + "}\n" + body
+		}
+		c, err := Parse([]byte(body), nil)
+		if err != nil {
+			t.Errorf("log_kernel_route %q: %v", in, err)
+			continue
+		}
+		if c.Queue.LogKernelRoute != want {
+			t.Errorf("log_kernel_route %q: %q, want %q", in, c.Queue.LogKernelRoute, want)
+		}
+	}
+	_, err := Parse([]byte("queue: {log_kernel_route: udp}\nsessions: [{name: a, method: log, sources: [{interface: e0}], targets: [{kind: pcap, path: /tmp/x.pcap}]}]\n"), nil)
+	if err == nil || !strings.Contains(err.Error(), "queue.log_kernel_route") {
+		t.Errorf("log_kernel_route: udp: %v, want an error naming the key", err)
 	}
 }
 

@@ -159,7 +159,7 @@ func KernelRouteMTU(c *Config, mtu func(name string) int) Errors {
 			}
 			path := fmt.Sprintf("sessions[%d].targets[%d].device", i, j)
 			switch {
-			case c.KernelRouted(s):
+			case c.RoutesClones(s):
 				s.smallTargetMTU = true
 				p.add(path, "%s has MTU %d, below %d of source %s: nfclone sends this session's copies, not the kernel (a longer copy with DF set would make the kernel tell the original's sender to shrink its packets)", t.Device, dst, src, srcName)
 			case s.Method == MethodDup && t.Kind == KindGateway:

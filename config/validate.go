@@ -184,6 +184,16 @@ func validateQueue(p *problems, q *Queue, sessions int) {
 	if q.CPUs < 0 || q.CPUs > 1024 {
 		p.add("queue.cpus", "%d is out of range 0-1024 (0: all)", q.CPUs)
 	}
+	switch strings.ToLower(string(q.LogKernelRoute)) {
+	case "", string(LogRouteTCP):
+		q.LogKernelRoute = LogRouteTCP
+	case string(LogRouteOn), "true":
+		q.LogKernelRoute = LogRouteOn
+	case string(LogRouteOff), "false":
+		q.LogKernelRoute = LogRouteOff
+	default:
+		p.add("queue.log_kernel_route", "%q is not one of tcp, on, off", q.LogKernelRoute)
+	}
 }
 
 func validateSession(p *problems, path string, s *Session) {

@@ -527,7 +527,7 @@ func (e *Engine) relink() {
 	notes := config.KernelRouteMTU(&again, config.SystemMTU)
 	routedChanged := false
 	for i := range c.Sessions {
-		if was, now := c.KernelRouted(&c.Sessions[i]), again.KernelRouted(&again.Sessions[i]); was != now {
+		if was, now := c.RoutesClones(&c.Sessions[i]), again.RoutesClones(&again.Sessions[i]); was != now {
 			routedChanged = true
 			e.Log.Warn("an MTU changed who sends a session's copies", "session", c.Sessions[i].Name, "kernel_sends", now)
 		}
@@ -774,7 +774,7 @@ func (e *Engine) Status() status.Status {
 	for _, s := range rt.cfg.Sessions {
 		var ss status.SessionStatus
 		if run, ok := rt.sessions[s.Name]; ok {
-			ss = run.status()
+			ss = run.status(counters[s.Name])
 		} else {
 			ss = status.SessionStatus{Name: s.Name, Method: string(s.Method), Hold: s.Hold, State: "running"}
 			for i, t := range s.Targets {
@@ -788,9 +788,6 @@ func (e *Engine) Status() status.Status {
 				if sk := skippedCounts(m); sk.Total() > 0 {
 					ss.Skipped = &sk
 				}
-			} else if ss.Ledger != nil {
-				// What only the kernel's counters know enters the ledger here.
-				setLedger(&ss, withKernelCounts(*ss.Ledger, m))
 			}
 		}
 		for name := range sessionInterfaces(s) {

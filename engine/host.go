@@ -81,7 +81,8 @@ type userSession interface {
 	stop(drain time.Duration, kernel map[string]rules.CounterValue)
 	// close releases what open took, for a session never started.
 	close()
-	status() status.SessionStatus
+	// status reports it; kernel holds its rule counters (nil: unknown).
+	status(kernel map[string]rules.CounterValue) status.SessionStatus
 	snapshot() pipeline.Snapshot
 	written() uint64
 }

@@ -170,10 +170,7 @@ func (f *fakeSessions) Open(s sessionSpec) (userSession, error) {
 	if name == fail {
 		return nil, errors.New("binding: operation not permitted")
 	}
-	n := 1
-	if s.Cfg.Sessions[s.Index].Method == config.MethodQueue {
-		n = s.Cfg.Queue.Count
-	}
+	n := rules.Groups(s.Cfg, &s.Cfg.Sessions[s.Index])
 	fs := &fakeSession{ev: f.ev, id: sessionIdent{Name: name, Key: s.Key, First: s.First, Count: n}, idx: s.Idx}
 	f.mu.Lock()
 	f.open = append(f.open, fs)
@@ -224,7 +221,7 @@ func (s *fakeSession) close() {
 	s.mu.Unlock()
 	s.ev.add("close %s", s.id.Name)
 }
-func (s *fakeSession) status() status.SessionStatus {
+func (s *fakeSession) status(map[string]rules.CounterValue) status.SessionStatus {
 	return status.SessionStatus{Name: s.id.Name, State: "running"}
 }
 func (s *fakeSession) snapshot() pipeline.Snapshot { return pipeline.Snapshot{} }
@@ -425,13 +422,15 @@ func TestEngineStartAndShutdown(t *testing.T) {
 	l := newLifecycle(t)
 	l.start(lifecycleConfig)
 
-	if got := l.ev.list(); len(got) < 5 || got[0] != "open keep 0+2" || got[1] != "open gone 2+1" {
-		t.Fatalf("sessions not opened first, on queues 0-1 and group 2: %q", got)
+	// gone's TCP clones are the kernel's to send (log_kernel_route: tcp):
+	// it reads them from a second group.
+	if got := l.ev.list(); len(got) < 5 || got[0] != "open keep 0+2" || got[1] != "open gone 2+2" {
+		t.Fatalf("sessions not opened first, on queues 0-1 and groups 2-3: %q", got)
 	}
 	if a, s := l.ev.index(`^rules applied #1$`), l.ev.index(`^start keep$`); a < 0 || s < 0 || s > a {
 		t.Fatalf("readers must run before the rules feed them: %q", l.ev.list())
 	}
-	if got, want := queueNumbers(l.rules.last()), []string{"log group 2", "queue num 0-1"}; !slices.Equal(got, want) {
+	if got, want := queueNumbers(l.rules.last()), []string{"log group 2", "log group 3", "queue num 0-1"}; !slices.Equal(got, want) {
 		t.Fatalf("ruleset sends to %q, want %q:\n%s", got, want, l.rules.last())
 	}
 	// The kernel routes each gateway's marked copies to it.
@@ -496,12 +495,12 @@ func TestEngineReload(t *testing.T) {
 	if s := l.sessions.byName("keep")[0]; func() bool { _, stopped, _ := s.state(); return stopped }() {
 		t.Fatal("the unchanged session was stopped")
 	}
-	// keep holds 0-1, gone's group 2 is still held until it stops: new
-	// gets 3-4.
-	if i := l.ev.index(`^open new 3\+2$`); i < 0 {
-		t.Fatalf("new session not on queues 3-4: %q", l.ev.list())
+	// keep holds 0-1, gone's groups 2-3 are still held until it stops:
+	// new gets 4-5.
+	if i := l.ev.index(`^open new 4\+2$`); i < 0 {
+		t.Fatalf("new session not on queues 4-5: %q", l.ev.list())
 	}
-	if got, want := queueNumbers(l.rules.last()), []string{"queue num 0-1", "queue num 3-4"}; !slices.Equal(got, want) {
+	if got, want := queueNumbers(l.rules.last()), []string{"queue num 0-1", "queue num 4-5"}; !slices.Equal(got, want) {
 		t.Fatalf("ruleset sends to %q, want %q", got, want)
 	}
 	if a, s := l.ev.index(`^rules applied #2$`), l.ev.index(`^stop gone$`); a < 0 || s < a {

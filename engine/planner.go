@@ -90,10 +90,7 @@ func planApply(c *config.Config, running []sessionIdent, prevGateways []rules.Ga
 			p.Queues[sc.Name] = old.First
 			continue
 		}
-		n := 1
-		if sc.Method == config.MethodQueue {
-			n = c.Queue.Count
-		}
+		n := rules.Groups(c, &c.Sessions[i])
 		first := alloc(n)
 		if first+n-1 > 65535 {
 			return applyPlan{}, hostErr("sessions[%d]: no free queue numbers", i)

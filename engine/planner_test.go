@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -9,14 +10,43 @@ import (
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/route"
 	"github.com/nfclone/nfclone/route/routetest"
+	"github.com/nfclone/nfclone/rules"
 )
+
+// A log session whose TCP clones the kernel sends (log_kernel_route: tcp,
+// the default) takes two groups: nfclone's copies' and the kernel's clones'.
+func TestPlanApplyLogTCPGroups(t *testing.T) {
+	c := mustParse(t, `
+queue: {num: 10}
+sessions:
+  - {name: b, method: log, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}
+  - {name: p, method: log, sources: [{interface: e0}], targets: [{kind: pcap, path: /tmp/p.pcap}]}
+  - {name: q, method: queue, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}
+`)
+	p, err := planApply(c, nil, nil, nil, map[string]int{"e0": 2, "e1": 3}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, o := range p.Open {
+		got = append(got, fmt.Sprintf("%s %d+%d", o.Name, o.First, o.Count))
+	}
+	if want := []string{"b 10+2", "p 12+1", "q 13+1"}; !slices.Equal(got, want) {
+		t.Fatalf("opened %q, want %q", got, want)
+	}
+	for _, n := range []string{"b", "p", "q"} {
+		if p.Queues[n] != rules.QueueNum(c, slices.IndexFunc(c.Sessions, func(s config.Session) bool { return s.Name == n })) {
+			t.Errorf("session %s: the planner's first number %d differs from the compiler's own (QueueNum)", n, p.Queues[n])
+		}
+	}
+}
 
 // planApply is pure: the same inputs give the same plan, and it decides
 // which sessions stay, which open on which queues and what routing
 // changes, without touching anything.
 func TestPlanApplyQueues(t *testing.T) {
 	c := mustParse(t, `
-queue: {num: 10, count: 2}
+queue: {num: 10, count: 2, log_kernel_route: off}
 sessions:
   - {name: a, method: queue, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}
   - {name: b, method: log, sources: [{interface: e0}], targets: [{kind: device, device: e1}]}

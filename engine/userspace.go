@@ -45,6 +45,11 @@ type session struct {
 	kinds   []config.Kind
 	missing []string // device targets whose interface is gone
 	routed  string   // the target the kernel sends the clones to ("": nfclone sends)
+	// routedLedger counts the clones the kernel sends of a session that
+	// sends the rest itself (config.KernelRoutedTCP; nil otherwise), read
+	// from the session's second group: its losses are copies the kernel
+	// sent (WithQueued), unlike those of the first.
+	routedLedger *pipeline.Ledger
 	fanout  sink.Sink
 	deliver func(batch []*packet.Packet) // sends to fanout and accounts (setFanout)
 	workers int
@@ -67,12 +72,13 @@ func sessionKey(c *config.Config, s config.Session, gws []rules.GatewayRoute, id
 	type key struct {
 		S       config.Session
 		Routed  bool // the kernel sends its copies (it also depends on the host's MTUs)
+		TCP     bool // the kernel sends its TCP copies, nfclone the rest
 		Q       config.Queue
 		Mark    uint32
 		Marks   []uint32
 		Devices map[string]int
 	}
-	k := key{S: s, Routed: c.KernelRouted(&s), Q: c.Queue, Mark: c.Mark, Devices: map[string]int{}}
+	k := key{S: s, Routed: c.KernelRouted(&s), TCP: c.KernelRoutedTCP(&s), Q: c.Queue, Mark: c.Mark, Devices: map[string]int{}}
 	for _, t := range s.Targets {
 		switch t.Kind {
 		case config.KindGateway:
@@ -195,8 +201,35 @@ func openSession(c *config.Config, i int, first int, key string, gws []rules.Gat
 			return nil, hostErr("sessions[%d]: binding NFLOG group %d: %v", i, first, err)
 		}
 		s.readers = append(s.readers, r)
+		if c.KernelRoutedTCP(&sc) {
+			if err := openRoutedTCP(c, s, i); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return s, nil
+}
+
+// openRoutedTCP binds the second group of a log session whose TCP clones
+// the kernel sends (config.KernelRoutedTCP): the clones chain logs them
+// there, and its reader reads their headers and counts them in the
+// session's routed ledger, as openRoutedSession's does; the first group's
+// reader copies the rest.
+func openRoutedTCP(c *config.Config, s *session, i int) error {
+	t := c.Sessions[i].Targets[0]
+	s.routed = fmt.Sprintf("%s/0:%s", s.name, t.Kind)
+	s.routedLedger = &pipeline.Ledger{}
+	s.count = 2
+	group := s.first + 1
+	r, err := nfq.NewLogReader(nfq.LogConfig{
+		Group: uint16(group), Snaplen: nfq.RouteSnaplen, QThresh: rules.LogThreshold, Logger: s.log,
+		RcvBuf: int(c.Queue.SocketBufferBytes), Send: s.routedLedger.AccountRouted,
+	}, s.queue, s.routedLedger)
+	if err != nil {
+		return hostErr("sessions[%d]: binding NFLOG group %d: %v", i, group, err)
+	}
+	s.readers = append(s.readers, r)
+	return nil
 }
 
 // openRoutedSession binds the readers of a session whose clones the kernel
@@ -382,7 +415,7 @@ func (s *session) start(wrap func(sink.Sink) sink.Sink) {
 			}
 		}()
 	}
-	if s.hold || s.routed != "" {
+	if s.hold || s.routed != "" && s.routedLedger == nil {
 		return // its readers send the copies, or the kernel does; nothing is ever queued
 	}
 	s.workerWG.Add(1)
@@ -441,7 +474,7 @@ func (s *session) stop(drain time.Duration, kernel map[string]rules.CounterValue
 			_ = r.Close()
 		}
 	}
-	snap := withKernelCounts(s.ledger.Snapshot(), kernel)
+	snap, _ := s.account(kernel)
 	s.mu.Lock()
 	s.final = &snap
 	s.mu.Unlock()
@@ -521,8 +554,9 @@ func (s *session) close() {
 	}
 }
 
-// status reports the session for Status.
-func (s *session) status() status.SessionStatus {
+// status reports the session for Status; m are its rule counters (nil:
+// unknown), which the ledger needs (account).
+func (s *session) status(m map[string]rules.CounterValue) status.SessionStatus {
 	st := status.SessionStatus{
 		Name: s.name, Method: string(s.method), Hold: s.hold, State: "running", Missing: s.missing,
 		Queue: &status.QueueStatus{Depth: s.queue.Len(), Cap: s.queue.Cap(), Workers: s.workers},
@@ -530,6 +564,7 @@ func (s *session) status() status.SessionStatus {
 	if len(s.missing) > 0 {
 		st.State = "waiting"
 	}
+	total, routed := s.account(m) // before s.mu: account takes it
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, r := range s.readers {
@@ -539,7 +574,7 @@ func (s *session) status() status.SessionStatus {
 		}
 		st.Readers = append(st.Readers, status.ReaderStatus{Kind: kind, Num: s.first + i, Running: i < len(s.running) && s.running[i], Stats: r.Stats()})
 	}
-	if s.routed != "" {
+	if s.routed != "" && s.routedLedger == nil {
 		st.Targets = append(st.Targets, status.TargetStatus{Name: s.routed, Kind: string(config.KindGateway), Kernel: true})
 	}
 	for i, t := range s.targets {
@@ -553,7 +588,14 @@ func (s *session) status() status.SessionStatus {
 		}
 		st.Targets = append(st.Targets, ts)
 	}
-	setLedger(&st, s.ledger.Snapshot())
+	setLedger(&st, total)
+	if routed != nil && len(st.Targets) == 1 && st.Targets[0].Stats != nil {
+		// The one target's copies: nfclone's and the kernel's.
+		x := st.Targets[0].Stats
+		x.Sent += routed.Copied
+		x.Bytes += routed.Bytes
+		st.Targets[0].KernelTCP = true
+	}
 	return st
 }
 
@@ -641,7 +683,37 @@ func (s *session) snapshot() pipeline.Snapshot {
 	if f != nil {
 		return *f
 	}
+	if s.routedLedger != nil {
+		return addSnapshots(s.ledger.Snapshot(), s.routedLedger.Snapshot())
+	}
 	return s.ledger.Snapshot()
+}
+
+// account is the session's ledger with what only its rule counters m know
+// (withKernelCounts): the final one once stopped. routed is the share of
+// the clones the kernel sends of a session that sends the rest itself
+// (nil for other sessions): the losses its reader saw are copies the kernel
+// sent, the losses of the other reader are lost copies.
+func (s *session) account(m map[string]rules.CounterValue) (total pipeline.Snapshot, routed *pipeline.Snapshot) {
+	s.mu.Lock()
+	f := s.final
+	s.mu.Unlock()
+	if f != nil && s.routedLedger == nil {
+		return *f, nil
+	}
+	if s.routedLedger == nil {
+		return withKernelCounts(s.ledger.Snapshot(), m), nil
+	}
+	r := s.routedLedger.Snapshot()
+	q := m[rules.CounterQueued]
+	r = r.WithQueued(q.Packets, q.Bytes)
+	if f != nil {
+		return *f, &r
+	}
+	total = addSnapshots(s.ledger.Snapshot(), r)
+	total = total.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
+	total.Skipped = skippedCounts(m)
+	return total, &r
 }
 
 // setLedger makes l a userspace session's ledger in its status, with what

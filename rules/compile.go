@@ -70,15 +70,31 @@ const rawPriority = -300
 const LogThreshold = 16
 
 // QueueNum returns the first NFQUEUE number (or NFLOG group) of the session
-// at index i: userspace sessions get consecutive blocks of queue.count.
+// at index i: userspace sessions get consecutive blocks of queue.count (at
+// least Groups).
 func QueueNum(c *config.Config, i int) int {
 	n := c.Queue.Num
 	for j := 0; j < i; j++ {
 		if m := c.Sessions[j].Method; m == config.MethodQueue || m == config.MethodLog {
-			n += c.Queue.Count
+			n += max(c.Queue.Count, Groups(c, &c.Sessions[j]))
 		}
 	}
 	return n
+}
+
+// Groups is how many NFQUEUE numbers or NFLOG groups userspace session s
+// reads from its first: a queue session queue.count; a log session one,
+// and two when the kernel sends its TCP clones (config.KernelRoutedTCP):
+// the first for the packets nfclone sends, the second for the clones it
+// only counts.
+func Groups(c *config.Config, s *config.Session) int {
+	switch {
+	case s.Method == config.MethodQueue:
+		return c.Queue.Count
+	case c.KernelRoutedTCP(s):
+		return 2
+	}
+	return 1
 }
 
 // VXLANDevice names the kernel VXLAN device nfclone creates for a vxlan
@@ -188,7 +204,7 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 			// xt NFQUEUE target in an inet table.
 			userspace = true
 			num := opt.queueNum(c, i)
-			routed := c.KernelRouted(s)
+			routed := c.RoutesClones(s)
 			if s.Method == config.MethodLog && !routed {
 				for _, f := range userspaceFamilies(s) {
 					sc.l3(tbl(f), false, func(b *builder, _ bool) { b.log(num, s.Snaplen, LogThreshold) })
@@ -208,6 +224,14 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 				break
 			}
 			// A queue session's clones, or a kernel-routed log session's.
+			// A log session whose TCP clones alone the kernel sends logs
+			// the rest itself, to its first group, before the copy rule
+			// (copyChain); its clones go to the second.
+			cloneGroup := num
+			if c.KernelRoutedTCP(s) {
+				sc.logOthers = &num
+				cloneGroup = num + 1
+			}
 			slot := slots // this session's marker: one per clone session, whatever its families
 			slots++
 			ml := c.Marks()
@@ -257,7 +281,7 @@ func Compile(c *config.Config, opt Options) (*Ruleset, error) {
 					clones[f] = append(clones[f], newBuilder(f).catchClones(ml, marker, num, c.Queue.Count, opt.NativeQueue).rule())
 				case s.Method == config.MethodLog:
 					// the reader's bind asks for 128 bytes
-					clones[f] = append(clones[f], newBuilder(f).countRouted(ml, marker, s.Name).routeMark(ml, gwMark).log(num, 0, LogThreshold).rule())
+					clones[f] = append(clones[f], newBuilder(f).countRouted(ml, marker, s.Name).routeMark(ml, gwMark).log(cloneGroup, 0, LogThreshold).rule())
 				default:
 					clones[f] = append(clones[f], newBuilder(f).countRouted(ml, marker, s.Name).rule(),
 						newBuilder(f).markBits(ml.SlotMask(), marker&ml.SlotMask()).routeMark(ml, gwMark).hold(num, c.Queue.Count, opt.NativeQueue, 0).rule())
@@ -315,7 +339,7 @@ func tunnelRemotes(c *config.Config) []netip.AddrPort {
 // with its slot's marker and caught in the clones chain — a queue session
 // that does not hold its originals, or a kernel-routed log session.
 func clonesSession(c *config.Config, s *config.Session) bool {
-	return s.Method == config.MethodQueue && !s.Hold || c.KernelRouted(s)
+	return s.Method == config.MethodQueue && !s.Hold || c.RoutesClones(s)
 }
 
 // userspaceFamilies are the families a userspace session copies: a gateway
@@ -355,6 +379,9 @@ type sessionCompiler struct {
 	// mark (RuleMarks; 0: they do not)
 	ruleMarks uint32
 	expr      *filter.Expr // the session's filter expression (instead of rules)
+	// logOthers: the NFLOG group a log session whose TCP clones the kernel
+	// sends logs its other packets to (nil: none)
+	logOthers *int
 }
 
 func newSessionCompiler(c *config.Config, i int, opt Options) (*sessionCompiler, error) {
@@ -637,6 +664,11 @@ func (sc *sessionCompiler) copyChain(fam nftables.TableFamily, name string, acti
 	}
 	if sc.rate != nil {
 		ch.Rules = append(ch.Rules, newBuilder(fam).rateOver(*sc.rate).count(sc.s.Name, CounterRateLimited).verdict(expr.VerdictReturn, "").rule())
+	}
+	if g := sc.logOthers; g != nil {
+		// Not TCP: logged whole and sent by nfclone; the original leaves
+		// the chain unmarked (before the DF mark below).
+		ch.Rules = append(ch.Rules, newBuilder(fam).notL4proto(6).count(sc.s.Name, CounterCopied).log(*g, sc.s.Snaplen, LogThreshold).verdict(expr.VerdictReturn, "").rule())
 	}
 	if clonesSession(sc.cfg, sc.s) && fam == nftables.TableFamilyIPv4 {
 		// The copy rule makes a clone of it: say whether DF was clear.

@@ -140,7 +140,7 @@ func DeviceRoutes(c *config.Config) []DeviceRoute {
 	var out []DeviceRoute
 	for i := range c.Sessions {
 		s := &c.Sessions[i]
-		if !c.KernelRouted(s) || s.Targets[0].Kind == config.KindGateway {
+		if !c.RoutesClones(s) || s.Targets[0].Kind == config.KindGateway {
 			continue
 		}
 		t := s.Targets[0]

@@ -164,6 +164,16 @@ func (b *builder) l4proto(p uint8, visible bool) *builder {
 	return b.add(text, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}, cmpEq([]byte{p}))
 }
 
+// notL4proto: `meta l4proto != tcp`.
+func (b *builder) notL4proto(p uint8) *builder {
+	name, ok := protoNames[p]
+	if !ok {
+		name = fmt.Sprint(p)
+	}
+	return b.add("meta l4proto != "+name, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg, Data: []byte{p}})
+}
+
 // ports: `tcp dport 80`, `tcp dport 1024-65535`, `udp sport { 53, 5353 }`.
 func (b *builder) ports(proto uint8, field string, rs []config.PortRange) *builder {
 	off := uint32(0)

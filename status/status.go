@@ -92,6 +92,9 @@ type TargetStatus struct {
 	// kernel-routed queue session (queue.kernel_route); Stats are the
 	// session ledger's copies, what the kernel was given to send.
 	Kernel bool `json:"kernel,omitempty"`
+	// KernelTCP: the kernel sends the copies of TCP packets, nfclone the
+	// rest (a log session, queue.log_kernel_route: tcp); Stats count both.
+	KernelTCP bool `json:"kernel_tcp,omitempty"`
 }
 
 // InterfaceStatus is an interface a session depends on.

@@ -116,7 +116,14 @@ func writeTable(w io.Writer, s status.Status, now time.Time) error {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, t.Kind, ss.Name, "(kernel)", "-", "-", "")
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, t.Kind, ss.Name,
+				kind := t.Kind
+				switch {
+				case t.Kernel: // the kernel sends every copy
+					kind += " (kernel)"
+				case t.KernelTCP: // the kernel sends the TCP copies
+					kind += " (kernel: tcp)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, kind, ss.Name,
 					num(t.Stats.Sent), bytesIEC(t.Stats.Bytes), num(t.Stats.Errors), t.Stats.LastError)
 				for _, c := range t.Clients {
 					// A pcap-over-ip client: what it was sent, what was

@@ -76,12 +76,15 @@ func check(w io.Writer, c *config.Config) error {
 		if s.Hold {
 			fmt.Fprintf(w, "note: session %s holds its originals (hold: true): what it matches waits for nfclone, and stops while nfclone is stopped (nice %d)\n", s.Name, c.Queue.Nice)
 		}
-		if c.KernelRouted(&s) {
+		switch {
+		case c.KernelRouted(&s):
 			key := "queue.kernel_route"
 			if s.Method == config.MethodLog {
 				key = "queue.log_kernel_route"
 			}
 			fmt.Fprintf(w, "note: session %s: the kernel sends its copies to the %s (%s): nfclone reads their headers and counts them\n", s.Name, s.Targets[0].Describe(), key)
+		case c.KernelRoutedTCP(&s):
+			fmt.Fprintf(w, "note: session %s: the kernel sends the copies of TCP packets to the %s, nfclone the rest (queue.log_kernel_route: tcp): nfclone reads the kernel's copies' headers and counts them\n", s.Name, s.Targets[0].Describe())
 		}
 	}
 	if c.Queue.Realtime > 0 {
