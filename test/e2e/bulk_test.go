@@ -98,8 +98,9 @@ func bulkCases() []bulkCase {
 		}
 		if m == "queue" || m == "log" {
 			// queue → gateway is the kernel's to send by default
-			// (queue.kernel_route), log → gateway nfclone's: these rows
-			// take the other way (queue.log_kernel_route for log).
+			// (queue.kernel_route), and log's TCP copies too
+			// (queue.log_kernel_route: tcp): these rows take the other
+			// way, nfclone sending.
 			for _, tr := range []string{"forwarded", "host"} {
 				cs = append(cs, bulkCase{"v4", m, otherGatewayWay(m), tr})
 			}
@@ -129,20 +130,24 @@ func bulkCases() []bulkCase {
 	return cs
 }
 
-// otherGatewayWay is the gateway target row that sends the copies the way
-// the method does not by default: nfclone for queue, the kernel for log.
-func otherGatewayWay(method string) string {
-	if method == "log" {
-		return "gateway-kernel"
-	}
-	return "gateway-userspace"
-}
+// otherGatewayWay is the gateway target row that sends TCP copies the way
+// the method does not by default: nfclone, for queue and log alike.
+func otherGatewayWay(string) string { return "gateway-userspace" }
 
-// routeKeys are the queue keys that choose who sends a row's copies (vxlan-kernel: the kernel, into its VXLAN device);
-// "gateway-userspace" nfclone (kernel_route off), "gateway-kernel" the
-// kernel for log too (log_kernel_route on); otherwise the defaults.
+// routeKeys are the queue keys that choose who sends a row's copies
+// (vxlan-kernel: the kernel, into its VXLAN device); "gateway-userspace"
+// nfclone (kernel_route and log_kernel_route off), "gateway-kernel" the
+// kernel for every packet of a log session (log_kernel_route on);
+// otherwise the defaults (log: the kernel sends TCP's, nfclone the rest).
 func routeKeys(target string) string {
-	return fmt.Sprintf("kernel_route: %t, log_kernel_route: %t, vxlan_kernel_route: %t", target != "gateway-userspace", target == "gateway-kernel", target == "vxlan-kernel")
+	logRoute := "tcp"
+	switch target {
+	case "gateway-userspace":
+		logRoute = "off"
+	case "gateway-kernel":
+		logRoute = "on"
+	}
+	return fmt.Sprintf("kernel_route: %t, log_kernel_route: %s, vxlan_kernel_route: %t", target != "gateway-userspace", logRoute, target == "vxlan-kernel")
 }
 
 func (c bulkCase) config() string {
