@@ -50,11 +50,11 @@ type session struct {
 	// from the session's second group: its losses are copies the kernel
 	// sent (WithQueued), unlike those of the first.
 	routedLedger *pipeline.Ledger
-	fanout  sink.Sink
-	deliver func(batch []*packet.Packet) // sends to fanout and accounts (setFanout)
-	workers int
-	mtu     int // copies are cut to this size (sessionMTU)
-	log     *slog.Logger
+	fanout       sink.Sink
+	deliver      func(batch []*packet.Packet) // sends to fanout and accounts (setFanout)
+	workers      int
+	mtu          int // copies are cut to this size (sessionMTU)
+	log          *slog.Logger
 
 	readerCancel context.CancelFunc
 	readerWG     sync.WaitGroup
