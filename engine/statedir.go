@@ -15,6 +15,7 @@ import (
 
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/route"
+	"github.com/nfclone/nfclone/rules"
 )
 
 // LockFile is the name of the lock file inside state_dir: the process that
@@ -302,8 +303,11 @@ func checkChange(c route.Change) error {
 			return fmt.Errorf("route in table %d: nfclone adds routes only to tables of its own", c.Route.Table)
 		}
 	case c.Op == route.OpRuleAdded && c.Rule != nil:
-		if c.Rule.Mark == 0 || reservedTables[c.Rule.Table] {
-			return fmt.Errorf("rule %s: nfclone adds only fwmark rules to tables of its own", c.Rule)
+		// A device route's rule selects the lookups of its made-up next
+		// hop instead of a mark.
+		nextHop := c.Rule.To.IsSingleIP() && rules.IsDeviceNextHop(c.Rule.To.Addr())
+		if c.Rule.Mark == 0 && !nextHop || reservedTables[c.Rule.Table] {
+			return fmt.Errorf("rule %s: nfclone adds only fwmark rules, and rules to its made-up next hops, to tables of its own", c.Rule)
 		}
 	case c.Op == route.OpLocalMoved && c.Local != nil:
 	default:

@@ -135,7 +135,7 @@ func TestStateNamingForeignTableRefused(t *testing.T) {
 }
 
 func TestStateCheck(t *testing.T) {
-	v4 := route.FamilyOf(netip.MustParseAddr("10.0.0.1"))
+	v4, v6 := route.FamilyOf(netip.MustParseAddr("10.0.0.1")), route.FamilyOf(netip.MustParseAddr("fe80::1"))
 	ok := []State{
 		{Table: "nfclone"},
 		{Table: "mirror"}, // the configured table
@@ -146,6 +146,14 @@ func TestStateCheck(t *testing.T) {
 			{Op: route.OpRouteAdded, Route: &route.Route{Family: v4, Table: 20035, Gateway: netip.MustParseAddr("10.0.0.1"), Device: "e1"}},
 			{Op: route.OpLocalMoved, Local: &route.LocalMove{Family: v4}},
 		}},
+		// A kernel-routed device target's rules: its made-up next hops'
+		// lookups, no mark (what every default log or queue session to a
+		// device writes; the state file of one was refused after kill -9).
+		{Table: "nfclone", Journal: route.Journal{
+			{Op: route.OpRuleAdded, Rule: &route.PolicyRule{Family: v4, Pref: 100, To: netip.MustParsePrefix("169.254.77.1/32"), Table: 21035}},
+			{Op: route.OpRuleAdded, Rule: &route.PolicyRule{Family: v6, Pref: 100, To: netip.MustParsePrefix("fe80::4e43:1/128"), Table: 21035}},
+			{Op: route.OpRuleAdded, Rule: &route.PolicyRule{Family: v4, Pref: 100, To: netip.MustParsePrefix("169.254.78.3/32"), Table: 21290}},
+		}},
 	}
 	for _, s := range ok {
 		if err := s.Check("mirror"); err != nil {
@@ -153,13 +161,16 @@ func TestStateCheck(t *testing.T) {
 		}
 	}
 	bad := map[string]State{
-		"table":       {Table: "filter"},
-		"link kind":   {Table: "nfclone", Journal: route.Journal{{Op: route.OpLinkCreated, Link: &route.CreatedLink{Name: "eth0", Index: 2, Kind: "device"}}}},
-		"no ifindex":  {Table: "nfclone", Journal: route.Journal{{Op: route.OpLinkCreated, Link: &route.CreatedLink{Name: "vx", Kind: "vxlan"}}}},
-		"main route":  {Table: "nfclone", Journal: route.Journal{{Op: route.OpRouteAdded, Route: &route.Route{Family: v4, Table: 254, Device: "e1"}}}},
-		"local rule":  {Table: "nfclone", Journal: route.Journal{{Op: route.OpRuleAdded, Rule: &route.PolicyRule{Family: v4, Pref: 0, Table: 255}}}},
-		"flags":       {Table: "nfclone", Journal: route.Journal{{Op: route.OpLinkFlags, Flags: &route.FlagChange{Device: "e0", Index: 2, Mask: 1}}}},
-		"empty entry": {Table: "nfclone", Journal: route.Journal{{Op: route.OpRuleAdded}}},
+		"table":                    {Table: "filter"},
+		"link kind":                {Table: "nfclone", Journal: route.Journal{{Op: route.OpLinkCreated, Link: &route.CreatedLink{Name: "eth0", Index: 2, Kind: "device"}}}},
+		"no ifindex":               {Table: "nfclone", Journal: route.Journal{{Op: route.OpLinkCreated, Link: &route.CreatedLink{Name: "vx", Kind: "vxlan"}}}},
+		"main route":               {Table: "nfclone", Journal: route.Journal{{Op: route.OpRouteAdded, Route: &route.Route{Family: v4, Table: 254, Device: "e1"}}}},
+		"rule to another address":  {Table: "nfclone", Journal: route.Journal{{Op: route.OpRuleAdded, Rule: &route.PolicyRule{Family: v4, Pref: 100, To: netip.MustParsePrefix("10.0.0.1/32"), Table: 21035}}}},
+		"rule to a next hop's net": {Table: "nfclone", Journal: route.Journal{{Op: route.OpRuleAdded, Rule: &route.PolicyRule{Family: v4, Pref: 100, To: netip.MustParsePrefix("169.254.77.0/24"), Table: 21035}}}},
+		"next hop rule in main":    {Table: "nfclone", Journal: route.Journal{{Op: route.OpRuleAdded, Rule: &route.PolicyRule{Family: v4, Pref: 100, To: netip.MustParsePrefix("169.254.77.1/32"), Table: 254}}}},
+		"local rule":               {Table: "nfclone", Journal: route.Journal{{Op: route.OpRuleAdded, Rule: &route.PolicyRule{Family: v4, Pref: 0, Table: 255}}}},
+		"flags":                    {Table: "nfclone", Journal: route.Journal{{Op: route.OpLinkFlags, Flags: &route.FlagChange{Device: "e0", Index: 2, Mask: 1}}}},
+		"empty entry":              {Table: "nfclone", Journal: route.Journal{{Op: route.OpRuleAdded}}},
 	}
 	for name, s := range bad {
 		if err := s.Check("mirror"); err == nil {

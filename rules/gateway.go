@@ -168,6 +168,17 @@ func deviceNextHop4(k int) netip.Addr {
 	return netip.AddrFrom4([4]byte{169, 254, byte(77 + (k-1)/254), byte((k-1)%254 + 1)})
 }
 
+// IsDeviceNextHop reports whether a is a next hop DeviceRoutes makes up:
+// 169.254.77.1 and up (deviceNextHop4), or fe80::4e43:k.
+func IsDeviceNextHop(a netip.Addr) bool {
+	if a.Is4() {
+		b := a.As4()
+		return b[0] == 169 && b[1] == 254 && b[2] >= 77
+	}
+	b := a.As16()
+	return a.Is6() && b == [16]byte{0: 0xfe, 1: 0x80, 12: 0x4e, 13: 0x43, 14: b[14], 15: b[15]}
+}
+
 // RoutedDevice is the device a kernel-routed session's clones leave by,
 // other than a gateway's: the device target (the near end of a pair
 // nfclone creates), or the VXLAN device nfclone creates for a vxlan target.
