@@ -273,15 +273,20 @@ func TestKill9BetweenJournalSteps(t *testing.T) {
 	t.Run("policy rule, then the next start", func(t *testing.T) {
 		cfg, _ := writeConfig(t, routedConfig)
 		killBeforeConfirm(t, l, cfg, "rule-added")
-		if r := l.MustExec(t, l.Eng, "ip", "rule"); !strings.Contains(r, "fwmark 0x81/0xff") {
+		// The first rule nfclone adds: the lookup of the made-up next hop
+		// of lg's device target (the kernel sends its TCP copies), a rule
+		// without a mark, which the next start must take as nfclone's.
+		const rule = "to 169.254.77.1 lookup 21035"
+		if r := l.MustExec(t, l.Eng, "ip", "rule"); !strings.Contains(r, rule) {
 			t.Fatalf("the hook fired but the rule is not there:\n%s", r)
 		}
 		d := startNfclone2(t, l, cfg)
 		if !strings.Contains(d.Stderr(), "removing leftovers of an earlier run") {
 			t.Fatalf("the restart did not reconcile:\n%s", d.Stderr())
 		}
-		if n := strings.Count(l.MustExec(t, l.Eng, "ip", "rule"), "fwmark 0x81/0xff"); n != 1 {
-			t.Fatalf("%d fwmark rules after the restart", n)
+		r := l.MustExec(t, l.Eng, "ip", "rule")
+		if strings.Count(r, rule) != 1 || strings.Count(r, "fwmark 0x81/0xff") != 1 {
+			t.Fatalf("after the restart, want one of each rule:\n%s", r)
 		}
 		d.stop(t)
 		if after := routingState(t, l); after != before {
