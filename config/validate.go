@@ -194,6 +194,16 @@ func validateQueue(p *problems, q *Queue, sessions int) {
 	default:
 		p.add("queue.log_kernel_route", "%q is not one of tcp, on, off", q.LogKernelRoute)
 	}
+	switch strings.ToLower(string(q.VXLANKernelRoute)) {
+	case "", string(VXLANRouteAuto):
+		q.VXLANKernelRoute = VXLANRouteAuto
+	case string(VXLANRouteOn), "true":
+		q.VXLANKernelRoute = VXLANRouteOn
+	case string(VXLANRouteOff), "false":
+		q.VXLANKernelRoute = VXLANRouteOff
+	default:
+		p.add("queue.vxlan_kernel_route", "%q is not one of auto, on, off", q.VXLANKernelRoute)
+	}
 }
 
 func validateSession(p *problems, path string, s *Session) {
