@@ -320,15 +320,21 @@ func runBulk(t *testing.T, l *lab.Lab, base string, c bulkCase, file string, sum
 	if c.tunnel() {
 		filter = "udp port 4789 or (ip[6:2] & 0x3fff != 0)" // outer fragments too
 	}
-	if c.jumbo() {
+	underlay := func(mtu string) {
 		for _, nd := range [][2]string{{l.Eng, lab.EngToCol}, {l.Col, lab.Iface}} {
-			l.MustExec(t, nd[0], "ip", "link", "set", nd[1], "mtu", jumboMTU)
-			t.Cleanup(func() { _, _ = l.Exec(context.Background(), nd[0], "ip", "link", "set", nd[1], "mtu", "1500") })
+			_, _ = l.Exec(context.Background(), nd[0], "ip", "link", "set", nd[1], "mtu", mtu)
 		}
+	}
+	if c.jumbo() {
+		t.Cleanup(func() { underlay("1500") }) // should startRow fail
+		underlay(jumboMTU)
 	}
 	capt := l.StartCapture(t, l.Col, lab.Iface, filter, lab.Direction("in"), lab.TcpdumpArgs("-s", "0", "-B", collectorBuf))
 	d := startRow(t, l, base, c.config())
 	if c.jumbo() {
+		// Before the row's routing check (cleanups run last first), which
+		// compares the links too.
+		t.Cleanup(func() { underlay("1500") })
 		note := "the kernel sends its copies to the vxlan " + lab.ColIP
 		if c.method == "log" {
 			note = "the kernel sends the copies of TCP packets to the vxlan " + lab.ColIP
