@@ -119,15 +119,19 @@ type Queue struct {
 	// protocol keeps each connection's copies on one path, in order.
 	// Validate turns true and false into on and off.
 	LogKernelRoute LogRoute `mapstructure:"log_kernel_route" json:"log_kernel_route"`
-	// VXLANKernelRoute (default false) lets the kernel send the clones of
-	// such sessions (queue; log unless LogKernelRoute is off) whose one target is a
+	// VXLANKernelRoute says whether the kernel sends the clones of such
+	// sessions (queue; log as LogKernelRoute says) whose one target is a
 	// vxlan target nfclone makes a VXLAN device for: dup routes each clone
-	// into the device, which encapsulates the original packet as it is
-	// (1500 bytes behind a 1500-byte path: the outer datagram is
-	// fragmented). Twice nfclone's copies at saturation, but the fragments
-	// double the frames, and a burst the underlay cannot take is lost after
-	// the ledger counted it (docs/methods.md#kernel-route-vxlan).
-	VXLANKernelRoute bool `mapstructure:"vxlan_kernel_route" json:"vxlan_kernel_route"`
+	// into the device, which encapsulates the original packet as it is.
+	// VXLANRouteAuto (the default): where the path to the remote takes the
+	// outer datagram of the largest original whole (a jumbo underlay;
+	// KernelRouteMTU decides). VXLANRouteOn: also where it does not (1500
+	// bytes behind a 1500-byte path: the outer datagram is fragmented; twice
+	// nfclone's copies at saturation, but the fragments double the frames,
+	// and a burst the underlay cannot take is lost after the ledger counted
+	// it, docs/methods.md#kernel-route-vxlan). VXLANRouteOff: never.
+	// Validate turns true and false into on and off.
+	VXLANKernelRoute VXLANRoute `mapstructure:"vxlan_kernel_route" json:"vxlan_kernel_route"`
 	// SocketBuffer is the kernel receive buffer of each reader's socket (a
 	// size: "64MiB"; the kernel holds up to twice this).
 	SocketBuffer string `mapstructure:"socket_buffer" json:"socket_buffer"`
@@ -146,6 +150,17 @@ const (
 	LogRouteTCP LogRoute = "tcp" // TCP's; nfclone sends the rest
 	LogRouteOn  LogRoute = "on"  // every clone
 	LogRouteOff LogRoute = "off" // none: nfclone sends every copy
+)
+
+// VXLANRoute is when the kernel sends clones into nfclone's VXLAN devices
+// (queue.vxlan_kernel_route).
+type VXLANRoute string
+
+// VXLANRoute values.
+const (
+	VXLANRouteAuto VXLANRoute = "auto" // where the path takes whole copies
+	VXLANRouteOn   VXLANRoute = "on"   // always: outer datagrams fragmented where it does not
+	VXLANRouteOff  VXLANRoute = "off"  // never
 )
 
 // KernelRouted reports whether the kernel sends every clone of session s
@@ -178,8 +193,9 @@ func (c *Config) RoutesClones(s *Session) bool {
 
 // routable: the kernel can send session s's clones (see KernelRouted).
 func (c *Config) routable(s *Session) bool {
+	vx := c.Queue.VXLANKernelRoute == VXLANRouteOn || c.Queue.VXLANKernelRoute == VXLANRouteAuto && s.tunnelPathFits
 	return !s.smallTargetMTU && s.Snaplen == 0 && s.DedupWindow == 0 &&
-		len(s.Targets) == 1 && (s.Targets[0].kernelRoutable() || c.Queue.VXLANKernelRoute && s.Targets[0].OwnVXLAN())
+		len(s.Targets) == 1 && (s.Targets[0].kernelRoutable() || vx && s.Targets[0].OwnVXLAN())
 }
 
 // kernelRoutable: the kernel can send a clone to t itself — a gateway, or
@@ -276,6 +292,11 @@ type Session struct {
 	// one of its sources (KernelRouteMTU), so the kernel does not send its
 	// copies.
 	smallTargetMTU bool
+	// tunnelPathFits: the path to its vxlan target's remote takes the
+	// outer datagram of its sources' largest packet whole
+	// (KernelRouteMTU), so with vxlan_kernel_route auto the kernel sends
+	// its copies into the VXLAN device.
+	tunnelPathFits bool
 }
 
 // Source is an interface and a direction to copy from.

@@ -63,7 +63,7 @@ func TestParseDesignExample(t *testing.T) {
 		Table: "nfclone", StateDir: "/run/nfclone", Mark: 0x80, MarkMask: 0xff, RouteTable: 0x4e43, RulePref: 100,
 		Metrics: Metrics{Listen: "127.0.0.1:9464"},
 		Queue: Queue{Num: 0, Count: 1, MaxLen: 4096, Cap: 8192, CapBytes: "16MiB", Workers: 2, Nice: 10, CapByteCount: 16 << 20,
-			SocketBuffer: "64MiB", SocketBufferBytes: 64 << 20, KernelRoute: true, LogKernelRoute: LogRouteTCP},
+			SocketBuffer: "64MiB", SocketBufferBytes: 64 << 20, KernelRoute: true, LogKernelRoute: LogRouteTCP, VXLANKernelRoute: VXLANRouteAuto},
 		Sessions: []Session{
 			{
 				Name: "web", Method: "queue",
@@ -187,8 +187,8 @@ func TestParseEnvOverrides(t *testing.T) {
 	want.Queue.SocketBuffer, want.Queue.SocketBufferBytes = "8MiB", 8<<20
 	want.Queue.Realtime = 5
 	want.Queue.KernelRoute = false
-	want.Queue.LogKernelRoute = LogRouteOn // "true" is on
-	want.Queue.VXLANKernelRoute = true
+	want.Queue.LogKernelRoute = LogRouteOn     // "true" is on
+	want.Queue.VXLANKernelRoute = VXLANRouteOn // "true" is on
 	want.Watch = true
 	want.Mark = 0x9000
 	want.MarkMask = 0xff00
@@ -477,7 +477,7 @@ sessions:
 	}
 	// vxlan targets with nfclone's VXLAN device (one remote) only with
 	// queue.vxlan_kernel_route.
-	c.Queue.VXLANKernelRoute = true
+	c.Queue.VXLANKernelRoute = VXLANRouteOn
 	if got, want := kernelRouted(c), []string{"gw", "gw6", "dev", "made", "vx"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("with vxlan_kernel_route: kernel-routed sessions %v, want %v", got, want)
 	}
@@ -510,6 +510,16 @@ func names(c *Config, pred func(*Session) bool) []string {
 
 // queue.log_kernel_route takes tcp, on and off, and YAML's booleans.
 func TestLogKernelRouteValues(t *testing.T) {
+	for in, want := range map[string]VXLANRoute{"": VXLANRouteAuto, "auto": VXLANRouteAuto, "on": VXLANRouteOn, "true": VXLANRouteOn, "off": VXLANRouteOff, "false": VXLANRouteOff} {
+		body := "sessions: [{name: a, method: log, sources: [{interface: e0}], targets: [{kind: pcap, path: /tmp/x.pcap}]}]\n"
+		if in != "" {
+			body = "queue: {vxlan_kernel_route: " + in + "}\n" + body
+		}
+		c, err := Parse([]byte(body), nil)
+		if err != nil || c.Queue.VXLANKernelRoute != want {
+			t.Errorf("vxlan_kernel_route %q: %v, %v; want %q", in, c, err, want)
+		}
+	}
 	for in, want := range map[string]LogRoute{"": LogRouteTCP, "tcp": LogRouteTCP, "on": LogRouteOn, "true": LogRouteOn, "off": LogRouteOff, "false": LogRouteOff} {
 		body := "sessions: [{name: a, method: log, sources: [{interface: e0}], targets: [{kind: pcap, path: /tmp/x.pcap}]}]\n"
 		if in != "" {
@@ -530,6 +540,50 @@ func TestLogKernelRouteValues(t *testing.T) {
 	}
 }
 
+func noPath(netip.AddrPort) int { return 0 }
+
+// queue.vxlan_kernel_route auto (the default): the kernel sends into
+// nfclone's VXLAN device the copies of the sessions whose path to the
+// remote takes the outer datagram of their sources' largest packet whole
+// (MTU + 50 toward an IPv4 remote, + 70 toward IPv6); on: every such
+// session's; off: none. An unknown path or source MTU is not a fit.
+func TestVXLANKernelRouteAuto(t *testing.T) {
+	c, err := Parse([]byte(`
+sessions:
+  - {name: jumbo, method: queue, sources: [{interface: e0}], targets: [{kind: vxlan, remote: "10.77.4.2:4789", vni: 7}]}
+  - {name: edge, method: log, sources: [{interface: e0}], targets: [{kind: vxlan, remote: "10.77.5.2:4789", vni: 8}]}
+  - {name: thin, method: queue, sources: [{interface: e0}], targets: [{kind: vxlan, remote: "10.77.6.2:4789", vni: 9}]}
+  - {name: six, method: queue, sources: [{interface: e0}], targets: [{kind: vxlan, remote: "[fd77:4::2]:4789", vni: 10}]}
+  - {name: nosrc, method: queue, sources: [{interface: e9}], targets: [{kind: vxlan, remote: "10.77.4.2:4789", vni: 11}]}
+  - {name: user, method: queue, sources: [{interface: e0}], targets: [{kind: vxlan, remote: "10.77.4.2:4789", vni: 12, encap: userspace}]}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths := map[string]int{"10.77.4.2": 9000, "10.77.5.2": 1550, "10.77.6.2": 1549, "fd77:4::2": 1569}
+	mtu := func(n string) int { return map[string]int{"e0": 1500}[n] }
+	path := func(ap netip.AddrPort) int { return paths[ap.Addr().String()] }
+	if notes := KernelRouteMTU(c, mtu, path); len(notes) != 0 {
+		t.Errorf("notes %v", notes)
+	}
+	if got, want := names(c, c.RoutesClones), []string{"jumbo", "edge"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("auto: the kernel sends the clones of %v, want %v", got, want)
+	}
+	paths["fd77:4::2"] = 1570
+	KernelRouteMTU(c, mtu, path)
+	if got, want := names(c, c.RoutesClones), []string{"jumbo", "edge", "six"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("auto, the IPv6 path grown: %v, want %v", got, want)
+	}
+	c.Queue.VXLANKernelRoute = VXLANRouteOn
+	if got, want := names(c, c.RoutesClones), []string{"jumbo", "edge", "thin", "six", "nosrc"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("on: %v, want %v", got, want)
+	}
+	c.Queue.VXLANKernelRoute = VXLANRouteOff
+	if got := names(c, c.RoutesClones); got != nil {
+		t.Errorf("off: %v", got)
+	}
+}
+
 // A kernel-routed session whose gateway device has a smaller MTU than one of
 // its sources is sent by nfclone instead (the kernel would answer a longer
 // DF copy with "fragmentation needed" to the original's sender); unknown
@@ -546,13 +600,13 @@ sessions:
 		t.Fatal(err)
 	}
 	mtus := map[string]int{"e0": 1500, "e2": 9000, "e1": 1500, "e3": 1500}
-	notes := KernelRouteMTU(c, func(n string) int { return mtus[n] })
+	notes := KernelRouteMTU(c, func(n string) int { return mtus[n] }, noPath)
 	if routed, want := kernelRouted(c), []string{"same", "unknown"}; !reflect.DeepEqual(routed, want) {
 		t.Errorf("kernel-routed %v, want %v", routed, want)
 	}
 	// Asked again after the MTU grew: the kernel sends again.
 	mtus["e1"] = 9000
-	if notes := KernelRouteMTU(c, func(n string) int { return mtus[n] }); len(notes) != 1 || !c.KernelRouted(&c.Sessions[0]) {
+	if notes := KernelRouteMTU(c, func(n string) int { return mtus[n] }, noPath); len(notes) != 1 || !c.KernelRouted(&c.Sessions[0]) {
 		t.Errorf("after e1 grew: notes %v, session small kernel-routed %v", notes, c.KernelRouted(&c.Sessions[0]))
 	}
 	if len(notes) != 2 || notes[0].Path != "sessions[0].targets[0].device" || !strings.Contains(notes[0].Msg, "e1 has MTU 1500, below 9000 of source e2: nfclone sends") ||

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+
+	"golang.org/x/sys/unix"
 )
 
 // Host answers what the checks against the running system need to know. The
@@ -139,18 +141,26 @@ func describe(gw netip.Addr, pfxs []netip.Prefix) string {
 // path of the originals, which have the larger MTU. nfclone sends such a
 // session's copies itself (cut or fragmented to the MTU, too_big counted).
 // A dup session's gateway copies have no other way: it gets a warning.
+// It also decides, for queue.vxlan_kernel_route auto, whose vxlan target's
+// path (path gives the MTU of the route to a remote, 0 when unknown) takes
+// the outer datagram of the sources' largest packet whole: the kernel
+// sends those sessions' copies into their VXLAN device.
 // Call it once on a loaded config, before it is used; it returns a note for
-// each such session.
-func KernelRouteMTU(c *Config, mtu func(name string) int) Errors {
+// each session the kernel does not send for because of an MTU.
+func KernelRouteMTU(c *Config, mtu func(name string) int, path func(remote netip.AddrPort) int) Errors {
 	var p problems
 	for i := range c.Sessions {
 		s := &c.Sessions[i]
-		s.smallTargetMTU = false // decided again
+		s.smallTargetMTU, s.tunnelPathFits = false, false // decided again
 		src, srcName := 0, ""
 		for _, so := range s.Sources {
 			if m := mtu(so.Interface); m > src {
 				src, srcName = m, so.Interface
 			}
+		}
+		if len(s.Targets) == 1 && s.Targets[0].OwnVXLAN() && src > 0 {
+			ap := s.Targets[0].RemoteAddrs[0]
+			s.tunnelPathFits = path(ap) >= src+TunnelOverhead(ap.Addr())
 		}
 		for j, t := range s.Targets {
 			dst := mtu(t.Device)
@@ -169,6 +179,50 @@ func KernelRouteMTU(c *Config, mtu func(name string) int) Errors {
 	}
 	return p.list
 }
+
+// TunnelOverhead is what VXLAN (or GENEVE without options) puts around an
+// IP packet toward remote: the outer IP and UDP headers, the tunnel header
+// and the inner Ethernet header.
+func TunnelOverhead(remote netip.Addr) int {
+	if remote.Unmap().Is4() {
+		return 20 + 8 + 8 + 14
+	}
+	return 40 + 8 + 8 + 14
+}
+
+// SystemPathMTU is the MTU of the current network namespace's route to
+// remote for packets with mark (0: none): what a connected UDP socket
+// learns (the route's MTU, or a smaller one the path reported); 0 when
+// unknown.
+func SystemPathMTU(remote netip.AddrPort, mark uint32) int {
+	a := remote.Addr().Unmap()
+	fam, lvl, opt := unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_MTU
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(remote.Port()), Addr: a.As16()}
+	if a.Is4() {
+		fam, lvl, opt = unix.AF_INET, unix.IPPROTO_IP, unix.IP_MTU
+		sa = &unix.SockaddrInet4{Port: int(remote.Port()), Addr: a.As4()}
+	}
+	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(fd)
+	if mark != 0 {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+	}
+	if err := unix.Connect(fd, sa); err != nil {
+		return 0
+	}
+	m, err := unix.GetsockoptInt(fd, lvl, opt)
+	if err != nil {
+		return 0
+	}
+	return m
+}
+
+// SystemTunnelPathMTU is SystemPathMTU without a mark: the path of the
+// outer datagrams of a kernel VXLAN device, which carry none.
+func SystemTunnelPathMTU(remote netip.AddrPort) int { return SystemPathMTU(remote, 0) }
 
 // SystemMTU is the MTU of an interface of the current network namespace (0
 // if there is none of that name).

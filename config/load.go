@@ -35,7 +35,7 @@ func Default() Config {
 			Num: DefaultQueueNum, Count: DefaultQueueCount, MaxLen: DefaultQueueMax,
 			Cap: DefaultQueueCap, CapBytes: DefaultQueueCapBytes, CapByteCount: 16 << 20 /* DefaultQueueCapBytes */, Workers: DefaultWorkers, Nice: DefaultNice,
 			SocketBuffer: DefaultSocketBuffer, SocketBufferBytes: 64 << 20, /* DefaultSocketBuffer */
-			KernelRoute: true, LogKernelRoute: LogRouteTCP,
+			KernelRoute: true, LogKernelRoute: LogRouteTCP, VXLANKernelRoute: VXLANRouteAuto,
 		},
 	}
 }
@@ -51,7 +51,7 @@ func scalarDefaults() map[string]any {
 		"queue.num":      d.Queue.Num, "queue.count": d.Queue.Count, "queue.max_len": d.Queue.MaxLen,
 		"queue.cap": d.Queue.Cap, "queue.cap_bytes": d.Queue.CapBytes, "queue.workers": d.Queue.Workers, "queue.nice": d.Queue.Nice,
 		"queue.cpus": d.Queue.CPUs, "queue.socket_buffer": d.Queue.SocketBuffer,
-		"queue.realtime": d.Queue.Realtime, "queue.kernel_route": d.Queue.KernelRoute, "queue.log_kernel_route": string(d.Queue.LogKernelRoute), "queue.vxlan_kernel_route": d.Queue.VXLANKernelRoute,
+		"queue.realtime": d.Queue.Realtime, "queue.kernel_route": d.Queue.KernelRoute, "queue.log_kernel_route": string(d.Queue.LogKernelRoute), "queue.vxlan_kernel_route": string(d.Queue.VXLANKernelRoute),
 	}
 }
 

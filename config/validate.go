@@ -184,15 +184,22 @@ func validateQueue(p *problems, q *Queue, sessions int) {
 	if q.CPUs < 0 || q.CPUs > 1024 {
 		p.add("queue.cpus", "%d is out of range 0-1024 (0: all)", q.CPUs)
 	}
-	switch strings.ToLower(string(q.LogKernelRoute)) {
-	case "", string(LogRouteTCP):
-		q.LogKernelRoute = LogRouteTCP
-	case string(LogRouteOn), "true":
-		q.LogKernelRoute = LogRouteOn
-	case string(LogRouteOff), "false":
-		q.LogKernelRoute = LogRouteOff
+	onOffChoice(p, "queue.log_kernel_route", &q.LogKernelRoute, LogRouteTCP)
+	onOffChoice(p, "queue.vxlan_kernel_route", &q.VXLANKernelRoute, VXLANRouteAuto)
+}
+
+// onOffChoice types a key that is on, off or a third value, def (also
+// when empty): YAML's true and false are on and off.
+func onOffChoice[T ~string](p *problems, path string, v *T, def T) {
+	switch x := T(strings.ToLower(string(*v))); x {
+	case "", def:
+		*v = def
+	case "on", "true":
+		*v = "on"
+	case "off", "false":
+		*v = "off"
 	default:
-		p.add("queue.log_kernel_route", "%q is not one of tcp, on, off", q.LogKernelRoute)
+		p.add(path, "%q is not one of %s, on, off", *v, def)
 	}
 }
 

@@ -337,7 +337,7 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 		return err
 	}
 	// Which sessions the kernel may send for depends on the host's MTUs.
-	mtuNotes := config.KernelRouteMTU(c, config.SystemMTU)
+	mtuNotes := config.KernelRouteMTU(c, config.SystemMTU, config.SystemTunnelPathMTU)
 	h := systemHost(c.StateDir, rk, nil)
 	if errs := h.check(c, nil); len(errs) > 0 {
 		return HostProblems(errs)
@@ -447,7 +447,7 @@ func (e *Engine) doReload() {
 	}
 	c, err := e.Load()
 	if err == nil {
-		for _, w := range config.KernelRouteMTU(c, config.SystemMTU) {
+		for _, w := range config.KernelRouteMTU(c, config.SystemMTU, config.SystemTunnelPathMTU) {
 			log.Warn(w.Msg, "key", w.Path)
 		}
 		err = e.validateReload(c)
@@ -524,7 +524,7 @@ func (e *Engine) relink() {
 	// under its readers; a change re-applies (the session reopens).
 	again := *c
 	again.Sessions = slices.Clone(c.Sessions)
-	notes := config.KernelRouteMTU(&again, config.SystemMTU)
+	notes := config.KernelRouteMTU(&again, config.SystemMTU, config.SystemTunnelPathMTU)
 	routedChanged := false
 	for i := range c.Sessions {
 		if was, now := c.RoutesClones(&c.Sessions[i]), again.RoutesClones(&again.Sessions[i]); was != now {

@@ -26,9 +26,9 @@ func erspanMTU(t config.Target, mark uint32) int {
 	mtu := 0
 	for _, ap := range t.RemoteAddrs {
 		a := ap.Addr()
-		// pathMTU asks with a UDP socket; the route, hence the MTU, is the
+		// SystemPathMTU asks with a UDP socket; the route, hence the MTU, is the
 		// same for GRE.
-		pm := pathMTU(netip.AddrPortFrom(a, 9), mark)
+		pm := config.SystemPathMTU(netip.AddrPortFrom(a, 9), mark)
 		if pm == 0 {
 			continue
 		}

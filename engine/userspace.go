@@ -9,7 +9,6 @@ import (
 	"github.com/nfclone/nfclone/pcapfile"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -19,7 +18,6 @@ import (
 	"github.com/nfclone/nfclone/rules"
 	"github.com/nfclone/nfclone/sink"
 	"github.com/nfclone/nfclone/status"
-	"golang.org/x/sys/unix"
 )
 
 // reader is a QueueReader or a LogReader.
@@ -309,8 +307,8 @@ func sessionMTU(sc config.Session, mark uint32) int {
 			}
 		case config.KindVXLAN, config.KindGENEVE:
 			for _, ap := range t.RemoteAddrs {
-				if pm := pathMTU(ap, mark); pm > 0 {
-					limit(pm - tunnelOverhead(ap.Addr()))
+				if pm := config.SystemPathMTU(ap, mark); pm > 0 {
+					limit(pm - config.TunnelOverhead(ap.Addr()))
 				}
 			}
 			if t.KernelVXLAN() {
@@ -324,44 +322,6 @@ func sessionMTU(sc config.Session, mark uint32) int {
 		}
 	}
 	return mtu
-}
-
-// tunnelOverhead is what a tunnel adds around an L3 copy: outer IP and UDP
-// headers, the VXLAN/GENEVE header and the inner Ethernet header.
-func tunnelOverhead(remote netip.Addr) int {
-	ip := 20
-	if remote.Unmap().Is6() {
-		ip = 40
-	}
-	return ip + 8 + sink.TunnelHdrLen + sink.EthHdrLen
-}
-
-// pathMTU asks the kernel for the MTU of the route to remote (a connected
-// UDP socket carrying mark, IP_MTU / IPV6_MTU); 0 when it cannot say.
-func pathMTU(remote netip.AddrPort, mark uint32) int {
-	a := remote.Addr().Unmap()
-	fam, lvl, opt := unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_MTU
-	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(remote.Port()), Addr: a.As16()}
-	if a.Is4() {
-		fam, lvl, opt = unix.AF_INET, unix.IPPROTO_IP, unix.IP_MTU
-		sa = &unix.SockaddrInet4{Port: int(remote.Port()), Addr: a.As4()}
-	}
-	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return 0
-	}
-	defer unix.Close(fd)
-	if mark != 0 {
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark))
-	}
-	if err := unix.Connect(fd, sa); err != nil {
-		return 0
-	}
-	m, err := unix.GetsockoptInt(fd, lvl, opt)
-	if err != nil {
-		return 0
-	}
-	return m
 }
 
 // nflogLinger is how long a log session keeps reading after its rules are

@@ -20,6 +20,8 @@
 #                        the kernel's default; bbr keeps less in flight, see docs/methods.md)
 #   BENCH_TCP_RATES=2,4,8 extra offered rates (Gbit/s over all streams) for every TCP case:
 #                        the table "complete up to" says up to which rate each method copied all
+#   BENCH_UNDERLAY_MTU=9000 the collector link's MTU in the TCP phases (vxlan targets: the
+#                        kernel sends into nfclone's VXLAN device where the path takes whole copies)
 #   BENCH_OUT=FILE       JSON results (default out/bench-results.json; /out/ is git-ignored)
 #   BENCH_PROBE_PPS=5000 latency probe rate
 #   BENCH_FLOOD=30       add the flood phases (dup, queue, log, queue and log with a session

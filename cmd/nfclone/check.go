@@ -36,7 +36,7 @@ func checkCommand(g *globals) *cobra.Command {
 // the "ok" lines only when nothing is wrong: check never says ok and then
 // lists problems.
 func check(w io.Writer, c *config.Config) error {
-	mtuNotes := config.KernelRouteMTU(c, config.SystemMTU) // before anything asks who sends
+	mtuNotes := config.KernelRouteMTU(c, config.SystemMTU, config.SystemTunnelPathMTU) // before anything asks who sends
 	// Interfaces in the state file are nfclone's (a running or killed run
 	// made them): create: true is no problem for them.
 	errs := append(config.CheckHost(c, config.SystemHost{}, leftLinks(c.StateDir)), config.CheckFiles(c)...)

@@ -34,7 +34,7 @@ func renderCommand(g *globals) *cobra.Command {
 
 func render(w io.Writer, c *config.Config) error {
 	// As run decides on this host: who sends depends on its MTUs.
-	notes := config.KernelRouteMTU(c, config.SystemMTU)
+	notes := config.KernelRouteMTU(c, config.SystemMTU, config.SystemTunnelPathMTU)
 	rs, err := rules.Compile(c, rules.Options{})
 	if err != nil {
 		return err

@@ -62,6 +62,12 @@ type Options struct {
 	// case runs at too, beside unlimited and 1 Gbit/s: a sweep that finds up
 	// to which rate each method copies everything (Results.TCPComplete).
 	TCPRates []int64
+	// UnderlayMTU, when set, is the MTU of the collector link (eng:e1,
+	// col:e0) in the TCP phases: 9000 gives the vxlan targets a path that
+	// takes a whole 1500-byte copy in VXLAN, where the kernel sends the
+	// copies into nfclone's VXLAN device (queue.vxlan_kernel_route auto).
+	// 0: the lab's 1500.
+	UnderlayMTU int
 	// Phases selects what runs: empty or "all" runs everything; "udp" the
 	// 64-byte UDP phases (saturate, latency, lossless, overload, flood);
 	// "tcp" the TCP bulk phases; any other entry is a prefix of TCP phase

@@ -242,6 +242,9 @@ type TCPSetup struct {
 	// OriginalsOffloads are those of the originals' path (left as they were).
 	OriginalsOffloads map[string]map[string]string `json:"originals_path_offloads"`
 	Counting          string                       `json:"counting"`
+	// UnderlayMTU is the collector link's MTU when the run set one
+	// (Options.UnderlayMTU).
+	UnderlayMTU int `json:"underlay_mtu,omitempty"`
 }
 
 // TCPRun is one TCP bulk phase.
@@ -383,6 +386,15 @@ func (h *harness) tcpLab(r *Results) (undo func(), err error) {
 			}
 		}
 		setup.Offloads[l.ns+":"+l.dev] = now
+	}
+	if m := h.o.UnderlayMTU; m > 0 {
+		for _, l := range []struct{ ns, dev string }{{lab.Eng, "e1"}, {lab.Col, "e0"}} {
+			if _, err := runIn(h.ctx, l.ns, "ip", "link", "set", l.dev, "mtu", fmt.Sprint(m)); err != nil {
+				return undo, err
+			}
+			undos = append(undos, func() { _, _ = runIn(bg, l.ns, "ip", "link", "set", l.dev, "mtu", "1500") })
+		}
+		setup.UnderlayMTU = m
 	}
 	for _, l := range []struct{ ns, dev string }{{lab.Src, "e0"}, {lab.Eng, "e0"}, {lab.Eng, "e3"}, {lab.Col2, "e0"}} {
 		if m, err := h.offloads(l.ns, l.dev); err == nil {

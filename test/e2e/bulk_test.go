@@ -46,7 +46,7 @@ const (
 type bulkCase struct {
 	fam     string // v4 | v6
 	method  string // dup | queue | log | hold (method queue, hold: true)
-	target  string // gateway | device | vxlan (a kernel VXLAN device) | vxlan-userspace (nfclone's headers) | vxlan-kernel (the kernel sends into its VXLAN device)
+	target  string // gateway | device | vxlan (a kernel VXLAN device) | vxlan-userspace (nfclone's headers) | vxlan-kernel (the kernel sends into its VXLAN device) | vxlan-jumbo (the same by default, over a 9000-byte underlay)
 	traffic string // forwarded: src → col2 through eng; host: eng itself sends to col2
 }
 
@@ -67,6 +67,15 @@ func (c bulkCase) paced() bool { return c.target == "vxlan-kernel" }
 
 // pacedRate is the paced rows' rate (tc tbf on the sender's device).
 const pacedRate = "300mbit"
+
+// jumbo reports whether the row's underlay (eng:e1 ↔ col:e0) has MTU
+// 9000: the path to the VXLAN remote takes a 1500-byte original's outer
+// datagram whole, so the kernel sends the copies into nfclone's VXLAN
+// device by default (queue.vxlan_kernel_route auto), unfragmented.
+func (c bulkCase) jumbo() bool { return c.target == "vxlan-jumbo" }
+
+// jumboMTU is the jumbo rows' underlay MTU.
+const jumboMTU = "9000"
 
 // tunnel reports whether the copies arrive in VXLAN.
 func (c bulkCase) tunnel() bool { return strings.HasPrefix(c.target, "vxlan") }
@@ -97,6 +106,11 @@ func bulkCases() []bulkCase {
 			}
 		}
 		if m == "queue" || m == "log" {
+			for _, tr := range []string{"forwarded", "host"} {
+				cs = append(cs, bulkCase{"v4", m, "vxlan-jumbo", tr})
+			}
+		}
+		if m == "queue" || m == "log" {
 			// queue → gateway is the kernel's to send by default
 			// (queue.kernel_route), and log's TCP copies too
 			// (queue.log_kernel_route: tcp): these rows take the other
@@ -121,6 +135,7 @@ func bulkCases() []bulkCase {
 			}
 			if m == "queue" {
 				cs = append(cs, bulkCase{"v6", m, "vxlan-kernel", tr})
+				cs = append(cs, bulkCase{"v6", m, "vxlan-jumbo", tr})
 			}
 			if m == "queue" || m == "log" {
 				cs = append(cs, bulkCase{"v6", m, otherGatewayWay(m), tr})
@@ -135,7 +150,8 @@ func bulkCases() []bulkCase {
 func otherGatewayWay(string) string { return "gateway-userspace" }
 
 // routeKeys are the queue keys that choose who sends a row's copies
-// (vxlan-kernel: the kernel, into its VXLAN device); "gateway-userspace"
+// (vxlan-kernel: the kernel, into its VXLAN device, whatever the path;
+// otherwise where the path takes whole copies, vxlan-jumbo); "gateway-userspace"
 // nfclone (kernel_route and log_kernel_route off), "gateway-kernel" the
 // kernel for every packet of a log session (log_kernel_route on);
 // otherwise the defaults (log: the kernel sends TCP's, nfclone the rest).
@@ -147,13 +163,17 @@ func routeKeys(target string) string {
 	case "gateway-kernel":
 		logRoute = "on"
 	}
-	return fmt.Sprintf("kernel_route: %t, log_kernel_route: %s, vxlan_kernel_route: %t", target != "gateway-userspace", logRoute, target == "vxlan-kernel")
+	vxlanRoute := "auto"
+	if target == "vxlan-kernel" {
+		vxlanRoute = "on"
+	}
+	return fmt.Sprintf("kernel_route: %t, log_kernel_route: %s, vxlan_kernel_route: %s", target != "gateway-userspace", logRoute, vxlanRoute)
 }
 
 func (c bulkCase) config() string {
 	tgt := "{kind: device, device: e1}"
 	switch {
-	case c.target == "vxlan" || c.target == "vxlan-kernel":
+	case c.target == "vxlan" || c.target == "vxlan-kernel" || c.jumbo():
 		tgt = fmt.Sprintf(`{kind: vxlan, remote: "%s:4789", vni: %d}`, lab.ColIP, bulkVNI)
 	case c.target == "vxlan-userspace":
 		tgt = fmt.Sprintf(`{kind: vxlan, remote: "%s:4789", vni: %d, encap: userspace}`, lab.ColIP, bulkVNI)
@@ -300,8 +320,29 @@ func runBulk(t *testing.T, l *lab.Lab, base string, c bulkCase, file string, sum
 	if c.tunnel() {
 		filter = "udp port 4789 or (ip[6:2] & 0x3fff != 0)" // outer fragments too
 	}
+	underlay := func(mtu string) {
+		for _, nd := range [][2]string{{l.Eng, lab.EngToCol}, {l.Col, lab.Iface}} {
+			_, _ = l.Exec(context.Background(), nd[0], "ip", "link", "set", nd[1], "mtu", mtu)
+		}
+	}
+	if c.jumbo() {
+		t.Cleanup(func() { underlay("1500") }) // should startRow fail
+		underlay(jumboMTU)
+	}
 	capt := l.StartCapture(t, l.Col, lab.Iface, filter, lab.Direction("in"), lab.TcpdumpArgs("-s", "0", "-B", collectorBuf))
 	d := startRow(t, l, base, c.config())
+	if c.jumbo() {
+		// Before the row's routing check (cleanups run last first), which
+		// compares the links too.
+		t.Cleanup(func() { underlay("1500") })
+		note := "the kernel sends its copies to the vxlan " + lab.ColIP
+		if c.method == "log" {
+			note = "the kernel sends the copies of TCP packets to the vxlan " + lab.ColIP
+		}
+		if out, errOut, code := nfc(l, "check", "-c", d.cfgPath); code != 0 || !strings.Contains(out, note) {
+			t.Fatalf("check: exit %d, want %q (vxlan_kernel_route auto over a %s-byte underlay):\n%s%s", code, note, jumboMTU, out, errOut)
+		}
+	}
 	if c.paced() {
 		// The sender's TCP still hands out 64 KiB super-packets (the token
 		// bucket's burst holds several). Removed before the row's routing
@@ -370,8 +411,11 @@ func runBulk(t *testing.T, l *lab.Lab, base string, c bulkCase, file string, sum
 	if n := j.udpSum["0"]; n > 0 {
 		t.Errorf("%d Bad UDP checksums (tshark status count %v)", n, j.udpSum)
 	}
-	if len(j.oversize) > 0 {
-		t.Errorf("%d frames over %d bytes at the collector, e.g. %s", len(j.oversize), maxWireFrame, first(j.oversize, 5))
+	if limit := c.maxFrame(); j.maxFrame > limit {
+		t.Errorf("frames up to %d bytes at the collector, over %d, e.g. %s", j.maxFrame, limit, first(j.oversize, 5))
+	}
+	if c.jumbo() && j.fragments > 0 {
+		t.Errorf("%d outer IP fragments over the %s-byte underlay: the copies should go whole", j.fragments, jumboMTU)
 	}
 	if len(j.innerOversize) > 0 {
 		t.Errorf("%d VXLAN inner frames over %d bytes, e.g. %s", len(j.innerOversize), maxWireFrame, first(j.innerOversize, 5))
@@ -398,6 +442,16 @@ func first(s []string, n int) string {
 		s = s[:n]
 	}
 	return strings.Join(s, ", ")
+}
+
+// maxFrame is the longest frame the collector may receive: a wire
+// frame; over the jumbo underlay, the outer frame of a whole 1500-byte
+// packet in VXLAN (IPv4 outside).
+func (c bulkCase) maxFrame() int {
+	if c.jumbo() {
+		return maxWireFrame + 50
+	}
+	return maxWireFrame
 }
 
 // finCopied reports whether the capture holds a copy of a FIN to bulkPort
@@ -457,6 +511,7 @@ func (s statusCount) bad() int {
 // tcpJudgement is what the tools found in a collector's capture of TCP copies.
 type tcpJudgement struct {
 	frames, dataFrames        int
+	maxFrame                  int // the longest frame
 	fragments, innerFragments int
 	oversize, innerOversize   []string
 	ipSum, tcpSum, udpSum     statusCount
@@ -551,6 +606,7 @@ func judgeTCPCopies(t *testing.T, pcap string, vxlan bool) tcpJudgement {
 			}
 			return -1
 		}
+		j.maxFrame = max(j.maxFrame, num("frame.len", 0))
 		if n := num("frame.len", 0); n > maxWireFrame {
 			j.oversize = append(j.oversize, fmt.Sprintf("frame %d: %d bytes", num("frame.number", 0), n))
 		}

@@ -8,7 +8,8 @@
 // BENCH_PROBE_PPS (latency probe rate, default 5000), BENCH_FLOOD (seconds:
 // add the flood phases, the generator on every CPU for that long),
 // BENCH_PHASES (comma-separated: all, udp, tcp or a prefix of TCP phase
-// names such as tcp/log or tcp/dup/vxlan; default all), BENCH_TCP_CC (the
+// names such as tcp/log or tcp/dup/vxlan; default all), BENCH_UNDERLAY_MTU (the
+// collector link's MTU in the TCP phases), BENCH_TCP_CC (the
 // senders' congestion control, default cubic), BENCH_TCP_RATES (extra
 // offered rates in Gbit/s for every TCP case, "2,4,8"). BENCH_DURATION also
 // sets the TCP phases' length (default 3 s, whole seconds).
@@ -77,6 +78,11 @@ func run() error {
 		}
 	}
 	o.TCPCC = os.Getenv("BENCH_TCP_CC")
+	if v := os.Getenv("BENCH_UNDERLAY_MTU"); v != "" {
+		if o.UnderlayMTU, err = strconv.Atoi(v); err != nil || o.UnderlayMTU < 1280 || o.UnderlayMTU > 65535 {
+			return fmt.Errorf("BENCH_UNDERLAY_MTU: %q is no MTU (1280-65535)", v)
+		}
+	}
 	if o.TCPRates, err = bench.ParseTCPRates(os.Getenv("BENCH_TCP_RATES")); err != nil {
 		return fmt.Errorf("BENCH_TCP_RATES: %w", err)
 	}
