@@ -179,6 +179,7 @@ func (k *nlKernel) CreateVeth(v VethPair) error {
 	return nil
 }
 
+
 // configureCreated silences the links nfclone has just created (names, of
 // that kind) and brings them up when up is set. On error it deletes them:
 // the exclusive create succeeded, so the names are ours, and the operation
@@ -201,6 +202,11 @@ func (k *nlKernel) configureCreated(kind string, up bool, names ...string) error
 				return err
 			}
 			idx = append(idx, l.Index)
+		}
+		if kind == "veth" {
+			if err := k.wireNearEnd(idx[0], names[0]); err != nil {
+				return err
+			}
 		}
 		if up {
 			for i, n := range names {
