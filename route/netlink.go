@@ -179,7 +179,6 @@ func (k *nlKernel) CreateVeth(v VethPair) error {
 	return nil
 }
 
-
 // configureCreated silences the links nfclone has just created (names, of
 // that kind) and brings them up when up is set. On error it deletes them:
 // the exclusive create succeeded, so the names are ours, and the operation

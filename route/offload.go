@@ -1,7 +1,6 @@
 package route
 
 import (
-	"encoding/binary"
 	"fmt"
 	"unsafe"
 
@@ -28,17 +27,7 @@ import (
 func (k *nlKernel) wireNearEnd(index int, name string) error {
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint32(unix.IFLA_GSO_MAX_SEGS, 1)
-	attrs, err := ae.Encode()
-	if err != nil {
-		return err
-	}
-	ifi := make([]byte, unix.SizeofIfInfomsg)
-	ifi[0] = unix.AF_UNSPEC
-	binary.NativeEndian.PutUint32(ifi[4:8], uint32(index))
-	if _, err := k.raw.Execute(netlink.Message{
-		Header: netlink.Header{Type: unix.RTM_SETLINK, Flags: netlink.Request | netlink.Acknowledge},
-		Data:   append(ifi, attrs...),
-	}); err != nil {
+	if err := k.setLink(index, ae); err != nil {
 		return fmt.Errorf("gso_max_segs 1 on %s: %w", name, err)
 	}
 	return k.inNetNS(func() error {

@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/nfclone/nfclone/test/lab"
 )
@@ -44,27 +41,7 @@ sessions:
 `, method, bulkPort))
 			capt := l.StartCapture(t, l.Eng, "agg0", fmt.Sprintf("tcp port %d or (ip[6:2] & 0x3fff != 0)", bulkPort),
 				lab.Direction("in"), lab.TcpdumpArgs("-s", "0", "-B", collectorBuf))
-			out := filepath.Join(t.TempDir(), "received.bin")
-			rcv := l.Start(t, l.Col2, "socat", "-u", fmt.Sprintf("TCP4-LISTEN:%d,reuseaddr", bulkPort), "CREATE:"+out)
-			lab.WaitFor(t, 10*time.Second, func() bool {
-				o, _ := l.Exec(context.Background(), l.Col2, "ss", "-Hltn", fmt.Sprintf("sport = :%d", bulkPort))
-				return len(bytes.TrimSpace(o)) > 0
-			}, "socat to listen in col2")
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			_, err := l.Exec(ctx, l.Src, "socat", "-u", "FILE:"+file, fmt.Sprintf("TCP4:%s:%d", lab.Col2IP, bulkPort))
-			cancel()
-			if err != nil {
-				t.Fatalf("sending the file: %v", err)
-			}
-			if code, err := rcv.Wait(30 * time.Second); err != nil || code != 0 {
-				t.Fatalf("receiver socat: exit %d, %v: %s", code, err, rcv.Stderr())
-			}
-			if got, _ := fileSHA(t, out); got != sum {
-				t.Fatal("the originals: col2 did not receive the file")
-			}
-			for end := time.Now().Add(5 * time.Second); !finCopied(capt.Path) && time.Now().Before(end); {
-				time.Sleep(50 * time.Millisecond)
-			}
+			sendFileToCol2(t, l, file, sum, capt.Path)
 			d.stop(t)
 			if drops := capt.Finish(); drops != 0 {
 				t.Errorf("tcpdump on agg0 reports %d packets dropped by kernel", drops)
