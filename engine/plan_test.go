@@ -56,6 +56,8 @@ sessions:
 	got := RoutePlan(c).Render()
 	want := []string{
 		"ip link add name agg0-tx up promisc on type veth peer name agg0 promisc on",
+		"ip link set agg0-tx gso_max_segs 1", // the readers of agg0 get wire packets
+		"ethtool -K agg0-tx tx off",
 		"ip link set agg0 up",
 		"ip link add name nfcvx7fecd396 up type vxlan id 8 remote 10.77.4.2 dstport 4789",
 		"ip link add name nfcvx9e80c225 up type vxlan id 7 remote 10.77.4.2 dstport 4789", // shared with the dup session tap
@@ -205,6 +207,8 @@ sessions:
 	macs := map[string]net.HardwareAddr{"e3": {2, 0, 0, 0, 0x77, 0x43}, "e4": {2, 0, 0, 0, 0x77, 0x04}}
 	p := routePlan(c, nil, rules.DeviceRoutes(c), func(n string) net.HardwareAddr { return macs[n] })
 	want := `ip link add name agg0-tx up type veth peer name agg0
+ip link set agg0-tx gso_max_segs 1
+ethtool -K agg0-tx tx off
 ip link set agg0 up
 ip neigh replace 169.254.77.1 lladdr 02:00:00:00:77:43 dev e3 nud permanent
 ip neigh replace fe80::4e43:1 lladdr 02:00:00:00:77:43 dev e3 nud permanent

@@ -294,8 +294,12 @@ func TestKernelHelpers(t *testing.T) {
 	p := kernelPlan(t)
 	p.Neighbours = p.Neighbours[:1]
 	for _, line := range strings.Split(strings.TrimSpace(p.Render()), "\n") {
-		args := strings.Fields(line)[1:]
-		n.ip(args...)
+		f := strings.Fields(line)
+		if f[0] == "ethtool" {
+			n.ip(append([]string{"netns", "exec", n.name}, f...)...) // ip -n X netns exec X ethtool …
+			continue
+		}
+		n.ip(f[1:]...)
 	}
 	n.mustContain("rendered vxlan", n.ip("-d", "link", "show", "nfc-vx0"), "vxlan id 42 remote 10.77.3.2 local 10.77.2.1 dev e1", "dstport 4789", ",UP")
 	n.mustContain("rendered veth", n.ip("-d", "link", "show", "agg0-rx"), "PROMISC", ",UP")
@@ -335,6 +339,18 @@ func TestKernelCreatedLinksSilent(t *testing.T) {
 		conf(dev, "force_mld_version", "1")
 	}
 	conf("agg0-rx", "disable_ipv6", "1")
+	// The near end hands its peer wire packets: no segmentation or
+	// checksum offload (wireNearEnd), the far end as the kernel made it.
+	feat := func(dev string) string {
+		out, err := exec.Command("ip", "netns", "exec", n.name, "ethtool", "-k", dev).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ethtool -k %s: %v\n%s", dev, err, out)
+		}
+		return string(out)
+	}
+	n.mustContain("agg0 offloads", feat("agg0"), "tx-checksumming: off")
+	n.mustContain("agg0", n.ip("-d", "link", "show", "dev", "agg0"), "gso_max_segs 1 ")
+	n.mustContain("agg0-rx offloads", feat("agg0-rx"), "tx-checksumming: on")
 	if err := Undo(n.k, j, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -202,6 +202,11 @@ func (k *nlKernel) configureCreated(kind string, up bool, names ...string) error
 			}
 			idx = append(idx, l.Index)
 		}
+		if kind == "veth" {
+			if err := k.wireNearEnd(idx[0], names[0]); err != nil {
+				return err
+			}
+		}
 		if up {
 			for i, n := range names {
 				if err := k.SetLinkFlags(idx[i], unix.IFF_UP, unix.IFF_UP); err != nil {

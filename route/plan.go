@@ -433,6 +433,8 @@ func (p Plan) Render() string {
 			peerOpts = " promisc on"
 		}
 		line("ip link add name %s%s type veth peer name %s%s", v.Name, vethOpts(v), v.Peer, peerOpts)
+		line("ip link set %s gso_max_segs 1", v.Name) // wireNearEnd
+		line("ethtool -K %s tx off", v.Name)
 		if v.Up {
 			line("ip link set %s up", v.Peer)
 		}

@@ -41,6 +41,8 @@ func samplePlan(t testing.TB) Plan {
 
 func TestRenderGolden(t *testing.T) {
 	want := `ip link add name agg0 up promisc on type veth peer name agg0-rx promisc on
+ip link set agg0 gso_max_segs 1
+ethtool -K agg0 tx off
 ip link set agg0-rx up
 ip link add name nfc-vx0 up type vxlan id 42 remote 10.77.3.2 local 10.77.2.1 dev e1 dstport 4789
 ip link set e1 arp off

@@ -77,6 +77,12 @@ func (k *nlKernel) setAddrGenModeNone(index int) error {
 		})
 		return nil
 	})
+	return k.setLink(index, ae)
+}
+
+// setLink sends RTM_SETLINK for the link index with the attributes of ae
+// (ones the rtnetlink package does not know).
+func (k *nlKernel) setLink(index int, ae *netlink.AttributeEncoder) error {
 	attrs, err := ae.Encode()
 	if err != nil {
 		return err

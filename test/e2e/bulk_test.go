@@ -63,7 +63,12 @@ func (c bulkCase) name() string {
 // (counted by eng's e1 as TX drops: 1–4 % of the frames in 5 of 8 rows at
 // line rate, 84 frames at 1 Gbit/s), as a NIC's full ring would. The
 // bench measures what is copied at saturation.
-func (c bulkCase) paced() bool { return c.target == "vxlan-kernel" }
+//
+// The jumbo rows are paced too: the kernel sends their copies whole and
+// as fast as the originals, and tcpdump at col, on the two cores the
+// sender and the forwarding use, dropped 1 181 frames of a host row's
+// line-rate burst from its ring (the capture's loss, not the copies').
+func (c bulkCase) paced() bool { return c.target == "vxlan-kernel" || c.jumbo() }
 
 // pacedRate is the paced rows' rate (tc tbf on the sender's device).
 const pacedRate = "300mbit"
@@ -388,7 +393,7 @@ func runBulk(t *testing.T, l *lab.Lab, base string, c bulkCase, file string, sum
 	j := judgeTCPCopies(t, capt.Path, c.tunnel())
 	t.Logf("%s: sent in %v; at col: %d frames, %d data segments, %d IP fragments; stream %d bytes; tshark %v, stream %v",
 		c.name(), sendTime.Round(time.Millisecond), j.frames, j.dataFrames, j.fragments, j.streamLen, j.tsharkTime.Round(time.Millisecond), j.streamTime.Round(time.Millisecond))
-	if c.paced() && j.fragments < j.dataFrames {
+	if c.target == "vxlan-kernel" && j.fragments < j.dataFrames {
 		// Who sent them: nfclone cuts its copies to fit the path; the
 		// kernel's VXLAN device fragments the outer datagram of each
 		// full-size original.
@@ -406,7 +411,7 @@ func runBulk(t *testing.T, l *lab.Lab, base string, c bulkCase, file string, sum
 	}
 	if n := j.tcpSum.bad(); n > 0 || j.tcpSum["1"] == 0 {
 		t.Errorf("%d TCP checksums not Good (tshark status count %v; 0 Bad, 1 Good, 2 Unverified); the first of them: %v", n, j.tcpSum,
-			fmt.Sprint(tsharkRows(t, capt.Path, "tcp.checksum.status != 1", "frame.number", "frame.len", "ip.id", "ip.ttl", "tcp.seq_raw", "tcp.len", "tcp.flags.str", "tcp.checksum", "tcp.checksum.calculated")))
+			fmt.Sprint(tsharkRows(t, capt.Path, "tcp.checksum.status != 1", "frame.number", "frame.len", "ip.id", "ip.ttl", "tcp.seq_raw", "tcp.len", "tcp.flags.str", "tcp.checksum", "tcp.checksum.status")))
 	}
 	if n := j.udpSum["0"]; n > 0 {
 		t.Errorf("%d Bad UDP checksums (tshark status count %v)", n, j.udpSum)

@@ -61,27 +61,7 @@ sessions:
 
 	const pings = 10
 	ping(t, l, l.Src, lab.Col2IP, pings)
-	out := filepath.Join(t.TempDir(), "received.bin")
-	rcv := l.Start(t, l.Col2, "socat", "-u", fmt.Sprintf("TCP4-LISTEN:%d,reuseaddr", bulkPort), "CREATE:"+out)
-	lab.WaitFor(t, 10*time.Second, func() bool {
-		o, _ := l.Exec(context.Background(), l.Col2, "ss", "-Hltn", fmt.Sprintf("sport = :%d", bulkPort))
-		return len(bytes.TrimSpace(o)) > 0
-	}, "socat to listen in col2")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	_, err := l.Exec(ctx, l.Src, "socat", "-u", "FILE:"+file, fmt.Sprintf("TCP4:%s:%d", lab.Col2IP, bulkPort))
-	cancel()
-	if err != nil {
-		t.Fatalf("sending the file: %v", err)
-	}
-	if code, err := rcv.Wait(30 * time.Second); err != nil || code != 0 {
-		t.Fatalf("receiver socat: exit %d, %v: %s", code, err, rcv.Stderr())
-	}
-	if got, _ := fileSHA(t, out); got != sum {
-		t.Fatal("the originals: col2 did not receive the file")
-	}
-	for end := time.Now().Add(5 * time.Second); !finCopied(tcpCopies.Path) && time.Now().Before(end); {
-		time.Sleep(50 * time.Millisecond)
-	}
+	sendFileToCol2(t, l, file, sum, tcpCopies.Path)
 	pingCopies.WaitCount(pings, 5*time.Second)
 	st, _, _ := nfc(l, "status", "--state-dir", d.stateDir)
 	if !regexp.MustCompile(`lg/0:gateway\s+gateway \(kernel: tcp\)\s+lg`).MatchString(st) {
@@ -124,5 +104,34 @@ sessions:
 	t.Logf("ledger %v", led)
 	if led["copied"] != led["offered"] || led["offered"] < pings+uint64(j.dataFrames)/64 {
 		t.Errorf("ledger %v: want every offered packet copied", led)
+	}
+}
+
+// sendFileToCol2 sends file (SHA-256 sum) over TCP from src to col2's
+// bulkPort with socat, requires col2 to receive it whole, and waits up to
+// 5 s for the capture at capture to hold the copy of the data direction's
+// FIN.
+func sendFileToCol2(t *testing.T, l *lab.Lab, file string, sum [32]byte, capture string) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "received.bin")
+	rcv := l.Start(t, l.Col2, "socat", "-u", fmt.Sprintf("TCP4-LISTEN:%d,reuseaddr", bulkPort), "CREATE:"+out)
+	lab.WaitFor(t, 10*time.Second, func() bool {
+		o, _ := l.Exec(context.Background(), l.Col2, "ss", "-Hltn", fmt.Sprintf("sport = :%d", bulkPort))
+		return len(bytes.TrimSpace(o)) > 0
+	}, "socat to listen in col2")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	_, err := l.Exec(ctx, l.Src, "socat", "-u", "FILE:"+file, fmt.Sprintf("TCP4:%s:%d", lab.Col2IP, bulkPort))
+	cancel()
+	if err != nil {
+		t.Fatalf("sending the file: %v", err)
+	}
+	if code, err := rcv.Wait(30 * time.Second); err != nil || code != 0 {
+		t.Fatalf("receiver socat: exit %d, %v: %s", code, err, rcv.Stderr())
+	}
+	if got, _ := fileSHA(t, out); got != sum {
+		t.Fatal("the originals: col2 did not receive the file")
+	}
+	for end := time.Now().Add(5 * time.Second); !finCopied(capture) && time.Now().Before(end); {
+		time.Sleep(50 * time.Millisecond)
 	}
 }
