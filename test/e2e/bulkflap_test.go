@@ -70,10 +70,13 @@ func iperfToCol2(t *testing.T, l *lab.Lab, dst string, args ...string) {
 // neighbours and routes the flap removes and nfclone puts back. The
 // kernel-vxlan row sends into nfclone's VXLAN device
 // (queue.vxlan_kernel_route): e1 is its underlay, the outer datagrams are
-// lost while it is down, and col decapsulates and counts the copies.
+// lost while it is down, and col decapsulates and counts the copies. The
+// log-device row is the kernel-device row with a log session at its
+// defaults: the kernel sends the TCP clones (queue.log_kernel_route: tcp),
+// read from the session's second NFLOG group.
 func TestBulkTCPThroughLinkFlap(t *testing.T) {
 	lab.RequireTools(t, "iperf3", "ethtool", "nft")
-	for _, mode := range []string{"queue", "hold", "kernel", "kernel-device", "kernel-vxlan"} {
+	for _, mode := range []string{"queue", "hold", "kernel", "kernel-device", "kernel-vxlan", "log-device"} {
 		t.Run(mode, func(t *testing.T) { bulkThroughFlap(t, mode) })
 	}
 }
@@ -81,14 +84,18 @@ func TestBulkTCPThroughLinkFlap(t *testing.T) {
 func bulkThroughFlap(t *testing.T, mode string) {
 	l := lab.New(t)
 	wireCollector(t, l)
+	method := "queue"
+	if mode == "log-device" {
+		method = "log"
+	}
 	session := func(name, targets string) string {
 		return fmt.Sprintf(`
   - name: %s
-    method: queue
+    method: %s
     hold: %t
     sources: [{interface: e0, direction: ingress}]
     rules: [{number: 1, action: accept, protocol: tcp, destination_ports: "5201"}]
-    targets: [%s]`, name, mode == "hold", targets)
+    targets: [%s]`, name, method, mode == "hold", targets)
 	}
 	gw4 := fmt.Sprintf("{kind: gateway, gateway: %s, device: e1}", lab.ColIP)
 	gw6 := fmt.Sprintf(`{kind: gateway, gateway: "%s", device: e1}`, lab.Col6)
@@ -96,7 +103,7 @@ func bulkThroughFlap(t *testing.T, mode string) {
 	switch mode {
 	case "kernel":
 		sessions = session("flap4", gw4) + session("flap6", gw6)
-	case "kernel-device":
+	case "kernel-device", "log-device":
 		sessions = session("flap", fmt.Sprintf(`{kind: device, device: e1, mac: "%s"}`, linkMAC(t, l, l.Col, lab.Iface)))
 	case "kernel-vxlan":
 		// col decapsulates (its VXLAN device has the inner destination
@@ -106,6 +113,13 @@ func bulkThroughFlap(t *testing.T, mode string) {
 		l.MustExec(t, l.Col, "ip", "link", "set", "vx9", "up")
 	}
 	d := startNfclone(t, l, "queue: {nice: 0, vxlan_kernel_route: true}\nsessions:"+sessions+"\n")
+	if mode == "log-device" {
+		// The second group, the kernel's TCP clones, asks for 128 bytes
+		// (group, portid, qlen, copy mode, copy range, …).
+		if !regexp.MustCompile(`(?m)^\s*1\s+\d+\s+\d+\s+\d+\s+128\s`).MatchString(l.MustExec(t, l.Eng, "cat", "/proc/net/netfilter/nfnetlink_log")) {
+			t.Fatalf("nfnetlink_log has no group 1 with copy range 128: the kernel does not send the TCP clones")
+		}
+	}
 	if strings.HasPrefix(mode, "kernel") {
 		for _, line := range strings.Split(strings.TrimSpace(l.MustExec(t, l.Eng, "cat", "/proc/net/netfilter/nfnetlink_queue")), "\n") {
 			if f := strings.Fields(line); len(f) < 5 || f[4] != "128" {
@@ -157,7 +171,7 @@ EOF`)
 			// e1 is the underlay: the VXLAN device's routes stay.
 			return strings.Contains(r4, "default dev nfcvx") && strings.Contains(r6, "default dev nfcvx")
 		}
-		if mode == "kernel-device" {
+		if mode == "kernel-device" || mode == "log-device" {
 			// Both next hops' device routes and permanent neighbours.
 			n := l.MustExec(t, l.Eng, "ip", "neigh", "show", "dev", "e1", "nud", "permanent")
 			n6 := l.MustExec(t, l.Eng, "ip", "-6", "neigh", "show", "dev", "e1", "nud", "permanent")
