@@ -670,10 +670,7 @@ func (s *session) account(m map[string]rules.CounterValue) (total pipeline.Snaps
 	if f != nil {
 		return *f, &r
 	}
-	total = addSnapshots(s.ledger.Snapshot(), r)
-	total = total.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
-	total.Skipped = skippedCounts(m)
-	return total, &r
+	return withRuleCounts(addSnapshots(s.ledger.Snapshot(), r), m), &r
 }
 
 // setLedger makes l a userspace session's ledger in its status, with what
@@ -701,6 +698,12 @@ func withKernelCounts(s pipeline.Snapshot, m map[string]rules.CounterValue) pipe
 	if q, ok := m[rules.CounterQueued]; ok {
 		s = s.WithQueued(q.Packets, q.Bytes)
 	}
+	return withRuleCounts(s, m)
+}
+
+// withRuleCounts adds what the copy and rate rules' counters know
+// (kernel_lost, rate_limit) and the selectors' skips.
+func withRuleCounts(s pipeline.Snapshot, m map[string]rules.CounterValue) pipeline.Snapshot {
 	s = s.WithMatched(m[rules.CounterCopied].Packets).WithRateLimited(m[rules.CounterRateLimited].Packets)
 	s.Skipped = skippedCounts(m)
 	return s
