@@ -3,6 +3,7 @@ module github.com/nfclone/nfclone
 go 1.26.8
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	github.com/florianl/go-nflog/v2 v2.3.0
 	github.com/florianl/go-nfqueue/v2 v2.1.0
 	github.com/fsnotify/fsnotify v1.9.0

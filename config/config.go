@@ -193,7 +193,7 @@ func (c *Config) RoutesClones(s *Session) bool {
 
 // routable: the kernel can send session s's clones (see KernelRouted).
 func (c *Config) routable(s *Session) bool {
-	vx := c.Queue.VXLANKernelRoute == VXLANRouteOn || c.Queue.VXLANKernelRoute == VXLANRouteAuto && s.tunnelPathFits
+	vx := c.Queue.VXLANKernelRoute == VXLANRouteOn || c.Queue.VXLANKernelRoute == VXLANRouteAuto && (s.tunnelPathFits || s.tunnelTrim)
 	return !s.smallTargetMTU && s.Snaplen == 0 && s.DedupWindow == 0 &&
 		len(s.Targets) == 1 && (s.Targets[0].kernelRoutable() || vx && s.Targets[0].OwnVXLAN())
 }
@@ -297,6 +297,18 @@ type Session struct {
 	// (KernelRouteMTU), so with vxlan_kernel_route auto the kernel sends
 	// its copies into the VXLAN device.
 	tunnelPathFits bool
+	// tunnelTrim: it does not, but the host lowers the segment size of
+	// the TCP super-packets entering nfclone's VXLAN devices to what the
+	// path takes (KernelRouteMTU; package gsotrim), so with
+	// vxlan_kernel_route auto the kernel sends its copies too.
+	tunnelTrim bool
+}
+
+// TunnelTrimmed reports whether the kernel sends session s's copies into
+// its VXLAN device because the host cuts their TCP super-packets to the
+// path (the path does not take its sources' largest packet whole).
+func (c *Config) TunnelTrimmed(s *Session) bool {
+	return c.RoutesClones(s) && s.tunnelTrim && !s.tunnelPathFits
 }
 
 // Source is an interface and a direction to copy from.

@@ -563,16 +563,36 @@ sessions:
 	paths := map[string]int{"10.77.4.2": 9000, "10.77.5.2": 1550, "10.77.6.2": 1549, "fd77:4::2": 1569}
 	mtu := func(n string) int { return map[string]int{"e0": 1500}[n] }
 	path := func(ap netip.AddrPort) int { return paths[ap.Addr().String()] }
-	if notes := KernelRouteMTU(c, mtu, path); len(notes) != 0 {
+	if notes := KernelRouteMTU(c, mtu, path, false); len(notes) != 0 {
 		t.Errorf("notes %v", notes)
 	}
 	if got, want := names(c, c.RoutesClones), []string{"jumbo", "edge"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("auto: the kernel sends the clones of %v, want %v", got, want)
 	}
 	paths["fd77:4::2"] = 1570
-	KernelRouteMTU(c, mtu, path)
+	KernelRouteMTU(c, mtu, path, false)
 	if got, want := names(c, c.RoutesClones), []string{"jumbo", "edge", "six"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("auto, the IPv6 path grown: %v, want %v", got, want)
+	}
+	if got := names(c, c.TunnelTrimmed); got != nil {
+		t.Errorf("no trim: trimmed %v", got)
+	}
+	// With the host cutting super-packets to the path (gsotrim), a path
+	// with room for an inner packet of 1280 bytes is enough: thin too.
+	// nosrc's path fits nothing known; a path of 1329 toward IPv4 leaves
+	// 1279.
+	paths["10.77.5.2"] = 1329
+	KernelRouteMTU(c, mtu, path, true)
+	if got, want := names(c, c.RoutesClones), []string{"jumbo", "thin", "six"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("auto with trim: %v, want %v", got, want)
+	}
+	if got, want := names(c, c.TunnelTrimmed), []string{"thin"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("auto with trim: trimmed %v, want %v", got, want)
+	}
+	paths["10.77.5.2"] = 1330
+	KernelRouteMTU(c, mtu, path, true)
+	if got, want := names(c, c.RoutesClones), []string{"jumbo", "edge", "thin", "six"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("auto with trim, edge's path 1330: %v, want %v", got, want)
 	}
 	c.Queue.VXLANKernelRoute = VXLANRouteOn
 	if got, want := names(c, c.RoutesClones), []string{"jumbo", "edge", "thin", "six", "nosrc"}; !reflect.DeepEqual(got, want) {
@@ -600,13 +620,13 @@ sessions:
 		t.Fatal(err)
 	}
 	mtus := map[string]int{"e0": 1500, "e2": 9000, "e1": 1500, "e3": 1500}
-	notes := KernelRouteMTU(c, func(n string) int { return mtus[n] }, noPath)
+	notes := KernelRouteMTU(c, func(n string) int { return mtus[n] }, noPath, false)
 	if routed, want := kernelRouted(c), []string{"same", "unknown"}; !reflect.DeepEqual(routed, want) {
 		t.Errorf("kernel-routed %v, want %v", routed, want)
 	}
 	// Asked again after the MTU grew: the kernel sends again.
 	mtus["e1"] = 9000
-	if notes := KernelRouteMTU(c, func(n string) int { return mtus[n] }, noPath); len(notes) != 1 || !c.KernelRouted(&c.Sessions[0]) {
+	if notes := KernelRouteMTU(c, func(n string) int { return mtus[n] }, noPath, false); len(notes) != 1 || !c.KernelRouted(&c.Sessions[0]) {
 		t.Errorf("after e1 grew: notes %v, session small kernel-routed %v", notes, c.KernelRouted(&c.Sessions[0]))
 	}
 	if len(notes) != 2 || notes[0].Path != "sessions[0].targets[0].device" || !strings.Contains(notes[0].Msg, "e1 has MTU 1500, below 9000 of source e2: nfclone sends") ||

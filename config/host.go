@@ -145,13 +145,17 @@ func describe(gw netip.Addr, pfxs []netip.Prefix) string {
 // path (path gives the MTU of the route to a remote, 0 when unknown) takes
 // the outer datagram of the sources' largest packet whole: the kernel
 // sends those sessions' copies into their VXLAN device.
+// Where the path does not, but trim says the host lowers the segment size
+// of the TCP super-packets entering nfclone's VXLAN devices to the path
+// (package gsotrim) and the path has room for an inner packet of
+// MinTrimLimit bytes, the kernel sends them too.
 // Call it once on a loaded config, before it is used; it returns a note for
 // each session the kernel does not send for because of an MTU.
-func KernelRouteMTU(c *Config, mtu func(name string) int, path func(remote netip.AddrPort) int) Errors {
+func KernelRouteMTU(c *Config, mtu func(name string) int, path func(remote netip.AddrPort) int, trim bool) Errors {
 	var p problems
 	for i := range c.Sessions {
 		s := &c.Sessions[i]
-		s.smallTargetMTU, s.tunnelPathFits = false, false // decided again
+		s.smallTargetMTU, s.tunnelPathFits, s.tunnelTrim = false, false, false // decided again
 		src, srcName := 0, ""
 		for _, so := range s.Sources {
 			if m := mtu(so.Interface); m > src {
@@ -160,7 +164,9 @@ func KernelRouteMTU(c *Config, mtu func(name string) int, path func(remote netip
 		}
 		if len(s.Targets) == 1 && s.Targets[0].OwnVXLAN() && src > 0 {
 			ap := s.Targets[0].RemoteAddrs[0]
-			s.tunnelPathFits = path(ap) >= src+TunnelOverhead(ap.Addr())
+			pm := path(ap)
+			s.tunnelPathFits = pm >= src+TunnelOverhead(ap.Addr())
+			s.tunnelTrim = trim && pm-TunnelOverhead(ap.Addr()) >= MinTrimLimit
 		}
 		for j, t := range s.Targets {
 			dst := mtu(t.Device)
@@ -179,6 +185,11 @@ func KernelRouteMTU(c *Config, mtu func(name string) int, path func(remote netip
 	}
 	return p.list
 }
+
+// MinTrimLimit is the shortest inner packet the path to a vxlan target's
+// remote must take for the kernel to send into nfclone's VXLAN device with
+// the segment size lowered (KernelRouteMTU): IPv6's minimum MTU.
+const MinTrimLimit = 1280
 
 // TunnelOverhead is what VXLAN (or GENEVE without options) puts around an
 // IP packet toward remote: the outer IP and UDP headers, the tunnel header

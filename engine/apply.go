@@ -27,7 +27,11 @@ func (e *Engine) apply(c *config.Config, reload bool) error {
 	if err != nil {
 		return err
 	}
-	return e.execute(c, p, reload)
+	if err := e.execute(c, p, reload); err != nil {
+		return err
+	}
+	e.syncTrims()
+	return nil
 }
 
 // running is what the planner knows of the running sessions.

@@ -19,6 +19,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/nfclone/nfclone/config"
+	"github.com/nfclone/nfclone/gsotrim"
 	"github.com/nfclone/nfclone/nfq"
 	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/route"
@@ -233,6 +234,8 @@ type runtime struct {
 	// cgroups the ids the rules were compiled with (0: missing).
 	cgroupRoot string
 	cgroups    map[string]uint64
+	// trims are the segment-size programs on nfclone's VXLAN devices.
+	trims map[string]trimmed
 }
 
 // createdLinks are the interfaces a journal says nfclone created.
@@ -336,9 +339,14 @@ func (e *Engine) Run(ctx context.Context, ready func()) (err error) {
 	if err := reconcile(c, rk, log); err != nil {
 		return err
 	}
-	// Which sessions the kernel may send for depends on the host's MTUs.
-	mtuNotes := config.KernelRouteMTU(c, config.SystemMTU, config.SystemTunnelPathMTU)
 	h := systemHost(c.StateDir, rk, nil)
+	if err := gsotrim.Supported(); err != nil {
+		log.Info("the kernel fragments the outer datagrams of super-packets routed into a VXLAN device over a smaller path; nfclone sends such sessions' copies", "err", err)
+	} else {
+		h.trims = kernelTrims{}
+	}
+	// Which sessions the kernel may send for depends on the host's MTUs.
+	mtuNotes := config.KernelRouteMTU(c, config.SystemMTU, config.SystemTunnelPathMTU, h.trims != nil)
 	if errs := h.check(c, nil); len(errs) > 0 {
 		return HostProblems(errs)
 	}
@@ -373,7 +381,7 @@ func (e *Engine) run(ctx context.Context, h *host, feats rules.Features, cgRoot 
 	c, log := e.Cfg, e.Log
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	rt := &runtime{h: h, feats: feats, sessions: map[string]userSession{}, cgroupRoot: cgRoot,
+	rt := &runtime{h: h, feats: feats, sessions: map[string]userSession{}, trims: map[string]trimmed{}, cgroupRoot: cgRoot,
 		st: &State{PID: os.Getpid(), Started: h.now().UTC(), Table: c.Table, NetNS: config.NetNS()}}
 	if e.Limit > 0 {
 		rt.limit = newLimit(e.Limit, cancel)
@@ -447,7 +455,7 @@ func (e *Engine) doReload() {
 	}
 	c, err := e.Load()
 	if err == nil {
-		for _, w := range config.KernelRouteMTU(c, config.SystemMTU, config.SystemTunnelPathMTU) {
+		for _, w := range config.KernelRouteMTU(c, config.SystemMTU, config.SystemTunnelPathMTU, e.rt.h.trims != nil) {
 			log.Warn(w.Msg, "key", w.Path)
 		}
 		err = e.validateReload(c)
@@ -524,7 +532,7 @@ func (e *Engine) relink() {
 	// under its readers; a change re-applies (the session reopens).
 	again := *c
 	again.Sessions = slices.Clone(c.Sessions)
-	notes := config.KernelRouteMTU(&again, config.SystemMTU, config.SystemTunnelPathMTU)
+	notes := config.KernelRouteMTU(&again, config.SystemMTU, config.SystemTunnelPathMTU, e.rt.h.trims != nil)
 	routedChanged := false
 	for i := range c.Sessions {
 		if was, now := c.RoutesClones(&c.Sessions[i]), again.RoutesClones(&again.Sessions[i]); was != now {
@@ -533,6 +541,7 @@ func (e *Engine) relink() {
 		}
 	}
 	if equalIdx(idx, e.rt.idx) && !routedChanged {
+		e.syncTrims() // a path MTU may have changed
 		return
 	}
 	if routedChanged {
@@ -572,6 +581,7 @@ func (e *Engine) shutdown(started bool) error {
 		errs = append(errs, err)
 	}
 	stopSessions(rt.sessions, drainTimeout, counters)
+	e.closeTrims()
 	log.Info("undoing routing changes", "changes", len(rt.st.Journal))
 	if err := route.Undo(rt.h.routes, rt.st.Journal, log); err != nil {
 		errs = append(errs, fmt.Errorf("undoing routing changes: %w", err))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/nfclone/nfclone/config"
@@ -33,6 +34,11 @@ type host struct {
 	// changes, until ctx ends.
 	watch func(ctx context.Context, log *slog.Logger, tables *copyTables, out chan<- struct{})
 	now   func() time.Time
+	// trims puts the segment-size program on nfclone's VXLAN devices (nil:
+	// this host cannot load it); pathMTU gives the MTU of the route to a
+	// remote (0 when unknown).
+	trims   trimmer
+	pathMTU func(netip.AddrPort) int
 }
 
 // ruleApplier owns nfclone's nftables tables (rules.Applier).
@@ -113,6 +119,7 @@ func systemHost(stateDir string, rk route.Kernel, ap ruleApplier) *host {
 		cgroups: cgroupIDs,
 		watch:   watchLinks,
 		now:     time.Now,
+		pathMTU: config.SystemTunnelPathMTU,
 	}
 }
 

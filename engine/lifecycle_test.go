@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -270,6 +271,7 @@ type lifecycle struct {
 	links    *fakeLinks
 	sessions *fakeSessions
 	state    *fakeState
+	trims    *fakeTrims
 	kick     chan struct{} // a link event
 	eng      *Engine
 	next     *config.Config // what Load returns
@@ -290,6 +292,7 @@ func newLifecycle(t *testing.T) *lifecycle {
 		t: t, ev: ev, rules: &fakeRules{ev: ev}, kernel: k,
 		links:    &fakeLinks{idx: map[string]int{"lo": 1, "e0": i0, "e1": i1, "e3": i3}, kernel: k},
 		sessions: &fakeSessions{ev: ev}, state: &fakeState{ev: ev},
+		trims:   &fakeTrims{ev: ev, path: map[netip.Addr]int{}},
 		kick:    make(chan struct{}, 1),
 		initial: k.Snapshot().String(),
 	}
@@ -310,9 +313,40 @@ func (l *lifecycle) host() *host {
 				}
 			}
 		},
-		now: time.Now,
+		now:     time.Now,
+		trims:   l.trims,
+		pathMTU: l.trims.pathMTU,
 	}
 }
+
+// fakeTrims records the segment-size programs attached and removed; path
+// is the MTU of the route to each remote.
+type fakeTrims struct {
+	ev   *events
+	mu   sync.Mutex
+	path map[netip.Addr]int
+}
+
+func (f *fakeTrims) pathMTU(ap netip.AddrPort) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.path[ap.Addr()]
+}
+
+func (f *fakeTrims) setPath(a netip.Addr, mtu int) {
+	f.mu.Lock()
+	f.path[a] = mtu
+	f.mu.Unlock()
+}
+
+func (f *fakeTrims) Attach(index, limit int) (io.Closer, error) {
+	f.ev.add("trim %d limit %d", index, limit)
+	return closerFunc(func() error { f.ev.add("untrim %d limit %d", index, limit); return nil }), nil
+}
+
+type closerFunc func() error
+
+func (c closerFunc) Close() error { return c() }
 
 // start runs the engine with config y until ready (or fails the test).
 func (l *lifecycle) start(y string) {
@@ -381,6 +415,32 @@ func await[T any](l *lifecycle, what string, f func() *T) *T {
 	}
 	l.t.Fatalf("%s: nothing after 10 s; events: %q", what, l.ev.list())
 	return nil
+}
+
+// linkEvent tells the engine an interface changed (it checks the MTUs too).
+func (l *lifecycle) linkEvent() { l.kick <- struct{}{} }
+
+// waitEvent waits for event e.
+func (l *lifecycle) waitEvent(e string) {
+	l.t.Helper()
+	await(l, e, func() *bool {
+		if l.ev.index("^"+regexp.QuoteMeta(e)+"$") >= 0 {
+			ok := true
+			return &ok
+		}
+		return nil
+	})
+}
+
+// matching are the events that start with prefix.
+func (ev *events) matching(prefix string) []string {
+	var out []string
+	for _, e := range ev.list() {
+		if strings.HasPrefix(e, prefix) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func (l *lifecycle) await(what string, f func() *status.ReloadStatus) *status.ReloadStatus {
@@ -619,6 +679,22 @@ sessions:
 	if got := vx[0].idx[dev]; got != k.Index {
 		t.Fatalf("the session opened with %s at index %d, want %d (created before the session opens)", dev, got, k.Index)
 	}
+	// The path to 10.77.4.2 is unknown: no program.
+	if got := l.ev.matching("trim "); len(got) != 0 {
+		t.Errorf("a program on a device whose path is unknown: %q", got)
+	}
+	// A 1500-byte path: the program for inner packets of 1450 bytes, on
+	// the next check; a smaller path then replaces it.
+	l.trims.setPath(netip.MustParseAddr("10.77.4.2"), 1500)
+	l.linkEvent()
+	want := fmt.Sprintf("trim %d limit 1450", k.Index)
+	l.waitEvent(want)
+	l.trims.setPath(netip.MustParseAddr("10.77.4.2"), 1400)
+	l.linkEvent()
+	l.waitEvent(fmt.Sprintf("trim %d limit 1350", k.Index))
+	if got := l.ev.matching("untrim "); !slices.Equal(got, []string{"un" + want}) {
+		t.Errorf("removed %q, want the 1450 one", got)
+	}
 	if st := l.reload(y); !st.OK {
 		t.Fatalf("reload: %s", st.Error)
 	}
@@ -630,6 +706,9 @@ sessions:
 	}
 	if _, err := route.LinkByName(l.kernel, dev); err == nil {
 		t.Fatalf("%s is still there after the engine stopped", dev)
+	}
+	if got := l.ev.matching("trim "); len(got) != 2 || len(l.ev.matching("untrim ")) != 2 {
+		t.Errorf("attached %q, removed %q: want two of each (a reload of the same path keeps the program)", got, l.ev.matching("untrim "))
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/engine"
+	"github.com/nfclone/nfclone/gsotrim"
 	"github.com/nfclone/nfclone/rules"
 )
 
@@ -36,7 +37,7 @@ func checkCommand(g *globals) *cobra.Command {
 // the "ok" lines only when nothing is wrong: check never says ok and then
 // lists problems.
 func check(w io.Writer, c *config.Config) error {
-	mtuNotes := config.KernelRouteMTU(c, config.SystemMTU, config.SystemTunnelPathMTU) // before anything asks who sends
+	mtuNotes := config.KernelRouteMTU(c, config.SystemMTU, config.SystemTunnelPathMTU, gsotrim.Supported() == nil) // before anything asks who sends
 	// Interfaces in the state file are nfclone's (a running or killed run
 	// made them): create: true is no problem for them.
 	errs := append(config.CheckHost(c, config.SystemHost{}, leftLinks(c.StateDir)), config.CheckFiles(c)...)
@@ -85,6 +86,9 @@ func check(w io.Writer, c *config.Config) error {
 			fmt.Fprintf(w, "note: session %s: the kernel sends its copies to the %s (%s): nfclone reads their headers and counts them\n", s.Name, s.Targets[0].Describe(), key)
 		case c.KernelRoutedTCP(&s):
 			fmt.Fprintf(w, "note: session %s: the kernel sends the copies of TCP packets to the %s, nfclone the rest (queue.log_kernel_route: tcp): nfclone reads the kernel's copies' headers and counts them\n", s.Name, s.Targets[0].Describe())
+		}
+		if c.TunnelTrimmed(&s) {
+			fmt.Fprintf(w, "note: session %s: the path to the %s is shorter than the sources' packets with the tunnel's headers: the kernel cuts the TCP super-packets entering the tunnel to fit it (queue.vxlan_kernel_route: auto); longer single packets are sent in outer fragments\n", s.Name, s.Targets[0].Describe())
 		}
 	}
 	if c.Queue.Realtime > 0 {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/engine"
+	"github.com/nfclone/nfclone/gsotrim"
 	"github.com/nfclone/nfclone/rules"
 )
 
@@ -34,7 +35,7 @@ func renderCommand(g *globals) *cobra.Command {
 
 func render(w io.Writer, c *config.Config) error {
 	// As run decides on this host: who sends depends on its MTUs.
-	notes := config.KernelRouteMTU(c, config.SystemMTU, config.SystemTunnelPathMTU)
+	notes := config.KernelRouteMTU(c, config.SystemMTU, config.SystemTunnelPathMTU, gsotrim.Supported() == nil)
 	rs, err := rules.Compile(c, rules.Options{})
 	if err != nil {
 		return err
