@@ -124,12 +124,15 @@ type Queue struct {
 	// vxlan target nfclone makes a VXLAN device for: dup routes each clone
 	// into the device, which encapsulates the original packet as it is.
 	// VXLANRouteAuto (the default): where the path to the remote takes the
-	// outer datagram of the largest original whole (a jumbo underlay;
-	// KernelRouteMTU decides). VXLANRouteOn: also where it does not (1500
-	// bytes behind a 1500-byte path: the outer datagram is fragmented; twice
-	// nfclone's copies at saturation, but the fragments double the frames,
-	// and a burst the underlay cannot take is lost after the ledger counted
-	// it, docs/methods.md#kernel-route-vxlan). VXLANRouteOff: never.
+	// outer datagram of the largest original whole (a jumbo underlay), and
+	// where it does not but this host cuts the TCP super-packets entering
+	// the device to the path (package gsotrim: a BPF program; the path must
+	// take an inner packet of MinTrimLimit bytes); KernelRouteMTU decides.
+	// A full-size packet that is not part of a super-packet is then sent
+	// in two outer fragments. VXLANRouteOn: also where neither holds (the
+	// kernel fragments every full-size copy's outer datagram,
+	// docs/methods.md#kernel-route-vxlan). VXLANRouteOff: never (nfclone
+	// cuts every copy to the path itself).
 	// Validate turns true and false into on and off.
 	VXLANKernelRoute VXLANRoute `mapstructure:"vxlan_kernel_route" json:"vxlan_kernel_route"`
 	// SocketBuffer is the kernel receive buffer of each reader's socket (a
@@ -158,7 +161,7 @@ type VXLANRoute string
 
 // VXLANRoute values.
 const (
-	VXLANRouteAuto VXLANRoute = "auto" // where the path takes whole copies
+	VXLANRouteAuto VXLANRoute = "auto" // where the path takes whole copies, or super-packets cut to it
 	VXLANRouteOn   VXLANRoute = "on"   // always: outer datagrams fragmented where it does not
 	VXLANRouteOff  VXLANRoute = "off"  // never
 )

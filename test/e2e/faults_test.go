@@ -236,9 +236,10 @@ sessions:
 }
 
 // The kernel VXLAN device of a queue session's vxlan target (encap: kernel)
-// deleted, then set down: nfclone puts it back (re-created, brought up), the
-// session writes into the new device, and the collector gets VXLAN copies
-// again each time; originals are never affected.
+// deleted, then set down: nfclone puts it back (re-created, brought up,
+// the routing into it repaired), the session's copies go into the new
+// device, and the collector gets VXLAN copies again each time; originals
+// are never affected.
 func TestFaultOwnedVXLANDevice(t *testing.T) {
 	l := lab.New(t)
 	d := startNfclone(t, l, `
@@ -289,7 +290,19 @@ sessions:
 	copies("VXLAN copies through the re-created " + name)
 
 	l.MustExec(t, l.Eng, "ip", "link", "set", name, "down")
-	lab.WaitFor(t, 15*time.Second, func() bool { _, up := device(); return up }, "nfclone to bring "+name+" up again")
+	// The kernel sends the session's copies into the device
+	// (queue.vxlan_kernel_route auto: its TCP super-packets cut to the
+	// path): down took its next hop's route and permanent neighbour, which
+	// nfclone puts back too; until then a clone's lookup ends in the
+	// backstop, or waits for an ARP answer inside the tunnel.
+	lab.WaitFor(t, 15*time.Second, func() bool {
+		if _, up := device(); !up {
+			return false
+		}
+		r := l.MustExec(t, l.Eng, "ip", "route", "show", "table", "all")
+		n := l.MustExec(t, l.Eng, "ip", "neigh", "show", "dev", name, "nud", "permanent")
+		return strings.Contains(r, "default dev "+name) && strings.Contains(n, "169.254.77.")
+	}, "nfclone to bring "+name+" up again, with its next hop's route and neighbour")
 	copies("VXLAN copies after " + name + " was set down and up")
 	d.stop(t)
 	if n, _ := device(); n != "" {
