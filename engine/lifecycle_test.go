@@ -695,11 +695,19 @@ sessions:
 	if got := l.ev.matching("untrim "); !slices.Equal(got, []string{"un" + want}) {
 		t.Errorf("removed %q, want the 1450 one", got)
 	}
+	// The device re-created (a new index): the program goes onto it.
+	l.links.set(dev, 77)
+	l.linkEvent()
+	l.waitEvent("trim 77 limit 1350")
+	if got := l.ev.matching("untrim "); len(got) != 2 || got[1] != fmt.Sprintf("untrim %d limit 1350", k.Index) {
+		t.Errorf("removed %q, want the old device's program second", got)
+	}
+	opens := len(l.sessions.byName("vx")) // 2: opened again on the new device
 	if st := l.reload(y); !st.OK {
 		t.Fatalf("reload: %s", st.Error)
 	}
-	if n := len(l.sessions.byName("vx")); n != 1 {
-		t.Fatalf("a reload of the same config opened the session again (%d opens): %q", n, l.ev.list())
+	if n := len(l.sessions.byName("vx")); n != opens {
+		t.Fatalf("a reload of the same config opened the session again (%d opens, %d before): %q", n, opens, l.ev.list())
 	}
 	if err := l.stop(); err != nil {
 		t.Fatal(err)
@@ -707,8 +715,8 @@ sessions:
 	if _, err := route.LinkByName(l.kernel, dev); err == nil {
 		t.Fatalf("%s is still there after the engine stopped", dev)
 	}
-	if got := l.ev.matching("trim "); len(got) != 2 || len(l.ev.matching("untrim ")) != 2 {
-		t.Errorf("attached %q, removed %q: want two of each (a reload of the same path keeps the program)", got, l.ev.matching("untrim "))
+	if got := l.ev.matching("trim "); len(got) != 3 || len(l.ev.matching("untrim ")) != 3 {
+		t.Errorf("attached %q, removed %q: want three of each (a reload of the same path keeps the program)", got, l.ev.matching("untrim "))
 	}
 }
 

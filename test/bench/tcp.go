@@ -292,6 +292,10 @@ type TCPRun struct {
 	Ledger   *Ledger `json:"ledger,omitempty"`
 	// KernelQueue is eng's /proc/net/netfilter/nfnetlink_queue (queue only).
 	KernelQueue []string `json:"nfnetlink_queue,omitempty"`
+	// CollectorLinkDrops is eng:e1's tx_dropped over the run: frames lost
+	// on the lab's collector veth (its peer's receive backlog full), after
+	// every ledger.
+	CollectorLinkDrops uint64 `json:"collector_link_tx_dropped"`
 }
 
 // offloadKeys are the ethtool -k lines the TCP phases set and record.
@@ -644,6 +648,7 @@ func (h *harness) tcpRun(c tcpCase) (*TCPRun, error) {
 		return nil, err
 	}
 	host0, herr0 := sampleHost()
+	e1Drop0, derr0 := readStatIn(h.o.Lab.Eng, "e1", "tx_dropped")
 	secs := tcpSeconds(h.o.TCPPhase)
 	args := []string{"-c", col2IP, "-p", fmt.Sprint(iperfPort), "-t", strconv.Itoa(int(secs)), "-P", strconv.Itoa(c.streams),
 		"-J", "--connect-timeout", "3000", "-C", h.o.TCPCC}
@@ -673,6 +678,9 @@ func (h *harness) tcpRun(c tcpCase) (*TCPRun, error) {
 	if err != nil {
 		return nil, err
 	}
+	if e1Drop1, derr1 := readStatIn(h.o.Lab.Eng, "e1", "tx_dropped"); derr0 == nil && derr1 == nil {
+		tr.CollectorLinkDrops = e1Drop1 - e1Drop0
+	}
 	_, _ = srv.stop(syscall.SIGTERM, 2*time.Second) // -1: it has exited already
 
 	tr.Seconds = ir.End.SumReceived.Seconds
@@ -695,8 +703,8 @@ func (h *harness) tcpRun(c tcpCase) (*TCPRun, error) {
 	if tr.VmHWMKiB, tr.Ledger, err = d.stop(name); err != nil {
 		return nil, err
 	}
-	h.logf("%-26s originals %6.2f Gbit/s (sender %.2f, %d retransmits)  copies/originals %.3f (payload %d / %d bytes)  nfclone cpu %.2f  VmHWM %d KiB%s",
-		name, tr.OriginalsGbps, tr.SenderGbps, tr.Retransmits, tr.CopyRatio, tr.CopyPayload, tr.OrigPayload, tr.NfcloneCPU, tr.VmHWMKiB, ledgerText(tr.Ledger))
+	h.logf("%-26s originals %6.2f Gbit/s (sender %.2f, %d retransmits)  copies/originals %.3f (payload %d / %d bytes; e1 tx_dropped %d)  nfclone cpu %.2f  VmHWM %d KiB%s",
+		name, tr.OriginalsGbps, tr.SenderGbps, tr.Retransmits, tr.CopyRatio, tr.CopyPayload, tr.OrigPayload, tr.CollectorLinkDrops, tr.NfcloneCPU, tr.VmHWMKiB, ledgerText(tr.Ledger))
 	return tr, nil
 }
 
