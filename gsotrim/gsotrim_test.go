@@ -93,4 +93,3 @@ func TestKernelPassesSinglePackets(t *testing.T) {
 		t.Errorf("counts %+v, want the 1399- and 1448-byte segments as fragmented and nothing cut", c)
 	}
 }
-
