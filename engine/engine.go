@@ -791,6 +791,11 @@ func (e *Engine) Status() status.Status {
 				ss.Targets = append(ss.Targets, status.TargetStatus{Name: fmt.Sprintf("%s/%d:%s", s.Name, i, t.Kind), Kind: string(t.Kind)})
 			}
 		}
+		if len(ss.Targets) == len(s.Targets) {
+			for i, t := range s.Targets {
+				ss.Targets[i].Tunnel = rt.tunnelCut(t)
+			}
+		}
 		if m, ok := counters[s.Name]; ok {
 			if s.Method == config.MethodDup {
 				ss.Seen = status.Counter{Packets: m[rules.CounterSeen].Packets, Bytes: m[rules.CounterSeen].Bytes}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nfclone/nfclone/config"
+	"github.com/nfclone/nfclone/gsotrim"
 	"github.com/nfclone/nfclone/pipeline"
 	"github.com/nfclone/nfclone/route"
 	"github.com/nfclone/nfclone/route/routetest"
@@ -172,7 +172,7 @@ func (f *fakeSessions) Open(s sessionSpec) (userSession, error) {
 		return nil, errors.New("binding: operation not permitted")
 	}
 	n := rules.Groups(s.Cfg, &s.Cfg.Sessions[s.Index])
-	fs := &fakeSession{ev: f.ev, id: sessionIdent{Name: name, Key: s.Key, First: s.First, Count: n}, idx: s.Idx}
+	fs := &fakeSession{ev: f.ev, id: sessionIdent{Name: name, Key: s.Key, First: s.First, Count: n}, idx: s.Idx, targets: len(s.Cfg.Sessions[s.Index].Targets)}
 	f.mu.Lock()
 	f.open = append(f.open, fs)
 	f.mu.Unlock()
@@ -197,6 +197,7 @@ type fakeSession struct {
 	ev      *events
 	id      sessionIdent
 	idx     map[string]int // the interfaces it was opened with
+	targets int            // its config's targets (status has one each)
 	mu      sync.Mutex
 	started bool
 	stopped bool
@@ -223,7 +224,7 @@ func (s *fakeSession) close() {
 	s.ev.add("close %s", s.id.Name)
 }
 func (s *fakeSession) status(map[string]rules.CounterValue) status.SessionStatus {
-	return status.SessionStatus{Name: s.id.Name, State: "running"}
+	return status.SessionStatus{Name: s.id.Name, State: "running", Targets: make([]status.TargetStatus, s.targets)}
 }
 func (s *fakeSession) snapshot() pipeline.Snapshot { return pipeline.Snapshot{} }
 func (s *fakeSession) written() uint64             { return 0 }
@@ -339,14 +340,18 @@ func (f *fakeTrims) setPath(a netip.Addr, mtu int) {
 	f.mu.Unlock()
 }
 
-func (f *fakeTrims) Attach(index, limit int) (io.Closer, error) {
+func (f *fakeTrims) Attach(index, limit int) (trimAttachment, error) {
 	f.ev.add("trim %d limit %d", index, limit)
-	return closerFunc(func() error { f.ev.add("untrim %d limit %d", index, limit); return nil }), nil
+	return fakeTrim(func() error { f.ev.add("untrim %d limit %d", index, limit); return nil }), nil
 }
 
-type closerFunc func() error
+// fakeTrim is an attached program: Close calls it; it counted 3 super-packets
+// cut and 1 fragmented.
+type fakeTrim func() error
 
-func (c closerFunc) Close() error { return c() }
+func (c fakeTrim) Close() error { return c() }
+
+func (fakeTrim) Counts() (gsotrim.Counts, error) { return gsotrim.Counts{Cut: 3, Fragmented: 1}, nil }
 
 // start runs the engine with config y until ready (or fails the test).
 func (l *lifecycle) start(y string) {
@@ -692,6 +697,10 @@ sessions:
 	l.trims.setPath(netip.MustParseAddr("10.77.4.2"), 1400)
 	l.linkEvent()
 	l.waitEvent(fmt.Sprintf("trim %d limit 1350", k.Index))
+	// status shows what the program counted, on the target.
+	if got := l.eng.Status().Sessions[0].Targets[0].Tunnel; got == nil || *got != (status.TunnelCut{InnerMTU: 1350, Cut: 3, Fragmented: 1}) {
+		t.Errorf("status: the target's tunnel_cut %+v, want inner MTU 1350, 3 cut, 1 fragmented", got)
+	}
 	if got := l.ev.matching("untrim "); !slices.Equal(got, []string{"un" + want}) {
 		t.Errorf("removed %q, want the 1450 one", got)
 	}

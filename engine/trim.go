@@ -7,19 +7,27 @@ import (
 	"github.com/nfclone/nfclone/config"
 	"github.com/nfclone/nfclone/gsotrim"
 	"github.com/nfclone/nfclone/rules"
+	"github.com/nfclone/nfclone/status"
 )
 
 // trimmer puts the segment-size program (package gsotrim) on the egress
 // of a device: the TCP super-packets the kernel routes into one of
 // nfclone's VXLAN devices are cut to what the path to the remote takes.
 type trimmer interface {
-	Attach(index, limit int) (io.Closer, error)
+	Attach(index, limit int) (trimAttachment, error)
+}
+
+// trimAttachment is the program on one device: its counters, and Close
+// removes it.
+type trimAttachment interface {
+	io.Closer
+	Counts() (gsotrim.Counts, error)
 }
 
 // kernelTrims attaches gsotrim's program.
 type kernelTrims struct{}
 
-func (kernelTrims) Attach(index, limit int) (io.Closer, error) {
+func (kernelTrims) Attach(index, limit int) (trimAttachment, error) {
 	a, err := gsotrim.Attach(index, limit)
 	if err != nil {
 		return nil, err // not a nil *Attachment in an interface
@@ -63,17 +71,20 @@ func planTrims(c *config.Config, idx map[string]int, path func(netip.AddrPort) i
 // tried again until the device or its path changes).
 type trimmed struct {
 	trimWant
-	c io.Closer
+	c trimAttachment
 }
 
 // syncTrims puts the programs planTrims wants on the devices and removes
-// the others (a device re-created or gone, a path MTU changed).
+// the others (a device re-created or gone, a path MTU changed). The map
+// changes under e.mu (Status reads it).
 func (e *Engine) syncTrims() {
 	rt := e.rt
 	if rt.h.trims == nil || rt.cfg == nil {
 		return
 	}
 	want := planTrims(rt.cfg, interfaceIndexes(rt.cfg, rt.h.links), rt.h.pathMTU)
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	for dev, have := range rt.trims {
 		if w, ok := want[dev]; ok && w == have.trimWant {
 			continue
@@ -101,6 +112,8 @@ func (e *Engine) syncTrims() {
 
 // closeTrims removes every program (shutdown).
 func (e *Engine) closeTrims() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	for dev, have := range e.rt.trims {
 		if have.c != nil {
 			if err := have.c.Close(); err != nil {
@@ -109,4 +122,21 @@ func (e *Engine) closeTrims() {
 		}
 		delete(e.rt.trims, dev)
 	}
+}
+
+// tunnelCut is what the program on target t's VXLAN device counted (nil:
+// none there). The caller holds e.mu.
+func (rt *runtime) tunnelCut(t config.Target) *status.TunnelCut {
+	if !t.OwnVXLAN() {
+		return nil
+	}
+	have, ok := rt.trims[rules.VXLANDevice(t)]
+	if !ok || have.c == nil {
+		return nil
+	}
+	n, err := have.c.Counts()
+	if err != nil {
+		return nil
+	}
+	return &status.TunnelCut{InnerMTU: have.Limit, Cut: n.Cut, Fragmented: n.Fragmented}
 }

@@ -60,17 +60,42 @@ const MinLimit = 1280
 // maxShrink is the most bpf_skb_adjust_room moves at a time (0xfff).
 const maxShrink = 0xfff
 
+// Counter slots of the program's per-CPU array (Counts).
+const (
+	slotCut   = 0 // super-packets whose segment size it lowered
+	slotWhole = 1 // single packets longer than the limit (the kernel fragments their outer datagram)
+	nSlots    = 2
+)
+
 // Instructions returns the program for limit, the longest inner IP packet
 // (IP header, TCP header and payload) the path takes whole: the path's MTU
 // less the tunnel's overhead. For a TCP super-packet whose segments would
 // be longer, it lowers the segment size to fit; everything else passes.
-func Instructions(limit int) asm.Instructions {
+// It counts into the per-CPU array of file descriptor counts (slotCut,
+// slotWhole).
+func Instructions(limit, counts int) asm.Instructions {
 	const (
 		ctx    = asm.R6 // the __sk_buff
 		gso    = asm.R7 // gso_size
 		hdrs   = asm.R8 // IP header + TCP header, then the excess
 		byteAt = -8     // stack slot bpf_skb_load_bytes writes to
+		keyAt  = -16    // stack slot of the counter's key
 	)
+	// count adds one to slot and goes on to the label next.
+	count := func(slot int64, label, next string) asm.Instructions {
+		return asm.Instructions{
+			asm.StoreImm(asm.RFP, keyAt, slot, asm.Word).WithSymbol(label),
+			asm.LoadMapPtr(asm.R1, counts),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, keyAt),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, next),
+			asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+			asm.Add.Imm(asm.R1, 1),
+			asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+			asm.Ja.Label(next),
+		}
+	}
 	// loadByte puts the packet's byte at the offset in R2 into R0, or
 	// jumps to pass if it cannot.
 	loadByte := func(offset asm.Instruction) asm.Instructions {
@@ -89,8 +114,12 @@ func Instructions(limit int) asm.Instructions {
 	in = append(in,
 		asm.Mov.Reg(ctx, asm.R1),
 		asm.LoadMem(gso, ctx, skbGSOSize, asm.Word),
-		asm.JEq.Imm(gso, 0, "pass"), // not a super-packet
-		asm.LoadMem(asm.R2, ctx, skbProtocol, asm.Word),
+		asm.JNE.Imm(gso, 0, "super"),
+		// Not a super-packet: counted if it is longer than the path takes.
+		asm.LoadMem(asm.R2, ctx, 0, asm.Word), // len
+		asm.JGT.Imm(asm.R2, int32(limit+ethLen), "whole"),
+		asm.Ja.Label("pass"),
+		asm.LoadMem(asm.R2, ctx, skbProtocol, asm.Word).WithSymbol("super"),
 		asm.JEq.Imm(asm.R2, 0x0008, "ipv4"), // htons(ETH_P_IP) read little-endian
 		asm.JEq.Imm(asm.R2, 0xdd86, "ipv6"), // htons(ETH_P_IPV6)
 		asm.Ja.Label("pass"),
@@ -138,64 +167,105 @@ func Instructions(limit int) asm.Instructions {
 		asm.Mov.Imm(asm.R3, adjRoomNet),
 		asm.Mov.Imm(asm.R4, adjRoomFixedGSO|adjRoomNoCsumReset),
 		asm.FnSkbAdjustRoom.Call(),
+		asm.JNE.Imm(asm.R0, 0, "pass"),
+	)
+	in = append(in, count(slotCut, "cut", "pass")...)
+	in = append(in, count(slotWhole, "whole", "pass")...)
+	in = append(in,
 		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("pass"),
 		asm.Return(),
 	)
 	return in
 }
 
-// Load loads the program for limit (see Instructions).
-func Load(limit int) (*ebpf.Program, error) {
+// Load loads the program for limit (see Instructions) and its counters.
+func Load(limit int) (*ebpf.Program, *ebpf.Map, error) {
 	if limit < MinLimit || limit > 65535 {
-		return nil, fmt.Errorf("loading the segment-size program: limit %d out of [%d, 65535]", limit, MinLimit)
+		return nil, nil, fmt.Errorf("loading the segment-size program: limit %d out of [%d, 65535]", limit, MinLimit)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "nfclone_gsotrim", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: nSlots})
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating the segment-size program's counters: %w", err)
 	}
 	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "nfclone_gsotrim",
 		Type:         ebpf.SchedCLS,
-		Instructions: Instructions(limit),
+		Instructions: Instructions(limit, m.FD()),
 		License:      "GPL",
 	})
 	if err != nil {
-		return nil, fmt.Errorf("loading the segment-size program: %w", err)
+		m.Close()
+		return nil, nil, fmt.Errorf("loading the segment-size program: %w", err)
 	}
-	return p, nil
+	return p, m, nil
 }
 
 // Attachment is the program on one device's egress. It is removed when
 // closed, or when the process ends (a tcx link the kernel holds only for
 // its file descriptor), so a killed nfclone leaves nothing of it behind.
 type Attachment struct {
-	Index int // the device's ifindex
-	Limit int
-	prog  *ebpf.Program
-	link  link.Link
+	Index  int // the device's ifindex
+	Limit  int
+	prog   *ebpf.Program
+	counts *ebpf.Map
+	link   link.Link
 }
 
 // Attach puts the program for limit on the egress of device index.
 func Attach(index, limit int) (*Attachment, error) {
-	p, err := Load(limit)
+	p, m, err := Load(limit)
 	if err != nil {
 		return nil, err
 	}
 	l, err := link.AttachTCX(link.TCXOptions{Interface: index, Program: p, Attach: ebpf.AttachTCXEgress})
 	if err != nil {
 		p.Close()
+		m.Close()
 		return nil, fmt.Errorf("attaching the segment-size program to ifindex %d (tcx egress): %w", index, err)
 	}
-	return &Attachment{Index: index, Limit: limit, prog: p, link: l}, nil
+	return &Attachment{Index: index, Limit: limit, prog: p, counts: m, link: l}, nil
+}
+
+// Counts are what the program saw since it was attached.
+type Counts struct {
+	// Cut are the TCP super-packets whose segment size it lowered.
+	Cut uint64 `json:"cut"`
+	// Fragmented are the single packets longer than the path takes
+	// (not part of a super-packet): the kernel sends each in two outer
+	// fragments.
+	Fragmented uint64 `json:"fragmented"`
+}
+
+// Counts sums the program's counters over the CPUs.
+func (a *Attachment) Counts() (Counts, error) {
+	return readCounts(a.counts)
+}
+
+func readCounts(m *ebpf.Map) (Counts, error) {
+	var c Counts
+	for slot, dst := range map[uint32]*uint64{slotCut: &c.Cut, slotWhole: &c.Fragmented} {
+		var per []uint64
+		if err := m.Lookup(slot, &per); err != nil {
+			return Counts{}, fmt.Errorf("reading the segment-size program's counters: %w", err)
+		}
+		for _, v := range per {
+			*dst += v
+		}
+	}
+	return c, nil
 }
 
 // Close detaches and unloads the program.
 func (a *Attachment) Close() error {
-	return errors.Join(a.link.Close(), a.prog.Close())
+	return errors.Join(a.link.Close(), a.prog.Close(), a.counts.Close())
 }
 
 // Supported reports whether this host loads the program (a kernel with
 // BPF and the privilege to load it); the error says why not.
 func Supported() error {
-	p, err := Load(MinLimit)
+	p, m, err := Load(MinLimit)
 	if err != nil {
 		return err
 	}
-	return p.Close()
+	return errors.Join(p.Close(), m.Close())
 }

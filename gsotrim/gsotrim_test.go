@@ -13,9 +13,10 @@ import (
 // Limits outside [MinLimit, 65535] are refused before anything is loaded.
 func TestLoadLimits(t *testing.T) {
 	for _, l := range []int{0, MinLimit - 1, 65536} {
-		if p, err := Load(l); err == nil || !strings.Contains(err.Error(), "out of") {
+		if p, m, err := Load(l); err == nil || !strings.Contains(err.Error(), "out of") {
 			if p != nil {
 				p.Close()
+				m.Close()
 			}
 			t.Errorf("Load(%d): %v, want an out-of-range error", l, err)
 		}
@@ -25,7 +26,7 @@ func TestLoadLimits(t *testing.T) {
 // The program is one straight pass with labels that resolve: every jump
 // lands on an instruction of its own.
 func TestInstructionsResolve(t *testing.T) {
-	in := Instructions(1450)
+	in := Instructions(1450, 3)
 	if err := in.Marshal(new(bytes.Buffer), binary.LittleEndian); err != nil {
 		t.Fatalf("the instructions do not assemble: %v", err)
 	}
@@ -58,17 +59,19 @@ func tcpPacket(n int) []byte {
 }
 
 // The kernel verifies and runs the program: a packet that is not a
-// super-packet passes (TCX_NEXT) with every byte as it was.
+// super-packet passes (TCX_NEXT) with every byte as it was, and one longer
+// than the limit is counted as fragmented.
 func TestKernelPassesSinglePackets(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (loading a BPF program)")
 	}
-	p, err := Load(1450)
+	p, m, err := Load(1450)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	for _, n := range []int{0, 100, 1448} {
+	defer m.Close()
+	for _, n := range []int{0, 100, 1398, 1399, 1448} { // 1398: an IP packet of 1450
 		in := tcpPacket(n)
 		out := make([]byte, len(in)+256)
 		ret, err := p.Run(&ebpf.RunOptions{Data: in, DataOut: out})
@@ -81,5 +84,12 @@ func TestKernelPassesSinglePackets(t *testing.T) {
 		if !bytes.Equal(out[:len(in)], in) {
 			t.Errorf("%d-byte segment changed", n)
 		}
+	}
+	c, err := readCounts(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c != (Counts{Fragmented: 2}) {
+		t.Errorf("counts %+v, want the 1399- and 1448-byte segments as fragmented and nothing cut", c)
 	}
 }

@@ -95,6 +95,7 @@ type descs struct {
 	readerRecvErrors, readerVerdicts, readerVerdictErrors   *prometheus.Desc
 
 	targetPackets, targetBytes, targetErrors *prometheus.Desc
+	tunnelCut, tunnelFrag                    *prometheus.Desc
 	clientRecords, clientDropped             *prometheus.Desc
 
 	ifaceUp *prometheus.Desc
@@ -144,6 +145,8 @@ func newDescs() *descs {
 		targetPackets: d("target_sent_packets_total", "Copies the target sent (userspace targets).", targetLabels...),
 		targetBytes:   d("target_sent_bytes_total", "Bytes the target sent.", targetLabels...),
 		targetErrors:  d("target_errors_total", "Copies the target failed to send.", targetLabels...),
+		tunnelCut:     d("target_tunnel_cut_total", "TCP super-packets the kernel sent into the target's VXLAN device with their segment size lowered to fit the path (nfclone's segment-size program).", targetLabels...),
+		tunnelFrag:    d("target_tunnel_fragmented_total", "Single packets longer than the path takes that the kernel sent into the target's VXLAN device, each in two outer fragments.", targetLabels...),
 		clientRecords: d("target_client_records_total", "Copies streamed to one connected client of a pcap-over-ip target.", append(append([]string{}, targetLabels...), "client")...),
 		clientDropped: d("target_client_dropped_total", "Copies dropped for one client of a pcap-over-ip target (its buffer was full: a slow or stopped client).", append(append([]string{}, targetLabels...), "client")...),
 
@@ -160,7 +163,7 @@ func (d *descs) all() []*prometheus.Desc {
 		d.queueDepth, d.queueCap, d.workers,
 		d.readerUp, d.readerPackets, d.readerDatagrams, d.readerENOBUFS,
 		d.readerRecvErrors, d.readerVerdicts, d.readerVerdictErrors,
-		d.targetPackets, d.targetBytes, d.targetErrors, d.clientRecords, d.clientDropped,
+		d.targetPackets, d.targetBytes, d.targetErrors, d.tunnelCut, d.tunnelFrag, d.clientRecords, d.clientDropped,
 		d.ifaceUp,
 	}
 }
@@ -307,10 +310,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 
 		targets := uniq{}
 		for _, t := range ss.Targets {
+			tl := with(targets.name(t.Name, t.Kind), t.Kind)
+			if c := t.Tunnel; c != nil {
+				counter(d.tunnelCut, c.Cut, tl...)
+				counter(d.tunnelFrag, c.Fragmented, tl...)
+			}
 			if t.Stats == nil {
 				continue // kernel (dup) targets: the session counters tell
 			}
-			tl := with(targets.name(t.Name, t.Kind), t.Kind)
 			counter(d.targetPackets, t.Stats.Sent, tl...)
 			counter(d.targetBytes, t.Stats.Bytes, tl...)
 			counter(d.targetErrors, t.Stats.Errors, tl...)

@@ -95,6 +95,22 @@ type TargetStatus struct {
 	// KernelTCP: the kernel sends the copies of TCP packets, nfclone the
 	// rest (a log session, queue.log_kernel_route: tcp); Stats count both.
 	KernelTCP bool `json:"kernel_tcp,omitempty"`
+	// Tunnel is what nfclone's segment-size program on the target's VXLAN
+	// device did (queue.vxlan_kernel_route: the kernel sends into it), nil
+	// when the device has none.
+	Tunnel *TunnelCut `json:"tunnel_cut,omitempty"`
+}
+
+// TunnelCut counts what the segment-size program on a VXLAN device saw
+// since it was attached (package gsotrim).
+type TunnelCut struct {
+	// InnerMTU is the longest inner IP packet the path to the remote takes.
+	InnerMTU int `json:"inner_mtu"`
+	// Cut are the TCP super-packets whose segment size it lowered to fit.
+	Cut uint64 `json:"cut"`
+	// Fragmented are the single packets longer than InnerMTU: the kernel
+	// sent each in two outer fragments.
+	Fragmented uint64 `json:"fragmented"`
 }
 
 // InterfaceStatus is an interface a session depends on.

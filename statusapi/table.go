@@ -114,6 +114,9 @@ func writeTable(w io.Writer, s status.Status, now time.Time) error {
 			for _, t := range ss.Targets {
 				if t.Stats == nil {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, t.Kind, ss.Name, "(kernel)", "-", "-", "")
+					if c := t.Tunnel; c != nil {
+						fmt.Fprintf(tw, "  cut to %d bytes inside\t\t\t%s cut\t\t%s fragmented\t\t\n", c.InnerMTU, num(c.Cut), num(c.Fragmented))
+					}
 					continue
 				}
 				kind := t.Kind
@@ -125,6 +128,11 @@ func writeTable(w io.Writer, s status.Status, now time.Time) error {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, kind, ss.Name,
 					num(t.Stats.Sent), bytesIEC(t.Stats.Bytes), num(t.Stats.Errors), t.Stats.LastError)
+				if c := t.Tunnel; c != nil {
+					// The kernel sends into nfclone's VXLAN device: what
+					// its segment-size program did.
+					fmt.Fprintf(tw, "  cut to %d bytes inside\t\t\t%s cut\t\t%s fragmented\t\t\n", c.InnerMTU, num(c.Cut), num(c.Fragmented))
+				}
 				for _, c := range t.Clients {
 					// A pcap-over-ip client: what it was sent, what was
 					// dropped for it alone (its buffer was full).

@@ -82,6 +82,13 @@ func (c bulkCase) jumbo() bool { return c.target == "vxlan-jumbo" }
 // jumboMTU is the jumbo rows' underlay MTU.
 const jumboMTU = "9000"
 
+// kernelSentTunnel reports whether the kernel sends the row's copies into
+// nfclone's VXLAN device over the 1500-byte underlay, where the
+// segment-size program cuts its super-packets (dup's too).
+func (c bulkCase) kernelSentTunnel() bool {
+	return c.target == "vxlan" && (c.kernelTunnel() || c.method == "dup")
+}
+
 // tunnel reports whether the copies arrive in VXLAN.
 func (c bulkCase) tunnel() bool { return strings.HasPrefix(c.target, "vxlan") }
 
@@ -389,6 +396,19 @@ func runBulk(t *testing.T, l *lab.Lab, base string, c bulkCase, file string, sum
 	for !finCopied(capt.Path) && time.Now().Before(finDeadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
+	// What the segment-size program on the VXLAN device counted (status
+	// --json), judged against tshark's count of outer fragments below.
+	var cut map[string]any
+	if c.kernelSentTunnel() {
+		for _, s := range status(t, l, d)["sessions"].([]any) {
+			if ts, _ := s.(map[string]any)["targets"].([]any); len(ts) == 1 {
+				cut, _ = ts[0].(map[string]any)["tunnel_cut"].(map[string]any)
+			}
+		}
+		if cut == nil {
+			t.Fatalf("status --json: no tunnel_cut on the vxlan target: nfclone's segment-size program is not on the VXLAN device")
+		}
+	}
 	d.stop(t)
 	if drops := capt.Finish(); drops != 0 {
 		t.Errorf("tcpdump at the collector reports %d packets dropped by kernel: the capture lost them, not nfclone (tcpdump: %s)", drops, capt.Tcpdump())
@@ -427,11 +447,21 @@ func runBulk(t *testing.T, l *lab.Lab, base string, c bulkCase, file string, sum
 		// fragments (2–4 fragments in a row's 24 000 frames); the stream
 		// above, reassembled from them, proves they arrive whole.
 		allowed := 0
-		if c.target == "vxlan" && (c.kernelTunnel() || c.method == "dup") {
+		if c.kernelSentTunnel() {
 			allowed = j.dataFrames / 100
 		}
 		if j.fragments > allowed {
 			t.Errorf("%d outer IP fragments (%d copied data segments, %d allowed): the copies should fit the path", j.fragments, j.dataFrames, allowed)
+		}
+		if cut != nil {
+			// Each single packet the program let pass too long is one
+			// outer datagram in two fragments; a row's super-packets
+			// were cut.
+			n, frag := cut["cut"].(float64), cut["fragmented"].(float64)
+			t.Logf("tunnel_cut: %v", cut)
+			if n == 0 || int(frag)*2 != j.fragments || cut["inner_mtu"].(float64) != 1450 {
+				t.Errorf("status: tunnel_cut %v; want inner_mtu 1450, super-packets cut, and fragmented = %d (half of tshark's %d outer fragments)", cut, j.fragments/2, j.fragments)
+			}
 		}
 	}
 	if len(j.innerOversize) > 0 {
