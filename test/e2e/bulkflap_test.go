@@ -216,5 +216,19 @@ EOF`)
 	if pkts, _ := tableCounters(t, l, l.Eng, "inet", "flapleak"); len(pkts) != 1 || pkts[0] != 0 {
 		t.Fatalf("copies left eng by another device than e1 (production): %v\n%s", pkts, d.Stderr())
 	}
+	if mode == "kernel-vxlan" {
+		// Over the 1500-byte underlay the segment-size program cut the
+		// super-packets, also after the flap of its underlay.
+		var cut map[string]any
+		for _, s := range status(t, l, d)["sessions"].([]any) {
+			if ts, _ := s.(map[string]any)["targets"].([]any); len(ts) == 1 {
+				cut, _ = ts[0].(map[string]any)["tunnel_cut"].(map[string]any)
+			}
+		}
+		if cut == nil || cut["cut"].(float64) == 0 {
+			t.Fatalf("status: tunnel_cut %v: no super-packet was cut to the path\n%s", cut, d.Stderr())
+		}
+		t.Logf("tunnel_cut: %v", cut)
+	}
 	d.stop(t)
 }
