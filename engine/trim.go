@@ -89,12 +89,7 @@ func (e *Engine) syncTrims() {
 		if w, ok := want[dev]; ok && w == have.trimWant {
 			continue
 		}
-		if have.c != nil {
-			if err := have.c.Close(); err != nil {
-				e.Log.Warn("removing the segment-size program", "device", dev, "err", err)
-			}
-		}
-		delete(rt.trims, dev)
+		e.removeTrim(dev, have)
 	}
 	for dev, w := range want {
 		if _, ok := rt.trims[dev]; ok {
@@ -115,13 +110,18 @@ func (e *Engine) closeTrims() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for dev, have := range e.rt.trims {
-		if have.c != nil {
-			if err := have.c.Close(); err != nil {
-				e.Log.Warn("removing the segment-size program", "device", dev, "err", err)
-			}
-		}
-		delete(e.rt.trims, dev)
+		e.removeTrim(dev, have)
 	}
+}
+
+// removeTrim detaches device dev's program and forgets it (e.mu held).
+func (e *Engine) removeTrim(dev string, have trimmed) {
+	if have.c != nil {
+		if err := have.c.Close(); err != nil {
+			e.Log.Warn("removing the segment-size program", "device", dev, "err", err)
+		}
+	}
+	delete(e.rt.trims, dev)
 }
 
 // tunnelCut is what the program on target t's VXLAN device counted (nil:

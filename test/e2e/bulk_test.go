@@ -400,12 +400,7 @@ func runBulk(t *testing.T, l *lab.Lab, base string, c bulkCase, file string, sum
 	// --json), judged against tshark's count of outer fragments below.
 	var cut map[string]any
 	if c.kernelSentTunnel() {
-		for _, s := range status(t, l, d)["sessions"].([]any) {
-			if ts, _ := s.(map[string]any)["targets"].([]any); len(ts) == 1 {
-				cut, _ = ts[0].(map[string]any)["tunnel_cut"].(map[string]any)
-			}
-		}
-		if cut == nil {
+		if cut = tunnelCut(t, l, d); cut == nil {
 			t.Fatalf("status --json: no tunnel_cut on the vxlan target: nfclone's segment-size program is not on the VXLAN device")
 		}
 	}

@@ -219,12 +219,7 @@ EOF`)
 	if mode == "kernel-vxlan" {
 		// Over the 1500-byte underlay the segment-size program cut the
 		// super-packets, also after the flap of its underlay.
-		var cut map[string]any
-		for _, s := range status(t, l, d)["sessions"].([]any) {
-			if ts, _ := s.(map[string]any)["targets"].([]any); len(ts) == 1 {
-				cut, _ = ts[0].(map[string]any)["tunnel_cut"].(map[string]any)
-			}
-		}
+		cut := tunnelCut(t, l, d)
 		if cut == nil || cut["cut"].(float64) == 0 {
 			t.Fatalf("status: tunnel_cut %v: no super-packet was cut to the path\n%s", cut, d.Stderr())
 		}

@@ -31,6 +31,21 @@ func status(t *testing.T, l *lab.Lab, d *daemon) map[string]any {
 	return m
 }
 
+// tunnelCut is status --json's tunnel_cut of the one-target session's
+// target (nil: none): what the segment-size program on nfclone's VXLAN
+// device counted.
+func tunnelCut(t *testing.T, l *lab.Lab, d *daemon) map[string]any {
+	t.Helper()
+	for _, s := range status(t, l, d)["sessions"].([]any) {
+		if ts, _ := s.(map[string]any)["targets"].([]any); len(ts) == 1 {
+			if c, ok := ts[0].(map[string]any)["tunnel_cut"].(map[string]any); ok {
+				return c
+			}
+		}
+	}
+	return nil
+}
+
 func generation(t *testing.T, l *lab.Lab, d *daemon) int {
 	t.Helper()
 	return int(status(t, l, d)["generation"].(float64))
